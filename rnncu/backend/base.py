@@ -1,0 +1,104 @@
+"""The backend interface: the array module plus the few fused operations that differ per device.
+
+Layers are written once against this interface. Everything that is a large dense operation
+(the input projection of all steps, the weight gradients over all steps, the input gradient)
+is done by the layers with ``backend.xp.matmul``; only the sequential part of the recurrence,
+which is where a hand-written kernel pays off, goes through the backend.
+
+Shapes (T steps, B batch rows, H hidden units):
+
+* ``states``  (T, B, H), C-contiguous. On entry to :meth:`Backend.recurrence_forward` it holds
+  the pre-activation input part ``Z_t = x_t W_ih^T + b_ih + b_hh``; on return, the hidden
+  states ``h_t``. Overwriting in place means the forward pass allocates nothing per step.
+* ``w_hh``    (H, H), the recurrent weight as stored by the layer (torch layout: ``W_hh``,
+  used as ``h W_hh^T``).
+* ``h0``      (B, H), the initial state.
+* ``lengths`` None, or an int32 array (B,) on this backend with ``1 <= lengths[b] <= T``. A
+  step ``t`` with ``t >= lengths[b]`` is *padding*: the state of row ``b`` is carried over
+  unchanged. For ``reverse=True`` the steps run from ``T-1`` down to ``0``, so padding steps
+  are met first and carry ``h0`` until the row's last valid step, which is exactly where
+  torch's packed reverse direction starts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import ModuleType
+from typing import Any
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+class Backend(ABC):
+    """One device: its array module and the fused recurrence kernels."""
+
+    #: registry name: ``"numpy"`` or ``"cupy"``
+    name: str
+    #: the array module (``numpy`` or ``cupy``)
+    xp: ModuleType
+
+    @abstractmethod
+    def owns(self, array: Any) -> bool:
+        """True when ``array`` is an array of this backend's module (no conversion needed)."""
+
+    def asarray(self, array: Any, dtype: Any = None) -> Any:
+        """Convert a host (NumPy) array or nested sequence to this backend. Explicit, never
+        called implicitly on layer inputs: mixing devices in a call is an error."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def to_numpy(self, array: Any) -> Any:
+        """Copy an array of this backend to a NumPy array on the host."""
+        import numpy
+
+        return numpy.asarray(array)
+
+    @abstractmethod
+    def recurrence_forward(
+        self,
+        states: Any,
+        w_hh: Any,
+        h0: Any,
+        lengths: Any | None,
+        nonlinearity: str,
+        reverse: bool,
+    ) -> None:
+        """Run ``h_t = act(Z_t + h_{t-1} W_hh^T)`` over all steps, in place in ``states``.
+
+        ``states`` (T, B, H) holds Z on entry and the states on return (padding steps, see
+        the module docstring, carry the previous state). ``h_{-1}`` is ``h0`` (B, H).
+        """
+
+    @abstractmethod
+    def recurrence_backward(
+        self,
+        states: Any,
+        w_hh: Any,
+        h0: Any,
+        grad_states: Any | None,
+        grad_h_last: Any | None,
+        lengths: Any | None,
+        nonlinearity: str,
+        reverse: bool,
+    ) -> tuple[Any, Any]:
+        """Backpropagate through the recurrence; return ``(grad_z, grad_h0)``.
+
+        ``states`` are the forward states (T, B, H). ``grad_states`` (T, B, H) or None is the
+        gradient arriving at each step's output from outside the recurrence; it is ignored on
+        padding steps, whose output is the constant zero. ``grad_h_last`` (B, H)
+        or None is the gradient of the final state (``h_{T-1}``, or ``h_0`` of the sequence
+        for ``reverse``). Returns ``grad_z`` (T, B, H), the gradient of the pre-activation
+        (zero on padding steps), and ``grad_h0`` (B, H). With ``g_t = grad_states_t + dh_t``:
+
+            grad_z_t    = valid_t * g_t * act'(h_t)
+            dh_{t-1}    = grad_z_t W_hh + (1 - valid_t) * dh_t
+
+        so that the layer finishes with large GEMMs: dW_hh = sum_t grad_z_t^T h_{t-1},
+        dW_ih = sum_t grad_z_t^T x_t, db = sum_t grad_z_t, dx_t = grad_z_t W_ih.
+        """
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the host)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``rnncu info``: versions, device."""
+        return {"backend": self.name}

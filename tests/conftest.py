@@ -1,0 +1,38 @@
+"""Shared fixtures. GPU tests carry ``@pytest.mark.gpu`` and are skipped, with the reason in
+the summary (``-ra``), where CuPy or a CUDA device is missing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Tests pick backends explicitly; an inherited RNNCU_BACKEND must not change what they test.
+os.environ.pop("RNNCU_BACKEND", None)
+
+
+def _gpu_skip_reason() -> str | None:
+    from rnncu.backend import available_backends
+
+    return available_backends()["cupy"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_skip_reason()
+    if reason is None:
+        return
+    marker = pytest.mark.skip(reason=f"GPU test skipped: {reason}")
+    for item in gpu_items:
+        item.add_marker(marker)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A fresh generator per test, seeded from the test's name so failures reproduce."""
+    import zlib
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
