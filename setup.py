@@ -5,8 +5,8 @@ The CUDA sources stay at the top of the checkout so that an editable install and
 build copies them in. ``rnncu.backend.kernel_loader`` looks in both places.
 """
 
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py

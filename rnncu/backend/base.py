@@ -96,7 +96,7 @@ class Backend(ABC):
         dW_ih = sum_t grad_z_t^T x_t, db = sum_t grad_z_t, dx_t = grad_z_t W_ih.
         """
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - a no-op by default, on purpose
         """Wait for queued device work (a no-op on the host)."""
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""The base class of rnncu layers: named parameters, their gradients, a backend, a mode.
+
+A module owns ``params`` (name -> array on its backend) and, after ``backward``, ``grads``
+with the same names. ``backward`` overwrites ``grads``; it does not accumulate (one forward,
+one backward, as in the training loop). Optimisers update ``params`` in place, so arrays keep
+their identity (and device pointers) for the life of the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from rnncu.backend import Backend, get_backend
+
+SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+
+
+class BackwardBeforeForwardError(RuntimeError, ValueError):
+    """``backward`` was called with no forward pass to differentiate."""
+
+
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """``"float32"``/``"float64"`` (or the NumPy dtypes) -> a NumPy dtype; anything else is a
+    TypeError naming the argument."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return resolved
+
+
+def resolve_backend(backend: str | Backend | None) -> Backend:
+    """None -> the current backend; a name -> that backend; a Backend -> itself."""
+    if backend is None:
+        return get_backend()
+    if isinstance(backend, Backend):
+        return backend
+    if isinstance(backend, str):
+        return get_backend(backend)
+    raise TypeError(f"backend: expected a backend name or Backend object, got {backend!r}")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def describe_array(value: Any) -> str:
+    """A short description of what came: 'numpy.ndarray float32 (3, 4)', 'list', ..."""
+    kind = type(value)
+    name = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{name} {value.dtype} {tuple(value.shape)}"
+    return name
+
+
+class Module:
+    """Base class: ``params``, ``grads``, ``backend``, ``dtype``, ``training``."""
+
+    def __init__(self, dtype: Any = "float32", backend: str | Backend | None = None) -> None:
+        self.dtype = resolve_dtype(dtype)
+        self.backend = resolve_backend(backend)
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.training = True
+
+    # -- mode -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (dropout active). Returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Evaluation mode (dropout off). Returns self."""
+        return self.train(False)
+
+    # -- parameters -------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        yield from self.params.items()
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def zero_grad(self) -> None:
+        """Forget the gradients of the last backward pass."""
+        self.grads = {}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameter name -> host NumPy copy, in parameter order."""
+        return {
+            name: np.array(self.backend.to_numpy(p), copy=True) for name, p in self.params.items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copy ``state`` (name -> array-like; NumPy, CuPy, or anything ``np.asarray`` takes)
+        into the parameters in place. Names must match exactly and shapes must agree."""
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state: expected a mapping of name -> array, got {describe_array(state)}"
+            )
+        missing = [name for name in self.params if name not in state]
+        extra = [name for name in state if name not in self.params]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if extra:
+                parts.append(f"unexpected {extra}")
+            raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
+        converted = {}
+        for name, param in self.params.items():
+            value = state[name]
+            if not self.backend.owns(value):
+                value = np.asarray(value if not hasattr(value, "get") else value.get())
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"state[{name!r}]: expected shape {tuple(param.shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+            if value.dtype.kind != "f":
+                raise TypeError(f"state[{name!r}]: expected a floating array, got {value.dtype}")
+            converted[name] = value
+        # Only after every entry checked: a failed load leaves the module untouched.
+        for name, value in converted.items():
+            self.params[name][...] = self.backend.asarray(value, dtype=self.dtype)
+
+    # -- checks shared by the layers --------------------------------------------------------
+    def _check_input(self, name: str, value: Any) -> Any:
+        """``value`` must be an array of this module's backend and dtype."""
+        if not self.backend.owns(value):
+            if hasattr(value, "shape") and hasattr(value, "dtype"):
+                raise TypeError(
+                    f"{name}: expected a {self.backend.name} array (this module's backend), got "
+                    f"{describe_array(value)}; mixed devices are not converted implicitly: use "
+                    f"rnncu.get_backend({self.backend.name!r}).asarray(...)"
+                )
+            raise TypeError(
+                f"{name}: expected a {self.backend.name} array, got {describe_array(value)}"
+            )
+        if value.dtype != self.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {self.dtype} (the parameters' dtype), got {value.dtype}"
+            )
+        return value
