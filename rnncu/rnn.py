@@ -258,10 +258,12 @@ class RNN(Module):
             direction_h0 = []
             for direction in range(self.num_directions):
                 suffix = self._suffix(layer, direction)
-                states = layer_input @ self.params[f"weight_ih{suffix}"].T
+                bias = None
                 if self.bias:
-                    states += self.params[f"bias_ih{suffix}"] + self.params[f"bias_hh{suffix}"]
-                states = states.reshape(steps, batch, hidden)
+                    bias = self.params[f"bias_ih{suffix}"] + self.params[f"bias_hh{suffix}"]
+                states = self.backend.input_projection(
+                    layer_input, self.params[f"weight_ih{suffix}"], bias
+                ).reshape(steps, batch, hidden)
                 initial = h0_list[layer * self.num_directions + direction]
                 self.backend.recurrence_forward(
                     states,

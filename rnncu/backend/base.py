@@ -52,6 +52,15 @@ class Backend(ABC):
 
         return numpy.asarray(array)
 
+    def input_projection(self, inputs: Any, w_ih: Any, bias: Any | None) -> Any:
+        """``inputs W_ih^T + bias`` for all steps at once: (N, D) x (H, D) -> new (N, H).
+
+        One GEMM; a backend may special-case shapes its BLAS handles badly."""
+        out = inputs @ w_ih.T
+        if bias is not None:
+            out += bias
+        return out
+
     @abstractmethod
     def recurrence_forward(
         self,

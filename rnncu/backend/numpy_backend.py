@@ -35,6 +35,20 @@ class NumpyBackend(Backend):
             pass
         return info
 
+    def input_projection(
+        self, inputs: np.ndarray, w_ih: np.ndarray, bias: np.ndarray | None
+    ) -> np.ndarray:
+        # OpenBLAS is slow for GEMMs with a tiny inner dimension (pixel sequences, D = 1)
+        # and with a transposed-view operand; an outer product and a contiguous W_ih^T avoid
+        # both.
+        if inputs.shape[1] == 1:
+            out = np.multiply(inputs, w_ih[:, 0])
+        else:
+            out = inputs @ np.ascontiguousarray(w_ih.T)
+        if bias is not None:
+            out += bias
+        return out
+
     def recurrence_forward(
         self,
         states: np.ndarray,
@@ -47,7 +61,7 @@ class NumpyBackend(Backend):
         steps = states.shape[0]
         if steps == 0:
             return
-        w_hh_t = w_hh.T  # a transposed view: BLAS takes it without a copy
+        w_hh_t = np.ascontiguousarray(w_hh.T)  # BLAS is faster on it than on a transposed view
         recurrent = np.empty_like(h0)
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         h_prev = h0
@@ -77,28 +91,36 @@ class NumpyBackend(Backend):
         reverse: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         steps = states.shape[0]
-        grad_z = np.empty_like(states)
+        # act'(h) for all steps in one vectorised pass instead of a few small ops per step
+        if nonlinearity == "tanh":
+            grad_z = 1 - states * states
+        else:
+            grad_z = (states > 0).astype(states.dtype)
+        if lengths is not None:
+            grad_z *= (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
+        if grad_states is not None:
+            # grad_z_t = act'_t * grad_states_t + act'_t * dh_t: the first term for all steps
+            # at once, keeping the derivative for the second
+            derivative = grad_z.copy()
+            grad_z *= grad_states
+        else:
+            derivative = grad_z
+            grad_z = np.zeros_like(states)
         grad_h = np.zeros_like(h0) if grad_h_last is None else grad_h_last.copy()
+        carried = np.empty_like(h0)
         # reverse-mode runs the steps in the opposite order of the forward pass
         order = range(steps) if reverse else range(steps - 1, -1, -1)
         for t in order:
+            np.multiply(grad_h, derivative[t], out=carried)
             dz = grad_z[t]
-            if grad_states is not None:
-                np.add(grad_states[t], grad_h, out=dz)
-            else:
-                dz[...] = grad_h
-            h_t = states[t]
-            if nonlinearity == "tanh":
-                dz *= 1 - h_t * h_t
-            else:
-                dz *= h_t > 0
+            dz += carried
             if lengths is not None:
                 padding = t >= lengths
                 if padding.any():
-                    dz[padding] = 0
-                    carried = grad_h[padding]
+                    # a padding step passes dh_t through unchanged (its derivative row is 0)
+                    saved = grad_h[padding]
                     np.matmul(dz, w_hh, out=grad_h)
-                    grad_h[padding] += carried
+                    grad_h[padding] += saved
                     continue
             np.matmul(dz, w_hh, out=grad_h)
         return grad_z, grad_h

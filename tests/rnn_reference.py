@@ -1,0 +1,79 @@
+"""Test helpers: a plain float64 loop RNN written independently of rnncu, and finite differences.
+
+The loop follows the textbook definition step by step (no masks-as-multiplications, no
+in-place buffers), so agreement with it checks rnncu's vectorised algorithm, not a copy of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def loop_rnn(
+    x: np.ndarray,
+    params: dict[str, np.ndarray],
+    num_layers: int,
+    bidirectional: bool,
+    nonlinearity: str,
+    h0: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """x (T, B, D) -> out (T, B, H*dirs), h_n (L*dirs, B, H); padded steps give zero output.
+
+    Each row b runs only its first ``lengths[b]`` steps (forward direction t = 0..len-1,
+    reverse direction t = len-1..0), exactly like a packed sequence.
+    """
+    act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
+    steps, batch, _ = x.shape
+    dirs = 2 if bidirectional else 1
+    hidden = params["weight_hh_l0"].shape[0]
+    if lengths is None:
+        lengths = np.full(batch, steps)
+    if h0 is None:
+        h0 = np.zeros((num_layers * dirs, batch, hidden))
+    layer_input = x.astype(np.float64)
+    h_n = np.zeros((num_layers * dirs, batch, hidden))
+    for layer in range(num_layers):
+        out = np.zeros((steps, batch, hidden * dirs))
+        for direction in range(dirs):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            w_ih = params[f"weight_ih{suffix}"]
+            w_hh = params[f"weight_hh{suffix}"]
+            b = params.get(f"bias_ih{suffix}", 0.0) + params.get(f"bias_hh{suffix}", 0.0)
+            for row in range(batch):
+                h = h0[layer * dirs + direction, row].astype(np.float64)
+                valid = range(lengths[row])
+                for t in reversed(valid) if direction else valid:
+                    h = act(w_ih @ layer_input[t, row] + w_hh @ h + b)
+                    out[t, row, direction * hidden : (direction + 1) * hidden] = h
+                h_n[layer * dirs + direction, row] = h
+        layer_input = out
+    return layer_input, h_n
+
+
+def numerical_gradient(
+    loss: Callable[[], float], array: np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
+    """Central differences of ``loss()`` with respect to every element of ``array`` (float64),
+    perturbing ``array`` in place and restoring it."""
+    grad = np.zeros_like(array, dtype=np.float64)
+    flat = array.reshape(-1)
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = loss()
+        flat[i] = saved - eps
+        minus = loss()
+        flat[i] = saved
+        grad.reshape(-1)[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)

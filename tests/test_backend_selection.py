@@ -1,0 +1,98 @@
+"""Backend selection: argument, RNNCU_BACKEND, auto; the NumPy path never imports CuPy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnncu
+from rnncu import backend as backend_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "RNNCU_BACKEND"}
+    environment.update(env)
+    environment["PYTHONPATH"] = str(ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120
+    )
+
+
+def test_numpy_backend_never_imports_cupy() -> None:
+    result = _run(
+        "import sys, numpy as np, rnncu\n"
+        "rnn = rnncu.RNN(3, 4, backend='numpy')\n"
+        "out, h = rnn(np.ones((2, 1, 3), np.float32))\n"
+        "rnn.backward(out)\n"
+        "print('cupy' in sys.modules)\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_environment_variable_selects_backend() -> None:
+    result = _run("import rnncu; print(rnncu.get_backend().name)", RNNCU_BACKEND="numpy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numpy"
+    bad = _run("import rnncu; rnncu.get_backend()", RNNCU_BACKEND="fortran")
+    assert bad.returncode != 0
+    assert "RNNCU_BACKEND" in bad.stderr and "'fortran'" in bad.stderr
+
+
+def test_auto_matches_availability() -> None:
+    reason = rnncu.available_backends()["cupy"]
+    expected = "numpy" if reason else "cupy"
+    assert backend_module.get_backend("auto").name == expected
+
+
+def test_explicit_cupy_says_why_when_unavailable() -> None:
+    reason = rnncu.available_backends()["cupy"]
+    if reason is None:
+        pytest.skip("CuPy works here: nothing to refuse")
+    with pytest.raises(rnncu.BackendUnavailableError, match=r"backend 'cupy' is unavailable: "):
+        rnncu.set_backend("cupy")
+    # The reason distinguishes the cases a user can act on.
+    assert any(
+        phrase in reason
+        for phrase in (
+            "not installed",
+            "no CUDA device",
+            "driver did not answer",
+            "failed to import",
+        )
+    ), reason
+
+
+def test_set_backend_changes_default_for_new_layers() -> None:
+    previous = backend_module._current
+    try:
+        chosen = rnncu.set_backend("numpy")
+        assert rnncu.get_backend() is chosen
+        assert rnncu.RNN(2, 2).backend is chosen
+        assert rnncu.Linear(2, 2).backend.name == "numpy"
+    finally:
+        backend_module._current = previous
+
+
+def test_backend_for_arrays() -> None:
+    assert backend_module.backend_for(np.zeros(2)).name == "numpy"
+
+
+def test_mixed_device_message_names_the_conversion() -> None:
+    rnn = rnncu.RNN(2, 2, backend="numpy")
+
+    class FakeDeviceArray:
+        shape = (3, 1, 2)
+        dtype = np.dtype("float32")
+
+    with pytest.raises(
+        TypeError, match=r"x: expected a numpy array .*mixed devices are not converted"
+    ):
+        rnn(FakeDeviceArray())

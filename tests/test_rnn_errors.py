@@ -1,0 +1,183 @@
+"""Bad input: a clear ValueError or TypeError naming the argument, what was expected, what came."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnncu
+from rnncu.module import BackwardBeforeForwardError
+
+
+@pytest.fixture
+def rnn() -> rnncu.RNN:
+    return rnncu.RNN(4, 3, num_layers=2, backend="numpy", dtype="float32", seed=0)
+
+
+def _x(*shape: int, dtype: str = "float32") -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"input_size": 0}, r"input_size: expected a positive integer, got 0"),
+        ({"hidden_size": -2}, r"hidden_size: expected a positive integer, got -2"),
+        ({"num_layers": 0}, r"num_layers: expected a positive integer, got 0"),
+        ({"hidden_size": 2.5}, r"hidden_size: expected a positive integer, got 2.5"),
+        ({"hidden_size": True}, r"hidden_size: expected a positive integer, got True"),
+        ({"nonlinearity": "sigmoid"}, r"nonlinearity: expected one of .*'tanh'.*got 'sigmoid'"),
+        ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\)"),
+    ],
+)
+def test_constructor_rejects(kwargs: dict, match: str) -> None:
+    args = {"input_size": 4, "hidden_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        rnncu.RNN(backend="numpy", **args)
+
+
+def test_unknown_dtype_and_backend() -> None:
+    with pytest.raises(TypeError, match=r"dtype: expected 'float32' or 'float64', got 'int32'"):
+        rnncu.RNN(4, 3, dtype="int32", backend="numpy")
+    with pytest.raises(TypeError, match=r"dtype: expected 'float32' or 'float64', got 'float16'"):
+        rnncu.Linear(4, 3, dtype="float16", backend="numpy")
+    with pytest.raises(
+        ValueError, match=r"backend: expected one of 'numpy', 'cupy', 'auto', got 'tpu'"
+    ):
+        rnncu.RNN(4, 3, backend="tpu")
+    with pytest.raises(ValueError, match=r"backend: expected one of"):
+        rnncu.set_backend("jax")
+
+
+def test_wrong_rank(rnn: rnncu.RNN) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected a 3-d array \(T, B, D\) or an unbatched 2-d array \(T, D\), "
+        r"got 4-d \(2, 3, 4, 5\)",
+    ):
+        rnn(_x(2, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"x: expected a 3-d array .* got 1-d"):
+        rnn(_x(4))
+
+
+def test_wrong_feature_size(rnn: rnncu.RNN) -> None:
+    with pytest.raises(
+        ValueError, match=r"x: expected 4 features \(input_size\) in the last axis, got 5"
+    ):
+        rnn(_x(6, 2, 5))
+
+
+def test_empty_sequence_and_batch(rnn: rnncu.RNN) -> None:
+    with pytest.raises(ValueError, match=r"x: the sequence is empty \(0 time steps\)"):
+        rnn(_x(0, 2, 4))
+    with pytest.raises(ValueError, match=r"x: the batch is empty"):
+        rnn(_x(3, 0, 4))
+
+
+def test_non_array_input(rnn: rnncu.RNN) -> None:
+    with pytest.raises(TypeError, match=r"x: expected a numpy array, got builtins.list"):
+        rnn([[[0.5] * 4]])
+
+
+def test_dtype_mismatch(rnn: rnncu.RNN) -> None:
+    with pytest.raises(
+        TypeError, match=r"x: expected dtype float32 \(the parameters' dtype\), got float64"
+    ):
+        rnn(_x(3, 2, 4, dtype="float64"))
+    with pytest.raises(TypeError, match=r"h0: expected dtype float32 .*got float64"):
+        rnn(_x(3, 2, 4), _x(2, 2, 3, dtype="float64"))
+
+
+def test_h0_wrong_shape(rnn: rnncu.RNN) -> None:
+    with pytest.raises(ValueError, match=r"h0: expected shape \(2, 2, 3\) .*got \(1, 2, 3\)"):
+        rnn(_x(3, 2, 4), _x(1, 2, 3))
+    with pytest.raises(ValueError, match=r"h0: expected shape \(2, 3\)"):
+        rnn(_x(3, 4), _x(2, 1, 3))
+
+
+def test_backward_before_forward(rnn: rnncu.RNN) -> None:
+    with pytest.raises(BackwardBeforeForwardError, match=r"backward: no forward pass"):
+        rnn.backward(_x(3, 2, 3))
+    assert issubclass(BackwardBeforeForwardError, ValueError)
+    lin = rnncu.Linear(3, 2, backend="numpy")
+    with pytest.raises(ValueError, match=r"backward: no forward pass"):
+        lin.backward(_x(2, 2))
+
+
+def test_backward_wrong_gradients(rnn: rnncu.RNN) -> None:
+    rnn(_x(3, 2, 4))
+    with pytest.raises(
+        ValueError, match=r"dout: expected the shape of out \(3, 2, 3\), got \(3, 2, 4\)"
+    ):
+        rnn.backward(_x(3, 2, 4))
+    with pytest.raises(
+        ValueError, match=r"dh_n: expected the shape of h_n \(2, 2, 3\), got \(2, 3\)"
+    ):
+        rnn.backward(None, _x(2, 3))
+    with pytest.raises(ValueError, match=r"dout and dh_n are both None"):
+        rnn.backward()
+    with pytest.raises(TypeError, match=r"dout: expected dtype float32"):
+        rnn.backward(_x(3, 2, 3, dtype="float64"))
+
+
+def test_lengths_validation(rnn: rnncu.RNN) -> None:
+    x = _x(5, 3, 4)
+    with pytest.raises(
+        ValueError,
+        match=r"lengths: expected values in \[1, 5\] \(the number of steps\), got min 0 and max 5",
+    ):
+        rnn(x, lengths=[0, 5, 2])
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, 5\].*max 6"):
+        rnn(x, lengths=[6, 5, 2])
+    with pytest.raises(
+        ValueError, match=r"lengths: expected shape \(3,\) \(one per sequence\), got \(2,\)"
+    ):
+        rnn(x, lengths=[5, 2])
+    with pytest.raises(TypeError, match=r"lengths: expected integers, got dtype float64"):
+        rnn(x, lengths=[5.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"lengths: not supported for unbatched"):
+        rnn(_x(5, 4), lengths=[5])
+
+
+def test_load_state_dict_checks(rnn: rnncu.RNN) -> None:
+    state = rnn.state_dict()
+    before = {k: v.copy() for k, v in state.items()}
+    missing = dict(state)
+    del missing["bias_hh_l1"]
+    with pytest.raises(
+        ValueError, match=r"state: keys do not match the parameters: missing \['bias_hh_l1'\]"
+    ):
+        rnn.load_state_dict(missing)
+    extra = dict(state, weight_ih_l2=np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"unexpected \['weight_ih_l2'\]"):
+        rnn.load_state_dict(extra)
+    wrong = dict(state)
+    wrong["weight_hh_l0"] = np.ones((3, 4), np.float32)
+    wrong["weight_ih_l0"] = np.ones((3, 4), np.float32) * 7  # valid, must not be applied
+    with pytest.raises(
+        ValueError, match=r"state\['weight_hh_l0'\]: expected shape \(3, 3\), got \(3, 4\)"
+    ):
+        rnn.load_state_dict(wrong)
+    for name, value in rnn.state_dict().items():
+        np.testing.assert_array_equal(
+            value, before[name], err_msg=f"{name} changed by a failed load"
+        )
+    with pytest.raises(TypeError, match=r"state: expected a mapping"):
+        rnn.load_state_dict([1, 2])
+
+
+def test_linear_errors() -> None:
+    with pytest.raises(ValueError, match=r"in_features: expected a positive integer, got 0"):
+        rnncu.Linear(0, 3, backend="numpy")
+    lin = rnncu.Linear(3, 2, backend="numpy")
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected 3 features \(in_features\) in the last axis, got shape \(4, 5\)",
+    ):
+        lin(_x(4, 5))
+    lin(_x(4, 3))
+    with pytest.raises(
+        ValueError, match=r"dy: expected the shape of the output \(4, 2\), got \(4, 3\)"
+    ):
+        lin.backward(_x(4, 3))

@@ -1,0 +1,198 @@
+"""Float64 finite-difference checks of rnncu.RNN's backward: every parameter, the input, h0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rnn_reference import assert_close, numerical_gradient
+
+import rnncu
+
+CASES = [
+    # (T, B, D, H, layers, bidirectional, nonlinearity, batch_first, with_lengths)
+    (1, 1, 1, 1, 1, False, "tanh", False, False),
+    (5, 3, 4, 6, 1, False, "tanh", False, False),
+    (5, 3, 4, 6, 1, False, "relu", False, False),
+    (4, 2, 3, 5, 3, False, "tanh", False, False),
+    (4, 3, 3, 5, 2, True, "tanh", False, False),
+    (4, 3, 3, 5, 2, True, "relu", True, False),
+    (6, 4, 2, 3, 2, True, "tanh", False, True),
+    (6, 4, 2, 3, 1, False, "relu", True, True),
+    (3, 1, 2, 1, 2, True, "tanh", True, True),
+]
+
+
+@pytest.mark.parametrize(
+    "steps,batch,features,hidden,layers,bidirectional,nonlinearity,batch_first,with_lengths",
+    CASES,
+)
+def test_backward_matches_finite_differences(
+    rng: np.random.Generator,
+    steps: int,
+    batch: int,
+    features: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    nonlinearity: str,
+    batch_first: bool,
+    with_lengths: bool,
+) -> None:
+    rnn = rnncu.RNN(
+        features,
+        hidden,
+        num_layers=layers,
+        nonlinearity=nonlinearity,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        dtype="float64",
+        backend="numpy",
+        seed=int(rng.integers(1 << 30)),
+    )
+    dirs = 2 if bidirectional else 1
+    # Larger weights than torch's init make relu units cross zero and tanh saturate a bit:
+    # a stronger test of act', still far from the kinks at finite-difference scale.
+    for value in rnn.params.values():
+        value[...] = rng.uniform(-0.8, 0.8, size=value.shape)
+    x_shape = (batch, steps, features) if batch_first else (steps, batch, features)
+    x = rng.standard_normal(x_shape)
+    h0 = rng.standard_normal((layers * dirs, batch, hidden))
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps  # at least one full row
+    out, h_n = rnn(x, h0, lengths=lengths)
+    weight_out = rng.standard_normal(out.shape)
+    weight_hn = rng.standard_normal(h_n.shape)
+
+    def loss() -> float:
+        o, h = rnn(x, h0, lengths=lengths)
+        return float(np.sum(o * weight_out) + np.sum(h * weight_hn))
+
+    rnn(x, h0, lengths=lengths)
+    dx, dh0 = rnn.backward(weight_out, weight_hn)
+    grads = {name: g.copy() for name, g in rnn.grads.items()}
+    assert list(grads) == list(rnn.params)
+
+    assert_close(dx, numerical_gradient(loss, x), 1e-6, 1e-8, "dx")
+    assert_close(dh0, numerical_gradient(loss, h0), 1e-6, 1e-8, "dh0")
+    for name, param in rnn.params.items():
+        assert_close(grads[name], numerical_gradient(loss, param), 1e-6, 1e-8, name)
+
+
+def test_backward_with_only_dout_or_only_dh_n(rng: np.random.Generator) -> None:
+    rnn = rnncu.RNN(3, 4, num_layers=2, dtype="float64", backend="numpy", seed=3)
+    x = rng.standard_normal((5, 2, 3))
+    out, h_n = rnn(x)
+    weight_out = rng.standard_normal(out.shape)
+    weight_hn = rng.standard_normal(h_n.shape)
+
+    dx_out, _ = rnn.backward(weight_out, None)
+    grads_out = {k: v.copy() for k, v in rnn.grads.items()}
+    dx_hn, _ = rnn.backward(None, weight_hn)
+    grads_hn = {k: v.copy() for k, v in rnn.grads.items()}
+    dx_both, _ = rnn.backward(weight_out, weight_hn)
+    # Linearity of the backward pass in its incoming gradients.
+    assert_close(dx_both, dx_out + dx_hn, 1e-12, 1e-14, "dx")
+    for name in rnn.params:
+        assert_close(rnn.grads[name], grads_out[name] + grads_hn[name], 1e-12, 1e-14, name)
+    assert_close(
+        dx_out,
+        numerical_gradient(lambda: float(np.sum(rnn(x)[0] * weight_out)), x),
+        1e-6,
+        1e-8,
+        "dx from dout only",
+    )
+
+
+def test_unbatched_input_matches_batch_of_one(rng: np.random.Generator) -> None:
+    rnn = rnncu.RNN(3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy")
+    x = rng.standard_normal((6, 3))
+    h0 = rng.standard_normal((4, 4))
+    out, h_n = rnn(x, h0)
+    assert out.shape == (6, 8) and h_n.shape == (4, 4)
+    dout = rng.standard_normal(out.shape)
+    dhn = rng.standard_normal(h_n.shape)
+    dx, dh0 = rnn.backward(dout, dhn)
+    grads = {k: v.copy() for k, v in rnn.grads.items()}
+
+    out_b, h_n_b = rnn(x[:, None, :], h0[:, None, :])
+    dx_b, dh0_b = rnn.backward(dout[:, None, :], dhn[:, None, :])
+    assert_close(out, out_b[:, 0], 0, 0, "out")
+    assert_close(h_n, h_n_b[:, 0], 0, 0, "h_n")
+    assert_close(dx, dx_b[:, 0], 0, 0, "dx")
+    assert_close(dh0, dh0_b[:, 0], 0, 0, "dh0")
+    for name in grads:
+        assert_close(grads[name], rnn.grads[name], 0, 0, name)
+
+
+def test_linear_backward_matches_finite_differences(rng: np.random.Generator) -> None:
+    lin = rnncu.Linear(5, 3, dtype="float64", backend="numpy", seed=0)
+    x = rng.standard_normal((4, 2, 5))
+    weight = rng.standard_normal((4, 2, 3))
+
+    def loss() -> float:
+        return float(np.sum(lin(x) * weight))
+
+    lin(x)
+    dx = lin.backward(weight)
+    assert_close(dx, numerical_gradient(loss, x), 1e-7, 1e-9, "dx")
+    for name, param in lin.params.items():
+        assert_close(lin.grads[name], numerical_gradient(loss, param), 1e-7, 1e-9, name)
+
+
+def test_rnn_plus_linear_is_a_model(rng: np.random.Generator) -> None:
+    """The seed's y_t = W_hy h_t + b_y on top of the RNN, differentiated end to end."""
+    rnn = rnncu.RNN(2, 4, dtype="float64", backend="numpy", seed=1)
+    head = rnncu.Linear(4, 3, dtype="float64", backend="numpy", seed=2)
+    x = rng.standard_normal((5, 3, 2))
+    target = rng.standard_normal((5, 3, 3))
+
+    def loss() -> float:
+        return float(np.mean((head(rnn(x)[0]) - target) ** 2))
+
+    y = head(rnn(x)[0])
+    dy = 2 * (y - target) / y.size
+    dx, _ = rnn.backward(head.backward(dy))
+    assert_close(dx, numerical_gradient(loss, x), 1e-6, 1e-9, "dx")
+    assert_close(
+        rnn.grads["weight_hh_l0"],
+        numerical_gradient(loss, rnn.params["weight_hh_l0"]),
+        1e-6,
+        1e-9,
+        "weight_hh_l0",
+    )
+
+
+def test_dropout_between_layers(rng: np.random.Generator) -> None:
+    rnn = rnncu.RNN(3, 5, num_layers=3, dropout=0.4, dtype="float64", backend="numpy", seed=4)
+    x = rng.standard_normal((6, 4, 3))
+    weight = rng.standard_normal((6, 4, 5))
+
+    rnn.eval()
+    out_eval_1, _ = rnn(x)
+    out_eval_2, _ = rnn(x)
+    np.testing.assert_array_equal(out_eval_1, out_eval_2)  # no dropout in eval mode
+    rnn.train()
+    out_train, _ = rnn(x)
+    assert not np.allclose(out_train, out_eval_1)
+    masks = [c.dropout_mask for c in rnn._cache["layers"]]
+    assert masks[0] is None and all(m is not None for m in masks[1:])
+    for mask in masks[1:]:
+        kept = mask != 0
+        assert 0.3 < kept.mean() < 0.9  # keep probability 0.6
+        np.testing.assert_allclose(mask[kept], 1 / 0.6)  # inverted dropout scaling
+
+    def fixed_mask_loss() -> float:
+        # the same mask for every evaluation: reseed the dropout generator
+        rnn._dropout_rng = np.random.default_rng(11)
+        return float(np.sum(rnn(x)[0] * weight))
+
+    fixed_mask_loss()
+    dx, _ = rnn.backward(weight)
+    grads = {k: v.copy() for k, v in rnn.grads.items()}
+    assert_close(dx, numerical_gradient(fixed_mask_loss, x), 1e-6, 1e-8, "dx")
+    for name in ("weight_ih_l1", "weight_hh_l2", "bias_ih_l0"):
+        assert_close(
+            grads[name], numerical_gradient(fixed_mask_loss, rnn.params[name]), 1e-6, 1e-8, name
+        )
