@@ -1,0 +1,252 @@
+"""rnncu on the GPU against its peers, in one run: forward and forward+backward, float32.
+
+Peers (each only where it imports and sees a GPU): PyTorch ``nn.RNN`` (cuDNN), a jitted JAX
+``lax.scan`` RNN, and a naive CuPy loop (one ``X @ W_ih^T`` GEMM, then per step
+``h = tanh(xw[t] + h @ W_hh^T)`` from Python). rnncu runs the CuPy backend twice: the step
+path (``recurrence="step"``) and the default ``auto`` path (persistent where supported).
+"forward+backward" is ``out, h = rnn(x)`` then the gradients of ``out.sum()`` for the input
+and all weights (rnncu: ``rnn.backward(ones)``).
+
+Timing: CUDA events on the current stream around each call (JAX: wall time after
+``block_until_ready``, as JAX has its own streams), median of ``--repeats`` after warm-up.
+
+    PYTHONPATH=$PWD python benchmarks/gpu_compare.py [--quick] [--shapes a,b] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SHAPES: dict[str, tuple[int, int, int, int]] = {  # T, B, D, H
+    "rowmnist": (28, 256, 28, 128),
+    "pixelmnist": (784, 128, 1, 128),
+    "medium": (100, 64, 256, 512),
+    "large": (256, 256, 1024, 1024),
+    "latency_b4": (1000, 4, 256, 1024),
+    "b32_h512": (512, 32, 512, 512),
+}
+QUICK_SHAPES = ("rowmnist", "medium", "b32_h512")
+
+
+def time_cuda(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    """Median milliseconds of ``fn`` between two CUDA events on the current CuPy stream."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def bench_rnncu(shape, repeats, warmup, recurrence: str) -> dict[str, float]:
+    import cupy
+
+    import rnncu
+
+    steps, batch, features, hidden = shape
+    rnn = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0)
+    rnn.backend.recurrence = recurrence
+    try:
+        x = cupy.asarray(np.random.default_rng(0).standard_normal((steps, batch, features)))
+        x = x.astype(cupy.float32)
+        dout = cupy.ones((steps, batch, hidden), cupy.float32)
+
+        def forward() -> None:
+            rnn(x)
+
+        def forward_backward() -> None:
+            rnn(x)
+            rnn.backward(dout)
+
+        return {
+            "fwd": time_cuda(forward, repeats, warmup),
+            "fwd+bwd": time_cuda(forward_backward, repeats, warmup),
+        }
+    finally:
+        rnn.backend.recurrence = None
+
+
+def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
+    import cupy
+
+    steps, batch, features, hidden = shape
+    rng = cupy.random.default_rng(0)
+    x = rng.standard_normal((steps, batch, features), dtype=cupy.float32)
+    w_ih = rng.standard_normal((hidden, features), dtype=cupy.float32) / np.sqrt(features)
+    w_hh = rng.standard_normal((hidden, hidden), dtype=cupy.float32) / np.sqrt(hidden)
+    b = rng.standard_normal((hidden,), dtype=cupy.float32)
+
+    def forward() -> None:
+        xw = (x.reshape(-1, features) @ w_ih.T).reshape(steps, batch, hidden)
+        h = cupy.zeros((batch, hidden), cupy.float32)
+        for t in range(steps):
+            h = cupy.tanh(xw[t] + h @ w_hh.T + b)
+
+    return {"fwd": time_cuda(forward, repeats, warmup)}
+
+
+def bench_torch(shape, repeats, warmup) -> dict[str, float] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    steps, batch, features, hidden = shape
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rnn = torch.nn.RNN(features, hidden).cuda()
+    x = torch.randn(steps, batch, features, device="cuda", requires_grad=True)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            stop = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times)
+
+    def forward() -> None:
+        with torch.no_grad():
+            rnn(x)
+
+    def forward_backward() -> None:
+        out, _ = rnn(x)
+        out.sum().backward()
+
+    return {"fwd": timed(forward), "fwd+bwd": timed(forward_backward)}
+
+
+def bench_jax(shape, repeats, warmup) -> dict[str, float] | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except Exception:
+        return None
+    try:
+        if not any(d.platform == "gpu" for d in jax.devices()):
+            return None
+    except Exception:
+        return None
+    steps, batch, features, hidden = shape
+    key = jax.random.PRNGKey(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "w_ih": jax.random.normal(k1, (hidden, features), jnp.float32) / np.sqrt(features),
+        "w_hh": jax.random.normal(k2, (hidden, hidden), jnp.float32) / np.sqrt(hidden),
+        "b": jnp.zeros((hidden,), jnp.float32),
+    }
+    x = jax.random.normal(k3, (steps, batch, features), jnp.float32)
+    precision = jax.lax.Precision.HIGHEST
+
+    def run(params, x):
+        xw = jnp.einsum("tbd,hd->tbh", x, params["w_ih"], precision=precision) + params["b"]
+
+        def step(h, z):
+            h = jnp.tanh(z + jnp.dot(h, params["w_hh"].T, precision=precision))
+            return h, h
+
+        _, out = jax.lax.scan(step, jnp.zeros((batch, hidden), jnp.float32), xw)
+        return out
+
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda p, x: run(p, x).sum(), argnums=(0, 1)))
+
+    def timed(fn: Callable[[], Any]) -> float:
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    return {"fwd": timed(lambda: forward(params, x)), "fwd+bwd": timed(lambda: grad(params, x))}
+
+
+def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in shapes:
+        shape = SHAPES[name]
+        row: dict[str, Any] = {"shape": name, "TBDH": shape, "ms": {}}
+        row["ms"]["rnncu_step"] = bench_rnncu(shape, repeats, warmup, "step")
+        row["ms"]["rnncu_auto"] = bench_rnncu(shape, repeats, warmup, "auto")
+        for peer, bench in (("cudnn", bench_torch), ("jax", bench_jax)):
+            try:
+                result = bench(shape, repeats, warmup)
+            except Exception as exc:  # a peer failing must not hide rnncu's numbers
+                print(f"# {peer} failed on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                result = None
+            if result is not None:
+                row["ms"][peer] = result
+        row["ms"]["naive_cupy"] = bench_naive_cupy(shape, max(3, repeats // 4), 1)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each runner's ms, and rnncu's best path's speed-up over the best peer."""
+    runners = ["rnncu_step", "rnncu_auto", "cudnn", "jax", "naive_cupy"]
+    lines = []
+    for mode in ("fwd", "fwd+bwd"):
+        lines.append(f"\n{mode}, ms (median)")
+        lines.append("| shape | " + " | ".join(runners) + " | speed-up vs best peer |")
+        lines.append("|---" * (len(runners) + 2) + "|")
+        for row in rows:
+            ms = {r: row["ms"].get(r, {}).get(mode) for r in runners}
+            ours = min(v for k, v in ms.items() if k.startswith("rnncu") and v is not None)
+            peers = [v for k, v in ms.items() if not k.startswith("rnncu") and v is not None]
+            speedup = f"{min(peers) / ours:.2f}x" if peers else "n/a"
+            cells = ["-" if v is None else f"{v:.3f}" for v in ms.values()]
+            lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {speedup} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", help=f"comma-separated subset of {', '.join(SHAPES)}")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", help="write the results to this path")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_SHAPES)}")
+    args = parser.parse_args(argv)
+    shapes = list(QUICK_SHAPES if args.quick else SHAPES)
+    if args.shapes:
+        shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+        unknown = [s for s in shapes if s not in SHAPES]
+        if unknown:
+            parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
+    rows = run(shapes, args.repeats, args.warmup)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"rows": rows, "repeats": args.repeats}, handle, indent=2)
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The CuPy backend: CuPy arrays on one CUDA device, and the recurrence as CUDA kernels.
+
+The sequential part runs one of two ways, chosen per call:
+
+* the **persistent** path (``rnncu.backend.persistent``), one launch for all steps, where that
+  module says the shape is supported;
+* the **step** path (``kernels/rnn_step.cu``): one fused launch per step. Forward computes
+  ``h_t = act(Z_t + h_{t-1} W_hh^T)`` in place in ``states[t]`` (a tiled GEMM whose epilogue
+  adds Z_t, applies act and carries padded rows); backward forms ``dz_t`` while loading its A
+  tile, writes it to ``grad_z[t]``, and computes ``dh_{t-1} = dz_t W_hh (+ dh_t on padding
+  rows)`` into the other of two ping-pong buffers.
+
+The choice: the ``recurrence`` attribute (constructor argument) if set, else the environment
+variable ``RNNCU_RECURRENCE``: ``auto`` (default: persistent where supported, else step),
+``step``, or ``persistent`` (persistent or an error).
+
+Host cost per step: the kernel handle, grid, block and every step's argument tuple are built
+before the loop, so a step is one ``RawKernel.__call__`` (about 4.5 us of Python on an H200,
+see ANCHORS.md), no allocation and no device-to-host synchronisation. Capturing the loop in a
+CUDA graph would cut that further; it is not done yet because it could not be tested on a
+device when this was written (capture needs a non-default stream and a cache keyed by shape
+and every pointer, invalidated when the memory pool hands out other addresses).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import cupy
+import numpy as np
+
+from rnncu.backend import kernel_loader
+from rnncu.backend.base import NONLINEARITIES, Backend
+
+RECURRENCE_ENV = "RNNCU_RECURRENCE"
+RECURRENCE_MODES = ("auto", "step", "persistent")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+STEP_BLOCK = (256, 1, 1)  # kernels/rnn_step.cu's fixed 16 x 16 thread grid
+_INT32_MAX = 2**31 - 1
+
+
+def _check_mode(value: Any, source: str) -> str:
+    if not isinstance(value, str) or value.lower() not in RECURRENCE_MODES:
+        raise ValueError(
+            f"{source}: expected one of {', '.join(repr(m) for m in RECURRENCE_MODES)}, "
+            f"got {value!r}"
+        )
+    return value.lower()
+
+
+class CupyBackend(Backend):
+    """CuPy arrays on the current device; the recurrence on fused CUDA kernels.
+
+    Args:
+        recurrence: ``"auto"``, ``"step"`` or ``"persistent"``; None (default) reads
+            ``RNNCU_RECURRENCE`` at every call (default ``auto``).
+    """
+
+    name = "cupy"
+    xp = cupy
+
+    def __init__(self, recurrence: str | None = None) -> None:
+        self.recurrence = recurrence
+        self._kernels: dict[tuple[Any, ...], Any] = {}
+        self._sm_counts: dict[int, int] = {}
+
+    # -- arrays ---------------------------------------------------------------------------
+    @property
+    def recurrence(self) -> str | None:
+        return self._recurrence
+
+    @recurrence.setter
+    def recurrence(self, value: str | None) -> None:
+        self._recurrence = None if value is None else _check_mode(value, "recurrence")
+
+    def owns(self, array: Any) -> bool:
+        return isinstance(array, cupy.ndarray)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return cupy.asnumpy(array)
+
+    def synchronize(self) -> None:
+        cupy.cuda.get_current_stream().synchronize()
+
+    def describe(self) -> dict[str, Any]:
+        runtime = cupy.cuda.runtime
+        device_id = runtime.getDevice()
+        props = runtime.getDeviceProperties(device_id)
+        name = props["name"]
+        return {
+            "backend": self.name,
+            "device": name.decode() if isinstance(name, bytes) else str(name),
+            "device_id": device_id,
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "multiprocessors": props["multiProcessorCount"],
+            "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+            "cupy": cupy.__version__,
+            "cuda_runtime": _cuda_version(runtime.runtimeGetVersion()),
+            "cuda_driver": _cuda_version(runtime.driverGetVersion()),
+            "recurrence": self.recurrence_mode(),
+        }
+
+    def recurrence_mode(self) -> str:
+        """The mode in force: the ``recurrence`` attribute, else ``RNNCU_RECURRENCE``."""
+        if self._recurrence is not None:
+            return self._recurrence
+        return _check_mode(
+            os.environ.get(RECURRENCE_ENV, "auto"), f"environment variable {RECURRENCE_ENV}"
+        )
+
+    # -- the recurrence -------------------------------------------------------------------
+    def recurrence_forward(
+        self,
+        states: Any,
+        w_hh: Any,
+        h0: Any,
+        lengths: Any | None,
+        nonlinearity: str,
+        reverse: bool,
+    ) -> None:
+        """``states`` (T, B, H): Z on entry, h on return; see :class:`Backend`."""
+        steps, batch, hidden = _check_states("states", states)
+        dtype = states.dtype
+        w_hh = _check_array("w_hh", w_hh, (hidden, hidden), dtype)
+        h0 = _check_array("h0", h0, (batch, hidden), dtype)
+        lengths = _check_lengths(lengths, batch)
+        _check_nonlinearity(nonlinearity)
+        mode = self.recurrence_mode()
+        if mode != "step":
+            persistent = _persistent_module(mode)
+            if persistent is not None and persistent.persistent_forward(
+                states, w_hh, h0, lengths, nonlinearity, reverse, force=mode == "persistent"
+            ):
+                return
+        if steps == 0 or batch == 0 or hidden == 0:
+            return
+
+        tile = self._tile(batch, hidden)
+        kernel = self._kernel("forward", dtype, nonlinearity, tile)
+        grid = step_grid(batch, hidden, tile)
+        launches = plan_forward(
+            states.data.ptr,
+            h0.data.ptr,
+            w_hh.data.ptr,
+            0 if lengths is None else lengths.data.ptr,
+            states.shape,
+            dtype.itemsize,
+            reverse,
+        )
+        # h0, w_hh and lengths may be contiguous copies made above; they stay referenced
+        # until every launch is queued, and CuPy's pool reuses memory in stream order.
+        for args in launches:
+            kernel(grid, STEP_BLOCK, args)
+
+    def recurrence_backward(
+        self,
+        states: Any,
+        w_hh: Any,
+        h0: Any,
+        grad_states: Any | None,
+        grad_h_last: Any | None,
+        lengths: Any | None,
+        nonlinearity: str,
+        reverse: bool,
+    ) -> tuple[Any, Any]:
+        """Return ``(grad_z (T, B, H), grad_h0 (B, H))``; see :class:`Backend`."""
+        steps, batch, hidden = _check_states("states", states)
+        dtype = states.dtype
+        w_hh = _check_array("w_hh", w_hh, (hidden, hidden), dtype)
+        h0 = _check_array("h0", h0, (batch, hidden), dtype)
+        if grad_states is not None:
+            grad_states = _check_array("grad_states", grad_states, states.shape, dtype)
+        if grad_h_last is not None:
+            grad_h_last = _check_array("grad_h_last", grad_h_last, (batch, hidden), dtype)
+        lengths = _check_lengths(lengths, batch)
+        _check_nonlinearity(nonlinearity)
+        mode = self.recurrence_mode()
+        if mode != "step":
+            persistent = _persistent_module(mode)
+            if persistent is not None:
+                result = persistent.persistent_backward(
+                    states,
+                    w_hh,
+                    h0,
+                    grad_states,
+                    grad_h_last,
+                    lengths,
+                    nonlinearity,
+                    reverse,
+                    force=mode == "persistent",
+                )
+                if result is not None:
+                    return result
+        if steps == 0 or batch == 0 or hidden == 0:
+            grad_h0 = (
+                cupy.zeros((batch, hidden), dtype) if grad_h_last is None else grad_h_last.copy()
+            )
+            return cupy.zeros_like(states), grad_h0
+
+        tile = self._tile(batch, hidden)
+        kernel = self._kernel("backward", dtype, nonlinearity, tile)
+        grid = step_grid(batch, hidden, tile)
+        grad_z = cupy.empty_like(states)
+        # dh ping-pongs between two buffers: blocks still read dh_t while others write dh_{t-1}
+        dh_buffers = (cupy.empty((batch, hidden), dtype), cupy.empty((batch, hidden), dtype))
+        dh_last = cupy.zeros((batch, hidden), dtype) if grad_h_last is None else grad_h_last
+        launches = plan_backward(
+            states.data.ptr,
+            grad_z.data.ptr,
+            None if grad_states is None else grad_states.data.ptr,
+            dh_last.data.ptr,
+            (dh_buffers[0].data.ptr, dh_buffers[1].data.ptr),
+            w_hh.data.ptr,
+            0 if lengths is None else lengths.data.ptr,
+            states.shape,
+            dtype.itemsize,
+            reverse,
+        )
+        for args in launches:
+            kernel(grid, STEP_BLOCK, args)
+        return grad_z, dh_buffers[backward_result_buffer(steps)]
+
+    # -- kernels --------------------------------------------------------------------------
+    def _tile(self, batch: int, hidden: int) -> tuple[int, int]:
+        """The largest (BM, BN) tile that still gives every multiprocessor a block; the
+        smallest tile when even that cannot (small batch and H: latency-bound anyway)."""
+        device_id = cupy.cuda.runtime.getDevice()
+        sms = self._sm_counts.get(device_id)
+        if sms is None:
+            sms = cupy.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
+            self._sm_counts[device_id] = sms
+        return choose_tile(batch, hidden, sms)
+
+    def _kernel(self, direction: str, dtype: np.dtype, nonlinearity: str, tile: tuple) -> Any:
+        key = (direction, dtype.char, nonlinearity, tile, cupy.cuda.runtime.getDevice())
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            name = kernel_loader.step_name_expression(direction, dtype, nonlinearity, tile)
+            kernel = kernel_loader.get_kernel(kernel_loader.STEP_KERNEL_FILE, name)
+            self._kernels[key] = kernel
+        return kernel
+
+
+# -- launch plans (pure host arithmetic, so the CPU tests can drive an emulation) ----------
+def choose_tile(batch: int, hidden: int, multiprocessors: int) -> tuple[int, int]:
+    """The largest (BM, BN) of :data:`kernel_loader.STEP_TILES` whose grid has at least one
+    block per multiprocessor, else the smallest."""
+    for tile in kernel_loader.STEP_TILES:
+        if -(-batch // tile[0]) * -(-hidden // tile[1]) >= multiprocessors:
+            return tile
+    return kernel_loader.STEP_TILES[-1]
+
+
+def step_grid(batch: int, hidden: int, tile: tuple[int, int]) -> tuple[int, int, int]:
+    """Grid of a step kernel: (column tiles over H, row tiles over B, 1)."""
+    return (-(-hidden // tile[1]), -(-batch // tile[0]), 1)
+
+
+def plan_forward(
+    states_ptr: int,
+    h0_ptr: int,
+    w_ptr: int,
+    lengths_ptr: int,
+    shape: tuple[int, int, int],
+    itemsize: int,
+    reverse: bool,
+) -> list[tuple]:
+    """Argument tuples of ``rnn_step_forward``, one per step in execution order:
+    ``(h_out = states[t], h_prev, w_hh, lengths, t, B, H)``. The step offset ``t * B * H``
+    is applied here in Python integers, so it cannot overflow."""
+    steps, batch, hidden = shape
+    step_bytes = batch * hidden * itemsize
+    w, lens = np.uint64(w_ptr), np.uint64(lengths_ptr)
+    b32, h32 = np.int32(batch), np.int32(hidden)
+    launches = []
+    prev = h0_ptr
+    for t in range(steps - 1, -1, -1) if reverse else range(steps):
+        current = states_ptr + t * step_bytes
+        launches.append((np.uint64(current), np.uint64(prev), w, lens, np.int32(t), b32, h32))
+        prev = current
+    return launches
+
+
+def plan_backward(
+    states_ptr: int,
+    grad_z_ptr: int,
+    grad_states_ptr: int | None,
+    grad_h_last_ptr: int,
+    dh_buffer_ptrs: tuple[int, int],
+    w_ptr: int,
+    lengths_ptr: int,
+    shape: tuple[int, int, int],
+    itemsize: int,
+    reverse: bool,
+) -> list[tuple]:
+    """Argument tuples of ``rnn_step_backward``, one per step in execution order (the reverse
+    of the forward walk): ``(grad_z[t], dh_out, dh_in, states[t], grad_states[t] or 0, w_hh,
+    lengths, t, B, H)``. Step ``i`` of the walk writes ``dh_buffer_ptrs[i % 2]`` and reads
+    the other (``grad_h_last`` at ``i = 0``); see :func:`backward_result_buffer`."""
+    steps, batch, hidden = shape
+    step_bytes = batch * hidden * itemsize
+    w, lens = np.uint64(w_ptr), np.uint64(lengths_ptr)
+    null = np.uint64(0)
+    b32, h32 = np.int32(batch), np.int32(hidden)
+    launches = []
+    dh_in = grad_h_last_ptr
+    for index, t in enumerate(range(steps) if reverse else range(steps - 1, -1, -1)):
+        offset = t * step_bytes
+        dh_out = dh_buffer_ptrs[index % 2]
+        grad_states_t = null if grad_states_ptr is None else np.uint64(grad_states_ptr + offset)
+        launches.append(
+            (
+                np.uint64(grad_z_ptr + offset),
+                np.uint64(dh_out),
+                np.uint64(dh_in),
+                np.uint64(states_ptr + offset),
+                grad_states_t,
+                w,
+                lens,
+                np.int32(t),
+                b32,
+                h32,
+            )
+        )
+        dh_in = dh_out
+    return launches
+
+
+def backward_result_buffer(steps: int) -> int:
+    """Index of the ping-pong buffer that holds ``grad_h0`` after ``steps >= 1`` steps."""
+    return (steps - 1) % 2
+
+
+# -- checks -----------------------------------------------------------------------------------
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def _check_device_array(name: str, array: Any) -> None:
+    if isinstance(array, np.ndarray):
+        raise TypeError(
+            f"mixed devices: {name} is a numpy.ndarray, the cupy backend needs cupy arrays; "
+            "convert with rnncu.get_backend('cupy').asarray(...)"
+        )
+    if not isinstance(array, cupy.ndarray):
+        raise TypeError(f"{name}: expected a cupy.ndarray, got {type(array).__name__}")
+    current = cupy.cuda.runtime.getDevice()
+    if array.device.id != current:
+        raise ValueError(
+            f"mixed devices: {name} lives on device {array.device.id}, the current device is "
+            f"{current}; use `with cupy.cuda.Device({array.device.id}):` or move the array"
+        )
+
+
+def _check_states(name: str, states: Any) -> tuple[int, int, int]:
+    _check_device_array(name, states)
+    if states.ndim != 3:
+        raise ValueError(f"{name}: expected shape (T, B, H), got {states.shape}")
+    if states.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {states.dtype}")
+    if not states.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous (it is written in place)")
+    steps, batch, hidden = states.shape
+    if batch > _INT32_MAX or hidden > _INT32_MAX or steps > _INT32_MAX:
+        raise ValueError(f"{name}: T, B and H must each fit in int32, got {states.shape}")
+    return steps, batch, hidden
+
+
+def _check_array(name: str, array: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """A read-only operand: right device, shape and dtype; made C-contiguous (a copy, outside
+    the step loop) only when it is not already."""
+    _check_device_array(name, array)
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(array.shape)}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (that of states), got {array.dtype}")
+    return cupy.ascontiguousarray(array)
+
+
+def _check_lengths(lengths: Any | None, batch: int) -> Any | None:
+    if lengths is None:
+        return None
+    _check_device_array("lengths", lengths)
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), got {lengths.shape}")
+    if lengths.dtype != np.int32:
+        raise TypeError(f"lengths: expected int32, got {lengths.dtype}")
+    return cupy.ascontiguousarray(lengths)
+
+
+def _check_nonlinearity(nonlinearity: str) -> None:
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected one of {NONLINEARITIES}, got {nonlinearity!r}")
+
+
+def _persistent_module(mode: str) -> Any | None:
+    """``rnncu.backend.persistent``, or None in ``auto`` mode when it does not exist."""
+    try:
+        from rnncu.backend import persistent
+    except ModuleNotFoundError as exc:
+        if exc.name != "rnncu.backend.persistent":
+            raise
+        if mode == "persistent":
+            raise RuntimeError(
+                f"{RECURRENCE_ENV}=persistent (or recurrence='persistent') but "
+                "rnncu.backend.persistent is not available in this installation"
+            ) from None
+        return None
+    return persistent

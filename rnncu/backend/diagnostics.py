@@ -1,0 +1,134 @@
+"""``rnncu info``: what this installation can do, gathered without side effects.
+
+:func:`collect_info` never raises for a missing GPU or CuPy: each part reports its reason
+instead. Kernel files are compiled for the current device's architecture when a device
+answers, else with NVRTC for sm_90 (no device needed), and each kernel's registers and
+spills (from ptxas) are listed.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+FALLBACK_ARCH = "sm_90"
+
+
+def collect_info(compile_kernels: bool = True) -> dict[str, Any]:
+    """A JSON-serialisable dict: versions, backends, device, and per kernel file whether every
+    name expression compiles (with registers and spill bytes per kernel)."""
+    import numpy
+
+    import rnncu
+    from rnncu.backend import available_backends, get_backend
+
+    info: dict[str, Any] = {
+        "rnncu": getattr(rnncu, "__version__", "unknown"),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+    }
+    try:
+        info["selected_backend"] = get_backend().name
+    except Exception as exc:  # a bad RNNCU_BACKEND is worth reporting, not crashing on
+        info["selected_backend"] = f"error: {exc}"
+    reason = available_backends()["cupy"]
+    info["cupy_available"] = reason is None
+    info["cupy_reason"] = reason
+    try:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+    except Exception as exc:
+        info["cupy"] = f"not importable: {type(exc).__name__}"
+    arch = FALLBACK_ARCH
+    if reason is None:
+        try:
+            info["device"] = get_backend("cupy").describe()
+            cc = info["device"]["compute_capability"].replace(".", "")
+            arch = f"sm_{cc}"
+        except Exception as exc:
+            info["device"] = {"error": f"{type(exc).__name__}: {exc}"}
+    else:
+        info["device"] = None
+    if compile_kernels:
+        info["kernels"] = _compile_all(arch)
+    return info
+
+
+def _compile_all(arch: str) -> dict[str, Any]:
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc_version = ".".join(map(str, nvrtc.getVersion()))
+    except Exception as exc:
+        return {"error": f"NVRTC unavailable: {type(exc).__name__}: {exc}"}
+    from rnncu.backend import kernel_loader
+
+    result: dict[str, Any] = {"arch": arch, "nvrtc": nvrtc_version, "files": {}}
+    try:
+        files = kernel_loader.all_name_expressions()
+    except Exception as exc:
+        result["error"] = f"kernel registry: {type(exc).__name__}: {exc}"
+        return result
+    for filename, names in files.items():
+        try:
+            compiled = kernel_loader.nvrtc_compile(filename, names, arch=arch)
+        except Exception as exc:
+            result["files"][filename] = {"ok": False, "error": str(exc)}
+            continue
+        result["files"][filename] = {
+            "ok": True,
+            "kernels": {
+                name: {
+                    "registers": compiled.registers.get(name),
+                    "spill_stores": compiled.spills.get(name, (None, None))[0],
+                    "spill_loads": compiled.spills.get(name, (None, None))[1],
+                }
+                for name in names
+            },
+        }
+    return result
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable text of :func:`collect_info`'s dict."""
+    lines = [
+        f"rnncu {info.get('rnncu')}  (python {info.get('python')}, numpy {info.get('numpy')})",
+        f"selected backend: {info.get('selected_backend')}",
+        f"cupy: {info.get('cupy')}"
+        + ("" if info.get("cupy_available") else f"  (unavailable: {info.get('cupy_reason')})"),
+    ]
+    device = info.get("device")
+    if isinstance(device, dict) and "error" not in device:
+        lines.append(
+            f"device: {device.get('device')} (cc {device.get('compute_capability')}, "
+            f"{device.get('multiprocessors')} SMs, {device.get('memory_gib')} GiB); "
+            f"CUDA runtime {device.get('cuda_runtime')}, driver {device.get('cuda_driver')}; "
+            f"recurrence {device.get('recurrence')}"
+        )
+    elif isinstance(device, dict):
+        lines.append(f"device: {device['error']}")
+    else:
+        lines.append("device: none")
+    kernels = info.get("kernels")
+    if kernels is not None:
+        if "error" in kernels and "files" not in kernels:
+            lines.append(f"kernels: {kernels['error']}")
+        else:
+            lines.append(f"kernels (NVRTC {kernels.get('nvrtc')}, {kernels.get('arch')}):")
+            for filename, entry in kernels.get("files", {}).items():
+                if not entry["ok"]:
+                    lines.append(
+                        f"  {filename}: FAILED\n    " + entry["error"].replace("\n", "\n    ")
+                    )
+                    continue
+                lines.append(f"  {filename}: ok, {len(entry['kernels'])} kernels")
+                for name, k in entry["kernels"].items():
+                    spill = k["spill_stores"] or k["spill_loads"]
+                    lines.append(
+                        f"    {name:<44} {k['registers']!s:>4} regs"
+                        + (f"  SPILLS {k['spill_stores']}/{k['spill_loads']} B" if spill else "")
+                    )
+            if "error" in kernels:
+                lines.append(f"  {kernels['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,375 @@
+"""The one place where rnncu's CUDA sources are found, compiled and registered.
+
+Sources live in ``kernels/`` (``.cu`` kernel files and ``.cuh`` headers). At run time they are
+compiled by NVRTC through :class:`cupy.RawModule` on first use, once per device and per
+(file, name expressions, options); CuPy's disk cache (``CUPY_CACHE_DIR``) keeps the binaries
+between processes. Kernels are C++ templates, picked by explicit name expressions such as
+``rnn_step_forward<float, 0, 64, 64>``.
+
+Two properties every kernel file gets from :func:`read_source`:
+
+* ``#line`` directives, so a compile error points at ``kernels/<file>.cu:<line>`` (the
+  messages of :class:`KernelCompileError` are rewritten from NVRTC's ``file(line)`` form);
+* quoted includes of files in ``kernels/`` (``#include "common.cuh"``) are inlined, each
+  under its own ``#line``, so no ``-I`` option is needed and CuPy's disk-cache key, which
+  hashes the source text only, changes whenever a header changes.
+
+:func:`nvrtc_compile` compiles without a CUDA device (straight through
+``cupy_backends.cuda.libs.nvrtc``) for a named architecture, with ptxas' verbose report, so
+tests and ``rnncu info`` can check every kernel's registers and spills on any machine.
+
+Registry. :data:`KERNEL_FILES` maps each kernel file to its full list of name expressions
+and its extra compile options. A module that owns kernels registers them at import time with
+:func:`register_kernel_file`; this module registers ``rnn_step.cu`` itself. The persistent
+kernels register from ``rnncu/backend/persistent.py``; :func:`all_name_expressions` imports
+that module (when it exists) before answering, so its files are always included.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CompileResult",
+    "DEFAULT_OPTIONS",
+    "KERNEL_FILES",
+    "KernelCompileError",
+    "STEP_KERNEL_FILE",
+    "STEP_TILES",
+    "all_name_expressions",
+    "get_kernel",
+    "kernel_dir",
+    "kernel_options",
+    "load_module",
+    "nvrtc_compile",
+    "read_source",
+    "register_kernel_file",
+    "step_name_expression",
+]
+
+#: options every kernel file is compiled with, on the device and by :func:`nvrtc_compile`
+DEFAULT_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+
+#: modules that register kernel files when imported (see the module docstring)
+_REGISTERING_MODULES = ("rnncu.backend.persistent",)
+
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+# NVRTC reports "kernels/rnn_step.cu(42): error: ..."; rewritten to "kernels/rnn_step.cu:42:"
+_LOCATION_RE = re.compile(r"(kernels/[\w./-]+)\((\d+)\):?")
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel file failed to compile; the message holds the compiler log, with locations
+    written as ``kernels/<file>.cu:<line>``."""
+
+    def __init__(self, filename: str, log: str, options: Sequence[str] = ()) -> None:
+        self.filename = filename
+        self.log = _map_locations(log)
+        self.options = tuple(options)
+        super().__init__(
+            f"compiling kernels/{filename} failed (options {' '.join(self.options)}):\n{self.log}"
+        )
+
+
+def _map_locations(log: str) -> str:
+    return _LOCATION_RE.sub(r"\1:\2:", log)
+
+
+# ---------------------------------------------------------------------------------- sources
+def kernel_dir() -> Path:
+    """The directory holding the kernel sources: ``rnncu/kernels`` inside an installed wheel
+    (setup.py copies them there), else ``kernels/`` at the top of a checkout (editable install
+    or ``PYTHONPATH=<checkout>``)."""
+    import rnncu
+
+    package = Path(rnncu.__file__).resolve().parent
+    candidates = (package / "kernels", package.parent / "kernels")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "rnncu kernel sources not found; looked in "
+        + " and ".join(str(c) for c in candidates)
+        + " (a wheel must ship rnncu/kernels; a checkout has kernels/ beside rnncu/)"
+    )
+
+
+def _inline(filename: str, directory: Path, seen: tuple[str, ...]) -> str:
+    path = directory / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel source kernels/{filename} not found in {directory}")
+    lines = [f'#line 1 "kernels/{filename}"']
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _INCLUDE_RE.match(line)
+        if match and (directory / match.group(1)).is_file():
+            header = match.group(1)
+            if header in seen:
+                # a header included twice (directly or through another) is already inlined;
+                # its `#pragma once` would not help in a single concatenated buffer
+                lines.append(f"// {line.strip()} (already inlined)")
+            else:
+                lines.append(_inline(header, directory, seen + (header,)))
+                seen = seen + (header,)
+            lines.append(f'#line {number + 1} "kernels/{filename}"')
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def read_source(filename: str) -> str:
+    """The source of ``kernels/<filename>``, with ``#line 1 "kernels/<filename>"`` prepended and
+    its quoted includes of other files in ``kernels/`` inlined (each under its own ``#line``)."""
+    return _inline(filename, kernel_dir(), (filename,)) + "\n"
+
+
+# --------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class _KernelFile:
+    name_expressions: tuple[str, ...]
+    options: tuple[str, ...] = ()
+
+
+#: every registered kernel file: filename -> its name expressions and extra options
+KERNEL_FILES: dict[str, _KernelFile] = {}
+_registry_lock = threading.Lock()
+
+
+def register_kernel_file(
+    filename: str, name_expressions: Sequence[str], options: Sequence[str] = ()
+) -> None:
+    """Declare that ``kernels/<filename>`` exists and instantiates ``name_expressions``
+    (compiled with ``options`` on top of :data:`DEFAULT_OPTIONS`). Registering the same file
+    again replaces its entry, so re-importing a module is harmless."""
+    if not name_expressions:
+        raise ValueError(f"register_kernel_file({filename!r}): no name expressions")
+    with _registry_lock:
+        KERNEL_FILES[filename] = _KernelFile(tuple(name_expressions), tuple(options))
+
+
+def _import_registering_modules() -> None:
+    import importlib
+
+    for module_name in _REGISTERING_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # the module not being written yet (or CuPy absent) is fine; a bug inside it is not
+            if exc.name != module_name and not (exc.name or "").startswith("cupy"):
+                raise
+
+
+def all_name_expressions() -> dict[str, list[str]]:
+    """``{kernel file: [name expression, ...]}`` for every registered kernel file, including
+    those of modules that register on import (``rnncu.backend.persistent``)."""
+    _import_registering_modules()
+    with _registry_lock:
+        return {name: list(entry.name_expressions) for name, entry in KERNEL_FILES.items()}
+
+
+def kernel_options(filename: str) -> tuple[str, ...]:
+    """The full option tuple a registered file is compiled with (defaults + its own)."""
+    entry = KERNEL_FILES.get(filename)
+    return DEFAULT_OPTIONS + (entry.options if entry is not None else ())
+
+
+# The step kernels' tile shapes (BM batch rows x BN hidden units per block, 256 threads).
+# The backend picks the largest tile that still gives every multiprocessor a block.
+STEP_KERNEL_FILE = "rnn_step.cu"
+STEP_TILES: tuple[tuple[int, int], ...] = ((64, 64), (32, 32), (16, 16))
+_ACTIVATION_IDS = {"tanh": 0, "relu": 1}
+_CTYPES = {"float32": "float", "float64": "double"}
+
+
+def step_name_expression(
+    direction: str, dtype: Any, nonlinearity: str, tile: tuple[int, int]
+) -> str:
+    """``rnn_step_forward<float, 0, 64, 64>``: the instantiation for a direction
+    (``"forward"``/``"backward"``), dtype (float32/float64), nonlinearity and (BM, BN) tile."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    ctype = _CTYPES[str(getattr(dtype, "name", dtype))]
+    return f"rnn_step_{direction}<{ctype}, {_ACTIVATION_IDS[nonlinearity]}, {tile[0]}, {tile[1]}>"
+
+
+register_kernel_file(
+    STEP_KERNEL_FILE,
+    [
+        step_name_expression(direction, dtype, act, tile)
+        for direction in ("forward", "backward")
+        for dtype in _CTYPES
+        for act in _ACTIVATION_IDS
+        for tile in STEP_TILES
+    ],
+)
+
+
+# ----------------------------------------------------------------------- device compilation
+_modules: dict[tuple[Any, ...], Any] = {}
+_modules_lock = threading.Lock()
+
+
+def load_module(filename: str, name_expressions: Sequence[str], options: Sequence[str] = ()) -> Any:
+    """The :class:`cupy.RawModule` of ``kernels/<filename>`` instantiating ``name_expressions``
+    for the current device, compiled on the first call for each (file, name expressions,
+    options, device) and memoised. ``options`` come on top of :data:`DEFAULT_OPTIONS`. A
+    compile error raises :class:`KernelCompileError`."""
+    import cupy
+
+    device_id = cupy.cuda.runtime.getDevice()
+    full_options = DEFAULT_OPTIONS + tuple(options)
+    key = (filename, tuple(name_expressions), full_options, device_id)
+    module = _modules.get(key)
+    if module is not None:
+        return module
+    with _modules_lock:
+        module = _modules.get(key)
+        if module is None:
+            module = cupy.RawModule(
+                code=read_source(filename),
+                options=full_options,
+                name_expressions=tuple(name_expressions),
+            )
+            try:
+                module.compile()  # now, so the error surfaces here rather than at a launch
+            except cupy.cuda.compiler.CompileException as exc:
+                raise KernelCompileError(filename, str(exc), full_options) from None
+            _modules[key] = module
+    return module
+
+
+def get_kernel(filename: str, name_expression: str, options: Sequence[str] = ()) -> Any:
+    """One kernel (a :class:`cupy.RawKernel`-like callable, ``kernel(grid, block, args)``)
+    from the module of ``kernels/<filename>``. When the file is registered, the module holds
+    all of its registered name expressions, so every kernel of a file shares one compile."""
+    entry = KERNEL_FILES.get(filename)
+    if entry is not None and name_expression in entry.name_expressions:
+        names: Sequence[str] = entry.name_expressions
+        options = tuple(entry.options) + tuple(options)
+    else:
+        names = (name_expression,)
+    return load_module(filename, names, options).get_function(name_expression)
+
+
+# ------------------------------------------------------------------ device-free compilation
+@dataclass
+class CompileResult:
+    """What :func:`nvrtc_compile` produced for one file and architecture."""
+
+    filename: str
+    arch: str
+    cubin: bytes
+    #: name expression -> mangled (lowered) name
+    lowered_names: dict[str, str]
+    log: str
+    #: name expression -> registers per thread (from ptxas' report)
+    registers: dict[str, int] = field(default_factory=dict)
+    #: name expression -> (spill store bytes, spill load bytes)
+    spills: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: name expression -> stack frame bytes
+    stack_frame: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_spills(self) -> bool:
+        return any(stores or loads for stores, loads in self.spills.values())
+
+
+_PTXAS_ENTRY_RE = re.compile(r"Function properties for (\S+)")
+_PTXAS_FRAME_RE = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+)
+_PTXAS_REGS_RE = re.compile(r"Compiling entry function '([^']+)'|Used (\d+) registers")
+
+
+def _parse_ptxas(log: str, lowered: dict[str, str]) -> tuple[dict, dict, dict]:
+    by_mangled = {mangled: name for name, mangled in lowered.items()}
+    registers: dict[str, int] = {}
+    spills: dict[str, tuple[int, int]] = {}
+    frames: dict[str, int] = {}
+    current: str | None = None
+    for line in log.splitlines():
+        entry = _PTXAS_ENTRY_RE.search(line)
+        if entry:
+            current = entry.group(1)
+            continue
+        regs = _PTXAS_REGS_RE.search(line)
+        if regs and regs.group(1):
+            current = regs.group(1)
+            continue
+        if current is None or current not in by_mangled:
+            continue
+        name = by_mangled[current]
+        frame = _PTXAS_FRAME_RE.search(line)
+        if frame:
+            frames[name] = int(frame.group(1))
+            spills[name] = (int(frame.group(2)), int(frame.group(3)))
+        elif regs and regs.group(2):
+            registers[name] = int(regs.group(2))
+    return registers, spills, frames
+
+
+def _with_cupy_includes(options: tuple[str, ...]) -> tuple[str, ...]:
+    """``options`` plus the include paths CuPy gives every RawModule (its own headers, CCCL's
+    libcudacxx, the CUDA toolkit's include/), so ``<cooperative_groups.h>`` and friends
+    resolve here exactly as on the device. A private CuPy helper: without it, no extra paths."""
+    try:
+        import cupy  # noqa: F401  (importing cupy._core first is a circular import)
+        from cupy._core.core import assemble_cupy_compiler_options
+    except Exception:  # pragma: no cover - CuPy absent or reorganised
+        return options
+    return tuple(assemble_cupy_compiler_options(tuple(options)))
+
+
+def nvrtc_compile(
+    filename: str,
+    name_expressions: Sequence[str],
+    arch: str = "sm_90",
+    options: Sequence[str] = (),
+    source: str | None = None,
+) -> CompileResult:
+    """Compile ``kernels/<filename>`` to a cubin for ``arch`` with NVRTC directly, without a
+    CUDA device, and read ptxas' report of registers and spills per name expression.
+
+    ``source`` replaces the file's text (tests use it to compile a deliberately broken
+    variant); it is still labelled ``kernels/<filename>`` in messages. The options match the
+    device path (:data:`DEFAULT_OPTIONS`, CuPy's ``-ftz=true``, the file's registered
+    options). Raises :class:`KernelCompileError` with the NVRTC log on failure."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    if source is None:
+        source = read_source(filename)
+    elif not source.lstrip().startswith("#line"):
+        source = f'#line 1 "kernels/{filename}"\n{source}'
+    full_options = _with_cupy_includes(kernel_options(filename) + tuple(options))
+    full_options += ("-ftz=true", f"-arch={arch}", "-Xptxas=-v")
+    program = nvrtc.createProgram(source, f"kernels/{filename}", [], [])
+    try:
+        for name in name_expressions:
+            nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, list(full_options))
+        except nvrtc.NVRTCError:
+            raise KernelCompileError(
+                filename, nvrtc.getProgramLog(program).rstrip("\x00"), full_options
+            ) from None
+        log = nvrtc.getProgramLog(program).rstrip("\x00")
+        lowered = {name: nvrtc.getLoweredName(program, name) for name in name_expressions}
+        cubin = nvrtc.getCUBIN(program)
+    finally:
+        nvrtc.destroyProgram(program)
+    registers, spills, frames = _parse_ptxas(log, lowered)
+    return CompileResult(filename, arch, cubin, lowered, log, registers, spills, frames)
+
+
+def device_arch() -> str | None:
+    """``sm_XY`` of the current CUDA device, or None when there is none (never raises)."""
+    try:
+        import cupy
+
+        return f"sm_{cupy.cuda.Device().compute_capability}"
+    except Exception:
+        return None

@@ -1,0 +1,261 @@
+"""The CuPy backend against the NumPy reference: ``recurrence_forward``/``recurrence_backward``
+and the ``rnncu.RNN`` layer, float32 and float64, tanh and relu, reverse, lengths, odd sizes,
+for each recurrence path (``step``, and ``persistent`` where that module supports the shape).
+
+Never zeros: inputs are fresh random draws, and every output buffer the test allocates is
+filled with NaN first so an unwritten element fails. Skipped where CuPy or a device is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+TOL = {np.float64: 1e-10, np.float32: 1e-5}
+# (T, B, H): every H in {1, 7, 33, 257, 1000}, B in {1, odd}; only a few T = 2000 cases
+SHAPES = [
+    (1, 1, 1),
+    (2, 1, 7),
+    (1, 7, 33),
+    (2, 33, 257),
+    (2, 5, 1000),
+    (2000, 1, 33),
+    (2000, 7, 257),
+]
+MODES = ("step", "persistent")
+
+
+@contextlib.contextmanager
+def recurrence(backend, mode: str) -> Iterator[None]:
+    previous = backend.recurrence
+    backend.recurrence = mode
+    try:
+        yield
+    finally:
+        backend.recurrence = previous
+
+
+def _cupy_backend():
+    import rnncu
+
+    return rnncu.get_backend("cupy")
+
+
+def _skip_unless_supported(mode: str, shape, dtype, nonlinearity, reverse, lengths) -> None:
+    """Skip a persistent case the persistent module says it does not cover."""
+    if mode != "persistent":
+        return
+    try:
+        persistent = importlib.import_module("rnncu.backend.persistent")
+    except ModuleNotFoundError:
+        pytest.skip("rnncu.backend.persistent does not exist in this checkout")
+    supports = getattr(persistent, "supports", None) or getattr(persistent, "is_supported", None)
+    if supports is None:
+        return  # the module decides per call; with force=True it raises where unsupported
+    try:
+        ok = supports(
+            shape=shape, dtype=np.dtype(dtype), nonlinearity=nonlinearity, reverse=reverse
+        )
+    except TypeError:
+        ok = supports(*shape, np.dtype(dtype))
+    if not ok:
+        pytest.skip(f"persistent path does not support {shape} {np.dtype(dtype)}")
+
+
+def _inputs(rng, shape, dtype, use_lengths):
+    steps, batch, hidden = shape
+    z = rng.standard_normal(shape).astype(dtype)
+    # |W| ~ U(-1, 1)/sqrt(H): a contracting recurrence, so T = 2000 stays well conditioned
+    w_hh = (rng.uniform(-1.0, 1.0, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype)
+    h0 = rng.standard_normal((batch, hidden)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, batch).astype(np.int32) if use_lengths else None
+    if lengths is not None and batch > 1:
+        lengths[0] = steps  # at least one full-length row
+    grad_states = rng.standard_normal(shape).astype(dtype)
+    grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
+    return z, w_hh, h0, lengths, grad_states, grad_h_last
+
+
+def _poison_pool(*shapes_and_dtypes) -> None:
+    """Fill blocks of CuPy's memory pool, of the sizes the next call allocates, with NaN bits
+    (all bytes 0xFF) and free them, so the backend's ``cupy.empty`` outputs start as NaN."""
+    import cupy
+
+    blocks = []
+    for shape, dtype in shapes_and_dtypes:
+        block = cupy.empty(int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+        block.fill(255)
+        blocks.append(block)
+    cupy.cuda.get_current_stream().synchronize()
+    del blocks
+
+
+def _close(actual, expected, dtype, what: str) -> None:
+    rtol = TOL[dtype]
+    atol = rtol * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    assert not np.isnan(actual).any(), f"{what}: NaN left (an element was never written)"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    ("nonlinearity", "reverse", "use_lengths"),
+    [("tanh", False, False), ("relu", True, True), ("tanh", True, True), ("relu", False, False)],
+)
+def test_recurrence_matches_numpy(rng, mode, dtype, shape, nonlinearity, reverse, use_lengths):
+    import cupy
+
+    from rnncu.backend.numpy_backend import NumpyBackend
+
+    if shape[0] == 2000 and (dtype == np.float64 or nonlinearity == "relu"):
+        pytest.skip("T = 2000 runs for float32 tanh only, to keep the GPU suite short")
+    _skip_unless_supported(mode, shape, dtype, nonlinearity, reverse, use_lengths)
+    backend = _cupy_backend()
+    reference = NumpyBackend()
+    z, w_hh, h0, lengths, grad_states, grad_h_last = _inputs(rng, shape, dtype, use_lengths)
+
+    expected = z.copy()
+    reference.recurrence_forward(expected, w_hh, h0, lengths, nonlinearity, reverse)
+    d_w, d_h0 = cupy.asarray(w_hh), cupy.asarray(h0)
+    d_len = None if lengths is None else cupy.asarray(lengths)
+    with recurrence(backend, mode):
+        states = cupy.asarray(z)
+        backend.recurrence_forward(states, d_w, d_h0, d_len, nonlinearity, reverse)
+        _close(cupy.asnumpy(states), expected, dtype, "states")
+
+        for gs, gl in ((grad_states, grad_h_last), (None, None)):
+            want_z, want_h0 = reference.recurrence_backward(
+                expected, w_hh, h0, gs, gl, lengths, nonlinearity, reverse
+            )
+            _poison_pool((shape, dtype), (shape[1:], dtype), (shape[1:], dtype))
+            grad_z, grad_h0 = backend.recurrence_backward(
+                cupy.asarray(expected),
+                d_w,
+                d_h0,
+                None if gs is None else cupy.asarray(gs),
+                None if gl is None else cupy.asarray(gl),
+                d_len,
+                nonlinearity,
+                reverse,
+            )
+            _close(cupy.asnumpy(grad_z), want_z, dtype, "grad_z")
+            _close(cupy.asnumpy(grad_h0), want_h0, dtype, "grad_h0")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_inputs_give_identical_bits(rng, mode):
+    import cupy
+
+    shape = (50, 7, 257)
+    _skip_unless_supported(mode, shape, np.float32, "tanh", False, True)
+    backend = _cupy_backend()
+    z, w_hh, h0, lengths, grad_states, grad_h_last = _inputs(rng, shape, np.float32, True)
+    args = (cupy.asarray(w_hh), cupy.asarray(h0))
+    d_len = cupy.asarray(lengths)
+    results = []
+    with recurrence(backend, mode):
+        for _ in range(2):
+            states = cupy.asarray(z)
+            backend.recurrence_forward(states, *args, d_len, "tanh", False)
+            grad_z, grad_h0 = backend.recurrence_backward(
+                states, *args, cupy.asarray(grad_states), cupy.asarray(grad_h_last), d_len,
+                "tanh", False,
+            )  # fmt: skip
+            results.append([cupy.asnumpy(a) for a in (states, grad_z, grad_h0)])
+    for first, second in zip(*results, strict=True):
+        assert first.tobytes() == second.tobytes()
+
+
+def test_numpy_array_is_a_clear_type_error(rng):
+    import cupy
+
+    backend = _cupy_backend()
+    z, w_hh, h0, *_ = _inputs(rng, (3, 2, 7), np.float32, False)
+    with pytest.raises(TypeError, match=r"mixed devices: w_hh is a numpy\.ndarray.*asarray"):
+        backend.recurrence_forward(cupy.asarray(z), w_hh, cupy.asarray(h0), None, "tanh", False)
+    with pytest.raises(TypeError, match=r"mixed devices: states is a numpy\.ndarray"):
+        backend.recurrence_forward(z, cupy.asarray(w_hh), cupy.asarray(h0), None, "tanh", False)
+
+
+def test_bad_recurrence_env_names_the_variable(monkeypatch):
+    from rnncu.backend.cupy_backend import CupyBackend
+
+    monkeypatch.setenv("RNNCU_RECURRENCE", "fastest")
+    with pytest.raises(ValueError, match="RNNCU_RECURRENCE"):
+        CupyBackend().recurrence_mode()
+    with pytest.raises(ValueError, match="recurrence"):
+        CupyBackend(recurrence="fastest")
+
+
+def test_describe_reports_the_device():
+    info = _cupy_backend().describe()
+    for key in ("device", "compute_capability", "multiprocessors", "cupy", "cuda_runtime"):
+        assert info[key], key
+
+
+# ------------------------------------------------------------------------------ layer level
+def _layer_pair(dtype: str, **kwargs):
+    import rnncu
+
+    cpu = rnncu.RNN(dtype=dtype, backend="numpy", seed=0, **kwargs)
+    gpu = rnncu.RNN(dtype=dtype, backend="cupy", seed=1, **kwargs)
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("dtype", "config", "use_lengths"),
+    [
+        ("float64", {"nonlinearity": "tanh", "num_layers": 2, "bidirectional": True}, True),
+        ("float32", {"nonlinearity": "relu", "num_layers": 1, "bidirectional": False}, False),
+        ("float32", {"nonlinearity": "tanh", "num_layers": 1, "bidirectional": True}, True),
+    ],
+)
+def test_layer_matches_numpy(rng, mode, dtype, config, use_lengths):
+    import cupy
+
+    steps, batch, features, hidden = 9, 5, 3, 33
+    _skip_unless_supported(mode, (steps, batch, hidden), dtype, config["nonlinearity"], True, True)
+    cpu, gpu = _layer_pair(dtype, input_size=features, hidden_size=hidden, **config)
+    np_dtype = np.dtype(dtype).type
+    x = rng.standard_normal((steps, batch, features)).astype(dtype)
+    directions = 2 if config["bidirectional"] else 1
+    h0 = rng.standard_normal((config["num_layers"] * directions, batch, hidden)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, batch) if use_lengths else None
+    if lengths is not None:
+        lengths[0] = steps
+
+    backend = gpu.backend
+    with recurrence(backend, mode):
+        out_ref, hn_ref = cpu(x, h0, lengths)
+        _poison_pool(((steps, batch, hidden * directions), dtype), ((steps, batch, hidden), dtype))
+        out, hn = gpu(cupy.asarray(x), cupy.asarray(h0), lengths)
+        _close(cupy.asnumpy(out), out_ref, np_dtype, "out")
+        _close(cupy.asnumpy(hn), hn_ref, np_dtype, "h_n")
+
+        dout = rng.standard_normal(out_ref.shape).astype(dtype)
+        dhn = rng.standard_normal(hn_ref.shape).astype(dtype)
+        dx_ref, dh0_ref = cpu.backward(dout, dhn)
+        dx, dh0 = gpu.backward(cupy.asarray(dout), cupy.asarray(dhn))
+        _close(cupy.asnumpy(dx), dx_ref, np_dtype, "dx")
+        _close(cupy.asnumpy(dh0), dh0_ref, np_dtype, "dh0")
+        assert set(gpu.grads) == set(cpu.grads)
+        for name, grad in cpu.grads.items():
+            _close(cupy.asnumpy(gpu.grads[name]), grad, np_dtype, f"grads[{name!r}]")
+
+
+def test_layer_rejects_numpy_input_on_cupy(rng):
+    import rnncu
+
+    gpu = rnncu.RNN(3, 7, backend="cupy", seed=0)
+    with pytest.raises(TypeError, match="mixed devices|cupy"):
+        gpu(rng.standard_normal((4, 2, 3)).astype(np.float32))

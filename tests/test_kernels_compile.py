@@ -1,0 +1,281 @@
+"""Every kernel file compiles, for every name expression, for sm_80 and sm_90, with no register
+spills; compile errors point at ``kernels/<file>:<line>``; and the step kernels' arithmetic is
+checked against the NumPy backend by running their CUDA source on the host under a small
+emulation (g++, one std::thread per CUDA thread). None of this needs a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu.backend import kernel_loader
+
+try:
+    from cupy_backends.cuda.libs import nvrtc  # noqa: F401
+
+    _NVRTC_REASON = None
+except Exception as exc:  # ImportError, or a missing libnvrtc at load time
+    _NVRTC_REASON = f"NVRTC is not importable ({type(exc).__name__}: {exc})"
+
+needs_nvrtc = pytest.mark.skipif(_NVRTC_REASON is not None, reason=str(_NVRTC_REASON))
+ARCHS = ("sm_80", "sm_90")
+
+
+def test_kernel_dir_finds_sources() -> None:
+    directory = kernel_loader.kernel_dir()
+    assert (directory / "rnn_step.cu").is_file()
+    assert (directory / "common.cuh").is_file()
+    for filename in kernel_loader.all_name_expressions():
+        assert (directory / filename).is_file(), filename
+
+
+def test_read_source_maps_lines_and_inlines_headers() -> None:
+    source = kernel_loader.read_source("rnn_step.cu")
+    assert source.startswith('#line 1 "kernels/rnn_step.cu"')
+    assert '#line 1 "kernels/common.cuh"' in source
+    assert '#include "common.cuh"' not in source
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("filename", sorted(kernel_loader.all_name_expressions()))
+def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
+    names = kernel_loader.all_name_expressions()[filename]
+    result = kernel_loader.nvrtc_compile(filename, names, arch=arch)
+    assert result.cubin, "empty cubin"
+    assert set(result.lowered_names) == set(names)
+    # every kernel must appear in ptxas' report, or the spill check below proves nothing
+    assert set(result.spills) == set(names), result.log
+    spilling = {name: s for name, s in result.spills.items() if s != (0, 0)}
+    assert not spilling, f"register spills (stores, loads) for {arch}: {spilling}\n{result.log}"
+
+
+@needs_nvrtc
+@pytest.mark.parametrize(
+    ("filename", "needle", "replacement"),
+    [
+        ("rnn_step.cu", "const int tx = tid % kStepThreadsX;", "const int tx = tid % nope;"),
+        ("common.cuh", "return T(1) - h * h;", "return T(1) - h * nope;"),
+    ],
+)
+def test_compile_error_points_at_kernel_line(filename: str, needle: str, replacement: str) -> None:
+    line = next(
+        number
+        for number, text in enumerate(
+            (kernel_loader.kernel_dir() / filename).read_text().splitlines(), 1
+        )
+        if needle in text
+    )
+    source = kernel_loader.read_source("rnn_step.cu")
+    assert needle in source
+    broken = source.replace(needle, replacement, 1)
+    with pytest.raises(kernel_loader.KernelCompileError) as info:
+        kernel_loader.nvrtc_compile(
+            "rnn_step.cu",
+            ["rnn_step_forward<float, 0, 16, 16>", "rnn_step_backward<float, 0, 16, 16>"],
+            source=broken,
+        )
+    assert f"kernels/{filename}:{line}:" in str(info.value)
+    assert "nope" in str(info.value)
+
+
+def test_registry_rejects_empty_and_replaces() -> None:
+    with pytest.raises(ValueError):
+        kernel_loader.register_kernel_file("empty.cu", [])
+    names = kernel_loader.all_name_expressions()["rnn_step.cu"]
+    assert "rnn_step_forward<float, 0, 64, 64>" in names
+    assert "rnn_step_backward<double, 1, 16, 16>" in names
+    assert len(names) == 2 * 2 * 2 * len(kernel_loader.STEP_TILES)
+
+
+# ------------------------------------------------------------------ host emulation of the kernels
+_SHIM = r"""
+// Host emulation of the CUDA subset used by kernels/rnn_step.cu. One std::thread per CUDA
+// thread; blocks run one after another, so a function-static array is the block's shared
+// memory.
+#include <barrier>
+#include <cmath>
+#include <math.h>
+#include <thread>
+#include <vector>
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+thread_local dim3 threadIdx, blockIdx;
+static std::barrier<>* g_barrier = nullptr;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __shared__ static
+inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+"""
+
+_LAUNCHER = r"""
+template <typename F>
+static void emulate(unsigned gx, unsigned gy, F body) {
+  const int threads = 256;
+  std::barrier<> barrier(threads);
+  g_barrier = &barrier;
+  std::vector<std::thread> pool;
+  for (int tid = 0; tid < threads; ++tid) {
+    pool.emplace_back([&, tid] {
+      threadIdx.x = tid;
+      for (unsigned by = 0; by < gy; ++by)
+        for (unsigned bx = 0; bx < gx; ++bx) {
+          blockIdx.x = bx;
+          blockIdx.y = by;
+          body();
+          barrier.arrive_and_wait();  // the next block reuses the static shared arrays
+        }
+    });
+  }
+  for (auto& t : pool) t.join();
+}
+
+#define RNNCU_TILES(X, T, A) X(T, A, 64, 64) X(T, A, 32, 32) X(T, A, 16, 16)
+#define RNNCU_FWD_CASE(T, A, BM, BN)                                                    \
+  if (act == A && bm == BM && bn == BN) {                                               \
+    emulate(gx, gy, [&] { rnn_step_forward<T, A, BM, BN>((T*)out, (const T*)prev,       \
+                                                         (const T*)w, lengths, t, b, h); }); \
+    return 0;                                                                           \
+  }
+#define RNNCU_BWD_CASE(T, A, BM, BN)                                                    \
+  if (act == A && bm == BM && bn == BN) {                                               \
+    emulate(gx, gy, [&] { rnn_step_backward<T, A, BM, BN>(                              \
+        (T*)gz, (T*)dh_out, (const T*)dh_in, (const T*)ht, (const T*)gs, (const T*)w,   \
+        lengths, t, b, h); });                                                          \
+    return 0;                                                                           \
+  }
+extern "C" int step_forward(int is_double, int act, int bm, int bn, unsigned gx, unsigned gy,
+                            void* out, const void* prev, const void* w, const int* lengths,
+                            int t, int b, int h) {
+  if (is_double) { RNNCU_TILES(RNNCU_FWD_CASE, double, 0) RNNCU_TILES(RNNCU_FWD_CASE, double, 1) }
+  else { RNNCU_TILES(RNNCU_FWD_CASE, float, 0) RNNCU_TILES(RNNCU_FWD_CASE, float, 1) }
+  return 1;
+}
+extern "C" int step_backward(int is_double, int act, int bm, int bn, unsigned gx, unsigned gy,
+                             void* gz, void* dh_out, const void* dh_in, const void* ht,
+                             const void* gs, const void* w, const int* lengths, int t, int b,
+                             int h) {
+  if (is_double) { RNNCU_TILES(RNNCU_BWD_CASE, double, 0) RNNCU_TILES(RNNCU_BWD_CASE, double, 1) }
+  else { RNNCU_TILES(RNNCU_BWD_CASE, float, 0) RNNCU_TILES(RNNCU_BWD_CASE, float, 1) }
+  return 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ not found: the host emulation of the step kernels needs it")
+    directory: Path = tmp_path_factory.mktemp("emulation")
+    source = directory / "emulated_step.cpp"
+    source.write_text(_SHIM + kernel_loader.read_source("rnn_step.cu") + _LAUNCHER)
+    library = directory / "emulated_step.so"
+    command = [compiler, "-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread"]
+    command += ["-ffp-contract=off", str(source), "-o", str(library)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"g++ could not build the emulation:\n{done.stderr[-4000:]}")
+    lib = ctypes.CDLL(str(library))
+    vp, i32, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
+    lib.step_forward.argtypes = [i32, i32, i32, i32, u32, u32, vp, vp, vp, vp, i32, i32, i32]
+    lib.step_backward.argtypes = [i32, i32, i32, i32, u32, u32] + [vp] * 7 + [i32, i32, i32]
+    return lib
+
+
+def _ptr(array: np.ndarray | None) -> int:
+    return 0 if array is None else array.ctypes.data
+
+
+def _host_args(args: tuple) -> list[int]:
+    return [int(a) for a in args]
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch", "hidden", "tile", "nonlinearity", "reverse", "use_lengths", "dtype"),
+    [
+        (3, 1, 1, (16, 16), "tanh", False, False, np.float64),
+        (4, 7, 33, (16, 16), "tanh", False, True, np.float64),
+        (4, 7, 33, (32, 32), "relu", True, True, np.float64),
+        (3, 33, 70, (64, 64), "tanh", True, False, np.float32),
+        (5, 17, 20, (64, 64), "relu", False, True, np.float32),
+        (2, 3, 7, (32, 32), "tanh", True, True, np.float32),
+    ],
+)
+def test_step_kernels_match_numpy_under_host_emulation(
+    emulated: ctypes.CDLL,
+    rng: np.random.Generator,
+    steps: int,
+    batch: int,
+    hidden: int,
+    tile: tuple[int, int],
+    nonlinearity: str,
+    reverse: bool,
+    use_lengths: bool,
+    dtype: type,
+) -> None:
+    """The step path end to end, minus CuPy's launch: the backend's own launch plans
+    (``plan_forward``/``plan_backward``) drive the kernels' CUDA source compiled for the host."""
+    pytest.importorskip("cupy")
+    from rnncu.backend.cupy_backend import (
+        backward_result_buffer,
+        plan_backward,
+        plan_forward,
+        step_grid,
+    )
+    from rnncu.backend.numpy_backend import NumpyBackend
+
+    reference = NumpyBackend()
+    z = rng.standard_normal((steps, batch, hidden)).astype(dtype)
+    w_hh = (rng.uniform(-1, 1, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype)
+    h0 = rng.standard_normal((batch, hidden)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, batch).astype(np.int32) if use_lengths else None
+    grad_states = rng.standard_normal((steps, batch, hidden)).astype(dtype)
+    grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
+    is_double = int(dtype == np.float64)
+    act = {"tanh": 0, "relu": 1}[nonlinearity]
+    gx, gy, _ = step_grid(batch, hidden, tile)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if is_double else {"rtol": 2e-6, "atol": 2e-6}
+
+    expected = z.copy()
+    reference.recurrence_forward(expected, w_hh, h0, lengths, nonlinearity, reverse)
+    states = z.copy()
+    plan = plan_forward(
+        _ptr(states), _ptr(h0), _ptr(w_hh), _ptr(lengths), states.shape, states.itemsize, reverse
+    )
+    assert len(plan) == steps
+    for args in plan:
+        assert emulated.step_forward(is_double, act, *tile, gx, gy, *_host_args(args)) == 0
+    np.testing.assert_allclose(states, expected, **tol)
+
+    for gs, gl in ((grad_states, grad_h_last), (None, None), (grad_states, None)):
+        expected_z, expected_h0 = reference.recurrence_backward(
+            expected, w_hh, h0, gs, gl, lengths, nonlinearity, reverse
+        )
+        grad_z = np.full_like(states, np.nan)
+        buffers = (np.full_like(h0, np.nan), np.full_like(h0, np.nan))
+        dh_last = np.zeros_like(h0) if gl is None else gl
+        plan = plan_backward(
+            _ptr(expected),
+            _ptr(grad_z),
+            None if gs is None else _ptr(gs),
+            _ptr(dh_last),
+            (_ptr(buffers[0]), _ptr(buffers[1])),
+            _ptr(w_hh),
+            _ptr(lengths),
+            states.shape,
+            states.itemsize,
+            reverse,
+        )
+        for args in plan:
+            assert emulated.step_backward(is_double, act, *tile, gx, gy, *_host_args(args)) == 0
+        np.testing.assert_allclose(grad_z, expected_z, **tol)
+        np.testing.assert_allclose(buffers[backward_result_buffer(steps)], expected_h0, **tol)
