@@ -31,38 +31,51 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_medians(
+    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time (ms) of each contender, run in turn within each repeat so that load
+    from other processes on this small machine falls on all of them alike."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def bench_rnncu(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float]:
+def rnncu_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, backend="numpy", dtype="float32", seed=0)
     x = np.random.default_rng(1).standard_normal((steps, batch, features), dtype=np.float32)
     ones = np.ones((steps, batch, hidden), dtype=np.float32)
-
-    def forward() -> None:
-        rnn(x)
+    # Lengths spread over [T/2, T]: the masked path must cost about what the plain one does.
+    lengths = np.linspace(max(1, steps // 2), steps, batch).astype(np.int64)
 
     def forward_backward() -> None:
         rnn(x)
         rnn.backward(ones)
 
-    return {"fwd": median_ms(forward, repeats), "fwd_bwd": median_ms(forward_backward, repeats)}
+    def forward_backward_lengths() -> None:
+        rnn(x, lengths=lengths)
+        rnn.backward(ones)
+
+    return {
+        "rnncu_fwd": lambda: rnn(x),
+        "rnncu_fwd_bwd": forward_backward,
+        "rnncu_fwd_bwd_lengths": forward_backward_lengths,
+    }
 
 
-def bench_torch(shape: tuple[int, int, int, int], repeats: int) -> dict[str, float] | None:
+def torch_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
     try:
         import torch
     except ImportError:
-        return None
+        return {}
     steps, batch, features, hidden = shape
     torch.manual_seed(0)
     rnn = torch.nn.RNN(features, hidden)
@@ -78,7 +91,7 @@ def bench_torch(shape: tuple[int, int, int, int], repeats: int) -> dict[str, flo
         out, _ = rnn(xg)
         out.sum().backward()
 
-    return {"fwd": median_ms(forward, repeats), "fwd_bwd": median_ms(forward_backward, repeats)}
+    return {"torch_fwd": forward, "torch_fwd_bwd": forward_backward}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         shape = SHAPES[name]
-        ours = bench_rnncu(shape, args.repeats)
-        theirs = bench_torch(shape, args.repeats)
-        rows.append({"shape": name, "TBDH": shape, "rnncu": ours, "torch": theirs})
+        contenders = {**rnncu_contenders(shape), **torch_contenders(shape)}
+        rows.append({"shape": name, "TBDH": shape, **interleaved_medians(contenders, args.repeats)})
 
     try:
         import torch
@@ -107,23 +119,24 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         torch_version, threads = None, None
     print(
-        f"# {platform.processor() or platform.machine()}, numpy {np.__version__}, "
-        f"torch {torch_version} ({threads} threads), median of {args.repeats}, float32"
+        f"# {platform.machine()}, numpy {np.__version__}, torch {torch_version} "
+        f"({threads} threads), median of {args.repeats} (interleaved), float32, ms"
     )
     print(
         "| shape | T, B, D, H | rnncu fwd | torch fwd | rnncu fwd+bwd | torch fwd+bwd "
-        "| fwd+bwd ratio |"
+        "| fwd+bwd ratio | rnncu fwd+bwd, lengths |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        ours, theirs = row["rnncu"], row["torch"]
-        t_f = f"{theirs['fwd']:.2f}" if theirs else "-"
-        t_fb = f"{theirs['fwd_bwd']:.2f}" if theirs else "-"
-        ratio = f"{ours['fwd_bwd'] / theirs['fwd_bwd']:.2f}x" if theirs else "-"
         dims = ", ".join(map(str, row["TBDH"]))
+        has_torch = "torch_fwd" in row
+        t_f = f"{row['torch_fwd']:.2f}" if has_torch else "-"
+        t_fb = f"{row['torch_fwd_bwd']:.2f}" if has_torch else "-"
+        ratio = f"{row['rnncu_fwd_bwd'] / row['torch_fwd_bwd']:.2f}x" if has_torch else "-"
         print(
-            f"| {row['shape']} | {dims} | {ours['fwd']:.2f} | {t_f} | {ours['fwd_bwd']:.2f} "
-            f"| {t_fb} | {ratio} |"
+            f"| {row['shape']} | {dims} | {row['rnncu_fwd']:.2f} | {t_f} "
+            f"| {row['rnncu_fwd_bwd']:.2f} | {t_fb} | {ratio} "
+            f"| {row['rnncu_fwd_bwd_lengths']:.2f} |"
         )
     if args.json:
         with open(args.json, "w") as handle:
