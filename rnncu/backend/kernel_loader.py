@@ -213,16 +213,23 @@ _modules: dict[tuple[Any, ...], Any] = {}
 _modules_lock = threading.Lock()
 
 
-def load_module(filename: str, name_expressions: Sequence[str], options: Sequence[str] = ()) -> Any:
+def load_module(
+    filename: str,
+    name_expressions: Sequence[str],
+    options: Sequence[str] = (),
+    cooperative: bool = False,
+) -> Any:
     """The :class:`cupy.RawModule` of ``kernels/<filename>`` instantiating ``name_expressions``
     for the current device, compiled on the first call for each (file, name expressions,
-    options, device) and memoised. ``options`` come on top of :data:`DEFAULT_OPTIONS`. A
-    compile error raises :class:`KernelCompileError`."""
+    options, cooperative, device) and memoised. ``options`` come on top of
+    :data:`DEFAULT_OPTIONS`. ``cooperative`` builds the module for cooperative launches
+    (grid-wide sync); CuPy fixes that per module. A compile error raises
+    :class:`KernelCompileError`."""
     import cupy
 
     device_id = cupy.cuda.runtime.getDevice()
     full_options = DEFAULT_OPTIONS + tuple(options)
-    key = (filename, tuple(name_expressions), full_options, device_id)
+    key = (filename, tuple(name_expressions), full_options, cooperative, device_id)
     module = _modules.get(key)
     if module is not None:
         return module
@@ -233,6 +240,7 @@ def load_module(filename: str, name_expressions: Sequence[str], options: Sequenc
                 code=read_source(filename),
                 options=full_options,
                 name_expressions=tuple(name_expressions),
+                enable_cooperative_groups=cooperative,
             )
             try:
                 module.compile()  # now, so the error surfaces here rather than at a launch

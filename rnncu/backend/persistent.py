@@ -1,0 +1,602 @@
+"""Persistent whole-sequence recurrence: one kernel launch runs all T steps.
+
+Two kernel families (``kernels/persistent_rnn.cu`` and ``kernels/persistent_grid.cu``, shared
+device code in ``kernels/persistent_common.cuh``) keep the recurrent weight in registers for
+the whole launch:
+
+* ``batch``: each block owns ``RB`` whole batch rows and ALL hidden units; steps are separated
+  by ``__syncthreads()`` only, so any number of blocks may be launched (ordinary launch). This
+  is the small-H kernel (H <= 128 in float32 on an H200).
+* ``grid``: block (x, y) owns ``nu`` hidden units of ``RB`` rows; the blocks of one
+  cooperative launch meet at ``cooperative_groups::this_grid().sync()`` once per step and
+  exchange h_t (forward) or grad_z_t (backward) through the output arrays themselves. All
+  blocks must be co-resident, which the occupancy API checks before launching.
+
+Thread-block clusters / distributed shared memory (sm_90) are not used: CuPy 14's
+``RawKernel.__call__`` has no way to pass the cluster-dimension launch attribute, so a cluster
+kernel would need ``__cluster_dims__`` fixed at compile time and could not be sized per shape.
+
+The planning functions (:func:`plan_forward`, :func:`plan_backward`) are pure Python: they take
+the device's limits as a :class:`DeviceLimits` value, so the dispatch decisions are unit
+tested on the CPU with an H200's numbers. :func:`persistent_forward` and
+:func:`persistent_backward` are what :mod:`rnncu.backend.cupy_backend` calls.
+
+Shapes: ``states`` (T, B, H), ``w_hh`` (H, H), ``h0`` (B, H), ``lengths`` (B,) int32 or None;
+C-contiguous CuPy arrays of one dtype (float32 or float64) on one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rnncu.backend import kernel_loader
+
+__all__ = [
+    "BATCH_KERNEL_FILE",
+    "GRID_KERNEL_FILE",
+    "DeviceLimits",
+    "Plan",
+    "chunk_stride",
+    "max_threads_for",
+    "name_expression",
+    "persistent_backward",
+    "persistent_forward",
+    "plan_backward",
+    "plan_forward",
+]
+
+BATCH_KERNEL_FILE = "persistent_rnn.cu"
+GRID_KERNEL_FILE = "persistent_grid.cu"
+
+#: weights per thread (the KC template parameter) instantiated per element type
+WEIGHTS_PER_THREAD: dict[str, tuple[int, ...]] = {"float32": (16, 32, 64), "float64": (8, 16, 32)}
+#: batch rows per block (the RB template parameter)
+ROWS_PER_BLOCK: tuple[int, ...] = (1, 2, 4, 8)
+_CTYPES = {"float32": "float", "float64": "double"}
+_ITEMSIZE = {"float32": 4, "float64": 8}
+_VECTOR_WIDTH = {"float32": 4, "float64": 2}
+_FILES = {"batch": BATCH_KERNEL_FILE, "grid": GRID_KERNEL_FILE}
+
+# Cost model constants, in SM clock cycles (H200 figures from /work/shared/ANCHORS.md: a grid
+# barrier ~1.0 us, a block-barrier loop iteration ~0.1 us, at ~1.98 GHz). They only rank
+# candidate launch shapes; they are not a performance promise.
+_BLOCK_BARRIER_CYCLES = 200
+_GRID_BARRIER_CYCLES = 2000
+_GATHER_LATENCY_CYCLES = 800  # one dependent L2 round trip for the per-step gather
+_L2_BYTES_PER_CYCLE_PER_SM = 64
+_EPILOGUE_INSTRUCTIONS = 40  # activation, masking, stores of one row
+_FIXED_STEP_INSTRUCTIONS = 30
+
+
+# ------------------------------------------------------------------------ kernel geometry
+def max_threads_for(itemsize: int, kc: int, rb: int) -> int:
+    """The largest block the (T, KC, RB) instantiation is compiled for; mirrors
+    ``LaunchLimits`` in kernels/persistent_common.cuh (change both together)."""
+    registers = (3 * kc // 2 + 12 * rb) * (itemsize // 4) + 32
+    if registers <= 64:
+        return 1024
+    if registers <= 128:
+        return 512
+    return 256
+
+
+def register_cap(itemsize: int, kc: int, rb: int) -> int:
+    """Registers per thread ptxas may use for that instantiation (65536 / max threads)."""
+    return min(255, 65536 // max_threads_for(itemsize, kc, rb))
+
+
+def chunk_stride(itemsize: int, kc: int, rb: int) -> int:
+    """Elements per KC-slice chunk of the shared buffer; mirrors ``BufferLayout``: a chunk of
+    RB * KC elements padded so consecutive chunks start 16 bytes apart modulo 128."""
+    chunk_bytes = rb * kc * itemsize
+    pad = (16 - chunk_bytes) % 128
+    return (chunk_bytes + pad) // itemsize
+
+
+def name_expression(variant: str, direction: str, dtype: str, kc: int, rb: int) -> str:
+    """``persistent_batch_forward<float, 32, 2>`` and the like."""
+    if variant not in _FILES:
+        raise ValueError(f"variant must be 'batch' or 'grid', got {variant!r}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    return f"persistent_{variant}_{direction}<{_CTYPES[dtype]}, {kc}, {rb}>"
+
+
+def all_name_expressions(variant: str) -> list[str]:
+    """Every instantiation of one kernel file (what the loader registers and tests compile)."""
+    return [
+        name_expression(variant, direction, dtype, kc, rb)
+        for dtype, kcs in WEIGHTS_PER_THREAD.items()
+        for kc in kcs
+        for rb in ROWS_PER_BLOCK
+        for direction in ("forward", "backward")
+    ]
+
+
+kernel_loader.register_kernel_file(BATCH_KERNEL_FILE, all_name_expressions("batch"))
+kernel_loader.register_kernel_file(GRID_KERNEL_FILE, all_name_expressions("grid"))
+
+
+# ------------------------------------------------------------------------ device limits
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What planning needs to know about a device (all read off the device at run time)."""
+
+    sm_count: int
+    #: dynamic + static shared memory one block may opt in to (bytes)
+    smem_per_block_optin: int
+    smem_per_sm: int
+    regs_per_sm: int = 65536
+    max_threads_per_sm: int = 2048
+    max_blocks_per_sm: int = 32
+    compute_capability: tuple[int, int] = (9, 0)
+    cooperative_launch: bool = True
+    #: shared memory the system reserves per block (1 KB on sm_80+)
+    reserved_smem_per_block: int = 1024
+
+    @classmethod
+    def from_device(cls, device_id: int) -> DeviceLimits:
+        """Read the limits of a CUDA device through CuPy's runtime API."""
+        import cupy
+        from cupy.cuda import runtime
+
+        capability = str(cupy.cuda.Device(device_id).compute_capability)  # e.g. "90"
+
+        def attr(name: str) -> int:
+            return int(runtime.deviceGetAttribute(getattr(runtime, name), device_id))
+
+        return cls(
+            sm_count=attr("cudaDevAttrMultiProcessorCount"),
+            smem_per_block_optin=attr("cudaDevAttrMaxSharedMemoryPerBlockOptin"),
+            smem_per_sm=attr("cudaDevAttrMaxSharedMemoryPerMultiprocessor"),
+            regs_per_sm=attr("cudaDevAttrMaxRegistersPerMultiprocessor"),
+            max_threads_per_sm=attr("cudaDevAttrMaxThreadsPerMultiProcessor"),
+            max_blocks_per_sm=attr("cudaDevAttrMaxBlocksPerMultiprocessor"),
+            # CuPy's runtime module has no compute-capability attribute enums; Device has it
+            compute_capability=(int(capability[:-1]), int(capability[-1])),
+            cooperative_launch=bool(attr("cudaDevAttrCooperativeLaunch")),
+            reserved_smem_per_block=attr("cudaDevAttrReservedSharedMemoryPerBlock"),
+        )
+
+
+def estimate_blocks_per_sm(threads: int, registers: int, smem: int, limits: DeviceLimits) -> int:
+    """Co-resident blocks per multiprocessor for a block shape, assuming ptxas used the whole
+    register cap (an upper bound, so the estimate never exceeds the occupancy API's answer).
+    Registers are allocated per warp in units of 256."""
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(registers * 32 / 256) * 256
+    by_regs = limits.regs_per_sm // (regs_per_warp * warps)
+    by_threads = limits.max_threads_per_sm // threads
+    by_smem = limits.smem_per_sm // (smem + limits.reserved_smem_per_block)
+    return max(0, min(by_regs, by_threads, by_smem, limits.max_blocks_per_sm))
+
+
+# --------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Plan:
+    """One launch of a persistent kernel."""
+
+    variant: str  # "batch" or "grid"
+    direction: str  # "forward" or "backward"
+    dtype: str  # "float32" or "float64"
+    kc: int  # weights per thread (template)
+    rb: int  # batch rows per block (template)
+    ks: int  # threads sharing one unit's dot product (power of two <= 32)
+    units_per_block: int  # nu; threads = nu * ks
+    grid: tuple[int, int]  # (unit slices, row slices)
+    threads: int
+    shared_mem: int  # dynamic shared memory, bytes
+    blocks_per_sm: int  # the estimate the plan was made with
+    est_step_cycles: float  # cost model, for ranking only
+
+    @property
+    def filename(self) -> str:
+        return _FILES[self.variant]
+
+    @property
+    def name_expression(self) -> str:
+        return name_expression(self.variant, self.direction, self.dtype, self.kc, self.rb)
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def cooperative(self) -> bool:
+        return self.variant == "grid"
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``"float32"`` for numpy.float32, numpy.dtype("float32"), "float32", "float", ..."""
+    import numpy
+
+    try:
+        return numpy.dtype(dtype).name
+    except TypeError:
+        return str(dtype)
+
+
+def _step_cycles(
+    variant: str,
+    dtype: str,
+    kc: int,
+    rb: int,
+    ks: int,
+    threads: int,
+    hidden: int,
+    resident_per_sm: int,
+    waves: int,
+) -> float:
+    """Rough cycles per recurrence step: the larger of issue throughput (4 schedulers, one
+    instruction per cycle each) and the dependent chain, plus the barrier and, for the grid
+    variant, the per-step gather of RB rows from L2."""
+    width = _VECTOR_WIDTH[dtype]
+    words = _ITEMSIZE[dtype] // 4
+    per_thread = (
+        rb * kc * words  # FMAs (a double FMA issues at half rate or worse: count it twice)
+        + rb * kc // width  # 16-byte shared loads
+        + rb * 5 * int(math.log2(ks))  # shuffle butterfly
+        + _EPILOGUE_INSTRUCTIONS * math.ceil(rb / ks)
+        + _FIXED_STEP_INSTRUCTIONS
+    )
+    warps = resident_per_sm * threads / 32
+    issue = per_thread * warps / 4
+    chain = 2 * kc * words + 5 * 4 * int(math.log2(ks)) + 150
+    cycles = max(issue, chain)
+    if variant == "batch":
+        cycles += _BLOCK_BARRIER_CYCLES
+    else:
+        gather_bytes = rb * hidden * _ITEMSIZE[dtype] * resident_per_sm
+        cycles += (
+            _GRID_BARRIER_CYCLES
+            + _GATHER_LATENCY_CYCLES
+            + gather_bytes / _L2_BYTES_PER_CYCLE_PER_SM
+            + _BLOCK_BARRIER_CYCLES
+        )
+    return cycles * waves
+
+
+def _candidates(
+    direction: str, batch: int, hidden: int, dtype: str, limits: DeviceLimits
+) -> list[Plan]:
+    itemsize = _ITEMSIZE[dtype]
+    plans: list[Plan] = []
+    for kc in WEIGHTS_PER_THREAD[dtype]:
+        ks = _next_pow2(math.ceil(hidden / kc))
+        if ks > 32:
+            continue
+        # units per block come in steps that keep the block a whole number of warps
+        unit_step = max(1, 32 // ks)
+        for rb in ROWS_PER_BLOCK:
+            max_threads = max_threads_for(itemsize, kc, rb)
+            registers = register_cap(itemsize, kc, rb)
+            row_slices = math.ceil(batch / rb)
+            buffer_bytes = ks * chunk_stride(itemsize, kc, rb) * itemsize
+            # batch variant: one block holds every unit, double-buffered shared rows
+            nu = math.ceil(hidden / unit_step) * unit_step
+            smem = 2 * buffer_bytes
+            if nu * ks <= max_threads and smem <= limits.smem_per_block_optin:
+                per_sm = estimate_blocks_per_sm(nu * ks, registers, smem, limits)
+                if per_sm > 0:
+                    capacity = per_sm * limits.sm_count
+                    waves = math.ceil(row_slices / capacity)
+                    resident = math.ceil(min(row_slices, capacity) / limits.sm_count)
+                    cost = _step_cycles(
+                        "batch", dtype, kc, rb, ks, nu * ks, hidden, resident, waves
+                    )
+                    plans.append(
+                        Plan(
+                            variant="batch",
+                            direction=direction,
+                            dtype=dtype,
+                            kc=kc,
+                            rb=rb,
+                            ks=ks,
+                            units_per_block=nu,
+                            grid=(1, row_slices),
+                            threads=nu * ks,
+                            shared_mem=smem,
+                            blocks_per_sm=per_sm,
+                            est_step_cycles=cost,
+                        )  # fmt: skip
+                    )
+            # grid variant: unit slices of nu units; every block must be co-resident
+            if not limits.cooperative_launch or buffer_bytes > limits.smem_per_block_optin:
+                continue
+            seen_slices: set[int] = set()
+            for nu in range(unit_step, max_threads // ks + 1, unit_step):
+                unit_slices = math.ceil(hidden / nu)
+                if unit_slices in seen_slices or unit_slices < 2:
+                    continue  # one slice is the batch variant; same slices, fewer dummies
+                seen_slices.add(unit_slices)
+                nu_tight = math.ceil(math.ceil(hidden / unit_slices) / unit_step) * unit_step
+                unit_slices = math.ceil(hidden / nu_tight)  # no block of only padding units
+                threads = nu_tight * ks
+                per_sm = estimate_blocks_per_sm(threads, registers, buffer_bytes, limits)
+                blocks = unit_slices * row_slices
+                if per_sm == 0 or blocks > per_sm * limits.sm_count:
+                    continue
+                resident = math.ceil(blocks / limits.sm_count)
+                cost = _step_cycles("grid", dtype, kc, rb, ks, threads, hidden, resident, 1)
+                plans.append(
+                    Plan(
+                        variant="grid",
+                        direction=direction,
+                        dtype=dtype,
+                        kc=kc,
+                        rb=rb,
+                        ks=ks,
+                        units_per_block=nu_tight,
+                        grid=(unit_slices, row_slices),
+                        threads=threads,
+                        shared_mem=buffer_bytes,
+                        blocks_per_sm=per_sm,
+                        est_step_cycles=cost,
+                    )  # fmt: skip
+                )
+    return plans
+
+
+def _plan(
+    direction: str, steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+) -> Plan | None:
+    name = _dtype_name(dtype)
+    if name not in _ITEMSIZE or steps < 0 or batch < 1 or hidden < 1:
+        return None
+    return _plan_shape(direction, batch, hidden, name, limits)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_shape(
+    direction: str, batch: int, hidden: int, dtype: str, limits: DeviceLimits
+) -> Plan | None:
+    """The plan does not depend on T; memoised because the search takes ~0.3 ms, which a
+    training loop would otherwise pay on every call."""
+    if limits.compute_capability < (8, 0):
+        return None  # compiled and checked for sm_80 and newer only
+    candidates = _candidates(direction, batch, hidden, dtype, limits)
+    if not candidates:
+        return None
+    # cheapest per step; ties go to the batch variant, then fewer threads, then smaller KC
+    return min(
+        candidates,
+        key=lambda p: (p.est_step_cycles, p.variant != "batch", p.blocks * p.threads, p.kc),
+    )
+
+
+def plan_forward(
+    steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+) -> Plan | None:
+    """The persistent launch for a forward recurrence of shape (T, B, H), or None when no
+    persistent kernel applies (then the step kernels run). Pure Python: ``limits`` carries
+    the device's numbers."""
+    return _plan("forward", steps, batch, hidden, dtype, limits)
+
+
+def plan_backward(
+    steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+) -> Plan | None:
+    """As :func:`plan_forward`, for the backward recurrence (same geometry: the kernels hold
+    W_hh^T instead of W_hh)."""
+    return _plan("backward", steps, batch, hidden, dtype, limits)
+
+
+# ------------------------------------------------------------------------------- runtime
+_limits_cache: dict[int, DeviceLimits] = {}
+_occupancy_cache: dict[tuple[str, int, int, int], int] = {}
+_dummy_cache: dict[tuple[int, str], Any] = {}
+
+
+def _device_limits(device_id: int) -> DeviceLimits:
+    limits = _limits_cache.get(device_id)
+    if limits is None:
+        limits = DeviceLimits.from_device(device_id)
+        _limits_cache[device_id] = limits
+    return limits
+
+
+def _kernel(plan: Plan, device_id: int) -> Any:
+    """The compiled kernel for a plan: one name expression per module (compiling all 48
+    instantiations of a file would cost tens of seconds at first use)."""
+    names = (plan.name_expression,)
+    own_options = kernel_loader.KERNEL_FILES[plan.filename].options
+    return kernel_loader.load_module(
+        plan.filename, names, own_options, cooperative=plan.cooperative
+    ).get_function(names[0])
+
+
+def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
+    """Raise the kernel's dynamic shared-memory limit when needed and return the occupancy
+    API's co-resident blocks per multiprocessor for the plan's block shape."""
+    if plan.shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < plan.shared_mem:
+        kernel.max_dynamic_shared_size_bytes = plan.shared_mem
+    key = (plan.name_expression, plan.threads, plan.shared_mem, device_id)
+    blocks = _occupancy_cache.get(key)
+    if blocks is None:
+        from cupy_backends.cuda.api import driver
+
+        blocks = int(
+            driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                kernel.kernel.ptr, plan.threads, plan.shared_mem
+            )
+        )
+        _occupancy_cache[key] = blocks
+    return blocks
+
+
+def _dummy(device_id: int, dtype: Any) -> Any:
+    """A one-element array standing in for an absent optional input (its flag is 0, so the
+    kernel never reads it); cached, so no per-call allocation."""
+    import cupy
+
+    key = (device_id, str(dtype))
+    array = _dummy_cache.get(key)
+    if array is None:
+        array = cupy.zeros(1, dtype=dtype)
+        _dummy_cache[key] = array
+    return array
+
+
+def _reject(force: bool, reason: str) -> None:
+    if force:
+        raise ValueError(f"persistent recurrence not applicable: {reason}")
+
+
+def _check_arrays(
+    states: Any, w_hh: Any, h0: Any, lengths: Any, nonlinearity: str, extra: dict[str, Any]
+) -> str | None:
+    """None when the arguments fit the kernels' contract, else why not."""
+    import cupy
+
+    if nonlinearity not in ("tanh", "relu"):
+        return f"nonlinearity {nonlinearity!r} is not 'tanh' or 'relu'"
+    arrays = {"states": states, "w_hh": w_hh, "h0": h0, **extra}
+    for label, array in arrays.items():
+        if array is None:
+            continue
+        if not isinstance(array, cupy.ndarray):
+            return f"{label} is not a CuPy array"
+        if not array.flags.c_contiguous:
+            return f"{label} is not C-contiguous"
+        if array.dtype != states.dtype:
+            return f"{label} has dtype {array.dtype}, states {states.dtype}"
+    if states.dtype.name not in _ITEMSIZE:
+        return f"dtype {states.dtype} is not float32 or float64"
+    if states.ndim != 3:
+        return f"states must be (T, B, H), got shape {states.shape}"
+    steps, batch, hidden = states.shape
+    if w_hh.shape != (hidden, hidden) or h0.shape != (batch, hidden):
+        return f"w_hh {w_hh.shape} / h0 {h0.shape} do not match states {states.shape}"
+    for label, array in extra.items():
+        expected = states.shape if label == "grad_states" else (batch, hidden)
+        if array is not None and array.shape != expected:
+            return f"{label} has shape {array.shape}, expected {expected}"
+    if lengths is not None:
+        if not isinstance(lengths, cupy.ndarray) or lengths.dtype != cupy.int32:
+            return "lengths must be a CuPy int32 array"
+        if lengths.shape != (batch,) or not lengths.flags.c_contiguous:
+            return f"lengths must be a contiguous ({batch},) array, got {lengths.shape}"
+    device = states.device.id
+    for label, array in {**arrays, "lengths": lengths}.items():
+        if array is not None and array.device.id != device:
+            return f"{label} is on device {array.device.id}, states on device {device}"
+    return None
+
+
+def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, int] | None:
+    steps, batch, hidden = states.shape
+    device_id = states.device.id
+    limits = _device_limits(device_id)
+    planner = plan_forward if direction == "forward" else plan_backward
+    plan = planner(steps, batch, hidden, states.dtype, limits)
+    if plan is None:
+        _reject(
+            force,
+            f"no persistent launch fits (T, B, H) = {states.shape} in {states.dtype} on a "
+            f"device with {limits.sm_count} SMs, {limits.smem_per_block_optin} bytes of "
+            f"shared memory per block, compute capability {limits.compute_capability}",
+        )
+        return None
+    with states.device:
+        kernel = _kernel(plan, device_id)
+        per_sm = _prepare(kernel, plan, device_id)
+    if per_sm < 1 or (plan.cooperative and plan.blocks > per_sm * limits.sm_count):
+        _reject(
+            force,
+            f"{plan.name_expression} with {plan.threads} threads: the occupancy API allows "
+            f"{per_sm} blocks per SM, the plan needs {plan.blocks} co-resident blocks",
+        )
+        return None
+    return plan, kernel, device_id
+
+
+def persistent_forward(
+    states: Any,
+    w_hh: Any,
+    h0: Any,
+    lengths: Any | None,
+    nonlinearity: str,
+    reverse: bool,
+    force: bool = False,
+) -> bool:
+    """Run ``h_t = act(Z_t + h_{t-1} W_hh^T)`` for all T steps in one launch, in place in
+    ``states`` (T, B, H) (Z on entry, h on exit); padding steps (``t >= lengths[b]``) carry
+    the previous state. Returns False, having done nothing, when no persistent kernel
+    applies; with ``force=True`` raises ValueError saying why instead. Never synchronises."""
+    import numpy as np
+
+    reason = _check_arrays(states, w_hh, h0, lengths, nonlinearity, {})
+    if reason is not None:
+        _reject(force, reason)
+        return False
+    launch = _launchable("forward", states, force)
+    if launch is None:
+        return False
+    plan, kernel, device_id = launch
+    steps, batch, hidden = states.shape
+    has_lengths = lengths is not None
+    lengths_arg = lengths if has_lengths else _dummy(device_id, np.int32)
+    args = (
+        states, w_hh, h0, lengths_arg, np.int32(has_lengths),
+        np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
+        np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
+    )  # fmt: skip
+    with states.device:
+        kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
+               shared_mem=plan.shared_mem)  # fmt: skip
+    return True
+
+
+def persistent_backward(
+    states: Any,
+    w_hh: Any,
+    h0: Any,
+    grad_states: Any | None,
+    grad_h_last: Any | None,
+    lengths: Any | None,
+    nonlinearity: str,
+    reverse: bool,
+    force: bool = False,
+) -> tuple[Any, Any] | None:
+    """Backpropagate through all T steps in one launch. Returns freshly allocated
+    ``(grad_z, grad_h0)``, (T, B, H) and (B, H), with
+    ``grad_z_t = valid_t * (grad_states_t + dh_t) * act'(h_t)`` and
+    ``dh_{t-1} = grad_z_t W_hh + (1 - valid_t) * dh_t``; None (nothing done) when no
+    persistent kernel applies, or ValueError with ``force=True``. ``grad_states`` and
+    ``grad_h_last`` may be None (zeros). Never synchronises."""
+    import cupy
+    import numpy as np
+
+    extra = {"grad_states": grad_states, "grad_h_last": grad_h_last}
+    reason = _check_arrays(states, w_hh, h0, lengths, nonlinearity, extra)
+    if reason is not None:
+        _reject(force, reason)
+        return None
+    launch = _launchable("backward", states, force)
+    if launch is None:
+        return None
+    plan, kernel, device_id = launch
+    steps, batch, hidden = states.shape
+    with states.device:
+        grad_z = cupy.empty_like(states)
+        grad_h0 = cupy.empty_like(h0)
+        dummy = _dummy(device_id, states.dtype)
+        args = (
+            grad_z, grad_h0, states, w_hh,
+            grad_states if grad_states is not None else dummy, np.int32(grad_states is not None),
+            grad_h_last if grad_h_last is not None else dummy, np.int32(grad_h_last is not None),
+            lengths if lengths is not None else _dummy(device_id, np.int32),
+            np.int32(lengths is not None),
+            np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
+            np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
+        )  # fmt: skip
+        kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
+               shared_mem=plan.shared_mem)  # fmt: skip
+    return grad_z, grad_h0

@@ -1,0 +1,277 @@
+"""CPU-side checks of the persistent recurrence: the pure-Python dispatch (plan_forward /
+plan_backward) on an H200's numbers, the launch-shape invariants the kernels rely on, and that
+every persistent kernel instantiation compiles through NVRTC for sm_80 and sm_90 without
+register spills and within the register cap the planner assumes. No GPU needed."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from rnncu.backend import kernel_loader, persistent
+from rnncu.backend.persistent import DeviceLimits, Plan, plan_backward, plan_forward
+
+# NVIDIA H200 (SXM): 132 SMs, 227 KB shared memory per block (opt-in), 228 KB per SM,
+# 64K registers per SM, compute capability 9.0 (cudaGetDeviceProperties on the lent machine).
+H200 = DeviceLimits(
+    sm_count=132,
+    smem_per_block_optin=227 * 1024,
+    smem_per_sm=228 * 1024,
+    regs_per_sm=65536,
+    max_threads_per_sm=2048,
+    max_blocks_per_sm=32,
+    compute_capability=(9, 0),
+)
+
+# (T, B, H) of the anchor shapes in /work/shared/ANCHORS.md
+ANCHORS = {
+    "rowmnist": (28, 256, 128),
+    "pixelmnist": (784, 128, 128),
+    "medium": (100, 64, 512),
+    "large": (256, 256, 1024),
+    "latency_b4": (1000, 4, 1024),
+    "b32_h512": (512, 32, 512),
+}
+
+DTYPES = ("float32", "float64")
+ODD = (1, 7, 33, 257, 1000)
+
+
+def check_plan(plan: Plan, batch: int, hidden: int, limits: DeviceLimits = H200) -> None:
+    """The invariants the kernels assume about their launch shape."""
+    itemsize = 4 if plan.dtype == "float32" else 8
+    assert plan.ks & (plan.ks - 1) == 0 and 1 <= plan.ks <= 32
+    assert plan.ks * plan.kc >= hidden, "the padded row must cover every hidden unit"
+    assert plan.threads == plan.units_per_block * plan.ks
+    assert plan.threads % 32 == 0, "shuffles use a full mask: whole warps only"
+    assert plan.threads <= persistent.max_threads_for(itemsize, plan.kc, plan.rb)
+    assert plan.grid[1] * plan.rb >= batch
+    assert (plan.grid[1] - 1) * plan.rb < batch, "no block of only padding rows"
+    assert plan.grid[0] * plan.units_per_block >= hidden
+    assert (plan.grid[0] - 1) * plan.units_per_block < hidden, "no block of only padding units"
+    buffer = plan.ks * persistent.chunk_stride(itemsize, plan.kc, plan.rb) * itemsize
+    assert plan.shared_mem <= limits.smem_per_block_optin
+    if plan.variant == "batch":
+        assert plan.grid[0] == 1 and plan.units_per_block >= hidden
+        assert plan.shared_mem == 2 * buffer
+        assert not plan.cooperative
+    else:
+        assert plan.variant == "grid" and plan.cooperative
+        assert plan.shared_mem == buffer
+        assert plan.blocks <= plan.blocks_per_sm * limits.sm_count, "must be co-resident"
+    assert plan.blocks_per_sm >= 1
+    assert plan.name_expression in persistent.all_name_expressions(plan.variant)
+
+
+# ------------------------------------------------------------------------- anchor shapes
+@pytest.mark.parametrize("planner", [plan_forward, plan_backward])
+def test_anchor_shapes_on_h200(planner) -> None:
+    plans = {name: planner(*shape, "float32", H200) for name, shape in ANCHORS.items()}
+    # small H: batch-sliced, block barriers only, one block per row slice in a single wave
+    for name in ("rowmnist", "pixelmnist"):
+        plan = plans[name]
+        assert plan is not None and plan.variant == "batch", name
+        assert plan.blocks <= plan.blocks_per_sm * H200.sm_count, "one wave"
+    assert plans["pixelmnist"].rb == 1, "latency-bound: the fewest rows per block"
+    # H = 512 and 1024 at small batch: grid-synchronised
+    for name in ("medium", "latency_b4", "b32_h512"):
+        plan = plans[name]
+        assert plan is not None and plan.variant == "grid", name
+    # large batch and H is compute-bound: W_hh would have to be replicated per row slice
+    assert plans["large"] is None
+    for name, plan in plans.items():
+        if plan is not None:
+            check_plan(plan, ANCHORS[name][1], ANCHORS[name][2])
+
+
+def test_forward_and_backward_share_geometry() -> None:
+    for steps, batch, hidden in [*ANCHORS.values(), (5, 7, 33), (3, 1, 1)]:
+        for dtype in DTYPES:
+            fwd = plan_forward(steps, batch, hidden, dtype, H200)
+            bwd = plan_backward(steps, batch, hidden, dtype, H200)
+            if fwd is None:
+                assert bwd is None
+                continue
+            assert bwd is not None and bwd.direction == "backward" and fwd.direction == "forward"
+            assert (fwd.variant, fwd.kc, fwd.rb, fwd.ks, fwd.grid, fwd.threads) == (
+                bwd.variant,
+                bwd.kc,
+                bwd.rb,
+                bwd.ks,
+                bwd.grid,
+                bwd.threads,
+            )
+            assert "backward" in bwd.name_expression
+
+
+# ------------------------------------------------------------------------------ boundaries
+def _largest_hidden(batch: int, dtype: str, variant: str | None = None) -> int:
+    largest = 0
+    for hidden in range(1, 2200):
+        plan = plan_forward(10, batch, hidden, dtype, H200)
+        if plan is not None and (variant is None or plan.variant == variant):
+            largest = hidden
+    return largest
+
+
+def test_batch_variant_boundary_float32() -> None:
+    # H <= 128 fits one block's registers: batch-sliced, whatever the batch size
+    for batch in (1, 4, 128, 256, 4096):
+        for hidden in (1, 2, 31, 32, 33, 64, 65, 127, 128):
+            plan = plan_forward(10, batch, hidden, "float32", H200)
+            assert plan is not None and plan.variant == "batch", (batch, hidden)
+            check_plan(plan, batch, hidden)
+        above = plan_forward(10, batch, 129, "float32", H200)
+        assert above is None or above.variant == "grid"
+    assert _largest_hidden(4, "float32", "batch") == 128
+
+
+def test_largest_persistent_hidden() -> None:
+    # Registers across 132 SMs bound the grid variant: at B <= 8 the largest persistent H is
+    # 1056 in float32 (132 blocks x 8 units, 64 weights per thread) and 1024 in float64.
+    assert _largest_hidden(1, "float32") == 1056
+    assert _largest_hidden(4, "float32") == 1056
+    assert _largest_hidden(1, "float64") == 1024
+    assert plan_forward(10, 4, 1056, "float32", H200) is not None
+    assert plan_forward(10, 4, 1057, "float32", H200) is None
+    assert plan_forward(10, 4, 1024, "float64", H200) is not None
+    assert plan_forward(10, 4, 1025, "float64", H200) is None
+    # more rows need more co-resident blocks (W_hh is replicated per row slice)
+    assert _largest_hidden(32, "float32") < 1056
+
+
+def test_float64_batch_variant_is_smaller() -> None:
+    # doubles take twice the registers: the batch-sliced kernel stops at H = 64
+    assert _largest_hidden(128, "float64", "batch") == 64
+    plan = plan_forward(784, 128, 128, "float64", H200)
+    assert plan is not None and plan.variant == "grid"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_odd_sizes_plan_consistently(dtype: str) -> None:
+    for batch, hidden in itertools.product(ODD, ODD):
+        plan = plan_forward(10, batch, hidden, dtype, H200)
+        if hidden <= 64:
+            assert plan is not None and plan.variant == "batch", (batch, hidden)
+        if plan is not None:
+            check_plan(plan, batch, hidden)
+
+
+def test_sweep_invariants() -> None:
+    for dtype in DTYPES:
+        for batch in (1, 2, 3, 8, 9, 31, 64, 100, 257):
+            for hidden in (1, 3, 16, 17, 96, 100, 130, 200, 256, 300, 511, 512, 513, 700, 1024):
+                plan = plan_forward(4, batch, hidden, dtype, H200)
+                if plan is not None:
+                    check_plan(plan, batch, hidden)
+
+
+def test_too_large_and_unsupported() -> None:
+    assert plan_forward(10, 4, 4096, "float32", H200) is None
+    assert plan_forward(10, 100000, 1024, "float32", H200) is None
+    assert plan_forward(10, 0, 128, "float32", H200) is None
+    assert plan_forward(10, 4, 0, "float32", H200) is None
+    assert plan_forward(10, 4, 128, "float16", H200) is None
+    assert plan_forward(10, 4, 128, "int32", H200) is None
+    old = DeviceLimits(sm_count=80, smem_per_block_optin=96 * 1024, smem_per_sm=96 * 1024,
+                       compute_capability=(7, 0))  # fmt: skip
+    assert plan_forward(10, 4, 128, "float32", old) is None
+
+
+def test_zero_steps_still_plans() -> None:
+    # T = 0 is a valid (empty) launch: the backward kernel still writes grad_h0
+    assert plan_backward(0, 4, 64, "float32", H200) is not None
+
+
+def test_no_cooperative_launch_means_no_grid_variant() -> None:
+    limits = DeviceLimits(
+        sm_count=132, smem_per_block_optin=227 * 1024, smem_per_sm=228 * 1024,
+        cooperative_launch=False,
+    )  # fmt: skip
+    assert plan_forward(1000, 4, 1024, "float32", limits) is None
+    plan = plan_forward(28, 256, 128, "float32", limits)
+    assert plan is not None and plan.variant == "batch"
+
+
+def test_fewer_multiprocessors_shrink_the_grid_variant() -> None:
+    a100 = DeviceLimits(sm_count=108, smem_per_block_optin=163 * 1024, smem_per_sm=164 * 1024,
+                        compute_capability=(8, 0))  # fmt: skip
+    assert plan_forward(10, 4, 1056, "float32", a100) is None
+    plan = plan_forward(10, 4, 512, "float32", a100)
+    assert plan is not None and plan.variant == "grid"
+    check_plan(plan, 4, 512, a100)
+
+
+def test_dtype_spellings() -> None:
+    import numpy as np
+
+    a = plan_forward(28, 256, 128, np.float32, H200)
+    b = plan_forward(28, 256, 128, np.dtype("float32"), H200)
+    c = plan_forward(28, 256, 128, "float32", H200)
+    assert a == b == c
+
+
+def test_estimated_occupancy() -> None:
+    # 512 threads at the 128-register cap fill the register file: one block per SM
+    assert persistent.estimate_blocks_per_sm(512, 128, 0, H200) == 1
+    assert persistent.estimate_blocks_per_sm(256, 64, 0, H200) == 4
+    assert persistent.estimate_blocks_per_sm(32, 40, 0, H200) == 32
+    assert persistent.estimate_blocks_per_sm(128, 64, 200 * 1024, H200) == 1
+
+
+def test_geometry_helpers_mirror_the_kernel_header() -> None:
+    header = (kernel_loader.kernel_dir() / "persistent_common.cuh").read_text()
+    # the C++ register estimate and the Python one must be the same expression
+    assert "kRegisters = (3 * KC / 2 + 12 * RB) * kWords + 32" in header
+    assert "kPadBytes = ((16 - kChunkBytes) % 128 + 128) % 128" in header
+    for itemsize, kc, rb in itertools.product((4, 8), (8, 16, 32, 64), (1, 2, 4, 8)):
+        stride_bytes = persistent.chunk_stride(itemsize, kc, rb) * itemsize
+        assert stride_bytes % 128 == 16 and stride_bytes >= rb * kc * itemsize
+        assert persistent.max_threads_for(itemsize, kc, rb) in (256, 512, 1024)
+    with pytest.raises(ValueError):
+        persistent.name_expression("cluster", "forward", "float32", 32, 1)
+    with pytest.raises(ValueError):
+        persistent.name_expression("batch", "sideways", "float32", 32, 1)
+
+
+def test_registered_with_the_loader() -> None:
+    names = kernel_loader.all_name_expressions()
+    assert names[persistent.BATCH_KERNEL_FILE] == persistent.all_name_expressions("batch")
+    assert names[persistent.GRID_KERNEL_FILE] == persistent.all_name_expressions("grid")
+    assert len(names[persistent.BATCH_KERNEL_FILE]) == 48
+
+
+def test_kernels_start_with_a_header_comment() -> None:
+    for filename in ("persistent_rnn.cu", "persistent_grid.cu", "persistent_common.cuh"):
+        text = (kernel_loader.kernel_dir() / filename).read_text()
+        assert text.startswith("// "), filename
+
+
+# ------------------------------------------------------------------------- NVRTC compile
+try:
+    from cupy_backends.cuda.libs import nvrtc  # noqa: F401
+
+    _NVRTC_REASON = None
+except Exception as exc:  # ImportError, or libnvrtc missing at load time
+    _NVRTC_REASON = f"NVRTC is not importable ({type(exc).__name__}: {exc})"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_NVRTC_REASON is not None, reason=str(_NVRTC_REASON))
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("variant", ["batch", "grid"])
+def test_every_persistent_kernel_compiles_without_spills(variant: str, arch: str) -> None:
+    names = persistent.all_name_expressions(variant)
+    filename = persistent.BATCH_KERNEL_FILE if variant == "batch" else persistent.GRID_KERNEL_FILE
+    result = kernel_loader.nvrtc_compile(filename, names, arch=arch)
+    assert set(result.spills) == set(names), result.log
+    spilling = {name: s for name, s in result.spills.items() if s != (0, 0)}
+    assert not spilling, f"register spills (stores, loads) on {arch}: {spilling}"
+    assert not any(result.stack_frame.values()), result.stack_frame
+    # the planner's occupancy estimate assumes ptxas stayed within the cap of the bound
+    for name in names:
+        ctype, kc, rb = re.search(r"<(\w+), (\d+), (\d+)>", name).groups()
+        itemsize = 4 if ctype == "float" else 8
+        assert result.registers[name] <= persistent.register_cap(itemsize, int(kc), int(rb))

@@ -1,0 +1,267 @@
+"""The persistent kernels against the NumPy reference, on a CUDA device (skipped elsewhere).
+
+Every call writes into outputs poisoned with NaN first, so a value the kernel forgot to write
+fails the comparison; inputs are fresh random numbers from the ``rng`` fixture (never zeros).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rnncu.backend.numpy_backend import NumpyBackend
+from rnncu.backend.persistent import (
+    DeviceLimits,
+    persistent_backward,
+    persistent_forward,
+    plan_forward,
+)
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCES = {np.float32: (1e-5, 2e-5), np.float64: (1e-10, 1e-12)}  # rtol, atol
+REFERENCE = NumpyBackend()
+
+# (T, B, H) around each dispatch boundary on an H200 (see test_persistent_dispatch.py):
+# H = 128 | 129 (batch -> grid in float32), 64 | 65 (float64), odd sizes, and large-H grid.
+SHAPES = [
+    (5, 1, 1),
+    (6, 7, 33),
+    (4, 33, 64),
+    (4, 3, 65),
+    (5, 9, 127),
+    (7, 256, 128),
+    (4, 5, 129),
+    (3, 33, 257),
+    (3, 4, 512),
+    (3, 3, 1000),
+    (2, 1, 1024),
+]
+
+
+def make_inputs(
+    rng: np.random.Generator, shape: tuple[int, int, int], dtype: Any, with_lengths: bool
+) -> dict[str, np.ndarray | None]:
+    steps, batch, hidden = shape
+    scale = 1.0 / np.sqrt(hidden)
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
+        lengths[0] = steps  # at least one full-length row
+    return {
+        "z": rng.standard_normal(shape).astype(dtype),
+        "w_hh": (rng.uniform(-scale, scale, (hidden, hidden))).astype(dtype),
+        "h0": (0.5 * rng.standard_normal((batch, hidden))).astype(dtype),
+        "grad_states": rng.standard_normal(shape).astype(dtype),
+        "grad_h_last": rng.standard_normal((batch, hidden)).astype(dtype),
+        "lengths": lengths,
+    }
+
+
+def run_forward(inputs: dict, nonlinearity: str, reverse: bool, force: bool = True) -> Any:
+    import cupy
+
+    states = cupy.asarray(inputs["z"])
+    lengths = None if inputs["lengths"] is None else cupy.asarray(inputs["lengths"])
+    ran = persistent_forward(
+        states,
+        cupy.asarray(inputs["w_hh"]),
+        cupy.asarray(inputs["h0"]),
+        lengths,
+        nonlinearity,
+        reverse,
+        force=force,
+    )
+    assert ran
+    return states
+
+
+def reference_forward(inputs: dict, nonlinearity: str, reverse: bool) -> np.ndarray:
+    states = inputs["z"].copy()
+    REFERENCE.recurrence_forward(
+        states, inputs["w_hh"], inputs["h0"], inputs["lengths"], nonlinearity, reverse
+    )
+    return states
+
+
+def check(actual: Any, expected: np.ndarray, dtype: Any) -> None:
+    import cupy
+
+    rtol, atol = TOLERANCES[dtype]
+    np.testing.assert_allclose(cupy.asnumpy(actual), expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_backward_match_numpy(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    dtype: Any,
+    nonlinearity: str,
+    reverse: bool,
+    with_lengths: bool,
+) -> None:
+    import cupy
+
+    inputs = make_inputs(rng, shape, dtype, with_lengths)
+    states = cupy.asarray(inputs["z"])
+    lengths = None if inputs["lengths"] is None else cupy.asarray(inputs["lengths"])
+    w_hh, h0 = cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"])
+    if not persistent_forward(states, w_hh, h0, lengths, nonlinearity, reverse):
+        pytest.skip(f"no persistent plan for {shape} {np.dtype(dtype).name} on this device")
+    expected_states = reference_forward(inputs, nonlinearity, reverse)
+    check(states, expected_states, dtype)
+
+    # backward from the reference states so forward error does not leak into the check
+    ref_states = expected_states
+    for with_grads in (True, False):
+        grad_states = inputs["grad_states"] if with_grads else None
+        grad_h_last = inputs["grad_h_last"] if with_grads else None
+        expected_gz, expected_gh0 = REFERENCE.recurrence_backward(
+            ref_states, inputs["w_hh"], inputs["h0"], grad_states, grad_h_last,
+            inputs["lengths"], nonlinearity, reverse,
+        )  # fmt: skip
+        result = persistent_backward(
+            cupy.asarray(ref_states), w_hh, h0,
+            None if grad_states is None else cupy.asarray(grad_states),
+            None if grad_h_last is None else cupy.asarray(grad_h_last),
+            lengths, nonlinearity, reverse, force=True,
+        )  # fmt: skip
+        assert result is not None
+        grad_z, grad_h0 = result
+        check(grad_z, expected_gz, dtype)
+        check(grad_h0, expected_gh0, dtype)
+
+
+@pytest.mark.parametrize("shape", [(28, 256, 128), (64, 128, 128), (20, 4, 1024), (12, 64, 512)])
+def test_anchor_like_shapes_float32(rng: np.random.Generator, shape: tuple[int, int, int]) -> None:
+    import cupy
+
+    inputs = make_inputs(rng, shape, np.float32, with_lengths=True)
+    states = run_forward(inputs, "tanh", False)
+    expected = reference_forward(inputs, "tanh", False)
+    check(states, expected, np.float32)
+    grad_z, grad_h0 = persistent_backward(
+        cupy.asarray(expected), cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"]),
+        cupy.asarray(inputs["grad_states"]), cupy.asarray(inputs["grad_h_last"]),
+        cupy.asarray(inputs["lengths"]), "tanh", False, force=True,
+    )  # fmt: skip
+    ref_gz, ref_gh0 = REFERENCE.recurrence_backward(
+        expected, inputs["w_hh"], inputs["h0"], inputs["grad_states"], inputs["grad_h_last"],
+        inputs["lengths"], "tanh", False,
+    )  # fmt: skip
+    check(grad_z, ref_gz, np.float32)
+    check(grad_h0, ref_gh0, np.float32)
+
+
+def test_backward_outputs_are_fully_written(rng: np.random.Generator) -> None:
+    """grad_z and grad_h0 are fresh allocations: poison the memory pool's next blocks with NaN
+    so an unwritten element shows up as NaN."""
+    import cupy
+
+    shape = (6, 7, 33)
+    inputs = make_inputs(rng, shape, np.float32, with_lengths=True)
+    states = cupy.asarray(reference_forward(inputs, "tanh", False))
+    for _ in range(3):
+        poison = [cupy.full(shape, np.nan, np.float32), cupy.full(shape[1:], np.nan, np.float32)]
+        del poison  # returned to the pool, still holding NaN, reused by the next allocation
+        grad_z, grad_h0 = persistent_backward(
+            states, cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"]), None, None,
+            cupy.asarray(inputs["lengths"]), "tanh", False, force=True,
+        )  # fmt: skip
+        assert not bool(cupy.isnan(grad_z).any()) and not bool(cupy.isnan(grad_h0).any())
+
+
+@pytest.mark.parametrize("shape", [(30, 64, 128), (10, 8, 700)])
+def test_bit_identical_over_repeats(rng: np.random.Generator, shape: tuple[int, int, int]) -> None:
+    import cupy
+
+    inputs = make_inputs(rng, shape, np.float32, with_lengths=True)
+    forward_results, backward_results = [], []
+    for _ in range(10):
+        states = cupy.full(shape, np.nan, np.float32)
+        states[...] = cupy.asarray(inputs["z"])
+        assert persistent_forward(
+            states, cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"]),
+            cupy.asarray(inputs["lengths"]), "tanh", False, force=True,
+        )  # fmt: skip
+        forward_results.append(cupy.asnumpy(states))
+        grad_z, grad_h0 = persistent_backward(
+            states, cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"]),
+            cupy.asarray(inputs["grad_states"]), cupy.asarray(inputs["grad_h_last"]),
+            cupy.asarray(inputs["lengths"]), "tanh", False, force=True,
+        )  # fmt: skip
+        backward_results.append((cupy.asnumpy(grad_z), cupy.asnumpy(grad_h0)))
+    for states in forward_results[1:]:
+        assert states.tobytes() == forward_results[0].tobytes()
+    for grad_z, grad_h0 in backward_results[1:]:
+        assert grad_z.tobytes() == backward_results[0][0].tobytes()
+        assert grad_h0.tobytes() == backward_results[0][1].tobytes()
+
+
+def test_zero_steps() -> None:
+    import cupy
+
+    states = cupy.empty((0, 3, 16), np.float32)
+    w_hh = cupy.ones((16, 16), np.float32)
+    h0 = cupy.ones((3, 16), np.float32)
+    assert persistent_forward(states, w_hh, h0, None, "tanh", False, force=True)
+    grad_h_last = cupy.arange(48, dtype=np.float32).reshape(3, 16) + 1
+    grad_z, grad_h0 = persistent_backward(
+        states, w_hh, h0, None, grad_h_last, None, "tanh", False, force=True
+    )
+    assert grad_z.shape == (0, 3, 16)
+    np.testing.assert_array_equal(cupy.asnumpy(grad_h0), cupy.asnumpy(grad_h_last))
+
+
+def test_force_on_unsupported_shape_raises() -> None:
+    import cupy
+
+    states = cupy.zeros((2, 4, 4096), np.float32)
+    w_hh = cupy.zeros((4096, 4096), np.float32)
+    h0 = cupy.zeros((4, 4096), np.float32)
+    assert persistent_forward(states, w_hh, h0, None, "tanh", False) is False
+    with pytest.raises(ValueError, match="not applicable"):
+        persistent_forward(states, w_hh, h0, None, "tanh", False, force=True)
+    assert persistent_backward(states, w_hh, h0, None, None, None, "tanh", False) is None
+    with pytest.raises(ValueError, match="not applicable"):
+        persistent_backward(states, w_hh, h0, None, None, None, "tanh", False, force=True)
+    # wrong dtype / layout are refused the same way
+    with pytest.raises(ValueError, match="float32 or float64"):
+        persistent_forward(
+            cupy.zeros((2, 4, 8), np.float16), cupy.zeros((8, 8), np.float16),
+            cupy.zeros((4, 8), np.float16), None, "tanh", False, force=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="C-contiguous"):
+        persistent_forward(
+            cupy.zeros((2, 8, 4), np.float32).transpose(0, 2, 1), cupy.zeros((8, 8), np.float32),
+            cupy.zeros((4, 8), np.float32), None, "tanh", False, force=True,
+        )  # fmt: skip
+
+
+def test_device_limits_and_occupancy_agree_with_the_plan() -> None:
+    """The planner's occupancy estimate must never exceed the occupancy API's answer, or a
+    cooperative launch would be refused."""
+    import cupy
+    from cupy_backends.cuda.api import driver
+
+    from rnncu.backend import persistent
+
+    device_id = cupy.cuda.runtime.getDevice()
+    limits = DeviceLimits.from_device(device_id)
+    assert limits.sm_count > 0 and limits.smem_per_block_optin >= 48 * 1024
+    for shape in [(100, 64, 512), (1000, 4, 1024), (512, 32, 512), (28, 256, 128)]:
+        plan = plan_forward(*shape, "float32", limits)
+        assert plan is not None
+        kernel = persistent._kernel(plan, device_id)
+        if plan.shared_mem > 48 * 1024:
+            kernel.max_dynamic_shared_size_bytes = plan.shared_mem
+        actual = driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            kernel.kernel.ptr, plan.threads, plan.shared_mem
+        )
+        assert actual >= plan.blocks_per_sm, (shape, plan, actual)
