@@ -1,0 +1,195 @@
+"""Checkpoints: one ``.npz`` of plain arrays plus a JSON metadata string, no pickle.
+
+Layout of ``checkpoint.npz`` (``np.load(path, allow_pickle=False)`` reads it):
+
+* ``__rnncu_meta__``: a 0-d unicode array holding JSON: ``{"format": "rnncu-checkpoint",
+  "version": 1, ...}`` plus whatever the writer adds (config, epoch, history);
+* every other entry is a named array (``model.rnn.weight_ih_l0``, ``optim.exp_avg.0.bias``,
+  ...).
+
+Writes are atomic: the file is written to a temporary name in the same directory, flushed
+and fsynced, then renamed over the target with ``os.replace``, so a crash or a failed write
+leaves the previous checkpoint intact, never a half file. Every problem reading one (missing,
+truncated or corrupt, foreign, wrong version, missing entries, wrong shapes) raises
+:class:`CheckpointError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_arrays",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT = "rnncu-checkpoint"
+VERSION = 1
+META_KEY = "__rnncu_meta__"
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read or does not fit; the message is one line."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), so optional.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    _atomic_write(Path(path), lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A run directory -> its ``checkpoint.npz``; a file path -> itself."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> Path:
+    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-serialisable) atomically to
+    ``path`` (a directory gets ``checkpoint.npz``). Returns the file written."""
+    target = resolve_checkpoint(path)
+    if META_KEY in arrays:
+        raise ValueError(f"array name {META_KEY!r} is reserved")
+    full_meta = {"format": FORMAT, "version": VERSION, **meta}
+    payload = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, value in payload.items():
+        if value.dtype == object:
+            raise ValueError(f"checkpoint array {name!r} has dtype object (pickle is not used)")
+    payload[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))
+    _atomic_write(target, lambda fh: np.savez(fh, **payload))
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``.
+
+    Raises CheckpointError (one line) for a missing file, a truncated or corrupt zip, an
+    ``.npz`` that is not an rnncu checkpoint, or an unsupported format version.
+    """
+    file = resolve_checkpoint(path)
+    if not file.exists():
+        where = f"{path} (looked for {file})" if file != Path(path) else str(file)
+        raise CheckpointError(f"checkpoint not found: {where}")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if META_KEY not in names:
+                raise CheckpointError(
+                    f"{file}: not an rnncu checkpoint (no {META_KEY} entry; a foreign .npz?)"
+                )
+            arrays = {name: npz[name] for name in names}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        # np.load of a non-zip raises ValueError/OSError ("cannot load file"), a truncated
+        # zip BadZipFile or EOFError, a damaged member ValueError ("cannot reshape") or
+        # zlib errors (which are also raised as BadZipFile/OSError/ValueError).
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: cannot read checkpoint (truncated or corrupt: {detail})"
+        ) from None
+    except Exception as exc:  # zlib.error and friends: still a damaged file
+        raise CheckpointError(
+            f"{file}: cannot read checkpoint (truncated or corrupt: {type(exc).__name__})"
+        ) from None
+    meta_array = arrays.pop(META_KEY)
+    try:
+        meta = json.loads(str(meta_array[()]))
+    except (ValueError, TypeError, IndexError):
+        raise CheckpointError(f"{file}: metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file}: not an rnncu checkpoint (format {meta.get('format')!r})"
+            if isinstance(meta, dict)
+            else f"{file}: not an rnncu checkpoint"
+        )
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{file}: checkpoint format version {meta.get('version')!r} is not supported "
+            f"(this rnncu reads version {VERSION})"
+        )
+    return arrays, meta
+
+
+def check_arrays(
+    file: str | os.PathLike[str],
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    prefix: str = "",
+) -> dict[str, np.ndarray]:
+    """The entries of ``arrays`` named ``prefix + name`` for every ``name`` of ``expected``
+    (name -> shape), without the prefix. A missing entry or a shape mismatch raises
+    CheckpointError naming the first offender."""
+    out = {}
+    for name, shape in expected.items():
+        key = prefix + name
+        if key not in arrays:
+            raise CheckpointError(f"{file}: missing entry {key!r} (not from this model?)")
+        value = arrays[key]
+        if tuple(value.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{file}: entry {key!r} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(shape)}"
+            )
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"{file}: entry {key!r} has dtype {value.dtype}, not floating")
+        out[name] = value
+    return out

@@ -1,0 +1,369 @@
+"""The ``rnncu`` command line: ``train`` (the default), ``evaluate``, ``generate``, ``info``.
+
+Errors caused by input (bad arguments, missing or foreign files, an unavailable backend, a
+diverged run) print ``rnncu: error: <one line>`` to stderr and return a non-zero status (2
+for bad input, 1 for a diverged run), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+_COMMANDS = ("train", "evaluate", "generate", "info")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in the same one-line form as the rest of the CLI."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    from rnncu.data import SEQ_VIEWS
+    from rnncu.init import INIT_SCHEMES
+    from rnncu.optim import SCHEDULES
+
+    parser = _Parser(
+        prog="rnncu",
+        description="Train and use vanilla RNNs on images (NumPy or CuPy backend). "
+        "Without a command: train the default recipe (classify digits by rows).",
+    )
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model (default: classify digits by rows)")
+    train.add_argument("--task", choices=("classify", "generate"))
+    train.add_argument(
+        "--dataset",
+        help="'digits' (default), a directory of MNIST-format IDX "
+        "files (raw or .gz), or a .npz with x and y",
+    )
+    train.add_argument("--seq", choices=SEQ_VIEWS, help="sequence view of the images")
+    train.add_argument("--hidden", type=_positive_int)
+    train.add_argument("--layers", type=_positive_int)
+    train.add_argument("--nonlinearity", choices=("tanh", "relu"))
+    train.add_argument("--init", choices=INIT_SCHEMES)
+    train.add_argument("--epochs", type=_positive_int)
+    train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--lr", type=_positive_float)
+    train.add_argument("--schedule", choices=SCHEDULES)
+    train.add_argument("--lr-decay", type=_positive_float, help="per-epoch factor (exp, step)")
+    train.add_argument(
+        "--decay-epochs", type=_positive_float, help="cosine horizon / step interval in epochs"
+    )
+    train.add_argument("--warmup-epochs", type=_nonneg_float)
+    train.add_argument("--weight-decay", type=_nonneg_float)
+    train.add_argument("--clip", type=_nonneg_float, help="global gradient-norm limit (0: off)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    train.add_argument("--dtype", choices=("float32", "float64"))
+    train.add_argument("--out", help="run directory (checkpoint, config, metrics, plots)")
+    train.add_argument("--resume", help="continue the run saved in this directory up to --epochs")
+    _common(train)
+
+    ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
+    ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint.npz")
+    ev.add_argument("--dataset", help="evaluate on this dataset instead of the saved one")
+    ev.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    _common(ev)
+
+    gen = sub.add_parser("generate", help="draw or complete images with a generate run")
+    gen.add_argument("--checkpoint", required=True, help="run directory of a generate run")
+    gen.add_argument("--out", required=True, help="PNG file to write")
+    gen.add_argument("--classes", help="comma-separated classes (default: all)")
+    gen.add_argument("--per-class", type=_positive_int, default=10)
+    gen.add_argument(
+        "--complete",
+        type=int,
+        metavar="K",
+        default=0,
+        help="complete test images whose top K rows are given",
+    )
+    gen.add_argument("--noise", type=_nonneg_float, help="std of the noise per drawn row")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    _common(gen)
+
+    info = sub.add_parser("info", help="versions, backends, devices and kernel compile checks")
+    info.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip compiling the CUDA kernels (the check takes tens of seconds)",
+    )
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="BLAS threads for the NumPy backend (default 1: the recurrence's "
+        "small GEMMs run fastest single-threaded)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: only on a terminal)",
+    )
+
+
+def _blas_limit(threads: int | None) -> Any:
+    """A context limiting BLAS threads (threadpoolctl, installed with scikit-learn); a no-op
+    without it."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads or 1, user_api="blas")
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    shown = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    print(json.dumps(shown, indent=2, sort_keys=True))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rnncu.trainer import TrainConfig, make_config, train
+
+    fields = (
+        "task",
+        "dataset",
+        "seq",
+        "hidden",
+        "layers",
+        "nonlinearity",
+        "init",
+        "epochs",
+        "batch_size",
+        "lr",
+        "schedule",
+        "lr_decay",
+        "decay_epochs",
+        "warmup_epochs",
+        "weight_decay",
+        "clip",
+        "seed",
+        "backend",
+        "dtype",
+    )
+    given = {f: getattr(args, f, None) for f in fields}
+    if args.resume:
+        # The saved run defines everything but its length and the device.
+        extra = [f for f, v in given.items() if v is not None and f not in ("epochs", "backend")]
+        if extra:
+            raise ValueError(
+                f"--resume takes only --epochs and --backend, not --{extra[0]}".replace("_", "-")
+            )
+        config = TrainConfig(
+            epochs=args.epochs or TrainConfig.epochs, backend=args.backend or "auto"
+        )
+        if args.epochs is None:
+            raise ValueError("--resume needs --epochs (the total to reach)")
+    else:
+        config = make_config(**given)
+    out = args.out
+    if out is None and not args.resume:
+        out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    start = time.perf_counter()
+    with _blas_limit(args.threads):
+        result = train(
+            config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
+        )
+    wall = time.perf_counter() - start
+    metrics = dict(result.metrics, wall_seconds=round(wall, 3))
+    _print_metrics(metrics)
+    print(f"run saved in {result.out_dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rnncu.trainer import evaluate_run
+
+    with _blas_limit(args.threads):
+        metrics = evaluate_run(args.checkpoint, backend=args.backend, dataset=args.dataset)
+    _print_metrics(metrics)
+    return 0
+
+
+def _parse_classes(text: str | None, num_classes: int) -> list[int]:
+    if text is None:
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--classes: expected comma-separated integers, got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if not classes or bad:
+        raise ValueError(f"--classes: expected classes in 0..{num_classes - 1}, got {text!r}")
+    return classes
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rnncu import plots
+    from rnncu.tasks import RowGenerator
+    from rnncu.trainer import SAMPLE_NOISE, load_run, sample_images
+
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out: expected a .png file, got {args.out!r}")
+    with _blas_limit(args.threads):
+        run, _ = load_run(args.checkpoint, backend=args.backend)
+        if not isinstance(run.model, RowGenerator):
+            raise ValueError(
+                f"{args.checkpoint}: a {run.config.task} run cannot generate "
+                "(train one with --task generate)"
+            )
+        classes = _parse_classes(args.classes, run.data.num_classes)
+        noise = SAMPLE_NOISE if args.noise is None else args.noise
+        height = run.data.image_shape[0]
+        top = None
+        if args.complete:
+            if not 0 < args.complete < height:
+                raise ValueError(f"--complete: expected 1..{height - 1} rows, got {args.complete}")
+            # the first test images of each requested class, their top rows given
+            picks = np.concatenate(
+                [np.flatnonzero(run.data.y_test == c)[: args.per_class] for c in classes]
+            )
+            top = run.data.x_test[picks, : args.complete]
+            labels = run.data.y_test[picks]
+            images = run.model.sample(
+                labels, height, top_rows=top, noise=noise, rng=np.random.default_rng([args.seed, 3])
+            )
+            # originals above completions, side by side per class row
+            grid = np.concatenate([run.data.x_test[picks], images])
+            plots.save_image_grid(grid, args.out, ncols=args.per_class)
+        else:
+            images, labels = sample_images(
+                run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
+            )
+            plots.save_image_grid(images, args.out, ncols=args.per_class)
+    print(f"wrote {len(labels)} images for classes {classes} to {args.out}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import rnncu
+
+    try:
+        from rnncu.backend import diagnostics
+    except ImportError:
+        diagnostics = None
+    if diagnostics is not None:
+        if args.quick:
+            info = diagnostics.collect_info(compile_kernels=False)
+        else:
+            info = diagnostics.collect_info()
+        print(diagnostics.format_info(info))
+        return 0
+    import numpy as np
+
+    from rnncu.backend import available_backends, get_backend
+
+    print(f"rnncu {rnncu.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    for name, reason in available_backends().items():
+        print(f"backend {name}: {'available' if reason is None else 'unavailable: ' + reason}")
+    try:
+        print(f"current backend: {get_backend().name}")
+    except Exception as exc:  # a bad RNNCU_BACKEND: report it, info must not fail
+        print(f"current backend: error: {exc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from rnncu.backend import BackendUnavailableError
+    from rnncu.checkpoint import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["train", *argv]  # no command: the default recipe (flags go to train)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            args = build_parser().parse_args(["train", *argv])
+        handler = {
+            "train": _cmd_train,
+            "evaluate": _cmd_evaluate,
+            "generate": _cmd_generate,
+            "info": _cmd_info,
+        }[args.command]
+        return handler(args)
+    except _UsageError as exc:
+        print(f"rnncu: error: {exc}", file=sys.stderr)
+        return 2
+    except (
+        CheckpointError,
+        BackendUnavailableError,
+        ValueError,
+        FileNotFoundError,
+        ImportError,
+    ) as exc:
+        print(f"rnncu: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from rnncu.trainer import TrainingDiverged
+
+        if isinstance(exc, TrainingDiverged):
+            print(f"rnncu: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        print("rnncu: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Parameter initialisers, drawn on the host from a NumPy Generator and copied into the
+module's existing arrays in place (so the same seed gives the same weights on every backend).
+
+Array-level functions return a host array of the requested shape; module-level functions
+(:func:`init_rnn`, :func:`init_linear`) apply a named scheme to every parameter:
+
+* ``torch``: PyTorch's defaults, U(-1/sqrt(H), 1/sqrt(H)) for every RNN tensor and
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for a Linear layer.
+* ``xavier``: Glorot uniform weights, zero biases.
+* ``orthogonal``: Glorot input weights, an orthogonal W_hh (its eigenvalues lie on the unit
+  circle, so gradients neither grow nor vanish through the linear part of the recurrence:
+  the standard help for long sequences), zero biases.
+* ``irnn``: for ReLU RNNs (Le, Jaitly & Hinton 2015): W_hh = identity (times ``scale``),
+  small Gaussian input weights, zero biases; at the start the state just integrates inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INIT_SCHEMES",
+    "identity",
+    "init_linear",
+    "init_rnn",
+    "orthogonal",
+    "set_param",
+    "torch_uniform",
+    "xavier_uniform",
+]
+
+INIT_SCHEMES = ("torch", "xavier", "orthogonal", "irnn")
+
+
+def _generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.ndarray:
+    """U(-bound, bound), float64, on the host."""
+    return _generator(rng).uniform(-bound, bound, size=shape)
+
+
+def xavier_uniform(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
+    """Glorot uniform for a (fan_out, fan_in) weight: U(-a, a), a = gain sqrt(6/(in+out))."""
+    fan_out, fan_in = shape
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return _generator(rng).uniform(-bound, bound, size=shape)
+
+
+def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
+    """A (rows, cols) matrix with orthonormal rows or columns (whichever are fewer), from the
+    QR decomposition of a Gaussian matrix with the sign of R's diagonal folded in, so the
+    result is uniformly (Haar) distributed, as ``torch.nn.init.orthogonal_``."""
+    rows, cols = shape
+    flat = _generator(rng).standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return gain * q[:rows, :cols]
+
+
+def identity(shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
+    """``scale`` times the identity (square shapes only: it is meant for W_hh)."""
+    rows, cols = shape
+    if rows != cols:
+        raise ValueError(f"identity init needs a square matrix, got {shape}")
+    return scale * np.eye(rows)
+
+
+def set_param(module: Any, name: str, value: np.ndarray) -> None:
+    """Copy the host array ``value`` into ``module.params[name]`` in place (dtype cast to the
+    parameter's), keeping the array object the layer and the optimizer refer to."""
+    param = module.params[name]
+    if tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"{name}: init shape {value.shape} != parameter shape {param.shape}")
+    param[...] = module.backend.asarray(np.ascontiguousarray(value), dtype=param.dtype)
+
+
+def init_rnn(
+    rnn: Any,
+    scheme: str = "torch",
+    rng: Any = None,
+    irnn_scale: float = 1.0,
+    irnn_input_std: float = 0.001,
+) -> None:
+    """Initialise every parameter of an :class:`rnncu.RNN` with ``scheme`` (see the module
+    docstring). Parameters are visited in ``rnn.params`` order, so a seed fixes the result."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    gen = _generator(rng)
+    bound = 1.0 / math.sqrt(rnn.hidden_size)
+    for name, param in rnn.params.items():
+        shape = tuple(param.shape)
+        if scheme == "torch":
+            value = torch_uniform(shape, bound, gen)
+        elif name.startswith("bias"):
+            value = np.zeros(shape)
+        elif name.startswith("weight_hh"):
+            if scheme == "irnn":
+                value = identity(shape, irnn_scale)
+            elif scheme == "orthogonal":
+                value = orthogonal(shape, rng=gen)
+            else:
+                value = xavier_uniform(shape, rng=gen)
+        else:  # weight_ih
+            if scheme == "irnn":
+                value = gen.normal(0.0, irnn_input_std, size=shape)
+            else:
+                value = xavier_uniform(shape, rng=gen)
+        set_param(rnn, name, value)
+
+
+def init_linear(linear: Any, scheme: str = "torch", rng: Any = None) -> None:
+    """Initialise an :class:`rnncu.Linear`: ``torch`` (U(+-1/sqrt(fan_in)) for weight and
+    bias) or ``xavier`` (Glorot weight, zero bias)."""
+    gen = _generator(rng)
+    weight = linear.params["weight"]
+    fan_in = weight.shape[1]
+    if scheme == "torch":
+        bound = 1.0 / math.sqrt(fan_in)
+        set_param(linear, "weight", torch_uniform(tuple(weight.shape), bound, gen))
+        if "bias" in linear.params:
+            set_param(linear, "bias", torch_uniform(tuple(linear.params["bias"].shape), bound, gen))
+    elif scheme == "xavier":
+        set_param(linear, "weight", xavier_uniform(tuple(weight.shape), rng=gen))
+        if "bias" in linear.params:
+            set_param(linear, "bias", np.zeros(linear.params["bias"].shape))
+    else:
+        raise ValueError(f"init_linear: expected 'torch' or 'xavier', got {scheme!r}")

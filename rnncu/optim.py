@@ -1,0 +1,350 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+Optimizers take a list of :class:`rnncu.Module` and update ``module.params[name]`` in place
+from ``module.grads[name]`` (in place, so a layer's cached references to its weights and any
+device buffers stay valid). All state lives in arrays on the modules' backend, created at
+the first step, plus a host step counter, so :meth:`Optimizer.state_dict` /
+:meth:`Optimizer.load_state_dict` restore a run bit for bit. Scalars (learning rate, bias
+corrections) are Python floats computed on the host, which keeps the NumPy and CuPy updates
+identical up to the device's floating-point arithmetic and never synchronises the device.
+
+State keys are ``"<kind>.<module index>.<param name>"`` (``exp_avg.0.weight_ih_l0``) and
+``"step"``: the index is the module's position in the list the optimizer was built from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "ConstantLR",
+    "CosineLR",
+    "ExponentialLR",
+    "Optimizer",
+    "Schedule",
+    "StepLR",
+    "clip_grad_norm",
+    "make_schedule",
+]
+
+
+def _params(modules: Sequence[Any]) -> Iterator[tuple[str, Any, Any]]:
+    """``(key, param, grad)`` for every parameter, in a fixed order (module, then name)."""
+    for index, module in enumerate(modules):
+        for name, param in module.params.items():
+            grad = module.grads.get(name)
+            if grad is None:
+                raise ValueError(
+                    f"no gradient for parameter {name!r} of {type(module).__name__}: "
+                    "call backward before the optimizer step"
+                )
+            yield f"{index}.{name}", param, grad
+
+
+class Optimizer:
+    """Base class: holds the modules, the learning rate, the step count and state arrays."""
+
+    #: names of the per-parameter state arrays this optimizer keeps
+    state_kinds: tuple[str, ...] = ()
+
+    def __init__(self, modules: Sequence[Any], lr: float) -> None:
+        if not modules:
+            raise ValueError("optimizer: expected at least one module")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"optimizer: lr must be a positive number, got {lr!r}")
+        self.modules = list(modules)
+        self.lr = float(lr)
+        self.step_count = 0
+        # kind -> key -> array on the params' backend; filled lazily at the first step
+        self.state: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
+
+    def _xp(self, param: Any) -> Any:
+        from rnncu.backend import backend_for
+
+        return backend_for(param).xp
+
+    def _state(self, kind: str, key: str, param: Any) -> Any:
+        slot = self.state[kind].get(key)
+        if slot is None:
+            slot = self._xp(param).zeros_like(param)
+            self.state[kind][key] = slot
+        return slot
+
+    def step(self) -> None:
+        """Apply one update to every parameter from its current gradient."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of the state: ``"step"`` and one array per (kind, parameter)."""
+        out: dict[str, np.ndarray] = {"step": np.asarray(self.step_count, dtype=np.int64)}
+        for kind, slots in self.state.items():
+            for key, arr in slots.items():
+                out[f"{kind}.{key}"] = _to_host(arr)
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict` output. Every state array must match a parameter in
+        name and shape; a mismatch raises ValueError naming the key."""
+        if "step" not in state:
+            raise ValueError("optimizer state: missing 'step'")
+        params = {key: param for key, param, _ in _params_nograd(self.modules)}
+        new: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
+        for full_key, value in state.items():
+            if full_key == "step":
+                continue
+            kind, _, key = full_key.partition(".")
+            if kind not in new or key not in params:
+                raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
+            param = params[key]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"optimizer state: {full_key!r} has shape {tuple(value.shape)}, "
+                    f"parameter has {tuple(param.shape)}"
+                )
+            new[kind][key] = self._xp(param).asarray(value, dtype=param.dtype).copy()
+        self.state = new
+        self.step_count = int(np.asarray(state["step"]))
+
+
+def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
+    for index, module in enumerate(modules):
+        for name, param in module.params.items():
+            yield f"{index}.{name}", param, None
+
+
+def _to_host(arr: Any) -> np.ndarray:
+    if isinstance(arr, np.ndarray):
+        return arr.copy()
+    return np.asarray(arr.get())  # a CuPy array: copy to the host
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction, written as ``torch.optim.Adam`` does:
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    ``weight_decay`` adds ``weight_decay * p`` to the gradient (L2, as torch's Adam); with
+    ``decoupled=True`` it instead shrinks ``p *= 1 - lr * weight_decay`` (AdamW).
+    """
+
+    state_kinds = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        modules: Sequence[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        super().__init__(modules, lr)
+        beta1, beta2 = betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas!r}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError("Adam: eps and weight_decay must be >= 0")
+        self.betas = (float(beta1), float(beta2))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.decoupled = bool(decoupled)
+
+    def step(self) -> None:
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        t = self.step_count
+        step_size = self.lr / (1 - beta1**t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
+        for key, param, grad in _params(self.modules):
+            xp = self._xp(param)
+            if self.weight_decay:
+                if self.decoupled:
+                    param *= 1 - self.lr * self.weight_decay
+                else:
+                    grad = grad + self.weight_decay * param
+            m = self._state("exp_avg", key, param)
+            v = self._state("exp_avg_sq", key, param)
+            # m += (1 - b1) (g - m) is torch's lerp form; spelled out so both backends round
+            # the same way
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * (grad * grad)
+            denom = xp.sqrt(v)
+            denom /= bias_correction2_sqrt
+            denom += self.eps
+            param -= step_size * (m / denom)
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum (torch semantics: ``buf = momentum * buf + g``, the first
+    step sets ``buf = g``; Nesterov uses ``g + momentum * buf``) and L2 weight decay."""
+
+    state_kinds = ("momentum_buffer",)
+
+    def __init__(
+        self,
+        modules: Sequence[Any],
+        lr: float = 1e-2,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(modules, lr)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD: momentum must lie in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+
+    def step(self) -> None:
+        self.step_count += 1
+        for key, param, grad in _params(self.modules):
+            if self.weight_decay:
+                grad = grad + self.weight_decay * param
+            if self.momentum:
+                buf = self.state["momentum_buffer"].get(key)
+                if buf is None:
+                    buf = grad.copy()
+                    self.state["momentum_buffer"][key] = buf
+                else:
+                    buf *= self.momentum
+                    buf += grad
+                grad = grad + self.momentum * buf if self.nesterov else buf
+            param -= self.lr * grad
+
+
+def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
+    """Scale all gradients of ``modules`` together so that their global L2 norm is at most
+    ``max_norm`` (torch's ``clip_grad_norm_``: factor ``min(1, max_norm / (norm + 1e-6))``).
+
+    Returns the norm before clipping as a 0-d device array; the factor is applied on the
+    device, so clipping never waits for the device. A NaN norm leaves NaN gradients, which
+    the trainer's loss check catches.
+    """
+    from rnncu.backend import backend_for
+
+    grads = [g for m in modules for g in m.grads.values() if g is not None]
+    if not grads:
+        raise ValueError("clip_grad_norm: no gradients (call backward first)")
+    xp = backend_for(grads[0]).xp
+    total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
+    factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
+    for g in grads:
+        g *= factor
+    return total
+
+
+class Schedule:
+    """A learning rate as a pure function of the optimizer step count (the number of
+    updates already made), so a resumed run sees exactly the rates of an unbroken one."""
+
+    def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0):
+        if steps_per_epoch < 1:
+            raise ValueError("schedule: steps_per_epoch must be >= 1")
+        self.base_lr = float(base_lr)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+
+    def factor(self, epoch: float) -> float:
+        """The multiplier of ``base_lr`` at fractional epoch ``epoch`` (after warm-up)."""
+        return 1.0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        return self.base_lr * self.factor(step / self.steps_per_epoch)
+
+
+class ConstantLR(Schedule):
+    """The base rate throughout (after the optional warm-up)."""
+
+
+class ExponentialLR(Schedule):
+    """``base_lr * gamma ** epoch``, smoothly per step. Independent of the run's length, so
+    training 2 epochs and resuming to 4 gives the rates of 4 epochs straight."""
+
+    def __init__(self, base_lr: float, steps_per_epoch: int, gamma: float, warmup_epochs=0.0):
+        super().__init__(base_lr, steps_per_epoch, warmup_epochs)
+        if not 0 < gamma <= 1:
+            raise ValueError(f"ExponentialLR: gamma must lie in (0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def factor(self, epoch: float) -> float:
+        return self.gamma**epoch
+
+
+class StepLR(Schedule):
+    """``base_lr * gamma ** floor(epoch / step_epochs)``."""
+
+    def __init__(
+        self,
+        base_lr: float,
+        steps_per_epoch: int,
+        step_epochs: int,
+        gamma: float = 0.1,
+        warmup_epochs: float = 0.0,
+    ):
+        super().__init__(base_lr, steps_per_epoch, warmup_epochs)
+        self.step_epochs = int(step_epochs)
+        self.gamma = float(gamma)
+
+    def factor(self, epoch: float) -> float:
+        return self.gamma ** math.floor(epoch / self.step_epochs)
+
+
+class CosineLR(Schedule):
+    """Half a cosine from ``base_lr`` down to ``min_factor * base_lr`` over
+    ``total_epochs``, then flat. The horizon is fixed when the run starts (a resumed run
+    keeps it), unlike :class:`ExponentialLR`, which has none."""
+
+    def __init__(
+        self,
+        base_lr: float,
+        steps_per_epoch: int,
+        total_epochs: float,
+        min_factor: float = 0.0,
+        warmup_epochs: float = 0.0,
+    ):
+        super().__init__(base_lr, steps_per_epoch, warmup_epochs)
+        self.total_epochs = float(total_epochs)
+        self.min_factor = float(min_factor)
+
+    def factor(self, epoch: float) -> float:
+        progress = min(epoch / self.total_epochs, 1.0) if self.total_epochs > 0 else 1.0
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("exp", "cosine", "step", "constant")
+
+
+def make_schedule(
+    name: str,
+    base_lr: float,
+    steps_per_epoch: int,
+    *,
+    gamma: float = 0.9,
+    total_epochs: float = 1.0,
+    step_epochs: int = 10,
+    warmup_epochs: float = 0.0,
+) -> Schedule:
+    """Build a schedule by name: ``exp`` (gamma per epoch), ``cosine`` (over total_epochs),
+    ``step`` (gamma every step_epochs) or ``constant``."""
+    if name == "exp":
+        return ExponentialLR(base_lr, steps_per_epoch, gamma, warmup_epochs)
+    if name == "cosine":
+        return CosineLR(base_lr, steps_per_epoch, total_epochs, warmup_epochs=warmup_epochs)
+    if name == "step":
+        return StepLR(base_lr, steps_per_epoch, step_epochs, gamma, warmup_epochs)
+    if name == "constant":
+        return ConstantLR(base_lr, steps_per_epoch, warmup_epochs)
+    raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")

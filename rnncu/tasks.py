@@ -1,0 +1,330 @@
+"""The two image tasks, each an :class:`rnncu.RNN` followed by an :class:`rnncu.Linear`.
+
+* :class:`SequenceClassifier`: the head reads the last layer's final state ``h_n[-1]``
+  (B, H) and gives class logits (B, C); softmax cross-entropy.
+* :class:`RowGenerator`: class-conditional, row by row. The input at step t is row t-1
+  (zeros at t = 0) concatenated with the one-hot class, (T, B, W + C); the head maps every
+  state to a predicted row (T, B, W); the loss is the MSE against row t. Sampling feeds each
+  predicted row back as the next input.
+
+Everything is written against ``xp = backend.xp``, so both backends run the same code; the
+losses stay on the device as 0-d arrays (the trainer reads them once per epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rnncu.init import init_linear, init_rnn
+from rnncu.linear import Linear
+from rnncu.losses import mse_loss, softmax_cross_entropy
+from rnncu.rnn import RNN
+
+__all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
+
+TASKS = ("classify", "generate")
+
+
+class _TaskModel:
+    """What the trainer needs: ``modules`` (for the optimizer and checkpoints) and train/eval
+    mode switching."""
+
+    rnn: RNN
+    head: Linear
+
+    @property
+    def modules(self) -> list[Any]:
+        return [self.rnn, self.head]
+
+    @property
+    def module_names(self) -> list[str]:
+        return ["rnn", "head"]
+
+    @property
+    def backend(self) -> Any:
+        return self.rnn.backend
+
+    def train(self) -> None:
+        for m in self.modules:
+            m.train()
+
+    def eval(self) -> None:
+        for m in self.modules:
+            m.eval()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``"<module>.<param>"`` -> host copy."""
+        return {
+            f"{prefix}.{name}": value
+            for prefix, module in zip(self.module_names, self.modules, strict=True)
+            for name, value in module.state_dict().items()
+        }
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            f"{prefix}.{name}": tuple(p.shape)
+            for prefix, module in zip(self.module_names, self.modules, strict=True)
+            for name, p in module.params.items()
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for prefix, module in zip(self.module_names, self.modules, strict=True):
+            module.load_state_dict({name: state[f"{prefix}.{name}"] for name in module.params})
+
+
+def _make_layers(
+    self: _TaskModel,
+    input_size: int,
+    hidden: int,
+    out: int,
+    layers: int,
+    nonlinearity: str,
+    init: str,
+    seed: int,
+    dtype: Any,
+    backend: Any,
+) -> None:
+    self.rnn = RNN(
+        input_size,
+        hidden,
+        num_layers=layers,
+        nonlinearity=nonlinearity,
+        dtype=dtype,
+        backend=backend,
+        seed=seed,
+    )
+    self.head = Linear(hidden, out, dtype=dtype, backend=self.rnn.backend, seed=seed)
+    # One host generator for all parameters: the same seed gives the same weights on every
+    # backend.
+    gen = np.random.default_rng([seed, 1])
+    init_rnn(self.rnn, init, gen)
+    init_linear(self.head, "xavier" if init != "torch" else "torch", gen)
+
+
+class SequenceClassifier(_TaskModel):
+    """RNN over (T, B, D) sequences, Linear head on the final state -> logits (B, C)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden: int,
+        num_classes: int,
+        layers: int = 1,
+        nonlinearity: str = "tanh",
+        init: str = "torch",
+        seed: int = 0,
+        dtype: Any = "float32",
+        backend: Any = None,
+    ) -> None:
+        self.num_classes = int(num_classes)
+        _make_layers(
+            self, input_size, hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
+        )
+
+    def forward(self, x: Any) -> Any:
+        """x (T, B, D) -> logits (B, C)."""
+        _, h_n = self.rnn(x)
+        self._h_shape = h_n.shape
+        return self.head(h_n[-1])
+
+    def train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Forward, loss, backward (fills the modules' ``grads``). x (T, B, D), y (B,) int.
+        Returns ``(loss, correct)`` as 0-d device arrays (mean loss, number correct)."""
+        logits = self.forward(x)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        dlast = self.head.backward(dlogits)
+        xp = self.backend.xp
+        dh_n = xp.zeros(self._h_shape, dtype=dlast.dtype)
+        dh_n[-1] = dlast  # only the last layer's final state feeds the head
+        self.rnn.backward(None, dh_n)
+        correct = xp.sum(xp.argmax(logits, axis=1) == y)
+        return loss, correct
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, Any]:
+        """Loss, accuracy and predictions over a whole split, in batches. x (T, N, D), y (N,).
+        Returns host values: ``loss`` (mean), ``accuracy``, ``predictions`` (N,) ndarray."""
+        xp = self.backend.xp
+        n = x.shape[1]
+        loss_sum = xp.zeros((), dtype=np.float64)
+        preds = []
+        for start in range(0, n, batch_size):
+            xb, yb = x[:, start : start + batch_size], y[start : start + batch_size]
+            logits = self.forward(xb)
+            loss, _ = softmax_cross_entropy(logits, yb)
+            loss_sum += loss * yb.shape[0]
+            preds.append(xp.argmax(logits, axis=1))
+        predictions = self.backend.to_numpy(xp.concatenate(preds))
+        labels = self.backend.to_numpy(y)
+        return {
+            "loss": float(loss_sum) / n,
+            "accuracy": float(np.mean(predictions == labels)),
+            "predictions": predictions,
+        }
+
+    def predict(self, x: Any, batch_size: int = 512) -> np.ndarray:
+        """Predicted classes (N,) on the host for sequences x (T, N, D)."""
+        xp = self.backend.xp
+        preds = [
+            xp.argmax(self.forward(x[:, s : s + batch_size]), axis=1)
+            for s in range(0, x.shape[1], batch_size)
+        ]
+        return self.backend.to_numpy(xp.concatenate(preds))
+
+
+def generator_inputs(rows: Any, labels: Any, num_classes: int) -> Any:
+    """Teacher-forcing inputs of the row generator: rows (T, B, W), labels (B,) int ->
+    (T, B, W + C): step t holds row t-1 (zeros at t = 0) and the one-hot class."""
+    from rnncu.backend import backend_for
+
+    xp = backend_for(rows).xp
+    steps, batch, width = rows.shape
+    inputs = xp.zeros((steps, batch, width + num_classes), dtype=rows.dtype)
+    inputs[1:, :, :width] = rows[:-1]
+    inputs[:, xp.arange(batch), width + labels] = 1
+    return inputs
+
+
+class RowGenerator(_TaskModel):
+    """Class-conditional next-row model: inputs (T, B, W + C) -> predicted rows (T, B, W)."""
+
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        num_classes: int,
+        layers: int = 1,
+        nonlinearity: str = "tanh",
+        init: str = "torch",
+        seed: int = 0,
+        dtype: Any = "float32",
+        backend: Any = None,
+    ) -> None:
+        self.width = int(width)
+        self.num_classes = int(num_classes)
+        _make_layers(
+            self,
+            width + num_classes,
+            hidden,
+            width,
+            layers,
+            nonlinearity,
+            init,
+            seed,
+            dtype,
+            backend,
+        )
+
+    def forward(self, rows: Any, labels: Any) -> Any:
+        """Teacher-forced prediction of every row: rows (T, B, W), labels (B,) -> (T, B, W)."""
+        out, _ = self.rnn(generator_inputs(rows, labels, self.num_classes))
+        return self.head(out)
+
+    def train_step(self, rows: Any, labels: Any) -> tuple[Any, Any]:
+        """Forward, MSE against the rows themselves, backward. Returns ``(loss, None)``."""
+        pred = self.forward(rows, labels)
+        loss, dpred = mse_loss(pred, rows)
+        dout = self.head.backward(dpred)
+        self.rnn.backward(dout, None)
+        return loss, None
+
+    def evaluate(self, rows: Any, labels: Any, batch_size: int = 512) -> dict[str, float]:
+        """Next-row MSE of the model (``mse``) and of the copy-the-row-above baseline
+        (``baseline_mse``; row 0 is predicted as zeros, the model's own input), over a split
+        rows (T, N, W)."""
+        xp = self.backend.xp
+        n = rows.shape[1]
+        sq_sum = xp.zeros((), dtype=np.float64)
+        base_sum = xp.zeros((), dtype=np.float64)
+        for start in range(0, n, batch_size):
+            rb = rows[:, start : start + batch_size]
+            lb = labels[start : start + batch_size]
+            diff = self.forward(rb, lb) - rb
+            sq_sum += xp.sum(diff.astype(np.float64) ** 2)
+            prev = xp.concatenate([xp.zeros_like(rb[:1]), rb[:-1]])
+            base_sum += xp.sum((rb - prev).astype(np.float64) ** 2)
+        count = rows.size
+        return {"mse": float(sq_sum) / count, "baseline_mse": float(base_sum) / count}
+
+    def sample(
+        self,
+        labels: np.ndarray,
+        steps: int,
+        top_rows: np.ndarray | None = None,
+        noise: float = 0.0,
+        rng: np.random.Generator | int | None = None,
+    ) -> np.ndarray:
+        """Draw images row by row for the host ``labels`` (n,): returns (n, steps, W) in [0, 1].
+
+        ``top_rows`` (n, k, W), if given, are used as the first k rows (completion): the model
+        reads them in and continues from row k. ``noise`` adds N(0, noise^2) to every drawn
+        row before it is fed back (noise from a host generator, so both backends agree);
+        0 gives the model's mean prediction.
+        """
+        xp = self.backend.xp
+        dtype = self.rnn.dtype
+        labels = np.asarray(labels, dtype=np.int64)
+        n = labels.shape[0]
+        given = 0
+        if top_rows is not None:
+            top_rows = np.asarray(top_rows)
+            if top_rows.ndim != 3 or top_rows.shape[0] != n or top_rows.shape[2] != self.width:
+                raise ValueError(
+                    f"top_rows: expected shape ({n}, k, {self.width}), got {top_rows.shape}"
+                )
+            given = top_rows.shape[1]
+            if given > steps:
+                raise ValueError(f"top_rows: {given} rows given but the image has {steps}")
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        onehot = np.zeros((n, self.num_classes))
+        onehot[np.arange(n), labels] = 1
+        onehot_dev = self.backend.asarray(onehot, dtype=dtype)
+        images = xp.zeros((steps, n, self.width), dtype=dtype)
+        prev = xp.zeros((n, self.width), dtype=dtype)
+        h = None
+        was_training = self.rnn.training
+        self.eval()
+        try:
+            for t in range(steps):
+                step_in = xp.concatenate([prev, onehot_dev], axis=1)[None]
+                out, h = self.rnn(step_in, h0=h)
+                if t < given:
+                    row = self.backend.asarray(top_rows[:, t], dtype=dtype)
+                else:
+                    row = self.head(out[0])
+                    if noise > 0:
+                        row = row + self.backend.asarray(
+                            gen.normal(0.0, noise, size=row.shape), dtype=dtype
+                        )
+                    row = xp.clip(row, 0.0, 1.0)
+                images[t] = row
+                prev = row
+        finally:
+            if was_training:
+                self.train()
+        return np.ascontiguousarray(self.backend.to_numpy(images).transpose(1, 0, 2))
+
+
+def build_model(
+    task: str,
+    seq_shape: tuple[int, int],
+    num_classes: int,
+    hidden: int,
+    layers: int,
+    nonlinearity: str,
+    init: str,
+    seed: int,
+    dtype: Any = "float32",
+    backend: Any = None,
+) -> SequenceClassifier | RowGenerator:
+    """The model of ``task`` for sequences of ``seq_shape`` = (T, D)."""
+    if task == "classify":
+        return SequenceClassifier(
+            seq_shape[1], hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
+        )
+    if task == "generate":
+        return RowGenerator(
+            seq_shape[1], hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
+        )
+    raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")

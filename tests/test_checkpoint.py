@@ -1,0 +1,117 @@
+"""Checkpoints: round trip without pickle, atomic writes, one-line errors for missing,
+truncated and foreign files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu import checkpoint as ckpt
+from rnncu.checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
+
+
+def arrays() -> dict[str, np.ndarray]:
+    return {
+        "model.rnn.w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "optim.step": np.asarray(3, dtype=np.int64),
+    }
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_round_trip_without_pickle(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "checkpoint.npz", arrays(), {"epoch": 2, "note": "é"})
+    with np.load(path, allow_pickle=False) as npz:  # readable by plain NumPy, no pickle
+        assert set(npz.files) == {"model.rnn.w", "optim.step", "__rnncu_meta__"}
+        meta = json.loads(str(npz["__rnncu_meta__"]))
+    assert meta["format"] == "rnncu-checkpoint" and meta["version"] == 1
+    got, meta = load_checkpoint(tmp_path)  # a directory resolves to its checkpoint.npz
+    np.testing.assert_array_equal(got["model.rnn.w"], arrays()["model.rnn.w"])
+    assert meta["epoch"] == 2 and meta["note"] == "é"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, arrays(), {"epoch": 1})
+    before = path.read_bytes()
+
+    def exploding_savez(fh, **payload):
+        fh.write(b"PK\x03\x04 half a zip")  # something reached the temporary file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.np, "savez", exploding_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, arrays(), {"epoch": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]
+    monkeypatch.undo()
+    assert load_checkpoint(path)[1]["epoch"] == 1
+
+
+def test_missing(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found") as exc:
+        load_checkpoint(tmp_path / "nope.npz")
+    one_line(exc)
+    with pytest.raises(CheckpointError, match="looked for"):
+        load_checkpoint(tmp_path)  # an empty run directory
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, -30])
+def test_truncated(tmp_path: Path, keep: int) -> None:
+    path = save_checkpoint(tmp_path / "checkpoint.npz", arrays(), {"epoch": 1})
+    blob = path.read_bytes()
+    path.write_bytes(blob[:keep] if keep >= 0 else blob[:keep])
+    with pytest.raises(CheckpointError, match="checkpoint.npz") as exc:
+        load_checkpoint(path)
+    one_line(exc)
+
+
+def test_corrupt_member(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "checkpoint.npz", arrays(), {"epoch": 1})
+    blob = bytearray(path.read_bytes())
+    start = blob.index(b"\x93NUMPY")  # the first member's array header
+    blob[start : start + 40] = b"\x00" * 40
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path)
+    one_line(exc)
+
+
+def test_foreign_files(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, weights=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not an rnncu checkpoint") as exc:
+        load_checkpoint(plain)
+    one_line(exc)
+    other = tmp_path / "other.npz"
+    np.savez(other, __rnncu_meta__=np.array(json.dumps({"format": "something-else"})))
+    with pytest.raises(CheckpointError, match="not an rnncu checkpoint"):
+        load_checkpoint(other)
+    future = tmp_path / "future.npz"
+    np.savez(
+        future, __rnncu_meta__=np.array(json.dumps({"format": "rnncu-checkpoint", "version": 99}))
+    )
+    with pytest.raises(CheckpointError, match="version 99 is not supported"):
+        load_checkpoint(future)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(text)
+
+
+def test_check_arrays(tmp_path: Path) -> None:
+    got = check_arrays("f.npz", arrays(), {"rnn.w": (2, 3)}, prefix="model.")
+    assert list(got) == ["rnn.w"]
+    with pytest.raises(CheckpointError, match="missing entry 'model.head.w'"):
+        check_arrays("f.npz", arrays(), {"head.w": (2, 3)}, prefix="model.")
+    with pytest.raises(CheckpointError, match=r"has shape \(2, 3\), the model expects \(3, 3\)"):
+        check_arrays("f.npz", arrays(), {"rnn.w": (3, 3)}, prefix="model.")

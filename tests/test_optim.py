@@ -1,0 +1,209 @@
+"""Optimizers against the update formulas written out by hand (and torch.optim when torch
+imports), clipping, schedules, and exact state save/restore."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rnncu.backend import get_backend
+from rnncu.optim import (
+    SGD,
+    Adam,
+    CosineLR,
+    ExponentialLR,
+    StepLR,
+    clip_grad_norm,
+    make_schedule,
+)
+
+
+class FakeModule:
+    """Just what the optimizers read: params, grads and a backend."""
+
+    def __init__(self, params: dict[str, np.ndarray]) -> None:
+        self.params = {k: v.copy() for k, v in params.items()}
+        self.grads: dict[str, np.ndarray] = {}
+        self.backend = get_backend("numpy")
+
+
+def make_problem(rng: np.random.Generator, dtype=np.float64):
+    params = {
+        "w": rng.standard_normal((4, 3)).astype(dtype),
+        "b": rng.standard_normal(4).astype(dtype),
+    }
+    grads = [
+        {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()} for _ in range(5)
+    ]
+    return params, grads
+
+
+def adam_reference(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    """Kingma & Ba, Algorithm 1, with L2 weight decay added to the gradient."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adam_matches_reference_formula(rng: np.random.Generator, wd: float) -> None:
+    params, grads = make_problem(rng)
+    module = FakeModule(params)
+    ids = {k: id(v) for k, v in module.params.items()}
+    opt = Adam([module], lr=0.01, weight_decay=wd)
+    for g in grads:
+        module.grads = g
+        opt.step()
+    for name in params:
+        assert id(module.params[name]) == ids[name]  # updated in place
+        expected = adam_reference(params[name], [g[name] for g in grads], 0.01, wd=wd)
+        np.testing.assert_allclose(module.params[name], expected, rtol=1e-12, atol=1e-14)
+    assert opt.step_count == len(grads)
+
+
+def test_adamw_decoupled(rng: np.random.Generator) -> None:
+    params, grads = make_problem(rng)
+    module = FakeModule(params)
+    opt = Adam([module], lr=0.01, weight_decay=0.5, decoupled=True)
+    module.grads = grads[0]
+    opt.step()
+    # first step: m_hat = g, v_hat = g^2, so the Adam part is -lr * g / (|g| + eps)
+    g = grads[0]["w"]
+    expected = params["w"] * (1 - 0.01 * 0.5) - 0.01 * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(module.params["w"], expected, rtol=1e-12)
+
+
+def test_adam_matches_torch(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    params, grads = make_problem(rng)
+    module = FakeModule(params)
+    opt = Adam([module], lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)
+    tparams = [torch.tensor(params[k], requires_grad=True) for k in params]
+    topt = torch.optim.Adam(tparams, lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)
+    for g in grads:
+        module.grads = g
+        opt.step()
+        for tp, k in zip(tparams, params, strict=True):
+            tp.grad = torch.tensor(g[k])
+        topt.step()
+    for tp, k in zip(tparams, params, strict=True):
+        np.testing.assert_allclose(module.params[k], tp.detach().numpy(), rtol=1e-12)
+
+
+def sgd_reference(p, grads, lr, momentum, nesterov, wd):
+    buf = None
+    for g in grads:
+        g = g + wd * p
+        buf = g.copy() if buf is None else momentum * buf + g
+        step = g + momentum * buf if nesterov else buf
+        p = p - lr * step
+    return p
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_matches_reference(rng: np.random.Generator, nesterov: bool) -> None:
+    params, grads = make_problem(rng)
+    module = FakeModule(params)
+    opt = SGD([module], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
+    for g in grads:
+        module.grads = g
+        opt.step()
+    for name in params:
+        expected = sgd_reference(params[name], [g[name] for g in grads], 0.1, 0.9, nesterov, 0.01)
+        np.testing.assert_allclose(module.params[name], expected, rtol=1e-12)
+
+
+def test_sgd_matches_torch(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    params, grads = make_problem(rng)
+    module = FakeModule(params)
+    opt = SGD([module], lr=0.05, momentum=0.9, nesterov=True)
+    tparams = [torch.tensor(params[k], requires_grad=True) for k in params]
+    topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9, nesterov=True)
+    for g in grads:
+        module.grads = g
+        opt.step()
+        for tp, k in zip(tparams, params, strict=True):
+            tp.grad = torch.tensor(g[k])
+        topt.step()
+    for tp, k in zip(tparams, params, strict=True):
+        np.testing.assert_allclose(module.params[k], tp.detach().numpy(), rtol=1e-12)
+
+
+def test_clip_grad_norm(rng: np.random.Generator) -> None:
+    params, grads = make_problem(rng)
+    a, b = FakeModule(params), FakeModule(params)
+    a.grads = {k: v.copy() for k, v in grads[0].items()}
+    b.grads = {k: 3 * v for k, v in grads[1].items()}
+    before = math.sqrt(sum(float((g * g).sum()) for m in (a, b) for g in m.grads.values()))
+    norm = clip_grad_norm([a, b], 1.0)
+    assert norm.shape == () and abs(float(norm) - before) < 1e-12 * before
+    after = math.sqrt(sum(float((g * g).sum()) for m in (a, b) for g in m.grads.values()))
+    assert abs(after - before / (before + 1e-6)) < 1e-12
+    np.testing.assert_allclose(a.grads["w"], grads[0]["w"] / (before + 1e-6), rtol=1e-12)
+    # below the limit nothing changes
+    a.grads = {k: v * 1e-3 for k, v in grads[0].items()}
+    kept = {k: v.copy() for k, v in a.grads.items()}
+    clip_grad_norm([a], 10.0)
+    for k in kept:
+        np.testing.assert_array_equal(a.grads[k], kept[k])
+
+
+def test_state_dict_round_trip_is_exact(rng: np.random.Generator) -> None:
+    params, grads = make_problem(rng, np.float32)
+    straight = FakeModule(params)
+    opt = Adam([straight], lr=0.01)
+    for g in grads:
+        straight.grads = g
+        opt.step()
+    first = FakeModule(params)
+    opt1 = Adam([first], lr=0.01)
+    for g in grads[:2]:
+        first.grads = g
+        opt1.step()
+    state = opt1.state_dict()
+    assert state["step"] == 2 and state["exp_avg.0.w"].dtype == np.float32
+    second = FakeModule({k: v.copy() for k, v in first.params.items()})
+    opt2 = Adam([second], lr=0.01)
+    opt2.load_state_dict(state)
+    for g in grads[2:]:
+        second.grads = g
+        opt2.step()
+    for k in params:
+        np.testing.assert_array_equal(second.params[k], straight.params[k])
+    with pytest.raises(ValueError, match="shape"):
+        opt2.load_state_dict({**state, "exp_avg.0.w": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match="unexpected"):
+        opt2.load_state_dict({**state, "exp_avg.1.w": np.zeros((4, 3), np.float32)})
+
+
+def test_missing_gradient_and_bad_arguments() -> None:
+    module = FakeModule({"w": np.zeros(3)})
+    with pytest.raises(ValueError, match="backward"):
+        Adam([module]).step()
+    with pytest.raises(ValueError, match="lr"):
+        Adam([module], lr=-1)
+    with pytest.raises(ValueError, match="momentum"):
+        SGD([module], momentum=1.5)
+
+
+def test_schedules() -> None:
+    exp = ExponentialLR(1.0, steps_per_epoch=10, gamma=0.5)
+    assert exp(0) == 1.0 and exp(10) == 0.5 and exp(20) == 0.25
+    cos = CosineLR(2.0, steps_per_epoch=4, total_epochs=2)
+    assert cos(0) == 2.0 and abs(cos(4) - 1.0) < 1e-12 and cos(8) == 0.0 and cos(100) == 0.0
+    step = StepLR(1.0, steps_per_epoch=2, step_epochs=3, gamma=0.1)
+    assert step(5) == 1.0 and abs(step(6) - 0.1) < 1e-15
+    warm = make_schedule("constant", 1.0, 10, warmup_epochs=1)
+    assert warm(0) == 0.1 and warm(9) == 1.0 and warm(50) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        make_schedule("nope", 1.0, 10)
