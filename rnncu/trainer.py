@@ -348,14 +348,7 @@ def train(
     log = log or (lambda msg: None)
     saved_meta = None
     if resume is not None:
-        file = resolve_checkpoint(resume)
-        arrays, saved_meta = load_checkpoint(file)
-        if saved_meta.get("kind") != "train-run" or "config" not in saved_meta:
-            raise CheckpointError(f"{file}: not a training checkpoint (no run config)")
-        try:
-            saved = TrainConfig.from_dict(saved_meta["config"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{file}: bad saved config ({exc})") from None
+        file, arrays, saved_meta, saved = _read_run_checkpoint(resume)
         config = dataclasses.replace(saved, epochs=config.epochs, backend=config.backend)
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
@@ -549,11 +542,11 @@ def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
         plots.save_image_grid(result.extra["samples"], out / "samples.png", ncols=SAMPLES_PER_CLASS)
 
 
-def load_run(
-    path: str | Path, backend: str | None = None, dataset: str | None = None
-) -> tuple[_Run, dict[str, Any]]:
-    """Rebuild a saved run (model weights restored) from a run directory or checkpoint file.
-    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``."""
+def _read_run_checkpoint(
+    path: str | Path,
+) -> tuple[Path, dict[str, np.ndarray], dict[str, Any], TrainConfig]:
+    """The file, arrays, metadata and config of a training run's checkpoint (given a run
+    directory or the file itself); CheckpointError when it is not one."""
     file = resolve_checkpoint(path)
     arrays, meta = load_checkpoint(file)
     if meta.get("kind") != "train-run" or "config" not in meta:
@@ -562,6 +555,15 @@ def load_run(
         config = TrainConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: bad saved config ({exc})") from None
+    return file, arrays, meta, config
+
+
+def load_run(
+    path: str | Path, backend: str | None = None, dataset: str | None = None
+) -> tuple[_Run, dict[str, Any]]:
+    """Rebuild a saved run (model weights restored) from a run directory or checkpoint file.
+    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``."""
+    file, arrays, meta, config = _read_run_checkpoint(path)
     changes = {k: v for k, v in (("backend", backend), ("dataset", dataset)) if v is not None}
     config = dataclasses.replace(config, **changes).validate()
     run = _Run(config)

@@ -39,7 +39,9 @@ __all__ = [
     "GRID_KERNEL_FILE",
     "DeviceLimits",
     "Plan",
+    "backward_args",
     "chunk_stride",
+    "forward_args",
     "max_threads_for",
     "name_expression",
     "persistent_backward",
@@ -517,6 +519,59 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
     return plan, kernel, device_id
 
 
+def forward_args(
+    plan: Plan,
+    states: Any,
+    w_hh: Any,
+    h0: Any,
+    lengths: Any | None,
+    nonlinearity: str,
+    reverse: bool,
+    int_dummy: Any,
+) -> tuple:
+    """The forward kernel's arguments, in its parameter order. Pure (any array type), so the
+    host emulation in the tests checks the very tuple the device gets; ``int_dummy`` (one
+    int32 element) stands in for absent lengths."""
+    import numpy as np
+
+    steps, batch, hidden = states.shape
+    has_lengths = lengths is not None
+    return (
+        states, w_hh, h0, lengths if has_lengths else int_dummy, np.int32(has_lengths),
+        np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
+        np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
+    )  # fmt: skip
+
+
+def backward_args(
+    plan: Plan,
+    grad_z: Any,
+    grad_h0: Any,
+    states: Any,
+    w_hh: Any,
+    grad_states: Any | None,
+    grad_h_last: Any | None,
+    lengths: Any | None,
+    nonlinearity: str,
+    reverse: bool,
+    dummy: Any,
+    int_dummy: Any,
+) -> tuple:
+    """The backward kernel's arguments, in its parameter order (see :func:`forward_args`);
+    ``dummy`` (one element of the states' dtype) stands in for absent gradients."""
+    import numpy as np
+
+    steps, batch, hidden = states.shape
+    return (
+        grad_z, grad_h0, states, w_hh,
+        grad_states if grad_states is not None else dummy, np.int32(grad_states is not None),
+        grad_h_last if grad_h_last is not None else dummy, np.int32(grad_h_last is not None),
+        lengths if lengths is not None else int_dummy, np.int32(lengths is not None),
+        np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
+        np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
+    )  # fmt: skip
+
+
 def persistent_forward(
     states: Any,
     w_hh: Any,
@@ -540,14 +595,9 @@ def persistent_forward(
     if launch is None:
         return False
     plan, kernel, device_id = launch
-    steps, batch, hidden = states.shape
-    has_lengths = lengths is not None
-    lengths_arg = lengths if has_lengths else _dummy(device_id, np.int32)
-    args = (
-        states, w_hh, h0, lengths_arg, np.int32(has_lengths),
-        np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
-        np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
-    )  # fmt: skip
+    args = forward_args(
+        plan, states, w_hh, h0, lengths, nonlinearity, reverse, _dummy(device_id, np.int32)
+    )
     with states.device:
         kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
                shared_mem=plan.shared_mem)  # fmt: skip
@@ -583,19 +633,12 @@ def persistent_backward(
     if launch is None:
         return None
     plan, kernel, device_id = launch
-    steps, batch, hidden = states.shape
     with states.device:
         grad_z = cupy.empty_like(states)
         grad_h0 = cupy.empty_like(h0)
-        dummy = _dummy(device_id, states.dtype)
-        args = (
-            grad_z, grad_h0, states, w_hh,
-            grad_states if grad_states is not None else dummy, np.int32(grad_states is not None),
-            grad_h_last if grad_h_last is not None else dummy, np.int32(grad_h_last is not None),
-            lengths if lengths is not None else _dummy(device_id, np.int32),
-            np.int32(lengths is not None),
-            np.int32(steps), np.int32(batch), np.int32(hidden), np.int32(plan.ks),
-            np.int32(nonlinearity == "relu"), np.int32(bool(reverse)),
+        args = backward_args(
+            plan, grad_z, grad_h0, states, w_hh, grad_states, grad_h_last, lengths,
+            nonlinearity, reverse, _dummy(device_id, states.dtype), _dummy(device_id, np.int32),
         )  # fmt: skip
         kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
                shared_mem=plan.shared_mem)  # fmt: skip
