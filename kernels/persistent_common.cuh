@@ -174,9 +174,11 @@ __device__ __forceinline__ void gather_rows(T* __restrict__ buf, const T* __rest
     using Layout = BufferLayout<T, KC, RB>;
     using V = typename VecOf<T>::type;
     constexpr int kW = Layout::kWidth;
-    if (hidden % kW == 0) {
+    if (hidden % kW == 0 && reinterpret_cast<unsigned long long>(src) % 16 == 0) {
         // 16-byte path: a vector never straddles a KC chunk (KC % kW == 0) and every row
-        // starts 16-byte aligned (hidden % kW == 0, allocations are 256-byte aligned).
+        // starts 16-byte aligned (hidden % kW == 0 and src is: a C-contiguous view that
+        // starts at an odd element, e.g. flat[1:].reshape(T, B, H), takes the scalar path
+        // instead of faulting with a misaligned address).
 #pragma unroll
         for (int r = 0; r < RB; ++r) {
             const int b = row0 + r;

@@ -71,6 +71,8 @@ _GATHER_LATENCY_CYCLES = 800  # one dependent L2 round trip for the per-step gat
 _L2_BYTES_PER_CYCLE_PER_SM = 64
 _EPILOGUE_INSTRUCTIONS = 40  # activation, masking, stores of one row
 _FIXED_STEP_INSTRUCTIONS = 30
+#: CUDA's limit on gridDim.y (the kernels' row slices)
+_MAX_GRID_Y = 65535
 
 
 # ------------------------------------------------------------------------ kernel geometry
@@ -280,6 +282,8 @@ def _candidates(
             max_threads = max_threads_for(itemsize, kc, rb)
             registers = register_cap(itemsize, kc, rb)
             row_slices = math.ceil(batch / rb)
+            if row_slices > _MAX_GRID_Y:
+                continue  # the row slices are gridDim.y: a larger grid fails to launch
             buffer_bytes = ks * chunk_stride(itemsize, kc, rb) * itemsize
             # batch variant: one block holds every unit, double-buffered shared rows
             nu = math.ceil(hidden / unit_step) * unit_step

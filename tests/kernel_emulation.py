@@ -1,0 +1,552 @@
+"""Host emulation of the CUDA subset the persistent kernels use, for tests without a GPU.
+
+The real kernel source (``kernel_loader.read_source``) is compiled with g++ on top of a small
+runtime (:data:`RUNTIME`) and driven through ctypes. Every CUDA thread of the WHOLE grid is a
+fiber (``ucontext``) of one host thread, all of them live at once, so that
+
+* ``__syncthreads()`` is a barrier over the threads of one block,
+* ``cooperative_groups::this_grid().sync()`` is a barrier over every thread of every block
+  (and an error in a launch that is not cooperative),
+* ``__shfl_xor_sync`` / ``__shfl_sync`` / ``__shfl_down_sync`` exchange values between the
+  32 lanes of a warp through a double-buffered slot array and a warp barrier (full mask only:
+  a partial mask, or a full mask in a block that is not whole warps, is reported),
+* dynamic ``extern __shared__`` memory is one buffer per block, pre-filled with 0xFF bytes (a
+  NaN in float and double, so a read of an unwritten element shows up in the results) and
+  followed by a canary region that must still hold 0xFF after the launch (out-of-bounds
+  writes),
+* ``__ldcg`` / ``__ldg`` / ``__stcg`` are plain loads and stores, ``__trap()`` aborts the launch.
+
+A fiber runs until it blocks at a barrier; a completed barrier requeues its waiters in the
+launch's *schedule order*: ascending thread id, descending, or a seeded random permutation.
+Two threads that touch the same memory between the same two barriers (a race) therefore see
+each other's accesses in opposite orders under the ascending and descending schedules, so a
+missing barrier changes the results between schedules instead of hiding behind one lucky
+interleaving. Barriers also check that every thread arrives at the same call site (a
+``__syncthreads`` or shuffle in divergent code is reported), and a barrier that can never
+complete is reported as a deadlock instead of hanging.
+
+What it cannot show: anything below the granularity of "one thread runs from barrier to
+barrier without interruption" (a race between two threads that never meet at a barrier in
+between is only seen through the schedule orders), and memory ordering / cache coherence
+between blocks (every access here is sequentially consistent, so a plain load that could hit
+a stale L1 line on the device reads fresh data here).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rnncu.backend import kernel_loader
+
+#: schedule orders a launch may use (see the module docstring)
+ASCENDING, DESCENDING, RANDOM = 0, 1, 2
+
+RUNTIME = r"""
+// rnncu host emulation runtime (tests/kernel_emulation.py). All CUDA threads are fibers of
+// the calling host thread; see the Python module docstring for the semantics.
+#pragma once
+#include <ucontext.h>
+#include <sys/mman.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <math.h>
+#include <random>
+#include <string>
+#include <vector>
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// Static __shared__ arrays are not emulated; dynamic ones are rewritten by the Python side.
+#define __shared__ EMULATION_SUPPORTS_ONLY_DYNAMIC_EXTERN_SHARED_MEMORY
+
+namespace emu {
+struct Abort {};
+struct Barrier {
+  int expected = 0, arrived = 0, tag = 0;
+  const char* what = "";
+  std::vector<int> waiters;
+};
+struct Fiber {
+  ucontext_t ctx;
+  dim3 tid, bid;
+  int block = 0, warp = 0, lane = 0;
+  unsigned parity = 0;
+  bool done = false;
+  void* stack = nullptr;
+};
+struct Exchange {
+  unsigned long long value[2][32];
+  int tag[2][32];
+};
+constexpr size_t kStack = 128 * 1024;
+constexpr size_t kCanary = 1024;
+struct Launch {
+  std::vector<Fiber> fibers;
+  ucontext_t main_ctx;
+  std::deque<int> ready;
+  std::vector<Barrier> warp_bar, block_bar;
+  Barrier grid_bar;
+  std::vector<Exchange> exchange;
+  std::vector<unsigned char*> smem;
+  size_t smem_bytes = 0;
+  int threads = 0, policy = 0;
+  bool cooperative = false, failed = false;
+  std::mt19937 rng;
+  std::function<void()> body;
+  int current = -1;
+  std::string error;
+};
+inline thread_local Launch* L = nullptr;
+inline thread_local std::string last_error;
+
+[[noreturn]] inline void fail(const std::string& message) {
+  Launch& l = *L;
+  if (!l.failed) {
+    l.failed = true;
+    const Fiber& f = l.fibers[l.current];
+    l.error = message + " (block (" + std::to_string(f.bid.x) + ", " +
+              std::to_string(f.bid.y) + "), thread " + std::to_string(f.tid.x) + ")";
+  }
+  throw Abort{};
+}
+
+inline void requeue(std::vector<int>& ids) {
+  Launch& l = *L;
+  if (l.policy == 0) std::sort(ids.begin(), ids.end());
+  else if (l.policy == 1) std::sort(ids.begin(), ids.end(), std::greater<int>());
+  else std::shuffle(ids.begin(), ids.end(), l.rng);
+  for (int id : ids) l.ready.push_back(id);
+}
+
+// Block the calling fiber at b until b.expected fibers have arrived.
+inline void arrive(Barrier& b, int tag) {
+  Launch& l = *L;
+  const int me = l.current;
+  if (b.arrived == 0) {
+    b.tag = tag;
+  } else if (b.tag != tag) {
+    fail(std::string(b.what) + " reached at different call sites (line " +
+         std::to_string(b.tag) + " and line " + std::to_string(tag) + "): divergent barrier");
+  }
+  b.waiters.push_back(me);
+  if (++b.arrived == b.expected) {
+    std::vector<int> waiters;
+    waiters.swap(b.waiters);
+    b.arrived = 0;
+    requeue(waiters);
+  }
+  swapcontext(&l.fibers[me].ctx, &l.main_ctx);
+  if (l.failed) throw Abort{};
+}
+
+inline void syncthreads(int line) {
+  Launch& l = *L;
+  arrive(l.block_bar[l.fibers[l.current].block], line);
+}
+
+inline void grid_sync(int line) {
+  Launch& l = *L;
+  if (!l.cooperative) fail("grid.sync() in a launch that is not cooperative");
+  arrive(l.grid_bar, line);
+}
+
+template <typename T>
+inline T shuffle(int line, unsigned mask, T value, int src_lane) {
+  static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+  Launch& l = *L;
+  Fiber& f = l.fibers[l.current];
+  if (mask != 0xffffffffu) fail("__shfl_*_sync with a partial mask is not emulated");
+  if (l.threads % 32 != 0) fail("full-mask shuffle in a block that is not whole warps");
+  Exchange& x = l.exchange[f.warp];
+  const unsigned p = f.parity;
+  f.parity ^= 1u;
+  unsigned long long slot = 0;
+  std::memcpy(&slot, &value, sizeof(T));
+  x.value[p][f.lane] = slot;
+  x.tag[p][f.lane] = line;
+  arrive(l.warp_bar[f.warp], line);
+  if (x.tag[p][src_lane] != line) fail("lanes of one warp in different shuffles");
+  T out;
+  std::memcpy(&out, &x.value[p][src_lane], sizeof(T));
+  return out;
+}
+template <typename T>
+inline T shfl_xor(int line, unsigned mask, T value, int lane_mask, int width = 32) {
+  const int lane = L->fibers[L->current].lane;
+  int src = lane ^ lane_mask;
+  if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+  return shuffle(line, mask, value, src);
+}
+template <typename T>
+inline T shfl(int line, unsigned mask, T value, int src_lane, int width = 32) {
+  const int lane = L->fibers[L->current].lane;
+  return shuffle(line, mask, value, (lane & ~(width - 1)) + (src_lane & (width - 1)));
+}
+template <typename T>
+inline T shfl_down(int line, unsigned mask, T value, unsigned delta, int width = 32) {
+  const int lane = L->fibers[L->current].lane;
+  const int src = lane + static_cast<int>(delta);
+  const bool inside = (src & ~(width - 1)) == (lane & ~(width - 1)) && src < 32;
+  return shuffle(line, mask, value, inside ? src : lane);
+}
+
+inline unsigned char* dynamic_smem() { return L->smem[L->fibers[L->current].block]; }
+
+inline void entry() {
+  Launch& l = *L;
+  try {
+    l.body();
+  } catch (Abort&) {
+  } catch (std::exception& e) {
+    l.failed = true;
+    l.error = std::string("exception in a CUDA thread: ") + e.what();
+  }
+  l.fibers[l.current].done = true;  // uc_link returns to the scheduler
+}
+
+// Run `body` as a (gx, gy) grid of `threads`-thread blocks. 0 on success, else 1 and
+// last_error says why.
+inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
+                  bool cooperative, int max_threads, int policy, unsigned seed,
+                  std::function<void()> body) {
+  if (threads < 1 || gx < 1 || gy < 1) {
+    last_error = "empty launch";
+    return 1;
+  }
+  if (static_cast<int>(threads) > max_threads) {
+    last_error = "block of " + std::to_string(threads) + " threads exceeds __launch_bounds__ " +
+                 std::to_string(max_threads) + ": the launch would fail on the device";
+    return 1;
+  }
+  if (threads > 1024 || gy > 65535 || gx > 2147483647u) {
+    last_error = "launch configuration out of range (block " + std::to_string(threads) +
+                 " threads, grid (" + std::to_string(gx) + ", " + std::to_string(gy) +
+                 "); the limits are 1024 and (2^31 - 1, 65535))";
+    return 1;
+  }
+  Launch l;
+  l.threads = static_cast<int>(threads);
+  l.policy = policy;
+  l.rng.seed(seed);
+  l.cooperative = cooperative;
+  l.smem_bytes = smem_bytes;
+  l.body = std::move(body);
+  const int blocks = static_cast<int>(gx * gy);
+  const int warps_per_block = (l.threads + 31) / 32;
+  const int total = blocks * l.threads;
+  l.fibers.resize(total);
+  l.block_bar.resize(blocks);
+  l.warp_bar.resize(blocks * warps_per_block);
+  l.exchange.resize(blocks * warps_per_block);
+  l.grid_bar.expected = total;
+  l.grid_bar.what = "grid.sync()";
+  for (int b = 0; b < blocks; ++b) {
+    l.block_bar[b].expected = l.threads;
+    l.block_bar[b].what = "__syncthreads()";
+    for (int w = 0; w < warps_per_block; ++w) {
+      l.warp_bar[b * warps_per_block + w].expected = std::min(32, l.threads - 32 * w);
+      l.warp_bar[b * warps_per_block + w].what = "__shfl_*_sync";
+    }
+    auto* buffer = static_cast<unsigned char*>(std::aligned_alloc(256,
+        ((smem_bytes + kCanary + 255) / 256) * 256));
+    std::memset(buffer, 0xFF, smem_bytes + kCanary);
+    l.smem.push_back(buffer);
+  }
+  L = &l;
+  const dim3 grid{gx, gy, 1}, block{threads, 1, 1};
+  std::vector<int> order;
+  for (int i = 0; i < total; ++i) {
+    Fiber& f = l.fibers[i];
+    f.block = i / l.threads;
+    const int t = i % l.threads;
+    f.tid = dim3{static_cast<unsigned>(t), 0, 0};
+    f.bid = dim3{static_cast<unsigned>(f.block) % gx, static_cast<unsigned>(f.block) / gx, 0};
+    f.warp = f.block * warps_per_block + t / 32;
+    f.lane = t % 32;
+    f.stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (f.stack == MAP_FAILED) {
+      std::fprintf(stderr, "emulation: no memory for %d fiber stacks\n", total);
+      std::abort();
+    }
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = &l.main_ctx;
+    makecontext(&f.ctx, entry, 0);
+    order.push_back(i);
+  }
+  requeue(order);
+  blockDim = block;
+  gridDim = grid;
+  while (!l.ready.empty() && !l.failed) {
+    const int i = l.ready.front();
+    l.ready.pop_front();
+    l.current = i;
+    threadIdx = l.fibers[i].tid;
+    blockIdx = l.fibers[i].bid;
+    swapcontext(&l.main_ctx, &l.fibers[i].ctx);
+  }
+  if (!l.failed) {
+    int waiting = 0;
+    for (const Fiber& f : l.fibers) waiting += f.done ? 0 : 1;
+    if (waiting) {
+      l.failed = true;
+      std::string where;
+      if (l.grid_bar.arrived) where += " grid.sync() holds " + std::to_string(l.grid_bar.arrived);
+      for (const Barrier& b : l.block_bar)
+        if (b.arrived) { where += " __syncthreads() holds " + std::to_string(b.arrived); break; }
+      for (const Barrier& b : l.warp_bar)
+        if (b.arrived) { where += " a shuffle holds " + std::to_string(b.arrived); break; }
+      l.error = "deadlock: " + std::to_string(waiting) + " of " + std::to_string(total) +
+                " threads wait at a barrier that never completes;" + where;
+    }
+  }
+  for (int b = 0; b < blocks && !l.failed; ++b) {
+    for (size_t i = 0; i < kCanary; ++i) {
+      if (l.smem[b][smem_bytes + i] != 0xFF) {
+        l.failed = true;
+        l.error = "block " + std::to_string(b) + " wrote past its " +
+                  std::to_string(smem_bytes) + " bytes of dynamic shared memory (offset " +
+                  std::to_string(smem_bytes + i) + ")";
+        break;
+      }
+    }
+  }
+  for (Fiber& f : l.fibers) munmap(f.stack, kStack);
+  for (unsigned char* buffer : l.smem) std::free(buffer);
+  L = nullptr;
+  last_error = l.error;
+  return l.failed ? 1 : 0;
+}
+}  // namespace emu
+
+#define __syncthreads() ::emu::syncthreads(__LINE__)
+#define __shfl_xor_sync(...) ::emu::shfl_xor(__LINE__, __VA_ARGS__)
+#define __shfl_sync(...) ::emu::shfl(__LINE__, __VA_ARGS__)
+#define __shfl_down_sync(...) ::emu::shfl_down(__LINE__, __VA_ARGS__)
+namespace emu {
+template <typename T>
+inline const T* aligned(const T* p, const char* what) {
+  if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0) {
+    fail(std::string(what) + " of a " + std::to_string(sizeof(T)) + "-byte value at a misaligned"
+         " address: the device raises 'misaligned address'");
+  }
+  return p;
+}
+}  // namespace emu
+template <typename T> inline T __ldcg(const T* p) { return *::emu::aligned(p, "__ldcg"); }
+template <typename T> inline T __ldg(const T* p) { return *::emu::aligned(p, "__ldg"); }
+template <typename T> inline void __stcg(T* p, T v) {
+  *const_cast<T*>(::emu::aligned(p, "__stcg")) = v;
+}
+[[noreturn]] inline void __trap() { ::emu::fail("__trap()"); }
+
+// weak: every translation unit includes this runtime, the library exports one copy
+extern "C" __attribute__((weak, visibility("default"))) const char* emu_last_error() {
+  return emu::last_error.c_str();
+}
+"""
+
+#: stand-in for <cooperative_groups.h>, found through -I before any system header
+COOPERATIVE_GROUPS = r"""
+#pragma once
+namespace cooperative_groups {
+struct grid_group {
+  void sync() const { ::emu::grid_sync(__LINE__); }
+};
+inline grid_group this_grid() { return {}; }
+}  // namespace cooperative_groups
+"""
+
+_EXTERN_SHARED_RE = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?"
+    r"([A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+(\w+)\s*\[\s*\]\s*;"
+)
+
+
+def emulated_source(filename: str) -> str:
+    """``kernels/<filename>`` as read for NVRTC, with every dynamic ``extern __shared__``
+    array turned into a pointer to the emulated block's buffer."""
+    source = kernel_loader.read_source(filename)
+    source, count = _EXTERN_SHARED_RE.subn(
+        r"\1* \2 = reinterpret_cast<\1*>(::emu::dynamic_smem());", source
+    )
+    return source
+
+
+class Compiler:
+    """Build shared libraries against :data:`RUNTIME` (one object per translation unit,
+    compiled in parallel, linked into one library)."""
+
+    def __init__(self, directory: Path) -> None:
+        compiler = shutil.which("g++")
+        if compiler is None:
+            raise FileNotFoundError("g++")
+        self.compiler = compiler
+        self.directory = directory
+        (directory / "emu_runtime.h").write_text(RUNTIME)
+        (directory / "cooperative_groups.h").write_text(COOPERATIVE_GROUPS)
+
+    def build(self, name: str, units: dict[str, str], jobs: int = 2) -> ctypes.CDLL:
+        flags = ["-std=c++17", "-O1", "-w", "-fPIC", "-pthread", "-ffp-contract=off"]
+        flags += ["-I", str(self.directory)]
+        objects: list[Path] = []
+        pending: list[tuple[subprocess.Popen, Path]] = []
+        errors: list[str] = []
+
+        def reap(limit: int) -> None:
+            while len(pending) > limit:
+                process, path = pending.pop(0)
+                _, stderr = process.communicate()
+                if process.returncode != 0:
+                    errors.append(f"{path.name}:\n{stderr[-4000:]}")
+
+        for unit, text in units.items():
+            source = self.directory / f"{unit}.cpp"
+            source.write_text('#include "emu_runtime.h"\n' + text)
+            obj = self.directory / f"{unit}.o"
+            objects.append(obj)
+            command = [self.compiler, *flags, "-c", str(source), "-o", str(obj)]
+            pending.append((subprocess.Popen(command, stderr=subprocess.PIPE, text=True), source))
+            reap(jobs - 1)
+        reap(0)
+        if errors:
+            raise RuntimeError("g++ could not build the emulation:\n" + "\n".join(errors))
+        library = self.directory / f"{name}.so"
+        command = [self.compiler, "-shared", "-pthread", *map(str, objects), "-o", str(library)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"linking the emulation failed:\n{done.stderr[-4000:]}")
+        lib = ctypes.CDLL(str(library))
+        lib.emu_last_error.restype = ctypes.c_char_p
+        lib.emu_last_error.argtypes = []
+        return lib
+
+
+# ------------------------------------------------------------------ persistent kernels
+#: parameter kinds of the persistent kernels, in order: P a pointer, I an int
+FORWARD_SIGNATURE = "PPPPIIIIIII"
+BACKWARD_SIGNATURE = "PPPPPIPIPIIIIIII"
+_FORWARD_CASTS = ["(T*)", "(const T*)", "(const T*)", "(const int*)"] + ["(int)"] * 7
+_BACKWARD_CASTS = ["(T*)", "(T*)", "(const T*)", "(const T*)", "(const T*)", "(int)",
+                   "(const T*)", "(int)", "(const int*)"] + ["(int)"] * 7  # fmt: skip
+_NAME_RE = re.compile(r"^(persistent_\w+_(forward|backward))<(float|double), (\d+), (\d+)>$")
+
+
+def _dispatch(unit: str, names: Sequence[str]) -> str:
+    """extern "C" emu_<unit>(name, ...): launches the instantiation called ``name``."""
+    lines = [
+        f'extern "C" int emu_{unit}(const char* name, unsigned gx, unsigned gy, unsigned threads,',
+        "    unsigned long long smem, int cooperative, int policy, unsigned seed,",
+        "    const unsigned long long* a, int nargs) {",
+    ]
+    for name in names:
+        match = _NAME_RE.match(name)
+        if match is None:
+            raise ValueError(f"unexpected name expression {name!r}")
+        kernel, direction, ctype, kc, rb = match.groups()
+        casts = _FORWARD_CASTS if direction == "forward" else _BACKWARD_CASTS
+        args = ", ".join(
+            f"{cast.replace('T', ctype) if 'T*' in cast else cast}a[{i}]"
+            for i, cast in enumerate(casts)
+        )
+        lines += [
+            f'  if (std::strcmp(name, "{name}") == 0) {{',
+            f'    if (nargs != {len(casts)}) {{ emu::last_error = "argument count"; return 1; }}',
+            f"    using Limits = rnncu_persistent::LaunchLimits<{ctype}, {kc}, {rb}>;",
+            "    return emu::launch(gx, gy, threads, smem, cooperative != 0, Limits::kMaxThreads,",
+            f"                       policy, seed, [=] {{ {name}({args}); }});",
+            "  }",
+        ]
+    lines += [
+        '  emu::last_error = std::string("no such instantiation: ") + name;',
+        "  return 1;",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class PersistentEmulation:
+    """The persistent kernel files (``persistent_rnn.cu``, ``persistent_grid.cu``) built for
+    the host, every registered name expression callable through :meth:`launch`."""
+
+    def __init__(self, directory: Path) -> None:
+        from rnncu.backend import persistent
+
+        units = {}
+        self.entry: dict[str, str] = {}
+        for variant, filename in (
+            ("batch", persistent.BATCH_KERNEL_FILE),
+            ("grid", persistent.GRID_KERNEL_FILE),
+        ):
+            names = persistent.all_name_expressions(variant)
+            units[variant] = emulated_source(filename) + "\n" + _dispatch(variant, names)
+            for name in names:
+                self.entry[name] = variant
+        self.lib = Compiler(directory).build("persistent_emulation", units)
+        for variant in ("batch", "grid"):
+            function = getattr(self.lib, f"emu_{variant}")
+            u32, u64 = ctypes.c_uint, ctypes.c_ulonglong
+            function.argtypes = [ctypes.c_char_p, u32, u32, u32, u64, ctypes.c_int,
+                                 ctypes.c_int, u32, ctypes.POINTER(u64), ctypes.c_int]  # fmt: skip
+            function.restype = ctypes.c_int
+
+    def launch(self, plan, args: tuple, policy: int = ASCENDING, seed: int = 0) -> None:
+        """Launch ``plan`` (a :class:`rnncu.backend.persistent.Plan`) with the kernel arguments
+        ``args`` as the backend builds them: NumPy arrays for pointers, ``numpy.int32`` for
+        ints. Raises RuntimeError with the emulator's diagnosis when the launch fails."""
+        signature = FORWARD_SIGNATURE if plan.direction == "forward" else BACKWARD_SIGNATURE
+        if len(args) != len(signature):
+            raise TypeError(f"{len(args)} kernel arguments, the kernel takes {len(signature)}")
+        slots = []
+        for index, (kind, value) in enumerate(zip(signature, args, strict=True)):
+            if kind == "P":
+                if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
+                    raise TypeError(f"argument {index} must be a contiguous array, got {value!r}")
+                slots.append(value.ctypes.data)
+            else:
+                if not isinstance(value, np.int32):
+                    raise TypeError(f"argument {index} must be numpy.int32, got {value!r}")
+                slots.append(int(value) & 0xFFFFFFFF)
+        buffer = (ctypes.c_ulonglong * len(slots))(*slots)
+        function = getattr(self.lib, f"emu_{self.entry[plan.name_expression]}")
+        rc = function(
+            plan.name_expression.encode(),
+            plan.grid[0],
+            plan.grid[1],
+            plan.threads,
+            plan.shared_mem,
+            int(plan.cooperative),
+            policy,
+            seed,
+            buffer,
+            len(slots),
+        )
+        if rc != 0:
+            raise RuntimeError(
+                f"{plan.name_expression}: {self.lib.emu_last_error().decode(errors='replace')}"
+            )
