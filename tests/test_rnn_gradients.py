@@ -196,3 +196,22 @@ def test_dropout_between_layers(rng: np.random.Generator) -> None:
         assert_close(
             grads[name], numerical_gradient(fixed_mask_loss, rnn.params[name]), 1e-6, 1e-8, name
         )
+
+
+def test_padding_ignores_gradients_at_padded_outputs(rng: np.random.Generator) -> None:
+    """A padded output is the constant zero: whatever gradient arrives there, NaN included,
+    changes nothing."""
+    rnn = rnncu.RNN(3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy")
+    x = rng.standard_normal((6, 3, 3))
+    lengths = np.array([6, 2, 4])
+    out, _ = rnn(x, lengths=lengths)
+    padded = np.arange(6)[:, None] >= lengths[None, :]
+    np.testing.assert_array_equal(out[padded], 0.0)
+    dout = rng.standard_normal(out.shape)
+    dx_clean, _ = rnn.backward(dout)
+    grads_clean = {k: v.copy() for k, v in rnn.grads.items()}
+    dout[padded] = np.nan
+    dx_dirty, _ = rnn.backward(dout)
+    np.testing.assert_array_equal(dx_dirty, dx_clean)
+    for name, grad in grads_clean.items():
+        np.testing.assert_array_equal(rnn.grads[name], grad, err_msg=name)

@@ -63,6 +63,7 @@ class NumpyBackend(Backend):
             return
         w_hh_t = np.ascontiguousarray(w_hh.T)  # BLAS is faster on it than on a transposed view
         recurrent = np.empty_like(h0)
+        padding = _padding_masks(lengths, steps)
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         h_prev = h0
         for t in order:
@@ -73,10 +74,8 @@ class NumpyBackend(Backend):
                 np.tanh(h_t, out=h_t)
             else:
                 np.maximum(h_t, 0, out=h_t)
-            if lengths is not None:
-                padding = t >= lengths
-                if padding.any():
-                    h_t[padding] = h_prev[padding]
+            if padding is not None and padding.has_padding[t]:
+                np.copyto(h_t, h_prev, where=padding.masks[t])
             h_prev = h_t
 
     def recurrence_backward(
@@ -91,22 +90,25 @@ class NumpyBackend(Backend):
         reverse: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         steps = states.shape[0]
+        padding = _padding_masks(lengths, steps)
         # act'(h) for all steps in one vectorised pass instead of a few small ops per step
         if nonlinearity == "tanh":
-            grad_z = 1 - states * states
+            derivative = 1 - states * states
         else:
-            grad_z = (states > 0).astype(states.dtype)
-        if lengths is not None:
-            grad_z *= (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
+            derivative = (states > 0).astype(states.dtype)
+        if padding is not None:
+            np.copyto(derivative, 0, where=padding.masks)
         if grad_states is not None:
             # grad_z_t = act'_t * grad_states_t + act'_t * dh_t: the first term for all steps
-            # at once, keeping the derivative for the second
-            derivative = grad_z.copy()
-            grad_z *= grad_states
+            # at once, the second per step
+            grad_z = derivative * grad_states
+            if padding is not None:
+                # a select, not a product: an ignored non-finite gradient stays out
+                np.copyto(grad_z, 0, where=padding.masks)
         else:
-            derivative = grad_z
             grad_z = np.zeros_like(states)
         grad_h = np.zeros_like(h0) if grad_h_last is None else grad_h_last.copy()
+        next_grad_h = np.empty_like(h0)
         carried = np.empty_like(h0)
         # reverse-mode runs the steps in the opposite order of the forward pass
         order = range(steps) if reverse else range(steps - 1, -1, -1)
@@ -114,13 +116,26 @@ class NumpyBackend(Backend):
             np.multiply(grad_h, derivative[t], out=carried)
             dz = grad_z[t]
             dz += carried
-            if lengths is not None:
-                padding = t >= lengths
-                if padding.any():
-                    # a padding step passes dh_t through unchanged (its derivative row is 0)
-                    saved = grad_h[padding]
-                    np.matmul(dz, w_hh, out=grad_h)
-                    grad_h[padding] += saved
-                    continue
-            np.matmul(dz, w_hh, out=grad_h)
+            np.matmul(dz, w_hh, out=next_grad_h)
+            if padding is not None and padding.has_padding[t]:
+                # A padding row has dz = 0, so its product row is exactly 0: dh_t passes
+                # through unchanged.
+                np.copyto(next_grad_h, grad_h, where=padding.masks[t])
+            grad_h, next_grad_h = next_grad_h, grad_h
         return grad_z, grad_h
+
+
+class _PaddingMasks:
+    """Per-step padding masks of a batch: ``masks[t]`` (B, 1) is True where row b is past
+    its length at step t; ``has_padding[t]`` says whether step t has any such row, so that
+    the steps before the shortest length cost nothing."""
+
+    __slots__ = ("masks", "has_padding")
+
+    def __init__(self, lengths: np.ndarray, steps: int) -> None:
+        self.masks = (np.arange(steps)[:, None] >= lengths[None, :])[:, :, None]
+        self.has_padding = self.masks.any(axis=(1, 2)).tolist()
+
+
+def _padding_masks(lengths: np.ndarray | None, steps: int) -> _PaddingMasks | None:
+    return None if lengths is None else _PaddingMasks(lengths, steps)
