@@ -31,20 +31,24 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def interleaved_medians(
-    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+def blockwise_medians(
+    contenders: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 3
 ) -> dict[str, float]:
-    """Median wall time (ms) of each contender, run in turn within each repeat so that load
-    from other processes on this small machine falls on all of them alike."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
+    """Median wall time (ms) of each contender. Each round runs every contender in a block
+    of its own (warm-up, then ``repeats`` timed calls), and the rounds alternate the
+    contenders, so slow drift of this shared machine falls on all of them alike. Blocks,
+    not call-by-call alternation: OpenBLAS's and torch's OpenMP worker threads keep spinning
+    for a while after each call, and alternating calls would make each pay for the other."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
         for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         shape = SHAPES[name]
         contenders = {**rnncu_contenders(shape), **torch_contenders(shape)}
-        rows.append({"shape": name, "TBDH": shape, **interleaved_medians(contenders, args.repeats)})
+        rows.append({"shape": name, "TBDH": shape, **blockwise_medians(contenders, args.repeats)})
 
     try:
         import torch
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_version, threads = None, None
     print(
         f"# {platform.machine()}, numpy {np.__version__}, torch {torch_version} "
-        f"({threads} threads), median of {args.repeats} (interleaved), float32, ms"
+        f"({threads} threads), median of {args.repeats} (3 rounds of blocks), float32, ms"
     )
     print(
         "| shape | T, B, D, H | rnncu fwd | torch fwd | rnncu fwd+bwd | torch fwd+bwd "

@@ -91,33 +91,33 @@ class NumpyBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         steps = states.shape[0]
         padding = _padding_masks(lengths, steps)
-        # act'(h) for all steps in one vectorised pass instead of a few small ops per step
+        # grad_z starts as act'(h) for all steps (one vectorised pass), and step t overwrites
+        # its slice with dz_t = (grad_states_t + dh_t) * act'(h_t) once it has been read:
+        # one (T, B, H) buffer, allocated once, serves as both.
         if nonlinearity == "tanh":
-            derivative = 1 - states * states
+            grad_z = np.multiply(states, states)
+            np.subtract(1, grad_z, out=grad_z)
         else:
-            derivative = (states > 0).astype(states.dtype)
-        if padding is not None:
-            np.copyto(derivative, 0, where=padding.masks)
-        if grad_states is not None:
-            # grad_z_t = act'_t * grad_states_t + act'_t * dh_t: the first term for all steps
-            # at once, the second per step
-            grad_z = derivative * grad_states
-            if padding is not None:
-                # a select, not a product: an ignored non-finite gradient stays out
-                np.copyto(grad_z, 0, where=padding.masks)
-        else:
-            grad_z = np.zeros_like(states)
+            grad_z = np.greater(states, 0).astype(states.dtype)
         grad_h = np.zeros_like(h0) if grad_h_last is None else grad_h_last.copy()
         next_grad_h = np.empty_like(h0)
-        carried = np.empty_like(h0)
+        incoming = np.empty_like(h0)
         # reverse-mode runs the steps in the opposite order of the forward pass
         order = range(steps) if reverse else range(steps - 1, -1, -1)
         for t in order:
-            np.multiply(grad_h, derivative[t], out=carried)
             dz = grad_z[t]
-            dz += carried
+            if grad_states is not None:
+                np.add(grad_states[t], grad_h, out=incoming)
+                dz *= incoming
+            else:
+                dz *= grad_h
+            padded = padding is not None and padding.has_padding[t]
+            if padded:
+                # a select, not a product: the gradient arriving at a padded (constant)
+                # output is ignored even when it is not finite
+                np.copyto(dz, 0, where=padding.masks[t])
             np.matmul(dz, w_hh, out=next_grad_h)
-            if padding is not None and padding.has_padding[t]:
+            if padded:
                 # A padding row has dz = 0, so its product row is exactly 0: dh_t passes
                 # through unchanged.
                 np.copyto(next_grad_h, grad_h, where=padding.masks[t])
