@@ -32,7 +32,7 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 
 
 def blockwise_medians(
-    contenders: dict[str, Callable[[], object]], repeats: int, rounds: int = 3, warmup: int = 3
+    contenders: dict[str, Callable[[], object]], repeats: int, rounds: int = 5, warmup: int = 3
 ) -> dict[str, float]:
     """Median wall time (ms) of each contender. Each round runs every contender in a block
     of its own (warm-up, then ``repeats`` timed calls), and the rounds alternate the
@@ -52,13 +52,18 @@ def blockwise_medians(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _lengths(steps: int, batch: int) -> np.ndarray:
+    """Lengths spread over [T/2, T]: the masked path must cost about what the plain one does
+    (torch's packed sequences are the comparison)."""
+    return np.linspace(max(1, steps // 2), steps, batch).astype(np.int64)
+
+
 def rnncu_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, backend="numpy", dtype="float32", seed=0)
     x = np.random.default_rng(1).standard_normal((steps, batch, features), dtype=np.float32)
     ones = np.ones((steps, batch, hidden), dtype=np.float32)
-    # Lengths spread over [T/2, T]: the masked path must cost about what the plain one does.
-    lengths = np.linspace(max(1, steps // 2), steps, batch).astype(np.int64)
+    lengths = _lengths(steps, batch)
 
     def forward_backward() -> None:
         rnn(x)
@@ -95,7 +100,21 @@ def torch_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[],
         out, _ = rnn(xg)
         out.sum().backward()
 
-    return {"torch_fwd": forward, "torch_fwd_bwd": forward_backward}
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    lengths = torch.from_numpy(_lengths(steps, batch))
+
+    def forward_backward_packed() -> None:
+        xg = x.detach().requires_grad_(True)
+        packed = pack_padded_sequence(xg, lengths, enforce_sorted=False)
+        out, _ = pad_packed_sequence(rnn(packed)[0], total_length=steps)
+        out.sum().backward()
+
+    return {
+        "torch_fwd": forward,
+        "torch_fwd_bwd": forward_backward,
+        "torch_fwd_bwd_packed": forward_backward_packed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,23 +143,24 @@ def main(argv: list[str] | None = None) -> int:
         torch_version, threads = None, None
     print(
         f"# {platform.machine()}, numpy {np.__version__}, torch {torch_version} "
-        f"({threads} threads), median of {args.repeats} (3 rounds of blocks), float32, ms"
+        f"({threads} threads), median of {args.repeats} (5 rounds of blocks), float32, ms"
     )
     print(
         "| shape | T, B, D, H | rnncu fwd | torch fwd | rnncu fwd+bwd | torch fwd+bwd "
-        "| fwd+bwd ratio | rnncu fwd+bwd, lengths |"
+        "| fwd+bwd ratio | rnncu fwd+bwd, lengths | torch fwd+bwd, packed |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         dims = ", ".join(map(str, row["TBDH"]))
         has_torch = "torch_fwd" in row
         t_f = f"{row['torch_fwd']:.2f}" if has_torch else "-"
         t_fb = f"{row['torch_fwd_bwd']:.2f}" if has_torch else "-"
+        t_packed = f"{row['torch_fwd_bwd_packed']:.2f}" if has_torch else "-"
         ratio = f"{row['rnncu_fwd_bwd'] / row['torch_fwd_bwd']:.2f}x" if has_torch else "-"
         print(
             f"| {row['shape']} | {dims} | {row['rnncu_fwd']:.2f} | {t_f} "
             f"| {row['rnncu_fwd_bwd']:.2f} | {t_fb} | {ratio} "
-            f"| {row['rnncu_fwd_bwd_lengths']:.2f} |"
+            f"| {row['rnncu_fwd_bwd_lengths']:.2f} | {t_packed} |"
         )
     if args.json:
         with open(args.json, "w") as handle:
