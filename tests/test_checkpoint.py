@@ -115,3 +115,15 @@ def test_check_arrays(tmp_path: Path) -> None:
         check_arrays("f.npz", arrays(), {"head.w": (2, 3)}, prefix="model.")
     with pytest.raises(CheckpointError, match=r"has shape \(2, 3\), the model expects \(3, 3\)"):
         check_arrays("f.npz", arrays(), {"rnn.w": (3, 3)}, prefix="model.")
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:
+    import os
+
+    from rnncu.checkpoint import atomic_write_text
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
