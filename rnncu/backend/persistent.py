@@ -576,6 +576,25 @@ def backward_args(
     )  # fmt: skip
 
 
+def supports(
+    shape: tuple[int, int, int],
+    dtype: Any,
+    nonlinearity: str = "tanh",
+    reverse: bool = False,
+) -> bool:
+    """Whether the persistent path has a plan for both the forward and the backward
+    recurrence of ``shape`` = (T, B, H) in ``dtype`` on the current device (the activation and
+    direction do not change the plan; they are accepted for a uniform query)."""
+    import cupy
+
+    limits = _device_limits(cupy.cuda.runtime.getDevice())
+    steps, batch, hidden = shape
+    return (
+        plan_forward(steps, batch, hidden, dtype, limits) is not None
+        and plan_backward(steps, batch, hidden, dtype, limits) is not None
+    )
+
+
 def persistent_forward(
     states: Any,
     w_hh: Any,

@@ -1,0 +1,32 @@
+"""Training is identical on the NumPy and CuPy backends (float64: to rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(
+    ("task", "seq"), [("classify", "rows"), ("classify", "pixels"), ("generate", "rows")]
+)
+def test_two_epochs_match_numpy(task: str, seq: str) -> None:
+    from rnncu.trainer import make_config, train
+
+    results = {}
+    for backend in ("numpy", "cupy"):
+        config = make_config(
+            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
+        )
+        results[backend] = train(config, out_dir=None, progress=False, plots=False)
+    weights_numpy = results["numpy"].model.state_dict()
+    weights_cupy = results["cupy"].model.state_dict()
+    assert list(weights_numpy) == list(weights_cupy)
+    for name, value in weights_numpy.items():
+        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
+    for key in ("test_accuracy", "test_mse"):
+        if key in results["numpy"].metrics:
+            assert results["cupy"].metrics[key] == pytest.approx(
+                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
+            )
