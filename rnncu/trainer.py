@@ -503,6 +503,17 @@ def _finish_generate(run: _Run, result: TrainResult, out: Path | None, progress:
         data=run.data,
         plots=False,
     )
+    images, labels, judged = judge_samples(run, judge.model)
+    result.metrics.update(judged)
+    result.metrics["classifier_test_accuracy"] = judge.metrics["test_accuracy"]
+    result.extra.update(samples=images, sample_labels=labels)
+
+
+def judge_samples(
+    run: _Run, judge: SequenceClassifier
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Draw ``SAMPLES_PER_CLASS`` images of every class from a generate run's model and let
+    ``judge`` classify them; returns ``(images, labels, {"sample_class_accuracy": ...})``."""
     images, labels = sample_images(
         run.model,
         run.data.image_shape,
@@ -510,9 +521,7 @@ def _finish_generate(run: _Run, result: TrainResult, out: Path | None, progress:
         SAMPLES_PER_CLASS,
         run.config.seed,
     )
-    result.metrics.update(sample_metrics(judge.model, images, labels, run.config.seq))
-    result.metrics["classifier_test_accuracy"] = judge.metrics["test_accuracy"]
-    result.extra.update(samples=images, sample_labels=labels)
+    return images, labels, sample_metrics(judge, images, labels, run.config.seq)
 
 
 def sample_metrics(
@@ -587,12 +596,5 @@ def evaluate_run(
         judge_dir = resolve_checkpoint(path).parent / "classifier"
         if (judge_dir / "checkpoint.npz").exists():
             judge_run, _ = load_run(judge_dir, backend, dataset)
-            images, labels = sample_images(
-                run.model,
-                run.data.image_shape,
-                list(range(run.data.num_classes)),
-                SAMPLES_PER_CLASS,
-                run.config.seed,
-            )
-            metrics.update(sample_metrics(judge_run.model, images, labels))
+            metrics.update(judge_samples(run, judge_run.model)[2])
     return metrics
