@@ -140,9 +140,10 @@ def make_config(**overrides: Any) -> TrainConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     task = given.get("task", TrainConfig.task)
     seq = given.get("seq", TrainConfig.seq)
+    # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
+    # Adam), relu + orthogonal reaches 0.96 while relu + identity (IRNN, --init irnn) stays at
+    # 0.10-0.30 for learning rates 1e-4 to 3e-4; IRNN is there for those who tune it.
     values = {**RECIPES.get((task, seq), {}), **given}
-    if values.get("nonlinearity") == "relu" and "init" not in given:
-        values.setdefault("init", "irnn")
     return TrainConfig(**values).validate()
 
 

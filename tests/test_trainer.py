@@ -149,7 +149,8 @@ def test_config_validation_and_recipes() -> None:
     assert make_config().layers == 2 and make_config().hidden == 128
     assert make_config(seq="pixels").epochs == 60
     assert make_config(seq="pixels", epochs=3).epochs == 3  # explicit arguments win
-    assert make_config(nonlinearity="relu").init == "irnn"
+    assert make_config(nonlinearity="relu").init == "orthogonal"
+    assert make_config(nonlinearity="relu", init="irnn").init == "irnn"
     with pytest.raises(ValueError, match="seq"):
         make_config(task="generate", seq="pixels")
     with pytest.raises(ValueError, match="hidden"):
