@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -188,21 +189,49 @@ def bench_jax(shape, repeats, warmup) -> dict[str, float] | None:
     return {"fwd": timed(lambda: forward(params, x)), "fwd+bwd": timed(lambda: grad(params, x))}
 
 
+def auto_path(shape: tuple[int, int, int, int]) -> str:
+    """Which recurrence the ``auto`` mode takes for this shape (float32): the persistent
+    kernels' name expressions, forward and backward, or ``step``."""
+    try:
+        import cupy
+
+        from rnncu.backend import persistent
+    except ImportError:
+        return "step"
+    steps, batch, _, hidden = shape
+    limits = persistent._device_limits(cupy.cuda.runtime.getDevice())
+    plans = [
+        plan(steps, batch, hidden, np.float32, limits)
+        for plan in (persistent.plan_forward, persistent.plan_backward)
+    ]
+    if any(p is None for p in plans):
+        return "step"
+    return " / ".join(p.name_expression for p in plans)
+
+
 def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
     rows = []
     for name in shapes:
         shape = SHAPES[name]
         row: dict[str, Any] = {"shape": name, "TBDH": shape, "ms": {}}
-        row["ms"]["rnncu_step"] = bench_rnncu(shape, repeats, warmup, "step")
-        row["ms"]["rnncu_auto"] = bench_rnncu(shape, repeats, warmup, "auto")
-        for peer, bench in (("cudnn", bench_torch), ("jax", bench_jax)):
+        try:
+            row["auto_path"] = auto_path(shape)
+        except Exception as exc:  # report, then measure anyway
+            row["auto_path"] = f"unknown ({type(exc).__name__}: {exc})"
+        runners = (
+            ("rnncu_step", partial(bench_rnncu, shape, repeats, warmup, "step")),
+            ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
+            ("cudnn", partial(bench_torch, shape, repeats, warmup)),
+            ("jax", partial(bench_jax, shape, repeats, warmup)),
+        )
+        for runner, bench in runners:
             try:
-                result = bench(shape, repeats, warmup)
-            except Exception as exc:  # a peer failing must not hide rnncu's numbers
-                print(f"# {peer} failed on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                result = bench()
+            except Exception as exc:  # one runner failing must not hide the others' numbers
+                print(f"# {runner} failed on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 result = None
             if result is not None:
-                row["ms"][peer] = result
+                row["ms"][runner] = result
         row["ms"]["naive_cupy"] = bench_naive_cupy(shape, max(3, repeats // 4), 1)
         rows.append(row)
     return rows
@@ -218,11 +247,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append("|---" * (len(runners) + 2) + "|")
         for row in rows:
             ms = {r: row["ms"].get(r, {}).get(mode) for r in runners}
-            ours = min(v for k, v in ms.items() if k.startswith("rnncu") and v is not None)
+            mine = [v for k, v in ms.items() if k.startswith("rnncu") and v is not None]
             peers = [v for k, v in ms.items() if not k.startswith("rnncu") and v is not None]
-            speedup = f"{min(peers) / ours:.2f}x" if peers else "n/a"
+            speedup = f"{min(peers) / min(mine):.2f}x" if peers and mine else "n/a"
             cells = ["-" if v is None else f"{v:.3f}" for v in ms.values()]
             lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {speedup} |")
+    # Per step of the recurrence against the ~1 us of one grid-wide sync (ANCHORS.md):
+    # what the persistent kernels pay per step at the least.
+    lines.append("\nrnncu auto path, forward, microseconds per time step")
+    lines.append("| shape | T | us/step | path |")
+    lines.append("|---|---|---|---|")
+    for row in rows:
+        fwd = row["ms"].get("rnncu_auto", {}).get("fwd")
+        per_step = "-" if fwd is None else f"{fwd * 1e3 / row['TBDH'][0]:.2f}"
+        lines.append(
+            f"| {row['shape']} | {row['TBDH'][0]} | {per_step} | {row.get('auto_path', '?')} |"
+        )
     return "\n".join(lines)
 
 
