@@ -145,6 +145,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     if not file.exists():
         where = f"{path} (looked for {file})" if file != Path(path) else str(file)
         raise CheckpointError(f"checkpoint not found: {where}")
+    if not zipfile.is_zipfile(file):
+        # np.load would take any other bytes for a pickle and say so, which misleads
+        raise CheckpointError(
+            f"{file}: cannot read checkpoint: not an rnncu checkpoint (not a complete .npz "
+            "archive: truncated, or another kind of file)"
+        )
     try:
         with np.load(file, allow_pickle=False) as npz:
             names = list(npz.files)
