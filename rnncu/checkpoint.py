@@ -149,7 +149,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         # np.load would take any other bytes for a pickle and say so, which misleads
         raise CheckpointError(
             f"{file}: cannot read checkpoint: not an rnncu checkpoint (not a complete .npz "
-            "archive: truncated, or another kind of file)"
+            "archive: truncated or corrupt, or another kind of file)"
         )
     try:
         with np.load(file, allow_pickle=False) as npz:
