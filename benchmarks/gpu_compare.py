@@ -223,6 +223,7 @@ def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
             ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
             ("cudnn", partial(bench_torch, shape, repeats, warmup)),
             ("jax", partial(bench_jax, shape, repeats, warmup)),
+            ("naive_cupy", partial(bench_naive_cupy, shape, max(3, repeats // 4), 1)),
         )
         for runner, bench in runners:
             try:
@@ -232,7 +233,6 @@ def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
                 result = None
             if result is not None:
                 row["ms"][runner] = result
-        row["ms"]["naive_cupy"] = bench_naive_cupy(shape, max(3, repeats // 4), 1)
         rows.append(row)
     return rows
 

@@ -20,6 +20,8 @@ echo "== pytest -m gpu"
 test_rc=0
 timeout 180 python -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
   --junitxml="$OUT_DIR/pytest_gpu.xml" tests 2>&1 | tee "$OUT_DIR/pytest_gpu.txt" || test_rc=$?
+# All skipped is no pass: it means CuPy saw no device.
+if [ "$test_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_gpu.txt"; then test_rc=no-test-ran; fi
 status+=("gpu tests: $([ "$test_rc" = 0 ] && echo pass || echo "FAIL (rc $test_rc)")")
 
 echo "== benchmark"
