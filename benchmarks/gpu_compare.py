@@ -285,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as handle:
             json.dump({"rows": rows, "repeats": args.repeats}, handle, indent=2)
     print(format_table(rows))
-    return 0
+    measured = any(key.startswith("rnncu") for row in rows for key in row["ms"])
+    if not measured:
+        print("# rnncu measured nothing (see the errors above)", file=sys.stderr)
+    return 0 if measured else 1
 
 
 if __name__ == "__main__":
