@@ -371,10 +371,8 @@ class RNN(Module):
                 w_ih = self.params[f"weight_ih{suffix}"]
                 grad_states = None
                 if grad_out is not None:
-                    grad_states = grad_out if dirs == 1 else grad_out[:, :, direction * hidden :]
-                    if dirs > 1:
-                        grad_states = grad_states[:, :, :hidden]
-                    grad_states = xp.ascontiguousarray(grad_states)
+                    columns = slice(direction * hidden, (direction + 1) * hidden)
+                    grad_states = xp.ascontiguousarray(grad_out[:, :, columns])
                 grad_last = None
                 if grad_h_n is not None:
                     grad_last = xp.ascontiguousarray(grad_h_n[index])
