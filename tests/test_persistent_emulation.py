@@ -13,12 +13,12 @@ import shutil
 
 import numpy as np
 import pytest
+from device_limits import H200
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, PersistentEmulation
 
 from rnncu.backend import persistent
 from rnncu.backend.numpy_backend import NumpyBackend
 from rnncu.backend.persistent import (
-    DeviceLimits,
     Plan,
     backward_args,
     forward_args,
@@ -26,16 +26,6 @@ from rnncu.backend.persistent import (
     plan_forward,
 )
 
-# as in tests/test_persistent_dispatch.py
-H200 = DeviceLimits(
-    sm_count=132,
-    smem_per_block_optin=227 * 1024,
-    smem_per_sm=228 * 1024,
-    regs_per_sm=65536,
-    max_threads_per_sm=2048,
-    max_blocks_per_sm=32,
-    compute_capability=(9, 0),
-)
 REFERENCE = NumpyBackend()
 MARGIN = 64  # guard elements on each side of every array
 
