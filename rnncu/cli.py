@@ -1,4 +1,5 @@
-"""The ``rnncu`` command line: ``train`` (the default), ``evaluate``, ``generate``, ``info``.
+"""The ``rnncu`` command line: ``train`` (the default), ``evaluate``, ``generate``, ``info``,
+``precompile``.
 
 Errors caused by input (bad arguments, missing or foreign files, an unavailable backend, a
 diverged run) print ``rnncu: error: <one line>`` to stderr and return a non-zero status (2
@@ -17,7 +18,7 @@ from typing import Any
 
 __all__ = ["main"]
 
-_COMMANDS = ("train", "evaluate", "generate", "info")
+_COMMANDS = ("train", "evaluate", "generate", "info", "precompile")
 
 
 def _positive_int(text: str) -> int:
@@ -132,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="skip compiling the CUDA kernels (the check takes tens of seconds)",
+    )
+
+    pre = sub.add_parser(
+        "precompile",
+        help="compile every CUDA kernel for this device into CuPy's disk cache, so that "
+        "none compiles at its first use",
+    )
+    pre.add_argument(
+        "--jobs", type=_positive_int, help="compiler processes (default: the CPU count)"
     )
     return parser
 
@@ -317,6 +327,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_precompile(args: argparse.Namespace) -> int:
+    from rnncu.backend import BackendUnavailableError, available_backends, kernel_loader
+
+    reason = available_backends()["cupy"]
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"precompile needs CuPy and a CUDA device: {reason} "
+            "(`rnncu info` compiles every kernel with NVRTC for sm_90 without a device)"
+        )
+    if os.environ.get("CUPY_CACHE_IN_MEMORY", "0") not in ("", "0"):
+        print(
+            "rnncu: warning: CUPY_CACHE_IN_MEMORY is set, so the compiled kernels are not kept "
+            "for later processes",
+            file=sys.stderr,
+        )
+    specs = kernel_loader.module_specs()
+    start = time.perf_counter()
+    results = kernel_loader.precompile(args.jobs, specs)
+    wall = time.perf_counter() - start
+    by_file: dict[str, list[Any]] = {}
+    for result in results:
+        by_file.setdefault(result.spec.filename, []).append(result)
+    for filename, file_results in by_file.items():
+        failed = [r for r in file_results if r.error is not None]
+        compile_s = sum(r.seconds for r in file_results)
+        print(
+            f"kernels/{filename}: {len(file_results) - len(failed)}/{len(file_results)} "
+            f"modules ready ({compile_s:.1f} s of compiling)"
+        )
+        for result in failed:
+            print(f"  FAILED {', '.join(result.spec.name_expressions)}: {result.error}")
+    failures = sum(r.error is not None for r in results)
+    print(f"{len(results) - failures}/{len(results)} modules in {wall:.1f} s")
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from rnncu.backend import BackendUnavailableError
@@ -334,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _cmd_evaluate,
             "generate": _cmd_generate,
             "info": _cmd_info,
+            "precompile": _cmd_precompile,
         }[args.command]
         return handler(args)
     except _UsageError as exc:

@@ -18,11 +18,16 @@ Two properties every kernel file gets from :func:`read_source`:
 ``cupy_backends.cuda.libs.nvrtc``) for a named architecture, with ptxas' verbose report, so
 tests and ``rnncu info`` can check every kernel's registers and spills on any machine.
 
-Registry. :data:`KERNEL_FILES` maps each kernel file to its full list of name expressions
-and its extra compile options. A module that owns kernels registers them at import time with
-:func:`register_kernel_file`; this module registers ``rnn_step.cu`` itself. The persistent
-kernels register from ``rnncu/backend/persistent.py``; :func:`all_name_expressions` imports
-that module (when it exists) before answering, so its files are always included.
+Registry. :data:`KERNEL_FILES` maps each kernel file to its full list of name expressions,
+its extra compile options, and how it is cut into modules (the whole file, or one module per
+name expression) and launched (cooperatively or not). :func:`module_spec` names the module
+that holds a kernel and :func:`module_specs` lists them all, so that :func:`get_kernel` and
+:func:`precompile` (``rnncu precompile``: every module into CuPy's disk cache, in parallel
+processes) always agree on what a module is. A module that owns kernels registers them at
+import time with :func:`register_kernel_file`; this module registers ``rnn_step.cu`` itself.
+The persistent kernels register from ``rnncu/backend/persistent.py``;
+:func:`all_name_expressions` imports that module (when it exists) before answering, so its
+files are always included.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "KERNEL_FILES",
     "KernelCompileError",
+    "ModuleSpec",
+    "PrecompileResult",
     "STEP_KERNEL_FILE",
     "STEP_TILES",
     "all_name_expressions",
@@ -46,7 +53,10 @@ __all__ = [
     "kernel_dir",
     "kernel_options",
     "load_module",
+    "module_spec",
+    "module_specs",
     "nvrtc_compile",
+    "precompile",
     "read_source",
     "register_kernel_file",
     "step_name_expression",
@@ -132,6 +142,21 @@ def read_source(filename: str) -> str:
 class _KernelFile:
     name_expressions: tuple[str, ...]
     options: tuple[str, ...] = ()
+    #: one module per name expression, compiled when that kernel is first used, instead of
+    #: one module for the whole file (worth it when a file has many costly instantiations)
+    per_name: bool = False
+    #: the file's kernels use a grid-wide sync and are launched cooperatively
+    cooperative: bool = False
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One module the runtime may load: exactly the arguments of :func:`load_module`."""
+
+    filename: str
+    name_expressions: tuple[str, ...]
+    options: tuple[str, ...]
+    cooperative: bool
 
 
 #: every registered kernel file: filename -> its name expressions and extra options
@@ -140,15 +165,23 @@ _registry_lock = threading.Lock()
 
 
 def register_kernel_file(
-    filename: str, name_expressions: Sequence[str], options: Sequence[str] = ()
+    filename: str,
+    name_expressions: Sequence[str],
+    options: Sequence[str] = (),
+    *,
+    per_name: bool = False,
+    cooperative: bool = False,
 ) -> None:
     """Declare that ``kernels/<filename>`` exists and instantiates ``name_expressions``
-    (compiled with ``options`` on top of :data:`DEFAULT_OPTIONS`). Registering the same file
+    (compiled with ``options`` on top of :data:`DEFAULT_OPTIONS`). ``per_name`` compiles each
+    name expression into its own module on first use (else the whole file is one module);
+    ``cooperative`` builds the modules for cooperative launches. Registering the same file
     again replaces its entry, so re-importing a module is harmless."""
     if not name_expressions:
         raise ValueError(f"register_kernel_file({filename!r}): no name expressions")
+    entry = _KernelFile(tuple(name_expressions), tuple(options), per_name, cooperative)
     with _registry_lock:
-        KERNEL_FILES[filename] = _KernelFile(tuple(name_expressions), tuple(options))
+        KERNEL_FILES[filename] = entry
 
 
 def _import_registering_modules() -> None:
@@ -250,17 +283,91 @@ def load_module(
     return module
 
 
-def get_kernel(filename: str, name_expression: str, options: Sequence[str] = ()) -> Any:
-    """One kernel (a :class:`cupy.RawKernel`-like callable, ``kernel(grid, block, args)``)
-    from the module of ``kernels/<filename>``. When the file is registered, the module holds
-    all of its registered name expressions, so every kernel of a file shares one compile."""
+def module_spec(filename: str, name_expression: str) -> ModuleSpec:
+    """The module that holds one kernel: for a registered file, as its entry says (the
+    whole file, or the name expression alone when ``per_name``); for an unregistered one,
+    the name expression alone with the default options."""
     entry = KERNEL_FILES.get(filename)
-    if entry is not None and name_expression in entry.name_expressions:
-        names: Sequence[str] = entry.name_expressions
-        options = tuple(entry.options) + tuple(options)
-    else:
-        names = (name_expression,)
-    return load_module(filename, names, options).get_function(name_expression)
+    if entry is None or name_expression not in entry.name_expressions:
+        return ModuleSpec(filename, (name_expression,), (), False)
+    names = (name_expression,) if entry.per_name else entry.name_expressions
+    return ModuleSpec(filename, names, entry.options, entry.cooperative)
+
+
+def module_specs() -> list[ModuleSpec]:
+    """Every module the runtime may load for the registered kernel files, each once: what
+    :func:`precompile` builds."""
+    _import_registering_modules()
+    with _registry_lock:
+        entries = list(KERNEL_FILES.items())
+    specs: list[ModuleSpec] = []
+    for filename, entry in entries:
+        names = entry.name_expressions
+        groups = [(name,) for name in names] if entry.per_name else [names]
+        specs += [ModuleSpec(filename, g, entry.options, entry.cooperative) for g in groups]
+    return specs
+
+
+def get_kernel(filename: str, name_expression: str) -> Any:
+    """One kernel (a :class:`cupy.RawKernel`-like callable, ``kernel(grid, block, args)``)
+    from the module :func:`module_spec` names, compiled on first use."""
+    spec = module_spec(filename, name_expression)
+    module = load_module(spec.filename, spec.name_expressions, spec.options, spec.cooperative)
+    return module.get_function(name_expression)
+
+
+@dataclass
+class PrecompileResult:
+    """One module built by :func:`precompile`: how long it took, or why it failed."""
+
+    spec: ModuleSpec
+    seconds: float
+    error: str | None = None
+
+
+def _precompile_one(spec: ModuleSpec) -> PrecompileResult:
+    import time
+
+    start = time.perf_counter()
+    try:
+        load_module(spec.filename, spec.name_expressions, spec.options, spec.cooperative)
+    except Exception as exc:  # reported per module; one bad kernel must not hide the others
+        # the headline and the compiler's first error line, not the whole log
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines[1:] if "error" in line), None)
+        message = " ".join(lines[:1] + ([detail] if detail else []))
+        error = f"{type(exc).__name__}: {message}"
+        return PrecompileResult(spec, time.perf_counter() - start, error)
+    return PrecompileResult(spec, time.perf_counter() - start)
+
+
+def precompile(
+    jobs: int | None = None, specs: Sequence[ModuleSpec] | None = None
+) -> list[PrecompileResult]:
+    """Compile every module of :func:`module_specs` (or ``specs``) for the current device,
+    so that no kernel compiles at its first use.
+
+    The binaries land in CuPy's disk cache (``CUPY_CACHE_DIR``), which later processes read;
+    NVRTC holds one thread per process, so ``jobs`` > 1 compiles in that many worker
+    processes (default: the CPU count). Each worker needs the CUDA device, as the compile
+    targets its architecture. Results come in the order of ``specs``.
+    """
+    import os
+
+    specs = module_specs() if specs is None else list(specs)
+    jobs = min(jobs or os.cpu_count() or 1, len(specs)) if specs else 1
+    if jobs <= 1:
+        return [_precompile_one(spec) for spec in specs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit this process's CUDA state
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        # the slowest (cooperative) modules first, so the pool does not end waiting on one
+        first = sorted(specs, key=lambda spec: not spec.cooperative)
+        futures = {spec: pool.submit(_precompile_one, spec) for spec in first}
+        return [futures[spec].result() for spec in specs]
 
 
 # ------------------------------------------------------------------ device-free compilation
