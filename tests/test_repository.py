@@ -63,7 +63,9 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("rnncu-*.whl")
-    sources = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
+    kinds = (".cu", ".cuh", ".c")  # CUDA sources and the NumPy backend's host loops
+    sources = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix in kinds)
+    assert "host_rnn.c" in sources
     with zipfile.ZipFile(wheel) as archive:
         shipped = sorted(
             name.split("/")[-1] for name in archive.namelist() if name.startswith("rnncu/kernels/")
@@ -72,10 +74,12 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     assert shipped == sources
     probe = subprocess.run(
         [sys.executable, "-c",
-         "from rnncu.backend import kernel_loader as k; print(k.kernel_dir()); "
-         "print(len(k.read_source('rnn_step.cu')))"],
+         "from rnncu.backend import kernel_loader as k, host_kernels as h; "
+         "print(k.kernel_dir()); print(len(k.read_source('rnn_step.cu'))); "
+         "import sys; sys.exit(0 if h.load() or not h._compiler() else h.status())"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin",
+             "RNNCU_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-2000:]
     found, length = probe.stdout.split()

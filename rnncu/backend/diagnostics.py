@@ -15,8 +15,9 @@ FALLBACK_ARCH = "sm_90"
 
 
 def collect_info(compile_kernels: bool = True) -> dict[str, Any]:
-    """A JSON-serialisable dict: versions, backends, device, and per kernel file whether every
-    name expression compiles (with registers and spill bytes per kernel)."""
+    """A JSON-serialisable dict: versions, backends, device, whether the NumPy backend's
+    compiled host loops are in use, and per kernel file whether every name expression
+    compiles (with registers and spill bytes per kernel)."""
     import numpy
 
     import rnncu
@@ -50,6 +51,9 @@ def collect_info(compile_kernels: bool = True) -> dict[str, Any]:
             info["device"] = {"error": f"{type(exc).__name__}: {exc}"}
     else:
         info["device"] = None
+    from rnncu.backend import host_kernels
+
+    info["host_kernels"] = host_kernels.status()
     if compile_kernels:
         info["kernels"] = _compile_all(arch)
     return info
@@ -95,6 +99,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"rnncu {info.get('rnncu')}  (python {info.get('python')}, numpy {info.get('numpy')})",
         f"selected backend: {info.get('selected_backend')}",
+        f"numpy backend's float32 tanh loops (kernels/host_rnn.c): {info.get('host_kernels')}",
         f"cupy: {info.get('cupy')}"
         + ("" if info.get("cupy_available") else f"  (unavailable: {info.get('cupy_reason')})"),
     ]

@@ -3,6 +3,13 @@
 The step loop is the only sequential part. Each step does one BLAS GEMM into a preallocated
 buffer and applies the bias-free remainder in place, so a forward pass allocates nothing per
 step; the layers do the large all-steps GEMMs themselves.
+
+In float32 with tanh, the element-wise part of each step (forward: add and tanh; backward:
+dz_t = (dout_t + dh_t) * (1 - h_t^2)) runs as one compiled, vectorised loop from
+``kernels/host_rnn.c`` (:mod:`rnncu.backend.host_kernels`) when a C compiler is available:
+NumPy's tanh is scalar wherever NumPy has no SIMD version of it, and costs more than the
+step's GEMM at H = 128. Otherwise, and always in float64 (the reference), NumPy's functions
+run.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.backend import host_kernels
 from rnncu.backend.base import Backend
+from rnncu.backend.host_kernels import HostKernels
 
 
 class NumpyBackend(Backend):
@@ -65,15 +74,23 @@ class NumpyBackend(Backend):
         recurrent = np.empty_like(h0)
         padding = _padding_masks(lengths, steps)
         order = range(steps - 1, -1, -1) if reverse else range(steps)
+        host = _host_tanh(nonlinearity, states, recurrent)
+        if host is not None:
+            # addresses computed once: the per-step call costs about a microsecond
+            base, stride, count = states.ctypes.data, states.strides[0], states[0].size
+            recurrent_address = recurrent.ctypes.data
         h_prev = h0
         for t in order:
             h_t = states[t]
             np.matmul(h_prev, w_hh_t, out=recurrent)
-            h_t += recurrent
-            if nonlinearity == "tanh":
-                np.tanh(h_t, out=h_t)
+            if host is not None:
+                host.add_tanh_f32(base + t * stride, recurrent_address, count)
             else:
-                np.maximum(h_t, 0, out=h_t)
+                h_t += recurrent
+                if nonlinearity == "tanh":
+                    np.tanh(h_t, out=h_t)
+                else:
+                    np.maximum(h_t, 0, out=h_t)
             if padding is not None and padding.has_padding[t]:
                 np.copyto(h_t, h_prev, where=padding.masks[t])
             h_prev = h_t
@@ -91,22 +108,40 @@ class NumpyBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         steps = states.shape[0]
         padding = _padding_masks(lengths, steps)
-        # grad_z starts as act'(h) for all steps (one vectorised pass), and step t overwrites
-        # its slice with dz_t = (grad_states_t + dh_t) * act'(h_t) once it has been read:
-        # one (T, B, H) buffer, allocated once, serves as both.
-        if nonlinearity == "tanh":
+        grad_h = np.zeros_like(h0) if grad_h_last is None else grad_h_last.copy()
+        next_grad_h = np.empty_like(h0)
+        host = _host_tanh(nonlinearity, states, grad_h, grad_states)
+        if host is not None:
+            # dz_t = (grad_states_t + dh_t) * (1 - h_t^2) in one compiled pass per step, the
+            # same operations in the same order as below: the same bits
+            grad_z = np.empty_like(states)
+            stride, count = states.strides[0], states[0].size
+            z_base, h_base = grad_z.ctypes.data, states.ctypes.data
+            g_base = 0 if grad_states is None else grad_states.ctypes.data
+            dh_addresses = {id(a): a.ctypes.data for a in (grad_h, next_grad_h)}
+        elif nonlinearity == "tanh":
+            # grad_z starts as act'(h) for all steps (one vectorised pass), and step t
+            # overwrites its slice with dz_t = (grad_states_t + dh_t) * act'(h_t) once it has
+            # been read: one (T, B, H) buffer, allocated once, serves as both.
             grad_z = np.multiply(states, states)
             np.subtract(1, grad_z, out=grad_z)
         else:
             grad_z = np.greater(states, 0).astype(states.dtype)
-        grad_h = np.zeros_like(h0) if grad_h_last is None else grad_h_last.copy()
-        next_grad_h = np.empty_like(h0)
         incoming = np.empty_like(h0)
         # reverse-mode runs the steps in the opposite order of the forward pass
         order = range(steps) if reverse else range(steps - 1, -1, -1)
         for t in order:
             dz = grad_z[t]
-            if grad_states is not None:
+            if host is not None:
+                offset = t * stride
+                host.tanh_grad_f32(
+                    z_base + offset,
+                    g_base + offset if g_base else None,
+                    dh_addresses[id(grad_h)],
+                    h_base + offset,
+                    count,
+                )
+            elif grad_states is not None:
                 np.add(grad_states[t], grad_h, out=incoming)
                 dz *= incoming
             else:
@@ -123,6 +158,17 @@ class NumpyBackend(Backend):
                 np.copyto(next_grad_h, grad_h, where=padding.masks[t])
             grad_h, next_grad_h = next_grad_h, grad_h
         return grad_z, grad_h
+
+
+def _host_tanh(nonlinearity: str, *arrays: np.ndarray | None) -> HostKernels | None:
+    """The compiled float32 tanh loops, when they apply: tanh, and every array float32 and
+    C-contiguous (the loops take raw addresses). None means NumPy's functions run."""
+    if nonlinearity != "tanh":
+        return None
+    for array in arrays:
+        if array is not None and (array.dtype != np.float32 or not array.flags.c_contiguous):
+            return None
+    return host_kernels.load()
 
 
 class _PaddingMasks:

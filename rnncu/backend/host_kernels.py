@@ -1,0 +1,197 @@
+"""Host kernels: the NumPy backend's float32 element-wise step loops, compiled at first use.
+
+``kernels/host_rnn.c`` holds plain C loops (tanh of the step's pre-activation, the tanh
+gradient) that a C compiler vectorises; NumPy's own ``np.tanh`` calls the C library once per
+element wherever NumPy has no SIMD version (every x86 machine without AVX-512), which makes it
+the most expensive part of a step at H = 128 (see ``benchmarks/RESULTS.md``). The file is
+compiled like the CUDA kernels are, at run time, with the system C compiler (``$CC``, else
+``cc``, ``gcc`` or ``clang``), into a cache directory (``RNNCU_CACHE_DIR``, else
+``$XDG_CACHE_HOME/rnncu``, else ``~/.cache/rnncu``) under a name that hashes the source, the
+compiler and its flags, and is loaded through ctypes. Nothing is needed at install time.
+
+When it cannot be used (no compiler, a compile error, a platform without ``dlopen``, or
+``RNNCU_HOST_KERNELS=0``), :func:`load` returns None, :func:`status` says why, and the
+backend runs NumPy's functions: same results to float32 rounding (tanh within 2 ulp), slower.
+float64, the reference dtype, always runs NumPy's functions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+__all__ = ["HostKernels", "SOURCE_FILE", "load", "status"]
+
+SOURCE_FILE = "host_rnn.c"
+
+# -ffp-contract=off: no fused multiply-adds, so the results do not depend on the CPU (and the
+# gradient loop rounds exactly as NumPy does); -fno-trapping-math lets the compiler compute
+# both halves of tanh and select (no branch in the loop, so it vectorises); results are
+# unchanged, only floating-point exception flags are not modelled.
+_BASE_FLAGS = (
+    "-O3",
+    "-std=c11",
+    "-shared",
+    "-fPIC",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=off",
+)
+
+
+class HostKernels:
+    """The compiled loops. Arguments are raw addresses (``array.ctypes.data`` plus byte
+    offsets) of C-contiguous float32 memory and element counts; nothing is checked here: the
+    backend checks dtype and layout once per call and computes per-step addresses."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        pointer, count = ctypes.c_void_p, ctypes.c_int64
+        self.add_tanh_f32 = library.rnncu_add_tanh_f32
+        self.add_tanh_f32.argtypes = [pointer, pointer, count]
+        self.add_tanh_f32.restype = None
+        self.tanh_f32 = library.rnncu_tanh_f32
+        self.tanh_f32.argtypes = [pointer, count]
+        self.tanh_f32.restype = None
+        self.tanh_grad_f32 = library.rnncu_tanh_grad_f32
+        self.tanh_grad_f32.argtypes = [pointer, pointer, pointer, pointer, count]
+        self.tanh_grad_f32.restype = None
+        self._library = library  # keeps the shared object loaded
+
+
+_lock = threading.Lock()
+_loaded: HostKernels | None = None
+_reason: str | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("RNNCU_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rnncu"
+
+
+def _compiler() -> str | None:
+    """``$CC`` when set, else the first of cc, gcc and clang on the PATH."""
+    configured = os.environ.get("CC", "").strip()
+    for name in (configured,) if configured else ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _arch_flags() -> tuple[str, ...]:
+    """AVX2 and FMA where NumPy's CPU probe finds them (x86); the compiler's default
+    elsewhere (ARM64 has both)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return ()
+    flags = ("-mavx2",) if features.get("AVX2") else ()
+    return flags + (("-mfma",) if features.get("FMA3") else ())
+
+
+def _user() -> str:
+    getuid = getattr(os, "getuid", None)
+    return str(getuid()) if getuid is not None else "user"
+
+
+def _build(source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
+    """The cached shared object for this source, compiler and flags; compiled if missing."""
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=60
+    ).stdout
+    digest = hashlib.sha256(
+        "\0".join([source.read_text(), compiler, version, *flags]).encode()
+    ).hexdigest()[:20]
+    name = f"host_rnn-{digest}.so"
+    for directory in (_cache_dir(), Path(tempfile.gettempdir()) / f"rnncu-{_user()}"):
+        target = directory / name
+        if target.is_file():
+            return target
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # a private name, then an atomic rename: a concurrent process never loads a
+            # half-written file
+            handle, partial = tempfile.mkstemp(prefix=name, suffix=".tmp", dir=directory)
+        except OSError:
+            continue  # not writable: try the next directory
+        os.close(handle)
+        try:
+            done = subprocess.run(
+                [compiler, *flags, str(source), "-o", partial],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"{compiler} failed on kernels/{SOURCE_FILE}: "
+                    + " ".join(done.stderr.strip().splitlines()[:3])
+                )
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        return target
+    raise RuntimeError("no writable cache directory for the compiled host kernels")
+
+
+def _load() -> HostKernels:
+    if os.environ.get("RNNCU_HOST_KERNELS", "1") == "0":
+        raise RuntimeError("disabled by RNNCU_HOST_KERNELS=0")
+    from rnncu.backend.kernel_loader import kernel_dir
+
+    source = kernel_dir() / SOURCE_FILE
+    if not source.is_file():
+        raise RuntimeError(f"kernels/{SOURCE_FILE} not found in {source.parent}")
+    compiler = _compiler()
+    if compiler is None:
+        searched = os.environ.get("CC") or "cc, gcc, clang"
+        raise RuntimeError(f"no C compiler found (looked for {searched})")
+    path = _build(source, compiler, _BASE_FLAGS + _arch_flags())
+    return HostKernels(ctypes.CDLL(str(path)), path)
+
+
+def load() -> HostKernels | None:
+    """The compiled host kernels, compiled or read from the cache on the first call of the
+    process; None when they cannot be used (:func:`status` says why)."""
+    global _loaded, _reason, _tried
+    if _tried:
+        return _loaded
+    with _lock:
+        if not _tried:
+            try:
+                _loaded = _load()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _reason = str(exc) or type(exc).__name__
+            _tried = True
+    return _loaded
+
+
+def status() -> str:
+    """One line for ``rnncu info``: where the compiled loops came from, or why NumPy's
+    functions run instead."""
+    kernels = load()
+    if kernels is not None:
+        return f"compiled ({kernels.path})"
+    return f"not used, NumPy's functions run instead: {_reason}"
+
+
+def _reset_for_tests() -> None:
+    """Forget the loaded kernels so that the next :func:`load` tries again."""
+    global _loaded, _reason, _tried
+    with _lock:
+        _loaded, _reason, _tried = None, None, False

@@ -1,0 +1,225 @@
+"""The NumPy backend's compiled float32 loops (``kernels/host_rnn.c``) and their loader.
+
+tanh is checked against float64 ``np.tanh`` in units in the last place of the float32
+result; the gradient loop and the backend's backward against NumPy's own operations, bit for
+bit; the forward against the NumPy path to float32 rounding. The loader's failure modes (no
+compiler, a compile error, switched off) must leave the backend on NumPy's functions with a
+reason ``rnncu info`` can show.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu.backend import host_kernels, kernel_loader
+from rnncu.backend.numpy_backend import NumpyBackend, _host_tanh
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """A loader that has not tried yet, caching under tmp_path; restored afterwards."""
+    monkeypatch.setenv("RNNCU_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RNNCU_HOST_KERNELS", raising=False)
+    host_kernels._reset_for_tests()
+    yield tmp_path
+    host_kernels._reset_for_tests()
+
+
+@pytest.fixture(scope="module")
+def kernels() -> host_kernels.HostKernels:
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine: the NumPy backend runs np.tanh instead")
+    host_kernels._reset_for_tests()
+    loaded = host_kernels.load()
+    assert loaded is not None, f"a C compiler is present, yet: {host_kernels.status()}"
+    return loaded
+
+
+def _tanh(kernels: host_kernels.HostKernels, x: np.ndarray) -> np.ndarray:
+    y = np.ascontiguousarray(x, dtype=np.float32).copy()
+    kernels.tanh_f32(y.ctypes.data, y.size)
+    return y
+
+
+def _ulp_error(actual: np.ndarray, x: np.ndarray) -> np.ndarray:
+    exact = np.tanh(x.astype(np.float64))
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    return np.abs(actual.astype(np.float64) - exact) / spacing
+
+
+def test_tanh_is_within_two_ulp(kernels, rng: np.random.Generator) -> None:
+    x = np.concatenate(
+        [
+            rng.standard_normal(1_000_000) * 3,
+            rng.uniform(-12, 12, 1_000_000),
+            np.linspace(0.9, 1.1, 200_001),  # where the two formulas meet
+            -np.linspace(0.4, 0.6, 200_001),
+            np.sign(rng.standard_normal(200_000)) * 10.0 ** rng.uniform(-44, 0, 200_000),
+        ]
+    ).astype(np.float32)
+    errors = _ulp_error(_tanh(kernels, x), x)
+    worst = int(np.argmax(errors))
+    assert errors[worst] <= 2.0, f"tanh({x[worst]!r}) is {errors[worst]:.2f} ulp off"
+    assert np.median(errors) < 0.6
+
+
+def test_tanh_special_values(kernels) -> None:
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-30, 3e38, -3e38, 9.0])
+    y = _tanh(kernels, x)
+    assert np.array_equal(np.signbit(y[:2]), [False, True]), "tanh keeps the sign of zero"
+    assert y[2] == 1.0 and y[3] == -1.0 and np.isnan(y[4])
+    assert y[5] == np.float32(1e-45) and y[6] == -np.float32(1e-45)  # denormals: tanh(x) = x
+    assert y[7] == np.float32(1e-30)
+    assert y[8] == 1.0 and y[9] == -1.0
+    assert y[10] == np.float32(np.tanh(9.0))  # rounds to just below 1, as it should
+
+
+def test_add_tanh_is_tanh_of_the_float32_sum(kernels, rng: np.random.Generator) -> None:
+    h = rng.standard_normal((33, 257)).astype(np.float32)
+    r = rng.standard_normal((33, 257)).astype(np.float32)
+    out = h.copy()
+    kernels.add_tanh_f32(out.ctypes.data, r.ctypes.data, out.size)
+    np.testing.assert_array_equal(out, _tanh(kernels, h + r))
+    assert _ulp_error(out, h + r).max() <= 2.0
+
+
+@pytest.mark.parametrize("with_output_gradient", [True, False])
+def test_tanh_gradient_matches_numpy_bit_for_bit(
+    kernels, rng: np.random.Generator, with_output_gradient: bool
+) -> None:
+    h = np.tanh(rng.standard_normal((7, 33))).astype(np.float32)
+    dh = rng.standard_normal((7, 33)).astype(np.float32)
+    g = rng.standard_normal((7, 33)).astype(np.float32) if with_output_gradient else None
+    dz = np.full_like(h, np.nan)
+    kernels.tanh_grad_f32(
+        dz.ctypes.data, None if g is None else g.ctypes.data, dh.ctypes.data, h.ctypes.data, h.size
+    )
+    incoming = dh if g is None else g + dh
+    np.testing.assert_array_equal(dz, incoming * (1 - h * h))
+
+
+def _recurrence(rng: np.random.Generator, steps: int, batch: int, hidden: int, lengths: bool):
+    w_hh = (rng.uniform(-1, 1, (hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    z = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
+    h0 = rng.standard_normal((batch, hidden)).astype(np.float32)
+    grad_states = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
+    grad_h_last = rng.standard_normal((batch, hidden)).astype(np.float32)
+    lens = rng.integers(1, steps + 1, batch).astype(np.int32) if lengths else None
+    return z, w_hh, h0, grad_states, grad_h_last, lens
+
+
+def _numpy_functions_only(monkeypatch, run):
+    """``run()`` with the compiled loops out of the way."""
+    with monkeypatch.context() as patch:
+        patch.setattr(host_kernels, "load", lambda: None)
+        return run()
+
+
+@pytest.mark.parametrize(
+    ("steps", "batch", "hidden", "lengths", "reverse"),
+    [(1, 1, 1, False, False), (9, 7, 33, True, False), (5, 33, 257, True, True)],
+)
+def test_backend_with_and_without_the_compiled_loops(
+    kernels, monkeypatch, rng, steps, batch, hidden, lengths, reverse
+) -> None:
+    backend = NumpyBackend()
+    z, w_hh, h0, grad_states, grad_h_last, lens = _recurrence(rng, steps, batch, hidden, lengths)
+
+    def forward():
+        states = np.full_like(z, np.nan)
+        states[...] = z
+        backend.recurrence_forward(states, w_hh, h0, lens, "tanh", reverse)
+        return states
+
+    compiled = forward()
+    reference = _numpy_functions_only(monkeypatch, forward)
+    # the two tanh differ by an ulp or two per step, and the recurrence carries it on
+    np.testing.assert_allclose(compiled, reference, rtol=1e-5, atol=1e-6)
+    # from the same states the backward passes are the same operations: the same bits
+    for g, g_last in ((grad_states, grad_h_last), (None, grad_h_last), (grad_states, None)):
+
+        def backward(g=g, g_last=g_last):
+            return backend.recurrence_backward(compiled, w_hh, h0, g, g_last, lens, "tanh", reverse)
+
+        grad_z, grad_h0 = backward()
+        expected_z, expected_h0 = _numpy_functions_only(monkeypatch, backward)
+        np.testing.assert_array_equal(grad_z, expected_z)
+        np.testing.assert_array_equal(grad_h0, expected_h0)
+        assert np.isfinite(grad_z).all() and np.isfinite(grad_h0).all()
+
+
+def test_float32_layer_against_float64_reference(kernels, rng: np.random.Generator) -> None:
+    """The compiled loops inside the whole layer: float32 forward and backward against the
+    float64 reference of the same weights."""
+    import rnncu
+
+    single = rnncu.RNN(5, 33, num_layers=2, bidirectional=True, dtype="float32", seed=3)
+    double = rnncu.RNN(5, 33, num_layers=2, bidirectional=True, dtype="float64", seed=3)
+    double.load_state_dict({k: v.astype(np.float64) for k, v in single.state_dict().items()})
+    x = rng.standard_normal((11, 7, 5))
+    out32, hn32 = single(x.astype(np.float32))
+    out64, hn64 = double(x)
+    np.testing.assert_allclose(out32, out64, rtol=1e-4, atol=2e-5)
+    dout = rng.standard_normal(out64.shape)
+    dx32, _ = single.backward(dout.astype(np.float32))
+    dx64, _ = double.backward(dout)
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=2e-5)
+    for name, grad in double.grads.items():
+        np.testing.assert_allclose(single.grads[name], grad, rtol=1e-4, atol=5e-5, err_msg=name)
+
+
+def test_the_loops_apply_only_to_contiguous_float32_tanh(kernels) -> None:
+    a32 = np.ones((3, 4), np.float32)
+    assert _host_tanh("tanh", a32, None) is kernels
+    assert _host_tanh("relu", a32) is None
+    assert _host_tanh("tanh", a32.astype(np.float64)) is None
+    assert _host_tanh("tanh", np.ones((4, 3), np.float32).T) is None
+
+
+def test_switched_off(fresh_loader, monkeypatch) -> None:
+    monkeypatch.setenv("RNNCU_HOST_KERNELS", "0")
+    assert host_kernels.load() is None
+    assert "disabled by RNNCU_HOST_KERNELS=0" in host_kernels.status()
+
+
+def test_no_compiler_means_numpy_functions(fresh_loader, monkeypatch, rng) -> None:
+    monkeypatch.setenv("CC", str(fresh_loader / "no-such-compiler"))
+    assert host_kernels.load() is None
+    assert "no C compiler found" in host_kernels.status()
+    assert "no-such-compiler" in host_kernels.status()
+    # and the backend still runs, on NumPy's tanh
+    z, w_hh, h0, grad_states, grad_h_last, lens = _recurrence(rng, 4, 3, 5, True)
+    states = z.copy()
+    NumpyBackend().recurrence_forward(states, w_hh, h0, lens, "tanh", False)
+    assert np.isfinite(states).all() and not np.array_equal(states, z)
+
+
+def test_a_compile_error_is_reported(fresh_loader, monkeypatch) -> None:
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine")
+    broken = fresh_loader / "kernels"
+    broken.mkdir()
+    (broken / host_kernels.SOURCE_FILE).write_text("void rnncu_add_tanh_f32(oops\n")
+    monkeypatch.setattr(kernel_loader, "kernel_dir", lambda: broken)
+    assert host_kernels.load() is None
+    assert f"failed on kernels/{host_kernels.SOURCE_FILE}" in host_kernels.status()
+    # no half-written library left behind in the cache
+    assert not [p for p in (fresh_loader / "cache").glob("*") if p.suffix in (".so", ".tmp")]
+
+
+def test_compiled_once_then_read_from_the_cache(fresh_loader) -> None:
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine")
+    first = host_kernels.load()
+    assert first is not None, host_kernels.status()
+    assert Path(first.path).parent == fresh_loader / "cache"
+    stamp = Path(first.path).stat().st_mtime_ns
+    host_kernels._reset_for_tests()
+    second = host_kernels.load()
+    assert second is not None and second.path == first.path
+    assert Path(second.path).stat().st_mtime_ns == stamp
+    assert str(first.path) in host_kernels.status()
