@@ -223,3 +223,20 @@ def test_compiled_once_then_read_from_the_cache(fresh_loader) -> None:
     assert second is not None and second.path == first.path
     assert Path(second.path).stat().st_mtime_ns == stamp
     assert str(first.path) in host_kernels.status()
+
+
+def test_a_directory_others_can_write_is_never_used(fresh_loader, monkeypatch) -> None:
+    """A library planted where another user can write must not be loaded: a shared cache
+    directory is skipped for the private fallback under the temporary directory."""
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler on this machine")
+    shared = fresh_loader / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("RNNCU_CACHE_DIR", str(shared))
+    monkeypatch.setattr(host_kernels.tempfile, "gettempdir", lambda: str(fresh_loader / "tmp"))
+    loaded = host_kernels.load()
+    assert loaded is not None, host_kernels.status()
+    assert Path(loaded.path).parent.parent == fresh_loader / "tmp"
+    assert not list(shared.iterdir())
+    assert Path(loaded.path).parent.stat().st_mode & 0o777 == 0o700

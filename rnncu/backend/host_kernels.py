@@ -108,6 +108,16 @@ def _user() -> str:
     return str(getuid()) if getuid is not None else "user"
 
 
+def _private(directory: Path) -> bool:
+    """Whether only this user can create files in ``directory`` (owned by the user, not
+    writable by group or others): the library loaded from it runs in this process."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return True  # no POSIX ownership to check (Windows)
+    info = directory.stat()
+    return info.st_uid == getuid() and not info.st_mode & 0o022
+
+
 def _build(source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
     """The cached shared object for this source, compiler and flags; compiled if missing."""
     version = subprocess.run(
@@ -118,16 +128,21 @@ def _build(source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
     ).hexdigest()[:20]
     name = f"host_rnn-{digest}.so"
     for directory in (_cache_dir(), Path(tempfile.gettempdir()) / f"rnncu-{_user()}"):
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue  # not writable: try the next directory
+        if not _private(directory):
+            continue  # someone else could have put a library there: never load from it
         target = directory / name
         if target.is_file():
             return target
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             # a private name, then an atomic rename: a concurrent process never loads a
             # half-written file
             handle, partial = tempfile.mkstemp(prefix=name, suffix=".tmp", dir=directory)
         except OSError:
-            continue  # not writable: try the next directory
+            continue
         os.close(handle)
         try:
             done = subprocess.run(
