@@ -20,7 +20,7 @@ echo "== python -m rnncu info --quick"; python -m rnncu info --quick | tee "$OUT
 # compiling in all), so the tests and the benchmark below load them instead of compiling.
 echo "== python -m rnncu precompile"
 pre_rc=0
-timeout 150 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
+timeout 120 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
   || pre_rc=$?
 status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)")")
 
