@@ -58,7 +58,11 @@ def _lengths(steps: int, batch: int) -> np.ndarray:
     return np.linspace(max(1, steps // 2), steps, batch).astype(np.int64)
 
 
-def rnncu_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
+def rnncu_contenders(
+    shape: tuple[int, int, int, int], numpy_tanh: bool = False
+) -> dict[str, Callable[[], object]]:
+    """rnncu's contenders; with ``numpy_tanh`` also fwd+bwd with the compiled tanh loops
+    switched off (NumPy's own functions), to measure what the loops bring."""
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, backend="numpy", dtype="float32", seed=0)
     x = np.random.default_rng(1).standard_normal((steps, batch, features), dtype=np.float32)
@@ -73,11 +77,24 @@ def rnncu_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[],
         rnn(x, lengths=lengths)
         rnn.backward(ones)
 
-    return {
+    contenders = {
         "rnncu_fwd": lambda: rnn(x),
         "rnncu_fwd_bwd": forward_backward,
         "rnncu_fwd_bwd_lengths": forward_backward_lengths,
     }
+    if numpy_tanh:
+        from rnncu.backend import host_kernels
+
+        def forward_backward_numpy_tanh() -> None:
+            compiled = host_kernels.load
+            host_kernels.load = lambda: None
+            try:
+                forward_backward()
+            finally:
+                host_kernels.load = compiled
+
+        contenders["rnncu_fwd_bwd_numpy_tanh"] = forward_backward_numpy_tanh
+    return contenders
 
 
 def torch_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
@@ -122,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--json", default=None, help="write the results here as JSON")
+    parser.add_argument(
+        "--numpy-tanh",
+        action="store_true",
+        help="also time rnncu fwd+bwd with NumPy's tanh instead of the compiled loops",
+    )
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.shapes.split(",") if name.strip()]
     unknown = [name for name in names if name not in SHAPES]
@@ -131,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         shape = SHAPES[name]
-        contenders = {**rnncu_contenders(shape), **torch_contenders(shape)}
+        contenders = {**rnncu_contenders(shape, args.numpy_tanh), **torch_contenders(shape)}
         rows.append({"shape": name, "TBDH": shape, **blockwise_medians(contenders, args.repeats)})
 
     try:
@@ -162,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['rnncu_fwd_bwd']:.2f} | {t_fb} | {ratio} "
             f"| {row['rnncu_fwd_bwd_lengths']:.2f} | {t_packed} |"
         )
+    if args.numpy_tanh:
+        print("\nfwd+bwd, ms: rnncu with the compiled tanh loops, and with NumPy's tanh")
+        print("| shape | compiled loops | NumPy's tanh | ratio |")
+        print("|---|---|---|---|")
+        for row in rows:
+            compiled, plain = row["rnncu_fwd_bwd"], row["rnncu_fwd_bwd_numpy_tanh"]
+            print(f"| {row['shape']} | {compiled:.2f} | {plain:.2f} | {compiled / plain:.2f}x |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
