@@ -18,8 +18,6 @@ from typing import Any
 
 __all__ = ["main"]
 
-_COMMANDS = ("train", "evaluate", "generate", "info", "precompile")
-
 
 def _positive_int(text: str) -> int:
     try:

@@ -118,7 +118,7 @@ class NumpyBackend(Backend):
             stride, count = states.strides[0], states[0].size
             z_base, h_base = grad_z.ctypes.data, states.ctypes.data
             g_base = 0 if grad_states is None else grad_states.ctypes.data
-            dh_addresses = {id(a): a.ctypes.data for a in (grad_h, next_grad_h)}
+            dh_address, next_dh_address = grad_h.ctypes.data, next_grad_h.ctypes.data
         elif nonlinearity == "tanh":
             # grad_z starts as act'(h) for all steps (one vectorised pass), and step t
             # overwrites its slice with dz_t = (grad_states_t + dh_t) * act'(h_t) once it has
@@ -137,7 +137,7 @@ class NumpyBackend(Backend):
                 host.tanh_grad_f32(
                     z_base + offset,
                     g_base + offset if g_base else None,
-                    dh_addresses[id(grad_h)],
+                    dh_address,
                     h_base + offset,
                     count,
                 )
@@ -157,6 +157,8 @@ class NumpyBackend(Backend):
                 # through unchanged.
                 np.copyto(next_grad_h, grad_h, where=padding.masks[t])
             grad_h, next_grad_h = next_grad_h, grad_h
+            if host is not None:
+                dh_address, next_dh_address = next_dh_address, dh_address
         return grad_z, grad_h
 
 
