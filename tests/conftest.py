@@ -36,3 +36,15 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     import zlib
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def kernel_emulation(tmp_path_factory: pytest.TempPathFactory):
+    """Every kernel file built once for the host emulation (tests/kernel_emulation.py)."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the host emulation of the CUDA kernels needs it")
+    from kernel_emulation import KernelEmulation
+
+    return KernelEmulation(tmp_path_factory.mktemp("kernel_emulation"))

@@ -1,8 +1,11 @@
-"""Host emulation of the CUDA subset the persistent kernels use, for tests without a GPU.
+"""Host emulation of the CUDA subset rnncu's kernels use, for tests without a GPU.
 
-The real kernel source (``kernel_loader.read_source``) is compiled with g++ on top of a small
-runtime (:data:`RUNTIME`) and driven through ctypes. Every CUDA thread of the WHOLE grid is a
-fiber (``ucontext``) of one host thread, all of them live at once, so that
+The real kernel source (``kernel_loader.read_source``) of every file the backend launches
+(:func:`families`: the step kernels and both persistent files) is compiled with g++ on top of
+a small runtime (:data:`RUNTIME`) and driven through ctypes. Every CUDA thread of the WHOLE
+grid is a fiber of one host thread (started with ``ucontext``, switched with
+``_setjmp``/``_longjmp``, which skip swapcontext's signal-mask system call), all of them live
+at once, so that
 
 * ``__syncthreads()`` is a barrier over the threads of one block,
 * ``cooperative_groups::this_grid().sync()`` is a barrier over every thread of every block
@@ -13,7 +16,8 @@ fiber (``ucontext``) of one host thread, all of them live at once, so that
 * dynamic ``extern __shared__`` memory is one buffer per block, pre-filled with 0xFF bytes (a
   NaN in float and double, so a read of an unwritten element shows up in the results) and
   followed by a canary region that must still hold 0xFF after the launch (out-of-bounds
-  writes),
+  writes); each static ``__shared__`` array likewise gets one such buffer per block (and
+  more than 48 KB of them per block is reported, as the module would not load),
 * ``__ldcg`` / ``__ldg`` / ``__stcg`` are plain loads and stores, ``__trap()`` aborts the launch.
 
 A fiber runs until it blocks at a barrier; a completed barrier requeues its waiters in the
@@ -35,6 +39,7 @@ a stale L1 line on the device reads fresh data here).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -52,6 +57,7 @@ RUNTIME = r"""
 // rnncu host emulation runtime (tests/kernel_emulation.py). All CUDA threads are fibers of
 // the calling host thread; see the Python module docstring for the semantics.
 #pragma once
+#include <setjmp.h>
 #include <ucontext.h>
 #include <sys/mman.h>
 #include <algorithm>
@@ -79,8 +85,9 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// Static __shared__ arrays are not emulated; dynamic ones are rewritten by the Python side.
-#define __shared__ EMULATION_SUPPORTS_ONLY_DYNAMIC_EXTERN_SHARED_MEMORY
+// The Python side rewrites every __shared__ declaration (dynamic ones into a pointer to the
+// block's buffer, static ones into ::emu::block_shared); one it could not parse stops here.
+#define __shared__ EMULATION_COULD_NOT_REWRITE_THIS_SHARED_DECLARATION
 
 namespace emu {
 struct Abort {};
@@ -94,7 +101,8 @@ struct Fiber {
   dim3 tid, bid;
   int block = 0, warp = 0, lane = 0;
   unsigned parity = 0;
-  bool done = false;
+  bool done = false, started = false;
+  jmp_buf env;  // where the fiber resumes (after its first start)
   void* stack = nullptr;
 };
 struct Exchange {
@@ -103,14 +111,22 @@ struct Exchange {
 };
 constexpr size_t kStack = 128 * 1024;
 constexpr size_t kCanary = 1024;
+// A module whose static __shared__ arrays exceed 48 KB per block fails to load on the device.
+constexpr size_t kStaticSharedLimit = 48 * 1024;
+struct StaticShared {
+  unsigned char* data = nullptr;
+  size_t bytes = 0;
+};
 struct Launch {
   std::vector<Fiber> fibers;
-  ucontext_t main_ctx;
+  ucontext_t main_ctx;  // the scheduler, for a fiber's first start only
+  jmp_buf main_env;     // the scheduler, for every later switch
   std::deque<int> ready;
   std::vector<Barrier> warp_bar, block_bar;
   Barrier grid_bar;
   std::vector<Exchange> exchange;
   std::vector<unsigned char*> smem;
+  std::vector<std::vector<StaticShared>> static_smem;  // [block][declaration slot]
   size_t smem_bytes = 0;
   int threads = 0, policy = 0;
   bool cooperative = false, failed = false;
@@ -121,6 +137,26 @@ struct Launch {
 };
 inline thread_local Launch* L = nullptr;
 inline thread_local std::string last_error;
+// Fiber stacks are kept between launches (mapping and unmapping thousands per launch was
+// most of an emulated step kernel's time); at most kStackPool are kept.
+constexpr size_t kStackPool = 8192;
+inline thread_local std::vector<void*> stack_pool;
+
+inline void* take_stack() {
+  if (!stack_pool.empty()) {
+    void* stack = stack_pool.back();
+    stack_pool.pop_back();
+    return stack;
+  }
+  void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return stack == MAP_FAILED ? nullptr : stack;
+}
+
+inline void give_back_stack(void* stack) {
+  if (stack_pool.size() < kStackPool) stack_pool.push_back(stack);
+  else munmap(stack, kStack);
+}
 
 [[noreturn]] inline void fail(const std::string& message) {
   Launch& l = *L;
@@ -158,7 +194,8 @@ inline void arrive(Barrier& b, int tag) {
     b.arrived = 0;
     requeue(waiters);
   }
-  swapcontext(&l.fibers[me].ctx, &l.main_ctx);
+  // _setjmp/_longjmp switch without the signal-mask system call of swapcontext
+  if (_setjmp(l.fibers[me].env) == 0) _longjmp(l.main_env, 1);
   if (l.failed) throw Abort{};
 }
 
@@ -215,6 +252,29 @@ inline T shfl_down(int line, unsigned mask, T value, unsigned delta, int width =
 
 inline unsigned char* dynamic_smem() { return L->smem[L->fibers[L->current].block]; }
 
+// The block's instance of the static `__shared__ A name;` declaration numbered `slot`: made
+// by the first of its threads to get there, 0xFF-filled (NaN), followed by a canary.
+template <typename A>
+inline A& block_shared(int slot) {
+  Launch& l = *L;
+  std::vector<StaticShared>& slots = l.static_smem[l.fibers[l.current].block];
+  if (slots.size() <= static_cast<size_t>(slot)) slots.resize(slot + 1);
+  StaticShared& s = slots[slot];
+  if (s.data == nullptr) {
+    size_t total = sizeof(A);
+    for (const StaticShared& other : slots) total += other.bytes;
+    if (total > kStaticSharedLimit) {
+      fail("static __shared__ arrays of " + std::to_string(total) + " bytes per block exceed "
+           "48 KB: the module would not load on the device");
+    }
+    s.bytes = sizeof(A);
+    s.data = static_cast<unsigned char*>(
+        std::aligned_alloc(256, ((sizeof(A) + kCanary + 255) / 256) * 256));
+    std::memset(s.data, 0xFF, sizeof(A) + kCanary);
+  }
+  return *reinterpret_cast<A*>(s.data);
+}
+
 inline void entry() {
   Launch& l = *L;
   try {
@@ -224,7 +284,8 @@ inline void entry() {
     l.failed = true;
     l.error = std::string("exception in a CUDA thread: ") + e.what();
   }
-  l.fibers[l.current].done = true;  // uc_link returns to the scheduler
+  l.fibers[l.current].done = true;
+  _longjmp(l.main_env, 1);  // never returns: the scheduler resumes
 }
 
 // Run `body` as a (gx, gy) grid of `threads`-thread blocks. 0 on success, else 1 and
@@ -259,6 +320,7 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
   const int total = blocks * l.threads;
   l.fibers.resize(total);
   l.block_bar.resize(blocks);
+  l.static_smem.resize(blocks);
   l.warp_bar.resize(blocks * warps_per_block);
   l.exchange.resize(blocks * warps_per_block);
   l.grid_bar.expected = total;
@@ -286,16 +348,15 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
     f.bid = dim3{static_cast<unsigned>(f.block) % gx, static_cast<unsigned>(f.block) / gx, 0};
     f.warp = f.block * warps_per_block + t / 32;
     f.lane = t % 32;
-    f.stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (f.stack == MAP_FAILED) {
+    f.stack = take_stack();
+    if (f.stack == nullptr) {
       std::fprintf(stderr, "emulation: no memory for %d fiber stacks\n", total);
       std::abort();
     }
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = &l.main_ctx;
+    f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, entry, 0);
     order.push_back(i);
   }
@@ -308,7 +369,15 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
     l.current = i;
     threadIdx = l.fibers[i].tid;
     blockIdx = l.fibers[i].bid;
-    swapcontext(&l.main_ctx, &l.fibers[i].ctx);
+    Fiber& f = l.fibers[i];
+    if (_setjmp(l.main_env) == 0) {
+      if (!f.started) {
+        f.started = true;
+        swapcontext(&l.main_ctx, &f.ctx);
+      } else {
+        _longjmp(f.env, 1);
+      }
+    }
   }
   if (!l.failed) {
     int waiting = 0;
@@ -336,8 +405,24 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
       }
     }
   }
-  for (Fiber& f : l.fibers) munmap(f.stack, kStack);
+  for (int b = 0; b < blocks && !l.failed; ++b) {
+    for (size_t slot = 0; slot < l.static_smem[b].size() && !l.failed; ++slot) {
+      const StaticShared& s = l.static_smem[b][slot];
+      for (size_t i = 0; s.data != nullptr && i < kCanary; ++i) {
+        if (s.data[s.bytes + i] != 0xFF) {
+          l.failed = true;
+          l.error = "block " + std::to_string(b) + " wrote past the end of its static __shared__"
+                    " array number " + std::to_string(slot) + " (" + std::to_string(s.bytes) +
+                    " bytes)";
+          break;
+        }
+      }
+    }
+  }
+  for (Fiber& f : l.fibers) give_back_stack(f.stack);
   for (unsigned char* buffer : l.smem) std::free(buffer);
+  for (auto& slots : l.static_smem)
+    for (StaticShared& s : slots) std::free(s.data);
   L = nullptr;
   last_error = l.error;
   return l.failed ? 1 : 0;
@@ -388,14 +473,24 @@ _EXTERN_SHARED_RE = re.compile(
 )
 
 
+_STATIC_SHARED_RE = re.compile(
+    r"__shared__\s+((?:const\s+)?[A-Za-z_][\w:]*(?:\s*<[^;>]*>)?)\s+(\w+)\s*"
+    r"((?:\[[^\]]+\])*)\s*;"
+)
+
+
 def emulated_source(filename: str) -> str:
     """``kernels/<filename>`` as read for NVRTC, with every dynamic ``extern __shared__``
-    array turned into a pointer to the emulated block's buffer."""
+    array turned into a pointer to the emulated block's buffer and every static
+    ``__shared__ T name[...];`` into a reference to the block's own instance of it."""
     source = kernel_loader.read_source(filename)
-    source, count = _EXTERN_SHARED_RE.subn(
+    source = _EXTERN_SHARED_RE.sub(
         r"\1* \2 = reinterpret_cast<\1*>(::emu::dynamic_smem());", source
     )
-    return source
+    slots = iter(range(1 << 30))
+    return _STATIC_SHARED_RE.sub(
+        lambda m: f"auto& {m[2]} = ::emu::block_shared<{m[1]}{m[3]}>({next(slots)});", source
+    )
 
 
 class Compiler:
@@ -447,38 +542,77 @@ class Compiler:
         return lib
 
 
-# ------------------------------------------------------------------ persistent kernels
-#: parameter kinds of the persistent kernels, in order: P a pointer, I an int
-FORWARD_SIGNATURE = "PPPPIIIIIII"
-BACKWARD_SIGNATURE = "PPPPPIPIPIIIIIII"
-_FORWARD_CASTS = ["(T*)", "(const T*)", "(const T*)", "(const int*)"] + ["(int)"] * 7
-_BACKWARD_CASTS = ["(T*)", "(T*)", "(const T*)", "(const T*)", "(const T*)", "(int)",
-                   "(const T*)", "(int)", "(const int*)"] + ["(int)"] * 7  # fmt: skip
-_NAME_RE = re.compile(r"^(persistent_\w+_(forward|backward))<(float|double), (\d+), (\d+)>$")
+# ----------------------------------------------------------------------- kernel families
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """The kernels of one file: how to recognise a name expression, the C++ parameter casts
+    (P = pointer, I = int in :attr:`signature`) and the block-size bound of
+    ``__launch_bounds__`` as a C++ expression."""
+
+    unit: str
+    filename: str
+    pattern: re.Pattern
+    casts: dict[str, list[str]]  # direction -> casts, ``T`` standing for the element type
+    max_threads: str  # C++ expression, may use {ctype} and the regex groups {g3}, {g4}...
+
+    def signature(self, direction: str) -> str:
+        return "".join("P" if "*" in cast else "I" for cast in self.casts[direction])
 
 
-def _dispatch(unit: str, names: Sequence[str]) -> str:
+_PERSISTENT_CASTS = {
+    "forward": ["(T*)", "(const T*)", "(const T*)", "(const int*)"] + ["(int)"] * 7,
+    "backward": ["(T*)", "(T*)", "(const T*)", "(const T*)", "(const T*)", "(int)",
+                 "(const T*)", "(int)", "(const int*)"] + ["(int)"] * 7,
+}  # fmt: skip
+_STEP_CASTS = {
+    "forward": ["(T*)", "(const T*)", "(const T*)", "(const int*)", "(int)", "(int)", "(int)"],
+    "backward": ["(T*)", "(T*)", "(const T*)", "(const T*)", "(const T*)", "(const T*)",
+                 "(const int*)", "(int)", "(int)", "(int)"],
+}  # fmt: skip
+_PERSISTENT_NAME = r"^persistent_\w+_(forward|backward)<(float|double), (\d+), (\d+)>$"
+_PERSISTENT_LIMIT = "rnncu_persistent::LaunchLimits<{ctype}, {g3}, {g4}>::kMaxThreads"
+
+
+def families() -> dict[str, Family]:
+    """Every kernel file the backend launches, by unit name."""
+    from rnncu.backend import persistent
+
+    return {
+        "step": Family(
+            "step", kernel_loader.STEP_KERNEL_FILE,
+            re.compile(r"^rnn_step_(forward|backward)<(float|double), (\d), (\d+), (\d+)>$"),
+            _STEP_CASTS, "rnncu::kStepThreads",
+        ),
+        "batch": Family("batch", persistent.BATCH_KERNEL_FILE, re.compile(_PERSISTENT_NAME),
+                        _PERSISTENT_CASTS, _PERSISTENT_LIMIT),
+        "grid": Family("grid", persistent.GRID_KERNEL_FILE, re.compile(_PERSISTENT_NAME),
+                       _PERSISTENT_CASTS, _PERSISTENT_LIMIT),
+    }  # fmt: skip
+
+
+def _dispatch(family: Family, names: Sequence[str]) -> str:
     """extern "C" emu_<unit>(name, ...): launches the instantiation called ``name``."""
     lines = [
-        f'extern "C" int emu_{unit}(const char* name, unsigned gx, unsigned gy, unsigned threads,',
-        "    unsigned long long smem, int cooperative, int policy, unsigned seed,",
-        "    const unsigned long long* a, int nargs) {",
+        f'extern "C" int emu_{family.unit}(const char* name, unsigned gx, unsigned gy,',
+        "    unsigned threads, unsigned long long smem, int cooperative, int policy,",
+        "    unsigned seed, const unsigned long long* a, int nargs) {",
     ]
     for name in names:
-        match = _NAME_RE.match(name)
+        match = family.pattern.match(name)
         if match is None:
-            raise ValueError(f"unexpected name expression {name!r}")
-        kernel, direction, ctype, kc, rb = match.groups()
-        casts = _FORWARD_CASTS if direction == "forward" else _BACKWARD_CASTS
+            raise ValueError(f"unexpected name expression {name!r} for {family.filename}")
+        direction, ctype = match[1], match[2]
+        casts = family.casts[direction]
         args = ", ".join(
             f"{cast.replace('T', ctype) if 'T*' in cast else cast}a[{i}]"
             for i, cast in enumerate(casts)
         )
+        groups = {f"g{i}": g for i, g in enumerate(match.groups(), start=1)}
+        limit = family.max_threads.format(ctype=ctype, **groups)
         lines += [
             f'  if (std::strcmp(name, "{name}") == 0) {{',
             f'    if (nargs != {len(casts)}) {{ emu::last_error = "argument count"; return 1; }}',
-            f"    using Limits = rnncu_persistent::LaunchLimits<{ctype}, {kc}, {rb}>;",
-            "    return emu::launch(gx, gy, threads, smem, cooperative != 0, Limits::kMaxThreads,",
+            f"    return emu::launch(gx, gy, threads, smem, cooperative != 0, {limit},",
             f"                       policy, seed, [=] {{ {name}({args}); }});",
             "  }",
         ]
@@ -490,63 +624,84 @@ def _dispatch(unit: str, names: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class PersistentEmulation:
-    """The persistent kernel files (``persistent_rnn.cu``, ``persistent_grid.cu``) built for
-    the host, every registered name expression callable through :meth:`launch`."""
+class KernelEmulation:
+    """The kernel files of :func:`families` (all of them, or the ``units`` named) built for
+    the host, every registered name expression callable through :meth:`launch_raw`."""
 
-    def __init__(self, directory: Path) -> None:
-        from rnncu.backend import persistent
-
-        units = {}
-        self.entry: dict[str, str] = {}
-        for variant, filename in (
-            ("batch", persistent.BATCH_KERNEL_FILE),
-            ("grid", persistent.GRID_KERNEL_FILE),
-        ):
-            names = persistent.all_name_expressions(variant)
-            units[variant] = emulated_source(filename) + "\n" + _dispatch(variant, names)
+    def __init__(self, directory: Path, units: Sequence[str] | None = None) -> None:
+        table = families()
+        registered = kernel_loader.all_name_expressions()
+        chosen = list(table) if units is None else list(units)
+        sources = {}
+        self.entry: dict[str, Family] = {}
+        for unit in chosen:
+            family = table[unit]
+            names = registered[family.filename]
+            sources[unit] = emulated_source(family.filename) + "\n" + _dispatch(family, names)
             for name in names:
-                self.entry[name] = variant
-        self.lib = Compiler(directory).build("persistent_emulation", units)
-        for variant in ("batch", "grid"):
-            function = getattr(self.lib, f"emu_{variant}")
+                self.entry[name] = family
+        self.lib = Compiler(directory).build("kernel_emulation_" + "_".join(chosen), sources)
+        for unit in chosen:
+            function = getattr(self.lib, f"emu_{unit}")
             u32, u64 = ctypes.c_uint, ctypes.c_ulonglong
             function.argtypes = [ctypes.c_char_p, u32, u32, u32, u64, ctypes.c_int,
                                  ctypes.c_int, u32, ctypes.POINTER(u64), ctypes.c_int]  # fmt: skip
             function.restype = ctypes.c_int
 
-    def launch(self, plan, args: tuple, policy: int = ASCENDING, seed: int = 0) -> None:
-        """Launch ``plan`` (a :class:`rnncu.backend.persistent.Plan`) with the kernel arguments
-        ``args`` as the backend builds them: NumPy arrays for pointers, ``numpy.int32`` for
-        ints. Raises RuntimeError with the emulator's diagnosis when the launch fails."""
-        signature = FORWARD_SIGNATURE if plan.direction == "forward" else BACKWARD_SIGNATURE
+    def signature(self, name: str) -> str:
+        family = self.entry.get(name)
+        if family is None:
+            raise KeyError(f"{name!r} is not a registered name expression of an emulated file")
+        return family.signature(family.pattern.match(name)[1])
+
+    def launch_raw(
+        self,
+        name: str,
+        grid: tuple[int, int],
+        threads: int,
+        shared_mem: int,
+        cooperative: bool,
+        args: Sequence,
+        policy: int = ASCENDING,
+        seed: int = 0,
+    ) -> None:
+        """Launch the instantiation ``name`` with the kernel arguments as a backend passes them
+        to CuPy: arrays (anything with ``__array_interface__``, read by address) or raw
+        ``numpy.uint64`` addresses for pointers, ``numpy.int32`` for ints. Raises RuntimeError
+        with the emulator's diagnosis when the launch fails."""
+        signature = self.signature(name)
         if len(args) != len(signature):
-            raise TypeError(f"{len(args)} kernel arguments, the kernel takes {len(signature)}")
+            raise TypeError(f"{name}: {len(args)} kernel arguments, the kernel takes "
+                            f"{len(signature)}")  # fmt: skip
         slots = []
         for index, (kind, value) in enumerate(zip(signature, args, strict=True)):
             if kind == "P":
-                if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
-                    raise TypeError(f"argument {index} must be a contiguous array, got {value!r}")
-                slots.append(value.ctypes.data)
+                slots.append(_address(name, index, value))
             else:
                 if not isinstance(value, np.int32):
-                    raise TypeError(f"argument {index} must be numpy.int32, got {value!r}")
+                    raise TypeError(f"{name}: argument {index} must be numpy.int32, got {value!r}")
                 slots.append(int(value) & 0xFFFFFFFF)
         buffer = (ctypes.c_ulonglong * len(slots))(*slots)
-        function = getattr(self.lib, f"emu_{self.entry[plan.name_expression]}")
-        rc = function(
-            plan.name_expression.encode(),
-            plan.grid[0],
-            plan.grid[1],
-            plan.threads,
-            plan.shared_mem,
-            int(plan.cooperative),
-            policy,
-            seed,
-            buffer,
-            len(slots),
-        )
+        function = getattr(self.lib, f"emu_{self.entry[name].unit}")
+        rc = function(name.encode(), grid[0], grid[1], threads, shared_mem, int(cooperative),
+                      policy, seed, buffer, len(slots))  # fmt: skip
         if rc != 0:
-            raise RuntimeError(
-                f"{plan.name_expression}: {self.lib.emu_last_error().decode(errors='replace')}"
-            )
+            raise RuntimeError(f"{name}: {self.lib.emu_last_error().decode(errors='replace')}")
+
+    def launch(self, plan, args: tuple, policy: int = ASCENDING, seed: int = 0) -> None:
+        """Launch a persistent ``plan`` (:class:`rnncu.backend.persistent.Plan`) with the
+        argument tuple the backend builds for it."""
+        self.launch_raw(plan.name_expression, plan.grid, plan.threads, plan.shared_mem,
+                        plan.cooperative, args, policy, seed)  # fmt: skip
+
+
+def _address(name: str, index: int, value) -> int:
+    """The device address a CuPy launch would pass for a pointer argument."""
+    if isinstance(value, np.uint64):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise TypeError(f"{name}: argument {index} must be a contiguous array")
+        return value.ctypes.data
+    raise TypeError(f"{name}: argument {index} must be an array or numpy.uint64 address, "
+                    f"got {type(value).__name__}")  # fmt: skip

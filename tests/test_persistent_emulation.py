@@ -9,12 +9,11 @@ launch. No GPU needed; skipped only where g++ is missing."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
 from device_limits import H200
-from kernel_emulation import ASCENDING, DESCENDING, RANDOM, PersistentEmulation
+from kernel_emulation import ASCENDING, DESCENDING, RANDOM, KernelEmulation
 
 from rnncu.backend import persistent
 from rnncu.backend.numpy_backend import NumpyBackend
@@ -30,11 +29,9 @@ REFERENCE = NumpyBackend()
 MARGIN = 64  # guard elements on each side of every array
 
 
-@pytest.fixture(scope="module")
-def emulation(tmp_path_factory: pytest.TempPathFactory) -> PersistentEmulation:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not found: the host emulation of the persistent kernels needs it")
-    return PersistentEmulation(tmp_path_factory.mktemp("persistent_emulation"))
+@pytest.fixture
+def emulation(kernel_emulation: KernelEmulation) -> KernelEmulation:
+    return kernel_emulation
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -82,7 +79,7 @@ def _problem(rng: np.random.Generator, steps: int, batch: int, hidden: int, dtyp
 
 
 def run_forward(
-    emulation: PersistentEmulation,
+    emulation: KernelEmulation,
     plan: Plan,
     z: np.ndarray,
     w_hh: np.ndarray,
@@ -116,7 +113,7 @@ def run_forward(
 
 
 def run_backward(
-    emulation: PersistentEmulation,
+    emulation: KernelEmulation,
     plan: Plan,
     states: np.ndarray,
     w_hh: np.ndarray,
@@ -157,7 +154,7 @@ def run_backward(
 
 
 def check_case(
-    emulation: PersistentEmulation,
+    emulation: KernelEmulation,
     rng: np.random.Generator,
     steps: int,
     batch: int,
@@ -218,7 +215,7 @@ ALL_GRADIENTS = ((True, True), (False, False), (True, False), (False, True))
     ],
 )
 def test_planned_launch_matches_numpy(
-    emulation: PersistentEmulation,
+    emulation: KernelEmulation,
     rng: np.random.Generator,
     steps: int,
     batch: int,
@@ -259,7 +256,7 @@ CANDIDATE_SHAPES = [(3, 3, 33), (3, 3, 36), (2, 5, 17)]
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_instantiation_matches_numpy(
-    emulation: PersistentEmulation, rng: np.random.Generator, dtype
+    emulation: KernelEmulation, rng: np.random.Generator, dtype
 ) -> None:
     """Every launch shape the planner considers (not only the one it picks), so that every
     (variant, KC, RB) instantiation runs, with ks from 1 to 8 and several unit slicings."""
@@ -299,7 +296,7 @@ def test_every_instantiation_matches_numpy(
 
 
 @pytest.mark.parametrize("variant", ["batch", "grid"])
-def test_zero_steps(emulation: PersistentEmulation, rng: np.random.Generator, variant) -> None:
+def test_zero_steps(emulation: KernelEmulation, rng: np.random.Generator, variant) -> None:
     """T = 0: the forward launch changes nothing; the backward one still writes grad_h0
     (grad_h_last, or zeros)."""
     batch, hidden, dtype = 3, 36, np.float32
@@ -321,7 +318,7 @@ def test_zero_steps(emulation: PersistentEmulation, rng: np.random.Generator, va
 # -------------------------------------------------------------- determinism, alignment
 @pytest.mark.parametrize(("batch", "hidden", "variant"), [(5, 33, "batch"), (3, 129, "grid")])
 def test_bitwise_identical_under_every_schedule(
-    emulation: PersistentEmulation, rng: np.random.Generator, batch, hidden, variant
+    emulation: KernelEmulation, rng: np.random.Generator, batch, hidden, variant
 ) -> None:
     """The same launch, with the fibers resumed in ascending, descending and random orders
     after every barrier (a race between two threads would see the accesses in opposite
@@ -349,7 +346,7 @@ def test_bitwise_identical_under_every_schedule(
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_views_that_are_not_16_byte_aligned(
-    emulation: PersistentEmulation, rng: np.random.Generator, dtype
+    emulation: KernelEmulation, rng: np.random.Generator, dtype
 ) -> None:
     """C-contiguous states and h0 that start one element past a 16-byte boundary (a view such
     as flat[1:].reshape(T, B, H)) with H a multiple of the vector width: the grid kernels'
@@ -382,7 +379,7 @@ def test_plans_respect_the_grid_y_limit() -> None:
 
 # ----------------------------------------------------------------- the emulator itself
 def test_emulator_reports_bad_launches(
-    emulation: PersistentEmulation, rng: np.random.Generator
+    emulation: KernelEmulation, rng: np.random.Generator
 ) -> None:
     """The emulation is a checker, not only a calculator: launches that would fail or
     misbehave on the device raise with a diagnosis."""
