@@ -342,12 +342,12 @@ def _cuda_version(code: int) -> str:
 
 
 def _check_device_array(name: str, array: Any) -> None:
-    if isinstance(array, np.ndarray):
-        raise TypeError(
-            f"mixed devices: {name} is a numpy.ndarray, the cupy backend needs cupy arrays; "
-            "convert with rnncu.get_backend('cupy').asarray(...)"
-        )
     if not isinstance(array, cupy.ndarray):
+        if isinstance(array, np.ndarray):
+            raise TypeError(
+                f"mixed devices: {name} is a numpy.ndarray, the cupy backend needs cupy "
+                "arrays; convert with rnncu.get_backend('cupy').asarray(...)"
+            )
         raise TypeError(f"{name}: expected a cupy.ndarray, got {type(array).__name__}")
     current = cupy.cuda.runtime.getDevice()
     if array.device.id != current:

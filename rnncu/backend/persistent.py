@@ -425,15 +425,19 @@ def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
     key = (plan.name_expression, plan.threads, plan.shared_mem, device_id)
     blocks = _occupancy_cache.get(key)
     if blocks is None:
-        from cupy_backends.cuda.api import driver
-
-        blocks = int(
-            driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                kernel.kernel.ptr, plan.threads, plan.shared_mem
-            )
-        )
+        blocks = _occupancy(kernel, plan.threads, plan.shared_mem)
         _occupancy_cache[key] = blocks
     return blocks
+
+
+def _occupancy(kernel: Any, threads: int, shared_mem: int) -> int:
+    """The occupancy API's co-resident blocks per multiprocessor of ``kernel`` (a
+    :class:`cupy.RawKernel`) launched with ``threads`` threads and ``shared_mem`` bytes."""
+    from cupy_backends.cuda.api import driver
+
+    return int(
+        driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, threads, shared_mem)
+    )
 
 
 def _dummy(device_id: int, dtype: Any) -> Any:

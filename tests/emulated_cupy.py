@@ -1,0 +1,363 @@
+"""An emulated CUDA device for the CuPy backend, so that its host code runs end to end on a
+machine without a GPU: ``rnncu.backend.cupy_backend.CupyBackend`` and
+``rnncu.backend.persistent``, unchanged, over a stand-in ``cupy`` module whose arrays live in
+host memory and whose kernels run in the host emulation of ``tests/kernel_emulation.py``.
+
+What is real: every line of the backend (argument checks, dispatch between the step and the
+persistent paths, tile choice, launch plans, pointer arithmetic, ping-pong buffers, dummy
+arguments, the kernels' C++ source). What is stood in for: CuPy's array module (NumPy under
+a :class:`DeviceArray` subclass), the device's properties (an H200's, see
+``tests/device_limits.py``), the occupancy API (an estimate), and NVRTC (g++).
+
+The stand-in is strict where CuPy is strict, so host arrays leaking into device code fail
+here as they would on a GPU: a NumPy array mixed with a device array in an operation raises
+TypeError, and ``cupy.empty`` memory starts as NaN bits (all bytes 0xFF), so an element a
+kernel should write but does not shows up as NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from device_limits import H200
+from kernel_emulation import ASCENDING, KernelEmulation
+
+import rnncu.backend as backend_package
+from rnncu.backend import kernel_loader, persistent
+
+DEVICE_ID = 0
+
+
+class DeviceArray(np.ndarray):
+    """A host array posing as a ``cupy.ndarray`` on emulated device 0 (its module name is
+    ``cupy``, which is how ``rnncu.backend.backend_for`` recognises a CuPy array)."""
+
+    __module__ = "cupy"
+
+    @property
+    def data(self) -> Any:  # cupy.cuda.MemoryPointer: only .ptr is used
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
+    def device(self) -> Device:
+        return Device(DEVICE_ID)
+
+    def get(self) -> np.ndarray:
+        """A host copy, as ``cupy.ndarray.get()``."""
+        return np.array(self.view(np.ndarray), copy=True)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(_unwrap(o, ufunc.__name__) for o in out)
+        result = getattr(ufunc, method)(*(_unwrap(x, ufunc.__name__) for x in inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(result)
+
+    def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
+        name = getattr(func, "__name__", "function")
+        args = _unwrap_tree(args, name)
+        kwargs = _unwrap_tree(kwargs, name)
+        return _wrap(func(*args, **kwargs))
+
+
+def _unwrap(value: Any, what: str) -> Any:
+    if isinstance(value, DeviceArray):
+        return value.view(np.ndarray)
+    if isinstance(value, np.ndarray):
+        raise TypeError(
+            f"emulated cupy: {what} got a numpy.ndarray mixed with device arrays "
+            "(CuPy raises TypeError: Unsupported type <class 'numpy.ndarray'>)"
+        )
+    return value
+
+
+def _unwrap_tree(value: Any, what: str) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap_tree(v, what) for v in value)
+    if isinstance(value, dict):
+        return {k: _unwrap_tree(v, what) for k, v in value.items()}
+    return _unwrap(value, what)
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+        return value.view(DeviceArray)
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _device_function(function: Any) -> Any:
+    """A NumPy function as a CuPy one: device arrays in (host arrays rejected), device out."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        name = getattr(function, "__name__", "function")
+        return _wrap(function(*_unwrap_tree(args, name), **_unwrap_tree(kwargs, name)))
+
+    return call
+
+
+def _poisoned(shape: Any, dtype: Any = float) -> DeviceArray:
+    """Uninitialised device memory: all bytes 0xFF (NaN in float32 and float64)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    raw = np.full(int(np.prod(shape)) * dtype.itemsize, 0xFF, dtype=np.uint8)
+    return raw.view(dtype).reshape(shape).view(DeviceArray)
+
+
+class Device:
+    """``cupy.cuda.Device``: the emulated device 0."""
+
+    def __init__(self, device_id: int = DEVICE_ID) -> None:
+        if device_id != DEVICE_ID:
+            raise RuntimeError(f"emulated cupy has one device (0), asked for {device_id}")
+        self.id = device_id
+        self.compute_capability = "".join(map(str, H200.compute_capability))
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
+class _Runtime:
+    """``cupy.cuda.runtime``: what the backend and ``DeviceLimits.from_device`` ask."""
+
+    cudaDevAttrMultiProcessorCount = 16
+    cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+    cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81
+    cudaDevAttrMaxRegistersPerMultiprocessor = 82
+    cudaDevAttrMaxThreadsPerMultiProcessor = 39
+    cudaDevAttrMaxBlocksPerMultiprocessor = 106
+    cudaDevAttrCooperativeLaunch = 95
+    cudaDevAttrReservedSharedMemoryPerBlock = 111
+
+    _ATTRIBUTES = {
+        16: H200.sm_count,
+        97: H200.smem_per_block_optin,
+        81: H200.smem_per_sm,
+        82: H200.regs_per_sm,
+        39: H200.max_threads_per_sm,
+        106: H200.max_blocks_per_sm,
+        95: int(H200.cooperative_launch),
+        111: H200.reserved_smem_per_block,
+    }
+
+    @staticmethod
+    def getDevice() -> int:  # noqa: N802 - CuPy's name
+        return DEVICE_ID
+
+    @staticmethod
+    def getDeviceCount() -> int:  # noqa: N802
+        return 1
+
+    @staticmethod
+    def getDeviceProperties(device_id: int) -> dict[str, Any]:  # noqa: N802
+        Device(device_id)
+        major, minor = H200.compute_capability
+        return {
+            "name": b"Emulated H200 (host fibers)",
+            "major": major,
+            "minor": minor,
+            "multiProcessorCount": H200.sm_count,
+            "totalGlobalMem": 141 * 2**30,
+        }
+
+    def deviceGetAttribute(self, attribute: int, device_id: int) -> int:  # noqa: N802
+        Device(device_id)
+        return self._ATTRIBUTES[attribute]
+
+    @staticmethod
+    def runtimeGetVersion() -> int:  # noqa: N802
+        return 13000
+
+    @staticmethod
+    def driverGetVersion() -> int:  # noqa: N802
+        return 13000
+
+
+class _Generator:
+    """``cupy.random.Generator`` over NumPy's: draws land on the device."""
+
+    def __init__(self, seed: Any = None) -> None:
+        self._generator = np.random.default_rng(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        return _device_function(getattr(self._generator, name))
+
+
+class _Stream:
+    def synchronize(self) -> None:
+        return None
+
+
+class CompileException(Exception):
+    """``cupy.cuda.compiler.CompileException``."""
+
+
+def _asarray(array: Any, dtype: Any = None, order: Any = None) -> DeviceArray:
+    if isinstance(array, DeviceArray):
+        return array if dtype is None or array.dtype == np.dtype(dtype) else array.astype(dtype)
+    return np.array(array, dtype=dtype, order=order or "K", copy=True).view(DeviceArray)
+
+
+def _asnumpy(array: Any) -> np.ndarray:
+    if isinstance(array, DeviceArray):
+        return array.get()
+    return np.asarray(array)
+
+
+def _empty_like(prototype: Any, dtype: Any = None, shape: Any = None) -> DeviceArray:
+    return _poisoned(prototype.shape if shape is None else shape, dtype or prototype.dtype)
+
+
+def make_module() -> types.ModuleType:
+    """A fresh stand-in ``cupy`` module: CuPy's names the backend uses, the rest of NumPy's
+    namespace as device functions."""
+    module = types.ModuleType("cupy", "emulated cupy (tests/emulated_cupy.py)")
+    module.__version__ = "emulated"
+    module.ndarray = DeviceArray
+    module.asarray = _asarray
+    module.array = _asarray
+    module.asnumpy = _asnumpy
+    module.empty = _poisoned
+    module.empty_like = _empty_like
+    module.random = types.SimpleNamespace(default_rng=_Generator)
+    runtime = _Runtime()
+    module.cuda = types.SimpleNamespace(
+        runtime=runtime,
+        Device=Device,
+        get_current_stream=_Stream,
+        compiler=types.SimpleNamespace(CompileException=CompileException),
+    )
+
+    def fallback(name: str) -> Any:
+        value = getattr(np, name)
+        if callable(value) and not isinstance(value, type):
+            return _device_function(value)
+        return value
+
+    module.__getattr__ = fallback
+    return module
+
+
+def _import_cupy_backend() -> types.ModuleType:
+    """``rnncu.backend.cupy_backend``; where CuPy is not installed, imported against a
+    stand-in (the module binds ``cupy`` at import), so the emulated suite runs there too."""
+    try:
+        from rnncu.backend import cupy_backend
+    except ModuleNotFoundError as exc:
+        if exc.name != "cupy":
+            raise
+        sys.modules["cupy"] = make_module()
+        try:
+            from rnncu.backend import cupy_backend
+        finally:
+            del sys.modules["cupy"]
+    return cupy_backend
+
+
+cupy_backend = _import_cupy_backend()
+
+
+class EmulatedKernel:
+    """A ``cupy.RawKernel`` whose launches run in the host emulation."""
+
+    def __init__(self, emulation: KernelEmulation, filename: str, name: str) -> None:
+        self.emulation = emulation
+        self.name = name
+        self.cooperative = kernel_loader.module_spec(filename, name).cooperative
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.kernel = types.SimpleNamespace(ptr=id(self))
+        self.launches = 0
+
+    def __call__(
+        self, grid: tuple, block: tuple, args: tuple, *, shared_mem: int = 0, **kwargs: Any
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"emulated RawKernel: unexpected keyword arguments {sorted(kwargs)}")
+        grid, block = tuple(grid), tuple(block)
+        if len(grid) != 3 or grid[2] != 1 or len(block) != 3 or block[1:] != (1, 1):
+            raise ValueError(f"{self.name}: the emulation runs grids (x, y, 1) of blocks "
+                             f"(x, 1, 1), got grid {grid} block {block}")  # fmt: skip
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise RuntimeError(
+                f"{self.name}: {shared_mem} bytes of dynamic shared memory requested but the "
+                f"kernel's limit is {self.max_dynamic_shared_size_bytes} "
+                "(CUDA_ERROR_INVALID_VALUE on a device)"
+            )
+        for index, value in enumerate(args):
+            if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+                raise TypeError(f"{self.name}: argument {index} is a host numpy.ndarray")
+        self.launches += 1
+        self.emulation.launch_raw(self.name, grid[:2], block[0], shared_mem, self.cooperative,
+                                  args, EmulatedDevice.policy, EmulatedDevice.seed)  # fmt: skip
+
+
+class EmulatedDevice:
+    """Installs the stand-in: ``with EmulatedDevice(emulation).installed(monkeypatch):``
+    makes ``import cupy`` (in ``rnncu.backend`` and ``rnncu.backend.persistent``),
+    ``cupy_backend.cupy`` and ``CupyBackend.xp`` the stand-in, so that
+    ``rnncu.get_backend("cupy")`` answers with a backend on the emulated device;
+    ``kernel_loader.get_kernel`` returns :class:`EmulatedKernel` objects; the per-device
+    caches start empty. Everything is restored on exit, so nothing leaks into a real-device
+    test in the same process."""
+
+    #: schedule order and seed of every launch (see tests/kernel_emulation.py)
+    policy = ASCENDING
+    seed = 0
+
+    def __init__(self, emulation: KernelEmulation) -> None:
+        self.emulation = emulation
+        self.module = make_module()
+        self.kernels: dict[tuple[str, str], EmulatedKernel] = {}
+
+    def get_kernel(self, filename: str, name: str) -> EmulatedKernel:
+        key = (filename, name)
+        if key not in self.kernels:
+            self.kernels[key] = EmulatedKernel(self.emulation, filename, name)
+        return self.kernels[key]
+
+    def launches(self, filename: str) -> int:
+        """Launches so far of the kernels of one file."""
+        return sum(k.launches for (f, _), k in self.kernels.items() if f == filename)
+
+    @contextmanager
+    def installed(self, monkeypatch: Any) -> Iterator[EmulatedDevice]:
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, "cupy", self.module)
+            patch.setitem(sys.modules, "cupy.cuda", self.module.cuda)
+            patch.setitem(sys.modules, "cupy.cuda.runtime", self.module.cuda.runtime)
+            patch.setattr(cupy_backend, "cupy", self.module)
+            patch.setattr(cupy_backend.CupyBackend, "xp", self.module)
+            patch.setattr(kernel_loader, "get_kernel", self.get_kernel)
+            patch.setattr(persistent, "_occupancy", _estimated_occupancy)
+            for cache in ("_limits_cache", "_occupancy_cache", "_dummy_cache"):
+                patch.setattr(persistent, cache, {})
+            # rnncu.get_backend("cupy" | "auto") and backend_for(device array) see the device
+            patch.setattr(backend_package, "_instances", {})
+            patch.setattr(backend_package, "_current", None)
+            yield self
+
+
+def _estimated_occupancy(kernel: EmulatedKernel, threads: int, shared_mem: int) -> int:
+    """What the occupancy API would answer, from the block's threads and shared memory (the
+    emulation has no register count; the planner's own estimate covers registers)."""
+    by_threads = H200.max_threads_per_sm // threads
+    by_smem = H200.smem_per_sm // (shared_mem + H200.reserved_smem_per_block)
+    return max(0, min(by_threads, by_smem, H200.max_blocks_per_sm))

@@ -1,0 +1,287 @@
+"""The CuPy backend's own code, end to end, on an emulated device (tests/emulated_cupy.py): the
+real ``CupyBackend`` and ``rnncu.backend.persistent`` (argument checks, step/persistent
+dispatch, tiles, launch plans, pointers, ping-pong buffers) over a stand-in ``cupy`` whose
+kernels are the real ``kernels/*.cu`` run by the host emulation, compared with the NumPy
+backend. Outputs start as NaN bits (the stand-in's ``cupy.empty``), inputs are fresh random
+draws. No GPU needed; skipped only where g++ is missing. The same comparisons on a real
+device are tests/test_cupy_backend.py (marker ``gpu``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from emulated_cupy import EmulatedDevice
+from kernel_emulation import ASCENDING, DESCENDING, RANDOM, KernelEmulation
+
+from rnncu.backend import kernel_loader, persistent
+from rnncu.backend.cupy_backend import CupyBackend
+from rnncu.backend.numpy_backend import NumpyBackend
+
+REFERENCE = NumpyBackend()
+TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+# (T, B, H): H in {1, 7, 33, 257}, B in {1, odd}; the emulation runs every CUDA thread as a
+# fiber, so T stays short here (the device suite runs T = 2000)
+SHAPES = [(1, 1, 1), (3, 1, 7), (4, 7, 33), (2, 3, 257)]
+CONFIGS = [("tanh", False, False), ("relu", True, True), ("tanh", True, True)]
+
+
+@pytest.fixture
+def device(kernel_emulation: KernelEmulation, monkeypatch: pytest.MonkeyPatch):
+    with EmulatedDevice(kernel_emulation).installed(monkeypatch) as installed:
+        yield installed
+
+
+def _inputs(rng: np.random.Generator, shape, dtype, use_lengths: bool) -> dict:
+    steps, batch, hidden = shape
+    lengths = None
+    if use_lengths:
+        lengths = rng.integers(1, steps + 1, batch).astype(np.int32)
+        lengths[0] = steps
+    return {
+        "z": rng.standard_normal(shape).astype(dtype),
+        "w_hh": (rng.uniform(-1.0, 1.0, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype),
+        "h0": rng.standard_normal((batch, hidden)).astype(dtype),
+        "lengths": lengths,
+        "grad_states": rng.standard_normal(shape).astype(dtype),
+        "grad_h_last": rng.standard_normal((batch, hidden)).astype(dtype),
+    }
+
+
+def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    rtol = TOL[expected.dtype]
+    atol = rtol * max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    assert type(actual) is np.ndarray and actual.dtype == expected.dtype, what
+    assert not np.isnan(actual).any(), f"{what}: NaN left (an element was never written)"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def _run(backend: CupyBackend, device: EmulatedDevice, data: dict, nonlinearity: str,
+         reverse: bool, grads: tuple[bool, bool]) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """Forward then backward on the emulated device; host copies of (h, grad_z, grad_h0)."""
+    cp = device.module
+
+    def dev(name: str):
+        return None if data[name] is None else cp.asarray(data[name])
+
+    states = dev("z")
+    w_hh, h0, lengths = dev("w_hh"), dev("h0"), dev("lengths")
+    backend.recurrence_forward(states, w_hh, h0, lengths, nonlinearity, reverse)
+    grad_z, grad_h0 = backend.recurrence_backward(
+        states, w_hh, h0,
+        dev("grad_states") if grads[0] else None, dev("grad_h_last") if grads[1] else None,
+        lengths, nonlinearity, reverse,
+    )  # fmt: skip
+    return cp.asnumpy(states), cp.asnumpy(grad_z), cp.asnumpy(grad_h0)
+
+
+def _reference(data: dict, nonlinearity: str, reverse: bool, grads: tuple[bool, bool]):
+    states = data["z"].copy()
+    REFERENCE.recurrence_forward(
+        states, data["w_hh"], data["h0"], data["lengths"], nonlinearity, reverse
+    )
+    grad_z, grad_h0 = REFERENCE.recurrence_backward(
+        states, data["w_hh"], data["h0"],
+        data["grad_states"] if grads[0] else None, data["grad_h_last"] if grads[1] else None,
+        data["lengths"], nonlinearity, reverse,
+    )  # fmt: skip
+    return states, grad_z, grad_h0
+
+
+# ----------------------------------------------------------------------------- recurrence
+@pytest.mark.parametrize("mode", ["step", "persistent"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("nonlinearity", "reverse", "use_lengths"), CONFIGS)
+def test_recurrence_matches_numpy(
+    device, rng, mode, dtype, shape, nonlinearity, reverse, use_lengths
+) -> None:
+    if shape[2] == 257 and (dtype == np.float64 or nonlinearity == "relu"):
+        pytest.skip("H = 257 runs for float32 tanh only, to keep the emulated suite short")
+    data = _inputs(rng, shape, dtype, use_lengths)
+    grads = (True, not use_lengths)  # both gradients, or grad_h_last absent
+    backend = CupyBackend(recurrence=mode)
+    actual = _run(backend, device, data, nonlinearity, reverse, grads)
+    expected = _reference(data, nonlinearity, reverse, grads)
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, f"{mode} {what}")
+    step_launches = device.launches(kernel_loader.STEP_KERNEL_FILE)
+    persistent_launches = device.launches(persistent.BATCH_KERNEL_FILE) + device.launches(
+        persistent.GRID_KERNEL_FILE
+    )
+    if mode == "step":  # one launch per step and direction, nothing persistent
+        assert (step_launches, persistent_launches) == (2 * shape[0], 0)
+    else:  # one launch per direction, no step kernel
+        assert (step_launches, persistent_launches) == (0, 2)
+
+
+@pytest.mark.parametrize("grads", [(False, False), (True, False), (False, True)])
+def test_absent_gradients_are_zeros(device, rng, grads) -> None:
+    data = _inputs(rng, (3, 5, 33), np.float64, use_lengths=True)
+    for mode in ("step", "persistent"):
+        actual = _run(CupyBackend(recurrence=mode), device, data, "tanh", False, grads)
+        expected = _reference(data, "tanh", False, grads)
+        for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+            _close(a, e, f"{mode} {what} with gradients {grads}")
+
+
+def test_auto_uses_persistent_where_it_fits_and_steps_elsewhere(device, rng) -> None:
+    fits = (2, 3, 33)
+    data = _inputs(rng, fits, np.float32, use_lengths=False)
+    assert persistent.supports(fits, np.float32)
+    _run(CupyBackend(recurrence="auto"), device, data, "tanh", False, (True, True))
+    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+    # float64 at B = 33 stops fitting on chip at H = 421 on an H200
+    too_big = (1, 33, 421)
+    assert not persistent.supports(too_big, np.float64)
+    data = _inputs(rng, too_big, np.float64, use_lengths=True)
+    actual = _run(CupyBackend(recurrence="auto"), device, data, "relu", True, (True, True))
+    expected = _reference(data, "relu", True, (True, True))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, f"auto fallback {what}")
+    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 2
+    with pytest.raises(ValueError, match="persistent recurrence not applicable"):
+        _run(CupyBackend(recurrence="persistent"), device, data, "relu", True, (True, True))
+
+
+@pytest.mark.parametrize("mode", ["step", "persistent"])
+def test_every_schedule_gives_identical_bits(device, rng, mode) -> None:
+    """A race between threads changes results between schedule orders (kernel_emulation)."""
+    data = _inputs(rng, (3, 7, 65), np.float32, use_lengths=True)
+    results = []
+    for policy in (ASCENDING, DESCENDING, RANDOM):
+        device.policy = policy
+        device.seed = 7
+        results.append(_run(CupyBackend(recurrence=mode), device, data, "tanh", False, (1, 1)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_zero_steps(device, rng) -> None:
+    data = _inputs(rng, (0, 3, 7), np.float32, use_lengths=False)
+    for mode in ("step", "persistent", "auto"):
+        states, grad_z, grad_h0 = _run(CupyBackend(recurrence=mode), device, data, "tanh",
+                                       False, (True, True))  # fmt: skip
+        assert states.shape == grad_z.shape == (0, 3, 7)
+        np.testing.assert_array_equal(grad_h0, data["grad_h_last"])
+
+
+# --------------------------------------------------------------------------- bad arguments
+def test_host_arrays_are_a_mixed_device_error(device, rng) -> None:
+    data = _inputs(rng, (2, 3, 7), np.float32, use_lengths=False)
+    cp = device.module
+    backend = CupyBackend(recurrence="step")
+    with pytest.raises(TypeError, match="mixed devices: w_hh is a numpy.ndarray"):
+        backend.recurrence_forward(cp.asarray(data["z"]), data["w_hh"], cp.asarray(data["h0"]),
+                                   None, "tanh", False)  # fmt: skip
+    with pytest.raises(TypeError, match="lengths: expected int32"):
+        backend.recurrence_forward(
+            cp.asarray(data["z"]), cp.asarray(data["w_hh"]), cp.asarray(data["h0"]),
+            cp.asarray(np.array([2, 1, 2], np.int64)), "tanh", False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"h0: expected shape \(3, 7\)"):
+        backend.recurrence_forward(cp.asarray(data["z"]), cp.asarray(data["w_hh"]),
+                                   cp.asarray(data["h0"][:2]), None, "tanh", False)  # fmt: skip
+    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+
+
+def test_non_contiguous_operands_are_copied_once(device, rng) -> None:
+    """A transposed W_hh view is made contiguous before the step loop, not read strided."""
+    data = _inputs(rng, (3, 2, 7), np.float64, use_lengths=False)
+    cp = device.module
+    w_t = cp.asarray(np.ascontiguousarray(data["w_hh"].T)).T  # a non-contiguous view of W_hh
+    states = cp.asarray(data["z"])
+    CupyBackend(recurrence="step").recurrence_forward(states, w_t, cp.asarray(data["h0"]),
+                                                      None, "tanh", False)  # fmt: skip
+    expected = _reference(data, "tanh", False, (True, True))[0]
+    _close(cp.asnumpy(states), expected, "states from a strided w_hh")
+
+
+# ---------------------------------------------------------------------------- layer level
+@pytest.mark.parametrize("mode", ["step", "persistent"])
+@pytest.mark.parametrize(
+    ("dtype", "config", "use_lengths"),
+    [
+        ("float64", {"nonlinearity": "tanh", "num_layers": 2, "bidirectional": True}, True),
+        ("float32", {"nonlinearity": "relu", "num_layers": 1, "batch_first": True}, False),
+    ],
+)
+def test_layer_matches_numpy(device, rng, mode, dtype, config, use_lengths) -> None:
+    import rnncu
+
+    steps, batch, features, hidden = 5, 3, 4, 33
+    backend = CupyBackend(recurrence=mode)
+    cpu = rnncu.RNN(features, hidden, dtype=dtype, backend="numpy", seed=0, **config)
+    emulated = rnncu.RNN(features, hidden, dtype=dtype, backend=backend, seed=1, **config)
+    emulated.load_state_dict(cpu.state_dict())
+    directions = 2 if config.get("bidirectional") else 1
+    x_shape = (batch, steps, features) if config.get("batch_first") else (steps, batch, features)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    h0 = rng.standard_normal((config["num_layers"] * directions, batch, hidden)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, batch) if use_lengths else None
+    if lengths is not None:
+        lengths[0] = steps
+    cp = device.module
+
+    out_ref, hn_ref = cpu(x, h0, lengths)
+    out, hn = emulated(cp.asarray(x), cp.asarray(h0), lengths)
+    _close(cp.asnumpy(out), out_ref, "out")
+    _close(cp.asnumpy(hn), hn_ref, "h_n")
+
+    dout = rng.standard_normal(out_ref.shape).astype(dtype)
+    dhn = rng.standard_normal(hn_ref.shape).astype(dtype)
+    dx_ref, dh0_ref = cpu.backward(dout, dhn)
+    dx, dh0 = emulated.backward(cp.asarray(dout), cp.asarray(dhn))
+    _close(cp.asnumpy(dx), dx_ref, "dx")
+    _close(cp.asnumpy(dh0), dh0_ref, "dh0")
+    assert set(emulated.grads) == set(cpu.grads)
+    for name, grad in cpu.grads.items():
+        _close(cp.asnumpy(emulated.grads[name]), grad, f"grads[{name!r}]")
+    if mode == "step":
+        assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
+
+
+def test_layer_rejects_host_input(device, rng) -> None:
+    import rnncu
+
+    layer = rnncu.RNN(3, 7, backend=CupyBackend(), seed=0)
+    with pytest.raises(TypeError, match="mixed devices|cupy"):
+        layer(rng.standard_normal((4, 2, 3)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------- training
+@pytest.mark.parametrize(("task", "seq"), [("classify", "rows"), ("generate", "rows")])
+def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> None:
+    """Two epochs of the trainer (tests/test_train_gpu.py on a real device): float64 weights
+    and metrics on the emulated device equal the NumPy backend's to rounding. The classifier
+    that judges generated samples gets one epoch at H = 16 here (on both backends), to keep
+    the emulation short."""
+    from rnncu import trainer
+    from rnncu.trainer import make_config, train
+
+    judge_config = trainer.classifier_config
+    monkeypatch.setattr(
+        trainer,
+        "classifier_config",
+        lambda config: dataclasses.replace(judge_config(config), epochs=1, hidden=16),
+    )
+    results = {}
+    for backend in ("numpy", "cupy"):
+        config = make_config(
+            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
+        )
+        results[backend] = train(config, out_dir=None, progress=False, plots=False)
+    assert results["cupy"].model.backend.xp is device.module
+    assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
+    weights_numpy = results["numpy"].model.state_dict()
+    weights_cupy = results["cupy"].model.state_dict()
+    assert list(weights_numpy) == list(weights_cupy)
+    for name, value in weights_numpy.items():
+        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
+    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
+        if key in results["numpy"].metrics:
+            assert results["cupy"].metrics[key] == pytest.approx(
+                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
+            ), key
