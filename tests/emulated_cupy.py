@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,6 +207,27 @@ class _Stream:
         return None
 
 
+class _Event:
+    """``cupy.cuda.Event``: the host clock at ``record()`` (the emulation runs synchronously)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.time: float | None = None
+
+    def record(self, stream: Any = None) -> None:
+        self.time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        if self.time is None:
+            raise RuntimeError("emulated cupy: synchronize() on an event never recorded")
+
+
+def _elapsed_ms(start: _Event, stop: _Event) -> float:
+    """``cupy.cuda.get_elapsed_time``."""
+    if start.time is None or stop.time is None:
+        raise RuntimeError("emulated cupy: get_elapsed_time() of an event never recorded")
+    return (stop.time - start.time) * 1e3
+
+
 class CompileException(Exception):
     """``cupy.cuda.compiler.CompileException``."""
 
@@ -243,6 +265,8 @@ def make_module() -> types.ModuleType:
         runtime=runtime,
         Device=Device,
         get_current_stream=_Stream,
+        Event=_Event,
+        get_elapsed_time=_elapsed_ms,
         compiler=types.SimpleNamespace(CompileException=CompileException),
     )
 
