@@ -145,6 +145,30 @@ def test_auto_uses_persistent_where_it_fits_and_steps_elsewhere(device, rng) -> 
         _run(CupyBackend(recurrence="persistent"), device, data, "relu", True, (True, True))
 
 
+def _boundary(dtype, batch: int) -> int:
+    """The smallest H whose (T = 1, B = batch) shape the persistent path does not take."""
+    hidden = 1
+    while persistent.supports((1, batch, hidden), dtype):
+        hidden += 1
+    return hidden
+
+
+@pytest.mark.parametrize(("dtype", "batch"), [(np.float32, 33), (np.float64, 5)])
+def test_auto_at_the_persistent_boundary(device, rng, dtype, batch: int) -> None:
+    """The largest persistent H and the smallest step H in ``auto`` mode: both correct, each
+    on the path the planner says."""
+    limit = _boundary(dtype, batch)
+    for hidden, expected_path in ((limit - 1, "persistent"), (limit, "step")):
+        data = _inputs(rng, (1, batch, hidden), dtype, use_lengths=True)
+        before = device.launches(kernel_loader.STEP_KERNEL_FILE)
+        actual = _run(CupyBackend(recurrence="auto"), device, data, "tanh", False, (True, True))
+        expected = _reference(data, "tanh", False, (True, True))
+        for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+            _close(a, e, f"H = {hidden} ({expected_path}) {what}")
+        step_launches = device.launches(kernel_loader.STEP_KERNEL_FILE) - before
+        assert step_launches == (0 if expected_path == "persistent" else 2), hidden
+
+
 @pytest.mark.parametrize("mode", ["step", "persistent"])
 def test_every_schedule_gives_identical_bits(device, rng, mode) -> None:
     """A race between threads changes results between schedule orders (kernel_emulation)."""
