@@ -337,3 +337,31 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys) 
     assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
     table = gpu_compare.format_table(rows)
     assert "| tiny |" in table and "us/step" in table
+
+
+def test_cli_train_resume_and_evaluate_on_the_device(device, tmp_path, capsys) -> None:
+    """``rnncu train --backend cupy`` on the emulated device: 1 epoch, then ``--resume`` to 2,
+    gives the checkpoint of 2 epochs straight on the NumPy backend (float64, to rounding);
+    ``rnncu evaluate`` on the device agrees with the saved metrics."""
+    import json
+
+    from rnncu.checkpoint import load_checkpoint
+    from rnncu.cli import main
+
+    recipe = ["train", "--hidden", "16", "--dtype", "float64", "--seed", "5"]
+    cpu_run, device_run = str(tmp_path / "cpu"), str(tmp_path / "device")
+    assert main([*recipe, "--epochs", "2", "--backend", "numpy", "--out", cpu_run]) == 0
+    assert main([*recipe, "--epochs", "1", "--backend", "cupy", "--out", device_run]) == 0
+    assert main(["train", "--epochs", "2", "--backend", "cupy", "--resume", device_run]) == 0
+    assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
+
+    expected, _ = load_checkpoint(tmp_path / "cpu" / "checkpoint.npz")
+    actual, _ = load_checkpoint(tmp_path / "device" / "checkpoint.npz")
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
+    saved = json.loads((tmp_path / "device" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", device_run, "--backend", "cupy"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{saved['test_accuracy']:.4f}" in printed, printed
