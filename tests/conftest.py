@@ -1,5 +1,7 @@
 """Shared fixtures. GPU tests carry ``@pytest.mark.gpu`` and are skipped, with the reason in
-the summary (``-ra``), where CuPy or a CUDA device is missing."""
+the summary (``-ra``), where CuPy or a CUDA device is missing; with ``--emulated-device`` they
+run instead on the host emulation of a device (tests/emulated_cupy.py), which checks the GPU
+tests' own code and the backend's logic, not the GPU."""
 
 from __future__ import annotations
 
@@ -18,9 +20,18 @@ def _gpu_skip_reason() -> str | None:
     return available_backends()["cupy"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--emulated-device",
+        action="store_true",
+        help="run the gpu-marked tests on the host emulation of a CUDA device instead of "
+        "skipping them (slow: every CUDA thread is a fiber)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
-    if not gpu_items:
+    if not gpu_items or config.getoption("--emulated-device"):
         return
     reason = _gpu_skip_reason()
     if reason is None:
@@ -48,3 +59,17 @@ def kernel_emulation(tmp_path_factory: pytest.TempPathFactory):
     from kernel_emulation import KernelEmulation
 
     return KernelEmulation(tmp_path_factory.mktemp("kernel_emulation"))
+
+
+@pytest.fixture(autouse=True)
+def _emulated_device_for_gpu_tests(request: pytest.FixtureRequest):
+    """With ``--emulated-device``, every gpu-marked test runs with the emulation installed."""
+    if "gpu" not in request.keywords or not request.config.getoption("--emulated-device"):
+        yield None
+        return
+    from emulated_cupy import EmulatedDevice
+
+    emulation = request.getfixturevalue("kernel_emulation")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    with EmulatedDevice(emulation).installed(monkeypatch) as device:
+        yield device

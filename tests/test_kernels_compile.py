@@ -1,17 +1,13 @@
 """Every kernel file compiles, for every name expression, for sm_80 and sm_90, with no register
 spills; compile errors point at ``kernels/<file>:<line>``; and the step kernels' arithmetic is
-checked against the NumPy backend by running their CUDA source on the host under a small
-emulation (g++, one std::thread per CUDA thread). None of this needs a GPU."""
+checked against the NumPy backend, with every tile, by running their CUDA source on the host
+under the emulation of tests/kernel_emulation.py. None of this needs a GPU."""
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
+from kernel_emulation import KernelEmulation
 
 from rnncu.backend import kernel_loader
 
@@ -94,109 +90,8 @@ def test_registry_rejects_empty_and_replaces() -> None:
 
 
 # ------------------------------------------------------------------ host emulation of the kernels
-_SHIM = r"""
-// Host emulation of the CUDA subset used by kernels/rnn_step.cu. One std::thread per CUDA
-// thread; blocks run one after another, so a function-static array is the block's shared
-// memory.
-#include <barrier>
-#include <cmath>
-#include <math.h>
-#include <thread>
-#include <vector>
-struct dim3 { unsigned x = 1, y = 1, z = 1; };
-thread_local dim3 threadIdx, blockIdx;
-static std::barrier<>* g_barrier = nullptr;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-#define __launch_bounds__(...)
-#define __shared__ static
-inline void __syncthreads() { g_barrier->arrive_and_wait(); }
-template <typename T> inline T __ldg(const T* p) { return *p; }
-"""
-
-_LAUNCHER = r"""
-template <typename F>
-static void emulate(unsigned gx, unsigned gy, F body) {
-  const int threads = 256;
-  std::barrier<> barrier(threads);
-  g_barrier = &barrier;
-  std::vector<std::thread> pool;
-  for (int tid = 0; tid < threads; ++tid) {
-    pool.emplace_back([&, tid] {
-      threadIdx.x = tid;
-      for (unsigned by = 0; by < gy; ++by)
-        for (unsigned bx = 0; bx < gx; ++bx) {
-          blockIdx.x = bx;
-          blockIdx.y = by;
-          body();
-          barrier.arrive_and_wait();  // the next block reuses the static shared arrays
-        }
-    });
-  }
-  for (auto& t : pool) t.join();
-}
-
-#define RNNCU_TILES(X, T, A) X(T, A, 64, 64) X(T, A, 32, 32) X(T, A, 16, 16)
-#define RNNCU_FWD_CASE(T, A, BM, BN)                                                    \
-  if (act == A && bm == BM && bn == BN) {                                               \
-    emulate(gx, gy, [&] { rnn_step_forward<T, A, BM, BN>((T*)out, (const T*)prev,       \
-                                                         (const T*)w, lengths, t, b, h); }); \
-    return 0;                                                                           \
-  }
-#define RNNCU_BWD_CASE(T, A, BM, BN)                                                    \
-  if (act == A && bm == BM && bn == BN) {                                               \
-    emulate(gx, gy, [&] { rnn_step_backward<T, A, BM, BN>(                              \
-        (T*)gz, (T*)dh_out, (const T*)dh_in, (const T*)ht, (const T*)gs, (const T*)w,   \
-        lengths, t, b, h); });                                                          \
-    return 0;                                                                           \
-  }
-extern "C" int step_forward(int is_double, int act, int bm, int bn, unsigned gx, unsigned gy,
-                            void* out, const void* prev, const void* w, const int* lengths,
-                            int t, int b, int h) {
-  if (is_double) { RNNCU_TILES(RNNCU_FWD_CASE, double, 0) RNNCU_TILES(RNNCU_FWD_CASE, double, 1) }
-  else { RNNCU_TILES(RNNCU_FWD_CASE, float, 0) RNNCU_TILES(RNNCU_FWD_CASE, float, 1) }
-  return 1;
-}
-extern "C" int step_backward(int is_double, int act, int bm, int bn, unsigned gx, unsigned gy,
-                             void* gz, void* dh_out, const void* dh_in, const void* ht,
-                             const void* gs, const void* w, const int* lengths, int t, int b,
-                             int h) {
-  if (is_double) { RNNCU_TILES(RNNCU_BWD_CASE, double, 0) RNNCU_TILES(RNNCU_BWD_CASE, double, 1) }
-  else { RNNCU_TILES(RNNCU_BWD_CASE, float, 0) RNNCU_TILES(RNNCU_BWD_CASE, float, 1) }
-  return 1;
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not found: the host emulation of the step kernels needs it")
-    directory: Path = tmp_path_factory.mktemp("emulation")
-    source = directory / "emulated_step.cpp"
-    source.write_text(_SHIM + kernel_loader.read_source("rnn_step.cu") + _LAUNCHER)
-    library = directory / "emulated_step.so"
-    command = [compiler, "-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread"]
-    command += ["-ffp-contract=off", str(source), "-o", str(library)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"g++ could not build the emulation:\n{done.stderr[-4000:]}")
-    lib = ctypes.CDLL(str(library))
-    vp, i32, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
-    lib.step_forward.argtypes = [i32, i32, i32, i32, u32, u32, vp, vp, vp, vp, i32, i32, i32]
-    lib.step_backward.argtypes = [i32, i32, i32, i32, u32, u32] + [vp] * 7 + [i32, i32, i32]
-    return lib
-
-
 def _ptr(array: np.ndarray | None) -> int:
     return 0 if array is None else array.ctypes.data
-
-
-def _host_args(args: tuple) -> list[int]:
-    return [int(a) for a in args]
 
 
 @pytest.mark.parametrize(
@@ -211,7 +106,7 @@ def _host_args(args: tuple) -> list[int]:
     ],
 )
 def test_step_kernels_match_numpy_under_host_emulation(
-    emulated: ctypes.CDLL,
+    kernel_emulation: KernelEmulation,
     rng: np.random.Generator,
     steps: int,
     batch: int,
@@ -222,16 +117,16 @@ def test_step_kernels_match_numpy_under_host_emulation(
     use_lengths: bool,
     dtype: type,
 ) -> None:
-    """The step path end to end, minus CuPy's launch: the backend's own launch plans
-    (``plan_forward``/``plan_backward``) drive the kernels' CUDA source compiled for the host."""
-    pytest.importorskip("cupy")
-    from rnncu.backend.cupy_backend import (
-        backward_result_buffer,
-        plan_backward,
-        plan_forward,
-        step_grid,
-    )
+    """Every step tile (the backend picks the tile from the device's SM count, so small
+    shapes on the emulated device only meet the smallest): the backend's own launch plans
+    (``plan_forward``/``plan_backward``) drive the kernels' CUDA source compiled for the host
+    (tests/kernel_emulation.py)."""
+    from emulated_cupy import cupy_backend
+
     from rnncu.backend.numpy_backend import NumpyBackend
+
+    backward_result_buffer = cupy_backend.backward_result_buffer
+    plan_backward, plan_forward = cupy_backend.plan_backward, cupy_backend.plan_forward
 
     reference = NumpyBackend()
     z = rng.standard_normal((steps, batch, hidden)).astype(dtype)
@@ -241,8 +136,12 @@ def test_step_kernels_match_numpy_under_host_emulation(
     grad_states = rng.standard_normal((steps, batch, hidden)).astype(dtype)
     grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
     is_double = int(dtype == np.float64)
-    act = {"tanh": 0, "relu": 1}[nonlinearity]
-    gx, gy, _ = step_grid(batch, hidden, tile)
+    gx, gy, _ = cupy_backend.step_grid(batch, hidden, tile)
+
+    def launch(direction: str, args: tuple) -> None:
+        name = kernel_loader.step_name_expression(direction, np.dtype(dtype), nonlinearity, tile)
+        kernel_emulation.launch_raw(name, (gx, gy), 256, 0, False, args)
+
     tol = {"rtol": 1e-12, "atol": 1e-12} if is_double else {"rtol": 2e-6, "atol": 2e-6}
 
     expected = z.copy()
@@ -253,7 +152,7 @@ def test_step_kernels_match_numpy_under_host_emulation(
     )
     assert len(plan) == steps
     for args in plan:
-        assert emulated.step_forward(is_double, act, *tile, gx, gy, *_host_args(args)) == 0
+        launch("forward", args)
     np.testing.assert_allclose(states, expected, **tol)
 
     for gs, gl in ((grad_states, grad_h_last), (None, None), (grad_states, None)):
@@ -276,6 +175,6 @@ def test_step_kernels_match_numpy_under_host_emulation(
             reverse,
         )
         for args in plan:
-            assert emulated.step_backward(is_double, act, *tile, gx, gy, *_host_args(args)) == 0
+            launch("backward", args)
         np.testing.assert_allclose(grad_z, expected_z, **tol)
         np.testing.assert_allclose(buffers[backward_result_buffer(steps)], expected_h0, **tol)

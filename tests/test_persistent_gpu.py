@@ -248,7 +248,6 @@ def test_device_limits_and_occupancy_agree_with_the_plan() -> None:
     """The planner's occupancy estimate must never exceed the occupancy API's answer, or a
     cooperative launch would be refused."""
     import cupy
-    from cupy_backends.cuda.api import driver
 
     from rnncu.backend import persistent
 
@@ -261,7 +260,5 @@ def test_device_limits_and_occupancy_agree_with_the_plan() -> None:
         kernel = persistent._kernel(plan, device_id)
         if plan.shared_mem > 48 * 1024:
             kernel.max_dynamic_shared_size_bytes = plan.shared_mem
-        actual = driver.occupancyMaxActiveBlocksPerMultiprocessor(
-            kernel.kernel.ptr, plan.threads, plan.shared_mem
-        )
+        actual = persistent._occupancy(kernel, plan.threads, plan.shared_mem)
         assert actual >= plan.blocks_per_sm, (shape, plan, actual)

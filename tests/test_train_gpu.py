@@ -11,9 +11,21 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize(
     ("task", "seq"), [("classify", "rows"), ("classify", "pixels"), ("generate", "rows")]
 )
-def test_two_epochs_match_numpy(task: str, seq: str) -> None:
+def test_two_epochs_match_numpy(task: str, seq: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two float64 epochs give the same weights and metrics on both backends. The classifier
+    that judges generated samples gets one epoch at H = 16 (on both backends): its quality is
+    not what is compared."""
+    import dataclasses
+
+    from rnncu import trainer
     from rnncu.trainer import make_config, train
 
+    judge_config = trainer.classifier_config
+    monkeypatch.setattr(
+        trainer,
+        "classifier_config",
+        lambda config: dataclasses.replace(judge_config(config), epochs=1, hidden=16),
+    )
     results = {}
     for backend in ("numpy", "cupy"):
         config = make_config(
@@ -25,7 +37,7 @@ def test_two_epochs_match_numpy(task: str, seq: str) -> None:
     assert list(weights_numpy) == list(weights_cupy)
     for name, value in weights_numpy.items():
         np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
-    for key in ("test_accuracy", "test_mse"):
+    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
         if key in results["numpy"].metrics:
             assert results["cupy"].metrics[key] == pytest.approx(
                 results["numpy"].metrics[key], rel=1e-9, abs=1e-12
