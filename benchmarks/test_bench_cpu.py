@@ -1,5 +1,6 @@
 """pytest-benchmark suite for the NumPy backend: float32 forward+backward on the CPU shapes
-of shared/ANCHORS.md, with the compiled tanh loops (kernels/host_rnn.c) and without them.
+of shared/ANCHORS.md, with kernels/host_rnn.c (the compiled recurrence or tanh loops) and
+without it (NumPy's functions only).
 
     PYTHONPATH=$PWD python -m pytest benchmarks/test_bench_cpu.py --benchmark-only \
         --benchmark-group-by=param:name
@@ -30,7 +31,7 @@ def test_forward_backward(benchmark, monkeypatch, name: str, loops: str) -> None
     import rnncu
 
     if loops == "compiled" and host_kernels.load() is None:
-        pytest.skip(f"compiled loops unavailable: {host_kernels.status()}")
+        pytest.skip(f"compiled kernels unavailable: {host_kernels.status()}")
     if loops == "numpy":
         monkeypatch.setattr(host_kernels, "load", lambda: None)
     steps, batch, features, hidden = SHAPES[name]

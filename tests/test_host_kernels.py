@@ -1,22 +1,26 @@
-"""The NumPy backend's compiled float32 loops (``kernels/host_rnn.c``) and their loader.
+"""The NumPy backend's compiled float32 recurrence (``kernels/host_rnn.c``) and its loader.
 
 tanh is checked against float64 ``np.tanh`` in units in the last place of the float32
-result; the gradient loop and the backend's backward against NumPy's own operations, bit for
-bit; the forward against the NumPy path to float32 rounding. The loader's failure modes (no
-compiler, a compile error, switched off) must leave the backend on NumPy's functions with a
-reason ``rnncu info`` can show.
+result; both float32 paths (the whole compiled recurrence, the step loop with compiled
+element-wise loops), forward and backward, against the backend's float64 NumPy loop; the
+whole recurrence with outputs poisoned and for identical bits whatever the instruction set;
+the step loop's gradient loop against NumPy's operations bit for bit. The
+loader's failure modes (no compiler, a compile error, switched off) must leave the backend on
+NumPy's functions with a reason ``rnncu info`` can show.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rnncu.backend import host_kernels, kernel_loader
-from rnncu.backend.numpy_backend import NumpyBackend, _host_tanh
+from rnncu.backend import host_kernels, kernel_loader, numpy_backend
+from rnncu.backend.numpy_backend import NumpyBackend, _host_tanh, _whole_recurrence
 
 
 @pytest.fixture
@@ -108,48 +112,177 @@ def _recurrence(rng: np.random.Generator, steps: int, batch: int, hidden: int, l
     h0 = rng.standard_normal((batch, hidden)).astype(np.float32)
     grad_states = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
     grad_h_last = rng.standard_normal((batch, hidden)).astype(np.float32)
-    lens = rng.integers(1, steps + 1, batch).astype(np.int32) if lengths else None
+    lens = rng.integers(0, steps + 1, batch).astype(np.int32) if lengths else None
     return z, w_hh, h0, grad_states, grad_h_last, lens
 
 
 def _numpy_functions_only(monkeypatch, run):
-    """``run()`` with the compiled loops out of the way."""
+    """``run()`` with the compiled recurrence out of the way."""
     with monkeypatch.context() as patch:
         patch.setattr(host_kernels, "load", lambda: None)
         return run()
+
+
+def _run_kernels(kernels, z, w_hh, h0, grad_states, grad_h_last, lens, relu, reverse):
+    """Forward then backward straight through the whole compiled recurrence, every output
+    poisoned with NaN first: an element the kernels do not write fails the comparison."""
+    lengths = None if lens is None else lens.astype(np.int64)
+    states = z.copy()
+    kernels.recurrence_forward(states, w_hh, h0, lengths, relu, reverse)
+    grad_z = np.full_like(z, np.nan)
+    grad_h = grad_h_last.copy()
+    kernels.recurrence_backward(grad_z, grad_h, grad_states, states, w_hh, lengths, relu, reverse)
+    return states, grad_z, grad_h
+
+
+SHAPES = [(1, 1, 1), (2, 7, 7), (9, 7, 33), (5, 33, 257), (4, 6, 16), (3, 13, 17)]
+
+
+def _use_path(monkeypatch, path: str) -> None:
+    """Make the backend's float32 calls take one path whatever the shape: the whole compiled
+    recurrence or the step loop with its compiled element-wise loops."""
+    monkeypatch.setattr(numpy_backend, "_SMALL_STEP", 2**62 if path == "whole" else 0)
+
+
+@pytest.mark.parametrize("path", ["whole", "step"])
+@pytest.mark.parametrize(("steps", "batch", "hidden"), SHAPES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize(("lengths", "reverse"), [(False, False), (True, False), (True, True)])
+def test_float32_paths_against_the_float64_reference(
+    kernels, monkeypatch, rng, path, steps, batch, hidden, nonlinearity, lengths, reverse
+) -> None:
+    """Each float32 path of the backend against its float64 NumPy loop on the same numbers,
+    forward and backward, with every kind of gradient input."""
+    _use_path(monkeypatch, path)
+    backend = NumpyBackend()
+    z, w_hh, h0, grad_states, grad_h_last, lens = _recurrence(rng, steps, batch, hidden, lengths)
+    if nonlinearity == "relu":
+        w_hh *= 0.5  # a relu recurrence at full scale grows by orders of magnitude in 9 steps
+
+    def forward(dtype):
+        states = np.full(z.shape, np.nan, dtype)
+        states[...] = z
+        backend.recurrence_forward(
+            states, w_hh.astype(dtype), h0.astype(dtype), lens, nonlinearity, reverse
+        )
+        return states
+
+    single, double = forward(np.float32), forward(np.float64)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, double, rtol=2e-5, atol=2e-6)
+    for g, g_last in ((grad_states, grad_h_last), (None, grad_h_last), (grad_states, None)):
+
+        def backward(states, dtype, g=g, g_last=g_last):
+            def cast(a):
+                return None if a is None else a.astype(dtype)
+
+            return backend.recurrence_backward(
+                states,
+                w_hh.astype(dtype),
+                h0.astype(dtype),
+                cast(g),
+                cast(g_last),
+                lens,
+                nonlinearity,
+                reverse,
+            )
+
+        grad_z, grad_h0 = backward(single, np.float32)
+        # the reference from the float32 states, so that only the backward's rounding differs
+        expected_z, expected_h0 = backward(single.astype(np.float64), np.float64)
+        assert grad_z.dtype == np.float32 and grad_h0.dtype == np.float32
+        np.testing.assert_allclose(grad_z, expected_z, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(grad_h0, expected_h0, rtol=2e-5, atol=2e-6)
+    # and NumPy's own functions in float32 agree to float32 rounding
+    loop = _numpy_functions_only(monkeypatch, lambda: forward(np.float32))
+    np.testing.assert_allclose(single, loop, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize(
     ("steps", "batch", "hidden", "lengths", "reverse"),
     [(1, 1, 1, False, False), (9, 7, 33, True, False), (5, 33, 257, True, True)],
 )
-def test_backend_with_and_without_the_compiled_loops(
+def test_step_loop_backward_with_and_without_the_compiled_loops(
     kernels, monkeypatch, rng, steps, batch, hidden, lengths, reverse
 ) -> None:
+    """From the same states, the step loop's backward with the compiled gradient loop is
+    NumPy's operations in NumPy's order: the same bits."""
+    _use_path(monkeypatch, "step")
     backend = NumpyBackend()
     z, w_hh, h0, grad_states, grad_h_last, lens = _recurrence(rng, steps, batch, hidden, lengths)
-
-    def forward():
-        states = np.full_like(z, np.nan)
-        states[...] = z
-        backend.recurrence_forward(states, w_hh, h0, lens, "tanh", reverse)
-        return states
-
-    compiled = forward()
-    reference = _numpy_functions_only(monkeypatch, forward)
-    # the two tanh differ by an ulp or two per step, and the recurrence carries it on
-    np.testing.assert_allclose(compiled, reference, rtol=1e-5, atol=1e-6)
-    # from the same states the backward passes are the same operations: the same bits
+    states = z.copy()
+    backend.recurrence_forward(states, w_hh, h0, lens, "tanh", reverse)
     for g, g_last in ((grad_states, grad_h_last), (None, grad_h_last), (grad_states, None)):
 
         def backward(g=g, g_last=g_last):
-            return backend.recurrence_backward(compiled, w_hh, h0, g, g_last, lens, "tanh", reverse)
+            return backend.recurrence_backward(states, w_hh, h0, g, g_last, lens, "tanh", reverse)
 
         grad_z, grad_h0 = backward()
         expected_z, expected_h0 = _numpy_functions_only(monkeypatch, backward)
         np.testing.assert_array_equal(grad_z, expected_z)
         np.testing.assert_array_equal(grad_h0, expected_h0)
         assert np.isfinite(grad_z).all() and np.isfinite(grad_h0).all()
+
+
+def test_the_portable_micro_kernel_gives_the_same_bits(kernels, fresh_loader, rng) -> None:
+    """Built without AVX2/FMA (the plain C micro-kernel, fmaf), the recurrence rounds exactly
+    as the vectorised build: the results do not depend on the machine."""
+    if not host_kernels._arch_flags():
+        pytest.skip("the default build is the portable one here: nothing to compare")
+    source = kernel_loader.kernel_dir() / host_kernels.SOURCE_FILE
+    compiler = host_kernels._compiler()
+    assert compiler is not None
+    portable_path = host_kernels._build(source, compiler, host_kernels._BASE_FLAGS)
+    assert portable_path != kernels.path
+    portable = host_kernels.HostKernels(ctypes.CDLL(str(portable_path)), portable_path)
+    inputs = _recurrence(rng, 5, 13, 40, lengths=True)
+    for relu in (False, True):
+        expected = _run_kernels(kernels, *inputs, relu, True)
+        actual = _run_kernels(portable, *inputs, relu, True)
+        for e, a in zip(expected, actual, strict=True):
+            np.testing.assert_array_equal(a, e)
+
+
+def test_padding_rows_keep_their_state_and_pass_their_gradient(kernels, rng) -> None:
+    """Rows past their length: the state stays h0 (forward), dz is 0 and dh passes through
+    unchanged, even when the output gradient there is not finite (backward)."""
+    z, w_hh, h0, grad_states, grad_h_last, _ = _recurrence(rng, 6, 3, 20, lengths=False)
+    lens = np.array([0, 6, 2], np.int32)
+    grad_states[2:, 2] = np.inf  # ignored: past row 2's length
+    grad_states[:, 0] = np.nan  # row 0 has no step at all
+    states, grad_z, grad_h0 = _run_kernels(
+        kernels, z, w_hh, h0, grad_states, grad_h_last, lens, False, False
+    )
+    np.testing.assert_array_equal(states[:, 0], np.broadcast_to(h0[0], (6, 20)))
+    np.testing.assert_array_equal(states[2:, 2], np.broadcast_to(states[1, 2], (4, 20)))
+    assert (grad_z[:, 0] == 0).all() and (grad_z[2:, 2] == 0).all()
+    np.testing.assert_array_equal(grad_h0[0], grad_h_last[0])
+    assert np.isfinite(grad_z).all() and np.isfinite(grad_h0).all()
+
+
+def test_a_failed_call_raises() -> None:
+    host_kernels._check_status(0)
+    with pytest.raises(MemoryError, match="packed W_hh"):
+        host_kernels._check_status(errno.ENOMEM)
+    with pytest.raises(RuntimeError, match="the compiled recurrence failed"):
+        host_kernels._check_status(errno.EINVAL)
+
+
+def test_which_path_runs(kernels) -> None:
+    """Small steps (B * H^2 <= 2^21) run the whole compiled recurrence, larger ones the step
+    loop."""
+
+    def whole(steps: int, batch: int, hidden: int) -> bool:
+        states = np.ones((steps, batch, hidden), np.float32)
+        return _whole_recurrence(states, states[0]) is not None
+
+    assert whole(8, 128, 64)  # rowdigits
+    assert whole(784, 32, 128)  # pixel MNIST
+    assert whole(8, 32, 128)  # the training recipes' batches
+    assert whole(64, 128, 128)  # pixeldigits: 2^21 per step
+    assert not whole(64, 129, 128)
+    assert not whole(28, 256, 128)  # rowmnist: 2^22
+    assert not whole(2, 64, 512)  # medium
 
 
 def test_float32_layer_against_float64_reference(kernels, rng: np.random.Generator) -> None:
@@ -172,9 +305,14 @@ def test_float32_layer_against_float64_reference(kernels, rng: np.random.Generat
         np.testing.assert_allclose(single.grads[name], grad, rtol=1e-4, atol=5e-5, err_msg=name)
 
 
-def test_the_loops_apply_only_to_contiguous_float32_tanh(kernels) -> None:
-    a32 = np.ones((3, 4), np.float32)
-    assert _host_tanh("tanh", a32, None) is kernels
+def test_the_compiled_code_applies_only_to_float32(kernels) -> None:
+    a32 = np.ones((3, 4, 5), np.float32)
+    assert _whole_recurrence(a32, a32[0], None) is host_kernels.load() is not None
+    assert _whole_recurrence(a32, a32[0].astype(np.float64)) is None
+    assert _whole_recurrence(a32.astype(np.float64)) is None
+    assert _whole_recurrence(np.ones((5, 4, 3), np.float32).T) is None
+    # the step loop's element-wise loops: tanh only, and contiguous
+    assert _host_tanh("tanh", a32, None) is host_kernels.load()
     assert _host_tanh("relu", a32) is None
     assert _host_tanh("tanh", a32.astype(np.float64)) is None
     assert _host_tanh("tanh", np.ones((4, 3), np.float32).T) is None

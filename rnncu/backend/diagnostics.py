@@ -99,7 +99,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"rnncu {info.get('rnncu')}  (python {info.get('python')}, numpy {info.get('numpy')})",
         f"selected backend: {info.get('selected_backend')}",
-        f"numpy backend's float32 tanh loops (kernels/host_rnn.c): {info.get('host_kernels')}",
+        f"numpy backend's float32 recurrence (kernels/host_rnn.c): {info.get('host_kernels')}",
         f"cupy: {info.get('cupy')}"
         + ("" if info.get("cupy_available") else f"  (unavailable: {info.get('cupy_reason')})"),
     ]

@@ -1,23 +1,28 @@
-"""Host kernels: the NumPy backend's float32 element-wise step loops, compiled at first use.
+"""Host kernels: the NumPy backend's float32 recurrence, compiled at first use.
 
-``kernels/host_rnn.c`` holds plain C loops (tanh of the step's pre-activation, the tanh
-gradient) that a C compiler vectorises. Where NumPy has no SIMD tanh (measured on the
-project's AVX2 machine: 3 to 4.5 ns per float32 element), ``np.tanh`` is the most expensive
-part of a step at H = 128 (see ``benchmarks/RESULTS.md``). The file is
-compiled like the CUDA kernels are, at run time, with the system C compiler (``$CC``, else
-``cc``, ``gcc`` or ``clang``), into a cache directory (``RNNCU_CACHE_DIR``, else
+``kernels/host_rnn.c`` holds two things. The whole recurrence of a layer direction in one
+call, forward and backward: W_hh packed once per call into the layout of its own
+matrix-product micro-kernel, and the step's element-wise part (add, tanh or relu, padding; the
+gradient) after each product. And the element-wise part of a step alone (add and tanh; the
+tanh gradient), for the backend's step loop around one BLAS product per step: NumPy has no SIMD
+tanh without AVX-512 (measured on the project's AVX2 machine: 3 to 4.5 ns per float32
+element). :mod:`rnncu.backend.numpy_backend` says which runs when.
+
+The file is compiled like the CUDA kernels are, at run time, with the system C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``), into a cache directory (``RNNCU_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/rnncu``, else ``~/.cache/rnncu``) under a name that hashes the source, the
 compiler and its flags, and is loaded through ctypes. Nothing is needed at install time.
 
 When it cannot be used (no compiler, a compile error, a platform without ``dlopen``, or
-``RNNCU_HOST_KERNELS=0``), :func:`load` returns None, :func:`status` says why, and the
-backend runs NumPy's functions: same results to float32 rounding (tanh within 2 ulp), slower.
-float64, the reference dtype, always runs NumPy's functions.
+``RNNCU_HOST_KERNELS=0``), :func:`load` returns None, :func:`status` says why,
+and the backend runs its NumPy loop: the same results to float32 rounding, slower. float64,
+the reference dtype, always runs the NumPy loop.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import shutil
@@ -26,12 +31,14 @@ import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["HostKernels", "SOURCE_FILE", "load", "status"]
 
 SOURCE_FILE = "host_rnn.c"
 
-# -ffp-contract=off: no fused multiply-adds, so the results do not depend on the CPU (and the
-# gradient loop rounds exactly as NumPy does); -fno-trapping-math lets the compiler compute
+# -ffp-contract=off: no fused multiply-adds but those the code asks for, so the results do not
+# depend on the CPU or on the compiler's choices; -fno-trapping-math lets the compiler compute
 # both halves of tanh and select (no branch in the loop, so it vectorises); results are
 # unchanged, only floating-point exception flags are not modelled.
 _BASE_FLAGS = (
@@ -46,23 +53,99 @@ _BASE_FLAGS = (
 
 
 class HostKernels:
-    """The compiled loops. Arguments are raw addresses (``array.ctypes.data`` plus byte
-    offsets) of C-contiguous float32 memory and element counts; nothing is checked here: the
-    backend checks dtype and layout once per call and computes per-step addresses."""
+    """The compiled float32 kernels.
+
+    :meth:`recurrence_forward` and :meth:`recurrence_backward` (the whole recurrence) take
+    NumPy arrays; the step loop's element-wise functions ``add_tanh_f32`` and
+    ``tanh_grad_f32`` take raw addresses (``array.ctypes.data`` plus byte offsets) and
+    element counts, so that a step costs one foreign call. The caller guarantees C-contiguous
+    float32 memory of consistent shapes (the backend checks once per call); nothing is checked
+    here.
+    """
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
-        pointer, count = ctypes.c_void_p, ctypes.c_int64
-        self.add_tanh_f32 = library.rnncu_add_tanh_f32
-        self.add_tanh_f32.argtypes = [pointer, pointer, count]
-        self.add_tanh_f32.restype = None
+        pointer, count, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self.tanh_f32 = library.rnncu_tanh_f32
         self.tanh_f32.argtypes = [pointer, count]
         self.tanh_f32.restype = None
+        self.add_tanh_f32 = library.rnncu_add_tanh_f32
+        self.add_tanh_f32.argtypes = [pointer, pointer, count]
+        self.add_tanh_f32.restype = None
         self.tanh_grad_f32 = library.rnncu_tanh_grad_f32
         self.tanh_grad_f32.argtypes = [pointer, pointer, pointer, pointer, count]
         self.tanh_grad_f32.restype = None
+        self._forward = library.rnncu_recurrence_forward_f32
+        self._forward.argtypes = [pointer] * 4 + [count] * 3 + [flag] * 2
+        self._forward.restype = flag
+        self._backward = library.rnncu_recurrence_backward_f32
+        self._backward.argtypes = [pointer] * 6 + [count] * 3 + [flag] * 2
+        self._backward.restype = flag
         self._library = library  # keeps the shared object loaded
+
+    def recurrence_forward(
+        self,
+        states: np.ndarray,
+        w_hh: np.ndarray,
+        h0: np.ndarray,
+        lengths: np.ndarray | None,
+        relu: bool,
+        reverse: bool,
+    ) -> None:
+        """``states`` (T, B, H) holds Z_t on entry and h_t on return; ``lengths`` int64 (B,)
+        or None."""
+        steps, batch, hidden = states.shape
+        _check_status(
+            self._forward(
+                states.ctypes.data,
+                w_hh.ctypes.data,
+                h0.ctypes.data,
+                None if lengths is None else lengths.ctypes.data,
+                steps,
+                batch,
+                hidden,
+                int(reverse),
+                int(relu),
+            )
+        )
+
+    def recurrence_backward(
+        self,
+        grad_z: np.ndarray,
+        grad_h: np.ndarray,
+        grad_states: np.ndarray | None,
+        states: np.ndarray,
+        w_hh: np.ndarray,
+        lengths: np.ndarray | None,
+        relu: bool,
+        reverse: bool,
+    ) -> None:
+        """``grad_z`` (T, B, H) receives dz_t; ``grad_h`` (B, H) holds dL/dh_T on entry and
+        dL/dh_0 on return."""
+        steps, batch, hidden = states.shape
+        _check_status(
+            self._backward(
+                grad_z.ctypes.data,
+                grad_h.ctypes.data,
+                None if grad_states is None else grad_states.ctypes.data,
+                states.ctypes.data,
+                w_hh.ctypes.data,
+                None if lengths is None else lengths.ctypes.data,
+                steps,
+                batch,
+                hidden,
+                int(reverse),
+                int(relu),
+            )
+        )
+
+
+def _check_status(status: int) -> None:
+    """A failed call wrote nothing."""
+    if status == errno.ENOMEM:
+        raise MemoryError("the compiled recurrence could not allocate its packed W_hh")
+    if status != 0:
+        raise RuntimeError(f"the compiled recurrence failed: {os.strerror(status)}")
 
 
 _lock = threading.Lock()
