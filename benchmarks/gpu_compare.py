@@ -55,7 +55,13 @@ def time_cuda(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def bench_rnncu(shape, repeats, warmup, recurrence: str) -> dict[str, float]:
+def bench_rnncu(
+    shape, repeats, warmup, recurrence: str, variants: str | None = None
+) -> dict[str, float]:
+    """rnncu's CuPy backend on ``recurrence`` ("step" or "auto"); ``variants`` restricts the
+    persistent kernels (``RNNCU_PERSISTENT_VARIANTS``) for the duration of the call."""
+    import os
+
     import cupy
 
     import rnncu
@@ -63,6 +69,11 @@ def bench_rnncu(shape, repeats, warmup, recurrence: str) -> dict[str, float]:
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0)
     rnn.backend.recurrence = recurrence
+    from rnncu.backend import persistent
+
+    saved = os.environ.get(persistent.VARIANTS_ENV)
+    if variants is not None:
+        os.environ[persistent.VARIANTS_ENV] = variants
     try:
         x = cupy.asarray(np.random.default_rng(0).standard_normal((steps, batch, features)))
         x = x.astype(cupy.float32)
@@ -81,6 +92,10 @@ def bench_rnncu(shape, repeats, warmup, recurrence: str) -> dict[str, float]:
         }
     finally:
         rnn.backend.recurrence = None
+        if saved is None:
+            os.environ.pop(persistent.VARIANTS_ENV, None)
+        else:
+            os.environ[persistent.VARIANTS_ENV] = saved
 
 
 def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
@@ -189,24 +204,23 @@ def bench_jax(shape, repeats, warmup) -> dict[str, float] | None:
     return {"fwd": timed(lambda: forward(params, x)), "fwd+bwd": timed(lambda: grad(params, x))}
 
 
-def auto_path(shape: tuple[int, int, int, int]) -> str:
-    """Which recurrence the ``auto`` mode takes for this shape (float32): the persistent
-    kernels' name expressions, forward and backward, or ``step``."""
-    try:
-        import cupy
+def ran_path() -> str:
+    """The persistent kernels the latest rnncu run launched (forward / backward, with the
+    grid and block), or ``step``: read after the run, so after the occupancy checks."""
+    from rnncu.backend import persistent
 
-        from rnncu.backend import persistent
-    except ImportError:
-        return "step"
-    steps, batch, _, hidden = shape
-    limits = persistent._device_limits(cupy.cuda.runtime.getDevice())
-    plans = [
-        plan(steps, batch, hidden, np.float32, limits)
-        for plan in (persistent.plan_forward, persistent.plan_backward)
-    ]
+    plans = [persistent.last_plans.get(d) for d in ("forward", "backward")]
     if any(p is None for p in plans):
         return "step"
-    return " / ".join(p.name_expression for p in plans)
+    return " / ".join(f"{p.name_expression} grid {p.grid} x {p.threads}" for p in plans)
+
+
+def _forget_plans() -> None:
+    try:
+        from rnncu.backend import persistent
+    except ImportError:
+        return
+    persistent.last_plans.clear()
 
 
 def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
@@ -214,32 +228,39 @@ def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
     for name in shapes:
         shape = SHAPES[name]
         row: dict[str, Any] = {"shape": name, "TBDH": shape, "ms": {}}
-        try:
-            row["auto_path"] = auto_path(shape)
-        except Exception as exc:  # report, then measure anyway
-            row["auto_path"] = f"unknown ({type(exc).__name__}: {exc})"
+        # rnncu_grid: the persistent kernels without clusters, the same run's comparison of
+        # the cluster barrier with the grid barrier (measured only where auto took clusters)
         runners = (
             ("rnncu_step", partial(bench_rnncu, shape, repeats, warmup, "step")),
             ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
+            ("rnncu_grid", partial(bench_rnncu, shape, repeats, warmup, "auto", "batch,grid")),
             ("cudnn", partial(bench_torch, shape, repeats, warmup)),
             ("jax", partial(bench_jax, shape, repeats, warmup)),
             ("naive_cupy", partial(bench_naive_cupy, shape, max(3, repeats // 4), 1)),
         )
         for runner, bench in runners:
+            if runner == "rnncu_grid" and "cluster" not in row.get("auto_path", ""):
+                continue
             try:
+                if runner.startswith("rnncu"):
+                    _forget_plans()
                 result = bench()
             except Exception as exc:  # one runner failing must not hide the others' numbers
                 print(f"# {runner} failed on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 result = None
             if result is not None:
                 row["ms"][runner] = result
+            if runner == "rnncu_auto":
+                row["auto_path"] = ran_path()
+            elif runner == "rnncu_grid":
+                row["grid_path"] = ran_path()
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each runner's ms, and rnncu's best path's speed-up over the best peer."""
-    runners = ["rnncu_step", "rnncu_auto", "cudnn", "jax", "naive_cupy"]
+    runners = ["rnncu_step", "rnncu_auto", "rnncu_grid", "cudnn", "jax", "naive_cupy"]
     lines = []
     for mode in ("fwd", "fwd+bwd"):
         lines.append(f"\n{mode}, ms (median)")
@@ -254,14 +275,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {speedup} |")
     # Per step of the recurrence against the ~1 us of one grid-wide sync (ANCHORS.md):
     # what the persistent kernels pay per step at the least.
-    lines.append("\nrnncu auto path, forward, microseconds per time step")
-    lines.append("| shape | T | us/step | path |")
-    lines.append("|---|---|---|---|")
+    # rnncu_grid: the same shape without clusters (grid barrier), where auto took clusters.
+    lines.append("\nrnncu forward, microseconds per time step: auto, and without clusters")
+    lines.append("| shape | T | auto us/step | grid us/step | auto path |")
+    lines.append("|---|---|---|---|---|")
     for row in rows:
-        fwd = row["ms"].get("rnncu_auto", {}).get("fwd")
-        per_step = "-" if fwd is None else f"{fwd * 1e3 / row['TBDH'][0]:.2f}"
+        cells = []
+        for runner in ("rnncu_auto", "rnncu_grid"):
+            fwd = row["ms"].get(runner, {}).get("fwd")
+            cells.append("-" if fwd is None else f"{fwd * 1e3 / row['TBDH'][0]:.2f}")
         lines.append(
-            f"| {row['shape']} | {row['TBDH'][0]} | {per_step} | {row.get('auto_path', '?')} |"
+            f"| {row['shape']} | {row['TBDH'][0]} | {cells[0]} | {cells[1]} "
+            f"| {row.get('auto_path', '?')} |"
         )
     return "\n".join(lines)
 

@@ -1,9 +1,11 @@
 // Persistent whole-sequence RNN kernels: the shared device code.
 //
-// Both kernel families (persistent_rnn.cu: batch-sliced, one block runs its batch rows
-// through all steps with block barriers only; persistent_grid.cu: unit-sliced, the blocks of
-// a cooperative grid each own a slice of hidden units and meet at a grid barrier per step)
-// compute one product per step,
+// The three kernel families (persistent_rnn.cu: batch-sliced, one block runs its batch rows
+// through all steps with block barriers only; persistent_cluster.cu: unit-sliced within a
+// thread-block cluster (sm_90), h_t pushed to every block of the cluster through distributed
+// shared memory, a cluster barrier per step; persistent_grid.cu: unit-sliced, the blocks of
+// a cooperative grid each own a slice of hidden units, exchange h_t through global memory
+// and meet at a grid barrier per step) compute one product per step,
 //
 //     out[b, u] = sum_j in[b, j] * M[u, j]     (M = W_hh for forward, W_hh^T for backward)
 //
@@ -208,11 +210,17 @@ __device__ __forceinline__ void gather_rows(T* __restrict__ buf, const T* __rest
 
 // ---------------------------------------------------------------------------------------
 // Forward: h_t = act(Z_t + h_{t-1} W_hh^T), in place in states (Z on entry, h on exit).
-// GRID == false: gridDim.x == 1, the block owns every unit of its RB rows; h_{t-1} lives in
-//   a double-buffered shared array written by the epilogue; one __syncthreads per step.
+// GRID == false: the block (batch-sliced, gridDim.x == 1) or the cluster of gridDim.x blocks
+//   (cluster kernels: block x owns units [x*nu, (x+1)*nu)) owns every unit of its RB rows;
+//   every block holds all of h_{t-1} in a double-buffered shared array written by the
+//   epilogues (its own and, in a cluster, its peers'); one exchange barrier per step.
 // GRID == true: block (x, y) owns units [x*nu, (x+1)*nu) of rows [y*RB, (y+1)*RB); each step
 //   gathers h_{t-1} rows from global memory (states[t-1] or h0) after the grid barrier.
-// Sync::grid() is the grid-wide barrier (only called when GRID).
+// Sync::grid() is the grid-wide barrier (only called when GRID). Without GRID the rows of
+//   h_{t-1} are exchanged on chip: Sync::publish(slot, v) stores v at `slot` of the shared
+//   buffer of every block that reads it (this block alone, or every block of a cluster
+//   through distributed shared memory) and Sync::exchange() is the barrier that makes the
+//   stores visible (__syncthreads(), or the cluster barrier).
 // ---------------------------------------------------------------------------------------
 template <typename T, int KC, int RB, bool GRID, class Sync>
 __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __restrict__ w_hh,
@@ -241,8 +249,11 @@ __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __
         length[r] = b < batch ? (has_lengths ? lengths[b] : steps) : 0;
     }
 
-    if (!GRID) {
-        // Both buffers fully written (zeros in the padding) before the first read.
+    if constexpr (!GRID) {
+        // Both buffers fully written (zeros in the padding) before the first read. Every
+        // block of a cluster loads all of h0 for its rows, so step 0 needs no exchange; the
+        // exchange barrier keeps the peers' first pushes (into buffer 1) behind this block's
+        // zero-fill.
         for (int i = threadIdx.x; i < 2 * buf_elems; i += blockDim.x) smem[i] = T(0);
         __syncthreads();
 #pragma unroll
@@ -254,13 +265,13 @@ __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __
                 }
             }
         }
-        __syncthreads();
+        Sync::exchange();
     }
 
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? steps - 1 - s : s;
         T* in = smem + (GRID ? 0 : (s & 1) * buf_elems);
-        if (GRID) {
+        if constexpr (GRID) {
             const T* src = s == 0 ? h0 : states + (reverse ? t + 1 : t - 1) * step_stride;
             gather_rows<T, KC, RB>(smem, src, row0, batch, hidden, hp);
             __syncthreads();  // the gathered rows are read by every thread of the block
@@ -285,19 +296,21 @@ __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __
                 const T h_prev = in[Layout::pos(r, u)];
                 const T h_new = t < length[r] ? activate<T>(z[r] + sums[r], relu) : h_prev;
                 states[t * step_stride + static_cast<long long>(b) * hidden + u] = h_new;
-                if (!GRID) next[Layout::pos(r, u)] = h_new;
+                if constexpr (!GRID) Sync::publish(next + Layout::pos(r, u), h_new);
             }
         }
-        if (GRID) {
+        if constexpr (GRID) {
             // states[t] must be complete and visible before any block gathers it; the grid
             // barrier also keeps this block's shared buffer from being refilled while a
             // thread still reads it. No barrier after the last step: nothing reads after it.
             if (s + 1 < steps) Sync::grid();
         } else {
             // Double buffering needs one barrier per step: it publishes `next` for step s+1,
-            // and `next` was last read during step s-1, which every thread finished before
-            // passing the barrier at the end of step s-1 (no write-after-read hazard).
-            __syncthreads();
+            // and `next` was last read during step s-1, which every thread (of every block
+            // of the cluster) finished before passing the barrier at the end of step s-1 (no
+            // write-after-read hazard). In a cluster it also keeps a block from exiting while
+            // a peer may still push into its shared memory.
+            Sync::exchange();
         }
     }
 }
@@ -307,7 +320,8 @@ __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __
 // arriving at h_t from outside (grad_states) plus from step t+1 (dh_t):
 //     grad_z_t = valid_t * g_t * act'(h_t);  dh_{t-1} = grad_z_t W_hh + (1 - valid_t) dh_t
 // dh[r] of (b, u) stays in the register of the lane that owns row r; only grad_z_t is shared
-// (through shared memory for GRID == false, through grad_z in global memory for GRID).
+// (through shared memory, the cluster's included, for GRID == false, through grad_z in global
+// memory for GRID).
 // ---------------------------------------------------------------------------------------
 template <typename T, int KC, int RB, bool GRID, class Sync>
 __device__ __forceinline__ void backward_body(
@@ -340,9 +354,11 @@ __device__ __forceinline__ void backward_body(
                                           : T(0);
     }
 
-    if (!GRID) {
+    if constexpr (!GRID) {
         for (int i = threadIdx.x; i < 2 * buf_elems; i += blockDim.x) smem[i] = T(0);
-        __syncthreads();  // zeros (padding rows and columns) in place before the first write
+        // zeros (padding rows and columns) in place before the first write, by this block
+        // or, in a cluster, by a peer
+        Sync::exchange();
     }
 
     for (int s = 0; s < steps; ++s) {
@@ -360,18 +376,21 @@ __device__ __forceinline__ void backward_body(
                 const T dz = valid ? g * activation_grad<T>(states[i], relu) : T(0);
                 carry[r] = valid ? T(0) : dh[r];
                 grad_z[i] = dz;
-                if (!GRID) dz_buf[Layout::pos(r, u)] = dz;
+                if constexpr (!GRID) Sync::publish(dz_buf + Layout::pos(r, u), dz);
             }
         }
-        if (GRID) {
+        if constexpr (GRID) {
             // grad_z[t] complete and visible grid-wide before any block gathers it; also
             // every thread of this block has finished reading the shared buffer of step s-1.
             Sync::grid();
             gather_rows<T, KC, RB>(smem, grad_z + t * step_stride, row0, batch, hidden, hp);
+            __syncthreads();  // the gathered rows are read by every thread of the block
+        } else {
+            // Publishes dz_t to the block (the cluster). With double buffering the buffer
+            // written next step was last read two steps ago, before the previous barrier;
+            // the last step's pushes land before this barrier, so no block exits early.
+            Sync::exchange();
         }
-        // Publishes dz_t to the block. With double buffering (GRID == false) the buffer
-        // written next step was last read two steps ago, before the previous barrier.
-        __syncthreads();
         T sums[RB];
         matvec_rows<T, KC, RB>(sums, w, dz_buf, k, ks);
 #pragma unroll

@@ -15,9 +15,12 @@
 #include "persistent_common.cuh"
 
 namespace rnncu_persistent {
-// The batch-sliced kernels never meet other blocks: a grid barrier here would be a bug.
-struct NoGridSync {
-    __device__ static void grid() { __trap(); }
+// The batch-sliced kernels never meet other blocks: the exchange is the block's own shared
+// memory and its barrier.
+struct BlockExchange {
+    template <typename T>
+    __device__ static void publish(T* slot, T value) { *slot = value; }
+    __device__ static void exchange() { __syncthreads(); }
 };
 }  // namespace rnncu_persistent
 
@@ -27,7 +30,7 @@ persistent_batch_forward(T* __restrict__ states, const T* __restrict__ w_hh,
                          const T* __restrict__ h0, const int* __restrict__ lengths,
                          int has_lengths, int steps, int batch, int hidden, int ks, int relu,
                          int reverse) {
-    rnncu_persistent::forward_body<T, KC, RB, false, rnncu_persistent::NoGridSync>(
+    rnncu_persistent::forward_body<T, KC, RB, false, rnncu_persistent::BlockExchange>(
         states, w_hh, h0, lengths, has_lengths, steps, batch, hidden, ks, relu, reverse);
 }
 
@@ -39,7 +42,7 @@ persistent_batch_backward(T* __restrict__ grad_z, T* __restrict__ grad_h0,
                           const T* __restrict__ grad_h_last, int has_grad_h_last,
                           const int* __restrict__ lengths, int has_lengths, int steps, int batch,
                           int hidden, int ks, int relu, int reverse) {
-    rnncu_persistent::backward_body<T, KC, RB, false, rnncu_persistent::NoGridSync>(
+    rnncu_persistent::backward_body<T, KC, RB, false, rnncu_persistent::BlockExchange>(
         grad_z, grad_h0, states, w_hh, grad_states, has_grad_states, grad_h_last,
         has_grad_h_last, lengths, has_lengths, steps, batch, hidden, ks, relu, reverse);
 }

@@ -16,11 +16,13 @@ echo "== nvidia-smi -L"; nvidia-smi -L || true
 # --quick: the tests below compile every kernel they launch, for this device's arch
 echo "== python -m rnncu info --quick"; python -m rnncu info --quick | tee "$OUT_DIR/info.txt"
 
-# Every kernel module into CuPy's disk cache, one NVRTC process per core (about 170 s of
-# compiling in all), so the tests and the benchmark below load them instead of compiling.
+# Every kernel module into CuPy's disk cache, one NVRTC process per core, so the tests and
+# the benchmark below load them instead of compiling: 289 modules, about 840 s of compiling
+# on one core of the 2-core CPU machine (192 cluster modules at 3 to 5 s each), so about a
+# minute on 16 cores.
 echo "== python -m rnncu precompile"
 pre_rc=0
-timeout 120 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
+timeout 150 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
   || pre_rc=$?
 status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)")")
 

@@ -21,7 +21,7 @@ import functools
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -157,6 +157,7 @@ class _Runtime:
         106: H200.max_blocks_per_sm,
         95: int(H200.cooperative_launch),
         111: H200.reserved_smem_per_block,
+        120: int(H200.cluster_launch),  # cudaDevAttrClusterLaunch (no CuPy name)
     }
 
     @staticmethod
@@ -357,6 +358,19 @@ class EmulatedDevice:
             self.kernels[key] = EmulatedKernel(self.emulation, filename, name)
         return self.kernels[key]
 
+    #: what the cluster occupancy query answers for a plan; None: an estimate (see
+    #: _cluster_occupancy)
+    max_active_clusters: Callable[[Any], int] | None = None
+
+    def _cluster_occupancy(self, kernel: EmulatedKernel, plan: Any) -> int:
+        """``cuOccupancyMaxActiveClusters`` as the emulated H200 would answer it: a cluster's
+        blocks share one GPC, taken here as 16 SMs (8 of them), unless a test set
+        :attr:`max_active_clusters`."""
+        if self.max_active_clusters is not None:
+            return self.max_active_clusters(plan)
+        per_sm = _estimated_occupancy(kernel, plan.threads, plan.shared_mem)
+        return (H200.sm_count // 16) * ((16 * per_sm) // plan.cluster)
+
     def launches(self, filename: str) -> int:
         """Launches so far of the kernels of one file."""
         return sum(k.launches for (f, _), k in self.kernels.items() if f == filename)
@@ -371,8 +385,10 @@ class EmulatedDevice:
             patch.setattr(cupy_backend.CupyBackend, "xp", self.module)
             patch.setattr(kernel_loader, "get_kernel", self.get_kernel)
             patch.setattr(persistent, "_occupancy", _estimated_occupancy)
-            for cache in ("_limits_cache", "_occupancy_cache", "_dummy_cache"):
+            patch.setattr(persistent, "_cluster_occupancy", self._cluster_occupancy)
+            for cache in ("_limits_cache", "_occupancy_cache", "_cluster_cache", "_dummy_cache"):
                 patch.setattr(persistent, cache, {})
+            patch.setattr(persistent, "_clusters_failed", set())
             # rnncu.get_backend("cupy" | "auto") and backend_for(device array) see the device
             patch.setattr(backend_package, "_instances", {})
             patch.setattr(backend_package, "_current", None)

@@ -10,6 +10,12 @@ at once, so that
 * ``__syncthreads()`` is a barrier over the threads of one block,
 * ``cooperative_groups::this_grid().sync()`` is a barrier over every thread of every block
   (and an error in a launch that is not cooperative),
+* thread-block clusters (``__cluster_dims__``, whose width the launch is given from the
+  kernel's name expression): ``cooperative_groups::this_cluster().sync()`` is a barrier over
+  the threads of the cluster's blocks, ``map_shared_rank(p, rank)`` maps a pointer into the
+  block's dynamic shared memory to the same offset in the buffer of block ``rank`` of the
+  cluster (a pointer elsewhere, or a rank outside the cluster, is reported), and a grid whose
+  width is not a multiple of the cluster width is refused, as the driver refuses it,
 * ``__shfl_xor_sync`` / ``__shfl_sync`` / ``__shfl_down_sync`` exchange values between the
   32 lanes of a warp through a double-buffered slot array and a warp barrier (full mask only:
   a partial mask, or a full mask in a block that is not whole warps, is reported),
@@ -21,10 +27,14 @@ at once, so that
 * ``__ldcg`` / ``__ldg`` / ``__stcg`` are plain loads and stores, ``__trap()`` aborts the launch.
 
 A fiber runs until it blocks at a barrier; a completed barrier requeues its waiters in the
-launch's *schedule order*: ascending thread id, descending, or a seeded random permutation.
-Two threads that touch the same memory between the same two barriers (a race) therefore see
-each other's accesses in opposite orders under the ascending and descending schedules, so a
-missing barrier changes the results between schedules instead of hiding behind one lucky
+launch's *schedule order*: ascending thread id, descending, or a seeded random permutation,
+at the back of the ready queue; or, under RUN_AHEAD, ascending at the FRONT, so the threads a
+barrier releases run on before anyone else (one block races through its steps while the
+others have not started theirs). Two threads that touch the same memory between the same two
+barriers (a race) therefore see each other's accesses in opposite orders under the ascending
+and descending schedules, and a block that waits at too narrow a barrier (its own, where the
+cluster's is needed) reads what its peers have not written yet under RUN_AHEAD, so a missing
+or wrong barrier changes the results between schedules instead of hiding behind one lucky
 interleaving. Barriers also check that every thread arrives at the same call site (a
 ``__syncthreads`` or shuffle in divergent code is reported), and a barrier that can never
 complete is reported as a deadlock instead of hanging.
@@ -51,7 +61,7 @@ import numpy as np
 from rnncu.backend import kernel_loader
 
 #: schedule orders a launch may use (see the module docstring)
-ASCENDING, DESCENDING, RANDOM = 0, 1, 2
+ASCENDING, DESCENDING, RANDOM, RUN_AHEAD = 0, 1, 2, 3
 
 RUNTIME = r"""
 // rnncu host emulation runtime (tests/kernel_emulation.py). All CUDA threads are fibers of
@@ -84,6 +94,7 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __align__(n) alignas(n)
 // The Python side rewrites every __shared__ declaration (dynamic ones into a pointer to the
 // block's buffer, static ones into ::emu::block_shared); one it could not parse stops here.
@@ -122,7 +133,8 @@ struct Launch {
   ucontext_t main_ctx;  // the scheduler, for a fiber's first start only
   jmp_buf main_env;     // the scheduler, for every later switch
   std::deque<int> ready;
-  std::vector<Barrier> warp_bar, block_bar;
+  std::vector<Barrier> warp_bar, block_bar, cluster_bar;
+  int cluster = 1;  // blocks per cluster, along x
   Barrier grid_bar;
   std::vector<Exchange> exchange;
   std::vector<unsigned char*> smem;
@@ -171,6 +183,11 @@ inline void give_back_stack(void* stack) {
 
 inline void requeue(std::vector<int>& ids) {
   Launch& l = *L;
+  if (l.policy == 3) {  // RUN_AHEAD: the released threads go first, in ascending order
+    std::sort(ids.begin(), ids.end(), std::greater<int>());
+    for (int id : ids) l.ready.push_front(id);
+    return;
+  }
   if (l.policy == 0) std::sort(ids.begin(), ids.end());
   else if (l.policy == 1) std::sort(ids.begin(), ids.end(), std::greater<int>());
   else std::shuffle(ids.begin(), ids.end(), l.rng);
@@ -202,6 +219,35 @@ inline void arrive(Barrier& b, int tag) {
 inline void syncthreads(int line) {
   Launch& l = *L;
   arrive(l.block_bar[l.fibers[l.current].block], line);
+}
+
+inline int cluster_of(int block) { return block / L->cluster; }
+
+inline void cluster_sync(int line) {
+  Launch& l = *L;
+  arrive(l.cluster_bar[cluster_of(l.fibers[l.current].block)], line);
+}
+
+inline unsigned cluster_rank() {
+  return static_cast<unsigned>(L->fibers[L->current].block % L->cluster);
+}
+
+// The address of `p` (in this block's dynamic shared memory) in block `rank` of the cluster.
+template <typename T>
+inline T* map_shared_rank(T* p, unsigned rank) {
+  Launch& l = *L;
+  const int block = l.fibers[l.current].block;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(p);
+  const unsigned char* base = l.smem[block];
+  if (bytes < base || bytes + sizeof(T) > base + l.smem_bytes) {
+    fail("map_shared_rank of an address outside the block's dynamic shared memory");
+  }
+  if (rank >= static_cast<unsigned>(l.cluster)) {
+    fail("map_shared_rank to rank " + std::to_string(rank) + " of a cluster of " +
+         std::to_string(l.cluster) + " blocks");
+  }
+  const int target = cluster_of(block) * l.cluster + static_cast<int>(rank);
+  return reinterpret_cast<T*>(l.smem[target] + (bytes - base));
 }
 
 inline void grid_sync(int line) {
@@ -291,10 +337,15 @@ inline void entry() {
 // Run `body` as a (gx, gy) grid of `threads`-thread blocks. 0 on success, else 1 and
 // last_error says why.
 inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
-                  bool cooperative, int max_threads, int policy, unsigned seed,
+                  bool cooperative, int max_threads, int cluster, int policy, unsigned seed,
                   std::function<void()> body) {
   if (threads < 1 || gx < 1 || gy < 1) {
     last_error = "empty launch";
+    return 1;
+  }
+  if (cluster < 1 || gx % static_cast<unsigned>(cluster) != 0) {
+    last_error = "grid width " + std::to_string(gx) + " is not a multiple of the cluster width " +
+                 std::to_string(cluster) + ": the launch would fail on the device";
     return 1;
   }
   if (static_cast<int>(threads) > max_threads) {
@@ -313,6 +364,7 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
   l.policy = policy;
   l.rng.seed(seed);
   l.cooperative = cooperative;
+  l.cluster = cluster;
   l.smem_bytes = smem_bytes;
   l.body = std::move(body);
   const int blocks = static_cast<int>(gx * gy);
@@ -325,6 +377,11 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
   l.exchange.resize(blocks * warps_per_block);
   l.grid_bar.expected = total;
   l.grid_bar.what = "grid.sync()";
+  l.cluster_bar.resize(blocks / cluster);
+  for (Barrier& b : l.cluster_bar) {
+    b.expected = cluster * l.threads;
+    b.what = "cluster.sync()";
+  }
   for (int b = 0; b < blocks; ++b) {
     l.block_bar[b].expected = l.threads;
     l.block_bar[b].what = "__syncthreads()";
@@ -386,6 +443,8 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
       l.failed = true;
       std::string where;
       if (l.grid_bar.arrived) where += " grid.sync() holds " + std::to_string(l.grid_bar.arrived);
+      for (const Barrier& b : l.cluster_bar)
+        if (b.arrived) { where += " cluster.sync() holds " + std::to_string(b.arrived); break; }
       for (const Barrier& b : l.block_bar)
         if (b.arrived) { where += " __syncthreads() holds " + std::to_string(b.arrived); break; }
       for (const Barrier& b : l.warp_bar)
@@ -464,6 +523,13 @@ struct grid_group {
   void sync() const { ::emu::grid_sync(__LINE__); }
 };
 inline grid_group this_grid() { return {}; }
+struct cluster_group {
+  void sync() const { ::emu::cluster_sync(__LINE__); }
+  unsigned block_rank() const { return ::emu::cluster_rank(); }
+  template <typename T>
+  T* map_shared_rank(T* p, unsigned rank) const { return ::emu::map_shared_rank(p, rank); }
+};
+inline cluster_group this_cluster() { return {}; }
 }  // namespace cooperative_groups
 """
 
@@ -554,6 +620,7 @@ class Family:
     pattern: re.Pattern
     casts: dict[str, list[str]]  # direction -> casts, ``T`` standing for the element type
     max_threads: str  # C++ expression, may use {ctype} and the regex groups {g3}, {g4}...
+    cluster: str = "1"  # blocks per cluster, a C++ expression like max_threads
 
     def signature(self, direction: str) -> str:
         return "".join("P" if "*" in cast else "I" for cast in self.casts[direction])
@@ -569,7 +636,8 @@ _STEP_CASTS = {
     "backward": ["(T*)", "(T*)", "(const T*)", "(const T*)", "(const T*)", "(const T*)",
                  "(const int*)", "(int)", "(int)", "(int)"],
 }  # fmt: skip
-_PERSISTENT_NAME = r"^persistent_\w+_(forward|backward)<(float|double), (\d+), (\d+)>$"
+_PERSISTENT_NAME = r"^persistent_(?:batch|grid)_(forward|backward)<(float|double), (\d+), (\d+)>$"
+_CLUSTER_NAME = r"^persistent_cluster_(forward|backward)<(float|double), (\d+), (\d+), (\d+)>$"
 _PERSISTENT_LIMIT = "rnncu_persistent::LaunchLimits<{ctype}, {g3}, {g4}>::kMaxThreads"
 
 
@@ -587,6 +655,8 @@ def families() -> dict[str, Family]:
                         _PERSISTENT_CASTS, _PERSISTENT_LIMIT),
         "grid": Family("grid", persistent.GRID_KERNEL_FILE, re.compile(_PERSISTENT_NAME),
                        _PERSISTENT_CASTS, _PERSISTENT_LIMIT),
+        "cluster": Family("cluster", persistent.CLUSTER_KERNEL_FILE, re.compile(_CLUSTER_NAME),
+                          _PERSISTENT_CASTS, _PERSISTENT_LIMIT, "{g5}"),
     }  # fmt: skip
 
 
@@ -609,10 +679,11 @@ def _dispatch(family: Family, names: Sequence[str]) -> str:
         )
         groups = {f"g{i}": g for i, g in enumerate(match.groups(), start=1)}
         limit = family.max_threads.format(ctype=ctype, **groups)
+        cluster = family.cluster.format(ctype=ctype, **groups)
         lines += [
             f'  if (std::strcmp(name, "{name}") == 0) {{',
             f'    if (nargs != {len(casts)}) {{ emu::last_error = "argument count"; return 1; }}',
-            f"    return emu::launch(gx, gy, threads, smem, cooperative != 0, {limit},",
+            f"    return emu::launch(gx, gy, threads, smem, cooperative != 0, {limit}, {cluster},",
             f"                       policy, seed, [=] {{ {name}({args}); }});",
             "  }",
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from emulated_cupy import EmulatedDevice
-from kernel_emulation import ASCENDING, DESCENDING, RANDOM, KernelEmulation
+from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
@@ -173,13 +173,94 @@ def test_every_schedule_gives_identical_bits(device, rng, mode) -> None:
     """A race between threads changes results between schedule orders (kernel_emulation)."""
     data = _inputs(rng, (3, 7, 65), np.float32, use_lengths=True)
     results = []
-    for policy in (ASCENDING, DESCENDING, RANDOM):
+    for policy in (ASCENDING, DESCENDING, RANDOM, RUN_AHEAD):
         device.policy = policy
         device.seed = 7
         results.append(_run(CupyBackend(recurrence=mode), device, data, "tanh", False, (1, 1)))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert a.tobytes() == b.tobytes()
+
+
+# ------------------------------------------------------------------------------ clusters
+CLUSTER_SHAPE = (3, 3, 200)  # float32: a cluster of 8 blocks per row slice on an H200
+
+
+def _launched(device: EmulatedDevice, filename: str) -> list[str]:
+    return sorted(n for (f, n), k in device.kernels.items() if f == filename and k.launches)
+
+
+def _check(device, rng, backend: CupyBackend, shape=CLUSTER_SHAPE) -> None:
+    data = _inputs(rng, shape, np.float32, use_lengths=True)
+    actual = _run(backend, device, data, "tanh", True, (True, True))
+    expected = _reference(data, "tanh", True, (True, True))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, what)
+
+
+def test_auto_runs_the_cluster_kernels_where_they_fit(device, rng) -> None:
+    _check(device, rng, CupyBackend(recurrence="auto"))
+    assert _launched(device, persistent.CLUSTER_KERNEL_FILE) == [
+        "persistent_cluster_backward<float, 32, 1, 8>",
+        "persistent_cluster_forward<float, 32, 1, 8>",
+    ]
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 0
+    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+
+
+def test_refused_cluster_sizes_fall_back_to_smaller_clusters_then_the_grid(device, rng) -> None:
+    # the occupancy API refuses clusters of 8: the planner halves the size
+    device.max_active_clusters = lambda plan: 0 if plan.cluster >= 8 else 64
+    _check(device, rng, CupyBackend(recurrence="persistent"))
+    launched = _launched(device, persistent.CLUSTER_KERNEL_FILE)
+    assert launched and all(name.endswith(", 4>") for name in launched), launched
+    # no cluster fits at all: the grid-synchronised kernels
+    persistent._cluster_cache.clear()
+    device.max_active_clusters = lambda plan: CLUSTER_SHAPE[1] - 1  # one short of B row slices
+    before = device.launches(persistent.CLUSTER_KERNEL_FILE)
+    _check(device, rng, CupyBackend(recurrence="persistent"))
+    assert device.launches(persistent.CLUSTER_KERNEL_FILE) == before
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 2
+
+
+def test_variants_environment_variable(device, rng, monkeypatch) -> None:
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "batch,grid")
+    _check(device, rng, CupyBackend(recurrence="persistent"))
+    assert device.launches(persistent.CLUSTER_KERNEL_FILE) == 0
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 2
+    # clusters only, and the occupancy API refuses them: forced persistent says why
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "cluster")
+    device.max_active_clusters = lambda plan: 0
+    with pytest.raises(ValueError, match="allows 0 resident clusters"):
+        _check(device, rng, CupyBackend(recurrence="persistent"))
+    # ... and auto takes the step kernels instead
+    _check(device, rng, CupyBackend(recurrence="auto"))
+    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 2 * CLUSTER_SHAPE[0]
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "grid,warp")
+    with pytest.raises(ValueError, match="RNNCU_PERSISTENT_VARIANTS"):
+        _check(device, rng, CupyBackend(recurrence="auto"))
+
+
+def test_a_failed_cluster_launch_turns_clusters_off(device, rng, monkeypatch) -> None:
+    """A driver that refuses the launch itself (it reports a bad cluster configuration at
+    once): one warning, the same call runs on the grid kernels, later calls skip clusters."""
+    from emulated_cupy import EmulatedKernel
+
+    launch = EmulatedKernel.__call__
+
+    def refuse_clusters(self, *args, **kwargs):
+        if self.name.startswith("persistent_cluster_"):
+            raise RuntimeError("cudaErrorClusterOutOfResources (emulated)")
+        return launch(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmulatedKernel, "__call__", refuse_clusters)
+    with pytest.warns(RuntimeWarning, match="no longer use clusters"):
+        _check(device, rng, CupyBackend(recurrence="persistent"))
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 2
+    monkeypatch.setattr(EmulatedKernel, "__call__", launch)
+    _check(device, rng, CupyBackend(recurrence="persistent"))  # no warning, no cluster
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 4
+    assert device.launches(persistent.CLUSTER_KERNEL_FILE) == 0
 
 
 def test_zero_steps(device, rng) -> None:
@@ -296,20 +377,25 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys) 
     spec = importlib.util.spec_from_file_location("gpu_compare_under_test", path)
     gpu_compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_compare)
-    monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33)})
+    monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
 
-    rows = gpu_compare.run(["tiny"], repeats=2, warmup=1)
+    rows = gpu_compare.run(["tiny", "wide"], repeats=2, warmup=1)
     errors = capsys.readouterr().err
     assert "rnncu" not in errors and "naive_cupy" not in errors, errors
-    (row,) = rows
-    assert row["auto_path"].startswith("persistent_batch_forward<float")
-    for runner, modes in (("rnncu_step", ("fwd", "fwd+bwd")), ("rnncu_auto", ("fwd", "fwd+bwd")),
-                          ("naive_cupy", ("fwd",))):  # fmt: skip
-        for mode in modes:
-            assert row["ms"][runner][mode] > 0, (runner, mode)
+    tiny, wide = rows
+    assert tiny["auto_path"].startswith("persistent_batch_forward<float")
+    assert "rnncu_grid" not in tiny["ms"], "no clusters, no grid comparison"
+    assert wide["auto_path"].startswith("persistent_cluster_forward<float, 32, 1, 8> grid (8, 3)")
+    assert wide["grid_path"].startswith("persistent_grid_forward<float")
+    for row in rows:
+        runners = ["rnncu_step", "rnncu_auto"] + (["rnncu_grid"] if row is wide else [])
+        for runner in runners:
+            for mode in ("fwd", "fwd+bwd"):
+                assert row["ms"][runner][mode] > 0, (runner, mode)
+        assert row["ms"]["naive_cupy"]["fwd"] > 0
     assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
     table = gpu_compare.format_table(rows)
-    assert "| tiny |" in table and "us/step" in table
+    assert "| tiny |" in table and "| wide |" in table and "us/step" in table
 
 
 def test_cli_train_resume_and_evaluate_on_the_device(device, tmp_path, capsys) -> None:

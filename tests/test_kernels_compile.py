@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kernel_emulation import KernelEmulation
+from nvrtc_cache import compile_file
 
 from rnncu.backend import kernel_loader
 
@@ -42,7 +43,7 @@ def test_read_source_maps_lines_and_inlines_headers() -> None:
 @pytest.mark.parametrize("filename", sorted(kernel_loader.all_name_expressions()))
 def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
     names = kernel_loader.all_name_expressions()[filename]
-    result = kernel_loader.nvrtc_compile(filename, names, arch=arch)
+    result = compile_file(filename, arch)
     assert result.cubin, "empty cubin"
     assert set(result.lowered_names) == set(names)
     # every kernel must appear in ptxas' report, or the spill check below proves nothing

@@ -5,11 +5,13 @@ register spills and within the register cap the planner assumes. No GPU needed."
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
 import pytest
 from device_limits import H200
+from nvrtc_cache import compile_file
 
 from rnncu.backend import kernel_loader, persistent
 from rnncu.backend.persistent import DeviceLimits, Plan, plan_backward, plan_forward
@@ -45,9 +47,16 @@ def check_plan(plan: Plan, batch: int, hidden: int, limits: DeviceLimits = H200)
     if plan.variant == "batch":
         assert plan.grid[0] == 1 and plan.units_per_block >= hidden
         assert plan.shared_mem == 2 * buffer
+        assert not plan.cooperative and plan.cluster == 1
+    elif plan.variant == "cluster":
+        assert limits.compute_capability >= (9, 0) and limits.cluster_launch
+        assert plan.cluster in persistent.CLUSTER_SIZES and plan.cluster <= limits.max_cluster_size
+        assert plan.grid[0] == plan.cluster, "one cluster spans a grid row exactly"
+        assert plan.shared_mem == 2 * buffer, "every block holds all of h, double-buffered"
         assert not plan.cooperative
+        assert plan.blocks <= plan.blocks_per_sm * limits.sm_count, "one wave"
     else:
-        assert plan.variant == "grid" and plan.cooperative
+        assert plan.variant == "grid" and plan.cooperative and plan.cluster == 1
         assert plan.shared_mem == buffer
         assert plan.blocks <= plan.blocks_per_sm * limits.sm_count, "must be co-resident"
     assert plan.blocks_per_sm >= 1
@@ -64,15 +73,23 @@ def test_anchor_shapes_on_h200(planner) -> None:
         assert plan is not None and plan.variant == "batch", name
         assert plan.blocks <= plan.blocks_per_sm * H200.sm_count, "one wave"
     assert plans["pixelmnist"].rb == 1, "latency-bound: the fewest rows per block"
-    # H = 512 and 1024 at small batch: grid-synchronised
-    for name in ("medium", "latency_b4", "b32_h512"):
+    # H = 512 at small batch: W_hh fits the registers of 16 blocks, one cluster per row slice
+    for name in ("medium", "b32_h512"):
         plan = plans[name]
-        assert plan is not None and plan.variant == "grid", name
+        assert plan is not None and plan.variant == "cluster" and plan.cluster == 16, name
+    # H = 1024 needs 64 blocks' registers: more than a cluster, grid-synchronised
+    assert plans["latency_b4"] is not None and plans["latency_b4"].variant == "grid"
     # large batch and H is compute-bound: W_hh would have to be replicated per row slice
     assert plans["large"] is None
     for name, plan in plans.items():
         if plan is not None:
             check_plan(plan, ANCHORS[name][1], ANCHORS[name][2])
+    # without clusters (RNNCU_PERSISTENT_VARIANTS=batch,grid) H = 512 is grid-synchronised
+    for name in ("medium", "b32_h512"):
+        plan = planner(*ANCHORS[name], "float32", H200, "batch,grid")
+        assert plan is not None and plan.variant == "grid", name
+        check_plan(plan, ANCHORS[name][1], ANCHORS[name][2])
+        assert plan.est_step_cycles > plans[name].est_step_cycles
 
 
 def test_forward_and_backward_share_geometry() -> None:
@@ -113,7 +130,7 @@ def test_batch_variant_boundary_float32() -> None:
             assert plan is not None and plan.variant == "batch", (batch, hidden)
             check_plan(plan, batch, hidden)
         above = plan_forward(10, batch, 129, "float32", H200)
-        assert above is None or above.variant == "grid"
+        assert above is None or above.variant in ("cluster", "grid")
     assert _largest_hidden(4, "float32", "batch") == 128
 
 
@@ -135,7 +152,9 @@ def test_float64_batch_variant_is_smaller() -> None:
     # doubles take twice the registers: the batch-sliced kernel stops at H = 64
     assert _largest_hidden(128, "float64", "batch") == 64
     plan = plan_forward(784, 128, 128, "float64", H200)
-    assert plan is not None and plan.variant == "grid"
+    # ... and H = 128 in doubles splits over a cluster of two blocks
+    assert plan is not None and plan.variant == "cluster" and plan.cluster == 2
+    check_plan(plan, 128, 128)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -193,6 +212,95 @@ def test_fewer_multiprocessors_shrink_the_grid_variant() -> None:
     check_plan(plan, 4, 512, a100)
 
 
+# --------------------------------------------------------------------------- clusters
+def test_clusters_need_sm90_and_cluster_launch() -> None:
+    a100 = DeviceLimits(sm_count=108, smem_per_block_optin=163 * 1024, smem_per_sm=164 * 1024,
+                        compute_capability=(8, 0))  # fmt: skip
+    no_clusters = DeviceLimits(sm_count=132, smem_per_block_optin=227 * 1024,
+                               smem_per_sm=228 * 1024, cluster_launch=False)  # fmt: skip
+    for limits in (a100, no_clusters):
+        for batch, hidden in itertools.product((1, 4, 64), (129, 200, 256, 512)):
+            plan = plan_forward(10, batch, hidden, "float32", limits)
+            if plan is None:  # B = 64 at H = 512 outgrows 108 SMs
+                assert limits is a100 and hidden == 512
+                continue
+            assert plan.variant == "grid", (limits, batch, hidden)
+            check_plan(plan, batch, hidden, limits)
+
+
+def test_max_cluster_size_bounds_the_clusters() -> None:
+    # what the runtime does when the occupancy API refuses a plan's clusters: halve the size
+    sizes = []
+    limits = H200
+    while True:
+        plan = plan_forward(*ANCHORS["b32_h512"], "float32", limits)
+        assert plan is not None
+        check_plan(plan, 32, 512, limits)
+        if plan.variant != "cluster":
+            break
+        sizes.append(plan.cluster)
+        limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
+    # at H = 512 only 16 blocks hold W_hh in registers; without them the grid kernel runs
+    assert sizes == [16] and plan.variant == "grid"
+    sizes = []
+    limits = H200
+    for _ in range(5):
+        plan = plan_forward(10, 3, 200, "float32", limits)
+        if plan.variant != "cluster":
+            break
+        check_plan(plan, 3, 200, limits)
+        sizes.append(plan.cluster)
+        limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) >= 2, sizes
+
+
+def test_clusters_win_where_they_fit_and_batch_keeps_small_h() -> None:
+    for dtype in DTYPES:
+        for batch, hidden in itertools.product((1, 3, 8, 33, 64), (96, 129, 200, 256, 384)):
+            auto = plan_forward(10, batch, hidden, dtype, H200)
+            if auto is None:
+                continue
+            for variants in ("batch", "grid", "batch,grid"):
+                other = plan_forward(10, batch, hidden, dtype, H200, variants)
+                assert other is None or other.est_step_cycles >= auto.est_step_cycles
+            only = plan_forward(10, batch, hidden, dtype, H200, "cluster")
+            if auto.variant == "cluster":
+                assert only == auto
+    # the batch variant keeps every H it can hold: no exchange, no cluster barrier
+    for hidden in (1, 33, 128):
+        plan = plan_forward(10, 7, hidden, "float32", H200)
+        assert plan is not None and plan.variant == "batch"
+
+
+def test_variants_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = ANCHORS["medium"]
+    assert plan_forward(*shape, "float32", H200, ["grid"]).variant == "grid"
+    assert plan_forward(*shape, "float32", H200, ("grid", "cluster")).variant == "cluster"
+    assert plan_forward(*shape, "float32", H200, "batch") is None
+    for bad in ("", "warp", ["grid", "warp"], ()):
+        with pytest.raises(ValueError, match="subset of batch, cluster, grid"):
+            plan_forward(*shape, "float32", H200, bad)
+    monkeypatch.delenv(persistent.VARIANTS_ENV, raising=False)
+    assert persistent.variants_in_force() == persistent.VARIANTS
+    monkeypatch.setenv(persistent.VARIANTS_ENV, " grid , batch ")
+    assert persistent.variants_in_force() == ("batch", "grid")
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "grid,cluser")
+    with pytest.raises(ValueError, match="RNNCU_PERSISTENT_VARIANTS"):
+        persistent.variants_in_force()
+
+
+def test_cluster_name_expressions() -> None:
+    assert (
+        persistent.name_expression("cluster", "backward", "float64", 32, 2, 16)
+        == "persistent_cluster_backward<double, 32, 2, 16>"
+    )
+    for cluster in (1, 3, 32):
+        with pytest.raises(ValueError, match="cluster"):
+            persistent.name_expression("cluster", "forward", "float32", 32, 1, cluster)
+    with pytest.raises(ValueError, match="no clusters"):
+        persistent.name_expression("grid", "forward", "float32", 32, 1, 2)
+
+
 def test_dtype_spellings() -> None:
     import numpy as np
 
@@ -229,11 +337,18 @@ def test_registered_with_the_loader() -> None:
     names = kernel_loader.all_name_expressions()
     assert names[persistent.BATCH_KERNEL_FILE] == persistent.all_name_expressions("batch")
     assert names[persistent.GRID_KERNEL_FILE] == persistent.all_name_expressions("grid")
+    assert names[persistent.CLUSTER_KERNEL_FILE] == persistent.all_name_expressions("cluster")
     assert len(names[persistent.BATCH_KERNEL_FILE]) == 48
+    assert len(names[persistent.CLUSTER_KERNEL_FILE]) == 48 * len(persistent.CLUSTER_SIZES)
 
 
 def test_kernels_start_with_a_header_comment() -> None:
-    for filename in ("persistent_rnn.cu", "persistent_grid.cu", "persistent_common.cuh"):
+    for filename in (
+        "persistent_rnn.cu",
+        "persistent_cluster.cu",
+        "persistent_grid.cu",
+        "persistent_common.cuh",
+    ):
         text = (kernel_loader.kernel_dir() / filename).read_text()
         assert text.startswith("// "), filename
 
@@ -250,17 +365,16 @@ except Exception as exc:  # ImportError, or libnvrtc missing at load time
 @pytest.mark.slow
 @pytest.mark.skipif(_NVRTC_REASON is not None, reason=str(_NVRTC_REASON))
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("variant", ["batch", "grid"])
+@pytest.mark.parametrize("variant", persistent.VARIANTS)
 def test_every_persistent_kernel_compiles_without_spills(variant: str, arch: str) -> None:
     names = persistent.all_name_expressions(variant)
-    filename = persistent.BATCH_KERNEL_FILE if variant == "batch" else persistent.GRID_KERNEL_FILE
-    result = kernel_loader.nvrtc_compile(filename, names, arch=arch)
+    result = compile_file(persistent._FILES[variant], arch)
     assert set(result.spills) == set(names), result.log
     spilling = {name: s for name, s in result.spills.items() if s != (0, 0)}
     assert not spilling, f"register spills (stores, loads) on {arch}: {spilling}"
     assert not any(result.stack_frame.values()), result.stack_frame
     # the planner's occupancy estimate assumes ptxas stayed within the cap of the bound
     for name in names:
-        ctype, kc, rb = re.search(r"<(\w+), (\d+), (\d+)>", name).groups()
+        ctype, kc, rb = re.search(r"<(\w+), (\d+), (\d+)[,>]", name).groups()
         itemsize = 4 if ctype == "float" else 8
         assert result.registers[name] <= persistent.register_cap(itemsize, int(kc), int(rb))

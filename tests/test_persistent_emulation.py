@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 from device_limits import H200
-from kernel_emulation import ASCENDING, DESCENDING, RANDOM, KernelEmulation
+from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 
 from rnncu.backend import persistent
 from rnncu.backend.numpy_backend import NumpyBackend
@@ -206,8 +206,16 @@ ALL_GRADIENTS = ((True, True), (False, False), (True, False), (False, True))
         (1, 5, 33, np.float32, "relu", False, False, "batch"),
         (20, 3, 33, np.float64, "tanh", False, True, "batch"),
         (12, 3, 64, np.float64, "tanh", True, True, "batch"),  # largest batch-sliced H (f64)
-        (8, 3, 65, np.float64, "relu", False, True, "grid"),  # smallest grid-synced H (f64)
         (6, 3, 128, np.float32, "tanh", False, True, "batch"),  # largest batch-sliced H (f32)
+        # the smallest H past the batch variant, then clusters of 2, 8 and 16 blocks
+        (8, 3, 65, np.float64, "relu", False, True, "cluster"),
+        (20, 1, 129, np.float32, "tanh", True, True, "cluster"),
+        (5, 3, 128, np.float64, "tanh", True, True, "cluster"),
+        (4, 2, 200, np.float32, "relu", True, True, "cluster"),
+        (3, 2, 384, np.float32, "tanh", False, True, "cluster"),
+        (3, 2, 257, np.float32, "relu", True, True, "grid"),  # no cluster fits: grid sync
+        # without clusters (RNNCU_PERSISTENT_VARIANTS=batch,grid): the grid-synced kernels
+        (8, 3, 65, np.float64, "relu", False, True, "grid"),  # smallest grid-synced H (f64)
         (20, 1, 129, np.float32, "tanh", True, True, "grid"),  # smallest grid-synced H (f32)
         (1, 3, 129, np.float32, "relu", False, False, "grid"),
         (5, 3, 128, np.float64, "tanh", True, True, "grid"),  # 16-byte gathers
@@ -226,8 +234,10 @@ def test_planned_launch_matches_numpy(
     use_lengths: bool,
     variant: str,
 ) -> None:
-    forward = plan_forward(steps, batch, hidden, dtype, H200)
-    backward = plan_backward(steps, batch, hidden, dtype, H200)
+    # a "grid" case whose H a cluster could take is planned without clusters
+    variants = ("batch", "grid") if variant == "grid" else persistent.VARIANTS
+    forward = plan_forward(steps, batch, hidden, dtype, H200, variants)
+    backward = plan_backward(steps, batch, hidden, dtype, H200, variants)
     assert forward is not None and backward is not None
     assert forward.variant == backward.variant == variant
     check_case(
@@ -252,6 +262,9 @@ def test_planned_launch_matches_numpy(
 #: double KC = 8 blocks within the launch bounds of RB = 4 and 8; B = 3 and 5 pad rows for
 #: RB > 1; the grid candidates split H over 2 to 8 blocks
 CANDIDATE_SHAPES = [(3, 3, 33), (3, 3, 36), (2, 5, 17)]
+#: larger clusters need larger H: shapes that reach the cluster instantiations the shapes
+#: above do not (only those candidates run)
+CLUSTER_SHAPES = {"float32": [(2, 3, 121), (2, 3, 241)], "float64": [(2, 3, 121), (2, 3, 25)]}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -259,16 +272,21 @@ def test_every_instantiation_matches_numpy(
     emulation: KernelEmulation, rng: np.random.Generator, dtype
 ) -> None:
     """Every launch shape the planner considers (not only the one it picks), so that every
-    (variant, KC, RB) instantiation runs, with ks from 1 to 8 and several unit slicings."""
+    (variant, KC, RB[, CX]) instantiation runs, with ks from 1 to 32 and several unit
+    slicings."""
     name = np.dtype(dtype).name
     seen: set[str] = set()
     count = 0
-    for steps, batch, hidden in CANDIDATE_SHAPES:
+    shapes = [(shape, False) for shape in CANDIDATE_SHAPES]
+    shapes += [(shape, True) for shape in CLUSTER_SHAPES[name]]
+    for (steps, batch, hidden), only_new in shapes:
         forwards = persistent._candidates("forward", batch, hidden, name, H200)
         backwards = persistent._candidates("backward", batch, hidden, name, H200)
         assert len(forwards) == len(backwards)
         for forward, backward in zip(forwards, backwards, strict=True):
             assert dataclasses.replace(backward, direction="forward") == forward
+            if only_new and (forward.variant != "cluster" or forward.name_expression in seen):
+                continue
             nonlinearity, reverse = [("tanh", False), ("relu", True)][count % 2]
             check_case(
                 emulation,
@@ -288,14 +306,14 @@ def test_every_instantiation_matches_numpy(
             count += 1
     wanted = {
         n
-        for variant in ("batch", "grid")
+        for variant in persistent.VARIANTS
         for n in persistent.all_name_expressions(variant)
         if f"<{'float' if name == 'float32' else 'double'}," in n
     }
     assert seen == wanted, sorted(wanted - seen)
 
 
-@pytest.mark.parametrize("variant", ["batch", "grid"])
+@pytest.mark.parametrize("variant", persistent.VARIANTS)
 def test_zero_steps(emulation: KernelEmulation, rng: np.random.Generator, variant) -> None:
     """T = 0: the forward launch changes nothing; the backward one still writes grad_h0
     (grad_h_last, or zeros)."""
@@ -316,22 +334,28 @@ def test_zero_steps(emulation: KernelEmulation, rng: np.random.Generator, varian
 
 
 # -------------------------------------------------------------- determinism, alignment
-@pytest.mark.parametrize(("batch", "hidden", "variant"), [(5, 33, "batch"), (3, 129, "grid")])
+@pytest.mark.parametrize(
+    ("batch", "hidden", "variant"),
+    [(5, 33, "batch"), (3, 129, "grid"), (3, 129, "cluster"), (2, 384, "cluster")],
+)
 def test_bitwise_identical_under_every_schedule(
     emulation: KernelEmulation, rng: np.random.Generator, batch, hidden, variant
 ) -> None:
     """The same launch, with the fibers resumed in ascending, descending and random orders
     after every barrier (a race between two threads would see the accesses in opposite
-    orders), gives the same bits each time."""
+    orders; for the cluster kernels, a push into a peer's buffer racing that peer's reads),
+    gives the same bits each time."""
     steps, dtype = 6, np.float32
-    forward = plan_forward(steps, batch, hidden, dtype, H200)
-    backward = plan_backward(steps, batch, hidden, dtype, H200)
+    forward = plan_forward(steps, batch, hidden, dtype, H200, ("batch", variant))
+    backward = plan_backward(steps, batch, hidden, dtype, H200, ("batch", variant))
     assert forward.variant == variant
     z, w_hh, h0, lengths, grad_states, grad_h_last = _problem(
         rng, steps, batch, hidden, dtype, True
     )
     results = []
-    for policy, seed in [(ASCENDING, 0), (DESCENDING, 0), (RANDOM, 1), (RANDOM, 2), (RANDOM, 3)]:
+    schedules = [(ASCENDING, 0), (DESCENDING, 0), (RANDOM, 1), (RANDOM, 2), (RANDOM, 3)]
+    schedules.append((RUN_AHEAD, 0))
+    for policy, seed in schedules:
         states = run_forward(emulation, forward, z, w_hh, h0, lengths, "tanh", True, policy, seed)
         grad_z, grad_h0 = run_backward(
             emulation, backward, states, w_hh, grad_states, grad_h_last, lengths, "tanh",
@@ -407,3 +431,9 @@ def test_emulator_reports_bad_launches(
     limit = persistent.max_threads_for(4, grid.kc, grid.rb)
     fails(dataclasses.replace(grid, threads=2 * limit), "__launch_bounds__|1024")
     fails(dataclasses.replace(batch_plan, grid=(1, 70000)), "out of range")
+    cluster = next(
+        p
+        for p in persistent._candidates("forward", batch, hidden, "float32", H200)
+        if p.variant == "cluster"
+    )
+    fails(dataclasses.replace(cluster, grid=(cluster.cluster + 1, 3)), "multiple of the cluster")

@@ -21,11 +21,23 @@ from rnncu.backend.persistent import (
 
 pytestmark = pytest.mark.gpu
 
+
+@pytest.fixture(params=["batch,cluster,grid", "batch,grid"], ids=["auto", "no-clusters"])
+def variants(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: with every variant the planner may pick, then without clusters, so
+    that the grid-synchronised kernels keep running on the shapes clusters now take."""
+    from rnncu.backend import persistent
+
+    monkeypatch.setenv(persistent.VARIANTS_ENV, request.param)
+    return request.param
+
+
 TOLERANCES = {np.float32: (1e-5, 2e-5), np.float64: (1e-10, 1e-12)}  # rtol, atol
 REFERENCE = NumpyBackend()
 
 # (T, B, H) around each dispatch boundary on an H200 (see test_persistent_dispatch.py):
-# H = 128 | 129 (batch -> grid in float32), 64 | 65 (float64), odd sizes, and large-H grid.
+# H = 128 | 129 (batch -> cluster in float32), 64 | 65 (float64), odd sizes, clusters of 2
+# to 16 blocks, and large-H grid.
 SHAPES = [
     (5, 1, 1),
     (6, 7, 33),
@@ -34,6 +46,7 @@ SHAPES = [
     (5, 9, 127),
     (7, 256, 128),
     (4, 5, 129),
+    (5, 3, 200),
     (3, 33, 257),
     (3, 4, 512),
     (3, 3, 1000),
@@ -99,6 +112,7 @@ def check(actual: Any, expected: np.ndarray, dtype: Any) -> None:
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_backward_match_numpy(
+    variants: str,
     rng: np.random.Generator,
     shape: tuple[int, int, int],
     dtype: Any,
@@ -139,7 +153,9 @@ def test_forward_and_backward_match_numpy(
 
 
 @pytest.mark.parametrize("shape", [(28, 256, 128), (64, 128, 128), (20, 4, 1024), (12, 64, 512)])
-def test_anchor_like_shapes_float32(rng: np.random.Generator, shape: tuple[int, int, int]) -> None:
+def test_anchor_like_shapes_float32(
+    variants: str, rng: np.random.Generator, shape: tuple[int, int, int]
+) -> None:
     import cupy
 
     inputs = make_inputs(rng, shape, np.float32, with_lengths=True)
@@ -177,8 +193,10 @@ def test_backward_outputs_are_fully_written(rng: np.random.Generator) -> None:
         assert not bool(cupy.isnan(grad_z).any()) and not bool(cupy.isnan(grad_h0).any())
 
 
-@pytest.mark.parametrize("shape", [(30, 64, 128), (10, 8, 700)])
-def test_bit_identical_over_repeats(rng: np.random.Generator, shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("shape", [(30, 64, 128), (10, 8, 700), (40, 8, 200), (20, 32, 512)])
+def test_bit_identical_over_repeats(
+    variants: str, rng: np.random.Generator, shape: tuple[int, int, int]
+) -> None:
     import cupy
 
     inputs = make_inputs(rng, shape, np.float32, with_lengths=True)
@@ -254,11 +272,33 @@ def test_device_limits_and_occupancy_agree_with_the_plan() -> None:
     device_id = cupy.cuda.runtime.getDevice()
     limits = DeviceLimits.from_device(device_id)
     assert limits.sm_count > 0 and limits.smem_per_block_optin >= 48 * 1024
+    # (the cluster plans are checked by cuOccupancyMaxActiveClusters: the test below)
     for shape in [(100, 64, 512), (1000, 4, 1024), (512, 32, 512), (28, 256, 128)]:
-        plan = plan_forward(*shape, "float32", limits)
+        plan = plan_forward(*shape, "float32", limits, "batch,grid")
         assert plan is not None
         kernel = persistent._kernel(plan, device_id)
         if plan.shared_mem > 48 * 1024:
             kernel.max_dynamic_shared_size_bytes = plan.shared_mem
         actual = persistent._occupancy(kernel, plan.threads, plan.shared_mem)
         assert actual >= plan.blocks_per_sm, (shape, plan, actual)
+
+
+def test_cluster_occupancy_query_answers() -> None:
+    """cuOccupancyMaxActiveClusters through ctypes (CuPy does not wrap it) must answer for
+    portable and non-portable cluster sizes; a silent 0 would quietly turn clusters off."""
+    import cupy
+
+    from rnncu.backend import persistent
+
+    device_id = cupy.cuda.runtime.getDevice()
+    limits = DeviceLimits.from_device(device_id)
+    if not limits.cluster_launch:
+        pytest.skip("this device has no thread-block clusters")
+    answers = {}
+    for shape in [(10, 3, 200), (100, 64, 512), (512, 32, 512)]:
+        plan = plan_forward(*shape, "float32", limits, "cluster")
+        assert plan is not None, shape
+        kernel = persistent._kernel(plan, device_id)
+        answers[shape] = (plan.cluster, persistent._prepare_cluster(kernel, plan, device_id))
+    print("\ncluster size, resident clusters:", answers)
+    assert all(count >= 1 for _, count in answers.values()), answers

@@ -56,12 +56,13 @@ def test_module_granularity_per_file() -> None:
     step = [s for s in specs if s.filename == kernel_loader.STEP_KERNEL_FILE]
     assert len(step) == 1 and not step[0].cooperative  # one module: all 24 step kernels
     assert len(step[0].name_expressions) == 24
-    for filename, cooperative in (
-        (persistent.BATCH_KERNEL_FILE, False),
-        (persistent.GRID_KERNEL_FILE, True),
+    for filename, cooperative, count in (
+        (persistent.BATCH_KERNEL_FILE, False, 48),
+        (persistent.CLUSTER_KERNEL_FILE, False, 48 * len(persistent.CLUSTER_SIZES)),
+        (persistent.GRID_KERNEL_FILE, True, 48),
     ):
         mine = [s for s in specs if s.filename == filename]
-        assert len(mine) == 48
+        assert len(mine) == count
         assert all(len(s.name_expressions) == 1 for s in mine)
         assert all(s.cooperative is cooperative for s in mine)
 

@@ -1,20 +1,28 @@
 """Persistent whole-sequence recurrence: one kernel launch runs all T steps.
 
-Two kernel families (``kernels/persistent_rnn.cu`` and ``kernels/persistent_grid.cu``, shared
-device code in ``kernels/persistent_common.cuh``) keep the recurrent weight in registers for
-the whole launch:
+Three kernel families (``kernels/persistent_rnn.cu``, ``kernels/persistent_cluster.cu`` and
+``kernels/persistent_grid.cu``, shared device code in ``kernels/persistent_common.cuh``) keep
+the recurrent weight in registers for the whole launch:
 
 * ``batch``: each block owns ``RB`` whole batch rows and ALL hidden units; steps are separated
   by ``__syncthreads()`` only, so any number of blocks may be launched (ordinary launch). This
   is the small-H kernel (H <= 128 in float32 on an H200).
+* ``cluster`` (sm_90 and newer): the ``CX`` blocks of a thread-block cluster own ``nu`` hidden
+  units each of the same ``RB`` rows; every block keeps all of h_{t-1} in shared memory, the
+  epilogues push h_t (grad_z_t) into every block of the cluster through distributed shared
+  memory, and one cluster barrier per step replaces the grid barrier. Clusters are
+  independent (ordinary launch). CuPy's launch takes no cluster attribute, so ``CX`` is a
+  template parameter (``__cluster_dims__``): 2, 4, 8, or 16 (non-portable, allowed per kernel
+  with ``cuFuncSetAttribute``). Before launching, ``cuOccupancyMaxActiveClusters`` must say
+  that every cluster of the launch is resident at once; otherwise the next variant runs.
 * ``grid``: block (x, y) owns ``nu`` hidden units of ``RB`` rows; the blocks of one
   cooperative launch meet at ``cooperative_groups::this_grid().sync()`` once per step and
   exchange h_t (forward) or grad_z_t (backward) through the output arrays themselves. All
   blocks must be co-resident, which the occupancy API checks before launching.
 
-Thread-block clusters / distributed shared memory (sm_90) are not used: CuPy 14's
-``RawKernel.__call__`` has no way to pass the cluster-dimension launch attribute, so a cluster
-kernel would need ``__cluster_dims__`` fixed at compile time and could not be sized per shape.
+The variants the planner may choose are all three, or those named in the environment variable
+``RNNCU_PERSISTENT_VARIANTS`` (comma-separated, e.g. ``grid``), read at every call: for tests
+and for benchmarking one variant against another on the same shape.
 
 The planning functions (:func:`plan_forward`, :func:`plan_backward`) are pure Python: they take
 the device's limits as a :class:`DeviceLimits` value, so the dispatch decisions are unit
@@ -27,8 +35,12 @@ C-contiguous CuPy arrays of one dtype (float32 or float64) on one device.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import functools
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +48,8 @@ from rnncu.backend import kernel_loader
 
 __all__ = [
     "BATCH_KERNEL_FILE",
+    "CLUSTER_KERNEL_FILE",
+    "CLUSTER_SIZES",
     "GRID_KERNEL_FILE",
     "DeviceLimits",
     "Plan",
@@ -48,10 +62,22 @@ __all__ = [
     "persistent_forward",
     "plan_backward",
     "plan_forward",
+    "VARIANTS",
+    "VARIANTS_ENV",
+    "last_plans",
+    "variants_in_force",
 ]
 
 BATCH_KERNEL_FILE = "persistent_rnn.cu"
 GRID_KERNEL_FILE = "persistent_grid.cu"
+CLUSTER_KERNEL_FILE = "persistent_cluster.cu"
+#: every persistent variant, in the order ties are broken
+VARIANTS: tuple[str, ...] = ("batch", "cluster", "grid")
+VARIANTS_ENV = "RNNCU_PERSISTENT_VARIANTS"
+#: blocks per cluster (the CX template parameter); above 8 the size is "non-portable" (Hopper
+#: allows 16 per kernel on request; the occupancy API says whether a launch fits)
+CLUSTER_SIZES: tuple[int, ...] = (2, 4, 8, 16)
+PORTABLE_CLUSTER_SIZE = 8
 
 #: weights per thread (the KC template parameter) instantiated per element type
 WEIGHTS_PER_THREAD: dict[str, tuple[int, ...]] = {"float32": (16, 32, 64), "float64": (8, 16, 32)}
@@ -60,13 +86,17 @@ ROWS_PER_BLOCK: tuple[int, ...] = (1, 2, 4, 8)
 _CTYPES = {"float32": "float", "float64": "double"}
 _ITEMSIZE = {"float32": 4, "float64": 8}
 _VECTOR_WIDTH = {"float32": 4, "float64": 2}
-_FILES = {"batch": BATCH_KERNEL_FILE, "grid": GRID_KERNEL_FILE}
+_FILES = {"batch": BATCH_KERNEL_FILE, "cluster": CLUSTER_KERNEL_FILE, "grid": GRID_KERNEL_FILE}
 
 # Cost model constants, in SM clock cycles (H200 figures from /work/shared/ANCHORS.md: a grid
 # barrier ~1.0 us, a block-barrier loop iteration ~0.1 us, at ~1.98 GHz). They only rank
 # candidate launch shapes; they are not a performance promise.
 _BLOCK_BARRIER_CYCLES = 200
 _GRID_BARRIER_CYCLES = 2000
+# cluster barrier: 0.40 us for 2 blocks, 0.51 us for 4 and 8 (ANCHORS.md); 16 not measured,
+# assumed 0.6 us. Pushed values land in the peers' shared memory before the barrier completes.
+_CLUSTER_BARRIER_CYCLES = {2: 800, 4: 1000, 8: 1000, 16: 1200}
+_DSMEM_LATENCY_CYCLES = 200
 _GATHER_LATENCY_CYCLES = 800  # one dependent L2 round trip for the per-step gather
 _L2_BYTES_PER_CYCLE_PER_SM = 64
 _EPILOGUE_INSTRUCTIONS = 40  # activation, masking, stores of one row
@@ -100,22 +130,33 @@ def chunk_stride(itemsize: int, kc: int, rb: int) -> int:
     return (chunk_bytes + pad) // itemsize
 
 
-def name_expression(variant: str, direction: str, dtype: str, kc: int, rb: int) -> str:
-    """``persistent_batch_forward<float, 32, 2>`` and the like."""
+def name_expression(
+    variant: str, direction: str, dtype: str, kc: int, rb: int, cluster: int = 1
+) -> str:
+    """``persistent_batch_forward<float, 32, 2>``, ``persistent_cluster_backward<float, 64, 8,
+    16>`` and the like (``cluster``: the blocks per cluster, for the cluster variant only)."""
     if variant not in _FILES:
-        raise ValueError(f"variant must be 'batch' or 'grid', got {variant!r}")
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if variant == "cluster":
+        if cluster not in CLUSTER_SIZES:
+            raise ValueError(f"cluster must be one of {CLUSTER_SIZES}, got {cluster!r}")
+        return f"persistent_cluster_{direction}<{_CTYPES[dtype]}, {kc}, {rb}, {cluster}>"
+    if cluster != 1:
+        raise ValueError(f"the {variant} variant has no clusters, got cluster={cluster!r}")
     return f"persistent_{variant}_{direction}<{_CTYPES[dtype]}, {kc}, {rb}>"
 
 
 def all_name_expressions(variant: str) -> list[str]:
     """Every instantiation of one kernel file (what the loader registers and tests compile)."""
+    sizes = CLUSTER_SIZES if variant == "cluster" else (1,)
     return [
-        name_expression(variant, direction, dtype, kc, rb)
+        name_expression(variant, direction, dtype, kc, rb, cx)
         for dtype, kcs in WEIGHTS_PER_THREAD.items()
         for kc in kcs
         for rb in ROWS_PER_BLOCK
+        for cx in sizes
         for direction in ("forward", "backward")
     ]
 
@@ -123,6 +164,9 @@ def all_name_expressions(variant: str) -> list[str]:
 # One module per name expression: compiling all 48 instantiations of a file costs 15 to 20 s
 # of NVRTC, one of them 0.5 s (batch) or 3 s (grid, mostly cooperative_groups' headers).
 kernel_loader.register_kernel_file(BATCH_KERNEL_FILE, all_name_expressions("batch"), per_name=True)
+kernel_loader.register_kernel_file(
+    CLUSTER_KERNEL_FILE, all_name_expressions("cluster"), per_name=True
+)
 kernel_loader.register_kernel_file(
     GRID_KERNEL_FILE, all_name_expressions("grid"), per_name=True, cooperative=True
 )
@@ -142,6 +186,11 @@ class DeviceLimits:
     max_blocks_per_sm: int = 32
     compute_capability: tuple[int, int] = (9, 0)
     cooperative_launch: bool = True
+    #: thread-block clusters (compute capability 9.0 and newer)
+    cluster_launch: bool = True
+    #: the largest cluster the planner may use (lowered at run time when the occupancy API
+    #: says the clusters of a plan do not all fit at once)
+    max_cluster_size: int = CLUSTER_SIZES[-1]
     #: shared memory the system reserves per block (1 KB on sm_80+)
     reserved_smem_per_block: int = 1024
 
@@ -166,6 +215,8 @@ class DeviceLimits:
             # CuPy's runtime module has no compute-capability attribute enums; Device has it
             compute_capability=(int(capability[:-1]), int(capability[-1])),
             cooperative_launch=bool(attr("cudaDevAttrCooperativeLaunch")),
+            # cudaDevAttrClusterLaunch (120): CuPy 14's runtime module has no name for it
+            cluster_launch=int(runtime.deviceGetAttribute(120, device_id)) == 1,
             reserved_smem_per_block=attr("cudaDevAttrReservedSharedMemoryPerBlock"),
         )
 
@@ -187,7 +238,7 @@ def estimate_blocks_per_sm(threads: int, registers: int, smem: int, limits: Devi
 class Plan:
     """One launch of a persistent kernel."""
 
-    variant: str  # "batch" or "grid"
+    variant: str  # "batch", "cluster" or "grid"
     direction: str  # "forward" or "backward"
     dtype: str  # "float32" or "float64"
     kc: int  # weights per thread (template)
@@ -199,6 +250,7 @@ class Plan:
     shared_mem: int  # dynamic shared memory, bytes
     blocks_per_sm: int  # the estimate the plan was made with
     est_step_cycles: float  # cost model, for ranking only
+    cluster: int = 1  # blocks per cluster (CX; 1 outside the cluster variant)
 
     @property
     def filename(self) -> str:
@@ -206,7 +258,9 @@ class Plan:
 
     @property
     def name_expression(self) -> str:
-        return name_expression(self.variant, self.direction, self.dtype, self.kc, self.rb)
+        return name_expression(
+            self.variant, self.direction, self.dtype, self.kc, self.rb, self.cluster
+        )
 
     @property
     def blocks(self) -> int:
@@ -241,10 +295,12 @@ def _step_cycles(
     hidden: int,
     resident_per_sm: int,
     waves: int,
+    cluster: int = 1,
 ) -> float:
     """Rough cycles per recurrence step: the larger of issue throughput (4 schedulers, one
     instruction per cycle each) and the dependent chain, plus the barrier and, for the grid
-    variant, the per-step gather of RB rows from L2."""
+    variant, the per-step gather of RB rows from L2 (for the cluster variant, the pushes into
+    the peers' shared memory)."""
     width = _VECTOR_WIDTH[dtype]
     words = _ITEMSIZE[dtype] // 4
     per_thread = (
@@ -254,12 +310,16 @@ def _step_cycles(
         + _EPILOGUE_INSTRUCTIONS * math.ceil(rb / ks)
         + _FIXED_STEP_INSTRUCTIONS
     )
+    if variant == "cluster":
+        per_thread += 2 * cluster * math.ceil(rb / ks)  # address mapping + remote store
     warps = resident_per_sm * threads / 32
     issue = per_thread * warps / 4
     chain = 2 * kc * words + 5 * 4 * int(math.log2(ks)) + 150
     cycles = max(issue, chain)
     if variant == "batch":
         cycles += _BLOCK_BARRIER_CYCLES
+    elif variant == "cluster":
+        cycles += _CLUSTER_BARRIER_CYCLES[cluster] + _DSMEM_LATENCY_CYCLES
     else:
         gather_bytes = rb * hidden * _ITEMSIZE[dtype] * resident_per_sm
         cycles += (
@@ -272,7 +332,12 @@ def _step_cycles(
 
 
 def _candidates(
-    direction: str, batch: int, hidden: int, dtype: str, limits: DeviceLimits
+    direction: str,
+    batch: int,
+    hidden: int,
+    dtype: str,
+    limits: DeviceLimits,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> list[Plan]:
     itemsize = _ITEMSIZE[dtype]
     plans: list[Plan] = []
@@ -292,7 +357,8 @@ def _candidates(
             # batch variant: one block holds every unit, double-buffered shared rows
             nu = math.ceil(hidden / unit_step) * unit_step
             smem = 2 * buffer_bytes
-            if nu * ks <= max_threads and smem <= limits.smem_per_block_optin:
+            fits = nu * ks <= max_threads and smem <= limits.smem_per_block_optin
+            if "batch" in variants and fits:
                 per_sm = estimate_blocks_per_sm(nu * ks, registers, smem, limits)
                 if per_sm > 0:
                     capacity = per_sm * limits.sm_count
@@ -317,8 +383,30 @@ def _candidates(
                             est_step_cycles=cost,
                         )  # fmt: skip
                     )
+            # cluster variant: CX blocks of nu units each, every block all of h in shared memory
+            clusters_possible = (
+                "cluster" in variants
+                and limits.cluster_launch
+                and limits.compute_capability >= (9, 0)
+                and smem <= limits.smem_per_block_optin
+            )
+            for cx in CLUSTER_SIZES if clusters_possible else ():
+                if cx > limits.max_cluster_size:
+                    break
+                nu = math.ceil(math.ceil(hidden / cx) / unit_step) * unit_step
+                if nu * (cx - 1) >= hidden or nu * ks > max_threads:
+                    continue  # a block of only padding units (a smaller CX does it), or too big
+                # one wave only: the runtime checks it with the occupancy API
+                plans += _unit_sliced(
+                    "cluster", direction, dtype, kc, rb, ks, nu, (cx, row_slices), registers,
+                    smem, hidden, limits, cx,
+                )  # fmt: skip
             # grid variant: unit slices of nu units; every block must be co-resident
-            if not limits.cooperative_launch or buffer_bytes > limits.smem_per_block_optin:
+            if (
+                "grid" not in variants
+                or not limits.cooperative_launch
+                or buffer_bytes > limits.smem_per_block_optin
+            ):
                 continue
             seen_slices: set[int] = set()
             for nu in range(unit_step, max_threads // ks + 1, unit_step):
@@ -328,79 +416,155 @@ def _candidates(
                 seen_slices.add(unit_slices)
                 nu_tight = math.ceil(math.ceil(hidden / unit_slices) / unit_step) * unit_step
                 unit_slices = math.ceil(hidden / nu_tight)  # no block of only padding units
-                threads = nu_tight * ks
-                per_sm = estimate_blocks_per_sm(threads, registers, buffer_bytes, limits)
-                blocks = unit_slices * row_slices
-                if per_sm == 0 or blocks > per_sm * limits.sm_count:
-                    continue
-                resident = math.ceil(blocks / limits.sm_count)
-                cost = _step_cycles("grid", dtype, kc, rb, ks, threads, hidden, resident, 1)
-                plans.append(
-                    Plan(
-                        variant="grid",
-                        direction=direction,
-                        dtype=dtype,
-                        kc=kc,
-                        rb=rb,
-                        ks=ks,
-                        units_per_block=nu_tight,
-                        grid=(unit_slices, row_slices),
-                        threads=threads,
-                        shared_mem=buffer_bytes,
-                        blocks_per_sm=per_sm,
-                        est_step_cycles=cost,
-                    )  # fmt: skip
-                )
+                plans += _unit_sliced(
+                    "grid", direction, dtype, kc, rb, ks, nu_tight, (unit_slices, row_slices),
+                    registers, buffer_bytes, hidden, limits,
+                )  # fmt: skip
     return plans
 
 
+def _unit_sliced(
+    variant: str,
+    direction: str,
+    dtype: str,
+    kc: int,
+    rb: int,
+    ks: int,
+    nu: int,
+    grid: tuple[int, int],
+    registers: int,
+    smem: int,
+    hidden: int,
+    limits: DeviceLimits,
+    cluster: int = 1,
+) -> list[Plan]:
+    """The cluster or grid plan of ``grid`` blocks of ``nu`` units, or nothing when its blocks
+    cannot all be resident at once (the grid barrier needs it; the cluster cost assumes it)."""
+    threads = nu * ks
+    per_sm = estimate_blocks_per_sm(threads, registers, smem, limits)
+    blocks = grid[0] * grid[1]
+    if per_sm == 0 or blocks > per_sm * limits.sm_count:
+        return []
+    resident = math.ceil(blocks / limits.sm_count)
+    cost = _step_cycles(variant, dtype, kc, rb, ks, threads, hidden, resident, 1, cluster)
+    return [
+        Plan(
+            variant=variant,
+            direction=direction,
+            dtype=dtype,
+            kc=kc,
+            rb=rb,
+            ks=ks,
+            units_per_block=nu,
+            grid=grid,
+            threads=threads,
+            shared_mem=smem,
+            blocks_per_sm=per_sm,
+            est_step_cycles=cost,
+            cluster=cluster,
+        )
+    ]
+
+
+def _check_variants(variants: Any, source: str) -> tuple[str, ...]:
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    chosen = tuple(v for v in VARIANTS if v in variants)  # canonical order, no repeats
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not chosen:
+        raise ValueError(
+            f"{source}: expected a non-empty subset of {', '.join(VARIANTS)}, got {variants!r}"
+        )
+    return chosen
+
+
+def variants_in_force() -> tuple[str, ...]:
+    """The variants the planner may choose at run time: ``RNNCU_PERSISTENT_VARIANTS``
+    (comma-separated) when set, else all of :data:`VARIANTS`."""
+    value = os.environ.get(VARIANTS_ENV, "")
+    if not value.strip():
+        return VARIANTS
+    return _check_variants(value, f"environment variable {VARIANTS_ENV}")
+
+
 def _plan(
-    direction: str, steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+    direction: str,
+    steps: int,
+    batch: int,
+    hidden: int,
+    dtype: Any,
+    limits: DeviceLimits,
+    variants: Any,
 ) -> Plan | None:
     name = _dtype_name(dtype)
     if name not in _ITEMSIZE or steps < 0 or batch < 1 or hidden < 1:
         return None
-    return _plan_shape(direction, batch, hidden, name, limits)
+    return _plan_shape(
+        direction, batch, hidden, name, limits, _check_variants(variants, "variants")
+    )
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan_shape(
-    direction: str, batch: int, hidden: int, dtype: str, limits: DeviceLimits
+    direction: str,
+    batch: int,
+    hidden: int,
+    dtype: str,
+    limits: DeviceLimits,
+    variants: tuple[str, ...],
 ) -> Plan | None:
     """The plan does not depend on T; memoised because the search takes ~0.3 ms, which a
     training loop would otherwise pay on every call."""
     if limits.compute_capability < (8, 0):
         return None  # compiled and checked for sm_80 and newer only
-    candidates = _candidates(direction, batch, hidden, dtype, limits)
+    candidates = _candidates(direction, batch, hidden, dtype, limits, variants)
     if not candidates:
         return None
-    # cheapest per step; ties go to the batch variant, then fewer threads, then smaller KC
+    # cheapest per step; ties go to the batch variant, then the cluster variant, then fewer
+    # threads, then smaller KC
     return min(
         candidates,
-        key=lambda p: (p.est_step_cycles, p.variant != "batch", p.blocks * p.threads, p.kc),
+        key=lambda p: (p.est_step_cycles, VARIANTS.index(p.variant), p.blocks * p.threads, p.kc),
     )
 
 
 def plan_forward(
-    steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+    steps: int,
+    batch: int,
+    hidden: int,
+    dtype: Any,
+    limits: DeviceLimits,
+    variants: Any = VARIANTS,
 ) -> Plan | None:
     """The persistent launch for a forward recurrence of shape (T, B, H), or None when no
     persistent kernel applies (then the step kernels run). Pure Python: ``limits`` carries
-    the device's numbers."""
-    return _plan("forward", steps, batch, hidden, dtype, limits)
+    the device's numbers; ``variants`` (names from :data:`VARIANTS`, a sequence or a
+    comma-separated string) restricts the choice."""
+    return _plan("forward", steps, batch, hidden, dtype, limits, variants)
 
 
 def plan_backward(
-    steps: int, batch: int, hidden: int, dtype: Any, limits: DeviceLimits
+    steps: int,
+    batch: int,
+    hidden: int,
+    dtype: Any,
+    limits: DeviceLimits,
+    variants: Any = VARIANTS,
 ) -> Plan | None:
     """As :func:`plan_forward`, for the backward recurrence (same geometry: the kernels hold
     W_hh^T instead of W_hh)."""
-    return _plan("backward", steps, batch, hidden, dtype, limits)
+    return _plan("backward", steps, batch, hidden, dtype, limits, variants)
 
 
 # ------------------------------------------------------------------------------- runtime
 _limits_cache: dict[int, DeviceLimits] = {}
 _occupancy_cache: dict[tuple[str, int, int, int], int] = {}
+_cluster_cache: dict[tuple[str, int, int, int, int], int] = {}
+#: devices on which a cluster launch failed: the cluster variant is not planned there again
+_clusters_failed: set[int] = set()
+#: the plan of the latest persistent launch per direction ("forward", "backward"): what ran,
+#: after the occupancy checks (benchmarks and ``rnncu info`` report it)
+last_plans: dict[str, Plan] = {}
 _dummy_cache: dict[tuple[int, str], Any] = {}
 
 
@@ -428,6 +592,69 @@ def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
         blocks = _occupancy(kernel, plan.threads, plan.shared_mem)
         _occupancy_cache[key] = blocks
     return blocks
+
+
+def _prepare_cluster(kernel: Any, plan: Plan, device_id: int) -> int:
+    """Raise the shared-memory limit as :func:`_prepare` does and return how many clusters of
+    ``plan`` can be resident at once (the occupancy API; 0 when the query fails)."""
+    if plan.shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < plan.shared_mem:
+        kernel.max_dynamic_shared_size_bytes = plan.shared_mem
+    key = (plan.name_expression, plan.grid[1], plan.threads, plan.shared_mem, device_id)
+    clusters = _cluster_cache.get(key)
+    if clusters is None:
+        clusters = _cluster_occupancy(kernel, plan)
+        _cluster_cache[key] = clusters
+    return clusters
+
+
+class _LaunchConfig(ctypes.Structure):
+    """``CUlaunchConfig`` of the CUDA driver API (cuda.h)."""
+
+    _fields_ = [
+        ("gridDimX", ctypes.c_uint),
+        ("gridDimY", ctypes.c_uint),
+        ("gridDimZ", ctypes.c_uint),
+        ("blockDimX", ctypes.c_uint),
+        ("blockDimY", ctypes.c_uint),
+        ("blockDimZ", ctypes.c_uint),
+        ("sharedMemBytes", ctypes.c_uint),
+        ("hStream", ctypes.c_void_p),
+        ("attrs", ctypes.c_void_p),
+        ("numAttrs", ctypes.c_uint),
+    ]
+
+
+_CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+
+
+@functools.lru_cache(maxsize=1)
+def _libcuda() -> Any:
+    """The CUDA driver library CuPy already loaded (CuPy wraps no cluster occupancy query)."""
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _cluster_occupancy(kernel: Any, plan: Plan) -> int:
+    """``cuOccupancyMaxActiveClusters`` for ``plan``'s launch of ``kernel`` (a
+    :class:`cupy.RawKernel` compiled with ``__cluster_dims__``), after allowing a
+    non-portable cluster size where the plan needs one; 0 when the driver refuses either."""
+    try:
+        function = kernel.kernel.ptr
+        if plan.cluster > PORTABLE_CLUSTER_SIZE:
+            from cupy_backends.cuda.api import driver
+
+            driver.funcSetAttribute(
+                function, _CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+            )
+        config = _LaunchConfig(
+            plan.grid[0], plan.grid[1], 1, plan.threads, 1, 1, plan.shared_mem, None, None, 0
+        )
+        count = ctypes.c_int(0)
+        status = _libcuda().cuOccupancyMaxActiveClusters(
+            ctypes.byref(count), ctypes.c_void_p(function), ctypes.byref(config)
+        )
+    except Exception:  # no driver symbol, an old driver, a refused attribute: no clusters
+        return 0
+    return count.value if status == 0 else 0
 
 
 def _occupancy(kernel: Any, threads: int, shared_mem: int) -> int:
@@ -504,13 +731,32 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
     device_id = states.device.id
     limits = _device_limits(device_id)
     planner = plan_forward if direction == "forward" else plan_backward
-    plan = planner(steps, batch, hidden, states.dtype, limits)
+    variants = variants_in_force()
+    if device_id in _clusters_failed:
+        variants = tuple(v for v in variants if v != "cluster")
+    plan = planner(steps, batch, hidden, states.dtype, limits, variants) if variants else None
+    why_not_cluster = ""
+    while plan is not None and plan.variant == "cluster":
+        with states.device:
+            kernel = _kernel(plan, device_id)
+            clusters = _prepare_cluster(kernel, plan, device_id)
+        if clusters >= plan.grid[1]:
+            return plan, kernel, device_id
+        # Not every cluster resident at once (the cost model assumes one wave): plan again
+        # with smaller clusters only, down to none.
+        why_not_cluster = (
+            f"; {plan.name_expression} with {plan.threads} threads: the occupancy API allows "
+            f"{clusters} resident clusters, the plan needs {plan.grid[1]}"
+        )
+        limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
+        plan = planner(steps, batch, hidden, states.dtype, limits, variants)
     if plan is None:
         _reject(
             force,
             f"no persistent launch fits (T, B, H) = {states.shape} in {states.dtype} on a "
             f"device with {limits.sm_count} SMs, {limits.smem_per_block_optin} bytes of "
-            f"shared memory per block, compute capability {limits.compute_capability}",
+            f"shared memory per block, compute capability {limits.compute_capability} "
+            f"(variants {', '.join(variants_in_force())}){why_not_cluster}",
         )
         return None
     with states.device:
@@ -598,6 +844,30 @@ def supports(
     )
 
 
+def _launch(plan: Plan, kernel: Any, args: tuple, device: Any, device_id: int) -> bool:
+    """Launch; False when a cluster launch is refused (the driver reports a bad launch
+    configuration at once, before anything ran). The cluster variant is then off for the
+    device, with a warning, and the caller plans again; any other failure raises."""
+    try:
+        with device:
+            kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
+                   shared_mem=plan.shared_mem)  # fmt: skip
+    except Exception as exc:
+        if plan.variant != "cluster":
+            raise
+        _clusters_failed.add(device_id)
+        warnings.warn(
+            f"rnncu: the cluster launch {plan.name_expression} (grid {plan.grid}, "
+            f"{plan.threads} threads) failed ({exc}); persistent kernels on device "
+            f"{device_id} no longer use clusters in this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    last_plans[plan.direction] = plan
+    return True
+
+
 def persistent_forward(
     states: Any,
     w_hh: Any,
@@ -624,9 +894,8 @@ def persistent_forward(
     args = forward_args(
         plan, states, w_hh, h0, lengths, nonlinearity, reverse, _dummy(device_id, np.int32)
     )
-    with states.device:
-        kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
-               shared_mem=plan.shared_mem)  # fmt: skip
+    if not _launch(plan, kernel, args, states.device, device_id):
+        return persistent_forward(states, w_hh, h0, lengths, nonlinearity, reverse, force)
     return True
 
 
@@ -666,6 +935,8 @@ def persistent_backward(
             plan, grad_z, grad_h0, states, w_hh, grad_states, grad_h_last, lengths,
             nonlinearity, reverse, _dummy(device_id, states.dtype), _dummy(device_id, np.int32),
         )  # fmt: skip
-        kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
-               shared_mem=plan.shared_mem)  # fmt: skip
+    if not _launch(plan, kernel, args, states.device, device_id):
+        return persistent_backward(
+            states, w_hh, h0, grad_states, grad_h_last, lengths, nonlinearity, reverse, force
+        )
     return grad_z, grad_h0
