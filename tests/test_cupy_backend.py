@@ -18,11 +18,13 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
-# (T, B, H): every H in {1, 7, 33, 257, 1000}, B in {1, odd}; only a few T = 2000 cases
+# (T, B, H): every H in {1, 7, 33, 257, 1000}, B in {1, odd}; only a few T = 2000 cases;
+# H = 200 is where the persistent path of an H200 takes a thread-block cluster
 SHAPES = [
     (1, 1, 1),
     (2, 1, 7),
     (1, 7, 33),
+    (3, 9, 200),
     (2, 33, 257),
     (2, 5, 1000),
     (2000, 1, 33),

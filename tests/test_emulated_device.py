@@ -106,8 +106,13 @@ def test_recurrence_matches_numpy(
     for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
         _close(a, e, f"{mode} {what}")
     step_launches = device.launches(kernel_loader.STEP_KERNEL_FILE)
-    persistent_launches = device.launches(persistent.BATCH_KERNEL_FILE) + device.launches(
-        persistent.GRID_KERNEL_FILE
+    persistent_launches = sum(
+        device.launches(filename)
+        for filename in (
+            persistent.BATCH_KERNEL_FILE,
+            persistent.CLUSTER_KERNEL_FILE,
+            persistent.GRID_KERNEL_FILE,
+        )
     )
     if mode == "step":  # one launch per step and direction, nothing persistent
         assert (step_launches, persistent_launches) == (2 * shape[0], 0)
