@@ -437,3 +437,45 @@ def test_emulator_reports_bad_launches(
         if p.variant == "cluster"
     )
     fails(dataclasses.replace(cluster, grid=(cluster.cluster + 1, 3)), "multiple of the cluster")
+
+
+def test_emulator_checks_cluster_operations(tmp_path) -> None:
+    """The cluster primitives refuse what the device would fault on or never do: a rank
+    outside the cluster, an address outside dynamic shared memory; and the cluster barrier
+    spans exactly the cluster's blocks (each block sees its peers' pushes, never another
+    cluster's)."""
+    import ctypes
+
+    from kernel_emulation import Compiler
+
+    source = r"""
+#include <cooperative_groups.h>
+__global__ void __cluster_dims__(2, 1, 1) probe(int* out, int mode) {
+    int* buf = reinterpret_cast<int*>(::emu::dynamic_smem());
+    auto cluster = cooperative_groups::this_cluster();
+    int local = 0;
+    if (mode == 1) cluster.map_shared_rank(buf, 2u);            // rank outside the cluster
+    if (mode == 2) cluster.map_shared_rank(&local, 0u);         // not shared memory
+    const unsigned peer = cluster.block_rank() ^ 1u;
+    cluster.map_shared_rank(buf, peer)[threadIdx.x] = 100 * blockIdx.x + threadIdx.x;
+    cluster.sync();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = buf[threadIdx.x];
+}
+extern "C" int run(int* out, int mode, unsigned blocks) {
+    return emu::launch(blocks, 1, 32, 32 * sizeof(int), false, 1024, 2, 3, 0,
+                       [=] { probe(out, mode); });
+}
+"""
+    lib = Compiler(tmp_path).build("cluster_probe", {"probe": source})
+    lib.run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+    out = np.full(4 * 32, -1, dtype=np.int32)
+    assert lib.run(out.ctypes.data, 0, 4) == 0, lib.emu_last_error()
+    peers = np.array([1, 0, 3, 2])  # blocks (0, 1) and (2, 3) are the clusters
+    expected = (100 * peers[:, None] + np.arange(32)[None, :]).ravel()
+    np.testing.assert_array_equal(out, expected)
+    assert lib.run(out.ctypes.data, 1, 4) == 1
+    assert b"rank 2 of a cluster of 2" in lib.emu_last_error()
+    assert lib.run(out.ctypes.data, 2, 4) == 1
+    assert b"outside the block's dynamic shared memory" in lib.emu_last_error()
+    assert lib.run(out.ctypes.data, 0, 3) == 1
+    assert b"not a multiple of the cluster width" in lib.emu_last_error()
