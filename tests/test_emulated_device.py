@@ -221,11 +221,21 @@ def test_refused_cluster_sizes_fall_back_to_smaller_clusters_then_the_grid(devic
     assert launched and all(name.endswith(", 4>") for name in launched), launched
     # no cluster fits at all: the grid-synchronised kernels
     persistent._cluster_cache.clear()
-    device.max_active_clusters = lambda plan: CLUSTER_SHAPE[1] - 1  # one short of B row slices
+    device.max_active_clusters = lambda plan: 0
     before = device.launches(persistent.CLUSTER_KERNEL_FILE)
     _check(device, rng, CupyBackend(recurrence="persistent"))
     assert device.launches(persistent.CLUSTER_KERNEL_FILE) == before
     assert device.launches(persistent.GRID_KERNEL_FILE) == 2
+
+
+def test_fewer_resident_clusters_mean_more_rows_per_block(device, rng) -> None:
+    # one 16-block cluster resident at a time (say): four row slices become one of 4 rows
+    device.max_active_clusters = lambda plan: 1 if plan.cluster == 16 else 64
+    _check(device, rng, CupyBackend(recurrence="persistent"), shape=(3, 4, 512))
+    assert _launched(device, persistent.CLUSTER_KERNEL_FILE) == [
+        "persistent_cluster_backward<float, 64, 4, 16>",
+        "persistent_cluster_forward<float, 64, 4, 16>",
+    ]
 
 
 def test_variants_environment_variable(device, rng, monkeypatch) -> None:

@@ -51,6 +51,7 @@ def check_plan(plan: Plan, batch: int, hidden: int, limits: DeviceLimits = H200)
     elif plan.variant == "cluster":
         assert limits.compute_capability >= (9, 0) and limits.cluster_launch
         assert plan.cluster in persistent.CLUSTER_SIZES and plan.cluster <= limits.max_cluster_size
+        assert plan.grid[1] <= dict(limits.cluster_caps).get(plan.cluster, plan.grid[1])
         assert plan.grid[0] == plan.cluster, "one cluster spans a grid row exactly"
         assert plan.shared_mem == 2 * buffer, "every block holds all of h, double-buffered"
         assert not plan.cooperative
@@ -252,6 +253,22 @@ def test_max_cluster_size_bounds_the_clusters() -> None:
         sizes.append(plan.cluster)
         limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
     assert sizes == sorted(sizes, reverse=True) and len(sizes) >= 2, sizes
+
+
+def test_cluster_caps_trade_row_slices_for_rows_per_block() -> None:
+    # what the runtime does when the occupancy API admits some clusters but fewer than a plan
+    # needs (a GPC holds one cluster of 16 blocks at one block per SM): more rows per block
+    caps = dataclasses.replace(H200, cluster_caps=((16, 7),))
+    plan = plan_forward(*ANCHORS["b32_h512"], "float32", caps)
+    assert plan.variant == "cluster" and plan.cluster == 16 and plan.grid == (16, 4)
+    check_plan(plan, 32, 512, caps)
+    # medium's 64 rows need 8 clusters even at 8 rows per block: the grid kernel
+    assert plan_forward(*ANCHORS["medium"], "float32", caps).variant == "grid"
+    for cap in (1, 2, 3):
+        limits = dataclasses.replace(H200, cluster_caps=((16, cap),))
+        plan = plan_forward(3, 4, 512, "float32", limits)
+        assert plan.variant == "cluster" and plan.grid[1] <= cap
+        check_plan(plan, 4, 512, limits)
 
 
 def test_clusters_win_where_they_fit_and_batch_keeps_small_h() -> None:

@@ -14,7 +14,8 @@ the recurrent weight in registers for the whole launch:
   independent (ordinary launch). CuPy's launch takes no cluster attribute, so ``CX`` is a
   template parameter (``__cluster_dims__``): 2, 4, 8, or 16 (non-portable, allowed per kernel
   with ``cuFuncSetAttribute``). Before launching, ``cuOccupancyMaxActiveClusters`` must say
-  that every cluster of the launch is resident at once; otherwise the next variant runs.
+  that every cluster of the launch is resident at once; otherwise the planner tries fewer
+  clusters (more rows per block), then smaller ones, then the other variants.
 * ``grid``: block (x, y) owns ``nu`` hidden units of ``RB`` rows; the blocks of one
   cooperative launch meet at ``cooperative_groups::this_grid().sync()`` once per step and
   exchange h_t (forward) or grad_z_t (backward) through the output arrays themselves. All
@@ -188,9 +189,11 @@ class DeviceLimits:
     cooperative_launch: bool = True
     #: thread-block clusters (compute capability 9.0 and newer)
     cluster_launch: bool = True
-    #: the largest cluster the planner may use (lowered at run time when the occupancy API
-    #: says the clusters of a plan do not all fit at once)
+    #: the largest cluster the planner may use, and ((size, clusters), ...): at most that many
+    #: clusters of that size per launch. Both are tightened at run time when the occupancy API
+    #: says the clusters of a plan do not all fit at once (see _launchable).
     max_cluster_size: int = CLUSTER_SIZES[-1]
+    cluster_caps: tuple[tuple[int, int], ...] = ()
     #: shared memory the system reserves per block (1 KB on sm_80+)
     reserved_smem_per_block: int = 1024
 
@@ -390,9 +393,12 @@ def _candidates(
                 and limits.compute_capability >= (9, 0)
                 and smem <= limits.smem_per_block_optin
             )
+            caps = dict(limits.cluster_caps)
             for cx in CLUSTER_SIZES if clusters_possible else ():
                 if cx > limits.max_cluster_size:
                     break
+                if row_slices > caps.get(cx, row_slices):
+                    continue  # the occupancy API admitted fewer clusters of this size
                 nu = math.ceil(math.ceil(hidden / cx) / unit_step) * unit_step
                 if nu * (cx - 1) >= hidden or nu * ks > max_threads:
                     continue  # a block of only padding units (a smaller CX does it), or too big
@@ -743,12 +749,19 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
         if clusters >= plan.grid[1]:
             return plan, kernel, device_id
         # Not every cluster resident at once (the cost model assumes one wave): plan again
-        # with smaller clusters only, down to none.
+        # with at most that many clusters of this size (more rows per block), or, when none
+        # fits, with smaller clusters only, down to none. Each round tightens a limit, so
+        # the loop ends.
         why_not_cluster = (
             f"; {plan.name_expression} with {plan.threads} threads: the occupancy API allows "
             f"{clusters} resident clusters, the plan needs {plan.grid[1]}"
         )
-        limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
+        if clusters >= 1:
+            caps = dict(limits.cluster_caps)
+            caps[plan.cluster] = min(caps.get(plan.cluster, clusters), clusters)
+            limits = dataclasses.replace(limits, cluster_caps=tuple(sorted(caps.items())))
+        else:
+            limits = dataclasses.replace(limits, max_cluster_size=plan.cluster // 2)
         plan = planner(steps, batch, hidden, states.dtype, limits, variants)
     if plan is None:
         _reject(
