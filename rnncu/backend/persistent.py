@@ -590,8 +590,7 @@ def _kernel(plan: Plan, device_id: int) -> Any:
 def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
     """Raise the kernel's dynamic shared-memory limit when needed and return the occupancy
     API's co-resident blocks per multiprocessor for the plan's block shape."""
-    if plan.shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < plan.shared_mem:
-        kernel.max_dynamic_shared_size_bytes = plan.shared_mem
+    _allow_shared_mem(kernel, plan)
     key = (plan.name_expression, plan.threads, plan.shared_mem, device_id)
     blocks = _occupancy_cache.get(key)
     if blocks is None:
@@ -600,11 +599,16 @@ def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
     return blocks
 
 
-def _prepare_cluster(kernel: Any, plan: Plan, device_id: int) -> int:
-    """Raise the shared-memory limit as :func:`_prepare` does and return how many clusters of
-    ``plan`` can be resident at once (the occupancy API; 0 when the query fails)."""
+def _allow_shared_mem(kernel: Any, plan: Plan) -> None:
+    """Raise the kernel's dynamic shared-memory limit to the plan's where it exceeds 48 KB."""
     if plan.shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < plan.shared_mem:
         kernel.max_dynamic_shared_size_bytes = plan.shared_mem
+
+
+def _prepare_cluster(kernel: Any, plan: Plan, device_id: int) -> int:
+    """Raise the shared-memory limit and return how many clusters of ``plan`` can be
+    resident at once (the occupancy API; 0 when the query fails)."""
+    _allow_shared_mem(kernel, plan)
     key = (plan.name_expression, plan.grid[1], plan.threads, plan.shared_mem, device_id)
     clusters = _cluster_cache.get(key)
     if clusters is None:
