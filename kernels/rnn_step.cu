@@ -13,13 +13,20 @@
 // writes dh_{t-1}.
 //
 // Both are a (B x H) = (B x K) (K x H) product with K = H, tiled as BM x BN outputs per block,
-// K in slices of kBK. Launch shape: block (256, 1, 1) = a 16 x 16 thread grid, each thread
-// owning a (BM/16) x (BN/16) register micro-tile whose rows are ty + 16 i and columns
-// tx + 16 j (strided, so shared-memory reads are broadcast or conflict-free and the epilogue's
-// global accesses are 16 consecutive elements per row); grid (ceil(H / BN), ceil(B / BM), 1).
-// On chip: one A tile (kBK x BM) and one W tile (kBK x BN) in shared memory, both padded by
-// one element per row so the transposed stores do not collide on a bank; the accumulators
-// and the next K slice (prefetched into registers while the current slice is multiplied).
+// K in slices of kBK. A block has (BM / TM) x (BN / TN) threads; thread (tx, ty) owns the
+// TM x TN register micro-tile of rows ty * TM + i and columns tx * TN + j, contiguous so that
+// each k of the inner loop reads its TM values of A and TN values of W from shared memory
+// with 16-byte loads (TM, TN = 4 in float: 2 loads for 16 FMAs; the former strided 4 x 4 and
+// 2 x 2 tiles needed 8 loads per 16 and 4 per 4, and shared-memory bandwidth, not the FMA
+// pipe, bounded them). Launch shape: block (step_threads, 1, 1), grid (ceil(H / BN),
+// ceil(B / BM), 1); kernel_loader.STEP_TILES lists the instantiated (BM, BN, TM, TN).
+// On chip: one A tile (kBK x BM) and one W tile (kBK x BN) in shared memory, each row padded
+// by 16 bytes (rows stay 16-byte aligned, and the transposed tile stores see at most two-way
+// bank conflicts), the accumulators, and the next K slice (prefetched into registers while
+// the current slice is multiplied).
+//
+// Every output sums its K products in ascending k with one fused multiply-add each, whatever
+// the tile: the tiles give identical bits.
 //
 // Offsets within a (B, H) matrix are 64-bit; the step offset t * B * H is applied by the
 // host to the pointers, so T * B * H beyond 2^31 is fine.
@@ -27,45 +34,92 @@
 
 namespace rnncu {
 
-constexpr int kStepThreads = 256;
-constexpr int kStepThreadsX = 16;  // threads along the H (output column) axis
-constexpr int kStepThreadsY = 16;  // threads along the B (batch row) axis
-constexpr int kBK = 16;            // K slice held in shared memory at a time
-// Two resident blocks per SM (a 128-register cap): one block's barrier waits overlap the
-// other's FMAs. Measured with ptxas -v: without the minimum, ptxas chose 48 registers for
-// the fp64 32x32 backward kernel on sm_80 and spilled; with it, no kernel spills.
-constexpr int kStepMinBlocks = 2;
-
-template <int BM, int BN>
-struct StepTile {
-  static_assert(BM % kStepThreadsY == 0 && BN % kStepThreadsX == 0, "tile vs thread grid");
-  static constexpr int TM = BM / kStepThreadsY;           // micro-tile rows per thread
-  static constexpr int TN = BN / kStepThreadsX;           // micro-tile columns per thread
-  static constexpr int A_PER = BM * kBK / kStepThreads;   // A-tile elements loaded per thread
-  static constexpr int W_PER = kBK * BN / kStepThreads;   // W-tile elements loaded per thread
-  static_assert(A_PER * kStepThreads == BM * kBK, "A tile must split evenly over threads");
-  static_assert(W_PER * kStepThreads == BN * kBK, "W tile must split evenly over threads");
+// 16 bytes of T, for the shared-memory fragment loads.
+template <typename T>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  using type = float4;
+  __device__ __forceinline__ static void unpack(float* d, float4 v) {
+    d[0] = v.x;
+    d[1] = v.y;
+    d[2] = v.z;
+    d[3] = v.w;
+  }
+};
+template <>
+struct Vec16<double> {
+  using type = double2;
+  __device__ __forceinline__ static void unpack(double* d, double2 v) {
+    d[0] = v.x;
+    d[1] = v.y;
+  }
 };
 
-// acc += As^T Ws over one K slice; As is [kBK][BM + 1], Ws is [kBK][BN + 1].
-template <typename T, int BM, int BN>
-__device__ __forceinline__ void multiply_slice(const T (*As)[BM + 1], const T (*Ws)[BN + 1],
-                                               T (&acc)[StepTile<BM, BN>::TM]
-                                                       [StepTile<BM, BN>::TN],
-                                               int tx, int ty) {
-  using Tile = StepTile<BM, BN>;
+template <typename T, int BM, int BN, int TM, int TN>
+struct StepTile {
+  static_assert(BM % TM == 0 && BN % TN == 0, "micro-tile vs tile");
+  static constexpr int kThreadsX = BN / TN;  // threads along H (output columns)
+  static constexpr int kThreads = (BM / TM) * kThreadsX;
+  static_assert(kThreads % 32 == 0 && kThreads <= 256, "whole warps, at most 256 threads");
+  // Resident blocks per SM that ptxas must allow: 512 threads' worth in float (a 128-register
+  // cap), so one block's barrier waits overlap another's FMAs; 384 in double, whose 4 x 4
+  // tiles need more than 128 registers (up to 170, or 255 for 256 threads). ptxas chose 48
+  // registers for an fp64 tile on sm_80 without any minimum, and spilled.
+  static constexpr int kMinBlocks = (sizeof(T) == 4 ? 512 : 384) / kThreads;
+  // The K slice held in shared memory at a time: 16, so that a slice's FMAs (256 per thread)
+  // outlast the L2 latency of the next slice's loads even with one warp per scheduler (a
+  // 128-thread block alone on its SM); 8 where 16 would have each thread prefetch more than
+  // 12 32-bit words of the next slice (ptxas spilled).
+  static constexpr int kPrefetchWords =
+      (BM + BN) * 16 / kThreads * static_cast<int>(sizeof(T) / 4);
+  static constexpr int kBK = kPrefetchWords <= 12 ? 16 : 8;
+  static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
+  static constexpr int A_PER = BM * kBK / kThreads;  // A-tile elements loaded per thread
+  static constexpr int W_PER = kBK * BN / kThreads;  // W-tile elements loaded per thread
+  static_assert(A_PER * kThreads == BM * kBK, "A tile must split evenly over threads");
+  static_assert(W_PER * kThreads == BN * kBK, "W tile must split evenly over threads");
+};
+
+// The block's shared tiles; aligned so that a fragment of 16 bytes is one load.
+template <typename T, int BM, int BN, int TM, int TN>
+struct __align__(16) StepShared {
+  using Tile = StepTile<T, BM, BN, TM, TN>;
+  T a[Tile::kBK][BM + Tile::kPad];  // a[k][m]: A[m0 + m, k0 + k]
+  T w[Tile::kBK][BN + Tile::kPad];  // w[k][n]: W^T (fwd) / W (bwd) slice
+};
+
+// dst[0..N) = src[0..N): 16-byte loads where N values fill them (src is then 16-byte
+// aligned: the row starts are, and the fragment offset is a multiple of N).
+template <typename T, int N>
+__device__ __forceinline__ void load_fragment(T (&dst)[N], const T* src) {
+  constexpr int kWidth = 16 / static_cast<int>(sizeof(T));
+  if constexpr (N % kWidth == 0) {
+    using V = typename Vec16<T>::type;
 #pragma unroll
-  for (int kk = 0; kk < kBK; ++kk) {
-    T a[Tile::TM];
-    T w[Tile::TN];
+    for (int v = 0; v < N / kWidth; ++v) {
+      Vec16<T>::unpack(&dst[v * kWidth], reinterpret_cast<const V*>(src)[v]);
+    }
+  } else {
 #pragma unroll
-    for (int i = 0; i < Tile::TM; ++i) a[i] = As[kk][ty + kStepThreadsY * i];
+    for (int i = 0; i < N; ++i) dst[i] = src[i];
+  }
+}
+
+// acc += A^T W over one K slice of the shared tiles.
+template <typename T, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void multiply_slice(const StepShared<T, BM, BN, TM, TN>& s,
+                                               T (&acc)[TM][TN], int tx, int ty) {
 #pragma unroll
-    for (int j = 0; j < Tile::TN; ++j) w[j] = Ws[kk][tx + kStepThreadsX * j];
+  for (int kk = 0; kk < StepTile<T, BM, BN, TM, TN>::kBK; ++kk) {
+    T a[TM];
+    T w[TN];
+    load_fragment<T, TM>(a, &s.a[kk][ty * TM]);
+    load_fragment<T, TN>(w, &s.w[kk][tx * TN]);
 #pragma unroll
-    for (int i = 0; i < Tile::TM; ++i)
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-      for (int j = 0; j < Tile::TN; ++j) acc[i][j] = fma(a[i], w[j], acc[i][j]);
+      for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], w[j], acc[i][j]);
   }
 }
 
@@ -73,28 +127,29 @@ __device__ __forceinline__ void multiply_slice(const T (*As)[BM + 1], const T (*
 
 // Forward step. h_out: states[t] (B, H), Z_t on entry, h_t on return. h_prev: h_{t-1} (B, H),
 // a different buffer (states[t -+ 1] or h0). lengths: int32 (B,) or nullptr.
-template <typename T, int ACT, int BM, int BN>
-__global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
+template <typename T, int ACT, int BM, int BN, int TM, int TN>
+__global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN>::kThreads,
+                                  rnncu::StepTile<T, BM, BN, TM, TN>::kMinBlocks)
     rnn_step_forward(T* __restrict__ h_out, const T* __restrict__ h_prev,
                      const T* __restrict__ w_hh, const int* __restrict__ lengths, int t,
                      int batch, int hidden) {
   using namespace rnncu;
-  using Tile = StepTile<BM, BN>;
-  __shared__ T As[kBK][BM + 1];  // As[k][m] = h_prev[m0 + m, k0 + k]
-  __shared__ T Ws[kBK][BN + 1];  // Ws[k][n] = W[n0 + n, k0 + k]  (W^T slice)
+  using Tile = StepTile<T, BM, BN, TM, TN>;
+  constexpr int kBK = Tile::kBK;
+  __shared__ StepShared<T, BM, BN, TM, TN> tiles;  // w[k][n] = W[n0 + n, k0 + k]
 
   const int tid = threadIdx.x;
-  const int tx = tid % kStepThreadsX;
-  const int ty = tid / kStepThreadsX;
+  const int tx = tid % Tile::kThreadsX;
+  const int ty = tid / Tile::kThreadsX;
   const int n0 = blockIdx.x * BN;
   const int m0 = blockIdx.y * BM;
   const long long ld = hidden;
 
-  T acc[Tile::TM][Tile::TN];
+  T acc[TM][TN];
 #pragma unroll
-  for (int i = 0; i < Tile::TM; ++i)
+  for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < Tile::TN; ++j) acc[i][j] = T(0);
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
   // Both tiles are read with k fastest across consecutive threads: h_prev rows and W rows
   // are contiguous along k.
@@ -103,14 +158,14 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
   auto load_slice = [&](int k0) {
 #pragma unroll
     for (int r = 0; r < Tile::A_PER; ++r) {
-      const int e = tid + r * kStepThreads;
+      const int e = tid + r * Tile::kThreads;
       const int m = m0 + e / kBK;
       const int k = k0 + e % kBK;
       a_next[r] = (m < batch && k < hidden) ? h_prev[m * ld + k] : T(0);
     }
 #pragma unroll
     for (int r = 0; r < Tile::W_PER; ++r) {
-      const int e = tid + r * kStepThreads;
+      const int e = tid + r * Tile::kThreads;
       const int n = n0 + e / kBK;
       const int k = k0 + e % kBK;
       w_next[r] = (n < hidden && k < hidden) ? __ldg(w_hh + n * ld + k) : T(0);
@@ -121,30 +176,30 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
   for (int k0 = 0; k0 < hidden; k0 += kBK) {
 #pragma unroll
     for (int r = 0; r < Tile::A_PER; ++r) {
-      const int e = tid + r * kStepThreads;
-      As[e % kBK][e / kBK] = a_next[r];
+      const int e = tid + r * Tile::kThreads;
+      tiles.a[e % kBK][e / kBK] = a_next[r];
     }
 #pragma unroll
     for (int r = 0; r < Tile::W_PER; ++r) {
-      const int e = tid + r * kStepThreads;
-      Ws[e % kBK][e / kBK] = w_next[r];
+      const int e = tid + r * Tile::kThreads;
+      tiles.w[e % kBK][e / kBK] = w_next[r];
     }
     __syncthreads();
     // Issue the next slice's global loads before the FMAs so their latency overlaps them.
     if (k0 + kBK < hidden) load_slice(k0 + kBK);
-    multiply_slice<T, BM, BN>(As, Ws, acc, tx, ty);
+    multiply_slice(tiles, acc, tx, ty);
     // The next iteration overwrites the tiles this one is still reading.
     __syncthreads();
   }
 
 #pragma unroll
-  for (int i = 0; i < Tile::TM; ++i) {
-    const int m = m0 + ty + kStepThreadsY * i;
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + ty * TM + i;
     if (m >= batch) continue;
     const bool valid = step_is_valid(lengths, m, t);
 #pragma unroll
-    for (int j = 0; j < Tile::TN; ++j) {
-      const int n = n0 + tx + kStepThreadsX * j;
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + tx * TN + j;
       if (n >= hidden) continue;
       const long long off = m * ld + n;
       // Same operation order as the reference: (Z + h W^T), then act.
@@ -156,31 +211,33 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
 // Backward step. grad_z_t: grad_z[t] (B, H), written. dh_out: dh_{t-1} (B, H), written.
 // dh_in: dh_t (B, H), read only. h_t: states[t] (B, H). grad_states_t: grad_states[t] (B, H)
 // or nullptr (= 0). lengths: int32 (B,) or nullptr.
-template <typename T, int ACT, int BM, int BN>
-__global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
+template <typename T, int ACT, int BM, int BN, int TM, int TN>
+__global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN>::kThreads,
+                                  rnncu::StepTile<T, BM, BN, TM, TN>::kMinBlocks)
     rnn_step_backward(T* __restrict__ grad_z_t, T* __restrict__ dh_out,
                       const T* __restrict__ dh_in, const T* __restrict__ h_t,
                       const T* __restrict__ grad_states_t, const T* __restrict__ w_hh,
                       const int* __restrict__ lengths, int t, int batch, int hidden) {
   using namespace rnncu;
-  using Tile = StepTile<BM, BN>;
-  __shared__ T As[kBK][BM + 1];  // As[k][m] = dz_t[m0 + m, k0 + k]
-  __shared__ T Ws[kBK][BN + 1];  // Ws[k][n] = W[k0 + k, n0 + n]
+  using Tile = StepTile<T, BM, BN, TM, TN>;
+  constexpr int kBK = Tile::kBK;
+  __shared__ StepShared<T, BM, BN, TM, TN> tiles;  // a[k][m] = dz_t[m0 + m, k0 + k],
+                                                   // w[k][n] = W[k0 + k, n0 + n]
 
   const int tid = threadIdx.x;
-  const int tx = tid % kStepThreadsX;
-  const int ty = tid / kStepThreadsX;
+  const int tx = tid % Tile::kThreadsX;
+  const int ty = tid / Tile::kThreadsX;
   const int n0 = blockIdx.x * BN;
   const int m0 = blockIdx.y * BM;
   const long long ld = hidden;
   // One column of blocks stores dz: each (row tile, K) pair is then written exactly once.
   const bool store_dz = blockIdx.x == 0;
 
-  T acc[Tile::TM][Tile::TN];
+  T acc[TM][TN];
 #pragma unroll
-  for (int i = 0; i < Tile::TM; ++i)
+  for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < Tile::TN; ++j) acc[i][j] = T(0);
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
   // The A slice is prefetched as its three raw inputs; dz is formed at the shared store.
   T g_next[Tile::A_PER];
@@ -189,7 +246,7 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
   auto load_slice = [&](int k0) {
 #pragma unroll
     for (int r = 0; r < Tile::A_PER; ++r) {
-      const int e = tid + r * kStepThreads;
+      const int e = tid + r * Tile::kThreads;
       const int m = m0 + e / kBK;
       const int k = k0 + e % kBK;
       T g = T(0);
@@ -206,7 +263,7 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
     // W rows are contiguous along n: n fastest across consecutive threads.
 #pragma unroll
     for (int r = 0; r < Tile::W_PER; ++r) {
-      const int e = tid + r * kStepThreads;
+      const int e = tid + r * Tile::kThreads;
       const int k = k0 + e / BN;
       const int n = n0 + e % BN;
       w_next[r] = (n < hidden && k < hidden) ? __ldg(w_hh + k * ld + n) : T(0);
@@ -217,7 +274,7 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
   for (int k0 = 0; k0 < hidden; k0 += kBK) {
 #pragma unroll
     for (int r = 0; r < Tile::A_PER; ++r) {
-      const int e = tid + r * kStepThreads;
+      const int e = tid + r * Tile::kThreads;
       const int m = m0 + e / kBK;
       const int k = k0 + e % kBK;
       T dz = T(0);
@@ -229,27 +286,27 @@ __global__ void __launch_bounds__(rnncu::kStepThreads, rnncu::kStepMinBlocks)
                  : T(0);
         if (store_dz) grad_z_t[m * ld + k] = dz;
       }
-      As[e % kBK][e / kBK] = dz;
+      tiles.a[e % kBK][e / kBK] = dz;
     }
 #pragma unroll
     for (int r = 0; r < Tile::W_PER; ++r) {
-      const int e = tid + r * kStepThreads;
-      Ws[e / BN][e % BN] = w_next[r];
+      const int e = tid + r * Tile::kThreads;
+      tiles.w[e / BN][e % BN] = w_next[r];
     }
     __syncthreads();
     if (k0 + kBK < hidden) load_slice(k0 + kBK);
-    multiply_slice<T, BM, BN>(As, Ws, acc, tx, ty);
+    multiply_slice(tiles, acc, tx, ty);
     __syncthreads();
   }
 
 #pragma unroll
-  for (int i = 0; i < Tile::TM; ++i) {
-    const int m = m0 + ty + kStepThreadsY * i;
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + ty * TM + i;
     if (m >= batch) continue;
     const bool valid = step_is_valid(lengths, m, t);
 #pragma unroll
-    for (int j = 0; j < Tile::TN; ++j) {
-      const int n = n0 + tx + kStepThreadsX * j;
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + tx * TN + j;
       if (n >= hidden) continue;
       const long long off = m * ld + n;
       // A padding row has dz = 0, so acc is 0 there and the carried gradient passes through.

@@ -648,8 +648,10 @@ def families() -> dict[str, Family]:
     return {
         "step": Family(
             "step", kernel_loader.STEP_KERNEL_FILE,
-            re.compile(r"^rnn_step_(forward|backward)<(float|double), (\d), (\d+), (\d+)>$"),
-            _STEP_CASTS, "rnncu::kStepThreads",
+            re.compile(
+                r"^rnn_step_(forward|backward)<(float|double), (\d), (\d+), (\d+), (\d+), (\d+)>$"
+            ),
+            _STEP_CASTS, "rnncu::StepTile<{ctype}, {g4}, {g5}, {g6}, {g7}>::kThreads",
         ),
         "batch": Family("batch", persistent.BATCH_KERNEL_FILE, re.compile(_PERSISTENT_NAME),
                         _PERSISTENT_CASTS, _PERSISTENT_LIMIT),

@@ -152,6 +152,49 @@ def test_recurrence_matches_numpy(rng, mode, dtype, shape, nonlinearity, reverse
             _close(cupy.asnumpy(grad_h0), want_h0, dtype, "grad_h0")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape", [(3, 1, 7), (4, 33, 257), (3, 129, 1000)], ids=lambda s: "x".join(map(str, s))
+)
+def test_every_step_tile_matches_numpy_with_identical_bits(rng, monkeypatch, dtype, shape):
+    """Each step-kernel tile, forced through RNNCU_STEP_TILE, against the NumPy backend; all
+    tiles give the same bits (each output sums its products in ascending k)."""
+    import cupy
+
+    from rnncu.backend import kernel_loader
+    from rnncu.backend.cupy_backend import STEP_TILE_ENV
+    from rnncu.backend.numpy_backend import NumpyBackend
+
+    backend = _cupy_backend()
+    reference = NumpyBackend()
+    z, w_hh, h0, lengths, grad_states, grad_h_last = _inputs(rng, shape, dtype, True)
+    expected = z.copy()
+    reference.recurrence_forward(expected, w_hh, h0, lengths, "tanh", False)
+    want_z, want_h0 = reference.recurrence_backward(
+        expected, w_hh, h0, grad_states, grad_h_last, lengths, "tanh", False
+    )
+    d_w, d_h0, d_len = cupy.asarray(w_hh), cupy.asarray(h0), cupy.asarray(lengths)
+    results = {}
+    with recurrence(backend, "step"):
+        for tile in kernel_loader.STEP_TILES:
+            monkeypatch.setenv(STEP_TILE_ENV, f"{tile[0]}x{tile[1]}")
+            states = cupy.asarray(z)
+            backend.recurrence_forward(states, d_w, d_h0, d_len, "tanh", False)
+            _poison_pool((shape, dtype), (shape[1:], dtype), (shape[1:], dtype))
+            grad_z, grad_h0 = backend.recurrence_backward(
+                states, d_w, d_h0, cupy.asarray(grad_states), cupy.asarray(grad_h_last), d_len,
+                "tanh", False,
+            )  # fmt: skip
+            results[tile] = [cupy.asnumpy(a) for a in (states, grad_z, grad_h0)]
+            for what, a, e in zip(("states", "grad_z", "grad_h0"), results[tile],
+                                  (expected, want_z, want_h0), strict=True):  # fmt: skip
+                _close(a, e, dtype, f"tile {tile}: {what}")
+    first = results[kernel_loader.STEP_TILES[0]]
+    for tile, arrays in results.items():
+        for what, a, b in zip(("states", "grad_z", "grad_h0"), first, arrays, strict=True):
+            assert a.tobytes() == b.tobytes(), f"tile {tile}: {what} bits differ"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_same_inputs_give_identical_bits(rng, mode):
     import cupy

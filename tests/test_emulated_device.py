@@ -8,6 +8,8 @@ device are tests/test_cupy_backend.py (marker ``gpu``)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from emulated_cupy import EmulatedDevice
@@ -15,7 +17,7 @@ from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmu
 from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
-from rnncu.backend.cupy_backend import CupyBackend
+from rnncu.backend.cupy_backend import STEP_TILE_ENV, CupyBackend, choose_tile
 from rnncu.backend.numpy_backend import NumpyBackend
 
 REFERENCE = NumpyBackend()
@@ -287,6 +289,53 @@ def test_zero_steps(device, rng) -> None:
         np.testing.assert_array_equal(grad_h0, data["grad_h_last"])
 
 
+# ----------------------------------------------------------------------------- step tiles
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_step_tile_matches_numpy_with_identical_bits(device, rng, monkeypatch, dtype):
+    """``RNNCU_STEP_TILE`` forces each tile of the step kernels: each matches the NumPy
+    backend, launches its own instantiation with its own block size (the emulation refuses a
+    block larger than the kernel's ``__launch_bounds__``; a smaller one leaves NaN), and all
+    give the same bits (every output sums its products in ascending k, whatever the tile)."""
+    shape = (3, 9, 70)
+    data = _inputs(rng, shape, dtype, use_lengths=True)
+    expected = _reference(data, "tanh", True, (True, True))
+    results = []
+    for tile in kernel_loader.STEP_TILES:
+        monkeypatch.setenv(STEP_TILE_ENV, f"{tile[0]}x{tile[1]}")
+        actual = _run(CupyBackend(recurrence="step"), device, data, "tanh", True, (True, True))
+        for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+            _close(a, e, f"tile {tile}: {what}")
+        for direction in ("forward", "backward"):
+            name = kernel_loader.step_name_expression(direction, np.dtype(dtype), "tanh", tile)
+            assert device.kernels[(kernel_loader.STEP_KERNEL_FILE, name)].launches == shape[0]
+        results.append(actual)
+    for tile, other in zip(kernel_loader.STEP_TILES[1:], results[1:], strict=True):
+        for what, first, this in zip(("states", "grad_z", "grad_h0"), results[0], other,
+                                     strict=True):  # fmt: skip
+            assert first.tobytes() == this.tobytes(), f"tile {tile}: {what} bits differ"
+
+
+def test_bad_step_tile_environment_variable_names_it(device, rng, monkeypatch) -> None:
+    monkeypatch.setenv(STEP_TILE_ENV, "48x48")
+    with pytest.raises(ValueError, match=r"RNNCU_STEP_TILE: expected one of 64x64, .*'48x48'"):
+        _run(CupyBackend(recurrence="step"), device, _inputs(rng, (2, 3, 7), np.float32, False),
+             "tanh", False, (True, True))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("batch", "hidden", "tile"),
+    [
+        (256, 1024, (64, 32, 4, 4)),  # ANCHORS' large: 128 blocks for 132 SMs, one wave
+        (512, 2048, (64, 64, 4, 4)),
+        (64, 2048, (32, 32, 4, 4)),
+        (4, 2048, (16, 16, 1, 1)),
+        (1, 1, (16, 16, 1, 1)),
+    ],
+)
+def test_choose_tile_keeps_an_h200_busy(batch: int, hidden: int, tile) -> None:
+    assert choose_tile(batch, hidden, 132) == tile
+
+
 # --------------------------------------------------------------------------- bad arguments
 def test_host_arrays_are_a_mixed_device_error(device, rng) -> None:
     data = _inputs(rng, (2, 3, 7), np.float32, use_lengths=False)
@@ -381,7 +430,7 @@ def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> Non
 
 
 # ------------------------------------------------------------------------------ benchmark
-def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys) -> None:
+def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, tmp_path):
     """benchmarks/gpu_compare.py's own code (rnncu on both paths, the naive CuPy loop, the
     table) on a tiny shape, so the one device run is not lost to a bug in the script. The
     times measure the emulation, not a GPU; only their presence is checked."""
@@ -394,7 +443,9 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys) 
     spec.loader.exec_module(gpu_compare)
     monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
 
-    rows = gpu_compare.run(["tiny", "wide"], repeats=2, warmup=1)
+    done: list[int] = []
+    rows = gpu_compare.run(["tiny", "wide"], 2, 1, progress=lambda rows: done.append(len(rows)))
+    assert done == [1, 2]
     errors = capsys.readouterr().err
     assert "rnncu" not in errors and "naive_cupy" not in errors, errors
     tiny, wide = rows
@@ -408,9 +459,20 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys) 
             for mode in ("fwd", "fwd+bwd"):
                 assert row["ms"][runner][mode] > 0, (runner, mode)
         assert row["ms"]["naive_cupy"]["fwd"] > 0
+        # the step path with every other tile forced, beside the one it picks
+        assert row["step_tile"] == "16x16"
+        swept = {key for key in row["ms"] if key.startswith("step_")}
+        assert swept == {f"step_{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES[:-1]}
+        assert all(row["ms"][key]["fwd+bwd"] > 0 for key in swept)
     assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
     table = gpu_compare.format_table(rows)
     assert "| tiny |" in table and "| wide |" in table and "us/step" in table
+    assert "fwd+bwd ms by tile" in table and "| 64x64 | 64x32 | 32x32 | 16x16 |" in table
+    # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps({"rows": rows}))
+    assert gpu_compare.main(["--table-from", str(saved)]) == 0
+    assert capsys.readouterr().out.strip() == table.strip()
 
 
 def test_cli_train_resume_and_evaluate_on_the_device(device, tmp_path, capsys) -> None:

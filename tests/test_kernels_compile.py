@@ -56,7 +56,7 @@ def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
 @pytest.mark.parametrize(
     ("filename", "needle", "replacement"),
     [
-        ("rnn_step.cu", "const int tx = tid % kStepThreadsX;", "const int tx = tid % nope;"),
+        ("rnn_step.cu", "const int tx = tid % Tile::kThreadsX;", "const int tx = tid % nope;"),
         ("common.cuh", "return T(1) - h * h;", "return T(1) - h * nope;"),
     ],
 )
@@ -74,7 +74,10 @@ def test_compile_error_points_at_kernel_line(filename: str, needle: str, replace
     with pytest.raises(kernel_loader.KernelCompileError) as info:
         kernel_loader.nvrtc_compile(
             "rnn_step.cu",
-            ["rnn_step_forward<float, 0, 16, 16>", "rnn_step_backward<float, 0, 16, 16>"],
+            [
+                "rnn_step_forward<float, 0, 16, 16, 1, 1>",
+                "rnn_step_backward<float, 0, 16, 16, 1, 1>",
+            ],
             source=broken,
         )
     assert f"kernels/{filename}:{line}:" in str(info.value)
@@ -85,8 +88,8 @@ def test_registry_rejects_empty_and_replaces() -> None:
     with pytest.raises(ValueError):
         kernel_loader.register_kernel_file("empty.cu", [])
     names = kernel_loader.all_name_expressions()["rnn_step.cu"]
-    assert "rnn_step_forward<float, 0, 64, 64>" in names
-    assert "rnn_step_backward<double, 1, 16, 16>" in names
+    assert "rnn_step_forward<float, 0, 64, 64, 4, 4>" in names
+    assert "rnn_step_backward<double, 1, 16, 16, 1, 1>" in names
     assert len(names) == 2 * 2 * 2 * len(kernel_loader.STEP_TILES)
 
 
@@ -95,16 +98,22 @@ def _ptr(array: np.ndarray | None) -> int:
     return 0 if array is None else array.ctypes.data
 
 
+# Each tile on a shape smaller than the tile (padding on both axes), one that is several tiles
+# with ragged edges, and H = 1 / B = 1; K = H not a multiple of the K slice (8 or 16) in most.
+_STEP_CASES = [
+    (3, 1, 1, "tanh", False, False, np.float64),
+    (4, 7, 33, "tanh", False, True, np.float64),
+    (4, 7, 33, "relu", True, True, np.float64),
+    (3, 70, 70, "tanh", True, False, np.float32),
+    (5, 17, 20, "relu", False, True, np.float32),
+    (2, 3, 7, "tanh", True, True, np.float32),
+    (2, 129, 67, "tanh", False, True, np.float32),
+]
+
+
+@pytest.mark.parametrize("tile", kernel_loader.STEP_TILES, ids=lambda t: "x".join(map(str, t)))
 @pytest.mark.parametrize(
-    ("steps", "batch", "hidden", "tile", "nonlinearity", "reverse", "use_lengths", "dtype"),
-    [
-        (3, 1, 1, (16, 16), "tanh", False, False, np.float64),
-        (4, 7, 33, (16, 16), "tanh", False, True, np.float64),
-        (4, 7, 33, (32, 32), "relu", True, True, np.float64),
-        (3, 33, 70, (64, 64), "tanh", True, False, np.float32),
-        (5, 17, 20, (64, 64), "relu", False, True, np.float32),
-        (2, 3, 7, (32, 32), "tanh", True, True, np.float32),
-    ],
+    ("steps", "batch", "hidden", "nonlinearity", "reverse", "use_lengths", "dtype"), _STEP_CASES
 )
 def test_step_kernels_match_numpy_under_host_emulation(
     kernel_emulation: KernelEmulation,
@@ -112,7 +121,7 @@ def test_step_kernels_match_numpy_under_host_emulation(
     steps: int,
     batch: int,
     hidden: int,
-    tile: tuple[int, int],
+    tile: tuple[int, int, int, int],
     nonlinearity: str,
     reverse: bool,
     use_lengths: bool,
@@ -141,7 +150,8 @@ def test_step_kernels_match_numpy_under_host_emulation(
 
     def launch(direction: str, args: tuple) -> None:
         name = kernel_loader.step_name_expression(direction, np.dtype(dtype), nonlinearity, tile)
-        kernel_emulation.launch_raw(name, (gx, gy), 256, 0, False, args)
+        threads = kernel_loader.step_threads(tile)
+        kernel_emulation.launch_raw(name, (gx, gy), threads, 0, False, args)
 
     tol = {"rtol": 1e-12, "atol": 1e-12} if is_double else {"rtol": 2e-6, "atol": 2e-6}
 

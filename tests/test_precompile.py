@@ -54,8 +54,9 @@ def test_every_registered_kernel_is_in_exactly_one_module() -> None:
 def test_module_granularity_per_file() -> None:
     specs = kernel_loader.module_specs()
     step = [s for s in specs if s.filename == kernel_loader.STEP_KERNEL_FILE]
-    assert len(step) == 1 and not step[0].cooperative  # one module: all 24 step kernels
-    assert len(step[0].name_expressions) == 24
+    # one module: every step kernel (2 directions x 2 dtypes x 2 activations x each tile)
+    assert len(step) == 1 and not step[0].cooperative
+    assert len(step[0].name_expressions) == 8 * len(kernel_loader.STEP_TILES)
     for filename, cooperative, count in (
         (persistent.BATCH_KERNEL_FILE, False, 48),
         (persistent.CLUSTER_KERNEL_FILE, False, 48 * len(persistent.CLUSTER_SIZES)),
@@ -71,7 +72,7 @@ def test_get_kernel_loads_the_module_that_precompile_builds(monkeypatch) -> None
     recorder = _Recorder()
     monkeypatch.setattr(kernel_loader, "load_module", recorder)
     specs = set(kernel_loader.module_specs())
-    step_name = kernel_loader.step_name_expression("backward", "float64", "relu", (32, 32))
+    step_name = kernel_loader.step_name_expression("backward", "float64", "relu", (32, 32, 4, 4))
     assert kernel_loader.get_kernel(kernel_loader.STEP_KERNEL_FILE, step_name) == step_name
     # every plan the H200 planner makes loads a precompiled module, cooperative where it
     # syncs the grid

@@ -60,6 +60,7 @@ __all__ = [
     "read_source",
     "register_kernel_file",
     "step_name_expression",
+    "step_threads",
 ]
 
 #: options every kernel file is compiled with, on the device and by :func:`nvrtc_compile`
@@ -210,23 +211,40 @@ def kernel_options(filename: str) -> tuple[str, ...]:
     return DEFAULT_OPTIONS + (entry.options if entry is not None else ())
 
 
-# The step kernels' tile shapes (BM batch rows x BN hidden units per block, 256 threads).
-# The backend picks the largest tile that still gives every multiprocessor a block.
+# The step kernels' tiles: (BM, BN, TM, TN) = BM batch rows x BN hidden units per block,
+# each thread a TM x TN micro-tile, so (BM / TM) * (BN / TN) threads. Ordered from the most
+# work per shared-memory load to the least; the backend takes the first whose grid still
+# keeps (almost) every multiprocessor busy (cupy_backend.choose_tile).
 STEP_KERNEL_FILE = "rnn_step.cu"
-STEP_TILES: tuple[tuple[int, int], ...] = ((64, 64), (32, 32), (16, 16))
+STEP_TILES: tuple[tuple[int, int, int, int], ...] = (
+    (64, 64, 4, 4),
+    (64, 32, 4, 4),
+    (32, 32, 4, 4),
+    (16, 16, 1, 1),
+)
 _ACTIVATION_IDS = {"tanh": 0, "relu": 1}
 _CTYPES = {"float32": "float", "float64": "double"}
 
 
+def step_threads(tile: tuple[int, int, int, int]) -> int:
+    """Threads per block of a step kernel tile ``(BM, BN, TM, TN)``."""
+    bm, bn, tm, tn = tile
+    return (bm // tm) * (bn // tn)
+
+
 def step_name_expression(
-    direction: str, dtype: Any, nonlinearity: str, tile: tuple[int, int]
+    direction: str, dtype: Any, nonlinearity: str, tile: tuple[int, int, int, int]
 ) -> str:
-    """``rnn_step_forward<float, 0, 64, 64>``: the instantiation for a direction
-    (``"forward"``/``"backward"``), dtype (float32/float64), nonlinearity and (BM, BN) tile."""
+    """``rnn_step_forward<float, 0, 64, 32, 4, 4>``: the instantiation for a direction
+    (``"forward"``/``"backward"``), dtype (float32/float64), nonlinearity and
+    ``(BM, BN, TM, TN)`` tile (one of :data:`STEP_TILES`)."""
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if tuple(tile) not in STEP_TILES:
+        raise ValueError(f"tile: expected one of {STEP_TILES}, got {tile!r}")
     ctype = _CTYPES[str(getattr(dtype, "name", dtype))]
-    return f"rnn_step_{direction}<{ctype}, {_ACTIVATION_IDS[nonlinearity]}, {tile[0]}, {tile[1]}>"
+    dims = ", ".join(str(d) for d in tile)
+    return f"rnn_step_{direction}<{ctype}, {_ACTIVATION_IDS[nonlinearity]}, {dims}>"
 
 
 register_kernel_file(
