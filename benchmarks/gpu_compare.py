@@ -11,16 +11,19 @@ Timing: CUDA events on the current stream around each call (JAX: wall time after
 ``block_until_ready``, as JAX has its own streams), median of ``--repeats`` after warm-up.
 
     PYTHONPATH=$PWD python benchmarks/gpu_compare.py [--quick] [--shapes a,b] [--json out.json]
+    python benchmarks/gpu_compare.py --table-from out.json    # the tables of a saved run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -55,47 +58,62 @@ def time_cuda(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` for the duration (nothing changes when value is None)."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def bench_rnncu(
-    shape, repeats, warmup, recurrence: str, variants: str | None = None
+    shape,
+    repeats,
+    warmup,
+    recurrence: str,
+    variants: str | None = None,
+    step_tile: str | None = None,
 ) -> dict[str, float]:
     """rnncu's CuPy backend on ``recurrence`` ("step" or "auto"); ``variants`` restricts the
-    persistent kernels (``RNNCU_PERSISTENT_VARIANTS``) for the duration of the call."""
-    import os
-
+    persistent kernels (``RNNCU_PERSISTENT_VARIANTS``) and ``step_tile`` forces the step
+    kernels' tile (``RNNCU_STEP_TILE``) for the duration of the call."""
     import cupy
 
     import rnncu
+    from rnncu.backend import cupy_backend, persistent
 
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0)
     rnn.backend.recurrence = recurrence
-    from rnncu.backend import persistent
+    with (
+        _environment(persistent.VARIANTS_ENV, variants),
+        _environment(cupy_backend.STEP_TILE_ENV, step_tile),
+    ):
+        try:
+            x = cupy.asarray(np.random.default_rng(0).standard_normal((steps, batch, features)))
+            x = x.astype(cupy.float32)
+            dout = cupy.ones((steps, batch, hidden), cupy.float32)
 
-    saved = os.environ.get(persistent.VARIANTS_ENV)
-    if variants is not None:
-        os.environ[persistent.VARIANTS_ENV] = variants
-    try:
-        x = cupy.asarray(np.random.default_rng(0).standard_normal((steps, batch, features)))
-        x = x.astype(cupy.float32)
-        dout = cupy.ones((steps, batch, hidden), cupy.float32)
+            def forward() -> None:
+                rnn(x)
 
-        def forward() -> None:
-            rnn(x)
+            def forward_backward() -> None:
+                rnn(x)
+                rnn.backward(dout)
 
-        def forward_backward() -> None:
-            rnn(x)
-            rnn.backward(dout)
-
-        return {
-            "fwd": time_cuda(forward, repeats, warmup),
-            "fwd+bwd": time_cuda(forward_backward, repeats, warmup),
-        }
-    finally:
-        rnn.backend.recurrence = None
-        if saved is None:
-            os.environ.pop(persistent.VARIANTS_ENV, None)
-        else:
-            os.environ[persistent.VARIANTS_ENV] = saved
+            return {
+                "fwd": time_cuda(forward, repeats, warmup),
+                "fwd+bwd": time_cuda(forward_backward, repeats, warmup),
+            }
+        finally:
+            rnn.backend.recurrence = None
 
 
 def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
@@ -223,8 +241,14 @@ def _forget_plans() -> None:
     persistent.last_plans.clear()
 
 
-def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
-    rows = []
+def run(
+    shapes: list[str],
+    repeats: int,
+    warmup: int,
+    progress: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every runner on every shape; ``progress(rows so far)`` after each shape."""
+    rows: list[dict[str, Any]] = []
     for name in shapes:
         shape = SHAPES[name]
         row: dict[str, Any] = {"shape": name, "TBDH": shape, "ms": {}}
@@ -254,8 +278,45 @@ def run(shapes: list[str], repeats: int, warmup: int) -> list[dict[str, Any]]:
                 row["auto_path"] = ran_path()
             elif runner == "rnncu_grid":
                 row["grid_path"] = ran_path()
+        _sweep_step_tiles(row, shape, repeats, warmup)
         rows.append(row)
+        if progress is not None:
+            progress(rows)
     return rows
+
+
+def _tile_label(tile: tuple[int, ...]) -> str:
+    return f"{tile[0]}x{tile[1]}"
+
+
+def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> None:
+    """The step path with every other tile forced (``step_<BM>x<BN>``), beside rnncu_step's
+    own choice (``row["step_tile"]``): the data to tune ``choose_tile`` with."""
+    try:
+        import cupy
+
+        from rnncu.backend import cupy_backend, kernel_loader
+
+        sms = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())[
+            "multiProcessorCount"
+        ]
+        chosen = cupy_backend.choose_tile(shape[1], shape[3], sms)
+    except Exception as exc:
+        print(f"# step tiles skipped on {row['shape']}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return
+    row["step_tile"] = _tile_label(chosen)
+    for tile in kernel_loader.STEP_TILES:
+        if tile == chosen:
+            continue
+        label = _tile_label(tile)
+        try:
+            result = bench_rnncu(shape, repeats, warmup, "step", step_tile=label)
+        except Exception as exc:
+            print(f"# step tile {label} failed on {row['shape']}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        row["ms"][f"step_{label}"] = result
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -288,7 +349,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {row['shape']} | {row['TBDH'][0]} | {cells[0]} | {cells[1]} "
             f"| {row.get('auto_path', '?')} |"
         )
+    lines += _format_tiles(rows)
     return "\n".join(lines)
+
+
+def _format_tiles(rows: list[dict[str, Any]]) -> list[str]:
+    """The step path's fwd+bwd ms by tile; * marks the tile rnncu_step chose."""
+    found = {row["step_tile"] for row in rows if "step_tile" in row}
+    found |= {key[5:] for row in rows for key in row["ms"] if key.startswith("step_")}
+    labels = sorted(found, key=lambda label: [-int(v) for v in label.split("x")])
+    if not labels:
+        return []
+    lines = ["\nrnncu step path, fwd+bwd ms by tile (BM x BN; * = the tile it picks)"]
+    lines.append("| shape | " + " | ".join(labels) + " |")
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for row in rows:
+        cells = []
+        for label in labels:
+            if label == row.get("step_tile"):
+                value = row["ms"].get("rnncu_step", {}).get("fwd+bwd")
+                cells.append("-" if value is None else f"{value:.3f}*")
+            else:
+                value = row["ms"].get(f"step_{label}", {}).get("fwd+bwd")
+                cells.append("-" if value is None else f"{value:.3f}")
+        lines.append(f"| {row['shape']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,17 +383,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", help="write the results to this path")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_SHAPES)}")
+    parser.add_argument(
+        "--table-from", metavar="JSON", help="print the tables of a saved run and exit"
+    )
     args = parser.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as handle:
+            print(format_table(json.load(handle)["rows"]))
+        return 0
     shapes = list(QUICK_SHAPES if args.quick else SHAPES)
     if args.shapes:
         shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
         unknown = [s for s in shapes if s not in SHAPES]
         if unknown:
             parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
-    rows = run(shapes, args.repeats, args.warmup)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"rows": rows, "repeats": args.repeats}, handle, indent=2)
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        # after every shape, so a run stopped by a time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump({"rows": rows, "repeats": args.repeats}, handle, indent=2)
+
+    rows = run(shapes, args.repeats, args.warmup, progress=save)
     print(format_table(rows))
     measured = any(key.startswith("rnncu") for row in rows for key in row["ms"])
     if not measured:

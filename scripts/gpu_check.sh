@@ -37,12 +37,17 @@ status+=("gpu tests: $([ "$test_rc" = 0 ] && echo pass || echo "FAIL (rc $test_r
 
 echo "== benchmark"
 bench_rc=0
-timeout 120 python benchmarks/gpu_compare.py --repeats 20 --json "$OUT_DIR/gpu_compare.json" \
+timeout 150 python benchmarks/gpu_compare.py --repeats 20 --json "$OUT_DIR/gpu_compare.json" \
   > "$OUT_DIR/gpu_compare.txt" 2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
 status+=("benchmark: $([ "$bench_rc" = 0 ] && echo ok || echo "FAIL (rc $bench_rc)")")
 tail -5 "$OUT_DIR/gpu_compare.err" || true
 
 echo; echo "== summary (logs in $OUT_DIR)"
 printf '%s\n' "${status[@]}"
-cat "$OUT_DIR/gpu_compare.txt" || true
+if [ "$bench_rc" != 0 ] && [ -s "$OUT_DIR/gpu_compare.json" ]; then
+  echo "(benchmark stopped early: the shapes it finished)"
+  python benchmarks/gpu_compare.py --table-from "$OUT_DIR/gpu_compare.json" || true
+else
+  cat "$OUT_DIR/gpu_compare.txt" || true
+fi
 for s in "${status[@]}"; do case "$s" in *FAIL*) exit 1;; esac; done
