@@ -285,31 +285,30 @@ def run(
     return rows
 
 
-def _tile_label(tile: tuple[int, ...]) -> str:
-    return f"{tile[0]}x{tile[1]}"
-
-
 def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> None:
-    """The step path with every other tile forced (``step_<BM>x<BN>``), beside rnncu_step's
-    own choice (``row["step_tile"]``): the data to tune ``choose_tile`` with."""
+    """The step path with every other step kernel forced (``step_<BM>x<BN>``, ``step_matvec``),
+    beside rnncu_step's own choice (``row["step_tile"]``): the data to tune the choice with."""
     try:
         import cupy
 
         from rnncu.backend import cupy_backend, kernel_loader
 
-        sms = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())[
-            "multiProcessorCount"
-        ]
-        chosen = cupy_backend.choose_tile(shape[1], shape[3], sms)
+        runtime = cupy.cuda.runtime
+        device_id = runtime.getDevice()
+        sms = runtime.getDeviceProperties(device_id)["multiProcessorCount"]
+        shared = runtime.deviceGetAttribute(
+            runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id
+        )
+        chosen = cupy_backend.choose_step_kernel(shape[1], shape[3], 4, sms, shared).label
     except Exception as exc:
         print(f"# step tiles skipped on {row['shape']}: {type(exc).__name__}: {exc}",
               file=sys.stderr)  # fmt: skip
         return
-    row["step_tile"] = _tile_label(chosen)
-    for tile in kernel_loader.STEP_TILES:
-        if tile == chosen:
+    row["step_tile"] = chosen
+    labels = [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES] + ["matvec"]
+    for label in labels:
+        if label == chosen:
             continue
-        label = _tile_label(tile)
         try:
             result = bench_rnncu(shape, repeats, warmup, "step", step_tile=label)
         except Exception as exc:
@@ -354,13 +353,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _format_tiles(rows: list[dict[str, Any]]) -> list[str]:
-    """The step path's fwd+bwd ms by tile; * marks the tile rnncu_step chose."""
+    """The step path's fwd+bwd ms by step kernel; * marks the one rnncu_step chose."""
     found = {row["step_tile"] for row in rows if "step_tile" in row}
     found |= {key[5:] for row in rows for key in row["ms"] if key.startswith("step_")}
-    labels = sorted(found, key=lambda label: [-int(v) for v in label.split("x")])
+    # the tiles from the largest, then the small-batch kernel
+    labels = sorted(found, key=lambda label: [-int(v) for v in label.split("x")] if "x" in label
+                    else [1])  # fmt: skip
     if not labels:
         return []
-    lines = ["\nrnncu step path, fwd+bwd ms by tile (BM x BN; * = the tile it picks)"]
+    lines = [
+        "\nrnncu step path, fwd+bwd ms by step kernel (tile BM x BN, or the small-batch "
+        "matvec kernel; * = the one it picks)"
+    ]
     lines.append("| shape | " + " | ".join(labels) + " |")
     lines.append("|---" * (len(labels) + 1) + "|")
     for row in rows:

@@ -37,6 +37,30 @@ __device__ __forceinline__ T activation_grad_from_output(T h) {
   }
 }
 
+// 16 bytes of T (float4 / double2), for vector loads; unpack spreads one into T values.
+template <typename T>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  using type = float4;
+  static constexpr int kWidth = 4;
+  __device__ __forceinline__ static void unpack(float* d, float4 v) {
+    d[0] = v.x;
+    d[1] = v.y;
+    d[2] = v.z;
+    d[3] = v.w;
+  }
+};
+template <>
+struct Vec16<double> {
+  using type = double2;
+  static constexpr int kWidth = 2;
+  __device__ __forceinline__ static void unpack(double* d, double2 v) {
+    d[0] = v.x;
+    d[1] = v.y;
+  }
+};
+
 // Whether step t is a real (non-padding) step of batch row b. lengths == nullptr means
 // every row runs all T steps.
 __device__ __forceinline__ bool step_is_valid(const int* __restrict__ lengths, int b, int t) {

@@ -34,28 +34,6 @@
 
 namespace rnncu {
 
-// 16 bytes of T, for the shared-memory fragment loads.
-template <typename T>
-struct Vec16;
-template <>
-struct Vec16<float> {
-  using type = float4;
-  __device__ __forceinline__ static void unpack(float* d, float4 v) {
-    d[0] = v.x;
-    d[1] = v.y;
-    d[2] = v.z;
-    d[3] = v.w;
-  }
-};
-template <>
-struct Vec16<double> {
-  using type = double2;
-  __device__ __forceinline__ static void unpack(double* d, double2 v) {
-    d[0] = v.x;
-    d[1] = v.y;
-  }
-};
-
 template <typename T, int BM, int BN, int TM, int TN>
 struct StepTile {
   static_assert(BM % TM == 0 && BN % TN == 0, "micro-tile vs tile");

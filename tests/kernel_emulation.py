@@ -1,8 +1,8 @@
 """Host emulation of the CUDA subset rnncu's kernels use, for tests without a GPU.
 
 The real kernel source (``kernel_loader.read_source``) of every file the backend launches
-(:func:`families`: the step kernels and both persistent files) is compiled with g++ on top of
-a small runtime (:data:`RUNTIME`) and driven through ctypes. Every CUDA thread of the WHOLE
+(:func:`families`: both step kernel files and the persistent ones) is compiled with g++ on top
+of a small runtime (:data:`RUNTIME`) and driven through ctypes. Every CUDA thread of the WHOLE
 grid is a fiber of one host thread (started with ``ucontext``, switched with
 ``_setjmp``/``_longjmp``, which skip swapcontext's signal-mask system call), all of them live
 at once, so that
@@ -652,6 +652,11 @@ def families() -> dict[str, Family]:
                 r"^rnn_step_(forward|backward)<(float|double), (\d), (\d+), (\d+), (\d+), (\d+)>$"
             ),
             _STEP_CASTS, "rnncu::StepTile<{ctype}, {g4}, {g5}, {g6}, {g7}>::kThreads",
+        ),
+        "matvec": Family(
+            "matvec", kernel_loader.MATVEC_KERNEL_FILE,
+            re.compile(r"^rnn_matvec_(forward|backward)<(float|double), (\d), (\d+)>$"),
+            _STEP_CASTS, "rnncu::kMatvecThreads",
         ),
         "batch": Family("batch", persistent.BATCH_KERNEL_FILE, re.compile(_PERSISTENT_NAME),
                         _PERSISTENT_CASTS, _PERSISTENT_LIMIT),

@@ -17,7 +17,13 @@ from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmu
 from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
-from rnncu.backend.cupy_backend import STEP_TILE_ENV, CupyBackend, choose_tile
+from rnncu.backend.cupy_backend import (
+    STEP_TILE_ENV,
+    CupyBackend,
+    StepKernel,
+    choose_step_kernel,
+    choose_tile,
+)
 from rnncu.backend.numpy_backend import NumpyBackend
 
 REFERENCE = NumpyBackend()
@@ -77,6 +83,14 @@ def _run(backend: CupyBackend, device: EmulatedDevice, data: dict, nonlinearity:
     return cp.asnumpy(states), cp.asnumpy(grad_z), cp.asnumpy(grad_h0)
 
 
+def _step_launches(device: EmulatedDevice) -> int:
+    """Launches of either step kernel family (tiles for B > 8, the small-batch kernels)."""
+    return sum(
+        device.launches(f)
+        for f in (kernel_loader.STEP_KERNEL_FILE, kernel_loader.MATVEC_KERNEL_FILE)
+    )
+
+
 def _reference(data: dict, nonlinearity: str, reverse: bool, grads: tuple[bool, bool]):
     states = data["z"].copy()
     REFERENCE.recurrence_forward(
@@ -107,7 +121,7 @@ def test_recurrence_matches_numpy(
     expected = _reference(data, nonlinearity, reverse, grads)
     for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
         _close(a, e, f"{mode} {what}")
-    step_launches = device.launches(kernel_loader.STEP_KERNEL_FILE)
+    step_launches = _step_launches(device)
     persistent_launches = sum(
         device.launches(filename)
         for filename in (
@@ -137,7 +151,7 @@ def test_auto_uses_persistent_where_it_fits_and_steps_elsewhere(device, rng) -> 
     data = _inputs(rng, fits, np.float32, use_lengths=False)
     assert persistent.supports(fits, np.float32)
     _run(CupyBackend(recurrence="auto"), device, data, "tanh", False, (True, True))
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+    assert _step_launches(device) == 0
     # float64 at B = 33 stops fitting on chip at H = 421 on an H200
     too_big = (1, 33, 421)
     assert not persistent.supports(too_big, np.float64)
@@ -146,7 +160,7 @@ def test_auto_uses_persistent_where_it_fits_and_steps_elsewhere(device, rng) -> 
     expected = _reference(data, "relu", True, (True, True))
     for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
         _close(a, e, f"auto fallback {what}")
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 2
+    assert _step_launches(device) == 2
     with pytest.raises(ValueError, match="persistent recurrence not applicable"):
         _run(CupyBackend(recurrence="persistent"), device, data, "relu", True, (True, True))
 
@@ -166,12 +180,12 @@ def test_auto_at_the_persistent_boundary(device, rng, dtype, batch: int) -> None
     limit = _boundary(dtype, batch)
     for hidden, expected_path in ((limit - 1, "persistent"), (limit, "step")):
         data = _inputs(rng, (1, batch, hidden), dtype, use_lengths=True)
-        before = device.launches(kernel_loader.STEP_KERNEL_FILE)
+        before = _step_launches(device)
         actual = _run(CupyBackend(recurrence="auto"), device, data, "tanh", False, (True, True))
         expected = _reference(data, "tanh", False, (True, True))
         for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
             _close(a, e, f"H = {hidden} ({expected_path}) {what}")
-        step_launches = device.launches(kernel_loader.STEP_KERNEL_FILE) - before
+        step_launches = _step_launches(device) - before
         assert step_launches == (0 if expected_path == "persistent" else 2), hidden
 
 
@@ -212,7 +226,7 @@ def test_auto_runs_the_cluster_kernels_where_they_fit(device, rng) -> None:
         "persistent_cluster_forward<float, 32, 1, 8>",
     ]
     assert device.launches(persistent.GRID_KERNEL_FILE) == 0
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+    assert _step_launches(device) == 0
 
 
 def test_refused_cluster_sizes_fall_back_to_smaller_clusters_then_the_grid(device, rng) -> None:
@@ -252,7 +266,7 @@ def test_variants_environment_variable(device, rng, monkeypatch) -> None:
         _check(device, rng, CupyBackend(recurrence="persistent"))
     # ... and auto takes the step kernels instead
     _check(device, rng, CupyBackend(recurrence="auto"))
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 2 * CLUSTER_SHAPE[0]
+    assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
     monkeypatch.setenv(persistent.VARIANTS_ENV, "grid,warp")
     with pytest.raises(ValueError, match="RNNCU_PERSISTENT_VARIANTS"):
         _check(device, rng, CupyBackend(recurrence="auto"))
@@ -291,28 +305,38 @@ def test_zero_steps(device, rng) -> None:
 
 # ----------------------------------------------------------------------------- step tiles
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_step_tile_matches_numpy_with_identical_bits(device, rng, monkeypatch, dtype):
-    """``RNNCU_STEP_TILE`` forces each tile of the step kernels: each matches the NumPy
-    backend, launches its own instantiation with its own block size (the emulation refuses a
-    block larger than the kernel's ``__launch_bounds__``; a smaller one leaves NaN), and all
-    give the same bits (every output sums its products in ascending k, whatever the tile)."""
+def test_every_step_kernel_matches_numpy_and_the_tiles_give_identical_bits(
+    device, rng, monkeypatch, dtype
+) -> None:
+    """``RNNCU_STEP_TILE`` forces each tile of the step kernels and the small-batch kernel:
+    each matches the NumPy backend and launches its own instantiation with its own block size
+    (the emulation refuses a block larger than the kernel's ``__launch_bounds__``; a smaller
+    one leaves NaN); the tiles all give the same bits (every output sums its products in
+    ascending k, whatever the tile; the small-batch kernel sums in another fixed order)."""
     shape = (3, 9, 70)
     data = _inputs(rng, shape, dtype, use_lengths=True)
     expected = _reference(data, "tanh", True, (True, True))
-    results = []
-    for tile in kernel_loader.STEP_TILES:
-        monkeypatch.setenv(STEP_TILE_ENV, f"{tile[0]}x{tile[1]}")
+    results = {}
+    for label in [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES] + ["matvec"]:
+        monkeypatch.setenv(STEP_TILE_ENV, label)
         actual = _run(CupyBackend(recurrence="step"), device, data, "tanh", True, (True, True))
         for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
-            _close(a, e, f"tile {tile}: {what}")
+            _close(a, e, f"{label}: {what}")
+        tile = next((t for t in kernel_loader.STEP_TILES if f"{t[0]}x{t[1]}" == label), None)
         for direction in ("forward", "backward"):
-            name = kernel_loader.step_name_expression(direction, np.dtype(dtype), "tanh", tile)
-            assert device.kernels[(kernel_loader.STEP_KERNEL_FILE, name)].launches == shape[0]
-        results.append(actual)
-    for tile, other in zip(kernel_loader.STEP_TILES[1:], results[1:], strict=True):
-        for what, first, this in zip(("states", "grad_z", "grad_h0"), results[0], other,
-                                     strict=True):  # fmt: skip
-            assert first.tobytes() == this.tobytes(), f"tile {tile}: {what} bits differ"
+            if tile is None:  # B = 9 > 8: two blocks of 8 rows
+                name = kernel_loader.matvec_name_expression(direction, np.dtype(dtype), "tanh", 8)
+                filename = kernel_loader.MATVEC_KERNEL_FILE
+            else:
+                name = kernel_loader.step_name_expression(direction, np.dtype(dtype), "tanh", tile)
+                filename = kernel_loader.STEP_KERNEL_FILE
+            assert device.kernels[(filename, name)].launches == shape[0]
+        results[label] = actual
+    first = results.pop("64x64")
+    results.pop("matvec")
+    for label, other in results.items():
+        for what, a, b in zip(("states", "grad_z", "grad_h0"), first, other, strict=True):
+            assert a.tobytes() == b.tobytes(), f"tile {label}: {what} bits differ"
 
 
 def test_bad_step_tile_environment_variable_names_it(device, rng, monkeypatch) -> None:
@@ -326,14 +350,49 @@ def test_bad_step_tile_environment_variable_names_it(device, rng, monkeypatch) -
     ("batch", "hidden", "tile"),
     [
         (256, 1024, (64, 32, 4, 4)),  # ANCHORS' large: 128 blocks for 132 SMs, one wave
-        (512, 2048, (64, 64, 4, 4)),
+        (512, 2048, (64, 64, 4, 4)),  # 2 waves of 64 x 64 = 4 of 64 x 32: the larger
         (64, 2048, (32, 32, 4, 4)),
+        (16, 4096, (32, 32, 4, 4)),  # 64 x 32 would also be one wave, half of it padding
         (4, 2048, (16, 16, 1, 1)),
         (1, 1, (16, 16, 1, 1)),
     ],
 )
-def test_choose_tile_keeps_an_h200_busy(batch: int, hidden: int, tile) -> None:
+def test_choose_tile_on_an_h200(batch: int, hidden: int, tile) -> None:
     assert choose_tile(batch, hidden, 132) == tile
+
+
+@pytest.mark.parametrize(
+    ("batch", "hidden", "itemsize", "expected"),
+    [
+        (1, 2048, 4, StepKernel(rows=1)),
+        (3, 1000, 8, StepKernel(rows=4)),
+        (8, 1024, 4, StepKernel(rows=8)),
+        # 8 rows of H = 8192 floats are 256 KB: halved until they fit the 227 KB per block
+        (8, 8192, 4, StepKernel(rows=4)),
+        # one row of H = 65536 doubles does not fit: the tiles take it
+        (2, 65536, 8, StepKernel(tile=(32, 32, 4, 4))),
+        (9, 1024, 4, StepKernel(tile=(16, 16, 1, 1))),
+        (256, 1024, 4, StepKernel(tile=(64, 32, 4, 4))),
+    ],
+)
+def test_choose_step_kernel_takes_the_small_batch_kernel_up_to_8_rows(
+    batch: int, hidden: int, itemsize: int, expected: StepKernel
+) -> None:
+    assert choose_step_kernel(batch, hidden, itemsize, 132, 227 * 1024) == expected
+
+
+def test_small_batch_kernel_over_48_kb_raises_the_kernel_limit(device, rng) -> None:
+    """8 rows of H = 1600 floats stage 51200 bytes: above the default 48 KB of dynamic shared
+    memory, so the backend raises the kernel's limit (the emulated kernel refuses a launch
+    beyond it, as the device does)."""
+    data = _inputs(rng, (2, 8, 1600), np.float32, use_lengths=False)
+    actual = _run(CupyBackend(recurrence="step"), device, data, "tanh", False, (True, True))
+    expected = _reference(data, "tanh", False, (True, True))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, what)
+    name = kernel_loader.matvec_name_expression("forward", np.dtype(np.float32), "tanh", 8)
+    kernel = device.kernels[(kernel_loader.MATVEC_KERNEL_FILE, name)]
+    assert kernel.launches == 2 and kernel.max_dynamic_shared_size_bytes == 8 * 1600 * 4
 
 
 # --------------------------------------------------------------------------- bad arguments
@@ -352,7 +411,7 @@ def test_host_arrays_are_a_mixed_device_error(device, rng) -> None:
     with pytest.raises(ValueError, match=r"h0: expected shape \(3, 7\)"):
         backend.recurrence_forward(cp.asarray(data["z"]), cp.asarray(data["w_hh"]),
                                    cp.asarray(data["h0"][:2]), None, "tanh", False)  # fmt: skip
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) == 0
+    assert _step_launches(device) == 0
 
 
 def test_non_contiguous_operands_are_copied_once(device, rng) -> None:
@@ -408,7 +467,7 @@ def test_layer_matches_numpy(device, rng, mode, dtype, config, use_lengths) -> N
     for name, grad in cpu.grads.items():
         _close(cp.asnumpy(emulated.grads[name]), grad, f"grads[{name!r}]")
     if mode == "step":
-        assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
+        assert _step_launches(device) > 0
 
 
 def test_layer_rejects_host_input(device, rng) -> None:
@@ -459,15 +518,17 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
             for mode in ("fwd", "fwd+bwd"):
                 assert row["ms"][runner][mode] > 0, (runner, mode)
         assert row["ms"]["naive_cupy"]["fwd"] > 0
-        # the step path with every other tile forced, beside the one it picks
-        assert row["step_tile"] == "16x16"
+        # the step path with every other step kernel forced, beside the one it picks (B <= 8:
+        # the small-batch kernel)
+        assert row["step_tile"] == "matvec"
         swept = {key for key in row["ms"] if key.startswith("step_")}
-        assert swept == {f"step_{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES[:-1]}
+        assert swept == {f"step_{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES}
         assert all(row["ms"][key]["fwd+bwd"] > 0 for key in swept)
-    assert device.launches(kernel_loader.STEP_KERNEL_FILE) > 0
+    assert _step_launches(device) > 0
     table = gpu_compare.format_table(rows)
     assert "| tiny |" in table and "| wide |" in table and "us/step" in table
-    assert "fwd+bwd ms by tile" in table and "| 64x64 | 64x32 | 32x32 | 16x16 |" in table
+    assert "fwd+bwd ms by step kernel" in table
+    assert "| 64x64 | 64x32 | 32x32 | 16x16 | matvec |" in table
     # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps({"rows": rows}))

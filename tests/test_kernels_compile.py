@@ -98,20 +98,30 @@ def _ptr(array: np.ndarray | None) -> int:
     return 0 if array is None else array.ctypes.data
 
 
-# Each tile on a shape smaller than the tile (padding on both axes), one that is several tiles
-# with ragged edges, and H = 1 / B = 1; K = H not a multiple of the K slice (8 or 16) in most.
+# Each kernel on a shape smaller than a tile (padding on both axes), one that is several tiles
+# or row groups with ragged edges, and H = 1 / B = 1; K = H not a multiple of the K slice (8 or
+# 16) in most; H a multiple of the 16-byte vector (the small-batch kernel's vector path) in
+# (5, 17, 20), (3, 5, 64) and (2, 6, 260), not in the others (its scalar path).
 _STEP_CASES = [
     (3, 1, 1, "tanh", False, False, np.float64),
     (4, 7, 33, "tanh", False, True, np.float64),
     (4, 7, 33, "relu", True, True, np.float64),
+    (3, 5, 64, "relu", True, True, np.float64),
     (3, 70, 70, "tanh", True, False, np.float32),
     (5, 17, 20, "relu", False, True, np.float32),
     (2, 3, 7, "tanh", True, True, np.float32),
     (2, 129, 67, "tanh", False, True, np.float32),
+    (2, 6, 260, "tanh", True, False, np.float32),
+]
+# every tile of rnn_step.cu and every rows-per-block of rnn_matvec.cu
+_STEP_KERNELS = [("tile", tile) for tile in kernel_loader.STEP_TILES] + [
+    ("rows", rows) for rows in kernel_loader.MATVEC_ROWS
 ]
 
 
-@pytest.mark.parametrize("tile", kernel_loader.STEP_TILES, ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize(
+    "kernel", _STEP_KERNELS, ids=lambda k: f"{k[0]}" + "x".join(map(str, np.atleast_1d(k[1])))
+)
 @pytest.mark.parametrize(
     ("steps", "batch", "hidden", "nonlinearity", "reverse", "use_lengths", "dtype"), _STEP_CASES
 )
@@ -121,22 +131,23 @@ def test_step_kernels_match_numpy_under_host_emulation(
     steps: int,
     batch: int,
     hidden: int,
-    tile: tuple[int, int, int, int],
+    kernel: tuple[str, object],
     nonlinearity: str,
     reverse: bool,
     use_lengths: bool,
     dtype: type,
 ) -> None:
-    """Every step tile (the backend picks the tile from the device's SM count, so small
-    shapes on the emulated device only meet the smallest): the backend's own launch plans
-    (``plan_forward``/``plan_backward``) drive the kernels' CUDA source compiled for the host
-    (tests/kernel_emulation.py)."""
+    """Every step kernel (the backend picks one from the batch and the device's SM count,
+    so small shapes on the emulated device meet few of them): the backend's own launch plans
+    (``plan_forward``/``plan_backward``) and launch shapes (``StepKernel``) drive the kernels'
+    CUDA source compiled for the host (tests/kernel_emulation.py)."""
     from emulated_cupy import cupy_backend
 
     from rnncu.backend.numpy_backend import NumpyBackend
 
     backward_result_buffer = cupy_backend.backward_result_buffer
     plan_backward, plan_forward = cupy_backend.plan_backward, cupy_backend.plan_forward
+    step = cupy_backend.StepKernel(**{kernel[0]: kernel[1]})
 
     reference = NumpyBackend()
     z = rng.standard_normal((steps, batch, hidden)).astype(dtype)
@@ -146,12 +157,14 @@ def test_step_kernels_match_numpy_under_host_emulation(
     grad_states = rng.standard_normal((steps, batch, hidden)).astype(dtype)
     grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
     is_double = int(dtype == np.float64)
-    gx, gy, _ = cupy_backend.step_grid(batch, hidden, tile)
+    gx, gy, _ = step.grid(batch, hidden)
+    shared_mem = step.shared_mem(hidden, np.dtype(dtype).itemsize)
+    # the small-batch backward kernel reads rows of W^T
+    w_backward = w_hh if step.tile is not None else np.ascontiguousarray(w_hh.T)
 
     def launch(direction: str, args: tuple) -> None:
-        name = kernel_loader.step_name_expression(direction, np.dtype(dtype), nonlinearity, tile)
-        threads = kernel_loader.step_threads(tile)
-        kernel_emulation.launch_raw(name, (gx, gy), threads, 0, False, args)
+        name = step.name_expression(direction, np.dtype(dtype), nonlinearity)
+        kernel_emulation.launch_raw(name, (gx, gy), step.threads, shared_mem, False, args)
 
     tol = {"rtol": 1e-12, "atol": 1e-12} if is_double else {"rtol": 2e-6, "atol": 2e-6}
 
@@ -179,7 +192,7 @@ def test_step_kernels_match_numpy_under_host_emulation(
             None if gs is None else _ptr(gs),
             _ptr(dh_last),
             (_ptr(buffers[0]), _ptr(buffers[1])),
-            _ptr(w_hh),
+            _ptr(w_backward),
             _ptr(lengths),
             states.shape,
             states.itemsize,

@@ -57,6 +57,9 @@ def test_module_granularity_per_file() -> None:
     # one module: every step kernel (2 directions x 2 dtypes x 2 activations x each tile)
     assert len(step) == 1 and not step[0].cooperative
     assert len(step[0].name_expressions) == 8 * len(kernel_loader.STEP_TILES)
+    matvec = [s for s in specs if s.filename == kernel_loader.MATVEC_KERNEL_FILE]
+    assert len(matvec) == 1 and not matvec[0].cooperative
+    assert len(matvec[0].name_expressions) == 8 * len(kernel_loader.MATVEC_ROWS)
     for filename, cooperative, count in (
         (persistent.BATCH_KERNEL_FILE, False, 48),
         (persistent.CLUSTER_KERNEL_FILE, False, 48 * len(persistent.CLUSTER_SIZES)),

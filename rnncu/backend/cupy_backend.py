@@ -4,30 +4,34 @@ The sequential part runs one of two ways, chosen per call:
 
 * the **persistent** path (``rnncu.backend.persistent``), one launch for all steps, where that
   module says the shape is supported;
-* the **step** path (``kernels/rnn_step.cu``): one fused launch per step. Forward computes
+* the **step** path: one fused launch per step. Forward computes
   ``h_t = act(Z_t + h_{t-1} W_hh^T)`` in place in ``states[t]`` (a tiled GEMM whose epilogue
   adds Z_t, applies act and carries padded rows); backward forms ``dz_t`` while loading its A
   tile, writes it to ``grad_z[t]``, and computes ``dh_{t-1} = dz_t W_hh (+ dh_t on padding
-  rows)`` into the other of two ping-pong buffers.
+  rows)`` into the other of two ping-pong buffers. Two kernel families do this, with the
+  same arguments: ``kernels/rnn_step.cu`` (register tiles, for B > 8) and
+  ``kernels/rnn_matvec.cu`` (B <= 8: a warp reads whole W rows, the batch rows staged in
+  shared memory; backward reads W^T, transposed once per call).
 
 The choice: the ``recurrence`` attribute (constructor argument) if set, else the environment
 variable ``RNNCU_RECURRENCE``: ``auto`` (default: persistent where supported, else step),
-``step``, or ``persistent`` (persistent or an error). The step kernels' tile comes from the
-shape and the multiprocessor count (:func:`choose_tile`), or from ``RNNCU_STEP_TILE``
-(``BMxBN``, e.g. ``64x32``: one of ``kernel_loader.STEP_TILES``), for tests and benchmarks.
+``step``, or ``persistent`` (persistent or an error). The step kernel comes from the shape
+and the device (:func:`choose_step_kernel`), or from ``RNNCU_STEP_TILE`` (``BMxBN``, one of
+``kernel_loader.STEP_TILES`` such as ``64x32``, or ``matvec``), for tests and benchmarks.
 
 Host cost per step: the kernel handle, grid, block and every step's argument tuple are built
 before the loop, so a step is one ``RawKernel.__call__`` (about 4.5 us of Python on an H200,
 see ANCHORS.md), no allocation and no device-to-host synchronisation. Building the argument
 tuples is vectorised: 0.5 us per step forward and 0.9 us backward, measured on the project's
-2-core CPU machine for T = 1000 (it was 2.6 and 5.7 us with a scalar loop). Capturing the loop in a
-CUDA graph would cut that further; it is not done yet because it could not be tested on a
+2-core CPU machine for T = 1000 (it was 2.6 and 5.7 us with a scalar loop). Capturing the loop
+in a CUDA graph would cut that further; it is not done yet because it could not be tested on a
 device when this was written (capture needs a non-default stream and a cache keyed by shape
 and every pointer, invalidated when the memory pool hands out other addresses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -36,11 +40,14 @@ import numpy as np
 
 from rnncu.backend import kernel_loader
 from rnncu.backend.base import NONLINEARITIES, Backend
+from rnncu.backend.kernel_loader import step_threads
 
 RECURRENCE_ENV = "RNNCU_RECURRENCE"
 RECURRENCE_MODES = ("auto", "step", "persistent")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 STEP_TILE_ENV = "RNNCU_STEP_TILE"
+#: batches up to this size run the small-batch step kernels (kernels/rnn_matvec.cu)
+MATVEC_MAX_BATCH = 8
 _INT32_MAX = 2**31 - 1
 
 
@@ -67,7 +74,8 @@ class CupyBackend(Backend):
     def __init__(self, recurrence: str | None = None) -> None:
         self.recurrence = recurrence
         self._kernels: dict[tuple[Any, ...], Any] = {}
-        self._sm_counts: dict[int, int] = {}
+        # device id -> (multiprocessors, opt-in shared memory per block in bytes)
+        self._device_facts: dict[int, tuple[int, int]] = {}
 
     # -- arrays ---------------------------------------------------------------------------
     @property
@@ -140,9 +148,10 @@ class CupyBackend(Backend):
         if steps == 0 or batch == 0 or hidden == 0:
             return
 
-        tile = self._tile(batch, hidden)
-        kernel = self._kernel("forward", dtype, nonlinearity, tile)
-        grid = step_grid(batch, hidden, tile)
+        step = self._step_kernel(batch, hidden, dtype.itemsize)
+        kernel = self._kernel(step, "forward", dtype, nonlinearity, hidden)
+        grid, block = step.grid(batch, hidden), (step.threads, 1, 1)
+        shared_mem = step.shared_mem(hidden, dtype.itemsize)
         launches = plan_forward(
             states.data.ptr,
             h0.data.ptr,
@@ -154,9 +163,8 @@ class CupyBackend(Backend):
         )
         # h0, w_hh and lengths may be contiguous copies made above; they stay referenced
         # until every launch is queued, and CuPy's pool reuses memory in stream order.
-        block = (kernel_loader.step_threads(tile), 1, 1)
         for args in launches:
-            kernel(grid, block, args)
+            kernel(grid, block, args, shared_mem=shared_mem)
 
     def recurrence_backward(
         self,
@@ -203,9 +211,12 @@ class CupyBackend(Backend):
             )
             return cupy.zeros_like(states), grad_h0
 
-        tile = self._tile(batch, hidden)
-        kernel = self._kernel("backward", dtype, nonlinearity, tile)
-        grid = step_grid(batch, hidden, tile)
+        step = self._step_kernel(batch, hidden, dtype.itemsize)
+        kernel = self._kernel(step, "backward", dtype, nonlinearity, hidden)
+        grid, block = step.grid(batch, hidden), (step.threads, 1, 1)
+        shared_mem = step.shared_mem(hidden, dtype.itemsize)
+        # the small-batch kernel reads rows of W^T: one transposed copy per call
+        w_arg = w_hh if step.tile is not None else cupy.ascontiguousarray(w_hh.T)
         grad_z = cupy.empty_like(states)
         # dh ping-pongs between two buffers: blocks still read dh_t while others write dh_{t-1}
         dh_buffers = (cupy.empty((batch, hidden), dtype), cupy.empty((batch, hidden), dtype))
@@ -216,67 +227,162 @@ class CupyBackend(Backend):
             None if grad_states is None else grad_states.data.ptr,
             dh_last.data.ptr,
             (dh_buffers[0].data.ptr, dh_buffers[1].data.ptr),
-            w_hh.data.ptr,
+            w_arg.data.ptr,
             0 if lengths is None else lengths.data.ptr,
             states.shape,
             dtype.itemsize,
             reverse,
         )
-        block = (kernel_loader.step_threads(tile), 1, 1)
         for args in launches:
-            kernel(grid, block, args)
+            kernel(grid, block, args, shared_mem=shared_mem)
         return grad_z, dh_buffers[backward_result_buffer(steps)]
 
     # -- kernels --------------------------------------------------------------------------
-    def _tile(self, batch: int, hidden: int) -> tuple[int, int, int, int]:
-        """``RNNCU_STEP_TILE`` if set, else :func:`choose_tile` for this device."""
-        forced = forced_step_tile()
+    def _step_kernel(self, batch: int, hidden: int, itemsize: int) -> StepKernel:
+        """``RNNCU_STEP_TILE`` if set, else :func:`choose_step_kernel` for this device."""
+        device_id = cupy.cuda.runtime.getDevice()
+        facts = self._device_facts.get(device_id)
+        if facts is None:
+            runtime = cupy.cuda.runtime
+            facts = (
+                int(runtime.getDeviceProperties(device_id)["multiProcessorCount"]),
+                int(
+                    runtime.deviceGetAttribute(
+                        runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id
+                    )
+                ),
+            )
+            self._device_facts[device_id] = facts
+        sms, shared_limit = facts
+        forced = forced_step_kernel(batch, hidden, itemsize, shared_limit)
         if forced is not None:
             return forced
-        device_id = cupy.cuda.runtime.getDevice()
-        sms = self._sm_counts.get(device_id)
-        if sms is None:
-            sms = cupy.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
-            self._sm_counts[device_id] = sms
-        return choose_tile(batch, hidden, sms)
+        return choose_step_kernel(batch, hidden, itemsize, sms, shared_limit)
 
-    def _kernel(self, direction: str, dtype: np.dtype, nonlinearity: str, tile: tuple) -> Any:
-        key = (direction, dtype.char, nonlinearity, tile, cupy.cuda.runtime.getDevice())
+    def _kernel(
+        self, step: StepKernel, direction: str, dtype: np.dtype, nonlinearity: str, hidden: int
+    ) -> Any:
+        key = (step, direction, dtype.char, nonlinearity, cupy.cuda.runtime.getDevice())
         kernel = self._kernels.get(key)
         if kernel is None:
-            name = kernel_loader.step_name_expression(direction, dtype, nonlinearity, tile)
-            kernel = kernel_loader.get_kernel(kernel_loader.STEP_KERNEL_FILE, name)
+            name = step.name_expression(direction, dtype, nonlinearity)
+            kernel = kernel_loader.get_kernel(step.filename, name)
             self._kernels[key] = kernel
+        shared_mem = step.shared_mem(hidden, dtype.itemsize)
+        if shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < shared_mem:
+            kernel.max_dynamic_shared_size_bytes = shared_mem
         return kernel
 
 
 # -- launch plans (pure host arithmetic, so the CPU tests can drive an emulation) ----------
 def choose_tile(batch: int, hidden: int, multiprocessors: int) -> tuple[int, int, int, int]:
-    """The first tile of :data:`kernel_loader.STEP_TILES` (most FMAs per shared-memory load
-    first) whose grid has a block for at least 90 % of the multiprocessors, else the last
-    (small batch and H: latency-bound anyway). 90 %, not all: on an H200 (132 SMs) B = 256,
-    H = 1024 gives 128 blocks of 64 x 32, one wave at 97 %, where requiring 132 would fall
-    back to a tile with half the FMAs per load."""
-    needed = -(-9 * multiprocessors // 10)
-    for tile in kernel_loader.STEP_TILES:
-        if -(-batch // tile[0]) * -(-hidden // tile[1]) >= needed:
-            return tile
-    return kernel_loader.STEP_TILES[-1]
+    """The tile of :data:`kernel_loader.STEP_TILES` with the least estimated step time: waves
+    of blocks (``ceil(blocks / SMs)``) x a block's outputs, padding included, x their cost
+    (1 for the 4 x 4 micro-tiles, 3 for the 1 x 1 tile: it issues three instructions per FMA,
+    a 4 x 4 tile 18 per 16). Ties go to the larger tile, which reads W fewer times. On an
+    H200 (132 SMs) B = 256, H = 1024 takes 64 x 32: 128 blocks, one wave."""
+
+    def cost(tile: tuple[int, int, int, int]) -> int:
+        bm, bn, tm, tn = tile
+        blocks = -(-batch // bm) * -(-hidden // bn)
+        return -(-blocks // multiprocessors) * bm * bn * (1 if tm * tn >= 16 else 3)
+
+    return min(kernel_loader.STEP_TILES, key=cost)
 
 
-def forced_step_tile() -> tuple[int, int, int, int] | None:
-    """The tile named by ``RNNCU_STEP_TILE`` (``BMxBN``), or None when it is unset or empty."""
-    value = os.environ.get(STEP_TILE_ENV, "").strip()
+@dataclasses.dataclass(frozen=True)
+class StepKernel:
+    """The kernel that runs each step: a ``tile`` (BM, BN, TM, TN) of ``rnn_step.cu``, or,
+    with ``tile`` None, ``rnn_matvec.cu`` with ``rows`` batch rows per block."""
+
+    tile: tuple[int, int, int, int] | None = None
+    rows: int = 0
+
+    @property
+    def label(self) -> str:
+        """``64x32`` for a tile, ``matvec`` for the small-batch kernel (RNNCU_STEP_TILE's
+        names)."""
+        return "matvec" if self.tile is None else f"{self.tile[0]}x{self.tile[1]}"
+
+    @property
+    def filename(self) -> str:
+        return kernel_loader.STEP_KERNEL_FILE if self.tile else kernel_loader.MATVEC_KERNEL_FILE
+
+    @property
+    def threads(self) -> int:
+        return kernel_loader.MATVEC_THREADS if self.tile is None else step_threads(self.tile)
+
+    def name_expression(self, direction: str, dtype: Any, nonlinearity: str) -> str:
+        if self.tile is None:
+            return kernel_loader.matvec_name_expression(direction, dtype, nonlinearity, self.rows)
+        return kernel_loader.step_name_expression(direction, dtype, nonlinearity, self.tile)
+
+    def grid(self, batch: int, hidden: int) -> tuple[int, int, int]:
+        if self.tile is None:
+            units = kernel_loader.MATVEC_UNITS_PER_BLOCK
+            return (-(-hidden // units), -(-batch // self.rows), 1)
+        return step_grid(batch, hidden, self.tile)
+
+    def shared_mem(self, hidden: int, itemsize: int) -> int:
+        """Dynamic shared memory of a launch (the tiles use static shared memory only)."""
+        return 0 if self.tile is not None else matvec_shared_mem(self.rows, hidden, itemsize)
+
+
+def matvec_shared_mem(rows: int, hidden: int, itemsize: int) -> int:
+    """Bytes of ``rnn_matvec.cu``'s staged rows: ``rows`` x H, H rounded up to 16 bytes."""
+    width = 16 // itemsize
+    return rows * (-(-hidden // width) * width) * itemsize
+
+
+def matvec_rows(batch: int, hidden: int, itemsize: int, shared_limit: int) -> int | None:
+    """Rows per block of the small-batch kernel: the fewest of
+    :data:`kernel_loader.MATVEC_ROWS` that hold all of ``batch`` (at most 8), halved until
+    the staged rows fit ``shared_limit`` bytes; None when one row does not fit."""
+    wanted = min(batch, kernel_loader.MATVEC_ROWS[-1])
+    rows = next(r for r in kernel_loader.MATVEC_ROWS if r >= wanted)
+    while matvec_shared_mem(rows, hidden, itemsize) > shared_limit:
+        if rows == kernel_loader.MATVEC_ROWS[0]:
+            return None
+        rows //= 2
+    return rows
+
+
+def choose_step_kernel(
+    batch: int, hidden: int, itemsize: int, multiprocessors: int, shared_limit: int
+) -> StepKernel:
+    """The small-batch kernel for B <= :data:`MATVEC_MAX_BATCH` (where its staged rows fit in
+    shared memory), else the tile of :func:`choose_tile`."""
+    if batch <= MATVEC_MAX_BATCH:
+        rows = matvec_rows(batch, hidden, itemsize, shared_limit)
+        if rows is not None:
+            return StepKernel(rows=rows)
+    return StepKernel(tile=choose_tile(batch, hidden, multiprocessors))
+
+
+def forced_step_kernel(
+    batch: int, hidden: int, itemsize: int, shared_limit: int
+) -> StepKernel | None:
+    """The step kernel named by ``RNNCU_STEP_TILE`` (``BMxBN`` or ``matvec``), or None when
+    the variable is unset or empty."""
+    value = os.environ.get(STEP_TILE_ENV, "").strip().lower()
     if not value:
         return None
     tiles = {f"{t[0]}x{t[1]}": t for t in kernel_loader.STEP_TILES}
-    tile = tiles.get(value.lower())
-    if tile is None:
-        raise ValueError(
-            f"environment variable {STEP_TILE_ENV}: expected one of {', '.join(tiles)}, "
-            f"got {value!r}"
-        )
-    return tile
+    if value in tiles:
+        return StepKernel(tile=tiles[value])
+    if value == "matvec":
+        rows = matvec_rows(batch, hidden, itemsize, shared_limit)
+        if rows is None:
+            raise ValueError(
+                f"environment variable {STEP_TILE_ENV}=matvec: one row of H = {hidden} takes "
+                f"{matvec_shared_mem(1, hidden, itemsize)} bytes of shared memory, more than "
+                f"this device's {shared_limit} per block"
+            )
+        return StepKernel(rows=rows)
+    raise ValueError(
+        f"environment variable {STEP_TILE_ENV}: expected one of "
+        f"{', '.join([*tiles, 'matvec'])}, got {value!r}"
+    )
 
 
 def step_grid(batch: int, hidden: int, tile: tuple[int, ...]) -> tuple[int, int, int]:

@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "KERNEL_FILES",
     "KernelCompileError",
+    "MATVEC_KERNEL_FILE",
+    "MATVEC_ROWS",
     "ModuleSpec",
     "PrecompileResult",
     "STEP_KERNEL_FILE",
@@ -53,6 +55,7 @@ __all__ = [
     "kernel_dir",
     "kernel_options",
     "load_module",
+    "matvec_name_expression",
     "module_spec",
     "module_specs",
     "nvrtc_compile",
@@ -255,6 +258,36 @@ register_kernel_file(
         for dtype in _CTYPES
         for act in _ACTIVATION_IDS
         for tile in STEP_TILES
+    ],
+)
+
+# The small-batch step kernels (kernels/rnn_matvec.cu): RB batch rows per block, a warp per two
+# hidden units reading whole W rows; 256 threads per block, 16 units per block.
+MATVEC_KERNEL_FILE = "rnn_matvec.cu"
+MATVEC_ROWS: tuple[int, ...] = (1, 2, 4, 8)
+MATVEC_THREADS = 256
+MATVEC_UNITS_PER_BLOCK = 16
+
+
+def matvec_name_expression(direction: str, dtype: Any, nonlinearity: str, rows: int) -> str:
+    """``rnn_matvec_forward<float, 0, 4>``: the small-batch step kernel for a direction, dtype,
+    nonlinearity and ``rows`` per block (one of :data:`MATVEC_ROWS`)."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if rows not in MATVEC_ROWS:
+        raise ValueError(f"rows: expected one of {MATVEC_ROWS}, got {rows!r}")
+    ctype = _CTYPES[str(getattr(dtype, "name", dtype))]
+    return f"rnn_matvec_{direction}<{ctype}, {_ACTIVATION_IDS[nonlinearity]}, {rows}>"
+
+
+register_kernel_file(
+    MATVEC_KERNEL_FILE,
+    [
+        matvec_name_expression(direction, dtype, act, rows)
+        for direction in ("forward", "backward")
+        for dtype in _CTYPES
+        for act in _ACTIVATION_IDS
+        for rows in MATVEC_ROWS
     ],
 )
 
