@@ -1,9 +1,12 @@
 """Every kernel file compiles, for every name expression, for sm_80 and sm_90, with no register
-spills; compile errors point at ``kernels/<file>:<line>``; and the step kernels' arithmetic is
-checked against the NumPy backend, with every tile, by running their CUDA source on the host
-under the emulation of tests/kernel_emulation.py. None of this needs a GPU."""
+spills; compile errors point at ``kernels/<file>:<line>``; and the step kernels' arithmetic
+(every tile, and the small-batch kernels) is checked against the NumPy backend by running
+their CUDA source on the host under the emulation of tests/kernel_emulation.py. None of this
+needs a GPU."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -202,3 +205,20 @@ def test_step_kernels_match_numpy_under_host_emulation(
             launch("backward", args)
         np.testing.assert_allclose(grad_z, expected_z, **tol)
         np.testing.assert_allclose(buffers[backward_result_buffer(steps)], expected_h0, **tol)
+
+
+def test_matvec_launch_constants_mirror_the_kernel_file() -> None:
+    """kernel_loader's block size and units per block for rnn_matvec.cu are the file's own
+    constants (a mismatch would leave hidden units unwritten, or exceed __launch_bounds__)."""
+    source = (kernel_loader.kernel_dir() / kernel_loader.MATVEC_KERNEL_FILE).read_text()
+
+    def constant(name: str) -> int:
+        match = re.search(rf"constexpr int {name} = (\d+);", source)
+        assert match is not None, name
+        return int(match[1])
+
+    warps, units = constant("kMatvecWarps"), constant("kUnits")
+    assert kernel_loader.MATVEC_THREADS == 32 * warps
+    assert kernel_loader.MATVEC_UNITS_PER_BLOCK == warps * units
+    assert max(kernel_loader.MATVEC_ROWS) * units <= 32  # one lane writes each result
+    assert max(kernel_loader.MATVEC_ROWS) == constant("kMaxRows")

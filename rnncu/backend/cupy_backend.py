@@ -306,7 +306,9 @@ class StepKernel:
 
     @property
     def filename(self) -> str:
-        return kernel_loader.STEP_KERNEL_FILE if self.tile else kernel_loader.MATVEC_KERNEL_FILE
+        if self.tile is None:
+            return kernel_loader.MATVEC_KERNEL_FILE
+        return kernel_loader.STEP_KERNEL_FILE
 
     @property
     def threads(self) -> int:
@@ -364,7 +366,8 @@ def forced_step_kernel(
 ) -> StepKernel | None:
     """The step kernel named by ``RNNCU_STEP_TILE`` (``BMxBN`` or ``matvec``), or None when
     the variable is unset or empty."""
-    value = os.environ.get(STEP_TILE_ENV, "").strip().lower()
+    raw = os.environ.get(STEP_TILE_ENV, "").strip()
+    value = raw.lower()
     if not value:
         return None
     tiles = {f"{t[0]}x{t[1]}": t for t in kernel_loader.STEP_TILES}
@@ -381,7 +384,7 @@ def forced_step_kernel(
         return StepKernel(rows=rows)
     raise ValueError(
         f"environment variable {STEP_TILE_ENV}: expected one of "
-        f"{', '.join([*tiles, 'matvec'])}, got {value!r}"
+        f"{', '.join([*tiles, 'matvec'])}, got {raw!r}"
     )
 
 

@@ -262,7 +262,8 @@ register_kernel_file(
 )
 
 # The small-batch step kernels (kernels/rnn_matvec.cu): RB batch rows per block, a warp per two
-# hidden units reading whole W rows; 256 threads per block, 16 units per block.
+# hidden units reading whole W rows. MATVEC_THREADS and MATVEC_UNITS_PER_BLOCK mirror the
+# file's kMatvecThreads and kMatvecWarps * kUnits: change both together.
 MATVEC_KERNEL_FILE = "rnn_matvec.cu"
 MATVEC_ROWS: tuple[int, ...] = (1, 2, 4, 8)
 MATVEC_THREADS = 256
