@@ -17,9 +17,10 @@ echo "== nvidia-smi -L"; nvidia-smi -L || true
 echo "== python -m rnncu info --quick"; python -m rnncu info --quick | tee "$OUT_DIR/info.txt"
 
 # Every kernel module into CuPy's disk cache, one NVRTC process per core, so the tests and
-# the benchmark below load them instead of compiling: 289 modules, an estimated 840 s of
+# the benchmark below load them instead of compiling: 290 modules, an estimated 865 s of
 # compiling on one core of the 2-core CPU machine (single modules timed there: cluster 2.8 to
-# 5.0 s, grid 2.7 s, batch 0.8 s), so about a minute on 16 cores.
+# 5.0 s, grid 2.7 s, batch 0.8 s; the step tiles 11 s and the small-batch file 13 s, one
+# module each), so about a minute on 16 cores.
 echo "== python -m rnncu precompile"
 pre_rc=0
 timeout 150 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
