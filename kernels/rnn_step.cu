@@ -16,10 +16,10 @@
 // K in slices of kBK. A block has (BM / TM) x (BN / TN) threads; thread (tx, ty) owns the
 // TM x TN register micro-tile of rows ty * TM + i and columns tx * TN + j, contiguous so that
 // each k of the inner loop reads its TM values of A and TN values of W from shared memory
-// with 16-byte loads (TM, TN = 4 in float: 2 loads for 16 FMAs; the former strided 4 x 4 and
-// 2 x 2 tiles needed 8 loads per 16 and 4 per 4, and shared-memory bandwidth, not the FMA
-// pipe, bounded them). Launch shape: block (step_threads, 1, 1), grid (ceil(H / BN),
-// ceil(B / BM), 1); kernel_loader.STEP_TILES lists the instantiated (BM, BN, TM, TN).
+// with 16-byte loads (TM, TN = 4 in float: 2 loads for 16 FMAs; with one scalar load per
+// value, 8 per 16, shared-memory bandwidth rather than the FMA pipe would bound the loop).
+// Launch shape: block (step_threads, 1, 1), grid (ceil(H / BN), ceil(B / BM), 1);
+// kernel_loader.STEP_TILES lists the instantiated (BM, BN, TM, TN).
 // On chip: one A tile (kBK x BM) and one W tile (kBK x BN) in shared memory, each row padded
 // by 16 bytes (rows stay 16-byte aligned, and the transposed tile stores see at most two-way
 // bank conflicts), the accumulators, and the next K slice (prefetched into registers while
