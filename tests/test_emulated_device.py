@@ -23,6 +23,7 @@ from rnncu.backend.cupy_backend import (
     StepKernel,
     choose_step_kernel,
     choose_tile,
+    forced_step_kernel,
 )
 from rnncu.backend.numpy_backend import NumpyBackend
 
@@ -379,6 +380,16 @@ def test_choose_step_kernel_takes_the_small_batch_kernel_up_to_8_rows(
     batch: int, hidden: int, itemsize: int, expected: StepKernel
 ) -> None:
     assert choose_step_kernel(batch, hidden, itemsize, 132, 227 * 1024) == expected
+
+
+def test_forced_small_batch_kernel_that_cannot_fit_says_why(monkeypatch) -> None:
+    monkeypatch.setenv(STEP_TILE_ENV, "MatVec")
+    assert forced_step_kernel(9, 1024, 4, 227 * 1024) == StepKernel(rows=8)
+    with pytest.raises(ValueError, match=r"RNNCU_STEP_TILE=matvec: one row of H = 65536 takes "
+                                         r"524288 bytes .* 232448 per block"):  # fmt: skip
+        forced_step_kernel(2, 65536, 8, 227 * 1024)
+    monkeypatch.setenv(STEP_TILE_ENV, "")
+    assert forced_step_kernel(2, 65536, 8, 227 * 1024) is None
 
 
 def test_small_batch_kernel_over_48_kb_raises_the_kernel_limit(device, rng) -> None:
