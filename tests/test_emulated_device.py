@@ -190,9 +190,14 @@ def test_auto_at_the_persistent_boundary(device, rng, dtype, batch: int) -> None
         assert step_launches == (0 if expected_path == "persistent" else 2), hidden
 
 
-@pytest.mark.parametrize("mode", ["step", "persistent"])
-def test_every_schedule_gives_identical_bits(device, rng, mode) -> None:
-    """A race between threads changes results between schedule orders (kernel_emulation)."""
+@pytest.mark.parametrize(
+    ("mode", "step_kernel"),
+    [("step", ""), ("step", "32x32"), ("step", "64x64"), ("persistent", "")],
+)
+def test_every_schedule_gives_identical_bits(device, rng, monkeypatch, mode, step_kernel) -> None:
+    """A race between threads changes results between schedule orders (kernel_emulation).
+    B = 7: the step path's own choice is the small-batch kernel; two tiles are forced."""
+    monkeypatch.setenv(STEP_TILE_ENV, step_kernel)
     data = _inputs(rng, (3, 7, 65), np.float32, use_lengths=True)
     results = []
     for policy in (ASCENDING, DESCENDING, RANDOM, RUN_AHEAD):
