@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU machine check (H200, no network, no installs): device facts, every kernel compiled
 # into CuPy's cache, the gpu-marked tests on each recurrence path, then the benchmark against
-# cuDNN/JAX/naive CuPy. Writes JSON and logs to $OUT when set. Budget: under 5 minutes on an
-# H200.
+# cuDNN/JAX/naive CuPy, then compute-sanitizer on a few small cases while time is left. Writes
+# JSON and logs (8 files at most) to $OUT when set. Budget: under 5 minutes on an H200.
 #
 #   bash scripts/gpu_check.sh            (from the checkout root)
 set -euo pipefail
@@ -42,6 +42,48 @@ timeout 150 python benchmarks/gpu_compare.py --repeats 20 --json "$OUT_DIR/gpu_c
   > "$OUT_DIR/gpu_compare.txt" 2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
 status+=("benchmark: $([ "$bench_rc" = 0 ] && echo ok || echo "FAIL (rc $bench_rc)")")
 tail -5 "$OUT_DIR/gpu_compare.err" || true
+
+# compute-sanitizer on a few small cases per kernel family, while the 5 minutes allow: what
+# the host emulation cannot check (out-of-bounds and misaligned accesses on the device,
+# shared-memory races, barrier misuse, reads of memory nothing wrote). CuPy's pools are off
+# (--no-memory-pool) so that every array has its own bounds. Each case is a test that also
+# compares against NumPy.
+SANITIZER_CASES=(
+  "tests/test_cupy_backend.py::test_every_step_kernel_matches_numpy[3x1x7-float32]"
+  "tests/test_cupy_backend.py::test_every_step_kernel_matches_numpy[4x33x257-float64]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[auto-shape1-True-False-tanh-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[auto-shape6-True-True-tanh-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[auto-shape7-True-False-relu-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[no-clusters-shape7-True-True-tanh-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[auto-shape9-True-False-tanh-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[no-clusters-shape11-False-False-tanh-float32]"
+  "tests/test_persistent_gpu.py::test_forward_and_backward_match_numpy[auto-shape3-True-False-tanh-float64]"
+)
+sanitizer="$(command -v compute-sanitizer || ls -d /usr/local/cuda*/bin/compute-sanitizer \
+  /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1 || true)"
+: > "$OUT_DIR/sanitizer.txt"  # one file for all four tools: $OUT brings back 8 files at most
+for tool in memcheck racecheck synccheck initcheck; do
+  if [ -z "$sanitizer" ]; then status+=("sanitizer: not found"); break; fi
+  if [ "$SECONDS" -ge 250 ]; then status+=("sanitizer $tool: not run (${SECONDS} s used)"); continue; fi
+  echo "== compute-sanitizer --tool $tool"
+  log="$(mktemp)"
+  san_rc=0
+  timeout 40 "$sanitizer" --tool "$tool" --error-exitcode 86 --print-limit 20 \
+    python -m pytest -q -p no:cacheprovider --no-memory-pool "${SANITIZER_CASES[@]}" \
+    > "$log" 2>&1 || san_rc=$?
+  { echo "== $tool (rc $san_rc)"; cat "$log"; } >> "$OUT_DIR/sanitizer.txt"
+  tail -3 "$log"
+  if grep -q "Device not supported" "$log"; then
+    status+=("sanitizer: the device is not supported here (gVisor?)"); rm -f "$log"; break
+  fi
+  rm -f "$log"
+  case "$san_rc" in
+    0) status+=("sanitizer $tool: clean") ;;
+    124) status+=("sanitizer $tool: not finished in 40 s") ;;
+    86) status+=("sanitizer $tool: FAIL (errors reported)") ;;
+    *) status+=("sanitizer $tool: FAIL (rc $san_rc)") ;;
+  esac
+done
 
 echo; echo "== summary (logs in $OUT_DIR)"
 printf '%s\n' "${status[@]}"

@@ -27,6 +27,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the gpu-marked tests on the host emulation of a CUDA device instead of "
         "skipping them (slow: every CUDA thread is a fiber)",
     )
+    parser.addoption(
+        "--no-memory-pool",
+        action="store_true",
+        help="allocate every CuPy array with its own cudaMalloc (CuPy's pools off), so that "
+        "compute-sanitizer sees each array's bounds (scripts/gpu_check.sh)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("--no-memory-pool"):
+        return
+    # Inside one pool block, an access past the end of an array still lands in memory the
+    # process owns, and memcheck and initcheck cannot tell it from a good one.
+    try:
+        import cupy
+    except ImportError:
+        raise pytest.UsageError("--no-memory-pool needs CuPy") from None
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

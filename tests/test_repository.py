@@ -85,3 +85,28 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     found, length = probe.stdout.split()
     assert Path(found) == tmp_path / "site" / "rnncu" / "kernels"
     assert int(length) > 1000
+
+
+def test_gpu_check_script_parses_and_names_existing_sanitizer_cases() -> None:
+    """scripts/gpu_check.sh runs once on a lent GPU with no second try: its shell must parse,
+    every test it hands to compute-sanitizer must exist under that exact id, and it may write
+    at most 8 files to $OUT (the most the device tool brings back)."""
+    import subprocess
+    import sys
+
+    script = ROOT / "scripts" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    cases = re.findall(r'^\s+"(tests/[^"]+::[^"]+)"$', text, re.M)
+    assert len(cases) >= 5, cases
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *cases],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    listed = set(collected.stdout.split())
+    assert set(cases) <= listed, sorted(set(cases) - listed)
+    out_files = set(re.findall(r"\$OUT_DIR/([A-Za-z0-9_.-]+)", text))
+    assert 0 < len(out_files) <= 8, sorted(out_files)
