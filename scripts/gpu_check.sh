@@ -25,7 +25,7 @@ echo "== python -m rnncu precompile"
 pre_rc=0
 timeout 150 python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
   || pre_rc=$?
-status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)")")
+status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)") [at ${SECONDS} s]")
 
 # One run: the GPU tests force each recurrence path (step, persistent) themselves.
 echo "== pytest -m gpu"
@@ -34,13 +34,13 @@ timeout 180 python -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
   --junitxml="$OUT_DIR/pytest_gpu.xml" tests 2>&1 | tee "$OUT_DIR/pytest_gpu.txt" || test_rc=$?
 # All skipped is no pass: it means CuPy saw no device.
 if [ "$test_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_gpu.txt"; then test_rc=no-test-ran; fi
-status+=("gpu tests: $([ "$test_rc" = 0 ] && echo pass || echo "FAIL (rc $test_rc)")")
+status+=("gpu tests: $([ "$test_rc" = 0 ] && echo pass || echo "FAIL (rc $test_rc)") [at ${SECONDS} s]")
 
 echo "== benchmark"
 bench_rc=0
 timeout 150 python benchmarks/gpu_compare.py --repeats 20 --json "$OUT_DIR/gpu_compare.json" \
   > "$OUT_DIR/gpu_compare.txt" 2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
-status+=("benchmark: $([ "$bench_rc" = 0 ] && echo ok || echo "FAIL (rc $bench_rc)")")
+status+=("benchmark: $([ "$bench_rc" = 0 ] && echo ok || echo "FAIL (rc $bench_rc)") [at ${SECONDS} s]")
 tail -5 "$OUT_DIR/gpu_compare.err" || true
 
 # compute-sanitizer on a few small cases per kernel family, while the 5 minutes allow: what
@@ -80,10 +80,10 @@ for tool in memcheck racecheck synccheck initcheck; do
   if [ "$san_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$log"; then san_rc=no-test-ran; fi
   rm -f "$log"
   case "$san_rc" in
-    0) status+=("sanitizer $tool: clean") ;;
-    124) status+=("sanitizer $tool: not finished in 40 s") ;;
-    86) status+=("sanitizer $tool: FAIL (errors reported)") ;;
-    *) status+=("sanitizer $tool: FAIL (rc $san_rc)") ;;
+    0) status+=("sanitizer $tool: clean [at ${SECONDS} s]") ;;
+    124) status+=("sanitizer $tool: not finished in 40 s [at ${SECONDS} s]") ;;
+    86) status+=("sanitizer $tool: FAIL (errors reported) [at ${SECONDS} s]") ;;
+    *) status+=("sanitizer $tool: FAIL (rc $san_rc) [at ${SECONDS} s]") ;;
   esac
 done
 
