@@ -84,10 +84,14 @@ def bench_rnncu(
     recurrence: str,
     variants: str | None = None,
     step_tile: str | None = None,
+    step_graphs: bool = False,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """rnncu's CuPy backend on ``recurrence`` ("step" or "auto"); ``variants`` restricts the
-    persistent kernels (``RNNCU_PERSISTENT_VARIANTS``) and ``step_tile`` forces the step
-    kernels' tile (``RNNCU_STEP_TILE``) for the duration of the call."""
+    persistent kernels (``RNNCU_PERSISTENT_VARIANTS``), ``step_tile`` forces the step
+    kernels' tile (``RNNCU_STEP_TILE``) for the duration of the call, and ``step_graphs``
+    replays the step loops as CUDA graphs, whose counts (loops replayed, captured, launched
+    step by step) go to ``report["graph_counts"]``."""
     import cupy
 
     import rnncu
@@ -96,6 +100,8 @@ def bench_rnncu(
     steps, batch, features, hidden = shape
     rnn = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0)
     rnn.backend.recurrence = recurrence
+    rnn.backend.step_graphs = step_graphs
+    counts_before = dict(rnn.backend.graphs.counts)
     with (
         _environment(persistent.VARIANTS_ENV, variants),
         _environment(cupy_backend.STEP_TILE_ENV, step_tile),
@@ -112,12 +118,17 @@ def bench_rnncu(
                 rnn(x)
                 rnn.backward(dout)
 
-            return {
+            result = {
                 "fwd": time_cuda(forward, repeats, warmup),
                 "fwd+bwd": time_cuda(forward_backward, repeats, warmup),
             }
+            if report is not None and step_graphs:
+                counts = rnn.backend.graphs.counts
+                report["graph_counts"] = {k: v - counts_before[k] for k, v in counts.items()}
+            return result
         finally:
             rnn.backend.recurrence = None
+            rnn.backend.step_graphs = None
 
 
 def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
@@ -260,6 +271,10 @@ def run(
         # the cluster barrier with the grid barrier (measured only where auto took clusters)
         runners = (
             ("rnncu_step", partial(bench_rnncu, shape, repeats, warmup, "step")),
+            (
+                "rnncu_step_graphs",
+                partial(bench_rnncu, shape, repeats, warmup, "step", step_graphs=True, report=row),
+            ),
             ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
             ("rnncu_grid", partial(bench_rnncu, shape, repeats, warmup, "auto", "batch,grid")),
             ("cudnn", partial(bench_torch, shape, repeats, warmup)),
@@ -324,7 +339,15 @@ def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each runner's ms, and rnncu's best path's speed-up over the best peer."""
-    runners = ["rnncu_step", "rnncu_auto", "rnncu_grid", "cudnn", "jax", "naive_cupy"]
+    runners = [
+        "rnncu_step",
+        "rnncu_step_graphs",
+        "rnncu_auto",
+        "rnncu_grid",
+        "cudnn",
+        "jax",
+        "naive_cupy",
+    ]
     lines = []
     for mode in ("fwd", "fwd+bwd"):
         lines.append(f"\n{mode}, ms (median)")
@@ -344,16 +367,40 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.append("| shape | T | auto us/step | grid us/step | auto path |")
     lines.append("|---|---|---|---|---|")
     for row in rows:
-        cells = []
-        for runner in ("rnncu_auto", "rnncu_grid"):
-            fwd = row["ms"].get(runner, {}).get("fwd")
-            cells.append("-" if fwd is None else f"{fwd * 1e3 / row['TBDH'][0]:.2f}")
+        cells = [_us_per_step(row, runner) for runner in ("rnncu_auto", "rnncu_grid")]
         lines.append(
             f"| {row['shape']} | {row['TBDH'][0]} | {cells[0]} | {cells[1]} "
             f"| {row.get('auto_path', '?')} |"
         )
+    lines += _format_step_graphs(rows)
     lines += _format_tiles(rows)
     return "\n".join(lines)
+
+
+def _us_per_step(row: dict[str, Any], runner: str) -> str:
+    """A runner's forward time per time step in microseconds, or "-" where not measured."""
+    fwd = row["ms"].get(runner, {}).get("fwd")
+    return "-" if fwd is None else f"{fwd * 1e3 / row['TBDH'][0]:.2f}"
+
+
+def _format_step_graphs(rows: list[dict[str, Any]]) -> list[str]:
+    """The step path's forward per time step, launched step by step and as CUDA graphs (the
+    host's launch cost per step shows where the first is well above the second), and how
+    often the graph cache replayed, captured or launched a loop during the timing."""
+    lines = ["\nrnncu step path, forward us per time step: launches and CUDA graphs"]
+    lines.append(
+        "| shape | step us/step | graphs us/step | loops replayed / captured / launched "
+        "(graphs dropped) |"
+    )
+    lines.append("|---|---|---|---|")
+    for row in rows:
+        cells = [_us_per_step(row, runner) for runner in ("rnncu_step", "rnncu_step_graphs")]
+        counts = row.get("graph_counts")
+        counted = "-" if counts is None else " / ".join(
+            str(counts.get(k, 0)) for k in ("replayed", "captured", "launched")
+        ) + f" ({counts.get('dropped', 0)})"  # fmt: skip
+        lines.append(f"| {row['shape']} | {cells[0]} | {cells[1]} | {counted} |")
+    return lines
 
 
 def _format_tiles(rows: list[dict[str, Any]]) -> list[str]:

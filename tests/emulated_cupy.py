@@ -203,9 +203,90 @@ class _Generator:
         return _device_function(getattr(self._generator, name))
 
 
+class CUDARuntimeError(RuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError``."""
+
+
+class CUDADriverError(RuntimeError):
+    """``cupy.cuda.driver.CUDADriverError``."""
+
+
+class _Streams:
+    """The emulated device's streams: the current one (CuPy's ``with stream:`` nests) and,
+    for each capturing stream, the launches recorded so far."""
+
+    def __init__(self) -> None:
+        self.null = _Stream(self, null=True)
+        self.stack: list[_Stream] = [self.null]
+
+    def current(self) -> _Stream:
+        return self.stack[-1]
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` now, or record it into the graph the current stream is capturing."""
+        captured = self.current().captured
+        if captured is None:
+            work()
+        else:
+            captured.append(work)
+
+    def new(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> _Stream:
+        """``cupy.cuda.Stream(null, non_blocking, ptds)``."""
+        return _Stream(self, null=null)
+
+
 class _Stream:
+    """``cupy.cuda.Stream``: work runs at once (the emulation is synchronous), except while
+    capturing, when kernel launches are recorded into a :class:`_Graph` as CUDA records them,
+    arguments by value. Strict as CUDA is: the legacy stream cannot capture, and a capture
+    cannot begin twice or end without beginning."""
+
+    def __init__(self, streams: _Streams, null: bool = False) -> None:
+        self._streams = streams
+        self.null = null
+        self.captured: list[Callable[[], None]] | None = None
+
     def synchronize(self) -> None:
-        return None
+        if self.captured is not None:
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: synchronize in capture")
+
+    def __enter__(self) -> _Stream:
+        self._streams.stack.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._streams.stack.remove(self)
+
+    def begin_capture(self, mode: Any = None) -> None:
+        if self.null:
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: the legacy stream")
+        if self.captured is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is capturing already")
+        self.captured = []
+
+    def is_capturing(self) -> bool:
+        return self.captured is not None
+
+    def end_capture(self) -> _Graph:
+        if self.captured is None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
+        launches, self.captured = self.captured, None
+        return _Graph(launches)
+
+
+class _Graph:
+    """``cupy.cuda.graph.Graph``: the recorded launches, run again at each ``launch()``."""
+
+    def __init__(self, launches: list[Callable[[], None]]) -> None:
+        self.nodes = launches
+        self.launches = 0
+
+    def launch(self, stream: _Stream | None = None) -> None:
+        if stream is not None and stream.captured is not None:
+            raise CUDARuntimeError("emulated cupy: launching a graph into a capture")
+        self.launches += 1
+        for node in self.nodes:
+            node()
 
 
 class _Event:
@@ -262,10 +343,15 @@ def make_module() -> types.ModuleType:
     module.empty_like = _empty_like
     module.random = types.SimpleNamespace(default_rng=_Generator)
     runtime = _Runtime()
+    runtime.CUDARuntimeError = CUDARuntimeError
+    streams = _Streams()
     module.cuda = types.SimpleNamespace(
         runtime=runtime,
+        driver=types.SimpleNamespace(CUDADriverError=CUDADriverError),
         Device=Device,
-        get_current_stream=_Stream,
+        Stream=streams.new,
+        streams=streams,
+        get_current_stream=streams.current,
         Event=_Event,
         get_elapsed_time=_elapsed_ms,
         compiler=types.SimpleNamespace(CompileException=CompileException),
@@ -303,8 +389,11 @@ cupy_backend = _import_cupy_backend()
 class EmulatedKernel:
     """A ``cupy.RawKernel`` whose launches run in the host emulation."""
 
-    def __init__(self, emulation: KernelEmulation, filename: str, name: str) -> None:
+    def __init__(
+        self, emulation: KernelEmulation, filename: str, name: str, streams: _Streams
+    ) -> None:
         self.emulation = emulation
+        self.streams = streams
         self.name = name
         self.cooperative = kernel_loader.module_spec(filename, name).cooperative
         self.max_dynamic_shared_size_bytes = 48 * 1024
@@ -329,6 +418,9 @@ class EmulatedKernel:
         for index, value in enumerate(args):
             if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
                 raise TypeError(f"{self.name}: argument {index} is a host numpy.ndarray")
+        self.streams.submit(functools.partial(self._run, grid, block, tuple(args), shared_mem))
+
+    def _run(self, grid: tuple, block: tuple, args: tuple, shared_mem: int) -> None:
         self.launches += 1
         self.emulation.launch_raw(self.name, grid[:2], block[0], shared_mem, self.cooperative,
                                   args, EmulatedDevice.policy, EmulatedDevice.seed)  # fmt: skip
@@ -355,7 +447,9 @@ class EmulatedDevice:
     def get_kernel(self, filename: str, name: str) -> EmulatedKernel:
         key = (filename, name)
         if key not in self.kernels:
-            self.kernels[key] = EmulatedKernel(self.emulation, filename, name)
+            self.kernels[key] = EmulatedKernel(
+                self.emulation, filename, name, self.module.cuda.streams
+            )
         return self.kernels[key]
 
     #: what the cluster occupancy query answers for a plan; None: an estimate (see

@@ -221,6 +221,53 @@ def test_same_inputs_give_identical_bits(rng, mode):
         assert first.tobytes() == second.tobytes()
 
 
+@pytest.mark.parametrize("step_kernel", ["matvec", "32x32"])
+@pytest.mark.parametrize(
+    ("dtype", "reverse", "use_lengths"), [(np.float32, False, True), (np.float64, True, False)]
+)
+def test_step_graphs_give_the_bits_of_launches(
+    rng, monkeypatch, step_kernel, dtype, reverse, use_lengths
+):
+    """The step loops as CUDA graphs (captured at a key's second call, replayed after) give
+    the bits of the same loops launched one by one. Forward's arrays are held fixed, so its
+    third and fourth calls must be replays; backward allocates its outputs, so whether its
+    key comes again is the memory pool's affair."""
+    import cupy
+
+    from rnncu.backend.cupy_backend import STEP_TILE_ENV, CupyBackend
+
+    monkeypatch.setenv(STEP_TILE_ENV, step_kernel)
+    shape = (6, 5 if step_kernel == "matvec" else 37, 65)
+    backend = CupyBackend(recurrence="step")
+    z, w_hh, h0, lengths, grad_states, grad_h_last = _inputs(rng, shape, dtype, use_lengths)
+    d_w, d_h0, d_gs, d_gh = map(cupy.asarray, (w_hh, h0, grad_states, grad_h_last))
+    d_len = None if lengths is None else cupy.asarray(lengths)
+    d_z = cupy.asarray(z)
+    states = cupy.empty_like(d_z)
+    runs = {}
+    for graphs in (False, True):
+        backend.step_graphs = graphs
+        runs[graphs] = []
+        for _ in range(4):
+            states[...] = d_z
+            backend.recurrence_forward(states, d_w, d_h0, d_len, "tanh", reverse)
+            _poison_pool((shape, dtype), (shape[1:], dtype), (shape[1:], dtype))
+            grad_z, grad_h0 = backend.recurrence_backward(
+                states, d_w, d_h0, d_gs, d_gh, d_len, "tanh", reverse
+            )
+            runs[graphs].append([cupy.asnumpy(a) for a in (states, grad_z, grad_h0)])
+            del grad_z, grad_h0
+    counts = backend.graphs.counts
+    loops = counts["replayed"] + counts["captured"] + counts["launched"]
+    assert loops == 8, counts  # 4 forward and 4 backward loops
+    assert counts["captured"] >= 1 and counts["replayed"] >= 2, counts
+    first = runs[False][0]
+    for index, run in enumerate(runs[False][1:] + runs[True]):
+        for what, a, b in zip(("states", "grad_z", "grad_h0"), first, run, strict=True):
+            assert not np.isnan(b).any(), f"run {index}: {what} has NaN"
+            assert a.tobytes() == b.tobytes(), f"run {index}: {what} bits differ"
+
+
 def test_numpy_array_is_a_clear_type_error(rng):
     import cupy
 
@@ -298,6 +345,48 @@ def test_layer_matches_numpy(rng, mode, dtype, config, use_lengths):
         assert set(gpu.grads) == set(cpu.grads)
         for name, grad in cpu.grads.items():
             _close(cupy.asnumpy(gpu.grads[name]), grad, np_dtype, f"grads[{name!r}]")
+
+
+def test_layer_training_with_step_graphs_gives_the_bits_of_launches(rng):
+    """Three forward and backward passes of a two-layer bidirectional layer with lengths, on
+    the step path, with and without CUDA graphs: the same outputs and gradients, bit for
+    bit; every loop went through the graph cache."""
+    import cupy
+
+    import rnncu
+
+    steps, batch, features, hidden = 7, 3, 4, 17
+    config = {"num_layers": 2, "bidirectional": True, "nonlinearity": "tanh"}
+    layer = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0, **config)
+    x = cupy.asarray(rng.standard_normal((steps, batch, features)).astype(np.float32))
+    dout = cupy.asarray(rng.standard_normal((steps, batch, 2 * hidden)).astype(np.float32))
+    lengths = np.array([steps, 2, 5])
+    backend = layer.backend
+    saved = (backend.recurrence, backend.step_graphs)
+    results = {}
+    try:
+        backend.recurrence = "step"
+        for graphs in (False, True):
+            backend.step_graphs = graphs
+            before = dict(backend.graphs.counts)
+            runs = []
+            for _ in range(3):
+                out, _ = layer(x, None, lengths)
+                dx, _ = layer.backward(dout)
+                arrays = [out, dx, *(layer.grads[name] for name in sorted(layer.grads))]
+                runs.append([cupy.asnumpy(a) for a in arrays])
+            results[graphs] = runs
+            loops = sum(
+                backend.graphs.counts[k] - before[k] for k in ("replayed", "captured", "launched")
+            )
+            # 2 layers x 2 directions, forward and backward, 3 times
+            assert loops == (24 if graphs else 0), backend.graphs.counts
+    finally:
+        backend.recurrence, backend.step_graphs = saved
+    first = results[False][0]
+    for run in results[False][1:] + results[True]:
+        for a, b in zip(first, run, strict=True):
+            assert a.tobytes() == b.tobytes()
 
 
 def test_layer_rejects_numpy_input_on_cupy(rng):

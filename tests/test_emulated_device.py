@@ -9,6 +9,7 @@ device are tests/test_cupy_backend.py (marker ``gpu``)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -517,6 +518,10 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     gpu_compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_compare)
     monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
+    # the peers need a real device; and torch, imported beside the stand-in cupy, fails half
+    # way and leaves a broken module behind for later tests: both read as not installed
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "jax", None)
 
     done: list[int] = []
     rows = gpu_compare.run(["tiny", "wide"], 2, 1, progress=lambda rows: done.append(len(rows)))
@@ -529,11 +534,17 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     assert wide["auto_path"].startswith("persistent_cluster_forward<float, 32, 1, 8> grid (8, 3)")
     assert wide["grid_path"].startswith("persistent_grid_forward<float")
     for row in rows:
-        runners = ["rnncu_step", "rnncu_auto"] + (["rnncu_grid"] if row is wide else [])
+        runners = ["rnncu_step", "rnncu_step_graphs", "rnncu_auto"]
+        runners += ["rnncu_grid"] if row is wide else []
         for runner in runners:
             for mode in ("fwd", "fwd+bwd"):
                 assert row["ms"][runner][mode] > 0, (runner, mode)
         assert row["ms"]["naive_cupy"]["fwd"] > 0
+        # every loop of the graph runner went through the cache: 2 timings of warm-up 1 and
+        # 2 repeats, forward then forward and backward (the emulation has no memory pool to
+        # hand out the same addresses again, so its loops are launched, not replayed)
+        counts = row["graph_counts"]
+        assert counts["replayed"] + counts["captured"] + counts["launched"] == 3 + 6, counts
         # the step path with every other step kernel forced, beside the one it picks (B <= 8:
         # the small-batch kernel)
         assert row["step_tile"] == "matvec"
@@ -544,6 +555,7 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     table = gpu_compare.format_table(rows)
     assert "| tiny |" in table and "| wide |" in table and "us/step" in table
     assert "fwd+bwd ms by step kernel" in table
+    assert "graphs us/step" in table and "| rnncu_step_graphs |" in table
     assert "| 64x64 | 64x32 | 32x32 | 16x16 | matvec |" in table
     # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)
     saved = tmp_path / "run.json"

@@ -24,15 +24,20 @@ before the loop, so a step is one ``RawKernel.__call__`` (about 4.5 us of Python
 see ANCHORS.md), no allocation and no device-to-host synchronisation. Building the argument
 tuples is vectorised: 0.5 us per step forward and 0.9 us backward, measured on the project's
 2-core CPU machine for T = 1000 (it was 2.6 and 5.7 us with a scalar loop). Capturing the loop
-in a CUDA graph would cut that further; it is not done yet because it could not be tested on a
-device when this was written (capture needs a non-default stream and a cache keyed by shape
-and every pointer, invalidated when the memory pool hands out other addresses).
+in a CUDA graph cuts that to one ``cudaGraphLaunch`` per loop: :class:`StepLoopGraphs`,
+opt-in (``step_graphs=True``, or ``RNNCU_STEP_GRAPHS=on``) until it has been timed on a device.
+A graph is keyed by every input of the launch plan (the kernel, the shape and every pointer),
+so a replay issues exactly the launches the loop would; it pays off where CuPy's memory pool
+hands a training loop the same addresses at every iteration, as it does in steady state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import cupy
@@ -46,6 +51,8 @@ RECURRENCE_ENV = "RNNCU_RECURRENCE"
 RECURRENCE_MODES = ("auto", "step", "persistent")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 STEP_TILE_ENV = "RNNCU_STEP_TILE"
+STEP_GRAPHS_ENV = "RNNCU_STEP_GRAPHS"
+_SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 #: batches up to this size run the small-batch step kernels (kernels/rnn_matvec.cu)
 MATVEC_MAX_BATCH = 8
 _INT32_MAX = 2**31 - 1
@@ -60,19 +67,32 @@ def _check_mode(value: Any, source: str) -> str:
     return value.lower()
 
 
+def _check_switch(value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _SWITCH:
+        return _SWITCH[value.strip().lower()]
+    raise ValueError(f"{source}: expected 'on' or 'off' (or a bool), got {value!r}")
+
+
 class CupyBackend(Backend):
     """CuPy arrays on the current device; the recurrence on fused CUDA kernels.
 
     Args:
         recurrence: ``"auto"``, ``"step"`` or ``"persistent"``; None (default) reads
             ``RNNCU_RECURRENCE`` at every call (default ``auto``).
+        step_graphs: replay the step path's loops as CUDA graphs (:class:`StepLoopGraphs`);
+            None (default) reads ``RNNCU_STEP_GRAPHS`` (``on`` or ``off``, default ``off``)
+            at every call.
     """
 
     name = "cupy"
     xp = cupy
 
-    def __init__(self, recurrence: str | None = None) -> None:
+    def __init__(self, recurrence: str | None = None, step_graphs: bool | None = None) -> None:
         self.recurrence = recurrence
+        self.step_graphs = step_graphs
+        self.graphs = StepLoopGraphs()
         self._kernels: dict[tuple[Any, ...], Any] = {}
         # device id -> (multiprocessors, opt-in shared memory per block in bytes)
         self._device_facts: dict[int, tuple[int, int]] = {}
@@ -85,6 +105,22 @@ class CupyBackend(Backend):
     @recurrence.setter
     def recurrence(self, value: str | None) -> None:
         self._recurrence = None if value is None else _check_mode(value, "recurrence")
+
+    @property
+    def step_graphs(self) -> bool | None:
+        return self._step_graphs
+
+    @step_graphs.setter
+    def step_graphs(self, value: bool | None) -> None:
+        self._step_graphs = None if value is None else _check_switch(value, "step_graphs")
+
+    def step_graphs_enabled(self) -> bool:
+        """The setting in force: the ``step_graphs`` attribute, else ``RNNCU_STEP_GRAPHS``."""
+        if self._step_graphs is not None:
+            return self._step_graphs
+        return _check_switch(
+            os.environ.get(STEP_GRAPHS_ENV, "off"), f"environment variable {STEP_GRAPHS_ENV}"
+        )
 
     def owns(self, array: Any) -> bool:
         return isinstance(array, cupy.ndarray)
@@ -111,6 +147,7 @@ class CupyBackend(Backend):
             "cuda_runtime": _cuda_version(runtime.runtimeGetVersion()),
             "cuda_driver": _cuda_version(runtime.driverGetVersion()),
             "recurrence": self.recurrence_mode(),
+            "step_graphs": "on" if self.step_graphs_enabled() else "off",
         }
 
     def recurrence_mode(self) -> str:
@@ -152,7 +189,7 @@ class CupyBackend(Backend):
         kernel = self._kernel(step, "forward", dtype, nonlinearity, hidden)
         grid, block = step.grid(batch, hidden), (step.threads, 1, 1)
         shared_mem = step.shared_mem(hidden, dtype.itemsize)
-        launches = plan_forward(
+        plan_inputs = (
             states.data.ptr,
             h0.data.ptr,
             w_hh.data.ptr,
@@ -163,8 +200,8 @@ class CupyBackend(Backend):
         )
         # h0, w_hh and lengths may be contiguous copies made above; they stay referenced
         # until every launch is queued, and CuPy's pool reuses memory in stream order.
-        for args in launches:
-            kernel(grid, block, args, shared_mem=shared_mem)
+        loop = StepLoop(kernel, grid, block, shared_mem, lambda: plan_forward(*plan_inputs))
+        self._run_loop(("forward", step, dtype.char, nonlinearity, *plan_inputs), loop)
 
     def recurrence_backward(
         self,
@@ -221,7 +258,7 @@ class CupyBackend(Backend):
         # dh ping-pongs between two buffers: blocks still read dh_t while others write dh_{t-1}
         dh_buffers = (cupy.empty((batch, hidden), dtype), cupy.empty((batch, hidden), dtype))
         dh_last = cupy.zeros((batch, hidden), dtype) if grad_h_last is None else grad_h_last
-        launches = plan_backward(
+        plan_inputs = (
             states.data.ptr,
             grad_z.data.ptr,
             None if grad_states is None else grad_states.data.ptr,
@@ -233,9 +270,16 @@ class CupyBackend(Backend):
             dtype.itemsize,
             reverse,
         )
-        for args in launches:
-            kernel(grid, block, args, shared_mem=shared_mem)
+        loop = StepLoop(kernel, grid, block, shared_mem, lambda: plan_backward(*plan_inputs))
+        self._run_loop(("backward", step, dtype.char, nonlinearity, *plan_inputs), loop)
         return grad_z, dh_buffers[backward_result_buffer(steps)]
+
+    def _run_loop(self, key: tuple, loop: StepLoop) -> None:
+        """Queue one step loop: as a CUDA graph where enabled, else launch by launch."""
+        if self.step_graphs_enabled():
+            self.graphs.run((cupy.cuda.runtime.getDevice(), *key), loop)
+        else:
+            loop.launch(loop.plan())
 
     # -- kernels --------------------------------------------------------------------------
     def _step_kernel(self, batch: int, hidden: int, itemsize: int) -> StepKernel:
@@ -272,6 +316,127 @@ class CupyBackend(Backend):
         if shared_mem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < shared_mem:
             kernel.max_dynamic_shared_size_bytes = shared_mem
         return kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLoop:
+    """One step loop: a kernel, its launch shape, and its launch plan (a list of argument
+    tuples, one per step, built only when called)."""
+
+    kernel: Any
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int
+    plan: Callable[[], list[tuple]]
+
+    def launch(self, launches: list[tuple]) -> None:
+        """Queue ``launches`` (from :attr:`plan`) on the current stream."""
+        for args in launches:
+            self.kernel(self.grid, self.block, args, shared_mem=self.shared_mem)
+
+
+class StepLoopGraphs:
+    """Whole step loops recorded once as CUDA graphs and replayed with one launch.
+
+    A loop's launches are a pure function of its key: the kernel (direction, step kernel,
+    dtype, nonlinearity, device) and every input of its launch plan, pointers included. So a
+    replay issues exactly the launches the loop would, and a pointer that changed is a new
+    key, never a stale graph. A key is captured the ``capture_at``-th time it comes (a
+    one-off loop would pay capture and instantiation, about a launch's cost per step, for
+    nothing); at most ``capacity`` graphs are kept, the least recently used dropped first (a
+    graph still running when dropped is freed by the driver when it ends).
+
+    The capacity is sized for training: a layer keeps its last forward's buffers while the
+    next forward allocates, so CuPy's pool alternates between two sets of addresses and a
+    layer of L layers and D directions cycles through 2 x 2 x L x D keys (forward and
+    backward); 64 covers 8 bidirectional layers. Fewer graphs than keys in the cycle would
+    capture every loop and replay none: ``counts["dropped"]`` then grows with
+    ``counts["captured"]``.
+
+    Capture runs on a private non-blocking stream per device (the legacy stream cannot
+    capture) and the graph is launched on the caller's current stream. Should capture fail
+    with a CUDA error, the loop runs launch by launch, a RuntimeWarning says why once, and
+    this cache captures nothing more (:attr:`failure`).
+    """
+
+    def __init__(self, capacity: int = 64, capture_at: int = 2) -> None:
+        if capacity < 1 or capture_at < 1:
+            raise ValueError(
+                f"StepLoopGraphs: capacity and capture_at must be >= 1, got {capacity} and "
+                f"{capture_at}"
+            )
+        self.capacity = capacity
+        self.capture_at = capture_at
+        self.failure: str | None = None
+        #: loops replayed from a graph, captured (and launched), launched step by step; and
+        #: graphs dropped to stay within the capacity
+        self.counts = {"replayed": 0, "captured": 0, "launched": 0, "dropped": 0}
+        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self._sightings: OrderedDict[tuple, int] = OrderedDict()
+        self._streams: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        """Drop every graph and sighting (the counts stay)."""
+        self._graphs.clear()
+        self._sightings.clear()
+
+    def run(self, key: tuple, loop: StepLoop) -> None:
+        """Queue ``loop`` on the current stream, from its graph if one is cached under
+        ``key``; its plan is built only when there is none."""
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._graphs.move_to_end(key)
+            graph.launch(stream=cupy.cuda.get_current_stream())
+            self.counts["replayed"] += 1
+            return
+        launches = loop.plan()
+        seen = self._sightings.pop(key, 0) + 1
+        if self.failure is None and seen >= self.capture_at:
+            graph = self._capture(loop, launches)
+            if graph is not None:
+                self._graphs[key] = graph
+                while len(self._graphs) > self.capacity:
+                    self._graphs.popitem(last=False)
+                    self.counts["dropped"] += 1
+                graph.launch(stream=cupy.cuda.get_current_stream())
+                self.counts["captured"] += 1
+                return
+        elif self.failure is None:
+            self._sightings[key] = seen
+            while len(self._sightings) > 4 * self.capacity:
+                self._sightings.popitem(last=False)
+        loop.launch(launches)
+        self.counts["launched"] += 1
+
+    def _capture(self, loop: StepLoop, launches: list[tuple]) -> Any | None:
+        cuda = cupy.cuda
+        errors = (cuda.runtime.CUDARuntimeError, cuda.driver.CUDADriverError)
+        device = cuda.runtime.getDevice()
+        try:
+            stream = self._streams.get(device)
+            if stream is None:
+                stream = self._streams[device] = cuda.Stream(non_blocking=True)
+            with stream:
+                stream.begin_capture()
+                try:
+                    loop.launch(launches)
+                finally:
+                    # ends the capture even when a launch failed; the stream is then usable
+                    graph = stream.end_capture()
+        except errors as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.clear()
+            warnings.warn(
+                f"rnncu: capturing the step loop as a CUDA graph failed ({self.failure}); "
+                "the step path launches its kernels one by one from now on",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return None
+        return graph
 
 
 # -- launch plans (pure host arithmetic, so the CPU tests can drive an emulation) ----------
