@@ -66,6 +66,7 @@ def test_captures_on_second_sighting_then_replays_without_planning(cupy):
     assert len(graphs) == 1
     assert cupy.cuda.get_current_stream() is cupy.cuda.streams.null
     assert not any(s.is_capturing() for s in graphs._streams.values())
+    assert not graphs._capture_lock.locked()
 
 
 def test_capture_at_one_captures_at_once(cupy):
@@ -130,6 +131,7 @@ def test_failed_begin_capture_warns_once_and_launches(cupy, monkeypatch):
     assert kernel.log == [("a", t) for t in range(3)] * 2
     assert graphs.counts == {"launched": 2, "captured": 0, "replayed": 0, "dropped": 0}
     assert graphs.failure.startswith("CUDARuntimeError") and len(graphs) == 0
+    assert not graphs._capture_lock.locked()
 
 
 def test_failed_launch_in_capture_ends_the_capture(cupy):
@@ -141,6 +143,7 @@ def test_failed_launch_in_capture_ends_the_capture(cupy):
         graphs.run(("a",), _loop(kernel, plan))
     assert kernel.log == [("a", 0), ("a", 1)], "the loop ran launch by launch"
     assert not any(s.is_capturing() for s in graphs._streams.values())
+    assert not graphs._capture_lock.locked()
     assert cupy.cuda.get_current_stream() is cupy.cuda.streams.null
 
 
@@ -152,6 +155,7 @@ def test_other_errors_are_not_swallowed(cupy):
         graphs.run(("a",), _loop(kernel, _plan("a")[0]))
     assert graphs.failure is None
     assert not any(s.is_capturing() for s in graphs._streams.values())
+    assert not graphs._capture_lock.locked()
 
 
 def test_graph_launches_on_the_callers_stream(cupy, monkeypatch):

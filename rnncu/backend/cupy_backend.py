@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -374,6 +375,9 @@ class StepLoopGraphs:
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()
         self._sightings: OrderedDict[tuple, int] = OrderedDict()
         self._streams: dict[int, Any] = {}
+        # one capture at a time: another thread's launches into the private stream while it
+        # captures would land in this graph
+        self._capture_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -416,16 +420,17 @@ class StepLoopGraphs:
         errors = (cuda.runtime.CUDARuntimeError, cuda.driver.CUDADriverError)
         device = cuda.runtime.getDevice()
         try:
-            stream = self._streams.get(device)
-            if stream is None:
-                stream = self._streams[device] = cuda.Stream(non_blocking=True)
-            with stream:
-                stream.begin_capture()
-                try:
-                    loop.launch(launches)
-                finally:
-                    # ends the capture even when a launch failed; the stream is then usable
-                    graph = stream.end_capture()
+            with self._capture_lock:
+                stream = self._streams.get(device)
+                if stream is None:
+                    stream = self._streams[device] = cuda.Stream(non_blocking=True)
+                with stream:
+                    stream.begin_capture()
+                    try:
+                        loop.launch(launches)
+                    finally:
+                        # ends the capture even when a launch failed; the stream stays usable
+                        graph = stream.end_capture()
         except errors as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             self.clear()
