@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.module import check_seed
+
 __all__ = [
     "INIT_SCHEMES",
     "identity",
@@ -36,17 +38,42 @@ INIT_SCHEMES = ("torch", "xavier", "orthogonal", "irnn")
 
 
 def _generator(rng: np.random.Generator | int | None) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(check_seed("rng", rng))
+
+
+def _matrix_shape(function: str, shape: Any) -> tuple[int, int]:
+    """A 2-d shape of positive sizes, or an error naming ``function``."""
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in shape)
+    ):
+        raise ValueError(
+            f"{function}: shape: expected (rows, cols) of positive sizes, got {shape!r}"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.ndarray:
     """U(-bound, bound), float64, on the host."""
+    bound = _nonnegative("bound", bound)
     return _generator(rng).uniform(-bound, bound, size=shape)
 
 
 def xavier_uniform(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
     """Glorot uniform for a (fan_out, fan_in) weight: U(-a, a), a = gain sqrt(6/(in+out))."""
-    fan_out, fan_in = shape
+    fan_out, fan_in = _matrix_shape("xavier_uniform", shape)
+    gain = _nonnegative("gain", gain)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return _generator(rng).uniform(-bound, bound, size=shape)
 
@@ -55,7 +82,7 @@ def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np
     """A (rows, cols) matrix with orthonormal rows or columns (whichever are fewer), from the
     QR decomposition of a Gaussian matrix with the sign of R's diagonal folded in, so the
     result is uniformly (Haar) distributed, as ``torch.nn.init.orthogonal_``."""
-    rows, cols = shape
+    rows, cols = _matrix_shape("orthogonal", shape)
     flat = _generator(rng).standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(flat)
     q *= np.sign(np.diag(r))
@@ -66,7 +93,7 @@ def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np
 
 def identity(shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
     """``scale`` times the identity (square shapes only: it is meant for W_hh)."""
-    rows, cols = shape
+    rows, cols = _matrix_shape("identity", shape)
     if rows != cols:
         raise ValueError(f"identity init needs a square matrix, got {shape}")
     return scale * np.eye(rows)
@@ -92,6 +119,9 @@ def init_rnn(
     docstring). Parameters are visited in ``rnn.params`` order, so a seed fixes the result."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    if not hasattr(rnn, "hidden_size") or not any(n.startswith("weight_hh") for n in rnn.params):
+        raise TypeError(f"init_rnn: rnn: expected an rnncu.RNN, got {type(rnn).__name__}")
+    irnn_input_std = _nonnegative("irnn_input_std", irnn_input_std)
     gen = _generator(rng)
     bound = 1.0 / math.sqrt(rnn.hidden_size)
     for name, param in rnn.params.items():
@@ -118,6 +148,12 @@ def init_rnn(
 def init_linear(linear: Any, scheme: str = "torch", rng: Any = None) -> None:
     """Initialise an :class:`rnncu.Linear`: ``torch`` (U(+-1/sqrt(fan_in)) for weight and
     bias) or ``xavier`` (Glorot weight, zero bias)."""
+    if set(getattr(linear, "params", {})) - {"weight", "bias"} or "weight" not in getattr(
+        linear, "params", {}
+    ):
+        raise TypeError(
+            f"init_linear: linear: expected an rnncu.Linear, got {type(linear).__name__}"
+        )
     gen = _generator(rng)
     weight = linear.params["weight"]
     fan_in = weight.shape[1]

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from rnncu.backend import Backend
-from rnncu.module import BackwardBeforeForwardError, Module, check_positive_int
+from rnncu.module import (
+    BackwardBeforeForwardError,
+    Module,
+    check_bool,
+    check_positive_int,
+    check_seed,
+)
 
 
 class Linear(Module):
@@ -37,8 +43,8 @@ class Linear(Module):
         super().__init__(dtype=dtype, backend=backend)
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
-        self.bias = bool(bias)
-        rng = np.random.default_rng(seed)
+        self.bias = check_bool("bias", bias)
+        rng = np.random.default_rng(check_seed("seed", seed))
         bound = 1.0 / math.sqrt(self.in_features)
         shapes = [("weight", (self.out_features, self.in_features))]
         if self.bias:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rnncu.backend import backend_for
+from rnncu.module import describe_array
 
 __all__ = ["log_softmax", "mse_loss", "softmax_cross_entropy"]
 
@@ -21,8 +22,13 @@ def mse_loss(pred: Any, target: Any) -> tuple[Any, Any]:
     ``pred`` and ``target`` have the same shape (any); returns ``(loss, dpred)`` with
     ``dpred = 2 (pred - target) / pred.size``.
     """
+    _check_array("mse_loss", "pred", pred)
+    _check_array("mse_loss", "target", target)
     if pred.shape != target.shape:
         raise ValueError(f"mse_loss: pred {pred.shape} and target {target.shape} differ")
+    if pred.size == 0:
+        raise ValueError(f"mse_loss: pred is empty {pred.shape}; a mean needs one element")
+    _check_same_backend("mse_loss", "pred", pred, "target", target)
     xp = backend_for(pred).xp
     diff = pred - target.astype(pred.dtype, copy=False)
     loss = xp.mean(diff * diff)
@@ -45,17 +51,61 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     gradient ``(softmax(logits) - onehot(labels)) / B``. Computed from logits through
     :func:`log_softmax`, so logits of 1e4 give exact results where a naive softmax overflows.
     """
+    _check_array("softmax_cross_entropy", "logits", logits)
+    _check_array("softmax_cross_entropy", "labels", labels)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(
             f"softmax_cross_entropy: expected logits (B, C) and labels (B,), "
             f"got {logits.shape} and {labels.shape}"
         )
+    batch, classes = logits.shape
+    if batch == 0 or classes == 0:
+        raise ValueError(
+            f"softmax_cross_entropy: expected logits (B, C) with B, C >= 1, got {logits.shape}"
+        )
+    if labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"softmax_cross_entropy: labels: expected integer class indices, got {labels.dtype}"
+        )
+    _check_same_backend("softmax_cross_entropy", "logits", logits, "labels", labels)
     xp = backend_for(logits).xp
-    batch = logits.shape[0]
+    invalid = None
+    if backend_for(labels).name == "numpy":
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"softmax_cross_entropy: labels: expected class indices in [0, {classes}), "
+                f"got values in [{low}, {high}]"
+            )
+    else:
+        # On a device, a range check would wait for it on every batch. Instead an index out
+        # of range makes the loss and the gradient NaN (never a wrapped-around index), which
+        # the trainer's loss check reports.
+        invalid = xp.any((labels < 0) | (labels >= classes))
+        labels = xp.where((labels < 0) | (labels >= classes), 0, labels)
     logp = log_softmax(logits)
     rows = xp.arange(batch)
     loss = -xp.mean(logp[rows, labels])
     grad = xp.exp(logp)
     grad[rows, labels] -= 1
     grad *= 1.0 / batch
+    if invalid is not None:
+        poison = xp.where(invalid, xp.nan, 0.0)
+        loss = loss + poison.astype(loss.dtype)
+        grad += poison.astype(grad.dtype)
     return loss, grad.astype(logits.dtype, copy=False)
+
+
+def _check_array(function: str, name: str, value: Any) -> None:
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(f"{function}: {name}: expected an array, got {describe_array(value)}")
+
+
+def _check_same_backend(function: str, name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Both arrays on one backend: mixing NumPy and CuPy would copy on every call."""
+    backend_a, backend_b = backend_for(a), backend_for(b)
+    if backend_a.name != backend_b.name:
+        raise TypeError(
+            f"{function}: {name_a} is a {backend_a.name} array and {name_b} a "
+            f"{backend_b.name} array; convert one with rnncu.get_backend(...).asarray"
+        )

@@ -25,11 +25,15 @@ class BackwardBeforeForwardError(RuntimeError, ValueError):
 def resolve_dtype(dtype: Any) -> np.dtype:
     """``"float32"``/``"float64"`` (or the NumPy dtypes) -> a NumPy dtype; anything else is a
     TypeError naming the argument."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in SUPPORTED_DTYPES:
+    # np.dtype(None) is float64 and np.dtype("float64") == None is True: test None first, so
+    # a missing dtype is an error rather than a silent float64.
+    resolved = None
+    if dtype is not None:
+        try:
+            resolved = np.dtype(dtype)
+        except TypeError:
+            resolved = None
+    if resolved is None or not any(resolved == supported for supported in SUPPORTED_DTYPES):
         raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     return resolved
 
@@ -46,8 +50,30 @@ def resolve_backend(backend: str | Backend | None) -> Backend:
 
 
 def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int when it is a positive integer (bools refused); else a ValueError
+    naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` when it is a bool (NumPy's too); anything else is a TypeError naming
+    ``name``: ``bool("False")`` is True, so a string must never be coerced."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_seed(name: str, value: Any) -> int | None:
+    """None or a non-negative integer (a NumPy seed); anything else is an error naming
+    ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected None or a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected None or a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -82,9 +108,11 @@ class Module:
 
     # -- parameters -------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        """``(name, array)`` for every parameter, in a fixed order."""
         yield from self.params.items()
 
     def num_parameters(self) -> int:
+        """The number of scalar parameters."""
         return int(sum(p.size for p in self.params.values()))
 
     def zero_grad(self) -> None:
@@ -118,17 +146,25 @@ class Module:
             value = state[name]
             if not self.backend.owns(value):
                 value = np.asarray(value if not hasattr(value, "get") else value.get())
+            if value.dtype.kind != "f":
+                raise TypeError(f"state[{name!r}]: expected a floating array, got {value.dtype}")
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(
                     f"state[{name!r}]: expected shape {tuple(param.shape)}, "
                     f"got {tuple(value.shape)}"
                 )
-            if value.dtype.kind != "f":
-                raise TypeError(f"state[{name!r}]: expected a floating array, got {value.dtype}")
-            converted[name] = value
+            # Checked after the cast: 1e300 is finite in float64 and inf in float32.
+            with np.errstate(over="ignore"):  # an overflow is reported just below, by name
+                cast = self.backend.asarray(value, dtype=self.dtype)
+            if not bool(self.backend.xp.isfinite(cast).all()):
+                raise ValueError(
+                    f"state[{name!r}]: expected finite values in {self.dtype}, got NaN or "
+                    "infinity (or a value beyond the dtype's range)"
+                )
+            converted[name] = cast
         # Only after every entry checked: a failed load leaves the module untouched.
         for name, value in converted.items():
-            self.params[name][...] = self.backend.asarray(value, dtype=self.dtype)
+            self.params[name][...] = value
 
     # -- checks shared by the layers --------------------------------------------------------
     def _check_input(self, name: str, value: Any) -> Any:

@@ -34,6 +34,31 @@ __all__ = [
 ]
 
 
+def _number(
+    name: str,
+    value: Any,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float when it is a real number within the bounds (bools, strings and
+    NaN refused); else an error naming ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        left = "(" if low_open else "["
+        right = ")" if high_open or high == math.inf else "]"
+        raise ValueError(
+            f"{name}: expected a number in {left}{low:g}, {high:g}{right}, got {value!r}"
+        )
+    return value
+
+
 def _params(modules: Sequence[Any]) -> Iterator[tuple[str, Any, Any]]:
     """``(key, param, grad)`` for every parameter, in a fixed order (module, then name)."""
     for index, module in enumerate(modules):
@@ -54,12 +79,20 @@ class Optimizer:
     state_kinds: tuple[str, ...] = ()
 
     def __init__(self, modules: Sequence[Any], lr: float) -> None:
+        if hasattr(modules, "params") or not isinstance(modules, Sequence):
+            raise TypeError(
+                f"modules: expected a list of modules, got {type(modules).__name__} "
+                "(wrap a single module in a list)"
+            )
         if not modules:
             raise ValueError("optimizer: expected at least one module")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"optimizer: lr must be a positive number, got {lr!r}")
+        for index, module in enumerate(modules):
+            if not hasattr(module, "params") or not hasattr(module, "grads"):
+                raise TypeError(
+                    f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
+                )
         self.modules = list(modules)
-        self.lr = float(lr)
+        self.lr = _number("lr", lr, low=0.0, low_open=True, high_open=True)
         self.step_count = 0
         # kind -> key -> array on the params' backend; filled lazily at the first step
         self.state: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
@@ -93,6 +126,12 @@ class Optimizer:
         name and shape; a mismatch raises ValueError naming the key."""
         if "step" not in state:
             raise ValueError("optimizer state: missing 'step'")
+        step = np.asarray(state["step"])
+        if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
+            raise ValueError(
+                f"optimizer state: 'step' must be a non-negative integer scalar, got "
+                f"{step.dtype} {step.shape}"
+            )
         params = {key: param for key, param, _ in _params_nograd(self.modules)}
         new: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
         for full_key, value in state.items():
@@ -102,14 +141,29 @@ class Optimizer:
             if kind not in new or key not in params:
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
             param = params[key]
+            if not hasattr(value, "shape") or getattr(value, "dtype", np.dtype("O")).kind != "f":
+                raise TypeError(
+                    f"optimizer state: {full_key!r} must be a floating array, got "
+                    f"{type(value).__name__}"
+                )
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(
                     f"optimizer state: {full_key!r} has shape {tuple(value.shape)}, "
                     f"parameter has {tuple(param.shape)}"
                 )
-            new[kind][key] = self._xp(param).asarray(value, dtype=param.dtype).copy()
+            xp = self._xp(param)
+            slot = xp.asarray(value, dtype=param.dtype).copy()
+            # Adam's second moment is a mean of squares: a negative one would give sqrt(<0)
+            lowest = 0.0 if kind == "exp_avg_sq" else -math.inf
+            if not bool(xp.all(xp.isfinite(slot) & (slot >= lowest))):
+                raise ValueError(
+                    f"optimizer state: {full_key!r} holds NaN, infinite"
+                    + (" or negative" if kind == "exp_avg_sq" else "")
+                    + " values"
+                )
+            new[kind][key] = slot
         self.state = new
-        self.step_count = int(np.asarray(state["step"]))
+        self.step_count = int(step)
 
 
 def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
@@ -146,17 +200,17 @@ class Adam(Optimizer):
         decoupled: bool = False,
     ) -> None:
         super().__init__(modules, lr)
-        beta1, beta2 = betas
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas!r}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError("Adam: eps and weight_decay must be >= 0")
-        self.betas = (float(beta1), float(beta2))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+        beta1 = _number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+        beta2 = _number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
+        self.betas = (beta1, beta2)
+        self.eps = _number("eps", eps, low=0.0, high_open=True)
+        self.weight_decay = _number("weight_decay", weight_decay, low=0.0, high_open=True)
         self.decoupled = bool(decoupled)
 
     def step(self) -> None:
+        """One Adam update of every parameter from its gradient."""
         self.step_count += 1
         beta1, beta2 = self.betas
         t = self.step_count
@@ -198,15 +252,14 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(modules, lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must lie in [0, 1), got {momentum!r}")
-        if nesterov and momentum == 0:
+        self.momentum = _number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        if nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
-        self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _number("weight_decay", weight_decay, low=0.0, high_open=True)
 
     def step(self) -> None:
+        """One SGD update of every parameter from its gradient."""
         self.step_count += 1
         for key, param, grad in _params(self.modules):
             if self.weight_decay:
@@ -233,6 +286,7 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
     """
     from rnncu.backend import backend_for
 
+    max_norm = _number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
     grads = [g for m in modules for g in m.grads.values() if g is not None]
     if not grads:
         raise ValueError("clip_grad_norm: no gradients (call backward first)")
@@ -248,11 +302,18 @@ class Schedule:
     """A learning rate as a pure function of the optimizer step count (the number of
     updates already made), so a resumed run sees exactly the rates of an unbroken one."""
 
-    def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0):
-        if steps_per_epoch < 1:
-            raise ValueError("schedule: steps_per_epoch must be >= 1")
-        self.base_lr = float(base_lr)
+    def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0) -> None:
+        if (
+            isinstance(steps_per_epoch, bool)
+            or not isinstance(steps_per_epoch, (int, np.integer))
+            or steps_per_epoch < 1
+        ):
+            raise ValueError(
+                f"steps_per_epoch: expected a positive integer, got {steps_per_epoch!r}"
+            )
+        self.base_lr = _number("base_lr", base_lr, low=0.0, low_open=True, high_open=True)
         self.steps_per_epoch = int(steps_per_epoch)
+        warmup_epochs = _number("warmup_epochs", warmup_epochs, low=0.0, high_open=True)
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
 
     def factor(self, epoch: float) -> float:
@@ -260,6 +321,7 @@ class Schedule:
         return 1.0
 
     def __call__(self, step: int) -> float:
+        """The learning rate for the update after ``step`` updates."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
         return self.base_lr * self.factor(step / self.steps_per_epoch)
@@ -273,11 +335,11 @@ class ExponentialLR(Schedule):
     """``base_lr * gamma ** epoch``, smoothly per step. Independent of the run's length, so
     training 2 epochs and resuming to 4 gives the rates of 4 epochs straight."""
 
-    def __init__(self, base_lr: float, steps_per_epoch: int, gamma: float, warmup_epochs=0.0):
+    def __init__(
+        self, base_lr: float, steps_per_epoch: int, gamma: float, warmup_epochs: float = 0.0
+    ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        if not 0 < gamma <= 1:
-            raise ValueError(f"ExponentialLR: gamma must lie in (0, 1], got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = _number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
         return self.gamma**epoch
@@ -293,10 +355,16 @@ class StepLR(Schedule):
         step_epochs: int,
         gamma: float = 0.1,
         warmup_epochs: float = 0.0,
-    ):
+    ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
+        if (
+            isinstance(step_epochs, bool)
+            or not isinstance(step_epochs, (int, np.integer))
+            or step_epochs < 1
+        ):
+            raise ValueError(f"step_epochs: expected a positive integer, got {step_epochs!r}")
         self.step_epochs = int(step_epochs)
-        self.gamma = float(gamma)
+        self.gamma = _number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
         return self.gamma ** math.floor(epoch / self.step_epochs)
@@ -314,10 +382,10 @@ class CosineLR(Schedule):
         total_epochs: float,
         min_factor: float = 0.0,
         warmup_epochs: float = 0.0,
-    ):
+    ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        self.total_epochs = float(total_epochs)
-        self.min_factor = float(min_factor)
+        self.total_epochs = _number("total_epochs", total_epochs, low=0.0, high_open=True)
+        self.min_factor = _number("min_factor", min_factor, low=0.0, high=1.0)
 
     def factor(self, epoch: float) -> float:
         progress = min(epoch / self.total_epochs, 1.0) if self.total_epochs > 0 else 1.0

@@ -20,6 +20,7 @@ starts at each row's last valid step, as torch's packed sequences do.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,9 @@ from rnncu.backend import NONLINEARITIES, Backend
 from rnncu.module import (
     BackwardBeforeForwardError,
     Module,
+    check_bool,
     check_positive_int,
+    check_seed,
     describe_array,
 )
 
@@ -89,8 +92,8 @@ class RNN(Module):
                 f"nonlinearity: expected one of {NONLINEARITIES}, got {nonlinearity!r}"
             )
         self.nonlinearity = nonlinearity
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
         if (
             isinstance(dropout, bool)
             or not isinstance(dropout, (int, float))
@@ -98,9 +101,18 @@ class RNN(Module):
         ):
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        if self.dropout > 0 and self.num_layers == 1:
+            # As torch: dropout acts between layers, so a single layer never applies it.
+            warnings.warn(
+                f"dropout={self.dropout} has no effect with num_layers=1: dropout applies to "
+                "the input of every layer but the first",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
 
+        seed = check_seed("seed", seed)
         host_rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, shape in self._parameter_shapes():
@@ -128,6 +140,7 @@ class RNN(Module):
         return shapes
 
     def extra_repr(self) -> str:
+        """The constructor's arguments, as ``repr`` shows them."""
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"nonlinearity={self.nonlinearity!r}, bias={self.bias}, "

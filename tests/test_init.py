@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 import rnncu
-from rnncu.init import identity, init_linear, init_rnn, orthogonal, xavier_uniform
+from rnncu.init import (
+    identity,
+    init_linear,
+    init_rnn,
+    orthogonal,
+    torch_uniform,
+    xavier_uniform,
+)
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (8, 20), (20, 8)])
@@ -57,3 +64,57 @@ def test_init_linear_and_bad_scheme() -> None:
     assert np.abs(lin.params["weight"]).max() <= 0.25
     with pytest.raises(ValueError, match="expected"):
         init_rnn(rnncu.RNN(2, 2, backend="numpy"), "nope")
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: xavier_uniform((3,)), ValueError, r"xavier_uniform: shape: expected \(rows, c"),
+        (lambda: xavier_uniform((0, 0)), ValueError, r"xavier_uniform: shape: expected"),
+        (lambda: orthogonal((4, 2.5)), ValueError, r"orthogonal: shape: expected"),
+        (lambda: identity((3, 0)), ValueError, r"identity: shape: expected"),
+        (lambda: torch_uniform((2, 2), -1.0), ValueError, r"bound: expected a finite number >= 0"),
+        (lambda: torch_uniform((2, 2), float("nan")), ValueError, r"bound: expected a finite"),
+        (lambda: xavier_uniform((2, 2), rng=-1), ValueError, r"rng: expected None or a non-neg"),
+        (lambda: orthogonal((2, 2), rng="a"), TypeError, r"rng: expected None or a non-negative"),
+    ],
+)
+def test_array_initialisers_check_arguments(call, error, match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_module_initialisers_check_the_module() -> None:
+    rnn = rnncu.RNN(3, 4, backend="numpy", seed=0)
+    lin = rnncu.Linear(4, 2, backend="numpy", seed=0)
+    with pytest.raises(TypeError, match=r"init_rnn: rnn: expected an rnncu.RNN, got Linear"):
+        init_rnn(lin)
+    with pytest.raises(TypeError, match=r"init_linear: linear: expected an rnncu.Linear, got RNN"):
+        init_linear(rnn)
+    with pytest.raises(ValueError, match=r"irnn_input_std: expected a finite number >= 0"):
+        init_rnn(rnn, "irnn", irnn_input_std=-1)
+
+
+@pytest.mark.parametrize("scheme", ["torch", "xavier"])
+def test_init_rnn_uniform_schemes_have_their_bounds_and_spread(scheme: str) -> None:
+    """Every tensor uniform on [-a, a] with the scheme's own a: its extremes near +-a and its
+    standard deviation a / sqrt(3) (a one-sided check would pass shrunken or zero weights)."""
+    inputs, hidden = 48, 64
+    rnn = rnncu.RNN(inputs, hidden, backend="numpy", dtype="float64", seed=0)
+    init_rnn(rnn, scheme, np.random.default_rng(3))
+    torch_bound = 1 / math.sqrt(hidden)
+    bounds = {
+        "weight_ih_l0": torch_bound if scheme == "torch" else math.sqrt(6 / (inputs + hidden)),
+        "weight_hh_l0": torch_bound if scheme == "torch" else math.sqrt(6 / (2 * hidden)),
+        "bias_ih_l0": torch_bound if scheme == "torch" else 0.0,
+        "bias_hh_l0": torch_bound if scheme == "torch" else 0.0,
+    }
+    for name, bound in bounds.items():
+        values = rnn.params[name]
+        if bound == 0.0:
+            np.testing.assert_array_equal(values, 0.0, err_msg=name)
+            continue
+        assert np.abs(values).max() <= bound, name
+        assert values.max() > 0.9 * bound and values.min() < -0.9 * bound, name
+        # n >= 64 draws: the sample std of U(-a, a) is within 15 % of a/sqrt(3) by far
+        assert abs(values.std() / (bound / math.sqrt(3)) - 1) < 0.15, name

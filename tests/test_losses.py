@@ -71,3 +71,59 @@ def test_cross_entropy_huge_logits_is_exact() -> None:
 def test_cross_entropy_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match="logits"):
         softmax_cross_entropy(np.zeros((2, 3)), np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 7])
+def test_cross_entropy_refuses_labels_out_of_range(rng: np.random.Generator, bad: int) -> None:
+    # -1 used to index the last class (NumPy wraps negative indices): a silent wrong loss
+    logits = rng.standard_normal((4, 3))
+    labels = np.array([0, 1, bad, 2])
+    with pytest.raises(
+        ValueError,
+        match=rf"labels: expected class indices in \[0, 3\), got values in \[{min(bad, 0)}, "
+        rf"{max(bad, 2)}\]",
+    ):
+        softmax_cross_entropy(logits, labels)
+
+
+def test_cross_entropy_refuses_non_integer_labels(rng: np.random.Generator) -> None:
+    logits = rng.standard_normal((4, 3))
+    with pytest.raises(TypeError, match=r"labels: expected integer class indices, got float64"):
+        softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0, 1.0]))
+    with pytest.raises(TypeError, match=r"labels: expected an array, got builtins.list"):
+        softmax_cross_entropy(logits, [0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"B, C >= 1, got \(0, 3\)"):
+        softmax_cross_entropy(np.ones((0, 3)), np.ones(0, np.int64))
+
+
+def test_mse_refuses_empty_and_non_arrays(rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match=r"mse_loss: pred is empty"):
+        mse_loss(np.ones((0, 3)), np.ones((0, 3)))
+    with pytest.raises(TypeError, match=r"mse_loss: target: expected an array, got builtins.list"):
+        mse_loss(rng.standard_normal(3), [1.0, 2.0, 3.0])
+
+
+def test_cross_entropy_out_of_range_labels_on_a_device_give_nan(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a device the range is not read back (that would wait for the device on every
+    batch): an invalid label makes the loss and the gradient NaN instead, and a valid batch
+    gives the host path's bits. Run through the device path with NumPy arrays standing in
+    (the emulated device's training tests take it with its arrays)."""
+    import rnncu.losses as losses
+
+    logits = rng.standard_normal((4, 3))
+    good = np.array([0, 2, 1, 2])
+    ref_loss, ref_grad = softmax_cross_entropy(logits, good)
+
+    class DeviceBackend:
+        name = "cupy"
+        xp = np
+
+    monkeypatch.setattr(losses, "backend_for", lambda array: DeviceBackend)
+    loss, grad = losses.softmax_cross_entropy(logits, good)
+    assert float(loss) == float(ref_loss)
+    np.testing.assert_array_equal(grad, ref_grad)
+    for bad in (-1, 3):
+        loss, grad = losses.softmax_cross_entropy(logits, np.array([0, bad, 1, 2]))
+        assert np.isnan(float(loss)) and np.isnan(grad).all()

@@ -207,3 +207,87 @@ def test_schedules() -> None:
     assert warm(0) == 0.1 and warm(9) == 1.0 and warm(50) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         make_schedule("nope", 1.0, 10)
+
+
+@pytest.mark.parametrize(
+    "build,error,match",
+    [
+        (lambda m: Adam([m], eps=float("nan")), ValueError, r"eps: expected a number in \[0, inf"),
+        (lambda m: Adam([m], weight_decay=float("inf")), ValueError, r"weight_decay"),
+        (lambda m: Adam([m], weight_decay=float("nan")), ValueError, r"weight_decay"),
+        (lambda m: Adam([m], betas=(0.9, 1.0)), ValueError, r"betas\[1\]: expected a number"),
+        (lambda m: Adam([m], betas=(0.9, 0.9, 0.9)), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], betas=0.9), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], lr="0.1"), TypeError, r"lr: expected a number, got '0.1'"),
+        (lambda m: Adam([m], lr=None), TypeError, r"lr: expected a number, got None"),
+        (lambda m: Adam([m], lr=True), TypeError, r"lr: expected a number, got True"),
+        (lambda m: Adam([m], lr=float("inf")), ValueError, r"lr: expected a number in \(0, inf"),
+        (lambda m: Adam(m), TypeError, r"modules: expected a list of modules, got FakeModule"),
+        (lambda m: Adam([m, 3]), TypeError, r"modules\[1\]: expected an rnncu module, got int"),
+        (lambda m: SGD([m], weight_decay=-1), ValueError, r"weight_decay: expected a number"),
+        (lambda m: SGD([m], weight_decay=float("nan")), ValueError, r"weight_decay"),
+        (lambda m: SGD([m], momentum=float("nan")), ValueError, r"momentum"),
+    ],
+)
+def test_optimizer_arguments_are_checked(build, error, match: str) -> None:
+    module = FakeModule({"w": np.ones(3)})
+    with pytest.raises(error, match=match):
+        build(module)
+
+
+@pytest.mark.parametrize("max_norm", [-1.0, 0.0, float("nan"), float("inf"), "1"])
+def test_clip_grad_norm_refuses_bad_max_norm(max_norm) -> None:
+    # a negative max_norm used to flip the gradients' sign, NaN to poison them
+    module = FakeModule({"w": np.ones(3)})
+    module.grads = {"w": np.ones(3)}
+    with pytest.raises((ValueError, TypeError), match=r"max_norm: expected a number"):
+        clip_grad_norm([module], max_norm)
+    np.testing.assert_array_equal(module.grads["w"], np.ones(3))
+
+
+def _adam_state(rng: np.random.Generator) -> tuple[Adam, dict[str, np.ndarray]]:
+    module = FakeModule({"w": rng.standard_normal(3)})
+    module.grads = {"w": rng.standard_normal(3)}
+    opt = Adam([module])
+    opt.step()
+    return opt, opt.state_dict()
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"step": np.asarray(-5)}, r"'step' must be a non-negative integer scalar"),
+        ({"step": np.asarray(2.7)}, r"'step' must be a non-negative integer scalar"),
+        ({"step": np.asarray([1, 2])}, r"'step' must be a non-negative integer scalar"),
+        ({"exp_avg_sq.0.w": np.array([1.0, -1.0, 1.0])}, r"'exp_avg_sq.0.w' holds NaN, inf"),
+        ({"exp_avg.0.w": np.array([1.0, np.nan, 1.0])}, r"'exp_avg.0.w' holds NaN, infinite v"),
+        ({"exp_avg.0.w": [1.0, 2.0, 3.0]}, r"'exp_avg.0.w' must be a floating array, got list"),
+    ],
+)
+def test_optimizer_state_is_checked(rng: np.random.Generator, change: dict, match: str) -> None:
+    opt, state = _adam_state(rng)
+    before = {kind: {k: v.copy() for k, v in slots.items()} for kind, slots in opt.state.items()}
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict({**state, **change})
+    assert opt.step_count == 1
+    for kind, slots in before.items():
+        for key, value in slots.items():
+            np.testing.assert_array_equal(opt.state[kind][key], value)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: make_schedule("step", 0.1, 10, gamma=-1), r"gamma: expected a number in \(0, 1\]"),
+        (lambda: make_schedule("step", 0.1, 10, gamma=5), r"gamma: expected a number in \(0, 1\]"),
+        (lambda: make_schedule("exp", 0.1, 10, gamma=0), r"gamma: expected a number in \(0, 1\]"),
+        (lambda: make_schedule("constant", -1.0, 10), r"base_lr: expected a number in \(0, inf"),
+        (lambda: make_schedule("constant", 0.1, 0), r"steps_per_epoch: expected a positive"),
+        (lambda: make_schedule("constant", 0.1, 10, warmup_epochs=-1), r"warmup_epochs"),
+        (lambda: StepLR(0.1, 10, step_epochs=0), r"step_epochs: expected a positive integer"),
+        (lambda: CosineLR(0.1, 10, 5, min_factor=2), r"min_factor: expected a number in \[0, 1\]"),
+    ],
+)
+def test_schedule_arguments_are_checked(build, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()

@@ -181,3 +181,60 @@ def test_linear_errors() -> None:
         ValueError, match=r"dy: expected the shape of the output \(4, 2\), got \(4, 3\)"
     ):
         lin.backward(_x(4, 3))
+
+
+@pytest.mark.parametrize("dtype", [None, "bogus", object, 3])
+def test_dtype_none_or_unknown_is_refused(dtype) -> None:
+    # np.dtype(None) is float64 and np.dtype("float64") == None holds: neither may pass
+    with pytest.raises(TypeError, match=r"dtype: expected 'float32' or 'float64', got"):
+        rnncu.RNN(4, 3, dtype=dtype, backend="numpy")
+    with pytest.raises(TypeError, match=r"dtype: expected 'float32' or 'float64', got"):
+        rnncu.Linear(4, 3, dtype=dtype, backend="numpy")
+
+
+@pytest.mark.parametrize("flag", ["bias", "batch_first", "bidirectional"])
+@pytest.mark.parametrize("value", ["False", 0, None])
+def test_flags_must_be_bools(flag: str, value) -> None:
+    # bool("False") is True: a string must not turn a flag on
+    with pytest.raises(TypeError, match=rf"{flag}: expected True or False, got {value!r}"):
+        rnncu.RNN(4, 3, backend="numpy", **{flag: value})
+    if flag == "bias":
+        with pytest.raises(TypeError, match=r"bias: expected True or False"):
+            rnncu.Linear(4, 3, bias=value, backend="numpy")
+    assert rnncu.RNN(4, 3, backend="numpy", **{flag: np.bool_(True)}).__dict__[flag] is True
+
+
+@pytest.mark.parametrize("seed,error", [(-1, ValueError), ("a", TypeError), (1.5, TypeError)])
+def test_seed_is_checked(seed, error) -> None:
+    with pytest.raises(error, match=r"seed: expected None or a non-negative integer"):
+        rnncu.RNN(4, 3, seed=seed, backend="numpy")
+    with pytest.raises(error, match=r"seed: expected None or a non-negative integer"):
+        rnncu.Linear(4, 3, seed=seed, backend="numpy")
+
+
+def test_dropout_on_one_layer_warns() -> None:
+    with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1"):
+        rnncu.RNN(4, 3, dropout=0.5, backend="numpy")
+
+
+@pytest.mark.parametrize(
+    "value,dtype",
+    [(np.nan, "float32"), (np.inf, "float64"), (-np.inf, "float32"), (1e300, "float32")],
+)
+def test_load_state_dict_refuses_non_finite(value: float, dtype: str) -> None:
+    rnn = rnncu.RNN(4, 3, backend="numpy", dtype=dtype, seed=0)
+    before = rnn.state_dict()
+    state = {k: v.astype(np.float64) for k, v in before.items()}
+    state["weight_hh_l0"][1, 2] = value  # 1e300 is finite in float64, inf in float32
+    state["weight_ih_l0"] += 1.0  # valid, must not be applied
+    with pytest.raises(ValueError, match=r"state\['weight_hh_l0'\]: expected finite values"):
+        rnn.load_state_dict(state)
+    for name, array in rnn.state_dict().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+
+
+def test_load_state_dict_refuses_strings() -> None:
+    rnn = rnncu.RNN(4, 3, backend="numpy", seed=0)
+    state = dict(rnn.state_dict(), weight_hh_l0="abc")
+    with pytest.raises(TypeError, match=r"state\['weight_hh_l0'\]: expected a floating array"):
+        rnn.load_state_dict(state)
