@@ -3,7 +3,9 @@
 Layout of ``checkpoint.npz`` (``np.load(path, allow_pickle=False)`` reads it):
 
 * ``__rnncu_meta__``: a 0-d unicode array holding JSON: ``{"format": "rnncu-checkpoint",
-  "version": 1, ...}`` plus whatever the writer adds (config, epoch, history);
+  "version": 1, ...}`` plus whatever the writer adds (config, epoch, history). Standard JSON
+  only: NaN and infinity are refused when writing (other readers reject them), NumPy scalars
+  are stored as plain numbers;
 * every other entry is a named array (``model.rnn.weight_ih_l0``, ``optim.exp_avg.0.bias``,
   ...).
 
@@ -17,6 +19,7 @@ truncated or corrupt, foreign, wrong version, missing entries, wrong shapes) rai
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -42,6 +45,8 @@ __all__ = [
 FORMAT = "rnncu-checkpoint"
 VERSION = 1
 META_KEY = "__rnncu_meta__"
+#: metadata keys that save_checkpoint writes itself; a caller's value would make the file lie
+RESERVED_META = ("format", "version")
 CHECKPOINT_NAME = "checkpoint.npz"
 
 
@@ -117,20 +122,65 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
+def _plain_json(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types. NumPy scalars and 0-d arrays become Python numbers;
+    NaN, infinity and what JSON cannot hold raise an error naming the key path ``where``
+    (``json.dumps`` would write NaN as non-standard JSON, or fail without naming the key)."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"checkpoint metadata {where}: {value} is not finite (JSON has no NaN or inf)"
+            )
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"checkpoint metadata {where or '{}'}: key {key!r} is not a str")
+            out[key] = _plain_json(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        raise TypeError(
+            f"checkpoint metadata {where}: a NumPy array of shape {value.shape} (save arrays as "
+            "checkpoint arrays, or convert it with .tolist())"
+        )
+    raise TypeError(f"checkpoint metadata {where}: {type(value).__name__} is not JSON")
+
+
 def save_checkpoint(
     path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
 ) -> Path:
-    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-serialisable) atomically to
-    ``path`` (a directory gets ``checkpoint.npz``). Returns the file written."""
+    """Write ``arrays`` (name -> host array) and ``meta`` (JSON-serialisable: str keys, finite
+    numbers; NumPy scalars are converted) atomically to ``path`` (a directory gets
+    ``checkpoint.npz``). Returns the file written. ``meta`` may not set the reserved keys
+    ``format`` and ``version``."""
     target = resolve_checkpoint(path)
     if META_KEY in arrays:
         raise ValueError(f"array name {META_KEY!r} is reserved")
-    full_meta = {"format": FORMAT, "version": VERSION, **meta}
-    payload = {name: np.asarray(value) for name, value in arrays.items()}
-    for name, value in payload.items():
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"checkpoint metadata: expected a mapping, got {type(meta).__name__}")
+    reserved = [key for key in RESERVED_META if key in meta]
+    if reserved:
+        raise ValueError(
+            f"checkpoint metadata key {reserved[0]!r} is reserved (save_checkpoint writes "
+            f"{', '.join(RESERVED_META)} itself)"
+        )
+    full_meta = {"format": FORMAT, "version": VERSION, **_plain_json(meta, "")}
+    payload = {}
+    for name, value in arrays.items():
+        try:
+            payload[name] = value = np.asarray(value)
+        except ValueError as exc:  # a ragged list
+            raise ValueError(f"checkpoint array {name!r}: {exc}") from None
         if value.dtype == object:
             raise ValueError(f"checkpoint array {name!r} has dtype object (pickle is not used)")
-    payload[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))
+    payload[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True, allow_nan=False))
     _atomic_write(target, lambda fh: np.savez(fh, **payload))
     return target
 
@@ -199,14 +249,15 @@ def check_arrays(
     prefix: str = "",
 ) -> dict[str, np.ndarray]:
     """The entries of ``arrays`` named ``prefix + name`` for every ``name`` of ``expected``
-    (name -> shape), without the prefix. A missing entry or a shape mismatch raises
-    CheckpointError naming the first offender."""
+    (name -> shape), without the prefix. A missing entry, a shape mismatch, a dtype that is
+    not floating or NaN/infinite values (weights saved from a diverged run would only give
+    NaN metrics) raise CheckpointError naming the first offender."""
     out = {}
     for name, shape in expected.items():
         key = prefix + name
         if key not in arrays:
             raise CheckpointError(f"{file}: missing entry {key!r} (not from this model?)")
-        value = arrays[key]
+        value = np.asarray(arrays[key])
         if tuple(value.shape) != tuple(shape):
             raise CheckpointError(
                 f"{file}: entry {key!r} has shape {tuple(value.shape)}, the model expects "
@@ -214,5 +265,9 @@ def check_arrays(
             )
         if value.dtype.kind != "f":
             raise CheckpointError(f"{file}: entry {key!r} has dtype {value.dtype}, not floating")
+        if not np.isfinite(value).all():
+            raise CheckpointError(
+                f"{file}: entry {key!r} holds NaN or infinite values (saved from a diverged run?)"
+            )
         out[name] = value
     return out

@@ -10,23 +10,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, else an error saying ``what`` it takes."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def _positive_float(text: str) -> float:
@@ -58,6 +69,9 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
+
+
+BACKEND_HELP = "default: the environment variable RNNCU_BACKEND, else auto (a saved run's own)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,17 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-epochs", type=_nonneg_float)
     train.add_argument("--weight-decay", type=_nonneg_float)
     train.add_argument("--clip", type=_nonneg_float, help="global gradient-norm limit (0: off)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    train.add_argument("--seed", type=_nonneg_int)
+    train.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     train.add_argument("--dtype", choices=("float32", "float64"))
     train.add_argument("--out", help="run directory (checkpoint, config, metrics, plots)")
     train.add_argument("--resume", help="continue the run saved in this directory up to --epochs")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out replace the run already saved there (else that is an error)",
+    )
     _common(train)
 
     ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint.npz")
     ev.add_argument("--dataset", help="evaluate on this dataset instead of the saved one")
-    ev.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    ev.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(ev)
 
     gen = sub.add_parser("generate", help="draw or complete images with a generate run")
@@ -122,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="complete test images whose top K rows are given",
     )
     gen.add_argument("--noise", type=_nonneg_float, help="std of the noise per drawn row")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--backend", choices=("auto", "numpy", "cupy"))
+    gen.add_argument("--seed", type=_nonneg_int, default=0)
+    gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(gen)
 
     info = sub.add_parser("info", help="versions, backends, devices and kernel compile checks")
@@ -142,6 +161,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=_positive_int, help="compiler processes (default: the CPU count)"
     )
     return parser
+
+
+def _backend(flag: str | None, default: str | None) -> str | None:
+    """``--backend``, else the ``RNNCU_BACKEND`` environment variable (what the library's
+    get_backend reads), else ``default``; a bad variable is an error naming it, not ignored."""
+    from rnncu.backend import BACKEND_NAMES, ENV_VAR
+
+    if flag is not None:
+        return flag
+    env = os.environ.get(ENV_VAR, "")
+    if not env:
+        return default
+    if env.lower() not in BACKEND_NAMES:
+        raise ValueError(
+            f"environment variable {ENV_VAR}: expected one of {', '.join(BACKEND_NAMES)}, "
+            f"got {env!r}"
+        )
+    return env.lower()
+
+
+def _check_out_dir(target: str, directory: str | os.PathLike[str]) -> None:
+    """Fail before any work where ``directory`` (for ``--out target``) cannot be a directory:
+    it, or the nearest existing path above it, is a file (mkdir would raise only after the
+    data is loaded, with a traceback)."""
+    path = Path(directory)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ValueError(f"--out {target}: {existing} is a file, not a directory")
+            return
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -174,10 +223,17 @@ def _blas_limit(threads: int | None) -> Any:
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     shown = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
-    print(json.dumps(shown, indent=2, sort_keys=True))
+    bad = sorted(k for k, v in shown.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:  # json.dumps would print NaN, which is not JSON
+        raise ValueError(
+            f"the metrics {', '.join(bad)} are not finite ({shown[bad[0]]}): the model's "
+            "outputs are NaN or infinite"
+        )
+    print(json.dumps(shown, indent=2, sort_keys=True, allow_nan=False))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
     from rnncu.trainer import TrainConfig, make_config, train
 
     fields = (
@@ -202,6 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "dtype",
     )
     given = {f: getattr(args, f, None) for f in fields}
+    given["backend"] = _backend(args.backend, None)
     if args.resume:
         # The saved run defines everything but its length and the device.
         extra = [f for f, v in given.items() if v is not None and f not in ("epochs", "backend")]
@@ -210,15 +267,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"--resume takes only --epochs and --backend, not --{extra[0]}".replace("_", "-")
             )
         config = TrainConfig(
-            epochs=args.epochs or TrainConfig.epochs, backend=args.backend or "auto"
+            epochs=args.epochs or TrainConfig.epochs, backend=given["backend"] or "auto"
         )
         if args.epochs is None:
             raise ValueError("--resume needs --epochs (the total to reach)")
     else:
-        config = make_config(**given)
+        try:
+            config = make_config(**given)
+        except ValueError as exc:
+            # "lr_decay: ..." -> "--lr-decay: ...": name the flag the user typed
+            name, _, rest = str(exc).partition(": ")
+            if given.get(name) is None or not rest:
+                raise
+            raise ValueError(f"--{name.replace('_', '-')}: {rest}") from None
     out = args.out
     if out is None and not args.resume:
         out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if out is not None:
+        _check_out_dir(out, out)
+        held = Path(out) / CHECKPOINT_NAME
+        resumed = args.resume and resolve_checkpoint(args.resume).resolve() == held.resolve()
+        if held.exists() and not resumed and not args.overwrite:
+            raise ValueError(
+                f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it with "
+                f"--resume {out} --epochs N, or replace it with --overwrite"
+            )
     start = time.perf_counter()
     with _blas_limit(args.threads):
         result = train(
@@ -227,15 +300,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     metrics = dict(result.metrics, wall_seconds=round(wall, 3))
     _print_metrics(metrics)
-    print(f"run saved in {result.out_dir}", file=sys.stderr)
+    if args.resume and result.epochs_trained == 0:
+        print(
+            f"rnncu: the run in {args.resume} is already at epoch {result.config.epochs} "
+            f">= --epochs {args.epochs}: nothing was trained (ask for more epochs)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"run saved in {result.out_dir}", file=sys.stderr)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rnncu.trainer import evaluate_run
 
-    with _blas_limit(args.threads):
-        metrics = evaluate_run(args.checkpoint, backend=args.backend, dataset=args.dataset)
+    try:
+        with _blas_limit(args.threads):
+            metrics = evaluate_run(
+                args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
+            )
+    except FileNotFoundError as exc:
+        if args.dataset is not None:
+            raise
+        # the saved dataset is gone (moved, another machine): say how to use another
+        raise FileNotFoundError(f"{exc} (evaluate on another with --dataset)") from None
     _print_metrics(metrics)
     return 0
 
@@ -262,8 +350,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out: expected a .png file, got {args.out!r}")
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: is a directory, expected a .png file")
+    _check_out_dir(args.out, Path(args.out).parent)
     with _blas_limit(args.threads):
-        run, _ = load_run(args.checkpoint, backend=args.backend)
+        run, _ = load_run(args.checkpoint, backend=_backend(args.backend, None))
         if not isinstance(run.model, RowGenerator):
             raise ValueError(
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "
@@ -392,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImportError,
     ) as exc:
         print(f"rnncu: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output path that cannot be written, a full disk, ...
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"rnncu: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         from rnncu.trainer import TrainingDiverged

@@ -12,13 +12,21 @@ labels (N,), already split into train and test. :func:`to_sequences` turns image
 Sources: ``digits`` (scikit-learn's 1797 8x8 digits, shipped with scikit-learn, split
 stratified 75/25 with random_state=0), MNIST-format IDX files (raw or .gz) and ``.npz`` files
 with ``x`` and ``y`` (optionally ``x_test`` and ``y_test``).
+
+Pixel values: integer images are 8-bit intensities and must lie in 0..255 (divided by 255);
+float images must already lie in [0, 1]; boolean images read as 0 and 1. Anything else (an
+int16 file of values up to 25500, negative integers, integers of only 0 and 1 that would be
+black images, strings) is refused rather than scaled into nonsense: every problem raises
+ValueError naming the file and the array.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +64,7 @@ class ImageDataset:
 
     @property
     def image_shape(self) -> tuple[int, int]:
+        """``(H, W)``: what sets the sequence shapes and must match a checkpoint's model."""
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
 
 
@@ -91,11 +100,33 @@ def seq_shape(image_shape: tuple[int, int], view: str) -> tuple[int, int]:
 
 
 def split_stratified(
-    x: np.ndarray, y: np.ndarray, test_size: float = 0.25, random_state: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    test_size: float = 0.25,
+    random_state: int = 0,
+    name: str = "dataset",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's stratified ``train_test_split``: ``(x_train, x_test, y_train, y_test)``."""
+    """scikit-learn's stratified ``train_test_split``: ``(x_train, x_test, y_train, y_test)``.
+
+    A split that cannot be made (no images, a class of one image, fewer test images than
+    classes) raises ValueError naming the dataset ``name``: scikit-learn's own message does
+    not say which file is at fault."""
+    y = np.asarray(y)
+    if y.shape[0] == 0:
+        raise ValueError(f"{name}: no images")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(
+            f"{name}: class {classes[counts.argmin()]} has only {counts.min()} image; the "
+            "stratified train/test split needs at least 2 per class (or give a test split)"
+        )
     train_test_split = _sklearn().model_selection.train_test_split
-    return train_test_split(x, y, test_size=test_size, random_state=random_state, stratify=y)
+    try:
+        return train_test_split(x, y, test_size=test_size, random_state=random_state, stratify=y)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name}: cannot split {y.shape[0]} images of {len(classes)} classes stratified ({exc})"
+        ) from None
 
 
 def _sklearn():
@@ -154,7 +185,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: IDX header truncated")
     dims = struct.unpack(f">{ndim}I", blob[4 : 4 + 4 * ndim])
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python ints: NumPy's int64 product of dims like (2**31, 2**31, 2**31) wraps to 0
+    expected = math.prod(dims) * dtype.itemsize
     payload = blob[4 + 4 * ndim :]
     if len(payload) != expected:
         raise ValueError(
@@ -164,46 +196,81 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _scale_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Images to float32 in [0, 1]: integers are divided by 255 (MNIST's bytes), floats must
-    already lie in [0, 1]."""
-    if np.issubdtype(x.dtype, np.integer):
+def _scale_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray:
+    """Images to float32 in [0, 1]. Integers are 8-bit intensities and must lie in 0..255:
+    dividing other integers (int16 up to 25500, negative int8) by 255 gives wrong pixels with
+    no error. Floats must already lie in [0, 1]; booleans read as 0 and 1."""
+    kind = x.dtype.kind
+    if kind == "b":
+        return x.astype(np.float32)
+    if kind in "iu":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError(
+                f"{source}: integer images must lie in 0..255 (8-bit intensities), found "
+                f"{x.min()}..{x.max()} in {name}"
+            )
+        if x.size and x.max() == 1:
+            # as intensities 0 and 1/255 the images would be black: a mask stored as ints
+            raise ValueError(
+                f"{source}: integer images hold only 0 and 1 in {name}: 8-bit intensities "
+                "would be black; store binary images as bool or float in [0, 1]"
+            )
         return (x.astype(np.float32) / 255.0).astype(np.float32)
-    x = x.astype(np.float32)
-    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-        raise ValueError(f"{source}: float images must lie in [0, 1]")
-    return x
+    if kind != "f":
+        raise ValueError(
+            f"{source}: expected numeric images (integers 0..255 or floats in [0, 1]), "
+            f"{name} has dtype {x.dtype}"
+        )
+    if x.size and not np.isfinite(x).all():
+        raise ValueError(f"{source}: float images must lie in [0, 1], {name} holds NaN or inf")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"{source}: float images must lie in [0, 1], found {x.min():g}..{x.max():g} in {name}"
+        )
+    return x.astype(np.float32)
 
 
-def _as_images(x: np.ndarray, source: str) -> np.ndarray:
+def _as_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray:
     """(N, H, W), (N, H, W, 1) or (N, D) with D a perfect square -> (N, H, W)."""
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim == 2:
         side = int(round(np.sqrt(x.shape[1])))
         if side * side != x.shape[1]:
-            raise ValueError(f"{source}: flat images of {x.shape[1]} pixels are not square")
+            raise ValueError(
+                f"{source}: flat images of {x.shape[1]} pixels are not square (in {name})"
+            )
         x = x.reshape(x.shape[0], side, side)
     if x.ndim != 3:
-        raise ValueError(f"{source}: expected images (N, H, W), got shape {x.shape}")
+        raise ValueError(f"{source}: expected images (N, H, W), got shape {x.shape} in {name}")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise ValueError(
+            f"{source}: images of {x.shape[1]}x{x.shape[2]} pixels in {name} (shape "
+            f"{x.shape}); expected at least one row and one column"
+        )
     return x
 
 
-def _labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
+def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.ndarray:
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"{source}: expected {n} labels (N,), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{source}: expected {n} labels (N,), got shape {y.shape} in {name}")
+    if y.dtype.kind not in "iubf":  # strings, complex, ... cannot be class indices
+        raise ValueError(f"{source}: labels must be integers, {name} has dtype {y.dtype}")
+    if y.dtype.kind == "f":
         if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"{source}: labels must be integers")
+            raise ValueError(f"{source}: labels must be integers (in {name})")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
-        raise ValueError(f"{source}: labels must be >= 0")
+        raise ValueError(f"{source}: labels must be >= 0, found {y.min()} in {name}")
     return y
 
 
 def _finish(name, x_tr, y_tr, x_te, y_te) -> ImageDataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"{name}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ")
+    for split, images in (("training", x_tr), ("test", x_te)):
+        if images.shape[0] == 0:
+            raise ValueError(f"{name}: no {split} images")
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes)
 
@@ -212,23 +279,53 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     """An ``.npz`` with ``x`` (images) and ``y`` (int labels); with ``x_test``/``y_test`` those
     are the test split, else a stratified 75/25 split with random_state=0 is made."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        # np.load would take other bytes for a pickle and suggest loading it unsafely
+        raise ValueError(
+            f"{path}: cannot read .npz: not a zip archive of arrays (truncated, corrupt or "
+            "another kind of file; pickles are never loaded)"
+        )
+    arrays = {}
+    objects = None  # the first entry that holds Python objects
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled object arrays), ...
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    objects = key
+                    break
+    except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
         raise ValueError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from None
+    if objects is not None:
+        # NumPy's own message suggests allow_pickle=True, which would run the file's code
+        raise ValueError(
+            f"{path}: not a valid .npz of arrays: {objects!r} holds Python objects (object "
+            "arrays are refused: loading them would unpickle)"
+        )
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: .npz lacks {' and '.join(missing)} (needs x and y)")
-    x = _scale_images(_as_images(arrays["x"], str(path)), str(path))
-    y = _labels(arrays["y"], x.shape[0], str(path))
-    if "x_test" in arrays and "y_test" in arrays:
-        x_te = _scale_images(_as_images(arrays["x_test"], str(path)), str(path))
-        y_te = _labels(arrays["y_test"], x_te.shape[0], str(path))
+    test_keys = [k for k in ("x_test", "y_test") if k in arrays]
+    if len(test_keys) == 1:
+        # one of the pair alone would otherwise be ignored for a random split
+        other = "y_test" if test_keys[0] == "x_test" else "x_test"
+        raise ValueError(
+            f"{path}: .npz has {test_keys[0]} but lacks {other} (give both for a test split, "
+            "or neither for a stratified split of x and y)"
+        )
+    x = _scale_images(_as_images(arrays["x"], str(path), "array 'x'"), str(path), "array 'x'")
+    y = _labels(arrays["y"], x.shape[0], str(path), "array 'y'")
+    if test_keys:
+        x_te = _as_images(arrays["x_test"], str(path), "array 'x_test'")
+        x_te = _scale_images(x_te, str(path), "array 'x_test'")
+        y_te = _labels(arrays["y_test"], x_te.shape[0], str(path), "array 'y_test'")
         return _finish(path.name, x, y, x_te, y_te)
-    x_tr, x_te, y_tr, y_te = split_stratified(x, y)
+    x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(path))
     return _finish(path.name, x_tr, y_tr, x_te, y_te)
 
 
@@ -260,12 +357,19 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
         x_te = _scale_images(_as_images(read_idx(test_x), str(test_x)), str(test_x))
         y_te = _labels(read_idx(test_y), x_te.shape[0], str(test_y))
         return _finish(directory.name, x, y, x_te, y_te)
-    x_tr, x_te, y_tr, y_te = split_stratified(x, y)
+    x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(directory))
     return _finish(directory.name, x_tr, y_tr, x_te, y_te)
 
 
-def load_dataset(spec: str = "digits") -> ImageDataset:
+def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
     """``"digits"``, a directory of MNIST-format IDX files, or a ``.npz`` file."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(
+            f"dataset spec: expected 'digits', a directory of IDX files or a .npz path (str or "
+            f"path), got {type(spec).__name__} {spec!r}"
+        )
+    if spec == "":
+        raise ValueError("dataset spec: expected 'digits', a directory of IDX files or a .npz")
     if spec == "digits":
         return load_digits()
     path = Path(spec)

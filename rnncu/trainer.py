@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ __all__ = [
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says which epoch and what was kept."""
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int to Python, but hidden=True or seed=False is a mistake, not a number
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -91,29 +101,44 @@ class TrainConfig:
                 raise ValueError(
                     f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(
+                f"dataset: expected 'digits', a directory of IDX files or a .npz path, got "
+                f"{self.dataset!r}"
+            )
         for name in ("hidden", "layers", "epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        for name in ("lr", "lr_decay", "decay_epochs"):
+        for name in ("lr", "decay_epochs"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
-        if not isinstance(self.augment, int) or self.augment < 0:
-            raise ValueError(f"augment: expected an integer >= 0, got {self.augment!r}")
+        # a factor above 1 would make the rate grow every epoch (exp) or interval (step)
+        if not (_is_number(self.lr_decay) and 0 < self.lr_decay <= 1):
+            raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
+        for name in ("augment", "seed"):  # the image size bounds augment: see _Run
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
         for name in ("warmup_epochs", "weight_decay", "clip"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if self.task == "generate" and self.seq != "rows":
             raise ValueError("seq: the generate task reads images row by row (use --seq rows)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Field name -> value, plain JSON types (what ``config.json`` and checkpoints hold)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The validated config of a saved dict; missing fields take the defaults (older
+        runs), unknown ones raise ValueError, since they would be silently dropped."""
+        if not isinstance(data, dict):
+            raise TypeError(f"config: expected a dict of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -138,6 +163,8 @@ def make_config(**overrides: Any) -> TrainConfig:
     """A validated config: the dataclass defaults, then the recipe for (task, seq), then the
     ``overrides`` that are not None (explicit arguments win)."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(given.get("dataset"), os.PathLike):
+        given["dataset"] = os.fspath(given["dataset"])  # the config is saved as JSON
     task = given.get("task", TrainConfig.task)
     seq = given.get("seq", TrainConfig.seq)
     # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
@@ -157,6 +184,8 @@ class TrainResult:
     metrics: dict[str, Any]
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: epochs this call trained: 0 when a resumed run was already at ``config.epochs``
+    epochs_trained: int = 0
 
 
 def _progress(total: int, initial: int, enabled: bool | None) -> Any:
@@ -188,6 +217,13 @@ class _Run:
         self.config = config
         self.backend = get_backend(config.backend)
         self.data = data if data is not None else load_dataset(config.dataset)
+        height, width = self.data.image_shape
+        limit = (min(height, width) - 1) // 2
+        if config.augment > limit:
+            raise ValueError(
+                f"augment: expected at most {limit} for {height}x{width} images (larger shifts "
+                f"move most of an image out of the frame), got {config.augment}"
+            )
         self.seq_shape = seq_shape(self.data.image_shape, config.seq)
         xp = self.backend.xp
         dtype = np.dtype(config.dtype)
@@ -249,8 +285,13 @@ class _Run:
         }
 
     def restore(self, file: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Weights, optimizer state, epoch and history from a checkpoint (its metadata checked
+        by :func:`_read_run_checkpoint`); CheckpointError naming ``file`` if they do not fit."""
         params = check_arrays(file, arrays, self.model.param_shapes(), prefix="model.")
-        self.model.load_state_dict(params)
+        try:
+            self.model.load_state_dict(params)
+        except ValueError as exc:
+            raise CheckpointError(f"{file}: {exc}") from None
         optim = {k[len("optim.") :]: v for k, v in arrays.items() if k.startswith("optim.")}
         try:
             self.optimizer.load_state_dict(optim)
@@ -325,7 +366,8 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    # allow_nan=False: NaN is not JSON, and other readers of metrics.json reject it
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def train(
@@ -346,6 +388,8 @@ def train(
     infinite, the model is rolled back to the last good epoch and :class:`TrainingDiverged`
     is raised; the checkpoint on disk is that last good epoch's.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig (see make_config), got {config!r}")
     log = log or (lambda msg: None)
     saved_meta = None
     if resume is not None:
@@ -354,10 +398,22 @@ def train(
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     config.validate()
+    if saved_meta is not None:
+        if data is None:
+            data = _saved_dataset(config, file)
+        data = _fit_saved_classes(data, saved_meta, file, config)
     run = _Run(config, data)
     if saved_meta is not None:
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")
+        if run.epoch >= config.epochs:
+            # Nothing to do; rewriting config.json, metrics or plots (or retraining a generate
+            # run's judge) would only replace the run's files with those of a shorter run.
+            log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
+            done = dataclasses.replace(config, epochs=run.epoch)
+            out = Path(out_dir) if out_dir is not None else None
+            return TrainResult(done, run.model, run.history, final_metrics(run), out)
+    start_epoch = run.epoch
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +425,23 @@ def train(
         while run.epoch < config.epochs:
             t0 = time.perf_counter()
             record = run.run_epoch()
+            seconds = time.perf_counter() - t0
+            # A finite mean loss can still end with non-finite weights (the last update of the
+            # epoch) or outputs: none of them may become the "last good" checkpoint.
+            problem = evaluation = None
             if not math.isfinite(record["train_loss"]):
+                problem = f"training loss became {record['train_loss']}"
+            else:
+                current = run.arrays()
+                bad = [k for k, v in current.items() if k.startswith("model.") and not _finite(v)]
+                if bad:
+                    problem = f"the weights ({bad[0]}) became NaN or infinite"
+                else:
+                    evaluation = run.evaluate()
+                    loss_key = "test_loss" if "test_loss" in evaluation else "test_mse"
+                    if not math.isfinite(evaluation[loss_key]):
+                        problem = f"{loss_key} became {evaluation[loss_key]}"
+            if problem is not None:
                 run.model.load_state_dict(
                     {
                         k[len("model.") :]: v
@@ -384,15 +456,13 @@ def train(
                     else ""
                 )
                 raise TrainingDiverged(
-                    f"training loss became {record['train_loss']} in epoch {run.epoch + 1}"
-                    f"{kept}; try a smaller --lr"
+                    f"{problem} in epoch {run.epoch + 1}{kept}; try a smaller --lr"
                 )
             run.epoch += 1
-            run.train_seconds += time.perf_counter() - t0
-            evaluation = run.evaluate()
+            run.train_seconds += seconds
             record.update({k: v for k, v in evaluation.items() if k != "predictions"})
             run.history.append(record)
-            good_arrays = run.arrays()
+            good_arrays = current
             if out is not None:
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
             bar.set_postfix(_postfix(record), refresh=False)
@@ -402,7 +472,9 @@ def train(
         bar.close()
 
     metrics = final_metrics(run)
-    result = TrainResult(config, run.model, run.history, metrics, out)
+    result = TrainResult(
+        config, run.model, run.history, metrics, out, epochs_trained=run.epoch - start_epoch
+    )
     if isinstance(run.model, RowGenerator):
         _finish_generate(run, result, out, progress, log)
     if out is not None:
@@ -410,6 +482,10 @@ def train(
         if plots:
             _write_plots(run, result, out)
     return result
+
+
+def _finite(array: np.ndarray) -> bool:
+    return bool(np.isfinite(array).all())
 
 
 def _postfix(record: dict[str, float]) -> dict[str, str]:
@@ -552,6 +628,51 @@ def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
         plots.save_image_grid(result.extra["samples"], out / "samples.png", ncols=SAMPLES_PER_CLASS)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
+    """The types of a run checkpoint's metadata fields (a hand-edited or foreign file would
+    otherwise fail later with a bare TypeError or AttributeError); CheckpointError naming the
+    file and the field."""
+
+    def bad(name: str, expected: str) -> CheckpointError:
+        return CheckpointError(
+            f"{file}: metadata field {name!r}: expected {expected}, got {_short(meta[name])}"
+        )
+
+    if "epoch" in meta and not (_is_int(meta["epoch"]) and meta["epoch"] >= 0):
+        raise bad("epoch", "an integer >= 0")
+    seconds = meta.get("train_seconds", 0.0)
+    if not (_is_number(seconds) and math.isfinite(seconds) and seconds >= 0):
+        raise bad("train_seconds", "a number >= 0")
+    history = meta.get("history", [])
+    records_ok = isinstance(history, list) and all(
+        isinstance(r, dict)
+        and {"epoch", "train_loss"} <= r.keys()
+        and all(_is_number(v) for v in r.values())
+        for r in history
+    )
+    if not records_ok:
+        raise bad("history", "a list of per-epoch records (epoch, train_loss, ...: numbers)")
+    data = meta.get("data", {})
+    if not isinstance(data, dict):
+        raise bad("data", "a dict (name, image_shape, num_classes, seq_shape)")
+    shape = data.get("seq_shape", [1, 1])
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) for v in shape)):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.seq_shape': expected [T, D] integers, got "
+            f"{_short(shape)}"
+        )
+    if "num_classes" in data and not (_is_int(data["num_classes"]) and data["num_classes"] >= 1):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.num_classes': expected a positive integer, got "
+            f"{_short(data['num_classes'])}"
+        )
+
+
 def _read_run_checkpoint(
     path: str | Path,
 ) -> tuple[Path, dict[str, np.ndarray], dict[str, Any], TrainConfig]:
@@ -565,18 +686,55 @@ def _read_run_checkpoint(
         config = TrainConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: bad saved config ({exc})") from None
+    _check_run_meta(file, meta)
     return file, arrays, meta, config
+
+
+def _saved_dataset(config: TrainConfig, file: Path) -> ImageDataset:
+    """The dataset a checkpoint's config names. A path that no longer exists says it came
+    from the checkpoint: the user never typed it in this command."""
+    try:
+        return load_dataset(config.dataset)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc}; that dataset path comes from the config saved in {file}"
+        ) from None
+
+
+def _fit_saved_classes(
+    data: ImageDataset, meta: dict[str, Any], file: Path, config: TrainConfig
+) -> ImageDataset:
+    """``data`` with the class count of the saved model. A dataset whose labels use fewer
+    classes still fits the model (its labels are some of the model's classes); one with more
+    does not, and saying so beats a shape mismatch of the head's weights."""
+    saved = meta.get("data", {}).get("num_classes")
+    if saved is None or data.num_classes == saved:
+        return data
+    if data.num_classes > saved:
+        raise ValueError(
+            f"dataset {config.dataset!r} has {data.num_classes} classes, the model of {file} "
+            f"was trained on {saved}"
+        )
+    return dataclasses.replace(data, num_classes=saved)
 
 
 def load_run(
     path: str | Path, backend: str | None = None, dataset: str | None = None
 ) -> tuple[_Run, dict[str, Any]]:
     """Rebuild a saved run (model weights restored) from a run directory or checkpoint file.
-    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``."""
+    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``.
+
+    The run is the trainer's internal state object (private: its attributes may change);
+    what callers use is stable: ``config``, ``data`` (the :class:`ImageDataset`), ``model``,
+    ``backend``, ``epoch`` and ``history``."""
     file, arrays, meta, config = _read_run_checkpoint(path)
     changes = {k: v for k, v in (("backend", backend), ("dataset", dataset)) if v is not None}
     config = dataclasses.replace(config, **changes).validate()
-    run = _Run(config)
+    if dataset is None:
+        data = _saved_dataset(config, file)
+    else:
+        data = load_dataset(config.dataset)
+    run = _Run(config, _fit_saved_classes(data, meta, file, config))
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
         raise ValueError(
             f"dataset {config.dataset!r} has sequences {run.seq_shape}, the checkpoint was "

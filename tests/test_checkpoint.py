@@ -127,3 +127,27 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_metadata_is_standard_json(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.npz"
+    for key in ("format", "version"):
+        with pytest.raises(ValueError, match=f"metadata key '{key}' is reserved"):
+            save_checkpoint(path, arrays(), {key: "mine", "epoch": 1})
+    with pytest.raises(ValueError, match=r"metadata \['history'\]\[1\]\['loss'\]: nan is not"):
+        save_checkpoint(path, arrays(), {"history": [{"loss": 1.0}, {"loss": float("nan")}]})
+    with pytest.raises(ValueError, match=r"metadata \['lr'\]: inf is not finite"):
+        save_checkpoint(path, arrays(), {"lr": np.float32("inf")})
+    with pytest.raises(TypeError, match=r"metadata \['w'\]: a NumPy array of shape \(3,\)"):
+        save_checkpoint(path, arrays(), {"w": np.zeros(3)})
+    assert not path.exists()  # nothing was written
+    save_checkpoint(path, arrays(), {"lr": np.float32(0.5), "step": np.int64(3), "n": np.array(2)})
+    meta = load_checkpoint(path)[1]
+    assert meta["lr"] == 0.5 and meta["step"] == 3 and meta["n"] == 2
+    assert meta["format"] == "rnncu-checkpoint"
+
+
+def test_check_arrays_refuses_non_finite_weights() -> None:
+    bad = dict(arrays(), **{"model.rnn.w": np.full((2, 3), np.nan, np.float32)})
+    with pytest.raises(CheckpointError, match="f.npz: entry 'model.rnn.w' holds NaN"):
+        check_arrays("f.npz", bad, {"rnn.w": (2, 3)}, prefix="model.")

@@ -145,3 +145,123 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("--dataset", str(tmp_path / "none.npz"), cwd=tmp_path), "no such file"
     )
+
+
+TINY = ["--hidden", "8", "--layers", "1", "--batch-size", "64", "--epochs", "1"]
+
+
+def one_line_error(code: int, capsys: pytest.CaptureFixture, fragment: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("rnncu: error: "), err
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--backend", "numpy", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_out_refuses_an_existing_run(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "checkpoint.npz").read_bytes()
+    code = main(["train", *TINY, "--backend", "numpy", "--seed", "5", "--out", str(run)])
+    line = one_line_error(code, capsys, f"--out {run}: already holds a run")
+    assert f"--resume {run}" in line and "--overwrite" in line
+    assert (run / "checkpoint.npz").read_bytes() == before
+    code = main(["train", *TINY, "--backend", "numpy", "--out", str(run), "--overwrite"])
+    assert code == 0 and (run / "checkpoint.npz").read_bytes() != before
+
+
+def test_resume_already_done_says_so(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "already at epoch 1 >= --epochs 1: nothing was trained" in err, err
+
+
+def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "r")
+    for flags, fragment in [
+        (["--schedule", "step", "--lr-decay", "5"], "--lr-decay: expected a number in (0, 1]"),
+        (["--lr-decay", "5"], "--lr-decay: expected a number in (0, 1]"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0"),
+        (["--task", "generate", "--seq", "pixels"], "--seq: the generate task"),
+    ]:
+        one_line_error(main(["train", *TINY, "--out", out, *flags]), capsys, fragment)
+    assert not os.path.exists(out)
+
+
+def test_unwritable_output_paths(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    for out in (afile, afile / "run"):
+        code = main(["train", *TINY, "--backend", "numpy", "--out", str(out)])
+        one_line_error(code, capsys, f"--out {out}: {afile} is a file, not a directory")
+    png = afile / "g.png"
+    code = main(["generate", "--checkpoint", str(tiny_run), "--out", str(png)])
+    one_line_error(code, capsys, f"{afile} is a file, not a directory")
+
+
+def test_bad_label_dtype_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "strl.npz"
+    np.savez(data, x=np.zeros((8, 4, 4), np.float32), y=np.array(list("01010101")))
+    code = main(["train", *TINY, "--dataset", str(data), "--out", str(tmp_path / "r")])
+    one_line_error(code, capsys, "strl.npz: labels must be integers, array 'y' has dtype <U1")
+
+
+def test_backend_defaults_to_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("RNNCU_BACKEND", "bogus")
+    code = main(["train", *TINY, "--out", str(tmp_path / "bad")])
+    one_line_error(code, capsys, "environment variable RNNCU_BACKEND: expected one of")
+    monkeypatch.setenv("RNNCU_BACKEND", "numpy")
+    assert main(["train", *TINY, "--out", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["backend"] == "numpy"
+    # an explicit flag still wins
+    assert main(["train", *TINY, "--backend", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["backend"] == "auto"
+
+
+def test_metrics_output_is_valid_json(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from rnncu import trainer
+
+    monkeypatch.setattr(trainer, "evaluate_run", lambda *a, **k: {"test_loss": float("nan")})
+    code = main(["evaluate", "--checkpoint", str(tiny_run)])
+    captured = capsys.readouterr()
+    assert "NaN" not in captured.out
+    assert code == 2 and "rnncu: error: the metrics test_loss are not finite" in captured.err
+
+
+def test_evaluate_without_the_saved_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    y = np.arange(40) % 2
+    np.savez(data, x=rng.random((40, 4, 4)), y=y, x_test=rng.random((8, 4, 4)), y_test=y[:8])
+    run = tmp_path / "run"
+    code = main(["train", *TINY, "--backend", "numpy", "--dataset", str(data), "--out", str(run)])
+    assert code == 0
+    data.unlink()
+    capsys.readouterr()
+    code = main(["evaluate", "--checkpoint", str(run)])
+    line = one_line_error(code, capsys, "no such file; that dataset path comes from the config")
+    assert "--dataset" in line

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnncu import tasks
-from rnncu.checkpoint import CheckpointError, load_checkpoint
+from rnncu import optim, tasks
+from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import load_digits
 from rnncu.trainer import (
     TrainConfig,
     TrainingDiverged,
     evaluate_run,
+    load_run,
     make_config,
     shift_images,
     train,
@@ -158,6 +159,120 @@ def test_config_validation_and_recipes() -> None:
         make_config(lr=float("nan"))
     with pytest.raises(ValueError, match="unknown fields"):
         TrainConfig.from_dict({"colour": "red"})
+
+
+def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
+    cases = [
+        ({"lr_decay": 3.0}, "lr_decay"),  # exp: the rate would grow x3 per epoch
+        ({"lr_decay": 5.0, "schedule": "step"}, "lr_decay"),
+        ({"seed": -1}, "seed"),
+        ({"seed": "a"}, "seed"),
+        ({"dataset": 123}, "dataset"),
+        ({"lr": True}, "lr"),
+        ({"hidden": True}, "hidden"),
+    ]
+    for kwargs, name in cases:
+        with pytest.raises(ValueError, match=f"^{name}: expected"):
+            make_config(**kwargs)
+    assert make_config(dataset=Path("d.npz")).dataset == "d.npz"  # a path, saved as a str
+    with pytest.raises(TypeError, match="config: expected a dict of fields, got str"):
+        TrainConfig.from_dict("notadict")  # type: ignore[arg-type]
+    # shifts of 100 pixels would move 8x8 images out of the frame
+    with pytest.raises(ValueError, match="augment: expected at most 3 for 8x8 images .*got 100"):
+        train(small(augment=100), data=digits, progress=False)
+
+
+def rewrite_meta(run_dir: Path, **changes) -> None:
+    arrays, meta = load_checkpoint(run_dir)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    save_checkpoint(run_dir / "checkpoint.npz", arrays, {**meta, **changes})
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, digits) -> Path:
+    out = tmp_path_factory.mktemp("saved") / "run"
+    train(small(epochs=1, hidden=8), data=digits, progress=False, out_dir=out, plots=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [({"history": 5}, "history"), ({"data": "x"}, "data"), ({"epoch": "five"}, "epoch")],
+)
+def test_bad_metadata_names_file_and_field(tmp_path: Path, saved_run: Path, changes, field):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    rewrite_meta(run, **changes)
+    with pytest.raises(CheckpointError, match=f"checkpoint.npz: metadata field '{field}'"):
+        evaluate_run(run, backend="numpy")
+    with pytest.raises(CheckpointError, match=f"checkpoint.npz: metadata field '{field}'"):
+        train(TrainConfig(epochs=3, backend="numpy"), resume=run, progress=False)
+
+
+def test_resume_past_the_goal_trains_and_writes_nothing(tmp_path: Path, saved_run: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False)
+    assert result.epochs_trained == 0 and result.config.epochs == 1
+    assert 0 < result.metrics["test_accuracy"] <= 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    resumed = train(TrainConfig(epochs=2, backend="numpy"), resume=run, progress=False)
+    assert resumed.epochs_trained == 1
+
+
+def write_digits_npz(path: Path, digits, labels_mod: int | None, shift: int = 0) -> None:
+    y = digits.y_test if labels_mod is None else digits.y_test % labels_mod
+    np.savez(path, x=digits.x_test, y=y + shift, x_test=digits.x_test[:50], y_test=y[:50] + shift)
+
+
+def test_evaluate_on_a_dataset_with_other_classes(tmp_path: Path, saved_run: Path, digits) -> None:
+    four = tmp_path / "four.npz"  # classes 0..3 are some of the model's 10: that fits
+    write_digits_npz(four, digits, 4)
+    metrics = evaluate_run(saved_run, backend="numpy", dataset=str(four))
+    assert metrics["num_test"] == 50 and len(metrics["confusion_matrix"]) == 10
+    twelve = tmp_path / "twelve.npz"
+    write_digits_npz(twelve, digits, None, shift=2)
+    with pytest.raises(ValueError, match="twelve.npz' has 12 classes, the model of .* on 10"):
+        load_run(saved_run, backend="numpy", dataset=str(twelve))
+
+
+def test_missing_saved_dataset_says_where_the_path_came_from(tmp_path: Path, digits) -> None:
+    data = tmp_path / "data.npz"
+    write_digits_npz(data, digits, None)
+    train(small(epochs=1, hidden=8, dataset=str(data)), progress=False, out_dir=tmp_path / "run")
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match="data.npz: no such file; .* config saved in"):
+        evaluate_run(tmp_path / "run", backend="numpy")
+    with pytest.raises(FileNotFoundError, match="config saved in"):
+        train(TrainConfig(epochs=2, backend="numpy"), resume=tmp_path / "run", progress=False)
+
+
+def test_nan_weights_after_a_finite_epoch_are_not_kept(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoned(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 3 * 22:  # the last update of epoch 3: its mean loss stays finite
+            for module in self.modules:
+                for p in module.params.values():
+                    p[...] = np.nan
+
+    monkeypatch.setattr(optim.Adam, "step", poisoned)
+    with pytest.raises(
+        TrainingDiverged, match=r"weights .* NaN or infinite in epoch 3.*checkpoint \(epoch 2\)"
+    ):
+        train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    assert meta["epoch"] == 2 and all(np.isfinite(v).all() for v in arrays.values())
 
 
 def test_shift_images_moves_content() -> None:
