@@ -238,3 +238,39 @@ def test_matvec_launch_constants_mirror_the_kernel_file() -> None:
     assert kernel_loader.MATVEC_UNITS_PER_BLOCK == warps * units
     assert max(kernel_loader.MATVEC_ROWS) * units <= 32  # one lane writes each result
     assert max(kernel_loader.MATVEC_ROWS) == constant("kMaxRows")
+
+
+def _toolkit(root, name: str):
+    include = root / name / "include"
+    include.mkdir(parents=True)
+    (include / "cooperative_groups.h").write_text("// stand-in\n")
+    return include
+
+
+def test_header_options_only_when_cupy_lacks_the_toolkit(tmp_path, monkeypatch) -> None:
+    cupys = _toolkit(tmp_path, "cupys")
+    env = _toolkit(tmp_path, "env")
+    monkeypatch.setenv("CUDA_PATH", str(env.parent))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(kernel_loader, "_header_options", None)
+    monkeypatch.setattr(kernel_loader, "_with_cupy_includes", lambda o: (*o, f"-I{cupys}"))
+    assert kernel_loader.header_options() == ()  # CuPy's own paths have it: nothing added
+
+    monkeypatch.setattr(kernel_loader, "_header_options", None)
+    monkeypatch.setattr(kernel_loader, "_with_cupy_includes", lambda o: (*o, "-I/nonexistent"))
+    assert kernel_loader.header_options() == (f"-I{env}",)
+
+    monkeypatch.setattr(kernel_loader, "_header_options", None)
+    monkeypatch.setattr(kernel_loader, "_toolkit_include_candidates", lambda: [tmp_path / "no"])
+    assert kernel_loader.header_options() == ()  # nowhere: the compile error will say so
+
+
+def test_missing_toolkit_header_error_says_what_to_do() -> None:
+    log = (
+        "kernels/persistent_grid.cu(3): catastrophic error: "
+        'could not open source file "cooperative_groups.h"'
+    )
+    message = str(kernel_loader.KernelCompileError("persistent_grid.cu", log))
+    assert "kernels/persistent_grid.cu:3:" in message
+    assert "cooperative_groups.h was not found: point CUDA_PATH at a CUDA toolkit" in message
+    assert "was not found" not in str(kernel_loader.KernelCompileError("x.cu", "x.cu(1): error"))

@@ -32,6 +32,7 @@ files are always included.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -85,8 +86,15 @@ class KernelCompileError(RuntimeError):
         self.filename = filename
         self.log = _map_locations(log)
         self.options = tuple(options)
+        hint = ""
+        if f'"{_TOOLKIT_HEADER}"' in log or f"<{_TOOLKIT_HEADER}>" in log:
+            hint = (
+                f"\n{_TOOLKIT_HEADER} was not found: point CUDA_PATH at a CUDA toolkit (or "
+                "install NVIDIA's nvidia-cuda-runtime wheel, whose include/ has it)"
+            )
         super().__init__(
-            f"compiling kernels/{filename} failed (options {' '.join(self.options)}):\n{self.log}"
+            f"compiling kernels/{filename} failed (options {' '.join(self.options)}):"
+            f"\n{self.log}{hint}"
         )
 
 
@@ -313,7 +321,7 @@ def load_module(
     import cupy
 
     device_id = cupy.cuda.runtime.getDevice()
-    full_options = DEFAULT_OPTIONS + tuple(options)
+    full_options = DEFAULT_OPTIONS + tuple(options) + header_options()
     key = (filename, tuple(name_expressions), full_options, cooperative, device_id)
     module = _modules.get(key)
     if module is not None:
@@ -491,6 +499,50 @@ def _with_cupy_includes(options: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(assemble_cupy_compiler_options(tuple(options)))
 
 
+_TOOLKIT_HEADER = "cooperative_groups.h"
+_header_options: tuple[str, ...] | None = None
+
+
+def _toolkit_include_candidates() -> list[Path]:
+    """Where a CUDA toolkit's include/ may be when CuPy found none: the usual environment
+    variables, the default install path, and NVIDIA's pip wheels (``nvidia/cu13/include``,
+    ``nvidia/cuda_runtime/include``)."""
+    candidates = [
+        Path(os.environ[var]) / "include"
+        for var in ("CUDA_PATH", "CUDA_HOME")
+        if os.environ.get(var)
+    ]
+    candidates.append(Path("/usr/local/cuda/include"))
+    try:
+        import nvidia  # a namespace package of NVIDIA's CUDA wheels
+
+        for root in map(Path, nvidia.__path__):
+            candidates.extend(sorted(root.glob("*/include")))
+    except ImportError:
+        pass
+    return candidates
+
+
+def header_options() -> tuple[str, ...]:
+    """An ``-I`` option for the CUDA toolkit headers when CuPy's own include paths lack
+    them (``<cooperative_groups.h>``, needed by the grid and cluster kernels), else ().
+
+    CuPy adds ``-I<CUDA path>/include`` only when it finds a toolkit; a pip-only install
+    has the headers in NVIDIA's wheels instead. Searched once per process."""
+    global _header_options
+    if _header_options is None:
+        given = [Path(option[2:]) for option in _with_cupy_includes(()) if option.startswith("-I")]
+        if any((folder / _TOOLKIT_HEADER).is_file() for folder in given):
+            _header_options = ()
+        else:
+            found = next(
+                (c for c in _toolkit_include_candidates() if (c / _TOOLKIT_HEADER).is_file()),
+                None,
+            )
+            _header_options = (f"-I{found}",) if found is not None else ()
+    return _header_options
+
+
 def nvrtc_compile(
     filename: str,
     name_expressions: Sequence[str],
@@ -511,7 +563,7 @@ def nvrtc_compile(
         source = read_source(filename)
     elif not source.lstrip().startswith("#line"):
         source = f'#line 1 "kernels/{filename}"\n{source}'
-    full_options = _with_cupy_includes(kernel_options(filename) + tuple(options))
+    full_options = _with_cupy_includes(kernel_options(filename) + tuple(options) + header_options())
     full_options += ("-ftz=true", f"-arch={arch}", "-Xptxas=-v")
     program = nvrtc.createProgram(source, f"kernels/{filename}", [], [])
     try:
