@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -137,9 +138,13 @@ def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
     steps, batch, features, hidden = shape
     rng = cupy.random.default_rng(0)
     x = rng.standard_normal((steps, batch, features), dtype=cupy.float32)
-    w_ih = rng.standard_normal((hidden, features), dtype=cupy.float32) / np.sqrt(features)
-    w_hh = rng.standard_normal((hidden, hidden), dtype=cupy.float32) / np.sqrt(hidden)
+    w_ih = rng.standard_normal((hidden, features), dtype=cupy.float32) / math.sqrt(features)
+    w_hh = rng.standard_normal((hidden, hidden), dtype=cupy.float32) / math.sqrt(hidden)
     b = rng.standard_normal((hidden,), dtype=cupy.float32)
+    # A NumPy float64 scalar is not "weak" in CuPy's (or NumPy 2's) promotion: dividing by
+    # np.sqrt(...) once made this float32 peer time float64 products.
+    if any(array.dtype != cupy.float32 for array in (x, w_ih, w_hh, b)):
+        raise TypeError("naive CuPy loop: its arrays must be float32, as the other peers'")
 
     def forward() -> None:
         xw = (x.reshape(-1, features) @ w_ih.T).reshape(steps, batch, hidden)

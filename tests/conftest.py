@@ -5,6 +5,7 @@ tests' own code and the backend's logic, not the GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -52,6 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
+    # rnncu's RuntimeWarnings announce a fallback (clusters given up, step graphs off): on a
+    # device test the fallback would pass on the wrong path, so it fails the test instead.
+    for item in gpu_items:
+        item.add_marker(pytest.mark.filterwarnings("error:rnncu:RuntimeWarning"))
     if not gpu_items or config.getoption("--emulated-device"):
         return
     reason = _gpu_skip_reason()
@@ -82,15 +87,48 @@ def kernel_emulation(tmp_path_factory: pytest.TempPathFactory):
     return KernelEmulation(tmp_path_factory.mktemp("kernel_emulation"))
 
 
+def _no_cluster_fallback() -> None:
+    """A failed cluster launch makes the persistent kernels fall back to the grid variant
+    for the rest of the process with a warning; in a test, that would pass on the wrong
+    kernel. (The warning itself is an error in gpu tests: pytest_collection_modifyitems.)"""
+    from rnncu.backend import persistent
+
+    if persistent._clusters_failed:
+        pytest.fail(
+            f"a cluster launch failed on device(s) {sorted(persistent._clusters_failed)} and "
+            "the persistent kernels fell back to the grid variant"
+        )
+
+
 @pytest.fixture(autouse=True)
-def _emulated_device_for_gpu_tests(request: pytest.FixtureRequest):
-    """With ``--emulated-device``, every gpu-marked test runs with the emulation installed."""
-    if "gpu" not in request.keywords or not request.config.getoption("--emulated-device"):
+def _device_for_gpu_tests(request: pytest.FixtureRequest):
+    """Every gpu-marked test: on a real device with every new allocation NaN-poisoned
+    (tests/device_memory.py; not with ``--no-memory-pool``, where initcheck reports reads of
+    unwritten memory instead), or with ``--emulated-device`` on the emulation. Either way
+    it fails if the persistent kernels gave up clusters during the test."""
+    if "gpu" not in request.keywords:
         yield None
         return
-    from emulated_cupy import EmulatedDevice
+    if request.config.getoption("--emulated-device"):
+        from emulated_cupy import EmulatedDevice
 
-    emulation = request.getfixturevalue("kernel_emulation")
-    monkeypatch = request.getfixturevalue("monkeypatch")
-    with EmulatedDevice(emulation).installed(monkeypatch) as device:
-        yield device
+        emulation = request.getfixturevalue("kernel_emulation")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        with EmulatedDevice(emulation).installed(monkeypatch) as device:
+            yield device
+            _no_cluster_fallback()
+        return
+    import cupy
+    from device_memory import poisoned_allocations
+
+    from rnncu.backend import persistent
+
+    persistent._clusters_failed.clear()  # each test tries clusters afresh
+    poisoning = (
+        contextlib.nullcontext()
+        if request.config.getoption("--no-memory-pool")
+        else poisoned_allocations(cupy)
+    )
+    with poisoning:
+        yield None
+    _no_cluster_fallback()

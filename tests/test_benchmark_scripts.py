@@ -37,7 +37,8 @@ def test_cpu_compare_prints_every_contender(capsys) -> None:
     cells = _table_row(output, "rowdigits")
     assert cells[1] == "8, 128, 8, 64"
     for cell in cells[2:6] + cells[7:]:
-        assert float(cell) > 0, output
+        # milliseconds with two decimals: a number, not its size (a fast machine prints 0.00)
+        assert re.fullmatch(r"\d+\.\d\d", cell), output
     assert re.fullmatch(r"\d+\.\d\dx", cells[6]), output
     assert "with host_rnn.c | NumPy only" in output
 
@@ -52,7 +53,6 @@ def test_cpu_recurrence_times_both_paths(capsys) -> None:
     cells = _table_row(output, "rowdigits")
     assert cells[1] == "8, 128, 64"
     for cell in cells[2:]:
-        idle, after_blas = (float(part) for part in cell.split(" / "))
-        assert idle > 0 and after_blas > 0, output
+        assert re.fullmatch(r"\d+\.\d\d / \d+\.\d\d", cell), output
     with pytest.raises(SystemExit):
         cpu_recurrence.main(["--shapes", "nosuchshape"])

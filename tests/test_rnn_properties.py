@@ -82,6 +82,9 @@ def test_float32_forward_close_to_float64(case: dict) -> None:
     out64, _ = rnn64(x)
     out32, _ = rnn32(x.astype(np.float32))
     assert out32.dtype == np.float32
+    # Across dtypes, not the 1e-5 of same-dtype backend comparisons: the float32 layer has
+    # rounded weights and rounds every step, and hypothesis looks for the deepest, longest,
+    # relu (unbounded) cases where that compounds; the backward pass compounds it again.
     assert_close(out32, out64, 1e-4, 1e-5, "float32 out")
     dout = rng.standard_normal(out64.shape)
     dx64, _ = rnn64.backward(dout)
