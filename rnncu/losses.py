@@ -81,8 +81,9 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
         # On a device, a range check would wait for it on every batch. Instead an index out
         # of range makes the loss and the gradient NaN (never a wrapped-around index), which
         # the trainer's loss check reports.
-        invalid = xp.any((labels < 0) | (labels >= classes))
-        labels = xp.where((labels < 0) | (labels >= classes), 0, labels)
+        out_of_range = (labels < 0) | (labels >= classes)
+        invalid = xp.any(out_of_range)
+        labels = xp.where(out_of_range, 0, labels)
     logp = log_softmax(logits)
     rows = xp.arange(batch)
     loss = -xp.mean(logp[rows, labels])

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.module import check_positive_int
+
 __all__ = [
     "SGD",
     "Adam",
@@ -303,14 +305,7 @@ class Schedule:
     updates already made), so a resumed run sees exactly the rates of an unbroken one."""
 
     def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0) -> None:
-        if (
-            isinstance(steps_per_epoch, bool)
-            or not isinstance(steps_per_epoch, (int, np.integer))
-            or steps_per_epoch < 1
-        ):
-            raise ValueError(
-                f"steps_per_epoch: expected a positive integer, got {steps_per_epoch!r}"
-            )
+        steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
         self.base_lr = _number("base_lr", base_lr, low=0.0, low_open=True, high_open=True)
         self.steps_per_epoch = int(steps_per_epoch)
         warmup_epochs = _number("warmup_epochs", warmup_epochs, low=0.0, high_open=True)
@@ -357,13 +352,7 @@ class StepLR(Schedule):
         warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        if (
-            isinstance(step_epochs, bool)
-            or not isinstance(step_epochs, (int, np.integer))
-            or step_epochs < 1
-        ):
-            raise ValueError(f"step_epochs: expected a positive integer, got {step_epochs!r}")
-        self.step_epochs = int(step_epochs)
+        self.step_epochs = check_positive_int("step_epochs", step_epochs)
         self.gamma = _number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
