@@ -271,6 +271,14 @@ def _finish(name, x_tr, y_tr, x_te, y_te) -> ImageDataset:
     for split, images in (("training", x_tr), ("test", x_te)):
         if images.shape[0] == 0:
             raise ValueError(f"{name}: no {split} images")
+    present = np.unique(y_tr)
+    if present.size < 2:
+        # one class trains to a constant answer (accuracy 1 by construction) and leaves the
+        # generator's judge nothing to tell apart: almost always a wrong labels array
+        raise ValueError(
+            f"{name}: the training labels hold a single class ({int(present[0])}); expected "
+            "at least 2 classes"
+        )
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rnncu.backend import backend_for
-from rnncu.module import describe_array
+from rnncu.module import check_class_labels, describe_array
 
 __all__ = ["log_softmax", "mse_loss", "softmax_cross_entropy"]
 
@@ -63,21 +63,14 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
         raise ValueError(
             f"softmax_cross_entropy: expected logits (B, C) with B, C >= 1, got {logits.shape}"
         )
-    if labels.dtype.kind not in "iu":
-        raise TypeError(
-            f"softmax_cross_entropy: labels: expected integer class indices, got {labels.dtype}"
-        )
     _check_same_backend("softmax_cross_entropy", "logits", logits, "labels", labels)
+    on_device = backend_for(labels).name != "numpy"
+    check_class_labels(
+        "softmax_cross_entropy: labels", labels, batch, classes, check_range=not on_device
+    )
     xp = backend_for(logits).xp
     invalid = None
-    if backend_for(labels).name == "numpy":
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
-            raise ValueError(
-                f"softmax_cross_entropy: labels: expected class indices in [0, {classes}), "
-                f"got values in [{low}, {high}]"
-            )
-    else:
+    if on_device:
         # On a device, a range check would wait for it on every batch. Instead an index out
         # of range makes the loss and the gradient NaN (never a wrapped-around index), which
         # the trainer's loss check reports.

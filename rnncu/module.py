@@ -77,6 +77,32 @@ def check_seed(name: str, value: Any) -> int | None:
     return int(value)
 
 
+def check_class_labels(
+    where: str, labels: Any, batch: int, num_classes: int, *, check_range: bool | None = None
+) -> None:
+    """Class labels (batch,) of an integer dtype (else TypeError) in [0, num_classes) (else
+    ValueError), the message starting with ``where``. A float label would be truncated and a
+    negative one would index from the end, both silently. The range is read by default only
+    from host arrays (``check_range`` overrides): on a device it would wait for the device on
+    every batch, so callers there must make an invalid label visible some other way (the
+    cross-entropy makes its loss NaN)."""
+    dtype = getattr(labels, "dtype", None)
+    if getattr(dtype, "kind", None) not in ("i", "u"):
+        got = f"dtype {dtype}" if dtype is not None else type(labels).__name__
+        raise TypeError(f"{where}: expected integer class indices, got {got}")
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(f"{where}: expected labels of shape ({batch},), got {labels.shape}")
+    if check_range is None:
+        check_range = isinstance(labels, np.ndarray)
+    if check_range and labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{where}: expected class indices in [0, {num_classes}), got values in "
+                f"[{low}, {high}]"
+            )
+
+
 def describe_array(value: Any) -> str:
     """A short description of what came: 'numpy.ndarray float32 (3, 4)', 'list', ..."""
     kind = type(value)

@@ -20,6 +20,7 @@ import numpy as np
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
+from rnncu.module import check_class_labels
 from rnncu.rnn import RNN
 
 __all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
@@ -173,26 +174,6 @@ class SequenceClassifier(_TaskModel):
         return self.backend.to_numpy(xp.concatenate(preds))
 
 
-def _check_labels(labels: Any, batch: int, num_classes: int, where: str) -> None:
-    """Class labels (batch,) of an integer dtype (else TypeError) in [0, num_classes) (else
-    ValueError): a float label would be truncated and a negative one would index the one-hot
-    from the end, both silently. The range is checked on host arrays only: on a device it
-    would cost a synchronisation per batch (the trainer's labels come checked from the
-    dataset)."""
-    dtype = getattr(labels, "dtype", None)
-    if getattr(dtype, "kind", None) not in ("i", "u"):
-        got = f"dtype {dtype}" if dtype is not None else type(labels).__name__
-        raise TypeError(f"{where}: expected integer class labels, got {got}")
-    if labels.shape != (batch,):
-        raise ValueError(f"{where}: expected labels of shape ({batch},), got {labels.shape}")
-    if isinstance(labels, np.ndarray) and labels.size:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{where}: expected classes in 0..{num_classes - 1}, got labels in {low}..{high}"
-            )
-
-
 def generator_inputs(rows: Any, labels: Any, num_classes: int) -> Any:
     """Teacher-forcing inputs of the row generator: rows (T, B, W), labels (B,) int in
     [0, num_classes) -> (T, B, W + C): step t holds row t-1 (zeros at t = 0) and the one-hot
@@ -201,7 +182,7 @@ def generator_inputs(rows: Any, labels: Any, num_classes: int) -> Any:
 
     xp = backend_for(rows).xp
     steps, batch, width = rows.shape
-    _check_labels(labels, batch, num_classes, "generator_inputs: labels")
+    check_class_labels("generator_inputs: labels", labels, batch, num_classes)
     inputs = xp.zeros((steps, batch, width + num_classes), dtype=rows.dtype)
     inputs[1:, :, :width] = rows[:-1]
     inputs[:, xp.arange(batch), width + labels] = 1
@@ -290,7 +271,7 @@ class RowGenerator(_TaskModel):
         if labels.ndim != 1:
             raise ValueError(f"sample: labels: expected shape (n,), got {labels.shape}")
         n = labels.shape[0]
-        _check_labels(labels, n, self.num_classes, "sample: labels")
+        check_class_labels("sample: labels", labels, n, self.num_classes)
         labels = labels.astype(np.int64)
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
             raise ValueError(f"sample: steps: expected a positive integer, got {steps!r}")

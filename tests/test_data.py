@@ -220,6 +220,18 @@ def test_npz_test_pair_and_empty_images(tmp_path: Path, rng: np.random.Generator
             load_npz(flat)
 
 
+def test_single_class_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    images, labels = small_images(rng)
+    path = tmp_path / "one.npz"
+    np.savez(path, x=images, y=np.full_like(labels, 3))
+    with pytest.raises(ValueError, match=r"one.npz.*a single class \(3\); expected at least 2"):
+        load_npz(path)
+    # the test split may hold one class; only the training split must have two
+    np.savez(path, x=images, y=labels % 2, x_test=images[:4], y_test=np.ones(4, np.int64))
+    data = load_npz(path)
+    assert data.num_classes == 2 and set(data.y_test.tolist()) == {1}
+
+
 @pytest.mark.parametrize("dtype", [str, complex])
 def test_non_integer_label_dtypes(tmp_path: Path, rng: np.random.Generator, dtype) -> None:
     images, labels = small_images(rng)
