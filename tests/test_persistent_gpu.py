@@ -217,13 +217,27 @@ def test_bit_identical_over_repeats(
     dtype: Any,
     nonlinearity: str,
     reverse: bool,
+    _device_for_gpu_tests: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Ten repeats on a device. On the emulation (whose schedule is fixed per launch, so
+    plain repeats would replay one interleaving) each repeat takes another schedule order:
+    ascending, descending, a random permutation and run-ahead (tests/kernel_emulation.py),
+    under which a race changes the bits."""
     import cupy
 
     skip_without_plan(shape, dtype, variants)
     inputs = make_inputs(rng, shape, dtype, with_lengths=True)
+    schedules: list[tuple[int, int] | None] = [None] * 10
+    if _device_for_gpu_tests is not None:
+        from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD
+
+        schedules = [(ASCENDING, 0), (DESCENDING, 0), (RANDOM, 7), (RUN_AHEAD, 0)]
     forward_results, backward_results = [], []
-    for _ in range(10):
+    for schedule in schedules:
+        if schedule is not None:
+            monkeypatch.setattr(type(_device_for_gpu_tests), "policy", schedule[0])
+            monkeypatch.setattr(type(_device_for_gpu_tests), "seed", schedule[1])
         states = cupy.full(shape, np.nan, dtype)
         states[...] = cupy.asarray(inputs["z"])
         assert persistent_forward(
