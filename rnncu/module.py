@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import Backend, get_backend
+from rnncu.backend import Backend, backend_for, get_backend
 
 SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
@@ -125,7 +125,7 @@ class Module:
     # -- mode -------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         """Training mode (dropout active). Returns self."""
-        self.training = bool(mode)
+        self.training = check_bool("mode", mode)
         return self
 
     def eval(self) -> Module:
@@ -171,7 +171,7 @@ class Module:
         for name, param in self.params.items():
             value = state[name]
             if not self.backend.owns(value):
-                value = np.asarray(value if not hasattr(value, "get") else value.get())
+                value = value.get() if backend_for(value).name == "cupy" else np.asarray(value)
             if value.dtype.kind != "f":
                 raise TypeError(f"state[{name!r}]: expected a floating array, got {value.dtype}")
             if tuple(value.shape) != tuple(param.shape):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import NONLINEARITIES, Backend
+from rnncu.backend import NONLINEARITIES, Backend, backend_for
 from rnncu.module import (
     BackwardBeforeForwardError,
     Module,
@@ -96,7 +96,7 @@ class RNN(Module):
         self.batch_first = check_bool("batch_first", batch_first)
         if (
             isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
+            or not isinstance(dropout, (int, float, np.integer, np.floating))
             or not (0.0 <= dropout < 1.0)
         ):
             raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
@@ -202,7 +202,7 @@ class RNN(Module):
             return None
         if unbatched:
             raise ValueError("lengths: not supported for unbatched (T, D) input; add a batch axis")
-        if hasattr(lengths, "get") and not isinstance(lengths, np.ndarray):
+        if backend_for(lengths).name == "cupy":
             lengths = lengths.get()  # a device array: one explicit copy to validate it
         try:
             host = np.asarray(lengths)
@@ -242,6 +242,10 @@ class RNN(Module):
             ``out`` (T, B, H * directions) (or batch-first / unbatched like ``x``), the last
             layer's states, zero at padding steps; ``h_n`` shaped like ``h0``, the state of
             every layer and direction after each row's last valid step.
+
+        ``backward`` reads what this call saw and made, without copies: ``x`` and ``h0`` (when
+        contiguous) and, for one direction without ``lengths``, ``out`` itself. Modifying
+        them in place before ``backward`` changes the gradients; copy first (``out.copy()``).
         """
         xp = self.backend.xp
         x, unbatched = self._check_sequence(x)
@@ -249,13 +253,16 @@ class RNN(Module):
         h0_list = self._check_h0(h0, batch, unbatched)
         lengths_dev = self._check_lengths(lengths, steps, batch, unbatched)
         valid = None
+        layer_input = xp.ascontiguousarray(x).reshape(steps * batch, -1)
         if lengths_dev is not None:
-            valid = (xp.arange(steps, dtype=np.int32)[:, None] < lengths_dev[None, :]).astype(
-                self.dtype
-            )[:, :, None]  # (T, B, 1)
+            valid = (xp.arange(steps, dtype=np.int32)[:, None] < lengths_dev[None, :])[
+                :, :, None
+            ]  # (T, B, 1) bool
+            # Selected, not multiplied: a NaN in a padding step of x would otherwise reach
+            # dW_ih through 0 * NaN, though nothing else reads padding.
+            layer_input = xp.where(valid.reshape(steps * batch, 1), layer_input, self.dtype.type(0))
 
         hidden = self.hidden_size
-        layer_input = xp.ascontiguousarray(x).reshape(steps * batch, -1)
         caches: list[_LayerCache] = []
         h_n = []
         layer_output = None
@@ -296,7 +303,8 @@ class RNN(Module):
             else:
                 layer_output = xp.concatenate(direction_states, axis=2)
             if valid is not None:
-                layer_output = layer_output * valid  # a new array: states stay intact
+                # a new array (states stay intact), +0.0 at padding as torch gives
+                layer_output = xp.where(valid, layer_output, self.dtype.type(0))
             layer_input = layer_output.reshape(steps * batch, -1)
 
         out = layer_output

@@ -212,6 +212,31 @@ def test_seed_is_checked(seed, error) -> None:
         rnncu.Linear(4, 3, seed=seed, backend="numpy")
 
 
+def test_train_mode_must_be_a_bool() -> None:
+    rnn = rnncu.RNN(4, 3, backend="numpy")
+    with pytest.raises(TypeError, match=r"mode: expected True or False, got 'False'"):
+        rnn.train("False")
+    with pytest.raises(TypeError, match=r"mode: expected True or False, got None"):
+        rnn.train(None)
+    assert rnn.train(np.bool_(False)).training is False and rnn.train().training is True
+
+
+def test_anything_with_a_get_method_is_not_taken_for_a_device_array() -> None:
+    rnn = rnncu.RNN(3, 4, backend="numpy", dtype="float64", seed=0)
+    x = np.ones((5, 2, 3))
+    with pytest.raises(TypeError, match=r"lengths: expected integers, got dtype object"):
+        rnn(x, None, {0: 1})
+    state = rnn.state_dict()
+    state["bias_ih_l0"] = {"x": 1}
+    with pytest.raises(TypeError, match=r"state\['bias_ih_l0'\]: expected a floating array"):
+        rnn.load_state_dict(state)
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    for dropout in (np.float32(0.25), np.float64(0.25)):
+        assert rnncu.RNN(4, 3, num_layers=2, dropout=dropout, backend="numpy").dropout == 0.25
+
+
 def test_dropout_on_one_layer_warns() -> None:
     with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1"):
         rnncu.RNN(4, 3, dropout=0.5, backend="numpy")

@@ -200,6 +200,33 @@ def test_dropout_between_layers(rng: np.random.Generator) -> None:
         )
 
 
+def test_padding_ignores_inputs_at_padded_steps(rng: np.random.Generator) -> None:
+    """What x holds at a padding step reaches nothing: NaN there (0 * NaN would be NaN in
+    dW_ih) and other numbers give the bits of zeros, and padded outputs are +0.0, as torch's
+    packed sequences give."""
+    rnn = rnncu.RNN(
+        3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy", seed=12
+    )
+    lengths = np.array([6, 2, 4])
+    padded = np.arange(6)[:, None] >= lengths[None, :]
+    x = rng.standard_normal((6, 3, 3))
+    dout = rng.standard_normal((6, 3, 8))
+    results = []
+    for fill in (0.0, np.nan, np.inf, 1e3):
+        x_filled = x.copy()
+        x_filled[padded] = fill
+        out, h_n = rnn(x_filled, lengths=lengths)
+        dx, dh0 = rnn.backward(dout, np.ones_like(h_n))
+        results.append((out, h_n, dx, dh0, {k: v.copy() for k, v in rnn.grads.items()}))
+    assert not np.signbit(results[0][0][padded]).any()
+    np.testing.assert_array_equal(results[0][2][padded], 0.0)
+    for out, h_n, dx, dh0, grads in results[1:]:
+        for got, ref in zip((out, h_n, dx, dh0), results[0][:4], strict=True):
+            np.testing.assert_array_equal(got, ref)
+        for name, grad in grads.items():
+            np.testing.assert_array_equal(grad, results[0][4][name], err_msg=name)
+
+
 def test_padding_ignores_gradients_at_padded_outputs(rng: np.random.Generator) -> None:
     """A padded output is the constant zero: whatever gradient arrives there, NaN included,
     changes nothing."""
