@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument(
         "--quick",
         action="store_true",
-        help="skip compiling the CUDA kernels (the check takes tens of seconds)",
+        help="skip compiling the CUDA kernels (the check compiles every one: minutes on a "
+        "small CPU)",
     )
 
     pre = sub.add_parser(
@@ -234,7 +235,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
-    from rnncu.trainer import TrainConfig, make_config, train
+    from rnncu.trainer import TrainConfig, make_config, read_run_config, train
 
     fields = (
         "task",
@@ -266,11 +267,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--resume takes only --epochs and --backend, not --{extra[0]}".replace("_", "-")
             )
-        config = TrainConfig(
-            epochs=args.epochs or TrainConfig.epochs, backend=given["backend"] or "auto"
-        )
         if args.epochs is None:
             raise ValueError("--resume needs --epochs (the total to reach)")
+        # the saved run's own backend unless one is asked for
+        backend = given["backend"] or read_run_config(args.resume).backend
+        config = TrainConfig(epochs=args.epochs, backend=backend)
     else:
         try:
             config = make_config(**given)

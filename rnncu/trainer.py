@@ -690,6 +690,12 @@ def _read_run_checkpoint(
     return file, arrays, meta, config
 
 
+def read_run_config(path: str | Path) -> TrainConfig:
+    """The config saved with a training run (a run directory or its checkpoint file);
+    CheckpointError when it is not one."""
+    return _read_run_checkpoint(path)[3]
+
+
 def _saved_dataset(config: TrainConfig, file: Path) -> ImageDataset:
     """The dataset a checkpoint's config names. A path that no longer exists says it came
     from the checkpoint: the user never typed it in this command."""

@@ -39,7 +39,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
     assert fragment in lines[0], lines[0]
 
 
-def test_train_evaluate_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_train_evaluate_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RNNCU_BACKEND", raising=False)
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "2", "--seed", "1", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -58,6 +61,9 @@ def test_train_evaluate_resume(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert main(["train", "--resume", str(out), "--epochs", "3"]) == 0
     capsys.readouterr()
     assert load_checkpoint(out)[1]["epoch"] == 3
+    # the saved backend stays unless --backend asks for another
+    assert json.loads((out / "config.json").read_text())["backend"] == "numpy"
+    assert load_checkpoint(out)[1]["config"]["backend"] == "numpy"
     assert main(["train", "--resume", str(out), "--epochs", "4", "--hidden", "8"]) == 2
     assert "--resume takes only" in capsys.readouterr().err
 
