@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let --out replace the run already saved there (else that is an error)",
     )
     _common(train)
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: only on a terminal)",
+    )
 
     ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint.npz")
@@ -201,12 +207,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="BLAS threads for the NumPy backend (default 1: the recurrence's "
         "small GEMMs run fastest single-threaded)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: only on a terminal)",
     )
 
 
@@ -377,15 +377,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             images = run.model.sample(
                 labels, height, top_rows=top, noise=noise, rng=np.random.default_rng([args.seed, 3])
             )
-            # originals above completions, side by side per class row
-            grid = np.concatenate([run.data.x_test[picks], images])
-            plots.save_image_grid(grid, args.out, ncols=args.per_class)
+            # per class, a row of originals above the row of their completions (rows padded
+            # with blank images where the test split holds fewer than --per-class)
+            blank = np.zeros((1, *run.data.image_shape), images.dtype)
+            rows = []
+            for c in classes:
+                mine = labels == c
+                for block in (run.data.x_test[picks][mine], images[mine]):
+                    rows += [block.astype(images.dtype), *[blank] * (args.per_class - len(block))]
+            plots.save_image_grid(np.concatenate(rows), args.out, ncols=args.per_class)
         else:
             images, labels = sample_images(
                 run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
             )
             plots.save_image_grid(images, args.out, ncols=args.per_class)
-    print(f"wrote {len(labels)} images for classes {classes} to {args.out}")
+    what = "completions (each row of originals above)" if args.complete else "images"
+    print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rnncu import plots
 from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
 
@@ -68,7 +69,9 @@ def test_train_evaluate_resume(
     assert "--resume takes only" in capsys.readouterr().err
 
 
-def test_generate_task_and_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_generate_task_and_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "gen"
     code = main(["train", "--task", "generate", *SMALL, "--epochs", "2", "--out", str(out)])
     assert code == 0
@@ -114,6 +117,18 @@ def test_generate_task_and_command(tmp_path: Path, capsys: pytest.CaptureFixture
         == 0
     )
     assert completed.is_file()
+    assert "wrote 20 completions (each row of originals above)" in capsys.readouterr().out
+    # per class a row of 2 originals, then a row of their completions: same top 3 rows
+    grids = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    args = ["generate", "--checkpoint", str(out), "--out", str(completed), "--per-class", "2"]
+    assert main([*args, "--complete", "3", "--classes", "1,4"]) == 0
+    (grid,) = grids
+    assert grid.shape[0] == 8
+    for originals, completions in ((grid[0:2], grid[2:4]), (grid[4:6], grid[6:8])):
+        np.testing.assert_array_equal(completions[:, :3], originals[:, :3])
+        assert not np.array_equal(completions, originals)
+    assert not np.array_equal(grid[0:2], grid[4:6])
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
