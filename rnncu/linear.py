@@ -62,6 +62,7 @@ class Linear(Module):
         )
 
     def __call__(self, x: Any) -> Any:
+        """``forward(x)``: (..., in_features) -> (..., out_features), see :meth:`forward`."""
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:

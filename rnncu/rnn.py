@@ -226,6 +226,7 @@ class RNN(Module):
 
     # -- forward ----------------------------------------------------------------------------
     def __call__(self, x: Any, h0: Any = None, lengths: Any = None) -> tuple[Any, Any]:
+        """``forward(x, h0, lengths)``: ``(out, h_n)``, see :meth:`forward`."""
         return self.forward(x, h0, lengths)
 
     def forward(self, x: Any, h0: Any = None, lengths: Any = None) -> tuple[Any, Any]:
