@@ -754,7 +754,8 @@ def evaluate_run(
     path: str | Path, backend: str | None = None, dataset: str | None = None
 ) -> dict[str, Any]:
     """Metrics of a saved run on its (or ``dataset``'s) test split; for generate runs with a
-    saved judging classifier also ``sample_class_accuracy``."""
+    saved judging classifier also ``sample_class_accuracy`` and the judge's own
+    ``classifier_test_accuracy``, as training reports them."""
     run, _ = load_run(path, backend, dataset)
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
@@ -762,4 +763,5 @@ def evaluate_run(
         if (judge_dir / "checkpoint.npz").exists():
             judge_run, _ = load_run(judge_dir, backend, dataset)
             metrics.update(judge_samples(run, judge_run.model)[2])
+            metrics["classifier_test_accuracy"] = final_metrics(judge_run)["test_accuracy"]
     return metrics

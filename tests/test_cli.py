@@ -134,6 +134,7 @@ def test_generate_task_and_command(
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["test_mse"] == pytest.approx(metrics["test_mse"])
     assert evaluated["sample_class_accuracy"] == metrics["sample_class_accuracy"]
+    assert evaluated["classifier_test_accuracy"] == metrics["classifier_test_accuracy"]
     assert main(["generate", "--checkpoint", str(out), "--out", str(png), "--classes", "12"]) == 2
     assert "--classes" in capsys.readouterr().err
 
