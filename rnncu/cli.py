@@ -235,7 +235,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
-    from rnncu.trainer import TrainConfig, make_config, read_run_config, train
+    from rnncu.trainer import TrainConfig, make_config, train
 
     fields = (
         "task",
@@ -269,9 +269,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if args.epochs is None:
             raise ValueError("--resume needs --epochs (the total to reach)")
-        # the saved run's own backend unless one is asked for
-        backend = given["backend"] or read_run_config(args.resume).backend
-        config = TrainConfig(epochs=args.epochs, backend=backend)
+        # backend None: the saved run's own unless one is asked for
+        config = TrainConfig(epochs=args.epochs, backend=given["backend"])
     else:
         try:
             config = make_config(**given)

@@ -82,7 +82,7 @@ class TrainConfig:
     clip: float = 1.0
     augment: int = 0  # random shifts of up to this many pixels per training image and epoch
     seed: int = 0
-    backend: str = "auto"
+    backend: str | None = "auto"  # None only to resume: the saved run's backend
     dtype: str = "float32"
 
     def validate(self) -> TrainConfig:
@@ -384,7 +384,7 @@ def train(
     ``out_dir`` receives ``checkpoint.npz`` after every epoch (atomically), ``config.json``,
     ``metrics.json`` and PNG plots at the end. ``resume`` (a run directory or checkpoint
     file) continues that run: its saved config is used, with ``config.epochs`` (and
-    ``config.backend``) taken from the argument. If the training loss becomes NaN or
+    ``config.backend``, unless None) taken from the argument. If the training loss becomes NaN or
     infinite, the model is rolled back to the last good epoch and :class:`TrainingDiverged`
     is raised; the checkpoint on disk is that last good epoch's.
     """
@@ -394,7 +394,8 @@ def train(
     saved_meta = None
     if resume is not None:
         file, arrays, saved_meta, saved = _read_run_checkpoint(resume)
-        config = dataclasses.replace(saved, epochs=config.epochs, backend=config.backend)
+        backend = saved.backend if config.backend is None else config.backend
+        config = dataclasses.replace(saved, epochs=config.epochs, backend=backend)
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     config.validate()
@@ -690,12 +691,6 @@ def _read_run_checkpoint(
     return file, arrays, meta, config
 
 
-def read_run_config(path: str | Path) -> TrainConfig:
-    """The config saved with a training run (a run directory or its checkpoint file);
-    CheckpointError when it is not one."""
-    return _read_run_checkpoint(path)[3]
-
-
 def _saved_dataset(config: TrainConfig, file: Path) -> ImageDataset:
     """The dataset a checkpoint's config names. A path that no longer exists says it came
     from the checkpoint: the user never typed it in this command."""
@@ -763,5 +758,5 @@ def evaluate_run(
         if (judge_dir / "checkpoint.npz").exists():
             judge_run, _ = load_run(judge_dir, backend, dataset)
             metrics.update(judge_samples(run, judge_run.model)[2])
-            metrics["classifier_test_accuracy"] = final_metrics(judge_run)["test_accuracy"]
+            metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
     return metrics
