@@ -292,14 +292,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it with "
                 f"--resume {out} --epochs N, or replace it with --overwrite"
             )
-    start = time.perf_counter()
     with _blas_limit(args.threads):
         result = train(
             config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
         )
-    wall = time.perf_counter() - start
-    metrics = dict(result.metrics, wall_seconds=round(wall, 3))
-    _print_metrics(metrics)
+    _print_metrics(result.metrics)
     if args.resume and result.epochs_trained == 0:
         print(
             f"rnncu: the run in {args.resume} is already at epoch {result.config.epochs} "

@@ -386,8 +386,11 @@ def train(
     file) continues that run: its saved config is used, with ``config.epochs`` (and
     ``config.backend``, unless None) taken from the argument. If the training loss becomes NaN or
     infinite, the model is rolled back to the last good epoch and :class:`TrainingDiverged`
-    is raised; the checkpoint on disk is that last good epoch's.
+    is raised; the checkpoint on disk is that last good epoch's. The metrics'
+    ``wall_seconds`` is this call's time (data, training, evaluation, a generate run's
+    judge), where ``train_seconds`` adds up the epochs of every call that trained the run.
     """
+    started = time.perf_counter()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig (see make_config), got {config!r}")
     log = log or (lambda msg: None)
@@ -413,7 +416,8 @@ def train(
             log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
             done = dataclasses.replace(config, epochs=run.epoch)
             out = Path(out_dir) if out_dir is not None else None
-            return TrainResult(done, run.model, run.history, final_metrics(run), out)
+            metrics = dict(final_metrics(run), wall_seconds=_seconds_since(started))
+            return TrainResult(done, run.model, run.history, metrics, out)
     start_epoch = run.epoch
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -478,11 +482,16 @@ def train(
     )
     if isinstance(run.model, RowGenerator):
         _finish_generate(run, result, out, progress, log)
+    result.metrics["wall_seconds"] = _seconds_since(started)
     if out is not None:
         _write_json(out / "metrics.json", result.metrics)
         if plots:
             _write_plots(run, result, out)
     return result
+
+
+def _seconds_since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
 
 
 def _finite(array: np.ndarray) -> bool:

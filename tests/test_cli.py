@@ -52,6 +52,7 @@ def test_train_evaluate_resume(
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["test_accuracy"] <= 1 and metrics["epochs"] == 2
     assert printed["test_accuracy"] == metrics["test_accuracy"]
+    assert printed["wall_seconds"] == metrics["wall_seconds"] > metrics["train_seconds"]
     with np.load(out / "checkpoint.npz", allow_pickle=False) as npz:
         assert "model.rnn.weight_ih_l0" in npz.files and "optim.exp_avg.0.weight_ih_l0" in npz.files
 

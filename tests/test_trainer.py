@@ -142,6 +142,8 @@ def test_outputs_written(tmp_path: Path, digits) -> None:
     assert {"checkpoint.npz", "config.json", "metrics.json", "curves.png", "confusion.png"} <= names
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and "test_accuracy" in metrics
+    # this call's time covers the epoch's and the final evaluation's
+    assert metrics["wall_seconds"] > metrics["train_seconds"] > 0
     assert json.loads((tmp_path / "config.json").read_text())["hidden"] == 16
 
 
