@@ -88,31 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model (default: classify digits by rows)")
-    train.add_argument("--task", choices=("classify", "generate"))
+
+    def option(flag: str, help: str | None = None, **kwargs: Any) -> None:
+        field = flag[2:].replace("-", "_")
+        train.add_argument(flag, help=_with_default(field, help), **kwargs)
+
+    option("--task", choices=("classify", "generate"))
     train.add_argument(
         "--dataset",
         help="'digits' (default), a directory of MNIST-format IDX "
         "files (raw or .gz), or a .npz with x and y",
     )
-    train.add_argument("--seq", choices=SEQ_VIEWS, help="sequence view of the images")
-    train.add_argument("--hidden", type=_positive_int)
-    train.add_argument("--layers", type=_positive_int)
-    train.add_argument("--nonlinearity", choices=("tanh", "relu"))
-    train.add_argument("--init", choices=INIT_SCHEMES)
-    train.add_argument("--epochs", type=_positive_int)
-    train.add_argument("--batch-size", type=_positive_int)
-    train.add_argument("--lr", type=_positive_float)
-    train.add_argument("--schedule", choices=SCHEDULES)
-    train.add_argument("--lr-decay", type=_positive_float, help="per-epoch factor (exp, step)")
-    train.add_argument(
-        "--decay-epochs", type=_positive_float, help="cosine horizon / step interval in epochs"
+    option("--seq", "sequence view of the images", choices=SEQ_VIEWS)
+    option("--hidden", type=_positive_int)
+    option("--layers", type=_positive_int)
+    option("--nonlinearity", choices=("tanh", "relu"))
+    option("--init", choices=INIT_SCHEMES)
+    option("--epochs", type=_positive_int)
+    option("--batch-size", type=_positive_int)
+    option("--lr", type=_positive_float)
+    option("--schedule", choices=SCHEDULES)
+    option("--lr-decay", "per-epoch factor (exp, step)", type=_positive_float)
+    option("--decay-epochs", "cosine horizon / step interval in epochs", type=_positive_float)
+    option("--warmup-epochs", type=_nonneg_float)
+    option("--weight-decay", type=_nonneg_float)
+    option("--clip", "global gradient-norm limit (0: off)", type=_nonneg_float)
+    option(
+        "--augment",
+        "random shifts of up to this many pixels per training image and epoch",
+        type=_nonneg_int,
     )
-    train.add_argument("--warmup-epochs", type=_nonneg_float)
-    train.add_argument("--weight-decay", type=_nonneg_float)
-    train.add_argument("--clip", type=_nonneg_float, help="global gradient-norm limit (0: off)")
-    train.add_argument("--seed", type=_nonneg_int)
+    option("--seed", type=_nonneg_int)
     train.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
-    train.add_argument("--dtype", choices=("float32", "float64"))
+    option("--dtype", choices=("float32", "float64"))
     train.add_argument("--out", help="run directory (checkpoint, config, metrics, plots)")
     train.add_argument("--resume", help="continue the run saved in this directory up to --epochs")
     train.add_argument(
@@ -200,6 +208,21 @@ def _check_out_dir(target: str, directory: str | os.PathLike[str]) -> None:
             return
 
 
+def _with_default(field: str, help: str | None) -> str:
+    """``help`` followed by the field's default, and where a recipe (task, seq) sets another."""
+    from rnncu.trainer import RECIPES, TrainConfig
+
+    default = getattr(TrainConfig, field)
+    others: dict[Any, list[str]] = {}
+    for (task, seq), recipe in RECIPES.items():
+        if field in recipe and recipe[field] != default:
+            others.setdefault(recipe[field], []).append(f"{task} {seq}")
+    shown = "; ".join(
+        [f"default {default}"] + [f"{v} for {', '.join(k)}" for v, k in others.items()]
+    )
+    return f"{help}; {shown}" if help else shown
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
@@ -254,6 +277,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "warmup_epochs",
         "weight_decay",
         "clip",
+        "augment",
         "seed",
         "backend",
         "dtype",

@@ -3,8 +3,10 @@ and errors that exit non-zero with one line and no traceback."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from rnncu import plots
 from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
+from rnncu.trainer import RECIPES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden", "16", "--layers", "1", "--batch-size", "64", "--backend", "numpy"]
@@ -138,6 +141,34 @@ def test_generate_task_and_command(
     assert evaluated["classifier_test_accuracy"] == metrics["classifier_test_accuracy"]
     assert main(["generate", "--checkpoint", str(out), "--out", str(png), "--classes", "12"]) == 2
     assert "--classes" in capsys.readouterr().err
+
+
+def test_train_help_offers_every_field_with_its_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    options = text.split("options: ")[1]
+
+    def help_of(field: str) -> str:
+        flag = "--" + field.replace("_", "-")
+        assert f"{flag} " in options, flag
+        return options.split(f"{flag} ", 1)[1].split(" --", 1)[0]
+
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in ("dataset", "backend"):  # those two say more than a value
+            assert f"default {field.default}" in help_of(field.name), field.name
+    for (task, seq), recipe in RECIPES.items():
+        for name, value in recipe.items():
+            if value != getattr(TrainConfig, name):
+                assert re.search(rf"{value} for [^;]*{task} {seq}", help_of(name)), (name, seq)
+
+    # --augment (no recipe sets it) reaches the saved config
+    out = tmp_path / "shifted"
+    assert main(["train", *SMALL, "--epochs", "1", "--augment", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["augment"] == 1
 
 
 def test_info_and_python_m(tmp_path: Path) -> None:
