@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.module import check_seed
+from rnncu.module import check_number, check_seed
 
 __all__ = [
     "INIT_SCHEMES",
@@ -56,24 +56,16 @@ def _matrix_shape(function: str, shape: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _nonnegative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.ndarray:
     """U(-bound, bound), float64, on the host."""
-    bound = _nonnegative("bound", bound)
+    bound = check_number("bound", bound, low=0.0, high_open=True)
     return _generator(rng).uniform(-bound, bound, size=shape)
 
 
 def xavier_uniform(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
     """Glorot uniform for a (fan_out, fan_in) weight: U(-a, a), a = gain sqrt(6/(in+out))."""
     fan_out, fan_in = _matrix_shape("xavier_uniform", shape)
-    gain = _nonnegative("gain", gain)
+    gain = check_number("gain", gain, low=0.0, high_open=True)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return _generator(rng).uniform(-bound, bound, size=shape)
 
@@ -121,7 +113,7 @@ def init_rnn(
         raise ValueError(f"init: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if not hasattr(rnn, "hidden_size") or not any(n.startswith("weight_hh") for n in rnn.params):
         raise TypeError(f"init_rnn: rnn: expected an rnncu.RNN, got {type(rnn).__name__}")
-    irnn_input_std = _nonnegative("irnn_input_std", irnn_input_std)
+    irnn_input_std = check_number("irnn_input_std", irnn_input_std, low=0.0, high_open=True)
     gen = _generator(rng)
     bound = 1.0 / math.sqrt(rnn.hidden_size)
     for name, param in rnn.params.items():

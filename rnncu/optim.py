@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.module import check_positive_int
+from rnncu.module import check_number, check_positive_int
 
 __all__ = [
     "SGD",
@@ -34,31 +34,6 @@ __all__ = [
     "clip_grad_norm",
     "make_schedule",
 ]
-
-
-def _number(
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a float when it is a real number within the bounds (bools, strings and
-    NaN refused); else an error naming ``name`` and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    value = float(value)
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (above and below):
-        left = "(" if low_open else "["
-        right = ")" if high_open or high == math.inf else "]"
-        raise ValueError(
-            f"{name}: expected a number in {left}{low:g}, {high:g}{right}, got {value!r}"
-        )
-    return value
 
 
 def _params(modules: Sequence[Any]) -> Iterator[tuple[str, Any, Any]]:
@@ -94,7 +69,7 @@ class Optimizer:
                     f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
                 )
         self.modules = list(modules)
-        self.lr = _number("lr", lr, low=0.0, low_open=True, high_open=True)
+        self.lr = check_number("lr", lr, low=0.0, low_open=True, high_open=True)
         self.step_count = 0
         # kind -> key -> array on the params' backend; filled lazily at the first step
         self.state: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
@@ -204,11 +179,11 @@ class Adam(Optimizer):
         super().__init__(modules, lr)
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        beta1 = _number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
-        beta2 = _number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
+        beta1 = check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+        beta2 = check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
         self.betas = (beta1, beta2)
-        self.eps = _number("eps", eps, low=0.0, high_open=True)
-        self.weight_decay = _number("weight_decay", weight_decay, low=0.0, high_open=True)
+        self.eps = check_number("eps", eps, low=0.0, high_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
         self.decoupled = bool(decoupled)
 
     def step(self) -> None:
@@ -254,11 +229,11 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(modules, lr)
-        self.momentum = _number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
         if nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self.weight_decay = _number("weight_decay", weight_decay, low=0.0, high_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
 
     def step(self) -> None:
         """One SGD update of every parameter from its gradient."""
@@ -288,7 +263,7 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
     """
     from rnncu.backend import backend_for
 
-    max_norm = _number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
+    max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
     grads = [g for m in modules for g in m.grads.values() if g is not None]
     if not grads:
         raise ValueError("clip_grad_norm: no gradients (call backward first)")
@@ -306,9 +281,9 @@ class Schedule:
 
     def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0) -> None:
         steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
-        self.base_lr = _number("base_lr", base_lr, low=0.0, low_open=True, high_open=True)
+        self.base_lr = check_number("base_lr", base_lr, low=0.0, low_open=True, high_open=True)
         self.steps_per_epoch = int(steps_per_epoch)
-        warmup_epochs = _number("warmup_epochs", warmup_epochs, low=0.0, high_open=True)
+        warmup_epochs = check_number("warmup_epochs", warmup_epochs, low=0.0, high_open=True)
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
 
     def factor(self, epoch: float) -> float:
@@ -334,7 +309,7 @@ class ExponentialLR(Schedule):
         self, base_lr: float, steps_per_epoch: int, gamma: float, warmup_epochs: float = 0.0
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        self.gamma = _number("gamma", gamma, low=0.0, high=1.0, low_open=True)
+        self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
         return self.gamma**epoch
@@ -353,7 +328,7 @@ class StepLR(Schedule):
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
         self.step_epochs = check_positive_int("step_epochs", step_epochs)
-        self.gamma = _number("gamma", gamma, low=0.0, high=1.0, low_open=True)
+        self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
         return self.gamma ** math.floor(epoch / self.step_epochs)
@@ -373,8 +348,8 @@ class CosineLR(Schedule):
         warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        self.total_epochs = _number("total_epochs", total_epochs, low=0.0, high_open=True)
-        self.min_factor = _number("min_factor", min_factor, low=0.0, high=1.0)
+        self.total_epochs = check_number("total_epochs", total_epochs, low=0.0, high_open=True)
+        self.min_factor = check_number("min_factor", min_factor, low=0.0, high=1.0)
 
     def factor(self, epoch: float) -> float:
         progress = min(epoch / self.total_epochs, 1.0) if self.total_epochs > 0 else 1.0

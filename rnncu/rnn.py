@@ -30,6 +30,7 @@ from rnncu.module import (
     BackwardBeforeForwardError,
     Module,
     check_bool,
+    check_number,
     check_positive_int,
     check_seed,
     describe_array,
@@ -94,13 +95,7 @@ class RNN(Module):
         self.nonlinearity = nonlinearity
         self.bias = check_bool("bias", bias)
         self.batch_first = check_bool("batch_first", batch_first)
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float, np.integer, np.floating))
-            or not (0.0 <= dropout < 1.0)
-        ):
-            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
         if self.dropout > 0 and self.num_layers == 1:
             # As torch: dropout acts between layers, so a single layer never applies it.
             warnings.warn(

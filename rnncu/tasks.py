@@ -20,7 +20,7 @@ import numpy as np
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
-from rnncu.module import check_class_labels
+from rnncu.module import check_class_labels, check_number
 from rnncu.rnn import RNN
 
 __all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
@@ -275,8 +275,7 @@ class RowGenerator(_TaskModel):
         labels = labels.astype(np.int64)
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
             raise ValueError(f"sample: steps: expected a positive integer, got {steps!r}")
-        if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
-            raise ValueError(f"sample: noise: expected a number >= 0, got {noise!r}")
+        noise = check_number("sample: noise", noise, low=0.0, high_open=True)
         given = 0
         if top_rows is not None:
             top_rows = np.asarray(top_rows)

@@ -73,8 +73,8 @@ def test_init_linear_and_bad_scheme() -> None:
         (lambda: xavier_uniform((0, 0)), ValueError, r"xavier_uniform: shape: expected"),
         (lambda: orthogonal((4, 2.5)), ValueError, r"orthogonal: shape: expected"),
         (lambda: identity((3, 0)), ValueError, r"identity: shape: expected"),
-        (lambda: torch_uniform((2, 2), -1.0), ValueError, r"bound: expected a finite number >= 0"),
-        (lambda: torch_uniform((2, 2), float("nan")), ValueError, r"bound: expected a finite"),
+        (lambda: torch_uniform((2, 2), -1.0), ValueError, r"bound: expected a number in \[0, inf"),
+        (lambda: torch_uniform((2, 2), float("nan")), ValueError, r"bound: expected a number in"),
         (lambda: xavier_uniform((2, 2), rng=-1), ValueError, r"rng: expected None or a non-neg"),
         (lambda: orthogonal((2, 2), rng="a"), TypeError, r"rng: expected None or a non-negative"),
     ],
@@ -91,7 +91,7 @@ def test_module_initialisers_check_the_module() -> None:
         init_rnn(lin)
     with pytest.raises(TypeError, match=r"init_linear: linear: expected an rnncu.Linear, got RNN"):
         init_linear(rnn)
-    with pytest.raises(ValueError, match=r"irnn_input_std: expected a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"irnn_input_std: expected a number in \[0, inf\)"):
         init_rnn(rnn, "irnn", irnn_input_std=-1)
 
 

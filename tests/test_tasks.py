@@ -110,5 +110,11 @@ def test_generator_rejects_bad_labels() -> None:
         model.sample(np.array([1.7]), 4)
     with pytest.raises(ValueError, match=rf"sample: labels: {expected} \[5, 5\]"):
         model.sample(np.array([5]), 4)
-    with pytest.raises(ValueError, match="sample: noise"):
+    with pytest.raises(ValueError, match=r"sample: noise: expected a number in \[0, inf\)"):
         model.sample(np.array([1]), 4, noise=-1.0)
+    for not_a_number in (True, "0.1"):
+        with pytest.raises(TypeError, match="sample: noise: expected a number, got"):
+            model.sample(np.array([1]), 4, noise=not_a_number)
+    # NumPy's scalars are numbers: the same draw as the float
+    drawn = model.sample(np.array([1]), 4, noise=np.float32(0.25), rng=3)
+    np.testing.assert_array_equal(drawn, model.sample(np.array([1]), 4, noise=0.25, rng=3))
