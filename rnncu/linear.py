@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import Backend
+from rnncu.backend import Array, Backend
 from rnncu.module import (
     BackwardBeforeForwardError,
     Module,
@@ -61,11 +61,11 @@ class Linear(Module):
             f"dtype={self.dtype.name}, backend={self.backend.name!r})"
         )
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Array) -> Array:
         """``forward(x)``: (..., in_features) -> (..., out_features), see :meth:`forward`."""
         return self.forward(x)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         """x (..., in_features) -> (..., out_features)."""
         x = self._check_input("x", x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
@@ -79,7 +79,7 @@ class Linear(Module):
             y += self.params["bias"]
         return y
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Array) -> Array:
         """dy (..., out_features) -> dx (..., in_features); fills ``grads``."""
         if self._input is None:
             raise BackwardBeforeForwardError(

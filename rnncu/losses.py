@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rnncu.backend import backend_for
+from rnncu.backend import Array, backend_for
 from rnncu.module import check_class_labels, describe_array
 
 __all__ = ["log_softmax", "mse_loss", "softmax_cross_entropy"]
 
 
-def mse_loss(pred: Any, target: Any) -> tuple[Any, Any]:
+def mse_loss(pred: Array, target: Array) -> tuple[Array, Array]:
     """Mean squared error over all elements: ``mean((pred - target)**2)``.
 
     ``pred`` and ``target`` have the same shape (any); returns ``(loss, dpred)`` with
@@ -36,7 +36,7 @@ def mse_loss(pred: Any, target: Any) -> tuple[Any, Any]:
     return loss, grad.astype(pred.dtype, copy=False)
 
 
-def log_softmax(logits: Any) -> Any:
+def log_softmax(logits: Array) -> Array:
     """``log(softmax(logits))`` along the last axis, stable for any finite logits: the row
     maximum is subtracted first, so ``exp`` never overflows and the largest term is 1."""
     xp = backend_for(logits).xp
@@ -44,7 +44,7 @@ def log_softmax(logits: Any) -> Any:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
-def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
+def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     """Cross-entropy of integer ``labels`` (B,) under ``softmax(logits)``, logits (B, C).
 
     Returns ``(loss, dlogits)``: the mean over the batch of ``-log p[label]`` and its

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import NONLINEARITIES, Backend, backend_for
+from rnncu.backend import NONLINEARITIES, Array, Backend, backend_for
 from rnncu.module import (
     BackwardBeforeForwardError,
     Module,
@@ -220,11 +220,15 @@ class RNN(Module):
         return self.backend.asarray(host.astype(np.int32), dtype=np.int32)
 
     # -- forward ----------------------------------------------------------------------------
-    def __call__(self, x: Any, h0: Any = None, lengths: Any = None) -> tuple[Any, Any]:
+    def __call__(
+        self, x: Array, h0: Array | None = None, lengths: Any = None
+    ) -> tuple[Array, Array]:
         """``forward(x, h0, lengths)``: ``(out, h_n)``, see :meth:`forward`."""
         return self.forward(x, h0, lengths)
 
-    def forward(self, x: Any, h0: Any = None, lengths: Any = None) -> tuple[Any, Any]:
+    def forward(
+        self, x: Array, h0: Array | None = None, lengths: Any = None
+    ) -> tuple[Array, Array]:
         """Run the network over a sequence.
 
         Args:
@@ -318,7 +322,7 @@ class RNN(Module):
         return out, h_n_array
 
     # -- backward ---------------------------------------------------------------------------
-    def backward(self, dout: Any = None, dh_n: Any = None) -> tuple[Any, Any]:
+    def backward(self, dout: Array | None = None, dh_n: Array | None = None) -> tuple[Array, Array]:
         """Exact backpropagation through time for the last forward pass.
 
         Args:

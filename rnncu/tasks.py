@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.backend import Array
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
@@ -124,13 +125,13 @@ class SequenceClassifier(_TaskModel):
             self, input_size, hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
         )
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         """x (T, B, D) -> logits (B, C)."""
         _, h_n = self.rnn(x)
         self._h_shape = h_n.shape
         return self.head(h_n[-1])
 
-    def train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def train_step(self, x: Array, y: Array) -> tuple[Array, Array]:
         """Forward, loss, backward (fills the modules' ``grads``). x (T, B, D), y (B,) int.
         Returns ``(loss, correct)`` as 0-d device arrays (mean loss, number correct)."""
         logits = self.forward(x)
@@ -174,7 +175,7 @@ class SequenceClassifier(_TaskModel):
         return self.backend.to_numpy(xp.concatenate(preds))
 
 
-def generator_inputs(rows: Any, labels: Any, num_classes: int) -> Any:
+def generator_inputs(rows: Array, labels: Array, num_classes: int) -> Array:
     """Teacher-forcing inputs of the row generator: rows (T, B, W), labels (B,) int in
     [0, num_classes) -> (T, B, W + C): step t holds row t-1 (zeros at t = 0) and the one-hot
     class."""
@@ -219,12 +220,12 @@ class RowGenerator(_TaskModel):
             backend,
         )
 
-    def forward(self, rows: Any, labels: Any) -> Any:
+    def forward(self, rows: Array, labels: Array) -> Array:
         """Teacher-forced prediction of every row: rows (T, B, W), labels (B,) -> (T, B, W)."""
         out, _ = self.rnn(generator_inputs(rows, labels, self.num_classes))
         return self.head(out)
 
-    def train_step(self, rows: Any, labels: Any) -> tuple[Any, Any]:
+    def train_step(self, rows: Array, labels: Array) -> tuple[Array, Array]:
         """Forward, MSE against the rows themselves, backward. Returns ``(loss, None)``."""
         pred = self.forward(rows, labels)
         loss, dpred = mse_loss(pred, rows)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rnncu.backend.base import NONLINEARITIES, Backend
+from rnncu.backend.base import NONLINEARITIES, Array, Backend
 
 __all__ = [
+    "Array",
     "Backend",
     "BackendUnavailableError",
     "NONLINEARITIES",

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeAlias
+
+#: A ``numpy.ndarray`` or a ``cupy.ndarray``, on the backend of the call (CuPy's type cannot
+#: be named without importing CuPy, which the NumPy path never does).
+Array: TypeAlias = Any
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -41,18 +45,18 @@ class Backend(ABC):
     def owns(self, array: Any) -> bool:
         """True when ``array`` is an array of this backend's module (no conversion needed)."""
 
-    def asarray(self, array: Any, dtype: Any = None) -> Any:
+    def asarray(self, array: Any, dtype: Any = None) -> Array:
         """Convert a host (NumPy) array or nested sequence to this backend. Explicit, never
         called implicitly on layer inputs: mixing devices in a call is an error."""
         return self.xp.asarray(array, dtype=dtype)
 
-    def to_numpy(self, array: Any) -> Any:
+    def to_numpy(self, array: Array) -> Any:
         """Copy an array of this backend to a NumPy array on the host."""
         import numpy
 
         return numpy.asarray(array)
 
-    def input_projection(self, inputs: Any, w_ih: Any, bias: Any | None) -> Any:
+    def input_projection(self, inputs: Array, w_ih: Array, bias: Array | None) -> Array:
         """``inputs W_ih^T + bias`` for all steps at once: (N, D) x (H, D) -> new (N, H).
 
         One GEMM; a backend may special-case shapes its BLAS handles badly."""
@@ -64,10 +68,10 @@ class Backend(ABC):
     @abstractmethod
     def recurrence_forward(
         self,
-        states: Any,
-        w_hh: Any,
-        h0: Any,
-        lengths: Any | None,
+        states: Array,
+        w_hh: Array,
+        h0: Array,
+        lengths: Array | None,
         nonlinearity: str,
         reverse: bool,
     ) -> None:
@@ -80,15 +84,15 @@ class Backend(ABC):
     @abstractmethod
     def recurrence_backward(
         self,
-        states: Any,
-        w_hh: Any,
-        h0: Any,
-        grad_states: Any | None,
-        grad_h_last: Any | None,
-        lengths: Any | None,
+        states: Array,
+        w_hh: Array,
+        h0: Array,
+        grad_states: Array | None,
+        grad_h_last: Array | None,
+        lengths: Array | None,
         nonlinearity: str,
         reverse: bool,
-    ) -> tuple[Any, Any]:
+    ) -> tuple[Array, Array]:
         """Backpropagate through the recurrence; return ``(grad_z, grad_h0)``.
 
         ``states`` are the forward states (T, B, H). ``grad_states`` (T, B, H) or None is the
