@@ -18,10 +18,12 @@ truncated or corrupt, foreign, wrong version, missing entries, wrong shapes) rai
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,12 +85,31 @@ def _current_umask() -> int:
     return mask
 
 
+#: a temporary file this much older than a new write of the same target is a leftover of a
+#: killed writer (a checkpoint's write takes seconds), removed by that write
+STALE_TEMP_SECONDS = 600.0
+
+
+def _remove_stale_temps(path: Path, keep: str) -> None:
+    now = time.time()
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if temp.name != keep and now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                temp.unlink()
+        except OSError:
+            pass  # another process's, or gone already: not this write's concern
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched; an
+    OSError (permissions, a full disk) names ``path``, not the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
         os.fchmod(fd, 0o666 & ~_current_umask())
@@ -97,13 +118,23 @@ def _atomic_write(path: Path, write: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
     _fsync_dir(path.parent)
+    _remove_stale_temps(path, keep=os.path.basename(tmp_name))
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an OSError whose filename is ``path`` (the file the caller asked for)."""
+    if exc.filename == str(path):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -195,6 +226,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     if not file.exists():
         where = f"{path} (looked for {file})" if file != Path(path) else str(file)
         raise CheckpointError(f"checkpoint not found: {where}")
+    try:
+        with open(file, "rb"):  # is_zipfile below would take an unreadable file for corrupt
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read checkpoint ({exc.strerror or exc})") from None
     if not zipfile.is_zipfile(file):
         # np.load would take any other bytes for a pickle and say so, which misleads
         raise CheckpointError(
@@ -208,7 +244,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
                 raise CheckpointError(
                     f"{file}: not an rnncu checkpoint (no {META_KEY} entry; a foreign .npz?)"
                 )
-            arrays = {name: npz[name] for name in names}
+            arrays = {}
+            for name in names:
+                try:
+                    arrays[name] = npz[name]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    # NumPy's message suggests allow_pickle=True, which would run the file's code
+                    raise CheckpointError(
+                        f"{file}: entry {name!r} holds Python objects (refused: loading it "
+                        "would unpickle; rnncu writes plain arrays only)"
+                    ) from None
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
@@ -247,11 +294,13 @@ def check_arrays(
     arrays: Mapping[str, np.ndarray],
     expected: Mapping[str, tuple[int, ...]],
     prefix: str = "",
+    dtype: Any = None,
 ) -> dict[str, np.ndarray]:
     """The entries of ``arrays`` named ``prefix + name`` for every ``name`` of ``expected``
-    (name -> shape), without the prefix. A missing entry, a shape mismatch, a dtype that is
-    not floating or NaN/infinite values (weights saved from a diverged run would only give
-    NaN metrics) raise CheckpointError naming the first offender."""
+    (name -> shape), without the prefix. A missing entry, an entry under ``prefix`` that the
+    model does not have, a shape mismatch, a dtype that is not floating (or not ``dtype``,
+    when given) or NaN/infinite values (weights saved from a diverged run would only give NaN
+    metrics) raise CheckpointError naming the first offender."""
     out = {}
     for name, shape in expected.items():
         key = prefix + name
@@ -265,9 +314,19 @@ def check_arrays(
             )
         if value.dtype.kind != "f":
             raise CheckpointError(f"{file}: entry {key!r} has dtype {value.dtype}, not floating")
+        if dtype is not None and value.dtype != np.dtype(dtype):
+            raise CheckpointError(
+                f"{file}: entry {key!r} has dtype {value.dtype}, the model's is {np.dtype(dtype)}"
+            )
         if not np.isfinite(value).all():
             raise CheckpointError(
                 f"{file}: entry {key!r} holds NaN or infinite values (saved from a diverged run?)"
             )
         out[name] = value
+    if prefix:
+        extra = sorted(
+            k for k in arrays if k.startswith(prefix) and k[len(prefix) :] not in expected
+        )
+        if extra:
+            raise CheckpointError(f"{file}: unexpected entry {extra[0]!r} (not from this model?)")
     return out

@@ -79,6 +79,10 @@ class Optimizer:
 
         return backend_for(param).xp
 
+    def _kinds_after_a_step(self) -> tuple[str, ...]:
+        """The state kinds that every parameter holds once a step has been taken."""
+        return self.state_kinds
+
     def _state(self, kind: str, key: str, param: Any) -> Any:
         slot = self.state[kind].get(key)
         if slot is None:
@@ -100,7 +104,9 @@ class Optimizer:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict` output. Every state array must match a parameter in
-        name and shape; a mismatch raises ValueError naming the key."""
+        name and shape (it is cast to the parameter's dtype, as torch does); a mismatch raises
+        ValueError naming the key, as does state missing after a step (``step`` > 0): the
+        moments would restart from zero and the run would not continue as saved."""
         if "step" not in state:
             raise ValueError("optimizer state: missing 'step'")
         step = np.asarray(state["step"])
@@ -119,9 +125,9 @@ class Optimizer:
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
             param = params[key]
             if not hasattr(value, "shape") or getattr(value, "dtype", np.dtype("O")).kind != "f":
+                got = value.dtype if hasattr(value, "dtype") else type(value).__name__
                 raise TypeError(
-                    f"optimizer state: {full_key!r} must be a floating array, got "
-                    f"{type(value).__name__}"
+                    f"optimizer state: {full_key!r} must be a floating array, got {got}"
                 )
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(
@@ -139,6 +145,19 @@ class Optimizer:
                     + " values"
                 )
             new[kind][key] = slot
+        if int(step) > 0:
+            missing = [
+                f"{kind}.{key}"
+                for kind in self._kinds_after_a_step()
+                for key in params
+                if key not in new[kind]
+            ]
+            if missing:
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                raise ValueError(
+                    f"optimizer state: missing {missing[0]!r}{more} at step {int(step)} (the "
+                    "state of every parameter is saved after a step)"
+                )
         self.state = new
         self.step_count = int(step)
 
@@ -234,6 +253,9 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.nesterov = bool(nesterov)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
+
+    def _kinds_after_a_step(self) -> tuple[str, ...]:
+        return self.state_kinds if self.momentum else ()
 
     def step(self) -> None:
         """One SGD update of every parameter from its gradient."""

@@ -287,15 +287,24 @@ class _Run:
     def restore(self, file: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Weights, optimizer state, epoch and history from a checkpoint (its metadata checked
         by :func:`_read_run_checkpoint`); CheckpointError naming ``file`` if they do not fit."""
-        params = check_arrays(file, arrays, self.model.param_shapes(), prefix="model.")
+        dtype = np.dtype(self.config.dtype)
+        params = check_arrays(file, arrays, self.model.param_shapes(), prefix="model.", dtype=dtype)
         try:
             self.model.load_state_dict(params)
         except ValueError as exc:
             raise CheckpointError(f"{file}: {exc}") from None
         optim = {k[len("optim.") :]: v for k, v in arrays.items() if k.startswith("optim.")}
+        for key, value in optim.items():
+            # the optimizer would cast its state to the weights' dtype; a run's own file
+            # never needs that, so another dtype means the file is not this run's
+            if key != "step" and value.dtype != dtype:
+                raise CheckpointError(
+                    f"{file}: entry 'optim.{key}' has dtype {value.dtype}, the run's dtype "
+                    f"is {dtype}"
+                )
         try:
             self.optimizer.load_state_dict(optim)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{file}: {exc}") from None
         self.epoch = int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))

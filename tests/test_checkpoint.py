@@ -49,12 +49,62 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.np, "savez", exploding_savez)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as failed:
         save_checkpoint(path, arrays(), {"epoch": 2})
+    assert failed.value.filename == str(path)  # the file asked for, not the temporary one
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["checkpoint.npz"]
     monkeypatch.undo()
     assert load_checkpoint(path)[1]["epoch"] == 1
+
+
+def test_write_errors_name_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    target = tmp_path / "metrics.json"
+    with pytest.raises(PermissionError) as failed:
+        ckpt.atomic_write_text(target, "{}")
+    assert (failed.value.errno, failed.value.filename) == (errno.EACCES, str(target))
+    assert failed.value.strerror == "Permission denied"
+
+
+def test_a_killed_writers_temporary_file_is_removed_later(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.npz"
+    stale = tmp_path / ".checkpoint.npz.killed1.tmp"  # what a SIGKILL mid-write leaves
+    fresh = tmp_path / ".checkpoint.npz.writing.tmp"  # perhaps another writer's, right now
+    other = tmp_path / ".metrics.json.old.tmp"  # another target's: not this write's concern
+    for leftover in (stale, fresh, other):
+        leftover.write_bytes(b"PK half")
+    old = os.path.getmtime(stale) - ckpt.STALE_TEMP_SECONDS - 1
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    save_checkpoint(path, arrays(), {"epoch": 1})
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, fresh.name, other.name])
+
+
+def test_unreadable_and_object_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, arrays(), {"epoch": 1})
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(ckpt, "open", denied, raising=False)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint \(Permission denied\)"):
+        load_checkpoint(path)  # not "truncated or corrupt": the file may be fine
+    monkeypatch.undo()
+
+    objects = tmp_path / "objects.npz"
+    meta = json.dumps({"format": ckpt.FORMAT, "version": ckpt.VERSION})
+    np.savez(objects, __rnncu_meta__=np.array(meta), w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match=r"entry 'w' holds Python objects") as exc:
+        load_checkpoint(objects)
+    assert "allow_pickle" not in one_line(exc)
 
 
 def test_missing(tmp_path: Path) -> None:
@@ -115,6 +165,13 @@ def test_check_arrays(tmp_path: Path) -> None:
         check_arrays("f.npz", arrays(), {"head.w": (2, 3)}, prefix="model.")
     with pytest.raises(CheckpointError, match=r"has shape \(2, 3\), the model expects \(3, 3\)"):
         check_arrays("f.npz", arrays(), {"rnn.w": (3, 3)}, prefix="model.")
+    # the model's dtype, when given; an entry the model lacks (from another architecture)
+    assert check_arrays("f.npz", arrays(), {"rnn.w": (2, 3)}, "model.", np.float32)["rnn.w"].dtype
+    with pytest.raises(CheckpointError, match=r"'model.rnn.w' has dtype float32, the model's is"):
+        check_arrays("f.npz", arrays(), {"rnn.w": (2, 3)}, prefix="model.", dtype=np.float64)
+    extra = {**arrays(), "model.rnn.w_reverse": np.ones(2, np.float32)}
+    with pytest.raises(CheckpointError, match=r"unexpected entry 'model.rnn.w_reverse'"):
+        check_arrays("f.npz", extra, {"rnn.w": (2, 3)}, prefix="model.")
 
 
 def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:

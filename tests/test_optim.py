@@ -186,6 +186,21 @@ def test_state_dict_round_trip_is_exact(rng: np.random.Generator) -> None:
         opt2.load_state_dict({**state, "exp_avg.1.w": np.zeros((4, 3), np.float32)})
 
 
+def test_state_without_moments_is_complete_where_none_are_kept(rng: np.random.Generator) -> None:
+    module = FakeModule({"w": rng.standard_normal(3)})
+    module.grads = {"w": rng.standard_normal(3)}
+    plain = SGD([module], lr=0.1)  # no momentum: no state to save
+    plain.step()
+    assert set(plain.state_dict()) == {"step"}
+    fresh = SGD([FakeModule({"w": np.ones(3)})], lr=0.1)
+    fresh.load_state_dict(plain.state_dict())
+    assert fresh.step_count == 1
+    # before any step, no state yet is the state
+    adam = Adam([FakeModule({"w": np.ones(3)})])
+    adam.load_state_dict({"step": np.asarray(0)})
+    assert adam.step_count == 0
+
+
 def test_missing_gradient_and_bad_arguments() -> None:
     module = FakeModule({"w": np.zeros(3)})
     with pytest.raises(ValueError, match="backward"):
@@ -262,13 +277,17 @@ def _adam_state(rng: np.random.Generator) -> tuple[Adam, dict[str, np.ndarray]]:
         ({"exp_avg_sq.0.w": np.array([1.0, -1.0, 1.0])}, r"'exp_avg_sq.0.w' holds NaN, inf"),
         ({"exp_avg.0.w": np.array([1.0, np.nan, 1.0])}, r"'exp_avg.0.w' holds NaN, infinite v"),
         ({"exp_avg.0.w": [1.0, 2.0, 3.0]}, r"'exp_avg.0.w' must be a floating array, got list"),
+        ({"exp_avg.0.w": np.arange(3)}, r"'exp_avg.0.w' must be a floating array, got int64"),
+        # after a step every moment exists: without one, the run would not continue as saved
+        ({"exp_avg.0.w": None}, r"missing 'exp_avg.0.w' at step 1"),
     ],
 )
 def test_optimizer_state_is_checked(rng: np.random.Generator, change: dict, match: str) -> None:
     opt, state = _adam_state(rng)
     before = {kind: {k: v.copy() for k, v in slots.items()} for kind, slots in opt.state.items()}
+    changed = {k: v for k, v in {**state, **change}.items() if v is not None}
     with pytest.raises((ValueError, TypeError), match=match):
-        opt.load_state_dict({**state, **change})
+        opt.load_state_dict(changed)
     assert opt.step_count == 1
     for kind, slots in before.items():
         for key, value in slots.items():

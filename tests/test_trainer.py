@@ -136,6 +136,52 @@ def test_resume_rejects_foreign_checkpoint(tmp_path: Path, digits) -> None:
         train(small(epochs=2), resume=tmp_path / "run", data=digits, progress=False)
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        # moments gone: they would restart at zero under step > 0's bias correction
+        (
+            lambda a: {k: v for k, v in a.items() if not k.startswith("optim.exp_avg")},
+            r"optimizer state: missing 'exp_avg\.0\.weight_ih_l0' and \d+ more at step",
+        ),
+        (
+            lambda a: {
+                **a,
+                "optim.exp_avg.0.weight_ih_l0": a["optim.exp_avg.0.weight_ih_l0"].astype(np.int32),
+            },
+            r"'optim.exp_avg.0.weight_ih_l0' has dtype int32, the run's dtype is float32",
+        ),
+        # another dtype than the config's: not this run's file
+        (
+            lambda a: {
+                k: v.astype(np.float64) if k.startswith("model.") else v for k, v in a.items()
+            },
+            r"'model.rnn.weight_ih_l0' has dtype float64, the model's is float32",
+        ),
+        (
+            lambda a: {**a, "model.rnn.weight_ih_l0_reverse": a["model.rnn.weight_ih_l0"]},
+            r"unexpected entry 'model.rnn.weight_ih_l0_reverse'",
+        ),
+    ],
+    ids=["moments-missing", "moment-int32", "weights-float64", "extra-weight"],
+)
+def test_resume_and_evaluate_refuse_a_damaged_run(
+    tmp_path: Path, saved_run: Path, digits, damage, message
+) -> None:
+    arrays, meta = load_checkpoint(saved_run)
+    from rnncu.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        tmp_path / "checkpoint.npz",
+        damage(arrays),
+        {k: v for k, v in meta.items() if k not in ("format", "version")},
+    )
+    with pytest.raises(CheckpointError, match=message):
+        train(small(epochs=2), resume=tmp_path, data=digits, progress=False)
+    with pytest.raises(CheckpointError, match=message):
+        evaluate_run(tmp_path, backend="numpy")
+
+
 def test_outputs_written(tmp_path: Path, digits) -> None:
     train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
