@@ -167,7 +167,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     array. A malformed file raises ValueError naming the file and what is wrong."""
     path = Path(path)
     try:
-        if path.suffix == ".gz":
+        if path.suffix.lower() == ".gz":
             with gzip.open(path, "rb") as fh:
                 blob = fh.read()
         else:
@@ -176,12 +176,16 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"{path}: cannot read IDX file ({exc})") from None
+    if blob[:2] == b"\x1f\x8b":
+        raise ValueError(f"{path}: gzip-compressed data: name the file with .gz to read it")
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     code, ndim = blob[2], blob[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (unknown data type code 0x{code:02x})")
-    if ndim < 1 or len(blob) < 4 + 4 * ndim:
+    if ndim < 1:
+        raise ValueError(f"{path}: not an IDX file of arrays (0 dimensions in the header)")
+    if len(blob) < 4 + 4 * ndim:
         raise ValueError(f"{path}: IDX header truncated")
     dims = struct.unpack(f">{ndim}I", blob[4 : 4 + 4 * ndim])
     dtype = _IDX_DTYPES[code]
@@ -251,6 +255,12 @@ def _as_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray
     return x
 
 
+#: the most classes a dataset may have: the classifier's output layer and its confusion
+#: matrix (saved in metrics.json) grow with the largest label, so a stray huge label would
+#: otherwise ask for gigabytes
+MAX_CLASSES = 1000
+
+
 def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.ndarray:
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{source}: expected {n} labels (N,), got shape {y.shape} in {name}")
@@ -259,10 +269,16 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
     if y.dtype.kind == "f":
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise ValueError(f"{source}: labels must be integers (in {name})")
-    y = y.astype(np.int64)
+    # the range in the labels' own dtype: a cast first would wrap huge values
     if y.size and y.min() < 0:
         raise ValueError(f"{source}: labels must be >= 0, found {y.min()} in {name}")
-    return y
+    if y.size and y.max() >= MAX_CLASSES:
+        raise ValueError(
+            f"{source}: labels must be class indices below {MAX_CLASSES}, found {y.max()} in "
+            f"{name} ({np.unique(y).size} distinct labels: number them 0..K-1, e.g. with "
+            "np.unique(y, return_inverse=True))"
+        )
+    return y.astype(np.int64)
 
 
 def _finish(name, x_tr, y_tr, x_te, y_te) -> ImageDataset:
@@ -289,6 +305,11 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, "rb"):  # is_zipfile below would take an unreadable file for corrupt
+            pass
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read .npz ({exc.strerror or exc})") from None
     if not zipfile.is_zipfile(path):
         # np.load would take other bytes for a pickle and suggest loading it unsafely
         raise ValueError(
@@ -361,6 +382,13 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     y = _labels(read_idx(train_y), x.shape[0], str(train_y))
     test_x = _find_idx(directory, "t10k-images-idx3-ubyte")
     test_y = _find_idx(directory, "t10k-labels-idx1-ubyte")
+    if (test_x is None) != (test_y is None):
+        # one of the pair alone would otherwise be ignored for a random split
+        have, lack = (test_x, "t10k-labels") if test_y is None else (test_y, "t10k-images")
+        raise ValueError(
+            f"{directory}: has {have.name} but no {lack}-idx*-ubyte[.gz] (give both for a test "
+            "split, or neither for a stratified split of the training files)"
+        )
     if test_x is not None and test_y is not None:
         x_te = _scale_images(_as_images(read_idx(test_x), str(test_x)), str(test_x))
         y_te = _labels(read_idx(test_y), x_te.shape[0], str(test_y))
@@ -383,7 +411,7 @@ def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
     path = Path(spec)
     if path.is_dir():
         return load_idx_dir(path)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec!r}: no such file or directory (or use 'digits')")

@@ -4,6 +4,7 @@ readers on small files written here, and clear errors for malformed files."""
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnncu.data import (
+    MAX_CLASSES,
     load_dataset,
     load_digits,
     load_idx_dir,
@@ -238,6 +240,77 @@ def test_non_integer_label_dtypes(tmp_path: Path, rng: np.random.Generator, dtyp
     path = tmp_path / "labels.npz"
     np.savez(path, x=images, y=labels.astype(dtype))
     with pytest.raises(ValueError, match="labels.npz: labels must be integers, array 'y'"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize(
+    "huge, shown",
+    [
+        (np.uint64(2**40), "1099511627776"),
+        (np.uint64(2**63 + 5), "9223372036854775813"),  # int64 would wrap it negative
+        (1e20, "1e+20"),  # a float cast to int64 would wrap too
+        (1000, "1000"),
+    ],
+)
+def test_labels_have_an_upper_bound(tmp_path: Path, rng: np.random.Generator, huge, shown) -> None:
+    # one stray label would size the classifier and its confusion matrix: 2**40 classes
+    images, labels = small_images(rng)
+    y = labels.astype(np.asarray(huge).dtype)
+    y[7] = huge
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=images, y=y)
+    found = rf"class indices below 1000, found {re.escape(shown)} in array 'y' "
+    with pytest.raises(ValueError, match=found):
+        load_npz(path)
+    y[[7, 11]] = MAX_CLASSES - 1  # the largest allowed (twice: the split stratifies)
+    np.savez(path, x=images, y=y)
+    assert load_npz(path).num_classes == MAX_CLASSES
+
+
+def test_idx_test_pair_must_be_whole(tmp_path: Path, rng: np.random.Generator) -> None:
+    images, labels = small_images(rng)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[:8], compress=True)
+    with pytest.raises(ValueError, match=r"has t10k-images-idx3-ubyte.gz but no t10k-labels"):
+        load_idx_dir(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:8])
+    with pytest.raises(ValueError, match=r"has t10k-labels-idx1-ubyte but no t10k-images"):
+        load_idx_dir(tmp_path)
+
+
+def test_file_names_and_kinds(tmp_path: Path, rng: np.random.Generator) -> None:
+    images, labels = small_images(rng)
+    upper = tmp_path / "UPPER.NPZ"
+    with open(upper, "wb") as fh:
+        np.savez(fh, x=images, y=labels)
+    assert load_dataset(upper).num_classes == 4
+    # gzip data under a raw name: say what it is
+    zipped = tmp_path / "zipped-idx3-ubyte"
+    write_idx(zipped, images, compress=True)
+    with pytest.raises(ValueError, match="zipped-idx3-ubyte: gzip-compressed data: name the file"):
+        read_idx(zipped)
+    scalar = tmp_path / "scalar-idx"
+    scalar.write_bytes(bytes([0, 0, 0x08, 0]) + b"\x07")
+    with pytest.raises(ValueError, match="scalar-idx: not an IDX file of arrays"):
+        read_idx(scalar)
+
+
+def test_unreadable_npz_is_not_called_corrupt(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rnncu.data as data_module
+
+    images, labels = small_images(rng)
+    path = tmp_path / "locked.npz"
+    np.savez(path, x=images, y=labels)
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(data_module, "open", denied, raising=False)
+    with pytest.raises(ValueError, match=r"locked.npz: cannot read .npz \(Permission denied\)"):
         load_npz(path)
 
 
