@@ -60,6 +60,13 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    # "" would mean the current directory to Path: a run there, or ./checkpoint.npz, by accident
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in the same one-line form as the rest of the CLI."""
 
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--task", choices=("classify", "generate"))
     train.add_argument(
         "--dataset",
+        type=_path,
         help="'digits' (default), a directory of MNIST-format IDX "
         "files (raw or .gz), or a .npz with x and y",
     )
@@ -121,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     option("--seed", type=_nonneg_int)
     train.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     option("--dtype", choices=("float32", "float64"))
-    train.add_argument("--out", help="run directory (checkpoint, config, metrics, plots)")
-    train.add_argument("--resume", help="continue the run saved in this directory up to --epochs")
+    train.add_argument(
+        "--out", type=_path, help="run directory (checkpoint, config, metrics, plots)"
+    )
+    train.add_argument(
+        "--resume", type=_path, help="continue the run saved in this directory up to --epochs"
+    )
     train.add_argument(
         "--overwrite",
         action="store_true",
@@ -137,14 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
-    ev.add_argument("--checkpoint", required=True, help="run directory or checkpoint.npz")
-    ev.add_argument("--dataset", help="evaluate on this dataset instead of the saved one")
+    ev.add_argument(
+        "--checkpoint", type=_path, required=True, help="run directory or checkpoint.npz"
+    )
+    ev.add_argument(
+        "--dataset", type=_path, help="evaluate on this dataset instead of the saved one"
+    )
     ev.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(ev)
 
     gen = sub.add_parser("generate", help="draw or complete images with a generate run")
-    gen.add_argument("--checkpoint", required=True, help="run directory of a generate run")
-    gen.add_argument("--out", required=True, help="PNG file to write")
+    gen.add_argument(
+        "--checkpoint", type=_path, required=True, help="run directory of a generate run"
+    )
+    gen.add_argument("--out", type=_path, required=True, help="PNG file to write")
     gen.add_argument("--classes", help="comma-separated classes (default: all)")
     gen.add_argument("--per-class", type=_positive_int, default=10)
     gen.add_argument(
@@ -516,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         print(f"rnncu: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # a dataset or a model too large for this machine
+        print(f"rnncu: error: out of memory ({_one_line(exc)})", file=sys.stderr)
+        return 1
     except Exception as exc:
         from rnncu.trainer import TrainingDiverged
 

@@ -258,6 +258,32 @@ def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     ]:
         one_line_error(main(["train", *TINY, "--out", out, *flags]), capsys, fragment)
     assert not os.path.exists(out)
+    # an empty path would mean the current directory: a run there, by accident
+    for argv in (
+        ["train", *TINY, "--resume", "", "--epochs", "2"],
+        ["train", *TINY, "--out", " "],
+        ["train", *TINY, "--dataset", ""],
+        ["evaluate", "--checkpoint", ""],
+        ["evaluate", "--checkpoint", out, "--dataset", ""],
+        ["generate", "--checkpoint", "", "--out", "x.png"],
+        ["generate", "--checkpoint", out, "--out", ""],
+    ):
+        flag = argv[argv.index("") - 1] if "" in argv else "--out"
+        one_line_error(main(argv), capsys, f"argument {flag}: expected a path, got an empty")
+
+
+def test_out_of_memory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rnncu.trainer
+
+    def too_large(*args, **kwargs):
+        raise MemoryError("Unable to allocate 64.0 TiB for an array")
+
+    monkeypatch.setattr(rnncu.trainer, "train", too_large)
+    assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err == "rnncu: error: out of memory (Unable to allocate 64.0 TiB for an array)\n"
 
 
 def test_unwritable_output_paths(
