@@ -75,6 +75,7 @@ def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np
     QR decomposition of a Gaussian matrix with the sign of R's diagonal folded in, so the
     result is uniformly (Haar) distributed, as ``torch.nn.init.orthogonal_``."""
     rows, cols = _matrix_shape("orthogonal", shape)
+    gain = _finite("gain", gain)
     flat = _generator(rng).standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(flat)
     q *= np.sign(np.diag(r))
@@ -83,9 +84,15 @@ def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np
     return gain * q[:rows, :cols]
 
 
+def _finite(name: str, value: Any) -> float:
+    # any sign: a negative gain or scale flips the weights, which is still an initialisation
+    return check_number(name, value, low=-math.inf, low_open=True, high_open=True)
+
+
 def identity(shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
     """``scale`` times the identity (square shapes only: it is meant for W_hh)."""
     rows, cols = _matrix_shape("identity", shape)
+    scale = _finite("scale", scale)
     if rows != cols:
         raise ValueError(f"identity init needs a square matrix, got {shape}")
     return scale * np.eye(rows)
@@ -114,6 +121,7 @@ def init_rnn(
     if not hasattr(rnn, "hidden_size") or not any(n.startswith("weight_hh") for n in rnn.params):
         raise TypeError(f"init_rnn: rnn: expected an rnncu.RNN, got {type(rnn).__name__}")
     irnn_input_std = check_number("irnn_input_std", irnn_input_std, low=0.0, high_open=True)
+    irnn_scale = _finite("irnn_scale", irnn_scale)
     gen = _generator(rng)
     bound = 1.0 / math.sqrt(rnn.hidden_size)
     for name, param in rnn.params.items():

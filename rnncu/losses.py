@@ -22,7 +22,7 @@ def mse_loss(pred: Array, target: Array) -> tuple[Array, Array]:
     ``pred`` and ``target`` have the same shape (any); returns ``(loss, dpred)`` with
     ``dpred = 2 (pred - target) / pred.size``.
     """
-    _check_array("mse_loss", "pred", pred)
+    _check_array("mse_loss", "pred", pred, floating=True)
     _check_array("mse_loss", "target", target)
     if pred.shape != target.shape:
         raise ValueError(f"mse_loss: pred {pred.shape} and target {target.shape} differ")
@@ -51,7 +51,7 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     gradient ``(softmax(logits) - onehot(labels)) / B``. Computed from logits through
     :func:`log_softmax`, so logits of 1e4 give exact results where a naive softmax overflows.
     """
-    _check_array("softmax_cross_entropy", "logits", logits)
+    _check_array("softmax_cross_entropy", "logits", logits, floating=True)
     _check_array("softmax_cross_entropy", "labels", labels)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(
@@ -90,9 +90,12 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     return loss, grad.astype(logits.dtype, copy=False)
 
 
-def _check_array(function: str, name: str, value: Any) -> None:
+def _check_array(function: str, name: str, value: Any, floating: bool = False) -> None:
     if not (hasattr(value, "shape") and hasattr(value, "dtype")):
         raise TypeError(f"{function}: {name}: expected an array, got {describe_array(value)}")
+    if floating and value.dtype.kind != "f":
+        # integer arithmetic would truncate the gradient (to zeros for cross-entropy)
+        raise TypeError(f"{function}: {name}: expected a floating array, got {value.dtype}")
 
 
 def _check_same_backend(function: str, name_a: str, a: Any, name_b: str, b: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.module import check_number, check_positive_int
+from rnncu.module import check_bool, check_number, check_positive_int
 
 __all__ = [
     "SGD",
@@ -36,8 +36,10 @@ __all__ = [
 ]
 
 
-def _params(modules: Sequence[Any]) -> Iterator[tuple[str, Any, Any]]:
-    """``(key, param, grad)`` for every parameter, in a fixed order (module, then name)."""
+def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, param, grad)`` for every parameter, in a fixed order (module, then name). Every
+    gradient is checked before the caller uses any, so a step that fails changes nothing."""
+    out = []
     for index, module in enumerate(modules):
         for name, param in module.params.items():
             grad = module.grads.get(name)
@@ -46,7 +48,14 @@ def _params(modules: Sequence[Any]) -> Iterator[tuple[str, Any, Any]]:
                     f"no gradient for parameter {name!r} of {type(module).__name__}: "
                     "call backward before the optimizer step"
                 )
-            yield f"{index}.{name}", param, grad
+            if tuple(grad.shape) != tuple(param.shape):
+                # in-place updates would broadcast a (3,) gradient over a (4, 3) weight
+                raise ValueError(
+                    f"the gradient of {name!r} of {type(module).__name__} has shape "
+                    f"{tuple(grad.shape)}, the parameter {tuple(param.shape)}"
+                )
+            out.append((f"{index}.{name}", param, grad))
+    return out
 
 
 class Optimizer:
@@ -68,6 +77,7 @@ class Optimizer:
                 raise TypeError(
                     f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
                 )
+        _check_distinct(modules)
         self.modules = list(modules)
         self.lr = check_number("lr", lr, low=0.0, low_open=True, high_open=True)
         self.step_count = 0
@@ -162,6 +172,18 @@ class Optimizer:
         self.step_count = int(step)
 
 
+def _check_distinct(modules: Sequence[Any]) -> None:
+    """A module listed twice would be updated (or counted in a norm) twice per step."""
+    first: dict[int, int] = {}
+    for index, module in enumerate(modules):
+        if id(module) in first:
+            raise ValueError(
+                f"modules[{index}]: the same module as modules[{first[id(module)]}] (each "
+                "module once)"
+            )
+        first[id(module)] = index
+
+
 def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
     for index, module in enumerate(modules):
         for name, param in module.params.items():
@@ -201,18 +223,20 @@ class Adam(Optimizer):
         beta1 = check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
         beta2 = check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
         self.betas = (beta1, beta2)
-        self.eps = check_number("eps", eps, low=0.0, high_open=True)
+        # eps = 0 divides 0 by 0 where a gradient has been zero at every step
+        self.eps = check_number("eps", eps, low=0.0, low_open=True, high_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
-        self.decoupled = bool(decoupled)
+        self.decoupled = check_bool("decoupled", decoupled)
 
     def step(self) -> None:
         """One Adam update of every parameter from its gradient."""
+        params = _params(self.modules)
         self.step_count += 1
         beta1, beta2 = self.betas
         t = self.step_count
         step_size = self.lr / (1 - beta1**t)
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
-        for key, param, grad in _params(self.modules):
+        for key, param, grad in params:
             xp = self._xp(param)
             if self.weight_decay:
                 if self.decoupled:
@@ -249,9 +273,9 @@ class SGD(Optimizer):
     ) -> None:
         super().__init__(modules, lr)
         self.momentum = check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
-        if nesterov and self.momentum == 0:
+        self.nesterov = check_bool("nesterov", nesterov)
+        if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov needs momentum > 0")
-        self.nesterov = bool(nesterov)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
 
     def _kinds_after_a_step(self) -> tuple[str, ...]:
@@ -259,14 +283,17 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """One SGD update of every parameter from its gradient."""
+        params = _params(self.modules)
         self.step_count += 1
-        for key, param, grad in _params(self.modules):
+        for key, param, grad in params:
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
             if self.momentum:
                 buf = self.state["momentum_buffer"].get(key)
                 if buf is None:
-                    buf = grad.copy()
+                    # an array even for a 0-d parameter (grad + wd * p is then a scalar, which
+                    # `buf *= momentum` would rebind instead of updating the stored buffer)
+                    buf = self._xp(param).array(grad, dtype=param.dtype, copy=True)
                     self.state["momentum_buffer"][key] = buf
                 else:
                     buf *= self.momentum
@@ -286,6 +313,7 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
     from rnncu.backend import backend_for
 
     max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
+    _check_distinct(modules)
     grads = [g for m in modules for g in m.grads.values() if g is not None]
     if not grads:
         raise ValueError("clip_grad_norm: no gradients (call backward first)")
@@ -344,12 +372,14 @@ class StepLR(Schedule):
         self,
         base_lr: float,
         steps_per_epoch: int,
-        step_epochs: int,
+        step_epochs: float,
         gamma: float = 0.1,
         warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        self.step_epochs = check_positive_int("step_epochs", step_epochs)
+        self.step_epochs = check_number(
+            "step_epochs", step_epochs, low=0.0, low_open=True, high_open=True
+        )
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
@@ -388,7 +418,7 @@ def make_schedule(
     *,
     gamma: float = 0.9,
     total_epochs: float = 1.0,
-    step_epochs: int = 10,
+    step_epochs: float = 10,
     warmup_epochs: float = 0.0,
 ) -> Schedule:
     """Build a schedule by name: ``exp`` (gamma per epoch), ``cosine`` (over total_epochs),

@@ -253,7 +253,7 @@ class _Run:
             self.steps_per_epoch,
             gamma=config.lr_decay,
             total_epochs=config.decay_epochs,
-            step_epochs=max(1, int(config.decay_epochs)),
+            step_epochs=config.decay_epochs,
             warmup_epochs=config.warmup_epochs,
         )
         self.epoch = 0

@@ -77,6 +77,9 @@ def test_init_linear_and_bad_scheme() -> None:
         (lambda: torch_uniform((2, 2), float("nan")), ValueError, r"bound: expected a number in"),
         (lambda: xavier_uniform((2, 2), rng=-1), ValueError, r"rng: expected None or a non-neg"),
         (lambda: orthogonal((2, 2), rng="a"), TypeError, r"rng: expected None or a non-negative"),
+        (lambda: orthogonal((2, 2), gain=float("nan")), ValueError, r"gain: expected a number in"),
+        (lambda: orthogonal((2, 2), gain="2"), TypeError, r"gain: expected a number, got '2'"),
+        (lambda: identity((2, 2), scale=float("inf")), ValueError, r"scale: expected a number in"),
     ],
 )
 def test_array_initialisers_check_arguments(call, error, match: str) -> None:
@@ -93,6 +96,11 @@ def test_module_initialisers_check_the_module() -> None:
         init_linear(rnn)
     with pytest.raises(ValueError, match=r"irnn_input_std: expected a number in \[0, inf\)"):
         init_rnn(rnn, "irnn", irnn_input_std=-1)
+    with pytest.raises(ValueError, match=r"irnn_scale: expected a number in \(-inf, inf\)"):
+        init_rnn(rnn, "irnn", irnn_scale=float("nan"))
+    # a negative gain or scale is still an initialisation
+    np.testing.assert_array_equal(identity((2, 2), scale=-0.5), -0.5 * np.eye(2))
+    np.testing.assert_array_equal(orthogonal((3, 3), -1.0, 4), -orthogonal((3, 3), 1.0, 4))
 
 
 @pytest.mark.parametrize("scheme", ["torch", "xavier"])

@@ -103,6 +103,17 @@ def test_mse_refuses_empty_and_non_arrays(rng: np.random.Generator) -> None:
         mse_loss(rng.standard_normal(3), [1.0, 2.0, 3.0])
 
 
+def test_losses_refuse_integer_predictions() -> None:
+    # integer arithmetic truncated the gradient: [0 1 2] for mse, all zeros for cross-entropy
+    with pytest.raises(TypeError, match=r"mse_loss: pred: expected a floating array, got int64"):
+        mse_loss(np.array([1, 2, 3]), np.zeros(3))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: logits: expected a floating"):
+        softmax_cross_entropy(np.array([[1, 5, 2]]), np.array([1]))
+    # an integer target is fine: it is compared with a floating prediction
+    loss, grad = mse_loss(np.array([1.0, 2.0, 3.0]), np.array([0, 0, 0]))
+    assert loss == pytest.approx(14 / 3) and grad.dtype == np.float64
+
+
 def test_cross_entropy_out_of_range_labels_on_a_device_give_nan(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -122,6 +122,47 @@ def test_sgd_momentum_matches_reference(rng: np.random.Generator, nesterov: bool
         np.testing.assert_allclose(module.params[name], expected, rtol=1e-12)
 
 
+def test_sgd_keeps_momentum_for_0d_parameters(rng: np.random.Generator) -> None:
+    # grad + wd * p of 0-d arrays is a NumPy scalar: the buffer must still be updated in place
+    p0, grads = np.asarray(0.3), rng.standard_normal(20)
+    module = FakeModule({"w": p0})
+    opt = SGD([module], lr=0.1, momentum=0.9, weight_decay=0.05)
+    for g in grads:
+        module.grads = {"w": np.asarray(g)}
+        opt.step()
+    assert isinstance(opt.state["momentum_buffer"]["0.w"], np.ndarray)
+    expected = sgd_reference(p0, list(grads), 0.1, 0.9, False, 0.05)
+    np.testing.assert_allclose(module.params["w"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("build", [lambda m: Adam([m], lr=0.1), lambda m: SGD([m], momentum=0.9)])
+def test_a_failed_step_changes_nothing(rng: np.random.Generator, build) -> None:
+    module = FakeModule({"w": rng.standard_normal(3), "b": rng.standard_normal(2)})
+    opt = build(module)
+    before = {k: v.copy() for k, v in module.params.items()}
+    for grads, match in (
+        ({"w": np.ones(3)}, r"no gradient for parameter 'b'"),  # 'w' came first
+        ({"w": np.ones(3), "b": np.ones(3)}, r"gradient of 'b' .* shape \(3,\), the param"),
+        ({"w": np.ones((2, 3)), "b": np.ones(2)}, r"gradient of 'w' .* shape \(2, 3\)"),
+    ):
+        module.grads = grads
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        assert opt.step_count == 0 and opt.state_dict() == {"step": 0}
+        for name, value in before.items():
+            np.testing.assert_array_equal(module.params[name], value)
+
+
+def test_each_module_once() -> None:
+    module = FakeModule({"w": np.ones(3)})
+    module.grads = {"w": np.ones(3)}
+    for build in (lambda: Adam([module, module]), lambda: SGD([module, module])):
+        with pytest.raises(ValueError, match=r"modules\[1\]: the same module as modules\[0\]"):
+            build()
+    with pytest.raises(ValueError, match=r"modules\[1\]: the same module"):
+        clip_grad_norm([module, module], 1.0)  # the norm would count it twice
+
+
 def test_sgd_matches_torch(rng: np.random.Generator) -> None:
     torch = pytest.importorskip("torch")
     params, grads = make_problem(rng)
@@ -218,6 +259,9 @@ def test_schedules() -> None:
     assert cos(0) == 2.0 and abs(cos(4) - 1.0) < 1e-12 and cos(8) == 0.0 and cos(100) == 0.0
     step = StepLR(1.0, steps_per_epoch=2, step_epochs=3, gamma=0.1)
     assert step(5) == 1.0 and abs(step(6) - 0.1) < 1e-15
+    # a fractional interval is kept, not truncated to whole epochs (2.5 is not 2)
+    half = StepLR(1.0, steps_per_epoch=2, step_epochs=2.5, gamma=0.1)
+    assert half(4) == 1.0 and abs(half(5) - 0.1) < 1e-15 and abs(half(10) - 0.01) < 1e-15
     warm = make_schedule("constant", 1.0, 10, warmup_epochs=1)
     assert warm(0) == 0.1 and warm(9) == 1.0 and warm(50) == 1.0
     with pytest.raises(ValueError, match="schedule"):
@@ -227,7 +271,7 @@ def test_schedules() -> None:
 @pytest.mark.parametrize(
     "build,error,match",
     [
-        (lambda m: Adam([m], eps=float("nan")), ValueError, r"eps: expected a number in \[0, inf"),
+        (lambda m: Adam([m], eps=float("nan")), ValueError, r"eps: expected a number in \(0, inf"),
         (lambda m: Adam([m], weight_decay=float("inf")), ValueError, r"weight_decay"),
         (lambda m: Adam([m], weight_decay=float("nan")), ValueError, r"weight_decay"),
         (lambda m: Adam([m], betas=(0.9, 1.0)), ValueError, r"betas\[1\]: expected a number"),
@@ -242,6 +286,10 @@ def test_schedules() -> None:
         (lambda m: SGD([m], weight_decay=-1), ValueError, r"weight_decay: expected a number"),
         (lambda m: SGD([m], weight_decay=float("nan")), ValueError, r"weight_decay"),
         (lambda m: SGD([m], momentum=float("nan")), ValueError, r"momentum"),
+        # bool("False") is True: a string would silently turn Adam into AdamW
+        (lambda m: Adam([m], decoupled="False"), TypeError, r"decoupled: expected True or False"),
+        (lambda m: SGD([m], momentum=0.9, nesterov="no"), TypeError, r"nesterov: expected True"),
+        (lambda m: Adam([m], eps=0.0), ValueError, r"eps: expected a number in \(0, inf\)"),
     ],
 )
 def test_optimizer_arguments_are_checked(build, error, match: str) -> None:
@@ -303,7 +351,7 @@ def test_optimizer_state_is_checked(rng: np.random.Generator, change: dict, matc
         (lambda: make_schedule("constant", -1.0, 10), r"base_lr: expected a number in \(0, inf"),
         (lambda: make_schedule("constant", 0.1, 0), r"steps_per_epoch: expected a positive"),
         (lambda: make_schedule("constant", 0.1, 10, warmup_epochs=-1), r"warmup_epochs"),
-        (lambda: StepLR(0.1, 10, step_epochs=0), r"step_epochs: expected a positive integer"),
+        (lambda: StepLR(0.1, 10, step_epochs=0), r"step_epochs: expected a number in \(0, inf"),
         (lambda: CosineLR(0.1, 10, 5, min_factor=2), r"min_factor: expected a number in \[0, 1\]"),
     ],
 )
