@@ -171,7 +171,7 @@ __device__ __forceinline__ void matvec_rows(T (&sums)[RB], const T (&w)[KC],
 // were written by other blocks during this launch, and L1 is not coherent across SMs, so a
 // stale L1 line (e.g. one that held Z before it was overwritten) must never be read.
 template <typename T, int KC, int RB>
-__device__ __forceinline__ void gather_rows(T* __restrict__ buf, const T* __restrict__ src,
+__device__ __forceinline__ void gather_rows(T* __restrict__ buf, const T* src,
                                             int row0, int batch, int hidden, int hp) {
     using Layout = BufferLayout<T, KC, RB>;
     using V = typename VecOf<T>::type;
@@ -223,7 +223,7 @@ __device__ __forceinline__ void gather_rows(T* __restrict__ buf, const T* __rest
 //   stores visible (__syncthreads(), or the cluster barrier).
 // ---------------------------------------------------------------------------------------
 template <typename T, int KC, int RB, bool GRID, class Sync>
-__device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __restrict__ w_hh,
+__device__ __forceinline__ void forward_body(T* states, const T* __restrict__ w_hh,
                                              const T* __restrict__ h0,
                                              const int* __restrict__ lengths, int has_lengths,
                                              int steps, int batch, int hidden, int ks, int relu,
@@ -325,7 +325,7 @@ __device__ __forceinline__ void forward_body(T* __restrict__ states, const T* __
 // ---------------------------------------------------------------------------------------
 template <typename T, int KC, int RB, bool GRID, class Sync>
 __device__ __forceinline__ void backward_body(
-    T* __restrict__ grad_z, T* __restrict__ grad_h0, const T* __restrict__ states,
+    T* grad_z, T* __restrict__ grad_h0, const T* __restrict__ states,
     const T* __restrict__ w_hh, const T* __restrict__ grad_states, int has_grad_states,
     const T* __restrict__ grad_h_last, int has_grad_h_last, const int* __restrict__ lengths,
     int has_lengths, int steps, int batch, int hidden, int ks, int relu, int reverse) {

@@ -25,9 +25,12 @@ struct CooperativeGridSync {
 };
 }  // namespace rnncu_persistent
 
+// states (forward) and grad_z (backward) carry no __restrict__: other blocks of this launch
+// write the rows each block gathers after the grid barrier, and noalias would let the compiler
+// assume the barrier leaves that memory unchanged.
 template <typename T, int KC, int RB>
 __global__ void __launch_bounds__(rnncu_persistent::LaunchLimits<T, KC, RB>::kMaxThreads, 1)
-persistent_grid_forward(T* __restrict__ states, const T* __restrict__ w_hh,
+persistent_grid_forward(T* states, const T* __restrict__ w_hh,
                         const T* __restrict__ h0, const int* __restrict__ lengths,
                         int has_lengths, int steps, int batch, int hidden, int ks, int relu,
                         int reverse) {
@@ -37,7 +40,7 @@ persistent_grid_forward(T* __restrict__ states, const T* __restrict__ w_hh,
 
 template <typename T, int KC, int RB>
 __global__ void __launch_bounds__(rnncu_persistent::LaunchLimits<T, KC, RB>::kMaxThreads, 1)
-persistent_grid_backward(T* __restrict__ grad_z, T* __restrict__ grad_h0,
+persistent_grid_backward(T* grad_z, T* __restrict__ grad_h0,
                          const T* __restrict__ states, const T* __restrict__ w_hh,
                          const T* __restrict__ grad_states, int has_grad_states,
                          const T* __restrict__ grad_h_last, int has_grad_h_last,

@@ -66,7 +66,11 @@ class Linear(Module):
         return self.forward(x)
 
     def forward(self, x: Array) -> Array:
-        """x (..., in_features) -> (..., out_features)."""
+        """x (..., in_features) -> (..., out_features).
+
+        ``backward`` reads ``x`` as it is then, without a copy (as the RNN layer does): change
+        it in place between the two calls and the weight gradient is that of the new values.
+        """
         x = self._check_input("x", x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(

@@ -87,16 +87,18 @@ def kernel_emulation(tmp_path_factory: pytest.TempPathFactory):
     return KernelEmulation(tmp_path_factory.mktemp("kernel_emulation"))
 
 
-def _no_cluster_fallback() -> None:
-    """A failed cluster launch makes the persistent kernels fall back to the grid variant
-    for the rest of the process with a warning; in a test, that would pass on the wrong
-    kernel. (The warning itself is an error in gpu tests: pytest_collection_modifyitems.)"""
+def _no_variant_fallback() -> None:
+    """A persistent kernel that fails to load or launch turns its variant off for the rest
+    of the process with a warning (the next variant or the step path runs instead); in a
+    test, that would pass on the wrong kernel. (The warning itself is an error in gpu tests:
+    pytest_collection_modifyitems.)"""
     from rnncu.backend import persistent
 
-    if persistent._clusters_failed:
+    failed = {device: sorted(v) for device, v in persistent._variants_failed.items() if v}
+    if failed:
         pytest.fail(
-            f"a cluster launch failed on device(s) {sorted(persistent._clusters_failed)} and "
-            "the persistent kernels fell back to the grid variant"
+            f"persistent variants failed and were turned off (device: variants): {failed}; "
+            "the layer fell back to another kernel"
         )
 
 
@@ -116,14 +118,14 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
         monkeypatch = request.getfixturevalue("monkeypatch")
         with EmulatedDevice(emulation).installed(monkeypatch) as device:
             yield device
-            _no_cluster_fallback()
+            _no_variant_fallback()
         return
     import cupy
     from device_memory import poisoned_allocations
 
     from rnncu.backend import persistent
 
-    persistent._clusters_failed.clear()  # each test tries clusters afresh
+    persistent._variants_failed.clear()  # each test tries every variant afresh
     poisoning = (
         contextlib.nullcontext()
         if request.config.getoption("--no-memory-pool")
@@ -131,4 +133,4 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
     )
     with poisoning:
         yield None
-    _no_cluster_fallback()
+    _no_variant_fallback()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -19,9 +20,11 @@ from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
 from rnncu.backend.cupy_backend import (
+    MAX_GRID_Y,
     STEP_TILE_ENV,
     CupyBackend,
     StepKernel,
+    check_step_grid,
     choose_step_kernel,
     choose_tile,
     forced_step_kernel,
@@ -292,13 +295,85 @@ def test_a_failed_cluster_launch_turns_clusters_off(device, rng, monkeypatch) ->
         return launch(self, *args, **kwargs)
 
     monkeypatch.setattr(EmulatedKernel, "__call__", refuse_clusters)
-    with pytest.warns(RuntimeWarning, match="no longer use clusters"):
+    with pytest.warns(RuntimeWarning, match=r"the launch of persistent_cluster_forward.*"
+                      r"no longer use the cluster variant"):  # fmt: skip
         _check(device, rng, CupyBackend(recurrence="persistent"))
     assert device.launches(persistent.GRID_KERNEL_FILE) == 2
     monkeypatch.setattr(EmulatedKernel, "__call__", launch)
     _check(device, rng, CupyBackend(recurrence="persistent"))  # no warning, no cluster
     assert device.launches(persistent.GRID_KERNEL_FILE) == 4
     assert device.launches(persistent.CLUSTER_KERNEL_FILE) == 0
+
+
+def test_a_grid_kernel_that_cannot_be_loaded_turns_the_grid_variant_off(
+    device, rng, monkeypatch
+) -> None:
+    """Older CuPy links a cooperative module against libcudadevrt, which an install from
+    wheels alone lacks: loading the grid kernels fails. Auto warns once and runs the step
+    kernels (same results); forced persistent says why it cannot."""
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "grid")  # the grid or nothing persistent
+
+    def unlinkable(filename: str, name: str):
+        if filename == persistent.GRID_KERNEL_FILE:
+            raise RuntimeError("libcudadevrt.a not found (emulated)")
+        return device.get_kernel(filename, name)
+
+    monkeypatch.setattr(kernel_loader, "get_kernel", unlinkable)
+    with pytest.warns(RuntimeWarning, match=r"loading persistent_grid_forward<.*libcudadevrt"
+                      r".*no longer use the grid variant"):  # fmt: skip
+        _check(device, rng, CupyBackend(recurrence="auto"))
+    assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 0
+    with pytest.raises(ValueError, match=r"\(variants none; failed here: grid\)"):
+        _check(device, rng, CupyBackend(recurrence="persistent"))
+
+
+def test_a_refused_cooperative_launch_falls_back(device, rng, monkeypatch) -> None:
+    """A driver may refuse a cooperative launch the occupancy check allowed (MPS, an SM
+    limit): the same call runs on the next variant, here the step kernels."""
+    from emulated_cupy import EmulatedKernel
+
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "grid")
+    launch = EmulatedKernel.__call__
+
+    def refuse_grid(self, *args, **kwargs):
+        if self.name.startswith("persistent_grid_"):
+            raise RuntimeError("cudaErrorCooperativeLaunchTooLarge (emulated)")
+        return launch(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmulatedKernel, "__call__", refuse_grid)
+    with pytest.warns(RuntimeWarning, match=r"the launch of persistent_grid_forward.*TooLarge"):
+        _check(device, rng, CupyBackend(recurrence="auto"))
+    assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
+    monkeypatch.setattr(EmulatedKernel, "__call__", launch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the grid variant stays off
+        _check(device, rng, CupyBackend(recurrence="auto"))
+    assert device.launches(persistent.GRID_KERNEL_FILE) == 0
+
+
+def test_operands_that_share_memory_with_states_are_refused(device, rng) -> None:
+    """The kernels overwrite states while other blocks read h0 and w_hh: a view of states as
+    either is a race on a device (the NumPy reference would not show it)."""
+    cp = device.module
+    states = cp.asarray(rng.standard_normal((3, 4, 4)).astype(np.float32))
+    w_hh = cp.asarray(rng.standard_normal((4, 4)).astype(np.float32))
+    h0 = cp.asarray(rng.standard_normal((4, 4)).astype(np.float32))
+    for mode in ("step", "persistent", "auto"):
+        backend = CupyBackend(recurrence=mode)
+        with pytest.raises(ValueError, match=r"h0: shares memory with states, which the rec"):
+            backend.recurrence_forward(states, w_hh, states[1], None, "tanh", False)
+        with pytest.raises(ValueError, match=r"w_hh: shares memory with states"):
+            backend.recurrence_forward(states, states[2], h0, None, "tanh", False)
+    assert _step_launches(device) == 0
+    # a non-contiguous view is copied before the launch: no overlap, and the result is right
+    data = {"z": states, "w_hh": w_hh, "h0": states[0].T}
+    expected = cp.asnumpy(states).copy()
+    REFERENCE.recurrence_forward(
+        expected, cp.asnumpy(w_hh), cp.asnumpy(data["h0"]).copy(), None, "tanh", False
+    )
+    CupyBackend(recurrence="step").recurrence_forward(states, w_hh, data["h0"], None, "tanh", False)
+    _close(cp.asnumpy(states), expected, "states")
 
 
 def test_zero_steps(device, rng) -> None:
@@ -362,10 +437,22 @@ def test_bad_step_tile_environment_variable_names_it(device, rng, monkeypatch) -
         (16, 4096, (32, 32, 4, 4)),  # 64 x 32 would also be one wave, half of it padding
         (4, 2048, (16, 16, 1, 1)),
         (1, 1, (16, 16, 1, 1)),
+        # 32-row tiles would need 93750 row blocks along grid y, above CUDA's 65535
+        (3_000_000, 8, (64, 32, 4, 4)),
     ],
 )
 def test_choose_tile_on_an_h200(batch: int, hidden: int, tile) -> None:
     assert choose_tile(batch, hidden, 132) == tile
+    assert -(-batch // tile[0]) <= MAX_GRID_Y
+
+
+def test_a_batch_beyond_the_grid_limit_is_a_clear_error() -> None:
+    check_step_grid(StepKernel(tile=(64, 32, 4, 4)), 64 * MAX_GRID_Y, 8)  # the largest
+    with pytest.raises(ValueError, match=r"B = 4194241 takes \d+ blocks along y with the "
+                       r"\d+x\d+ step kernel, above CUDA's 65535; .* B <= 4194240"):  # fmt: skip
+        check_step_grid(StepKernel(tile=choose_tile(4194241, 8, 132)), 4194241, 8)
+    with pytest.raises(ValueError, match=r"with the 16x16 step kernel"):  # a forced tile
+        check_step_grid(StepKernel(tile=(16, 16, 1, 1)), 16 * MAX_GRID_Y + 1, 8)
 
 
 @pytest.mark.parametrize(

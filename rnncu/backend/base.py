@@ -79,6 +79,8 @@ class Backend(ABC):
 
         ``states`` (T, B, H) holds Z on entry and the states on return (padding steps, see
         the module docstring, carry the previous state). ``h_{-1}`` is ``h0`` (B, H).
+        ``w_hh``, ``h0`` and ``lengths`` must not share memory with ``states`` (a device
+        backend refuses that: its kernels would race).
         """
 
     @abstractmethod

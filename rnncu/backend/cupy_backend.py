@@ -54,6 +54,8 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 STEP_TILE_ENV = "RNNCU_STEP_TILE"
 STEP_GRAPHS_ENV = "RNNCU_STEP_GRAPHS"
 _SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
+#: CUDA's limit on gridDim.y, along which the step kernels lay the batch's row tiles
+MAX_GRID_Y = 65535
 #: batches up to this size run the small-batch step kernels (kernels/rnn_matvec.cu)
 MATVEC_MAX_BATCH = 8
 _INT32_MAX = 2**31 - 1
@@ -176,6 +178,7 @@ class CupyBackend(Backend):
         h0 = _check_array("h0", h0, (batch, hidden), dtype)
         lengths = _check_lengths(lengths, batch)
         _check_nonlinearity(nonlinearity)
+        _check_apart("states", states, {"w_hh": w_hh, "h0": h0, "lengths": lengths})
         mode = self.recurrence_mode()
         if mode != "step":
             persistent = _persistent_module(mode)
@@ -299,10 +302,11 @@ class CupyBackend(Backend):
             )
             self._device_facts[device_id] = facts
         sms, shared_limit = facts
-        forced = forced_step_kernel(batch, hidden, itemsize, shared_limit)
-        if forced is not None:
-            return forced
-        return choose_step_kernel(batch, hidden, itemsize, sms, shared_limit)
+        step = forced_step_kernel(batch, hidden, itemsize, shared_limit)
+        if step is None:
+            step = choose_step_kernel(batch, hidden, itemsize, sms, shared_limit)
+        check_step_grid(step, batch, hidden)
+        return step
 
     def _kernel(
         self, step: StepKernel, direction: str, dtype: np.dtype, nonlinearity: str, hidden: int
@@ -457,7 +461,21 @@ def choose_tile(batch: int, hidden: int, multiprocessors: int) -> tuple[int, int
         blocks = -(-batch // bm) * -(-hidden // bn)
         return -(-blocks // multiprocessors) * bm * bn * (1 if tm * tn >= 16 else 3)
 
-    return min(kernel_loader.STEP_TILES, key=cost)
+    # the row tiles go along grid y: a tile with too many of them cannot be launched
+    fitting = [t for t in kernel_loader.STEP_TILES if -(-batch // t[0]) <= MAX_GRID_Y]
+    return min(fitting or kernel_loader.STEP_TILES, key=cost)
+
+
+def check_step_grid(step: StepKernel, batch: int, hidden: int) -> None:
+    """ValueError when ``step``'s grid for B = ``batch`` exceeds CUDA's gridDim.y."""
+    rows = step.grid(batch, hidden)[1]
+    if rows > MAX_GRID_Y:
+        most = MAX_GRID_Y * max(t[0] for t in kernel_loader.STEP_TILES)
+        raise ValueError(
+            f"states: a batch of B = {batch} takes {rows} blocks along y with the {step.label} "
+            f"step kernel, above CUDA's {MAX_GRID_Y}; the step kernels take B <= {most} (with "
+            "64-row tiles): split the batch"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -684,6 +702,23 @@ def _check_array(name: str, array: Any, shape: tuple[int, ...], dtype: np.dtype)
     if array.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (that of states), got {array.dtype}")
     return cupy.ascontiguousarray(array)
+
+
+def _check_apart(written_name: str, written: Any, read: dict[str, Any | None]) -> None:
+    """The kernels write ``written`` while other blocks still read the ``read`` operands
+    (through the read-only cache, too): any overlap is a race. Contiguous arrays, so byte
+    ranges decide."""
+    start = written.data.ptr
+    end = start + written.nbytes
+    for name, array in read.items():
+        if array is None or array.nbytes == 0 or written.nbytes == 0:
+            continue
+        other = array.data.ptr
+        if other < end and start < other + array.nbytes:
+            raise ValueError(
+                f"{name}: shares memory with {written_name}, which the recurrence overwrites "
+                f"while reading {name} (pass a copy)"
+            )
 
 
 def _check_lengths(lengths: Any | None, batch: int) -> Any | None:

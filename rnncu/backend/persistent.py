@@ -566,8 +566,11 @@ def plan_backward(
 _limits_cache: dict[int, DeviceLimits] = {}
 _occupancy_cache: dict[tuple[str, int, int, int], int] = {}
 _cluster_cache: dict[tuple[str, int, int, int, int], int] = {}
-#: devices on which a cluster launch failed: the cluster variant is not planned there again
-_clusters_failed: set[int] = set()
+#: device id -> the variants whose kernel failed to load or launch there (a refused cluster
+#: or cooperative launch, an install whose CuPy cannot link the grid module): they are not
+#: planned on that device again, and the planner falls back to the next variant or the step
+#: path instead of failing the layer
+_variants_failed: dict[int, set[str]] = {}
 #: the plan of the latest persistent launch per direction ("forward", "backward"): what ran,
 #: after the occupancy checks (benchmarks and ``rnncu info`` report it)
 last_plans: dict[str, Plan] = {}
@@ -736,20 +739,48 @@ def _check_arrays(
     return None
 
 
+def _give_up(plan: Plan, device_id: int, what: str, exc: BaseException) -> None:
+    """Turn ``plan``'s variant off on the device, with a warning saying why."""
+    _variants_failed.setdefault(device_id, set()).add(plan.variant)
+    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+    warnings.warn(
+        f"rnncu: {what} {plan.name_expression} (grid {plan.grid}, {plan.threads} threads) "
+        f"failed ({detail}); persistent kernels on device {device_id} no longer use the "
+        f"{plan.variant} variant in this process",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _load(plan: Plan, states: Any, device_id: int) -> tuple[Any, int] | None:
+    """The plan's kernel, prepared, and its occupancy figure (resident clusters for the
+    cluster variant, blocks per SM otherwise); None when loading or preparing it failed,
+    which turns the variant off (:func:`_give_up`)."""
+    try:
+        with states.device:
+            kernel = _kernel(plan, device_id)
+            if plan.variant == "cluster":
+                return kernel, _prepare_cluster(kernel, plan, device_id)
+            return kernel, _prepare(kernel, plan, device_id)
+    except Exception as exc:  # compile or link error, a refused attribute, ...
+        _give_up(plan, device_id, "loading", exc)
+        return None
+
+
 def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, int] | None:
     steps, batch, hidden = states.shape
     device_id = states.device.id
     limits = _device_limits(device_id)
     planner = plan_forward if direction == "forward" else plan_backward
-    variants = variants_in_force()
-    if device_id in _clusters_failed:
-        variants = tuple(v for v in variants if v != "cluster")
+    failed = _variants_failed.get(device_id, set())
+    variants = tuple(v for v in variants_in_force() if v not in failed)
     plan = planner(steps, batch, hidden, states.dtype, limits, variants) if variants else None
     why_not_cluster = ""
     while plan is not None and plan.variant == "cluster":
-        with states.device:
-            kernel = _kernel(plan, device_id)
-            clusters = _prepare_cluster(kernel, plan, device_id)
+        loaded = _load(plan, states, device_id)
+        if loaded is None:
+            return _launchable(direction, states, force)  # without clusters now
+        kernel, clusters = loaded
         if clusters >= plan.grid[1]:
             return plan, kernel, device_id
         # Not every cluster resident at once (the cost model assumes one wave): plan again
@@ -773,12 +804,15 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
             f"no persistent launch fits (T, B, H) = {states.shape} in {states.dtype} on a "
             f"device with {limits.sm_count} SMs, {limits.smem_per_block_optin} bytes of "
             f"shared memory per block, compute capability {limits.compute_capability} "
-            f"(variants {', '.join(variants_in_force())}){why_not_cluster}",
+            f"(variants {', '.join(variants) or 'none'}"
+            + (f"; failed here: {', '.join(sorted(failed))}" if failed else "")
+            + f"){why_not_cluster}",
         )
         return None
-    with states.device:
-        kernel = _kernel(plan, device_id)
-        per_sm = _prepare(kernel, plan, device_id)
+    loaded = _load(plan, states, device_id)
+    if loaded is None:
+        return _launchable(direction, states, force)  # without this variant now
+    kernel, per_sm = loaded
     if per_sm < 1 or (plan.cooperative and plan.blocks > per_sm * limits.sm_count):
         _reject(
             force,
@@ -862,24 +896,16 @@ def supports(
 
 
 def _launch(plan: Plan, kernel: Any, args: tuple, device: Any, device_id: int) -> bool:
-    """Launch; False when a cluster launch is refused (the driver reports a bad launch
-    configuration at once, before anything ran). The cluster variant is then off for the
-    device, with a warning, and the caller plans again; any other failure raises."""
+    """Launch; False when the launch is refused (a cluster or cooperative launch the driver
+    will not schedule, resources the occupancy API did not foresee: reported at once, before
+    anything ran). The variant is then off for the device, with a warning, and the caller
+    plans again (another variant, or the step path)."""
     try:
         with device:
             kernel((plan.grid[0], plan.grid[1], 1), (plan.threads, 1, 1), args,
                    shared_mem=plan.shared_mem)  # fmt: skip
     except Exception as exc:
-        if plan.variant != "cluster":
-            raise
-        _clusters_failed.add(device_id)
-        warnings.warn(
-            f"rnncu: the cluster launch {plan.name_expression} (grid {plan.grid}, "
-            f"{plan.threads} threads) failed ({exc}); persistent kernels on device "
-            f"{device_id} no longer use clusters in this process",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        _give_up(plan, device_id, "the launch of", exc)
         return False
     last_plans[plan.direction] = plan
     return True
