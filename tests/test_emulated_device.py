@@ -282,19 +282,28 @@ def test_variants_environment_variable(device, rng, monkeypatch) -> None:
         _check(device, rng, CupyBackend(recurrence="auto"))
 
 
+def _refuse_launches(monkeypatch, prefix: str, error: str):
+    """Make the driver refuse launches of kernels named ``prefix...`` with ``error``; returns
+    the real launch, to put back."""
+    from emulated_cupy import EmulatedKernel
+
+    launch = EmulatedKernel.__call__
+
+    def refuse(self, *args, **kwargs):
+        if self.name.startswith(prefix):
+            raise RuntimeError(f"{error} (emulated)")
+        return launch(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmulatedKernel, "__call__", refuse)
+    return launch
+
+
 def test_a_failed_cluster_launch_turns_clusters_off(device, rng, monkeypatch) -> None:
     """A driver that refuses the launch itself (it reports a bad cluster configuration at
     once): one warning, the same call runs on the grid kernels, later calls skip clusters."""
     from emulated_cupy import EmulatedKernel
 
-    launch = EmulatedKernel.__call__
-
-    def refuse_clusters(self, *args, **kwargs):
-        if self.name.startswith("persistent_cluster_"):
-            raise RuntimeError("cudaErrorClusterOutOfResources (emulated)")
-        return launch(self, *args, **kwargs)
-
-    monkeypatch.setattr(EmulatedKernel, "__call__", refuse_clusters)
+    launch = _refuse_launches(monkeypatch, "persistent_cluster_", "cudaErrorClusterOutOfResources")
     with pytest.warns(RuntimeWarning, match=r"the launch of persistent_cluster_forward.*"
                       r"no longer use the cluster variant"):  # fmt: skip
         _check(device, rng, CupyBackend(recurrence="persistent"))
@@ -334,14 +343,7 @@ def test_a_refused_cooperative_launch_falls_back(device, rng, monkeypatch) -> No
     from emulated_cupy import EmulatedKernel
 
     monkeypatch.setenv(persistent.VARIANTS_ENV, "grid")
-    launch = EmulatedKernel.__call__
-
-    def refuse_grid(self, *args, **kwargs):
-        if self.name.startswith("persistent_grid_"):
-            raise RuntimeError("cudaErrorCooperativeLaunchTooLarge (emulated)")
-        return launch(self, *args, **kwargs)
-
-    monkeypatch.setattr(EmulatedKernel, "__call__", refuse_grid)
+    launch = _refuse_launches(monkeypatch, "persistent_grid_", "cudaErrorCooperativeLaunchTooLarge")
     with pytest.warns(RuntimeWarning, match=r"the launch of persistent_grid_forward.*TooLarge"):
         _check(device, rng, CupyBackend(recurrence="auto"))
     assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
