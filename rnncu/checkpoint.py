@@ -281,9 +281,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             if isinstance(meta, dict)
             else f"{file}: not an rnncu checkpoint"
         )
-    if meta.get("version") != VERSION:
+    version = meta.get("version")
+    if version != VERSION or isinstance(version, bool):
+        kind = f" (a {type(version).__name__}, not an integer)" if version == str(VERSION) else ""
         raise CheckpointError(
-            f"{file}: checkpoint format version {meta.get('version')!r} is not supported "
+            f"{file}: checkpoint format version {version!r}{kind} is not supported "
             f"(this rnncu reads version {VERSION})"
         )
     return arrays, meta

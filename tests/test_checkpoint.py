@@ -152,6 +152,11 @@ def test_foreign_files(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointError, match="version 99 is not supported"):
         load_checkpoint(future)
+    for version, shown in (("1", r"'1' \(a str, not an integer\)"), (True, "True")):
+        meta = json.dumps({"format": "rnncu-checkpoint", "version": version})
+        np.savez(future, __rnncu_meta__=np.array(meta))
+        with pytest.raises(CheckpointError, match=rf"version {shown} is not supported"):
+            load_checkpoint(future)
     text = tmp_path / "text.npz"
     text.write_text("hello")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
