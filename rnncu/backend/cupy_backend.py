@@ -103,6 +103,8 @@ class CupyBackend(Backend):
     # -- arrays ---------------------------------------------------------------------------
     @property
     def recurrence(self) -> str | None:
+        """``"step"``, ``"persistent"`` or ``"auto"`` set on this backend; None: the
+        environment variable ``RNNCU_RECURRENCE`` decides, else ``auto``."""
         return self._recurrence
 
     @recurrence.setter
@@ -111,6 +113,8 @@ class CupyBackend(Backend):
 
     @property
     def step_graphs(self) -> bool | None:
+        """Whether the step loops replay as CUDA graphs; None: ``RNNCU_STEP_GRAPHS`` decides,
+        else off."""
         return self._step_graphs
 
     @step_graphs.setter

@@ -29,6 +29,10 @@ from rnncu.backend.host_kernels import HostKernels
 
 
 class NumpyBackend(Backend):
+    """The host backend and the reference: NumPy arrays, BLAS for the products, and (in
+    float32, for small steps) the whole recurrence in one compiled call
+    (``kernels/host_rnn.c``)."""
+
     name = "numpy"
     xp = np
 

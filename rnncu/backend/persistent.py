@@ -257,20 +257,24 @@ class Plan:
 
     @property
     def filename(self) -> str:
+        """The kernel file of the variant (``persistent_grid.cu``, ...)."""
         return _FILES[self.variant]
 
     @property
     def name_expression(self) -> str:
+        """The instantiation launched, e.g. ``persistent_grid_forward<float, 64, 2>``."""
         return name_expression(
             self.variant, self.direction, self.dtype, self.kc, self.rb, self.cluster
         )
 
     @property
     def blocks(self) -> int:
+        """Blocks in the launch (all co-resident: the kernels never leave the device)."""
         return self.grid[0] * self.grid[1]
 
     @property
     def cooperative(self) -> bool:
+        """Whether the launch must be cooperative (the grid barrier)."""
         return self.variant == "grid"
 
 
