@@ -327,14 +327,17 @@ def test_a_grid_kernel_that_cannot_be_loaded_turns_the_grid_variant_off(
             raise RuntimeError("libcudadevrt.a not found (emulated)")
         return device.get_kernel(filename, name)
 
-    monkeypatch.setattr(kernel_loader, "get_kernel", unlinkable)
-    with pytest.warns(RuntimeWarning, match=r"loading persistent_grid_forward<.*libcudadevrt"
-                      r".*no longer use the grid variant"):  # fmt: skip
-        _check(device, rng, CupyBackend(recurrence="auto"))
-    assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
-    assert device.launches(persistent.GRID_KERNEL_FILE) == 0
-    with pytest.raises(ValueError, match=r"\(variants none; failed here: grid\)"):
-        _check(device, rng, CupyBackend(recurrence="persistent"))
+    # a context of its own: undone before the device fixture restores the real get_kernel
+    # (the test's monkeypatch is undone after it, and would put the emulation's back)
+    with monkeypatch.context() as patch:
+        patch.setattr(kernel_loader, "get_kernel", unlinkable)
+        with pytest.warns(RuntimeWarning, match=r"loading persistent_grid_forward<.*"
+                          r"libcudadevrt.*no longer use the grid variant"):  # fmt: skip
+            _check(device, rng, CupyBackend(recurrence="auto"))
+        assert _step_launches(device) == 2 * CLUSTER_SHAPE[0]
+        assert device.launches(persistent.GRID_KERNEL_FILE) == 0
+        with pytest.raises(ValueError, match=r"\(variants none; failed here: grid\)"):
+            _check(device, rng, CupyBackend(recurrence="persistent"))
 
 
 def test_a_refused_cooperative_launch_falls_back(device, rng, monkeypatch) -> None:
