@@ -95,6 +95,8 @@ def _no_variant_fallback() -> None:
     from rnncu.backend import persistent
 
     failed = {device: sorted(v) for device, v in persistent._variants_failed.items() if v}
+    for device, largest in persistent._largest_cluster.items():
+        failed.setdefault(device, []).append(f"clusters above {largest}")
     if failed:
         pytest.fail(
             f"persistent variants failed and were turned off (device: variants): {failed}; "
@@ -126,6 +128,7 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
     from rnncu.backend import persistent
 
     persistent._variants_failed.clear()  # each test tries every variant afresh
+    persistent._largest_cluster.clear()
     poisoning = (
         contextlib.nullcontext()
         if request.config.getoption("--no-memory-pool")

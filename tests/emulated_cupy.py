@@ -482,7 +482,8 @@ class EmulatedDevice:
             patch.setattr(persistent, "_cluster_occupancy", self._cluster_occupancy)
             for cache in ("_limits_cache", "_occupancy_cache", "_cluster_cache", "_dummy_cache"):
                 patch.setattr(persistent, cache, {})
-            patch.setattr(persistent, "_variants_failed", {})
+            for state in ("_kernels", "_variants_failed", "_largest_cluster"):
+                patch.setattr(persistent, state, {})
             # rnncu.get_backend("cupy" | "auto") and backend_for(device array) see the device
             patch.setattr(backend_package, "_instances", {})
             patch.setattr(backend_package, "_current", None)

@@ -8,12 +8,14 @@ device are tests/test_cupy_backend.py (marker ``gpu``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
 
 import numpy as np
 import pytest
+from device_limits import H200
 from emulated_cupy import EmulatedDevice
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 from training_comparison import train_on_both_backends
@@ -300,18 +302,78 @@ def _refuse_launches(monkeypatch, prefix: str, error: str):
 
 def test_a_failed_cluster_launch_turns_clusters_off(device, rng, monkeypatch) -> None:
     """A driver that refuses the launch itself (it reports a bad cluster configuration at
-    once): one warning, the same call runs on the grid kernels, later calls skip clusters."""
+    once): a warning per size tried (8, then smaller), the same call runs on the grid
+    kernels, later calls skip the refused sizes without a warning."""
     from emulated_cupy import EmulatedKernel
 
     launch = _refuse_launches(monkeypatch, "persistent_cluster_", "cudaErrorClusterOutOfResources")
-    with pytest.warns(RuntimeWarning, match=r"the launch of persistent_cluster_forward.*"
-                      r"no longer use the cluster variant"):  # fmt: skip
+    with pytest.warns(RuntimeWarning) as caught:
         _check(device, rng, CupyBackend(recurrence="persistent"))
+    # the planned size first (8), then smaller ones while the planner still prefers them
+    dropped = [str(w.message).rsplit("no longer use ", 1)[1] for w in caught]
+    assert dropped[0] == "clusters of 8 blocks or more in this process", dropped
+    sizes = [int(d.split()[2]) for d in dropped if d.startswith("clusters of")]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), dropped
+    assert all("the launch of persistent_cluster_forward<" in str(w.message) for w in caught)
     assert device.launches(persistent.GRID_KERNEL_FILE) == 2
     monkeypatch.setattr(EmulatedKernel, "__call__", launch)
-    _check(device, rng, CupyBackend(recurrence="persistent"))  # no warning, no cluster
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check(device, rng, CupyBackend(recurrence="persistent"))  # no warning, no cluster
     assert device.launches(persistent.GRID_KERNEL_FILE) == 4
     assert device.launches(persistent.CLUSTER_KERNEL_FILE) == 0
+
+
+def test_a_refused_16_block_cluster_leaves_smaller_clusters_on(device, rng) -> None:
+    """16-block clusters are non-portable: a driver that refuses them turns off that size
+    only. The same call runs on what the planner picks without it (for this shape the grid
+    kernels), and a shape planned with 8-block clusters still gets them, without a warning."""
+    from emulated_cupy import EmulatedKernel
+
+    launch = EmulatedKernel.__call__
+
+    def refuse_16(self, *args, **kwargs):
+        if self.name.startswith("persistent_cluster_") and self.name.endswith(", 16>"):
+            raise RuntimeError("CUDA_ERROR_INVALID_CLUSTER_SIZE (emulated)")
+        return launch(self, *args, **kwargs)
+
+    shape = (3, 4, 512)  # clusters of 16 on an H200
+    assert persistent.plan_forward(*shape, np.float32, H200).cluster == 16
+    without_16 = dataclasses.replace(H200, max_cluster_size=8)
+    fallback = persistent.plan_forward(*shape, np.float32, without_16)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EmulatedKernel, "__call__", refuse_16)
+        with pytest.warns(RuntimeWarning, match=r"no longer use clusters of 16 blocks or more"):
+            _check(device, rng, CupyBackend(recurrence="persistent"), shape=shape)
+        assert device.launches(fallback.filename) == 2
+        assert _launched(device, persistent.CLUSTER_KERNEL_FILE) == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _check(device, rng, CupyBackend(recurrence="persistent"))  # CLUSTER_SHAPE
+    assert _launched(device, persistent.CLUSTER_KERNEL_FILE) == [
+        "persistent_cluster_backward<float, 32, 1, 8>",
+        "persistent_cluster_forward<float, 32, 1, 8>",
+    ]
+
+
+def test_a_sticky_cuda_error_is_raised_not_blamed_on_a_variant(device, rng, monkeypatch) -> None:
+    """An illegal address in an earlier kernel is reported by the next launch: the context
+    is broken, so the error surfaces instead of turning variants off one by one."""
+
+    class CUDADriverError(RuntimeError):
+        status = 700  # CUDA_ERROR_ILLEGAL_ADDRESS
+
+    from emulated_cupy import EmulatedKernel
+
+    def broken_context(self, *args, **kwargs):
+        raise CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access")
+
+    monkeypatch.setattr(EmulatedKernel, "__call__", broken_context)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CUDADriverError, match="ILLEGAL_ADDRESS"):
+            _check(device, rng, CupyBackend(recurrence="auto"))
+    assert persistent._variants_failed == {} and persistent._largest_cluster == {}
 
 
 def test_a_grid_kernel_that_cannot_be_loaded_turns_the_grid_variant_off(

@@ -87,6 +87,29 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     assert int(length) > 1000
 
 
+def test_gpu_check_stages_fit_its_deadline_when_each_runs_out_its_time() -> None:
+    """The device run is lent once: even if every stage runs out its limit, the script ends
+    by its deadline (the stages' own caps add up to more than five minutes)."""
+    import subprocess
+
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    deadline = int(re.search(r"^DEADLINE=(\d+)$", text, re.M).group(1))
+    function = re.search(r"^budget\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    calls = re.findall(r'budget (\d+ \d+)\)"', text)
+    assert len(calls) == 4, calls  # precompile, tests, benchmark, sanitizer (per tool)
+    calls[3:] = calls[3:] * 4  # four sanitizer tools
+    # each stage takes all it was given; info and nvidia-smi take 15 s first
+    simulation = "\n".join(
+        [f"DEADLINE={deadline}", function, "now=15"]
+        + [f'SECONDS=$now; t=$(budget {c}); echo "$t"; now=$((now + t))' for c in calls]
+        + ['echo "end $now"']
+    )
+    out = subprocess.run(["bash", "-c", simulation], capture_output=True, text=True, check=True)
+    *given, end = out.stdout.split("\n")[:-1]
+    assert int(end.split()[1]) <= deadline <= 300, out.stdout
+    assert int(given[1]) >= 60 and int(given[2]) >= 60, given  # tests and benchmark get time
+
+
 def test_gpu_check_script_parses_and_names_existing_sanitizer_cases() -> None:
     """scripts/gpu_check.sh runs once on a lent GPU with no second try: its shell must parse,
     every test it hands to compute-sanitizer must exist under that exact id, and it may write

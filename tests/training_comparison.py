@@ -33,14 +33,25 @@ def train_on_both_backends(task: str, seq: str, monkeypatch: pytest.MonkeyPatch)
     weights_numpy = results["numpy"].model.state_dict()
     weights_cupy = results["cupy"].model.state_dict()
     assert list(weights_numpy) == list(weights_cupy)
-    # 1e-9, not the 1e-10 of one call: two epochs of Adam steps compound the backends'
-    # rounding differences (summation order in the products), and Adam's division by
-    # sqrt(v) magnifies them where v is small.
+    # 1e-8, not the 1e-10 of one call: two epochs of Adam steps compound the backends'
+    # rounding differences (cuBLAS sums the products in another order than OpenBLAS, CUDA's
+    # exp and tanh differ from the host's by an ulp; the emulation has NumPy's for both, so
+    # it agrees far closer), and Adam's division by sqrt(v) magnifies them where v is small.
+    # Still 1000 times below float32's resolution: a float32 slip anywhere shows.
     for name, value in weights_numpy.items():
-        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-9, atol=1e-11, err_msg=name)
-    for key in ("test_accuracy", "test_mse", "baseline_mse", "sample_class_accuracy"):
+        np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-8, atol=1e-10, err_msg=name)
+    for key in ("test_mse", "baseline_mse"):
         if key in results["numpy"].metrics:
             assert results["cupy"].metrics[key] == pytest.approx(
-                results["numpy"].metrics[key], rel=1e-9, abs=1e-12
+                results["numpy"].metrics[key], rel=1e-8, abs=1e-12
             ), key
+    # accuracies count argmaxes: a near-tie may flip, at most one image each
+    judged = {}
+    if "test_accuracy" in results["numpy"].metrics:
+        judged["test_accuracy"] = results["numpy"].metrics["num_test"]
+    if "samples" in results["numpy"].extra:
+        judged["sample_class_accuracy"] = len(results["numpy"].extra["samples"])
+    for key, count in judged.items():
+        difference = abs(results["cupy"].metrics[key] - results["numpy"].metrics[key])
+        assert difference <= 1 / count + 1e-12, (key, difference)
     return results

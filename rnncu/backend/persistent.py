@@ -575,6 +575,15 @@ _cluster_cache: dict[tuple[str, int, int, int, int], int] = {}
 #: planned on that device again, and the planner falls back to the next variant or the step
 #: path instead of failing the layer
 _variants_failed: dict[int, set[str]] = {}
+#: device id -> the largest cluster size still planned there, after a cluster of twice that
+#: failed (16-block clusters are non-portable: a driver may refuse them and take 8)
+_largest_cluster: dict[int, int] = {}
+#: (file, name expression, device id) -> the loaded kernel: a persistent call looks it up
+#: instead of building a kernel object per call
+_kernels: dict[tuple[str, str, int], Any] = {}
+#: CUDA errors that poison the context (an earlier kernel's fault, reported by the next
+#: call): no variant is to blame, and falling back would only hide it
+_STICKY_CUDA_ERRORS = frozenset({700, 702, 710, 714, 715, 716, 717, 718, 719})
 #: the plan of the latest persistent launch per direction ("forward", "backward"): what ran,
 #: after the occupancy checks (benchmarks and ``rnncu info`` report it)
 last_plans: dict[str, Plan] = {}
@@ -591,7 +600,12 @@ def _device_limits(device_id: int) -> DeviceLimits:
 
 def _kernel(plan: Plan, device_id: int) -> Any:
     """The compiled kernel for a plan (its own module: the files register ``per_name``)."""
-    return kernel_loader.get_kernel(plan.filename, plan.name_expression)
+    key = (plan.filename, plan.name_expression, device_id)
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = kernel_loader.get_kernel(plan.filename, plan.name_expression)
+        _kernels[key] = kernel
+    return kernel
 
 
 def _prepare(kernel: Any, plan: Plan, device_id: int) -> int:
@@ -692,7 +706,8 @@ def _dummy(device_id: int, dtype: Any) -> Any:
     key = (device_id, str(dtype))
     array = _dummy_cache.get(key)
     if array is None:
-        array = cupy.zeros(1, dtype=dtype)
+        with cupy.cuda.Device(device_id):  # the states' device, whichever is current
+            array = cupy.zeros(1, dtype=dtype)
         _dummy_cache[key] = array
     return array
 
@@ -744,13 +759,22 @@ def _check_arrays(
 
 
 def _give_up(plan: Plan, device_id: int, what: str, exc: BaseException) -> None:
-    """Turn ``plan``'s variant off on the device, with a warning saying why."""
-    _variants_failed.setdefault(device_id, set()).add(plan.variant)
+    """Turn ``plan``'s variant off on the device (for clusters: this size and larger), with
+    a warning saying why. A sticky CUDA error is re-raised: the context is broken, and no
+    variant is to blame."""
+    if getattr(exc, "status", None) in _STICKY_CUDA_ERRORS:
+        raise exc
+    if plan.variant == "cluster" and plan.cluster // 2 >= CLUSTER_SIZES[0]:
+        _largest_cluster[device_id] = plan.cluster // 2
+        dropped = f"clusters of {plan.cluster} blocks or more"
+    else:
+        _variants_failed.setdefault(device_id, set()).add(plan.variant)
+        dropped = f"the {plan.variant} variant"
     detail = " ".join(str(exc).split())[:300] or type(exc).__name__
     warnings.warn(
         f"rnncu: {what} {plan.name_expression} (grid {plan.grid}, {plan.threads} threads) "
-        f"failed ({detail}); persistent kernels on device {device_id} no longer use the "
-        f"{plan.variant} variant in this process",
+        f"failed ({detail}); persistent kernels on device {device_id} no longer use "
+        f"{dropped} in this process",
         RuntimeWarning,
         stacklevel=4,
     )
@@ -775,6 +799,9 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
     steps, batch, hidden = states.shape
     device_id = states.device.id
     limits = _device_limits(device_id)
+    if device_id in _largest_cluster:
+        largest = min(limits.max_cluster_size, _largest_cluster[device_id])
+        limits = dataclasses.replace(limits, max_cluster_size=largest)
     planner = plan_forward if direction == "forward" else plan_backward
     failed = _variants_failed.get(device_id, set())
     variants = tuple(v for v in variants_in_force() if v not in failed)
@@ -783,7 +810,7 @@ def _launchable(direction: str, states: Any, force: bool) -> tuple[Plan, Any, in
     while plan is not None and plan.variant == "cluster":
         loaded = _load(plan, states, device_id)
         if loaded is None:
-            return _launchable(direction, states, force)  # without clusters now
+            return _launchable(direction, states, force)  # with smaller clusters, or none
         kernel, clusters = loaded
         if clusters >= plan.grid[1]:
             return plan, kernel, device_id
