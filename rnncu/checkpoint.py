@@ -109,7 +109,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _naming(exc, path) from exc
+        raise _naming(exc, path, f".{path.name}.") from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
         os.fchmod(fd, 0o666 & ~_current_umask())
@@ -124,15 +124,17 @@ def _atomic_write(path: Path, write: Any) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise _naming(exc, path) from exc
+            raise _naming(exc, path, f".{path.name}.") from exc
         raise
     _fsync_dir(path.parent)
     _remove_stale_temps(path, keep=os.path.basename(tmp_name))
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
-    """``exc`` as an OSError whose filename is ``path`` (the file the caller asked for)."""
-    if exc.filename == str(path):
+def _naming(exc: OSError, path: Path, temp_prefix: str) -> OSError:
+    """``exc`` naming ``path`` (the file the caller asked for) where it named the temporary
+    file or nothing; an error about another path (a parent that is a file) keeps it."""
+    named = exc.filename
+    if named is not None and not os.path.basename(str(named)).startswith(temp_prefix):
         return exc
     return OSError(exc.errno, exc.strerror or str(exc) or type(exc).__name__, str(path))
 
@@ -299,10 +301,10 @@ def check_arrays(
     dtype: Any = None,
 ) -> dict[str, np.ndarray]:
     """The entries of ``arrays`` named ``prefix + name`` for every ``name`` of ``expected``
-    (name -> shape), without the prefix. A missing entry, an entry under ``prefix`` that the
-    model does not have, a shape mismatch, a dtype that is not floating (or not ``dtype``,
-    when given) or NaN/infinite values (weights saved from a diverged run would only give NaN
-    metrics) raise CheckpointError naming the first offender."""
+    (name -> shape), without the prefix. A missing entry, an entry under a non-empty
+    ``prefix`` that the model does not have, a shape mismatch, a dtype that is not floating
+    (or not ``dtype``, when given) or NaN/infinite values (weights saved from a diverged run
+    would only give NaN metrics) raise CheckpointError naming the first offender."""
     out = {}
     for name, shape in expected.items():
         key = prefix + name

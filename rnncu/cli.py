@@ -2,8 +2,9 @@
 ``precompile``.
 
 Errors caused by input (bad arguments, missing or foreign files, an unavailable backend, a
-diverged run) print ``rnncu: error: <one line>`` to stderr and return a non-zero status (2
-for bad input, 1 for a diverged run), never a traceback.
+diverged run, out of memory) print ``rnncu: error: <one line>`` to stderr and return a
+non-zero status (2 for bad input, 1 for a diverged run or out of memory), never a
+traceback.
 """
 
 from __future__ import annotations

@@ -363,7 +363,10 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (directory / name).is_file():
             return directory / name
-    return None
+    # the same names in another case (TRAIN-IMAGES-IDX3-UBYTE.GZ)
+    wanted = {name.lower() for name in (stem, stem + ".gz", dotted, dotted + ".gz")}
+    found = sorted(p for p in directory.iterdir() if p.name.lower() in wanted and p.is_file())
+    return found[0] if found else None
 
 
 def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:

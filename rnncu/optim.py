@@ -116,7 +116,9 @@ class Optimizer:
         """Restore :meth:`state_dict` output. Every state array must match a parameter in
         name and shape (it is cast to the parameter's dtype, as torch does); a mismatch raises
         ValueError naming the key, as does state missing after a step (``step`` > 0): the
-        moments would restart from zero and the run would not continue as saved."""
+        moments would restart from zero and the run would not continue as saved. (Stricter
+        than torch, which starts missing state afresh: load into the optimizer the state was
+        saved from.)"""
         if "step" not in state:
             raise ValueError("optimizer state: missing 'step'")
         step = np.asarray(state["step"])

@@ -14,7 +14,7 @@ status=()
 # One deadline for the whole script (the stages' own limits add up to more): each stage gets
 # its cap or what is left after keeping `reserve` seconds for the stages after it.
 DEADLINE=290
-budget() {  # budget CAP RESERVE -> seconds for this stage (0: skip it)
+budget() {  # budget CAP RESERVE -> seconds for this stage (0: no time left, skip it)
   local left=$((DEADLINE - SECONDS - $2))
   if [ "$left" -gt "$1" ]; then left=$1; fi
   if [ "$left" -lt 20 ]; then left=0; fi
@@ -33,28 +33,35 @@ echo "== python -m rnncu info --quick"; python -m rnncu info --quick | tee "$OUT
 echo "== python -m rnncu precompile"
 pre_rc=0
 t_pre="$(budget 120 180)"  # 180 s kept for the tests and the benchmark
-[ "$t_pre" = 0 ] && t_pre=1  # (timeout 0 would mean no limit at all)
-timeout "$t_pre" python -m rnncu precompile --jobs "$(nproc)" 2>&1 | tee "$OUT_DIR/precompile.txt" \
-  || pre_rc=$?
+# (never `timeout 0`: that means no limit at all)
+if [ "$t_pre" = 0 ]; then pre_rc=no-time-left; else
+  timeout "$t_pre" python -m rnncu precompile --jobs "$(nproc)" 2>&1 \
+    | tee "$OUT_DIR/precompile.txt" || pre_rc=$?
+fi
 status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)") [at ${SECONDS} s]")
 
 # One run: the GPU tests force each recurrence path (step, persistent) themselves.
 echo "== pytest -m gpu"
 test_rc=0
 t_tests="$(budget 180 90)"  # 90 s kept for the benchmark
-[ "$t_tests" = 0 ] && t_tests=1
-timeout "$t_tests" python -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
-  --junitxml="$OUT_DIR/pytest_gpu.xml" tests 2>&1 | tee "$OUT_DIR/pytest_gpu.txt" || test_rc=$?
-# All skipped is no pass: it means CuPy saw no device.
-if [ "$test_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_gpu.txt"; then test_rc=no-test-ran; fi
+if [ "$t_tests" = 0 ]; then test_rc=no-time-left; else
+  timeout "$t_tests" python -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
+    --junitxml="$OUT_DIR/pytest_gpu.xml" tests 2>&1 | tee "$OUT_DIR/pytest_gpu.txt" || test_rc=$?
+  # All skipped is no pass: it means CuPy saw no device.
+  if [ "$test_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_gpu.txt"; then
+    test_rc=no-test-ran
+  fi
+fi
 status+=("gpu tests: $([ "$test_rc" = 0 ] && echo pass || echo "FAIL (rc $test_rc)") [at ${SECONDS} s]")
 
 echo "== benchmark"
 bench_rc=0
 t_bench="$(budget 150 0)"
-[ "$t_bench" = 0 ] && t_bench=1
-timeout "$t_bench" python benchmarks/gpu_compare.py --repeats 20 --json "$OUT_DIR/gpu_compare.json" \
-  > "$OUT_DIR/gpu_compare.txt" 2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
+if [ "$t_bench" = 0 ]; then bench_rc=no-time-left; else
+  timeout "$t_bench" python benchmarks/gpu_compare.py --repeats 20 \
+    --json "$OUT_DIR/gpu_compare.json" > "$OUT_DIR/gpu_compare.txt" \
+    2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
+fi
 status+=("benchmark: $([ "$bench_rc" = 0 ] && echo ok || echo "FAIL (rc $bench_rc)") [at ${SECONDS} s]")
 tail -5 "$OUT_DIR/gpu_compare.err" || true
 

@@ -129,6 +129,7 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
 
     persistent._variants_failed.clear()  # each test tries every variant afresh
     persistent._largest_cluster.clear()
+    persistent._kernels.clear()  # (kernel_loader keeps the modules: a lookup, no compile)
     poisoning = (
         contextlib.nullcontext()
         if request.config.getoption("--no-memory-pool")

@@ -62,8 +62,9 @@ def test_write_errors_name_the_target(tmp_path: Path, monkeypatch: pytest.Monkey
     import errno
     import tempfile
 
-    def refused(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".x.tmp"))
+    def refused(*args, **kwargs):  # as os.open in mkstemp reports it: the temporary name
+        temp = tmp_path / ".metrics.json.k2j4_x9q.tmp"
+        raise PermissionError(errno.EACCES, "Permission denied", str(temp))
 
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     target = tmp_path / "metrics.json"
@@ -71,6 +72,13 @@ def test_write_errors_name_the_target(tmp_path: Path, monkeypatch: pytest.Monkey
         ckpt.atomic_write_text(target, "{}")
     assert (failed.value.errno, failed.value.filename) == (errno.EACCES, str(target))
     assert failed.value.strerror == "Permission denied"
+    # an error about another path (the parent is a file) keeps naming that path
+    parent = tmp_path / "a-file"
+    parent.write_text("")
+    monkeypatch.undo()
+    with pytest.raises(OSError) as failed:
+        ckpt.atomic_write_text(parent / "x.json", "{}")
+    assert failed.value.filename == str(parent)
 
 
 def test_a_killed_writers_temporary_file_is_removed_later(tmp_path: Path) -> None:

@@ -282,6 +282,11 @@ def test_idx_test_pair_must_be_whole(tmp_path: Path, rng: np.random.Generator) -
 
 def test_file_names_and_kinds(tmp_path: Path, rng: np.random.Generator) -> None:
     images, labels = small_images(rng)
+    upper_dir = tmp_path / "UPPER"
+    upper_dir.mkdir()
+    write_idx(upper_dir / "TRAIN-IMAGES-IDX3-UBYTE.GZ", images, compress=True)
+    write_idx(upper_dir / "train-labels-idx1-ubyte.GZ", labels, compress=True)
+    assert load_idx_dir(upper_dir).num_classes == 4
     upper = tmp_path / "UPPER.NPZ"
     with open(upper, "wb") as fh:
         np.savez(fh, x=images, y=labels)

@@ -358,7 +358,8 @@ def test_a_refused_16_block_cluster_leaves_smaller_clusters_on(device, rng) -> N
 
 def test_a_sticky_cuda_error_is_raised_not_blamed_on_a_variant(device, rng, monkeypatch) -> None:
     """An illegal address in an earlier kernel is reported by the next launch: the context
-    is broken, so the error surfaces instead of turning variants off one by one."""
+    is broken, so the error surfaces instead of turning variants off one by one. A Python
+    error at launch is a bug of ours: raised too, not a fallback."""
 
     class CUDADriverError(RuntimeError):
         status = 700  # CUDA_ERROR_ILLEGAL_ADDRESS
@@ -368,12 +369,19 @@ def test_a_sticky_cuda_error_is_raised_not_blamed_on_a_variant(device, rng, monk
     def broken_context(self, *args, **kwargs):
         raise CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access")
 
-    monkeypatch.setattr(EmulatedKernel, "__call__", broken_context)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(CUDADriverError, match="ILLEGAL_ADDRESS"):
-            _check(device, rng, CupyBackend(recurrence="auto"))
-    assert persistent._variants_failed == {} and persistent._largest_cluster == {}
+    def a_bug(self, *args, **kwargs):
+        raise TypeError("bad argument 3 (a bug of ours, not the device's refusal)")
+
+    for launch, error, match in (
+        (broken_context, CUDADriverError, "ILLEGAL_ADDRESS"),
+        (a_bug, TypeError, "bad argument 3"),
+    ):
+        monkeypatch.setattr(EmulatedKernel, "__call__", launch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(error, match=match):
+                _check(device, rng, CupyBackend(recurrence="auto"))
+        assert persistent._variants_failed == {} and persistent._largest_cluster == {}
 
 
 def test_a_grid_kernel_that_cannot_be_loaded_turns_the_grid_variant_off(
@@ -513,7 +521,14 @@ def test_choose_tile_on_an_h200(batch: int, hidden: int, tile) -> None:
     assert -(-batch // tile[0]) <= MAX_GRID_Y
 
 
-def test_a_batch_beyond_the_grid_limit_is_a_clear_error() -> None:
+def test_a_batch_beyond_the_grid_limit_is_a_clear_error(device, monkeypatch) -> None:
+    # the backend's own choice goes through the check (no array needed: B is all it takes)
+    with pytest.raises(ValueError, match=r"B = 4194241 takes \d+ blocks along y"):
+        CupyBackend(recurrence="step")._step_kernel(4194241, 8, 4)
+    assert CupyBackend(recurrence="step")._step_kernel(4194240, 8, 4).tile[0] == 64
+    monkeypatch.setenv(STEP_TILE_ENV, "16x16")  # and a forced tile
+    with pytest.raises(ValueError, match=r"with the 16x16 step kernel"):
+        CupyBackend(recurrence="step")._step_kernel(16 * MAX_GRID_Y + 1, 8, 4)
     check_step_grid(StepKernel(tile=(64, 32, 4, 4)), 64 * MAX_GRID_Y, 8)  # the largest
     with pytest.raises(ValueError, match=r"B = 4194241 takes \d+ blocks along y with the "
                        r"\d+x\d+ step kernel, above CUDA's 65535; .* B <= 4194240"):  # fmt: skip

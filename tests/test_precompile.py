@@ -74,6 +74,8 @@ def test_module_granularity_per_file() -> None:
 def test_get_kernel_loads_the_module_that_precompile_builds(monkeypatch) -> None:
     recorder = _Recorder()
     monkeypatch.setattr(kernel_loader, "load_module", recorder)
+    # the recorder's strings must not stay in (or come from) the process's kernel cache
+    monkeypatch.setattr(persistent, "_kernels", {})
     specs = set(kernel_loader.module_specs())
     step_name = kernel_loader.step_name_expression("backward", "float64", "relu", (32, 32, 4, 4))
     assert kernel_loader.get_kernel(kernel_loader.STEP_KERNEL_FILE, step_name) == step_name

@@ -583,7 +583,7 @@ _largest_cluster: dict[int, int] = {}
 _kernels: dict[tuple[str, str, int], Any] = {}
 #: CUDA errors that poison the context (an earlier kernel's fault, reported by the next
 #: call): no variant is to blame, and falling back would only hide it
-_STICKY_CUDA_ERRORS = frozenset({700, 702, 710, 714, 715, 716, 717, 718, 719})
+_STICKY_CUDA_ERRORS = frozenset({214, 700, 702, 710, 714, 715, 716, 717, 718, 719, 999})
 #: the plan of the latest persistent launch per direction ("forward", "backward"): what ran,
 #: after the occupancy checks (benchmarks and ``rnncu info`` report it)
 last_plans: dict[str, Plan] = {}
@@ -758,11 +758,21 @@ def _check_arrays(
     return None
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device or the toolchain refusing a kernel (a CUDA error that
+    leaves the context usable, a compile or link failure): only those fall back. A sticky
+    CUDA error (the context is broken, no variant is to blame), out of memory and Python
+    errors (a bug) are raised as they are."""
+    if getattr(exc, "status", None) in _STICKY_CUDA_ERRORS:
+        return False
+    # CuPy's CUDA errors and its toolchain errors are RuntimeErrors; CompileException is not
+    return isinstance(exc, RuntimeError) or type(exc).__name__ == "CompileException"
+
+
 def _give_up(plan: Plan, device_id: int, what: str, exc: BaseException) -> None:
     """Turn ``plan``'s variant off on the device (for clusters: this size and larger), with
-    a warning saying why. A sticky CUDA error is re-raised: the context is broken, and no
-    variant is to blame."""
-    if getattr(exc, "status", None) in _STICKY_CUDA_ERRORS:
+    a warning saying why; what :func:`_refused` does not cover is re-raised."""
+    if not _refused(exc):
         raise exc
     if plan.variant == "cluster" and plan.cluster // 2 >= CLUSTER_SIZES[0]:
         _largest_cluster[device_id] = plan.cluster // 2
