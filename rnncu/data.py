@@ -360,13 +360,12 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
     dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
-    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    # the same names in another case (TRAIN-IMAGES-IDX3-UBYTE.GZ)
-    wanted = {name.lower() for name in (stem, stem + ".gz", dotted, dotted + ".gz")}
-    found = sorted(p for p in directory.iterdir() if p.name.lower() in wanted and p.is_file())
-    return found[0] if found else None
+    names = (stem, stem + ".gz", dotted, dotted + ".gz")
+    # in that order of preference, then the same names in another case (TRAIN-...-UBYTE.GZ)
+    files = {p.name: p for p in directory.iterdir() if p.is_file()}
+    by_lower = {name.lower(): files[name] for name in sorted(files)}
+    found = [files.get(n) or by_lower.get(n) for n in names]
+    return next((p for p in found if p is not None), None)
 
 
 def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
