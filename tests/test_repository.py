@@ -70,8 +70,14 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
         shipped = sorted(
             name.split("/")[-1] for name in archive.namelist() if name.startswith("rnncu/kernels/")
         )
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA")))
+        licenses = [n for n in archive.namelist() if "/licenses/" in n]
         archive.extractall(tmp_path / "site")
     assert shipped == sources
+    # An SPDX expression and the licence text: the TOML-table form is deprecated in setuptools
+    # and stops building in 2027.
+    assert "License-Expression: MIT" in metadata.decode(), metadata.decode()[:800]
+    assert [n.split("/")[-1] for n in licenses] == ["LICENSE"]
     probe = subprocess.run(
         [sys.executable, "-c",
          "from rnncu.backend import kernel_loader as k, host_kernels as h; "
