@@ -334,6 +334,38 @@ def test_layer_matches_numpy(rng, mode, dtype, config, use_lengths):
             _close(cupy.asnumpy(gpu.grads[name]), grad, np_dtype, f"grads[{name!r}]")
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_truncated_bptt_carries_h_n_as_numpy_does(rng, mode, dtype):
+    """A sequence in chunks of 4, 4 and 1 steps through one two-layer layer, each chunk
+    starting from the h_n the last call returned (on the device, uncopied) and backpropagated
+    alone: outputs, states and gradients of every chunk match the NumPy layer doing the
+    same."""
+    import cupy
+
+    steps, batch, features, hidden = 9, 5, 3, 33
+    _skip_unless_supported(mode, (4, batch, hidden), dtype, "tanh", False, None)
+    cpu, gpu = _layer_pair(dtype, input_size=features, hidden_size=hidden, num_layers=2)
+    np_dtype = np.dtype(dtype).type
+    x = rng.standard_normal((steps, batch, features)).astype(dtype)
+    dout = rng.standard_normal((steps, batch, hidden)).astype(dtype)
+    h_ref = rng.standard_normal((2, batch, hidden)).astype(dtype)
+    h = cupy.asarray(h_ref)
+    with recurrence(gpu.backend, mode):
+        for start in (0, 4, 8):
+            chunk = slice(start, start + 4)
+            out_ref, h_ref = cpu(x[chunk], h_ref)
+            out, h = gpu(cupy.asarray(x[chunk]), h)
+            _close(cupy.asnumpy(out), out_ref, np_dtype, f"out from step {start}")
+            _close(cupy.asnumpy(h), h_ref, np_dtype, f"h_n from step {start}")
+            dx_ref, dh0_ref = cpu.backward(dout[chunk], None)
+            dx, dh0 = gpu.backward(cupy.asarray(dout[chunk]), None)
+            _close(cupy.asnumpy(dx), dx_ref, np_dtype, f"dx from step {start}")
+            _close(cupy.asnumpy(dh0), dh0_ref, np_dtype, f"dh0 from step {start}")
+            for name, grad in cpu.grads.items():
+                _close(cupy.asnumpy(gpu.grads[name]), grad, np_dtype, f"grads[{name!r}]")
+
+
 def test_layer_training_with_step_graphs_gives_the_bits_of_launches(rng):
     """Three forward and backward passes of a two-layer bidirectional layer with lengths, on
     the step path, with and without CUDA graphs: the same outputs and gradients, bit for

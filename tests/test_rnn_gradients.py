@@ -105,6 +105,59 @@ def test_backward_with_only_dout_or_only_dh_n(rng: np.random.Generator) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "dtype,layers,nonlinearity,split",
+    [("float64", 1, "tanh", 3), ("float64", 3, "relu", 1), ("float32", 2, "tanh", 7)],
+)
+def test_a_sequence_in_chunks_is_the_whole_sequence(
+    rng: np.random.Generator, dtype: str, layers: int, nonlinearity: str, split: int
+) -> None:
+    """Long sequences in pieces (the seed's memory problem): each chunk starts from the last
+    one's h_n. Forward, the chunks give the whole call's outputs. Backward, two layers with
+    the same weights, the later chunk's dh0 fed to the earlier one as dh_n, give the whole
+    call's gradients summed; truncated BPTT is the same with dh0 dropped."""
+    steps, batch, features, hidden = 9, 4, 3, 5
+    whole = rnncu.RNN(
+        features, hidden, num_layers=layers, nonlinearity=nonlinearity, dtype=dtype,
+        backend="numpy", seed=int(rng.integers(1 << 30)),
+    )  # fmt: skip
+    early, late = (
+        rnncu.RNN(features, hidden, num_layers=layers, nonlinearity=nonlinearity, dtype=dtype,
+                  backend="numpy", seed=0)
+        for _ in range(2)
+    )  # fmt: skip
+    early.load_state_dict(whole.state_dict())
+    late.load_state_dict(whole.state_dict())
+    x = rng.standard_normal((steps, batch, features)).astype(dtype)
+    h0 = rng.standard_normal((layers, batch, hidden)).astype(dtype)
+    dout = rng.standard_normal((steps, batch, hidden)).astype(dtype)
+    dh_n = rng.standard_normal((layers, batch, hidden)).astype(dtype)
+    rtol, atol = (1e-12, 1e-13) if dtype == "float64" else (2e-5, 2e-6)
+
+    out, h_n = whole(x, h0)
+    dx, dh0 = whole.backward(dout, dh_n)
+    out_early, h_mid = early(x[:split], h0)
+    out_late, h_n_late = late(x[split:], h_mid)
+    assert_close(np.concatenate([out_early, out_late]), out, rtol, atol, "out")
+    assert_close(h_n_late, h_n, rtol, atol, "h_n")
+
+    dx_late, dh_mid = late.backward(dout[split:], dh_n)
+    dx_early, dh0_early = early.backward(dout[:split], dh_mid)
+    assert_close(np.concatenate([dx_early, dx_late]), dx, rtol, atol, "dx")
+    assert_close(dh0_early, dh0, rtol, atol, "dh0")
+    for name, grad in whole.grads.items():
+        assert_close(early.grads[name] + late.grads[name], grad, rtol, atol, name)
+
+    # Truncated BPTT with one layer: forward and backward per chunk, h_n carried over as it is.
+    state, outs = h0, []
+    for start in range(0, steps, split):
+        chunk_out, state = early(x[start : start + split], state)
+        early.backward(dout[start : start + split], None)
+        outs.append(chunk_out)
+    assert_close(np.concatenate(outs), out, rtol, atol, "out, truncated BPTT")
+    assert_close(state, h_n, rtol, atol, "h_n, truncated BPTT")
+
+
 def test_unbatched_input_matches_batch_of_one(rng: np.random.Generator) -> None:
     rnn = rnncu.RNN(
         3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy", seed=11
