@@ -93,6 +93,43 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     assert int(length) > 1000
 
 
+def test_sdist_holds_the_whole_source(tmp_path: Path) -> None:
+    """The sdist is what packagers rebuild and test from: it carries the package, the kernel
+    sources, and everything the tests, the benchmarks and CI read (conftest and the test
+    helpers, benchmarks/, scripts/gpu_check.sh, .ci/run), not only the test_*.py files."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    if subprocess.run([sys.executable, "-c", "import setuptools"]).returncode != 0:
+        pytest.skip("setuptools is not installed: cannot build the sdist")
+    # From a copy without rnncu.egg-info: setuptools adds the files an earlier build's
+    # SOURCES.txt lists, which would hide a MANIFEST.in that misses them.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs",
+    ))  # fmt: skip
+    script = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    build = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=source,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    archive_name = build.stdout.split()[-1]
+    with tarfile.open(tmp_path / archive_name) as archive:
+        prefix = archive_name.removesuffix(".tar.gz") + "/"
+        shipped = {m.name.removeprefix(prefix) for m in archive.getmembers() if m.isfile()}
+    expected = {".ci/run", "LICENSE", "README.md", "pyproject.toml", "setup.py"}
+    for folder in ("rnncu", "kernels", "tests", "benchmarks", "scripts"):
+        expected |= {
+            str(path.relative_to(ROOT))
+            for path in (ROOT / folder).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        }
+    assert not expected - shipped, sorted(expected - shipped)
+
+
 def test_gpu_check_stages_fit_its_deadline_when_each_runs_out_its_time() -> None:
     """The device run is lent once: even if every stage runs out its limit, the script ends
     by its deadline (the stages' own caps add up to more than five minutes)."""
