@@ -122,10 +122,12 @@ def test_sdist_holds_the_whole_source(tmp_path: Path) -> None:
         shipped = {m.name.removeprefix(prefix) for m in archive.getmembers() if m.isfile()}
     expected = {".ci/run", "LICENSE", "README.md", "pyproject.toml", "setup.py"}
     for folder in ("rnncu", "kernels", "tests", "benchmarks", "scripts"):
+        relative = (path.relative_to(ROOT) for path in (ROOT / folder).rglob("*") if path.is_file())
         expected |= {
-            str(path.relative_to(ROOT))
-            for path in (ROOT / folder).rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+            str(path)
+            for path in relative
+            if path.suffix != ".pyc"
+            and not any(part.startswith((".", "__pycache__")) for part in path.parts)
         }
     assert not expected - shipped, sorted(expected - shipped)
 
