@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The device image's python3 is the interpreter that holds CuPy, PyTorch and JAX; a bare
+# `python` may be missing or another one. $PYTHON overrides.
+PYTHON="${PYTHON:-$(command -v python3 || command -v python || true)}"
+if [ -z "$PYTHON" ]; then echo "gpu_check: no python3 or python on the PATH" >&2; exit 2; fi
+echo "== interpreter: $PYTHON ($("$PYTHON" -V 2>&1))"
 OUT_DIR="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT_DIR"
 status=()
@@ -23,7 +28,7 @@ budget() {  # budget CAP RESERVE -> seconds for this stage (0: no time left, ski
 
 echo "== nvidia-smi -L"; nvidia-smi -L || true
 # --quick: the tests below compile every kernel they launch, for this device's arch
-echo "== python -m rnncu info --quick"; python -m rnncu info --quick | tee "$OUT_DIR/info.txt"
+echo "== python -m rnncu info --quick"; "$PYTHON" -m rnncu info --quick | tee "$OUT_DIR/info.txt"
 
 # Every kernel module into CuPy's disk cache, one NVRTC process per core, so the tests and
 # the benchmark below load them instead of compiling: 290 modules, an estimated 865 s of
@@ -35,7 +40,7 @@ pre_rc=0
 t_pre="$(budget 120 180)"  # 180 s kept for the tests and the benchmark
 # (never `timeout 0`: that means no limit at all)
 if [ "$t_pre" = 0 ]; then pre_rc=no-time-left; else
-  timeout "$t_pre" python -m rnncu precompile --jobs "$(nproc)" 2>&1 \
+  timeout "$t_pre" "$PYTHON" -m rnncu precompile --jobs "$(nproc)" 2>&1 \
     | tee "$OUT_DIR/precompile.txt" || pre_rc=$?
 fi
 status+=("precompile: $([ "$pre_rc" = 0 ] && tail -1 "$OUT_DIR/precompile.txt" || echo "FAIL (rc $pre_rc)") [at ${SECONDS} s]")
@@ -45,7 +50,7 @@ echo "== pytest -m gpu"
 test_rc=0
 t_tests="$(budget 180 90)"  # 90 s kept for the benchmark
 if [ "$t_tests" = 0 ]; then test_rc=no-time-left; else
-  timeout "$t_tests" python -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
+  timeout "$t_tests" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
     --junitxml="$OUT_DIR/pytest_gpu.xml" tests 2>&1 | tee "$OUT_DIR/pytest_gpu.txt" || test_rc=$?
   # All skipped is no pass: it means CuPy saw no device.
   if [ "$test_rc" = 0 ] && ! grep -qE "[0-9]+ passed" "$OUT_DIR/pytest_gpu.txt"; then
@@ -58,7 +63,7 @@ echo "== benchmark"
 bench_rc=0
 t_bench="$(budget 150 0)"
 if [ "$t_bench" = 0 ]; then bench_rc=no-time-left; else
-  timeout "$t_bench" python benchmarks/gpu_compare.py --repeats 20 \
+  timeout "$t_bench" "$PYTHON" benchmarks/gpu_compare.py --repeats 20 \
     --json "$OUT_DIR/gpu_compare.json" > "$OUT_DIR/gpu_compare.txt" \
     2> "$OUT_DIR/gpu_compare.err" || bench_rc=$?
 fi
@@ -95,7 +100,7 @@ for tool in memcheck racecheck synccheck initcheck; do
   # back from (a warning, which fails the test anyway) is not a kernel error
   timeout "$t_san" "$sanitizer" --tool "$tool" --error-exitcode 86 --print-limit 20 \
     --report-api-errors no \
-    python -m pytest -q -p no:cacheprovider --no-memory-pool "${SANITIZER_CASES[@]}" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider --no-memory-pool "${SANITIZER_CASES[@]}" \
     > "$log" 2>&1 || san_rc=$?
   { echo "== $tool (rc $san_rc)"; cat "$log"; } >> "$OUT_DIR/sanitizer.txt"
   tail -3 "$log"
@@ -117,7 +122,7 @@ echo; echo "== summary (logs in $OUT_DIR)"
 printf '%s\n' "${status[@]}"
 if [ "$bench_rc" != 0 ] && [ -s "$OUT_DIR/gpu_compare.json" ]; then
   echo "(benchmark stopped early: the shapes it finished)"
-  python benchmarks/gpu_compare.py --table-from "$OUT_DIR/gpu_compare.json" || true
+  "$PYTHON" benchmarks/gpu_compare.py --table-from "$OUT_DIR/gpu_compare.json" || true
 else
   cat "$OUT_DIR/gpu_compare.txt" || true
 fi

@@ -155,6 +155,42 @@ def test_gpu_check_stages_fit_its_deadline_when_each_runs_out_its_time() -> None
     assert int(given[1]) >= 60 and int(given[2]) >= 60, given  # tests and benchmark get time
 
 
+def test_gpu_check_runs_python3_where_no_bare_python_exists(tmp_path: Path) -> None:
+    """On the device image the interpreter with CuPy is ``python3``; a bare ``python`` may be
+    absent. The script picks python3 (or $PYTHON), says so, and calls nothing else."""
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    commands = [  # what the shell runs: no comments, no echoed labels
+        re.sub(r'echo "[^"]*"', "", line) for line in text.splitlines()
+        if not line.lstrip().startswith(("#", "PYTHON="))
+    ]  # fmt: skip
+    bare = [line for line in commands if re.search(r"(^|[\s;|(])python3? ", line)]
+    assert not bare, bare
+    selection = re.search(r"^PYTHON=.*?^echo \"== interpreter.*?$", text, re.M | re.S).group(0)
+    only_python3 = tmp_path / "bin"
+    only_python3.mkdir()
+    (only_python3 / "python3").symlink_to(sys.executable)
+    for tool in ("bash", "dirname"):
+        (only_python3 / tool).symlink_to(subprocess.run(
+            ["bash", "-c", f"command -v {tool}"], capture_output=True, text=True
+        ).stdout.strip())  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"} | {"PATH": str(only_python3)}
+    chosen = subprocess.run(
+        [str(only_python3 / "bash"), "-c", selection + '\necho "$PYTHON"'],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.split("\n")[-2] == str(only_python3 / "python3"), chosen.stdout
+    (only_python3 / "python3").unlink()
+    missing = subprocess.run(
+        [str(only_python3 / "bash"), "-c", selection], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode == 2 and "no python3 or python" in missing.stderr
+
+
 def test_gpu_check_script_parses_and_names_existing_sanitizer_cases() -> None:
     """scripts/gpu_check.sh runs once on a lent GPU with no second try: its shell must parse,
     every test it hands to compute-sanitizer must exist under that exact id, and it may write
