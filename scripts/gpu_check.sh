@@ -4,7 +4,8 @@
 # cuDNN/JAX/naive CuPy, then compute-sanitizer on a few small cases while time is left. Writes
 # JSON and logs (8 files at most) to $OUT when set. Budget: under 5 minutes on an H200.
 #
-#   bash scripts/gpu_check.sh            (from the checkout root)
+#   bash scripts/gpu_check.sh            (from the checkout root; runs python3)
+#   PYTHON=/path/to/python bash scripts/gpu_check.sh    (another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
