@@ -27,6 +27,16 @@ budget() {  # budget CAP RESERVE -> seconds for this stage (0: no time left, ski
   echo "$left"
 }
 
+# CuPy's disk cache must be writable: precompile fills it and the tests load from it. Where
+# the default (~/.cupy/kernel_cache) is not (no HOME, a read-only one, another user's), use
+# a folder of the checkout.
+cupy_cache="${CUPY_CACHE_DIR:-${HOME:+$HOME/.cupy/kernel_cache}}"
+if [ -z "$cupy_cache" ] || ! mkdir -p "$cupy_cache" 2>/dev/null || [ ! -w "$cupy_cache" ]; then
+  export CUPY_CACHE_DIR="$PWD/.cupy_kernel_cache"
+  mkdir -p "$CUPY_CACHE_DIR"
+  echo "== CuPy cache: ${cupy_cache:-no HOME} is not writable, using $CUPY_CACHE_DIR"
+fi
+
 echo "== nvidia-smi -L"; nvidia-smi -L || true
 # --quick: the tests below compile every kernel they launch, for this device's arch
 echo "== python -m rnncu info --quick"; "$PYTHON" -m rnncu info --quick | tee "$OUT_DIR/info.txt"

@@ -191,6 +191,36 @@ def test_gpu_check_runs_python3_where_no_bare_python_exists(tmp_path: Path) -> N
     assert missing.returncode == 2 and "no python3 or python" in missing.stderr
 
 
+def test_gpu_check_moves_cupys_cache_where_home_is_not_writable(tmp_path: Path) -> None:
+    """The device may run the script as a user whose HOME is missing or read-only: CuPy's
+    kernel cache then goes into the checkout instead of failing every compile."""
+    import os
+    import subprocess
+
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    block = re.search(r"^cupy_cache=.*?^fi$", text, re.M | re.S).group(0)
+    read_only = tmp_path / "home"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    env = {k: v for k, v in os.environ.items() if k != "CUPY_CACHE_DIR"}
+    try:
+        for home, moved in ((str(read_only), os.geteuid() != 0), (str(tmp_path / "ok"), False)):
+            run = subprocess.run(
+                ["bash", "-c", block + '\necho "cache=${CUPY_CACHE_DIR:-default}"'],
+                capture_output=True, text=True, cwd=tmp_path, env=env | {"HOME": home},
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr
+            last = run.stdout.split("\n")[-2]
+            assert last == (f"cache={tmp_path}/.cupy_kernel_cache" if moved else "cache=default")
+        unset = subprocess.run(
+            ["bash", "-c", "unset HOME\n" + block + '\necho "cache=$CUPY_CACHE_DIR"'],
+            capture_output=True, text=True, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert unset.stdout.split("\n")[-2] == f"cache={tmp_path}/.cupy_kernel_cache"
+    finally:
+        read_only.chmod(0o700)
+
+
 def test_gpu_check_script_parses_and_names_existing_sanitizer_cases() -> None:
     """scripts/gpu_check.sh runs once on a lent GPU with no second try: its shell must parse,
     every test it hands to compute-sanitizer must exist under that exact id, and it may write
