@@ -18,6 +18,16 @@ def _readme() -> str:
     return (ROOT / "README.md").read_text()
 
 
+def _skip_without_setuptools(what: str) -> None:
+    """Skip a build test where this interpreter has no setuptools (checked in a child process:
+    importing it here would patch distutils for the rest of the session)."""
+    import subprocess
+    import sys
+
+    if subprocess.run([sys.executable, "-c", "import setuptools"]).returncode != 0:
+        pytest.skip(f"setuptools is not installed: cannot build {what}")
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme_commands = [
         line.strip() for line in _readme().splitlines() if line.startswith("    pip install")
@@ -54,8 +64,7 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     import sys
     import zipfile
 
-    if subprocess.run([sys.executable, "-c", "import setuptools"]).returncode != 0:
-        pytest.skip("setuptools is not installed: cannot build the wheel")
+    _skip_without_setuptools("the wheel")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path / "dist")],
@@ -102,8 +111,7 @@ def test_sdist_holds_the_whole_source(tmp_path: Path) -> None:
     import sys
     import tarfile
 
-    if subprocess.run([sys.executable, "-c", "import setuptools"]).returncode != 0:
-        pytest.skip("setuptools is not installed: cannot build the sdist")
+    _skip_without_setuptools("the sdist")
     # From a copy without rnncu.egg-info: setuptools adds the files an earlier build's
     # SOURCES.txt lists, which would hide a MANIFEST.in that misses them.
     source = tmp_path / "source"
@@ -159,6 +167,7 @@ def test_gpu_check_runs_python3_where_no_bare_python_exists(tmp_path: Path) -> N
     """On the device image the interpreter with CuPy is ``python3``; a bare ``python`` may be
     absent. The script picks python3 (or $PYTHON), says so, and calls nothing else."""
     import os
+    import shutil
     import subprocess
     import sys
 
@@ -173,10 +182,7 @@ def test_gpu_check_runs_python3_where_no_bare_python_exists(tmp_path: Path) -> N
     only_python3 = tmp_path / "bin"
     only_python3.mkdir()
     (only_python3 / "python3").symlink_to(sys.executable)
-    for tool in ("bash", "dirname"):
-        (only_python3 / tool).symlink_to(subprocess.run(
-            ["bash", "-c", f"command -v {tool}"], capture_output=True, text=True
-        ).stdout.strip())  # fmt: skip
+    (only_python3 / "bash").symlink_to(shutil.which("bash"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"} | {"PATH": str(only_python3)}
     chosen = subprocess.run(
         [str(only_python3 / "bash"), "-c", selection + '\necho "$PYTHON"'],
