@@ -275,6 +275,15 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     print(json.dumps(shown, indent=2, sort_keys=True, allow_nan=False))
 
 
+def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
+    """``"lr_decay: ..."`` -> ``"--lr-decay: ..."`` where the user typed that flag (errors name
+    the flag, not the config field); None for any other error."""
+    name, _, rest = str(exc).partition(": ")
+    if given.get(name) is None or not rest:
+        return None
+    return ValueError(f"--{name.replace('_', '-')}: {rest}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
     from rnncu.trainer import TrainConfig, make_config, train
@@ -318,11 +327,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         try:
             config = make_config(**given)
         except ValueError as exc:
-            # "lr_decay: ..." -> "--lr-decay: ...": name the flag the user typed
-            name, _, rest = str(exc).partition(": ")
-            if given.get(name) is None or not rest:
+            renamed = _flag_named(exc, given)
+            if renamed is None:
                 raise
-            raise ValueError(f"--{name.replace('_', '-')}: {rest}") from None
+            raise renamed from None
     out = args.out
     if out is None and not args.resume:
         out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -335,10 +343,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it with "
                 f"--resume {out} --epochs N, or replace it with --overwrite"
             )
-    with _blas_limit(args.threads):
-        result = train(
-            config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
-        )
+    try:
+        with _blas_limit(args.threads):
+            result = train(
+                config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
+            )
+    except ValueError as exc:  # a field checked against the data once it is loaded (--augment)
+        renamed = _flag_named(exc, given)
+        if renamed is None:
+            raise
+        raise renamed from None
     _print_metrics(result.metrics)
     if args.resume and result.epochs_trained == 0:
         print(

@@ -255,6 +255,8 @@ def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--lr-decay", "5"], "--lr-decay: expected a number in (0, 1]"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0"),
         (["--task", "generate", "--seq", "pixels"], "--seq: the generate task"),
+        # checked once the images are loaded, inside train(), not by make_config
+        (["--augment", "4"], "--augment: expected at most 3 for 8x8 images"),
     ]:
         one_line_error(main(["train", *TINY, "--out", out, *flags]), capsys, fragment)
     assert not os.path.exists(out)
