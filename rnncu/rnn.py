@@ -20,11 +20,11 @@ starts at each row's last valid step, as torch's packed sequences do.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
+from rnncu._warnings import warn_at_caller
 from rnncu.backend import NONLINEARITIES, Array, Backend, backend_for
 from rnncu.module import (
     BackwardBeforeForwardError,
@@ -98,11 +98,10 @@ class RNN(Module):
         self.dropout = check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
         if self.dropout > 0 and self.num_layers == 1:
             # As torch: dropout acts between layers, so a single layer never applies it.
-            warnings.warn(
+            warn_at_caller(
                 f"dropout={self.dropout} has no effect with num_layers=1: dropout applies to "
                 "the input of every layer but the first",
                 UserWarning,
-                stacklevel=2,
             )
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.num_directions = 2 if self.bidirectional else 1

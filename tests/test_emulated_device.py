@@ -315,6 +315,8 @@ def test_a_failed_cluster_launch_turns_clusters_off(device, rng, monkeypatch) ->
     sizes = [int(d.split()[2]) for d in dropped if d.startswith("clusters of")]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), dropped
     assert all("the launch of persistent_cluster_forward<" in str(w.message) for w in caught)
+    # attributed to the caller's line (here this file's _check), not to rnncu's internals
+    assert {w.filename for w in caught} == {__file__}
     assert device.launches(persistent.GRID_KERNEL_FILE) == 2
     monkeypatch.setattr(EmulatedKernel, "__call__", launch)
     with warnings.catch_warnings():

@@ -238,8 +238,9 @@ def test_numpy_scalars_are_numbers() -> None:
 
 
 def test_dropout_on_one_layer_warns() -> None:
-    with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1"):
+    with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1") as caught:
         rnncu.RNN(4, 3, dropout=0.5, backend="numpy")
+    assert [w.filename for w in caught] == [__file__]  # the user's line, not rnncu's
 
 
 @pytest.mark.parametrize(

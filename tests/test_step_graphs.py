@@ -123,8 +123,9 @@ def test_failed_begin_capture_warns_once_and_launches(cupy, monkeypatch):
         raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: test")
 
     monkeypatch.setattr(type(cupy.cuda.streams.null), "begin_capture", refuse)
-    with pytest.warns(RuntimeWarning, match=r"CUDA graph failed \(CUDARuntimeError: .*test\)"):
+    with pytest.warns(RuntimeWarning, match=r"CUDA graph failed \(CUDARuntimeError: .*test\)") as w:
         graphs.run(("a",), _loop(kernel, plan))
+    assert [warning.filename for warning in w] == [__file__]  # the caller's line, not rnncu's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         graphs.run(("a",), _loop(kernel, plan))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import cupy
 import numpy as np
 
+from rnncu._warnings import warn_at_caller
 from rnncu.backend import kernel_loader
 from rnncu.backend.base import NONLINEARITIES, Backend
 from rnncu.backend.kernel_loader import step_threads
@@ -442,11 +442,10 @@ class StepLoopGraphs:
         except errors as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             self.clear()
-            warnings.warn(
+            warn_at_caller(
                 f"rnncu: capturing the step loop as a CUDA graph failed ({self.failure}); "
                 "the step path launches its kernels one by one from now on",
                 RuntimeWarning,
-                stacklevel=5,
             )
             return None
         return graph

@@ -41,10 +41,10 @@ import dataclasses
 import functools
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from rnncu._warnings import warn_at_caller
 from rnncu.backend import kernel_loader
 
 __all__ = [
@@ -781,12 +781,11 @@ def _give_up(plan: Plan, device_id: int, what: str, exc: BaseException) -> None:
         _variants_failed.setdefault(device_id, set()).add(plan.variant)
         dropped = f"the {plan.variant} variant"
     detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-    warnings.warn(
+    warn_at_caller(
         f"rnncu: {what} {plan.name_expression} (grid {plan.grid}, {plan.threads} threads) "
         f"failed ({detail}); persistent kernels on device {device_id} no longer use "
         f"{dropped} in this process",
         RuntimeWarning,
-        stacklevel=4,
     )
 
 
