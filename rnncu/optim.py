@@ -329,7 +329,11 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
 
 class Schedule:
     """A learning rate as a pure function of the optimizer step count (the number of
-    updates already made), so a resumed run sees exactly the rates of an unbroken one."""
+    updates already made), so a resumed run sees exactly the rates of an unbroken one.
+
+    An optional linear warm-up rises to ``base_lr`` over ``warmup_epochs``; the schedule
+    proper starts there, from ``base_lr`` (it is shifted by the warm-up, not laid under it,
+    so the rate does not jump when the warm-up ends)."""
 
     def __init__(self, base_lr: float, steps_per_epoch: int, warmup_epochs: float = 0.0) -> None:
         steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
@@ -339,14 +343,14 @@ class Schedule:
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
 
     def factor(self, epoch: float) -> float:
-        """The multiplier of ``base_lr`` at fractional epoch ``epoch`` (after warm-up)."""
+        """The multiplier of ``base_lr`` ``epoch`` (fractional) epochs after the warm-up."""
         return 1.0
 
     def __call__(self, step: int) -> float:
         """The learning rate for the update after ``step`` updates."""
-        if self.warmup_steps and step < self.warmup_steps:
+        if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
-        return self.base_lr * self.factor(step / self.steps_per_epoch)
+        return self.base_lr * self.factor((step - self.warmup_steps) / self.steps_per_epoch)
 
 
 class ConstantLR(Schedule):
@@ -354,8 +358,9 @@ class ConstantLR(Schedule):
 
 
 class ExponentialLR(Schedule):
-    """``base_lr * gamma ** epoch``, smoothly per step. Independent of the run's length, so
-    training 2 epochs and resuming to 4 gives the rates of 4 epochs straight."""
+    """``base_lr * gamma ** epoch`` (epochs after the warm-up), smoothly per step.
+    Independent of the run's length, so training 2 epochs and resuming to 4 gives the rates
+    of 4 epochs straight."""
 
     def __init__(
         self, base_lr: float, steps_per_epoch: int, gamma: float, warmup_epochs: float = 0.0
@@ -368,7 +373,7 @@ class ExponentialLR(Schedule):
 
 
 class StepLR(Schedule):
-    """``base_lr * gamma ** floor(epoch / step_epochs)``."""
+    """``base_lr * gamma ** floor(epoch / step_epochs)`` (epochs after the warm-up)."""
 
     def __init__(
         self,
@@ -389,9 +394,10 @@ class StepLR(Schedule):
 
 
 class CosineLR(Schedule):
-    """Half a cosine from ``base_lr`` down to ``min_factor * base_lr`` over
-    ``total_epochs``, then flat. The horizon is fixed when the run starts (a resumed run
-    keeps it), unlike :class:`ExponentialLR`, which has none."""
+    """Half a cosine from ``base_lr`` down to ``min_factor * base_lr``, ending
+    ``total_epochs`` after the start of the run (the warm-up, if any, is part of that
+    horizon and must be shorter), then flat. The horizon is fixed when the run starts (a
+    resumed run keeps it), unlike :class:`ExponentialLR`, which has none."""
 
     def __init__(
         self,
@@ -402,11 +408,20 @@ class CosineLR(Schedule):
         warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__(base_lr, steps_per_epoch, warmup_epochs)
-        self.total_epochs = check_number("total_epochs", total_epochs, low=0.0, high_open=True)
+        self.total_epochs = check_number(
+            "total_epochs", total_epochs, low=0.0, low_open=True, high_open=True
+        )
         self.min_factor = check_number("min_factor", min_factor, low=0.0, high=1.0)
+        # the decay's own length: what the horizon leaves after the warm-up
+        self.decay_epochs = self.total_epochs - self.warmup_steps / self.steps_per_epoch
+        if self.decay_epochs <= 0:
+            raise ValueError(
+                f"warmup_epochs: expected less than the cosine's total_epochs "
+                f"({self.total_epochs}), which includes the warm-up, got {warmup_epochs}"
+            )
 
     def factor(self, epoch: float) -> float:
-        progress = min(epoch / self.total_epochs, 1.0) if self.total_epochs > 0 else 1.0
+        progress = min(epoch / self.decay_epochs, 1.0)
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -419,15 +434,18 @@ def make_schedule(
     steps_per_epoch: int,
     *,
     gamma: float = 0.9,
-    total_epochs: float = 1.0,
+    total_epochs: float | None = None,
     step_epochs: float = 10,
     warmup_epochs: float = 0.0,
 ) -> Schedule:
-    """Build a schedule by name: ``exp`` (gamma per epoch), ``cosine`` (over total_epochs),
-    ``step`` (gamma every step_epochs) or ``constant``."""
+    """Build a schedule by name: ``exp`` (gamma per epoch), ``cosine`` (over total_epochs,
+    which it needs: a default horizon would end the decay, at a rate of 0, wherever it
+    happened to fall), ``step`` (gamma every step_epochs) or ``constant``."""
     if name == "exp":
         return ExponentialLR(base_lr, steps_per_epoch, gamma, warmup_epochs)
     if name == "cosine":
+        if total_epochs is None:
+            raise ValueError("total_epochs: the cosine schedule needs its horizon, got None")
         return CosineLR(base_lr, steps_per_epoch, total_epochs, warmup_epochs=warmup_epochs)
     if name == "step":
         return StepLR(base_lr, steps_per_epoch, step_epochs, gamma, warmup_epochs)

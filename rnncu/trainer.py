@@ -76,7 +76,7 @@ class TrainConfig:
     lr: float = 3e-3
     schedule: str = "exp"
     lr_decay: float = 0.92  # per epoch, for the "exp" and "step" schedules
-    decay_epochs: float = 40.0  # horizon of "cosine", interval of "step"
+    decay_epochs: float = 40.0  # horizon of "cosine" (warm-up included), interval of "step"
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     clip: float = 1.0
@@ -125,6 +125,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if self.schedule == "cosine" and self.warmup_epochs >= self.decay_epochs:
+            raise ValueError(
+                f"warmup_epochs: expected less than decay_epochs ({self.decay_epochs}), the "
+                f"cosine's horizon, which includes the warm-up; got {self.warmup_epochs}"
+            )
         if self.task == "generate" and self.seq != "rows":
             raise ValueError("seq: the generate task reads images row by row (use --seq rows)")
         return self

@@ -257,6 +257,10 @@ def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--task", "generate", "--seq", "pixels"], "--seq: the generate task"),
         # checked once the images are loaded, inside train(), not by make_config
         (["--augment", "4"], "--augment: expected at most 3 for 8x8 images"),
+        (
+            ["--schedule", "cosine", "--decay-epochs", "2", "--warmup-epochs", "2"],
+            "--warmup-epochs: expected less than decay_epochs (2.0), the cosine's horizon",
+        ),
     ]:
         one_line_error(main(["train", *TINY, "--out", out, *flags]), capsys, fragment)
     assert not os.path.exists(out)

@@ -266,6 +266,37 @@ def test_schedules() -> None:
     assert warm(0) == 0.1 and warm(9) == 1.0 and warm(50) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         make_schedule("nope", 1.0, 10)
+    # a cosine with no horizon would decay to 0 wherever a default put it
+    with pytest.raises(ValueError, match="total_epochs: the cosine schedule needs its horizon"):
+        make_schedule("cosine", 1.0, 10)
+
+
+@pytest.mark.parametrize("name", ["exp", "step", "cosine", "constant"])
+def test_the_schedule_starts_where_the_warm_up_ends(name: str) -> None:
+    """The warm-up rises to base_lr and the schedule then starts from base_lr: shifted by
+    the warm-up, so the rate has no jump at its end (it had: exp with gamma 0.5 and 2 epochs
+    of warm-up fell from base_lr to base_lr / 4 in one step)."""
+    spe, warmup = 10, 2
+    plain = make_schedule(name, 0.5, spe, gamma=0.5, total_epochs=4, step_epochs=1)
+    warmed = make_schedule(
+        name, 0.5, spe, gamma=0.5, total_epochs=4 + warmup, step_epochs=1, warmup_epochs=warmup
+    )
+    rising = [warmed(step) for step in range(warmup * spe)]
+    assert rising == [0.5 * (s + 1) / (warmup * spe) for s in range(warmup * spe)]
+    after = [warmed(step) for step in range(warmup * spe, (warmup + 6) * spe)]
+    # the cosine's horizon includes the warm-up, so its decay keeps the length it had alone
+    assert after == [plain(step) for step in range(6 * spe)]
+    assert warmed(warmup * spe) == 0.5
+
+
+def test_cosine_horizon_includes_the_warm_up() -> None:
+    cos = CosineLR(1.0, steps_per_epoch=4, total_epochs=3, warmup_epochs=1)
+    assert cos(3) == 1.0 and cos(4) == 1.0 and abs(cos(8) - 0.5) < 1e-15 and cos(12) == 0.0
+    for warmup in (3, 4):  # nothing would be left of the decay: the rate would sit at 0
+        with pytest.raises(ValueError, match=r"warmup_epochs: expected less than the cosine's"):
+            CosineLR(1.0, steps_per_epoch=4, total_epochs=3, warmup_epochs=warmup)
+    with pytest.raises(ValueError, match=r"total_epochs: expected a number in \(0, inf\)"):
+        CosineLR(1.0, steps_per_epoch=4, total_epochs=0)
 
 
 @pytest.mark.parametrize(
