@@ -14,6 +14,7 @@ from rnncu.module import (
     check_bool,
     check_positive_int,
     check_seed,
+    stream_seed,
 )
 
 
@@ -44,7 +45,7 @@ class Linear(Module):
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
         self.bias = check_bool("bias", bias)
-        rng = np.random.default_rng(check_seed("seed", seed))
+        rng = np.random.default_rng(stream_seed(check_seed("seed", seed), "Linear.weights"))
         bound = 1.0 / math.sqrt(self.in_features)
         shapes = [("weight", (self.out_features, self.in_features))]
         if self.bias:

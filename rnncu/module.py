@@ -9,6 +9,7 @@ their identity (and device pointers) for the life of the module.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -102,6 +103,15 @@ def check_seed(name: str, value: Any) -> int | None:
     if value < 0:
         raise ValueError(f"{name}: expected None or a non-negative integer, got {value!r}")
     return int(value)
+
+
+def stream_seed(seed: int | None, purpose: str) -> list[int] | None:
+    """The seed of one random stream of a module, ``[seed, crc32(purpose)]`` (NumPy's and
+    CuPy's ``default_rng`` both take it): the streams that one seed drives (an RNN's weights,
+    its dropout masks, a Linear's weights) are then independent, instead of the same numbers
+    (``RNN(seed=0)`` and ``Linear(seed=0)`` drew proportional weights). None stays None:
+    fresh entropy."""
+    return None if seed is None else [seed, zlib.crc32(purpose.encode())]
 
 
 def check_class_labels(

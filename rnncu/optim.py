@@ -4,7 +4,10 @@ Optimizers take a list of :class:`rnncu.Module` and update ``module.params[name]
 from ``module.grads[name]`` (in place, so a layer's cached references to its weights and any
 device buffers stay valid). All state lives in arrays on the modules' backend, created at
 the first step, plus a host step counter, so :meth:`Optimizer.state_dict` /
-:meth:`Optimizer.load_state_dict` restore a run bit for bit. Scalars (learning rate, bias
+:meth:`Optimizer.load_state_dict` restore the optimizer's state bit for bit. The learning
+rate is a setting, not state (unlike torch's ``param_groups``): loading keeps ``lr`` as it
+is, and a :class:`Schedule`, a pure function of the step count, gives a resumed run the
+rates of an unbroken one (as the trainer does). Scalars (learning rate, bias
 corrections) are Python floats computed on the host, which keeps the NumPy and CuPy updates
 identical up to the device's floating-point arithmetic and never synchronises the device.
 

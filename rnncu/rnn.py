@@ -34,6 +34,7 @@ from rnncu.module import (
     check_positive_int,
     check_seed,
     describe_array,
+    stream_seed,
 )
 
 
@@ -63,7 +64,8 @@ class RNN(Module):
         bidirectional: add a reverse direction per layer (output features 2H).
         dtype: ``"float32"`` or ``"float64"``.
         backend: ``"numpy"``, ``"cupy"``, ``"auto"``, a Backend, or None for the current one.
-        seed: seed of the initialisation (U(-1/sqrt(H), 1/sqrt(H)), as torch) and dropout.
+        seed: seed of the initialisation (U(-1/sqrt(H), 1/sqrt(H)), as torch) and of the
+            dropout masks (two independent streams; :meth:`seed_dropout` restarts the second).
 
     Parameters (``params``, ``state_dict()``, and ``grads`` after ``backward``), for layer k
     and suffix ``""`` or ``"_reverse"``: ``weight_ih_l{k}`` (H, D_k) with D_0 = D and
@@ -107,13 +109,23 @@ class RNN(Module):
         self.num_directions = 2 if self.bidirectional else 1
 
         seed = check_seed("seed", seed)
-        host_rng = np.random.default_rng(seed)
+        host_rng = np.random.default_rng(stream_seed(seed, "RNN.weights"))
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, shape in self._parameter_shapes():
             host = host_rng.uniform(-bound, bound, size=shape)
             self.params[name] = self.backend.asarray(host, dtype=self.dtype)
-        self._dropout_rng = self.backend.xp.random.default_rng(None if seed is None else seed + 1)
+        self.seed_dropout(seed)
         self._cache: dict[str, Any] | None = None
+
+    def seed_dropout(self, seed: int | None) -> None:
+        """Restart the dropout masks' random stream from ``seed`` (None: fresh entropy).
+
+        The stream lives on the layer's device and is not part of :meth:`state_dict` (as in
+        torch, whose generator state is saved apart from the model's). A run that reseeds it
+        at the start of each epoch, e.g. ``seed_dropout(seed * 1000 + epoch)``, draws the
+        same masks whether or not it was stopped and resumed in between."""
+        seed = check_seed("seed", seed)
+        self._dropout_rng = self.backend.xp.random.default_rng(stream_seed(seed, "RNN.dropout"))
 
     # -- structure --------------------------------------------------------------------------
     def _suffix(self, layer: int, direction: int) -> str:

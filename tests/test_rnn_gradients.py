@@ -239,8 +239,7 @@ def test_dropout_between_layers(rng: np.random.Generator) -> None:
         np.testing.assert_allclose(mask[kept], 1 / 0.6)  # inverted dropout scaling
 
     def fixed_mask_loss() -> float:
-        # the same mask for every evaluation: reseed the dropout generator
-        rnn._dropout_rng = np.random.default_rng(11)
+        rnn.seed_dropout(11)  # the same masks for every evaluation
         return float(np.sum(rnn(x)[0] * weight))
 
     fixed_mask_loss()
@@ -251,6 +250,49 @@ def test_dropout_between_layers(rng: np.random.Generator) -> None:
         assert_close(
             grads[name], numerical_gradient(fixed_mask_loss, rnn.params[name]), 1e-6, 1e-8, name
         )
+
+
+def test_seed_dropout_gives_a_resumed_run_the_masks_of_an_unbroken_one(
+    rng: np.random.Generator,
+) -> None:
+    """The dropout stream is not in the state dict; reseeding it per epoch (the documented
+    pattern) makes a layer rebuilt from a saved state draw the masks the unbroken one drew."""
+    kwargs = dict(num_layers=2, dropout=0.5, dtype="float64", backend="numpy")
+    x = rng.standard_normal((5, 3, 2))
+    unbroken = rnncu.RNN(2, 4, seed=3, **kwargs)
+    outputs = []
+    for epoch in range(3):
+        unbroken.seed_dropout(100 + epoch)
+        outputs.append(unbroken(x)[0])
+    assert not np.array_equal(outputs[1], outputs[2])  # a new mask each epoch
+    resumed = rnncu.RNN(2, 4, seed=99, **kwargs)  # other weights, other stream
+    resumed.load_state_dict(unbroken.state_dict())
+    resumed.seed_dropout(102)
+    np.testing.assert_array_equal(resumed(x)[0], outputs[2])
+    with pytest.raises(ValueError, match="seed: expected None or a non-negative integer"):
+        resumed.seed_dropout(-1)
+
+
+def test_one_seed_drives_independent_streams() -> None:
+    """RNN(seed=s) and Linear(seed=s) draw unrelated weights (they drew the same uniform
+    numbers, so a head of the RNN's input size held a multiple of weight_ih_l0), and an RNN's
+    dropout masks are not the numbers another seed's weights are made of."""
+    size = 6
+    rnn = rnncu.RNN(size, size, dtype="float64", backend="numpy", seed=0)
+    head = rnncu.Linear(size, size, dtype="float64", backend="numpy", seed=0)
+    ratio = head.params["weight"] / rnn.params["weight_ih_l0"]
+    assert np.ptp(ratio) > 0.1, "proportional weights from one seed"
+    # the same seed still gives the same weights: reproducible, as before
+    again = rnncu.RNN(size, size, dtype="float64", backend="numpy", seed=0)
+    for name, value in rnn.params.items():
+        np.testing.assert_array_equal(again.params[name], value)
+    kwargs = dict(dtype="float64", backend="numpy")
+    drop = rnncu.RNN(size, size, num_layers=2, dropout=0.5, seed=0, **kwargs)
+    other = rnncu.RNN(size, size, seed=1, **kwargs)
+    stream = drop._dropout_rng.random(size * size)
+    bound = 1 / np.sqrt(size)
+    weights = (other.params["weight_ih_l0"].ravel() + bound) / (2 * bound)  # back to U(0, 1)
+    assert not np.allclose(stream, weights)
 
 
 def test_padding_ignores_inputs_at_padded_steps(rng: np.random.Generator) -> None:
