@@ -1,8 +1,9 @@
 """Losses that return the value *and* the gradient of their input, on the input's device.
 
-Each function returns ``(loss, grad)``: ``loss`` is a 0-d array on the same backend as the
-input (no host synchronisation: the trainer adds it up on the device and reads it once per
-epoch), ``grad`` has the input's shape and dtype. Reductions are means, as in PyTorch's
+Each function returns ``(loss, grad)``: ``loss`` is a scalar on the same backend as the
+input (a 0-d CuPy array; a NumPy scalar on the NumPy backend: no host synchronisation, the
+trainer adds it up on the device and reads it once per epoch), ``grad`` has the input's
+shape and dtype. Reductions are means, as in PyTorch's
 defaults, so gradients are already divided by the number of terms.
 """
 

@@ -68,19 +68,7 @@ class Optimizer:
     state_kinds: tuple[str, ...] = ()
 
     def __init__(self, modules: Sequence[Any], lr: float) -> None:
-        if hasattr(modules, "params") or not isinstance(modules, Sequence):
-            raise TypeError(
-                f"modules: expected a list of modules, got {type(modules).__name__} "
-                "(wrap a single module in a list)"
-            )
-        if not modules:
-            raise ValueError("optimizer: expected at least one module")
-        for index, module in enumerate(modules):
-            if not hasattr(module, "params") or not hasattr(module, "grads"):
-                raise TypeError(
-                    f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
-                )
-        _check_distinct(modules)
+        _check_modules("optimizer", modules)
         self.modules = list(modules)
         self.lr = check_number("lr", lr, low=0.0, low_open=True, high_open=True)
         self.step_count = 0
@@ -175,6 +163,24 @@ class Optimizer:
                 )
         self.state = new
         self.step_count = int(step)
+
+
+def _check_modules(where: str, modules: Any) -> None:
+    """A non-empty list of distinct rnncu modules (a generator would be used up by the
+    checks; a single module is a common slip), else an error naming ``modules``."""
+    if hasattr(modules, "params") or not isinstance(modules, Sequence):
+        raise TypeError(
+            f"modules: expected a list of modules, got {type(modules).__name__} "
+            "(wrap a single module in a list)"
+        )
+    if not modules:
+        raise ValueError(f"{where}: expected at least one module")
+    for index, module in enumerate(modules):
+        if not hasattr(module, "params") or not hasattr(module, "grads"):
+            raise TypeError(
+                f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
+            )
+    _check_distinct(modules)
 
 
 def _check_distinct(modules: Sequence[Any]) -> None:
@@ -311,18 +317,26 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
     """Scale all gradients of ``modules`` together so that their global L2 norm is at most
     ``max_norm`` (torch's ``clip_grad_norm_``: factor ``min(1, max_norm / (norm + 1e-6))``).
 
-    Returns the norm before clipping as a 0-d device array; the factor is applied on the
-    device, so clipping never waits for the device. A NaN norm leaves NaN gradients, which
-    the trainer's loss check catches.
+    Returns the norm before clipping, on the device (a 0-d CuPy array; a NumPy scalar on
+    the NumPy backend); the factor is applied on the device, so clipping never waits for the
+    device. A NaN norm leaves NaN gradients, which the trainer's loss check catches.
     """
     from rnncu.backend import backend_for
 
     max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
-    _check_distinct(modules)
-    grads = [g for m in modules for g in m.grads.values() if g is not None]
-    if not grads:
+    _check_modules("clip_grad_norm", modules)
+    owned = [(i, g) for i, m in enumerate(modules) for g in m.grads.values() if g is not None]
+    if not owned:
         raise ValueError("clip_grad_norm: no gradients (call backward first)")
-    xp = backend_for(grads[0]).xp
+    grads = [g for _, g in owned]
+    backend = backend_for(grads[0])
+    for index, grad in owned:
+        if backend_for(grad).name != backend.name:  # one norm: every gradient on one device
+            raise ValueError(
+                f"modules[{index}]: gradients on the {backend_for(grad).name} backend, the "
+                f"first module's on {backend.name}"
+            )
+    xp = backend.xp
     total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
     factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:

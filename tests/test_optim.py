@@ -329,6 +329,40 @@ def test_optimizer_arguments_are_checked(build, error, match: str) -> None:
         build(module)
 
 
+def test_clip_grad_norm_checks_its_modules_as_the_optimizers_do(monkeypatch) -> None:
+    module = FakeModule({"w": np.ones(3)})
+    module.grads = {"w": np.ones(3)}
+    with pytest.raises(TypeError, match=r"modules: expected a list of modules, got FakeModule"):
+        clip_grad_norm(module, 1.0)  # was: 'FakeModule' object is not iterable
+    # a generator was used up by the duplicate check, then "no gradients (call backward first)"
+    with pytest.raises(TypeError, match=r"modules: expected a list of modules, got generator"):
+        clip_grad_norm((m for m in [module]), 1.0)
+    with pytest.raises(ValueError, match=r"clip_grad_norm: expected at least one module"):
+        clip_grad_norm([], 1.0)
+    with pytest.raises(TypeError, match=r"modules\[1\]: expected an rnncu module, got dict"):
+        clip_grad_norm([module, {"w": 1}], 1.0)
+    np.testing.assert_array_equal(module.grads["w"], np.ones(3))
+
+    # gradients on two backends cannot make one norm: named, before anything is scaled
+    import rnncu.backend
+
+    class OnDevice(np.ndarray):
+        pass
+
+    numpy_backend = rnncu.backend.get_backend("numpy")
+    device = type("FakeBackend", (), {"name": "cupy", "xp": np})()
+    monkeypatch.setattr(
+        rnncu.backend,
+        "backend_for",
+        lambda a: device if isinstance(a, OnDevice) else numpy_backend,
+    )
+    other = FakeModule({"w": np.ones(3)})
+    other.grads = {"w": np.ones(3).view(OnDevice)}
+    with pytest.raises(ValueError, match=r"modules\[1\]: gradients on the cupy backend, the first"):
+        clip_grad_norm([module, other], 0.5)
+    np.testing.assert_array_equal(module.grads["w"], np.ones(3))
+
+
 @pytest.mark.parametrize("max_norm", [-1.0, 0.0, float("nan"), float("inf"), "1"])
 def test_clip_grad_norm_refuses_bad_max_norm(max_norm) -> None:
     # a negative max_norm used to flip the gradients' sign, NaN to poison them
