@@ -150,9 +150,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A run directory -> its ``checkpoint.npz``; a file path -> itself."""
+    """A run directory -> its ``checkpoint.npz``; a file path -> itself. A path that ends in
+    a separator (``runs/exp1/``) is a directory even before it exists (``Path`` drops the
+    separator, and the run would have been written to a file named ``runs/exp1``)."""
+    text = os.fspath(path)
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
     path = Path(path)
-    return path / CHECKPOINT_NAME if path.is_dir() else path
+    is_dir = path.is_dir() or (isinstance(text, str) and text.endswith(separators))
+    return path / CHECKPOINT_NAME if is_dir else path
 
 
 def _plain_json(value: Any, where: str) -> Any:

@@ -39,6 +39,20 @@ def test_round_trip_without_pickle(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left
 
 
+def test_a_path_ending_in_a_separator_is_a_directory(tmp_path: Path) -> None:
+    """``runs/exp1/`` names a directory even before it exists: it was written as a file named
+    ``runs/exp1``, and the next save to ``runs/exp1/checkpoint.npz`` failed."""
+    new = f"{tmp_path / 'runs' / 'exp1'}{os.sep}"
+    written = save_checkpoint(new, arrays(), {"epoch": 1})
+    assert written == tmp_path / "runs" / "exp1" / "checkpoint.npz" and written.is_file()
+    got, meta = load_checkpoint(new)
+    np.testing.assert_array_equal(got["model.rnn.w"], arrays()["model.rnn.w"])
+    save_checkpoint(tmp_path / "runs" / "exp1" / "checkpoint.npz", arrays(), {"epoch": 2})
+    assert load_checkpoint(new)[1]["epoch"] == 2
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*absent.* \(looked for"):
+        load_checkpoint(f"{tmp_path / 'absent'}{os.sep}")
+
+
 def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint.npz"
     save_checkpoint(path, arrays(), {"epoch": 1})
