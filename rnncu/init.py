@@ -101,7 +101,13 @@ def identity(shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
 def set_param(module: Any, name: str, value: np.ndarray) -> None:
     """Copy the host array ``value`` into ``module.params[name]`` in place (dtype cast to the
     parameter's), keeping the array object the layer and the optimizer refer to."""
+    if name not in module.params:
+        raise ValueError(
+            f"{name!r}: no such parameter; {type(module).__name__} has {', '.join(module.params)}"
+        )
     param = module.params[name]
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a host (NumPy) array, got {type(value).__name__}")
     if tuple(value.shape) != tuple(param.shape):
         raise ValueError(f"{name}: init shape {value.shape} != parameter shape {param.shape}")
     param[...] = module.backend.asarray(np.ascontiguousarray(value), dtype=param.dtype)

@@ -21,7 +21,7 @@ from rnncu.backend import Array
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
-from rnncu.module import check_class_labels, check_number
+from rnncu.module import check_class_labels, check_number, check_positive_int, check_seed
 from rnncu.rnn import RNN
 
 __all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
@@ -88,6 +88,9 @@ def _make_layers(
     dtype: Any,
     backend: Any,
 ) -> None:
+    # named as the task model's arguments are (RNN would say hidden_size, Linear out_features)
+    hidden = check_positive_int("hidden", hidden)
+    seed = check_seed("seed", seed)
     self.rnn = RNN(
         input_size,
         hidden,
@@ -100,7 +103,7 @@ def _make_layers(
     self.head = Linear(hidden, out, dtype=dtype, backend=self.rnn.backend, seed=seed)
     # One host generator for all parameters: the same seed gives the same weights on every
     # backend.
-    gen = np.random.default_rng([seed, 1])
+    gen = np.random.default_rng(None if seed is None else [seed, 1])
     init_rnn(self.rnn, init, gen)
     init_linear(self.head, "xavier" if init != "torch" else "torch", gen)
 
@@ -120,7 +123,7 @@ class SequenceClassifier(_TaskModel):
         dtype: Any = "float32",
         backend: Any = None,
     ) -> None:
-        self.num_classes = int(num_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         _make_layers(
             self, input_size, hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
         )
@@ -205,8 +208,8 @@ class RowGenerator(_TaskModel):
         dtype: Any = "float32",
         backend: Any = None,
     ) -> None:
-        self.width = int(width)
-        self.num_classes = int(num_classes)
+        self.width = check_positive_int("width", width)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         _make_layers(
             self,
             width + num_classes,
@@ -274,8 +277,10 @@ class RowGenerator(_TaskModel):
         n = labels.shape[0]
         check_class_labels("sample: labels", labels, n, self.num_classes)
         labels = labels.astype(np.int64)
-        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
-            raise ValueError(f"sample: steps: expected a positive integer, got {steps!r}")
+        try:  # NumPy integers too, as everywhere else
+            steps = check_positive_int("steps", steps)
+        except ValueError as exc:
+            raise ValueError(f"sample: {exc}") from None
         noise = check_number("sample: noise", noise, low=0.0, high_open=True)
         given = 0
         if top_rows is not None:

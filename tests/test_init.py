@@ -13,6 +13,7 @@ from rnncu.init import (
     init_linear,
     init_rnn,
     orthogonal,
+    set_param,
     torch_uniform,
     xavier_uniform,
 )
@@ -98,6 +99,10 @@ def test_module_initialisers_check_the_module() -> None:
         init_rnn(rnn, "irnn", irnn_input_std=-1)
     with pytest.raises(ValueError, match=r"irnn_scale: expected a number in \(-inf, inf\)"):
         init_rnn(rnn, "irnn", irnn_scale=float("nan"))
+    with pytest.raises(TypeError, match=r"weight_hh_l0: expected a host \(NumPy\) array, got list"):
+        set_param(rnn, "weight_hh_l0", np.eye(4).tolist())
+    with pytest.raises(ValueError, match=r"'nope': no such parameter; RNN has weight_ih_l0, "):
+        set_param(rnn, "nope", np.eye(4))
     # a negative gain or scale is still an initialisation
     np.testing.assert_array_equal(identity((2, 2), scale=-0.5), -0.5 * np.eye(2))
     np.testing.assert_array_equal(orthogonal((3, 3), -1.0, 4), -orthogonal((3, 3), 1.0, 4))
