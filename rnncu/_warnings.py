@@ -7,24 +7,24 @@ different number of frames deep. :func:`warn_at_caller` counts them instead.
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
+from types import FrameType
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-
-def _inside_rnncu(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+def _inside_rnncu(frame: FrameType) -> bool:
+    # by module name, not file path: a pyc-only or frozen install records relative paths
+    name = frame.f_globals.get("__name__", "")
+    return name == "rnncu" or name.startswith("rnncu.")
 
 
 def warn_at_caller(message: str, category: type[Warning]) -> None:
     """``warnings.warn(message, category)`` attributed to the innermost frame outside the
     rnncu package (the user's line that called into rnncu), so that the warning names that
     line and warning filters by module match the user's module."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 2  # 1 is this function, 2 its caller
-    while frame is not None and _inside_rnncu(frame.f_code.co_filename):
+    while frame is not None and _inside_rnncu(frame):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)

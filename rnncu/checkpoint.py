@@ -150,13 +150,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A run directory -> its ``checkpoint.npz``; a file path -> itself. A path that ends in
-    a separator (``runs/exp1/``) is a directory even before it exists (``Path`` drops the
-    separator, and the run would have been written to a file named ``runs/exp1``)."""
-    text = os.fspath(path)
+    """A run directory -> its ``checkpoint.npz``; a file path -> itself. A string that ends
+    in a separator (``"runs/exp1/"``) names a directory even before it exists (``Path``
+    drops the separator, and the run would have been written to a file named ``runs/exp1``).
+    """
     separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    is_dir = isinstance(path, str) and path.endswith(separators)
     path = Path(path)
-    is_dir = path.is_dir() or (isinstance(text, str) and text.endswith(separators))
+    is_dir = is_dir or path.is_dir()
     return path / CHECKPOINT_NAME if is_dir else path
 
 

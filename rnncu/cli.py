@@ -118,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     option("--lr", type=_positive_float)
     option("--schedule", choices=SCHEDULES)
     option("--lr-decay", "per-epoch factor (exp, step)", type=_positive_float)
-    option("--decay-epochs", "cosine horizon / step interval in epochs", type=_positive_float)
+    option(
+        "--decay-epochs",
+        "cosine horizon (warm-up included) / step interval in epochs",
+        type=_positive_float,
+    )
     option("--warmup-epochs", type=_nonneg_float)
     option("--weight-decay", type=_nonneg_float)
     option("--clip", "global gradient-norm limit (0: off)", type=_nonneg_float)

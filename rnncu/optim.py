@@ -18,7 +18,7 @@ State keys are ``"<kind>.<module index>.<param name>"`` (``exp_avg.0.weight_ih_l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,9 +67,8 @@ class Optimizer:
     #: names of the per-parameter state arrays this optimizer keeps
     state_kinds: tuple[str, ...] = ()
 
-    def __init__(self, modules: Sequence[Any], lr: float) -> None:
-        _check_modules("optimizer", modules)
-        self.modules = list(modules)
+    def __init__(self, modules: Iterable[Any], lr: float) -> None:
+        self.modules = _module_list("optimizer", modules)
         self.lr = check_number("lr", lr, low=0.0, low_open=True, high_open=True)
         self.step_count = 0
         # kind -> key -> array on the params' backend; filled lazily at the first step
@@ -165,22 +164,30 @@ class Optimizer:
         self.step_count = int(step)
 
 
-def _check_modules(where: str, modules: Any) -> None:
-    """A non-empty list of distinct rnncu modules (a generator would be used up by the
-    checks; a single module is a common slip), else an error naming ``modules``."""
-    if hasattr(modules, "params") or not isinstance(modules, Sequence):
+def _module_list(where: str, modules: Any) -> list[Any]:
+    """``modules`` (a list, tuple, generator or any iterable of distinct rnncu modules, at
+    least one) as a list, read once; else an error naming ``modules``. A single module is
+    the common slip: it is named as such."""
+    if hasattr(modules, "params"):
         raise TypeError(
             f"modules: expected a list of modules, got {type(modules).__name__} "
             "(wrap a single module in a list)"
         )
-    if not modules:
+    try:
+        listed = list(modules)
+    except TypeError:
+        raise TypeError(
+            f"modules: expected a list of modules, got {type(modules).__name__}"
+        ) from None
+    if not listed:
         raise ValueError(f"{where}: expected at least one module")
-    for index, module in enumerate(modules):
+    for index, module in enumerate(listed):
         if not hasattr(module, "params") or not hasattr(module, "grads"):
             raise TypeError(
                 f"modules[{index}]: expected an rnncu module, got {type(module).__name__}"
             )
-    _check_distinct(modules)
+    _check_distinct(listed)
+    return listed
 
 
 def _check_distinct(modules: Sequence[Any]) -> None:
@@ -221,7 +228,7 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        modules: Sequence[Any],
+        modules: Iterable[Any],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -276,7 +283,7 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        modules: Sequence[Any],
+        modules: Iterable[Any],
         lr: float = 1e-2,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -313,7 +320,7 @@ class SGD(Optimizer):
             param -= self.lr * grad
 
 
-def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
+def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
     """Scale all gradients of ``modules`` together so that their global L2 norm is at most
     ``max_norm`` (torch's ``clip_grad_norm_``: factor ``min(1, max_norm / (norm + 1e-6))``).
 
@@ -324,18 +331,21 @@ def clip_grad_norm(modules: Sequence[Any], max_norm: float) -> Any:
     from rnncu.backend import backend_for
 
     max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
-    _check_modules("clip_grad_norm", modules)
-    owned = [(i, g) for i, m in enumerate(modules) for g in m.grads.values() if g is not None]
-    if not owned:
+    modules = _module_list("clip_grad_norm", modules)
+    grads = [g for m in modules for g in m.grads.values() if g is not None]
+    if not grads:
         raise ValueError("clip_grad_norm: no gradients (call backward first)")
-    grads = [g for _, g in owned]
     backend = backend_for(grads[0])
-    for index, grad in owned:
-        if backend_for(grad).name != backend.name:  # one norm: every gradient on one device
-            raise ValueError(
-                f"modules[{index}]: gradients on the {backend_for(grad).name} backend, the "
-                f"first module's on {backend.name}"
-            )
+    # one norm needs every gradient on one backend (the type test keeps the usual case cheap:
+    # this runs every training step)
+    if any(type(g) is not type(grads[0]) for g in grads):
+        for index, module in enumerate(modules):
+            for grad in module.grads.values():
+                if grad is not None and backend_for(grad).name != backend.name:
+                    raise ValueError(
+                        f"modules[{index}]: gradients on the {backend_for(grad).name} "
+                        f"backend, the first module's on {backend.name}"
+                    )
     xp = backend.xp
     total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
     factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
@@ -432,9 +442,11 @@ class CosineLR(Schedule):
         # the decay's own length: what the horizon leaves after the warm-up
         self.decay_epochs = self.total_epochs - self.warmup_steps / self.steps_per_epoch
         if self.decay_epochs <= 0:
+            horizon = self.total_epochs * self.steps_per_epoch
             raise ValueError(
-                f"warmup_epochs: expected less than the cosine's total_epochs "
-                f"({self.total_epochs}), which includes the warm-up, got {warmup_epochs}"
+                f"warmup_epochs: expected a warm-up shorter than the cosine's horizon of "
+                f"{self.total_epochs} epochs ({horizon:g} steps), which includes it; got "
+                f"{warmup_epochs} epochs ({self.warmup_steps} steps, rounded)"
             )
 
     def factor(self, epoch: float) -> float:

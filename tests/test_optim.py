@@ -293,8 +293,12 @@ def test_cosine_horizon_includes_the_warm_up() -> None:
     cos = CosineLR(1.0, steps_per_epoch=4, total_epochs=3, warmup_epochs=1)
     assert cos(3) == 1.0 and cos(4) == 1.0 and abs(cos(8) - 0.5) < 1e-15 and cos(12) == 0.0
     for warmup in (3, 4):  # nothing would be left of the decay: the rate would sit at 0
-        with pytest.raises(ValueError, match=r"warmup_epochs: expected less than the cosine's"):
+        with pytest.raises(ValueError, match=r"warmup_epochs: expected a warm-up shorter than "):
             CosineLR(1.0, steps_per_epoch=4, total_epochs=3, warmup_epochs=warmup)
+    # what the trainer's config check (on epochs) cannot see: 1.96 epochs round to 20 steps,
+    # the whole 2-epoch horizon; the message gives the steps
+    with pytest.raises(ValueError, match=r"of 2.0 epochs \(20 steps\).* 1.96 epochs \(20 steps"):
+        CosineLR(1.0, steps_per_epoch=10, total_epochs=2, warmup_epochs=1.96)
     with pytest.raises(ValueError, match=r"total_epochs: expected a number in \(0, inf\)"):
         CosineLR(1.0, steps_per_epoch=4, total_epochs=0)
 
@@ -334,9 +338,13 @@ def test_clip_grad_norm_checks_its_modules_as_the_optimizers_do(monkeypatch) -> 
     module.grads = {"w": np.ones(3)}
     with pytest.raises(TypeError, match=r"modules: expected a list of modules, got FakeModule"):
         clip_grad_norm(module, 1.0)  # was: 'FakeModule' object is not iterable
-    # a generator was used up by the duplicate check, then "no gradients (call backward first)"
-    with pytest.raises(TypeError, match=r"modules: expected a list of modules, got generator"):
-        clip_grad_norm((m for m in [module]), 1.0)
+    with pytest.raises(TypeError, match=r"modules: expected a list of modules, got int"):
+        clip_grad_norm(5, 1.0)
+    # any iterable is read once: a generator was used up by the duplicate check, then
+    # "no gradients (call backward first)"; dict views were taken, generators refused by Adam
+    assert float(clip_grad_norm((m for m in [module]), 10.0)) == pytest.approx(math.sqrt(3))
+    assert float(clip_grad_norm({"rnn": module}.values(), 10.0)) == pytest.approx(math.sqrt(3))
+    assert Adam(m for m in [module]).modules == [module]
     with pytest.raises(ValueError, match=r"clip_grad_norm: expected at least one module"):
         clip_grad_norm([], 1.0)
     with pytest.raises(TypeError, match=r"modules\[1\]: expected an rnncu module, got dict"):

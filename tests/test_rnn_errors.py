@@ -237,6 +237,19 @@ def test_numpy_scalars_are_numbers() -> None:
         assert rnncu.RNN(4, 3, num_layers=2, dropout=dropout, backend="numpy").dropout == 0.25
 
 
+def test_warnings_skip_rnncu_frames_by_module_name() -> None:
+    """A frame of the rnncu package is known by its module's name: a pyc-only or frozen
+    install records relative file names, which a test of the path did not recognise."""
+    from rnncu._warnings import warn_at_caller
+
+    namespace = {"__name__": "rnncu.compiled", "warn_at_caller": warn_at_caller}
+    source = "def inner():\n    warn_at_caller('rnncu: a test', RuntimeWarning)\n"
+    exec(compile(source, "compiled.py", "exec"), namespace)  # a relative co_filename
+    with pytest.warns(RuntimeWarning, match="rnncu: a test") as caught:
+        namespace["inner"]()
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_dropout_on_one_layer_warns() -> None:
     with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1") as caught:
         rnncu.RNN(4, 3, dropout=0.5, backend="numpy")

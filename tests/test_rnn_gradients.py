@@ -282,6 +282,10 @@ def test_one_seed_drives_independent_streams() -> None:
     head = rnncu.Linear(size, size, dtype="float64", backend="numpy", seed=0)
     ratio = head.params["weight"] / rnn.params["weight_ih_l0"]
     assert np.ptp(ratio) > 0.1, "proportional weights from one seed"
+    # neither draws the plain default_rng(seed) stream any more
+    plain = np.random.default_rng(0).uniform(-1, 1, size * size).reshape(size, size)
+    for weight in (head.params["weight"], rnn.params["weight_ih_l0"]):
+        assert np.ptp(weight / plain) > 0.1
     # the same seed still gives the same weights: reproducible, as before
     again = rnncu.RNN(size, size, dtype="float64", backend="numpy", seed=0)
     for name, value in rnn.params.items():
