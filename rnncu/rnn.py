@@ -14,7 +14,9 @@ The algorithm, per layer and direction:
 
 Variable lengths are a mask, not a packing: a padded step carries the state unchanged, its
 output is zero, and ``h_n`` is the state at each row's last valid step. The reverse direction
-starts at each row's last valid step, as torch's packed sequences do.
+starts at each row's last valid step, as torch's packed sequences do. Unlike torch, a length
+may be 0 (the row's state passes through the call), so that variable-length sequences can run
+in chunks.
 """
 
 from __future__ import annotations
@@ -223,9 +225,9 @@ class RNN(Module):
             raise ValueError(
                 f"lengths: expected shape ({batch},) (one per sequence), got {host.shape}"
             )
-        if host.size and (host.min() < 1 or host.max() > steps):
+        if host.size and (host.min() < 0 or host.max() > steps):
             raise ValueError(
-                f"lengths: expected values in [1, {steps}] (the number of steps), "
+                f"lengths: expected values in [0, {steps}] (the number of steps), "
                 f"got min {host.min()} and max {host.max()}"
             )
         return self.backend.asarray(host.astype(np.int32), dtype=np.int32)
@@ -246,8 +248,10 @@ class RNN(Module):
             x: (T, B, D), (B, T, D) with ``batch_first``, or unbatched (T, D).
             h0: (num_layers * directions, B, H), or (num_layers * directions, H) unbatched;
                 default zeros.
-            lengths: optional (B,) integers in [1, T] (host array or list): row b's steps
-                ``t >= lengths[b]`` are padding.
+            lengths: optional (B,) integers in [0, T] (host array or list): row b's steps
+                ``t >= lengths[b]`` are padding. A row of length 0 has no step in this call
+                (a sequence that ended in an earlier chunk): its state passes through,
+                ``h_n = h0``, and its output is zero.
 
         Returns:
             ``out`` (T, B, H * directions) (or batch-first / unbatched like ``x``), the last

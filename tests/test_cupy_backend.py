@@ -79,9 +79,11 @@ def _inputs(rng, shape, dtype, use_lengths):
     # |W| ~ U(-1, 1)/sqrt(H): a contracting recurrence, so T = 2000 stays well conditioned
     w_hh = (rng.uniform(-1.0, 1.0, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype)
     h0 = rng.standard_normal((batch, hidden)).astype(dtype)
-    lengths = rng.integers(1, steps + 1, batch).astype(np.int32) if use_lengths else None
+    lengths = rng.integers(0, steps + 1, batch).astype(np.int32) if use_lengths else None
     if lengths is not None and batch > 1:
         lengths[0] = steps  # at least one full-length row
+    if lengths is not None and batch > 2:
+        lengths[-1] = 0  # and one with no step: its state passes through
     grad_states = rng.standard_normal(shape).astype(dtype)
     grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
     return z, w_hh, h0, lengths, grad_states, grad_h_last
@@ -310,9 +312,10 @@ def test_layer_matches_numpy(rng, mode, dtype, config, use_lengths):
     x = rng.standard_normal((steps, batch, features)).astype(dtype)
     directions = 2 if config["bidirectional"] else 1
     h0 = rng.standard_normal((config["num_layers"] * directions, batch, hidden)).astype(dtype)
-    lengths = rng.integers(1, steps + 1, batch) if use_lengths else None
+    lengths = rng.integers(0, steps + 1, batch) if use_lengths else None
     if lengths is not None:
         lengths[0] = steps
+        lengths[-1] = 0  # a row with no step: its state passes through
         # padding is never read: NaN there must reach no output and no gradient
         x[np.arange(steps)[:, None] >= lengths[None, :]] = np.nan
 

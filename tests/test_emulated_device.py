@@ -51,8 +51,10 @@ def _inputs(rng: np.random.Generator, shape, dtype, use_lengths: bool) -> dict:
     steps, batch, hidden = shape
     lengths = None
     if use_lengths:
-        lengths = rng.integers(1, steps + 1, batch).astype(np.int32)
+        lengths = rng.integers(0, steps + 1, batch).astype(np.int32)
         lengths[0] = steps
+        if batch > 2:
+            lengths[-1] = 0  # a row with no step: its state passes through
     return {
         "z": rng.standard_normal(shape).astype(dtype),
         "w_hh": (rng.uniform(-1.0, 1.0, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype),
@@ -635,9 +637,11 @@ def test_layer_matches_numpy(device, rng, mode, dtype, config, use_lengths) -> N
     x_shape = (batch, steps, features) if config.get("batch_first") else (steps, batch, features)
     x = rng.standard_normal(x_shape).astype(dtype)
     h0 = rng.standard_normal((config["num_layers"] * directions, batch, hidden)).astype(dtype)
-    lengths = rng.integers(1, steps + 1, batch) if use_lengths else None
+    lengths = rng.integers(0, steps + 1, batch) if use_lengths else None
     if lengths is not None:
         lengths[0] = steps
+        if batch > 2:
+            lengths[-1] = 0  # a row with no step: its state passes through
     cp = device.module
 
     out_ref, hn_ref = cpu(x, h0, lengths)

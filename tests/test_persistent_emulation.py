@@ -71,8 +71,10 @@ def _problem(rng: np.random.Generator, steps: int, batch: int, hidden: int, dtyp
     h0 = rng.standard_normal((batch, hidden)).astype(dtype)
     lens = None
     if lengths and steps > 0:
-        lens = rng.integers(1, steps + 1, batch).astype(np.int32)
+        lens = rng.integers(0, steps + 1, batch).astype(np.int32)
         lens[0] = steps  # one full row; the others padded (unless the draw says otherwise)
+        if batch > 2:
+            lens[-1] = 0  # and one with no step: its state passes through
     grad_states = rng.standard_normal((steps, batch, hidden)).astype(dtype)
     grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
     return z, w_hh, h0, lens, grad_states, grad_h_last

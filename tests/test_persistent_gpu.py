@@ -65,8 +65,10 @@ def make_inputs(
     scale = 1.0 / np.sqrt(hidden)
     lengths = None
     if with_lengths:
-        lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
+        lengths = rng.integers(0, steps + 1, size=batch).astype(np.int32)
         lengths[0] = steps  # at least one full-length row
+        if batch > 2:
+            lengths[-1] = 0  # and one with no step: its state passes through
     return {
         "z": rng.standard_normal(shape).astype(dtype),
         "w_hh": (rng.uniform(-scale, scale, (hidden, hidden))).astype(dtype),

@@ -125,10 +125,10 @@ def test_lengths_validation(rnn: rnncu.RNN) -> None:
     x = _x(5, 3, 4)
     with pytest.raises(
         ValueError,
-        match=r"lengths: expected values in \[1, 5\] \(the number of steps\), got min 0 and max 5",
+        match=r"lengths: expected values in \[0, 5\] \(the number of steps\), got min -1 and max 5",
     ):
-        rnn(x, lengths=[0, 5, 2])
-    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, 5\].*max 6"):
+        rnn(x, lengths=[-1, 5, 2])
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[0, 5\].*max 6"):
         rnn(x, lengths=[6, 5, 2])
     with pytest.raises(
         ValueError, match=r"lengths: expected shape \(3,\) \(one per sequence\), got \(2,\)"

@@ -59,8 +59,10 @@ def test_backward_matches_finite_differences(
     h0 = rng.standard_normal((layers * dirs, batch, hidden))
     lengths = None
     if with_lengths:
-        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths = rng.integers(0, steps + 1, size=batch)
         lengths[0] = steps  # at least one full row
+        if batch > 2:
+            lengths[-1] = 0  # and one with no step (a sequence that ended in a past chunk)
     out, h_n = rnn(x, h0, lengths=lengths)
     weight_out = rng.standard_normal(out.shape)
     weight_hn = rng.standard_normal(h_n.shape)
@@ -78,6 +80,43 @@ def test_backward_matches_finite_differences(
     assert_close(dh0, numerical_gradient(loss, h0), 1e-6, 1e-8, "dh0")
     for name, param in rnn.params.items():
         assert_close(grads[name], numerical_gradient(loss, param), 1e-6, 1e-8, name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_row_of_length_zero_passes_its_state_through(
+    rng: np.random.Generator, bidirectional: bool
+) -> None:
+    """Length 0: the row has no step in this call. Its output is zero, h_n is h0 and dh0 is
+    dh_n, bit for bit, dx is zero, and the other rows get what they get without it."""
+    dirs = 2 if bidirectional else 1
+    rnn = rnncu.RNN(3, 4, num_layers=2, bidirectional=bidirectional, dtype="float64",
+                    backend="numpy", seed=8)  # fmt: skip
+    x = rng.standard_normal((5, 3, 3))
+    h0 = rng.standard_normal((2 * dirs, 3, 4))
+    dout = rng.standard_normal((5, 3, 4 * dirs))
+    dh_n = rng.standard_normal((2 * dirs, 3, 4))
+    lengths = np.array([5, 0, 3])
+    out, h_n = rnn(x, h0, lengths)
+    dx, dh0 = rnn.backward(dout, dh_n)
+    grads = {name: grad.copy() for name, grad in rnn.grads.items()}
+    assert np.all(out[:, 1] == 0) and np.all(dx[:, 1] == 0)
+    np.testing.assert_array_equal(h_n[:, 1], h0[:, 1])
+    np.testing.assert_array_equal(dh0[:, 1], dh_n[:, 1])
+
+    rest = [0, 2]
+    out_rest, h_n_rest = rnn(x[:, rest], h0[:, rest], lengths[rest])
+    dx_rest, dh0_rest = rnn.backward(dout[:, rest], dh_n[:, rest])
+    assert_close(out[:, rest], out_rest, 1e-13, 1e-14, "out")
+    assert_close(h_n[:, rest], h_n_rest, 1e-13, 1e-14, "h_n")
+    assert_close(dx[:, rest], dx_rest, 1e-13, 1e-14, "dx")
+    assert_close(dh0[:, rest], dh0_rest, 1e-13, 1e-14, "dh0")
+    for name, grad in grads.items():
+        assert_close(grad, rnn.grads[name], 1e-13, 1e-14, name)
+    # a batch where nothing runs: everything passes through
+    out, h_n = rnn(x, h0, [0, 0, 0])
+    assert np.all(out == 0)
+    np.testing.assert_array_equal(h_n, h0)
+    np.testing.assert_array_equal(rnn.backward(dout, dh_n)[1], dh_n)
 
 
 def test_backward_with_only_dout_or_only_dh_n(rng: np.random.Generator) -> None:
@@ -106,17 +145,34 @@ def test_backward_with_only_dout_or_only_dh_n(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype,layers,nonlinearity,split",
-    [("float64", 1, "tanh", 3), ("float64", 3, "relu", 1), ("float32", 2, "tanh", 7)],
+    "dtype,layers,nonlinearity,split,lengths",
+    [
+        ("float64", 1, "tanh", 3, None),
+        ("float64", 3, "relu", 1, None),
+        ("float32", 2, "tanh", 7, None),
+        # rows that end in an early chunk run the later ones with length 0
+        ("float64", 2, "tanh", 4, [9, 3, 5, 1]),
+        ("float32", 1, "relu", 2, [2, 9, 0, 7]),
+    ],
 )
 def test_a_sequence_in_chunks_is_the_whole_sequence(
-    rng: np.random.Generator, dtype: str, layers: int, nonlinearity: str, split: int
+    rng: np.random.Generator,
+    dtype: str,
+    layers: int,
+    nonlinearity: str,
+    split: int,
+    lengths: list[int] | None,
 ) -> None:
     """Long sequences in pieces (the seed's memory problem): each chunk starts from the last
     one's h_n. Forward, the chunks give the whole call's outputs. Backward, two layers with
     the same weights, the later chunk's dh0 fed to the earlier one as dh_n, give the whole
-    call's gradients summed; truncated BPTT is the same with dh0 dropped."""
+    call's gradients summed; truncated BPTT is the same with dh0 dropped. With variable
+    lengths, each chunk gets what is left of each row (0 once a row has ended)."""
     steps, batch, features, hidden = 9, 4, 3, 5
+
+    def chunk_lengths(start: int, stop: int) -> np.ndarray | None:
+        return None if lengths is None else np.clip(np.array(lengths) - start, 0, stop - start)
+
     whole = rnncu.RNN(
         features, hidden, num_layers=layers, nonlinearity=nonlinearity, dtype=dtype,
         backend="numpy", seed=int(rng.integers(1 << 30)),
@@ -134,10 +190,10 @@ def test_a_sequence_in_chunks_is_the_whole_sequence(
     dh_n = rng.standard_normal((layers, batch, hidden)).astype(dtype)
     rtol, atol = (1e-12, 1e-13) if dtype == "float64" else (2e-5, 2e-6)
 
-    out, h_n = whole(x, h0)
+    out, h_n = whole(x, h0, lengths)
     dx, dh0 = whole.backward(dout, dh_n)
-    out_early, h_mid = early(x[:split], h0)
-    out_late, h_n_late = late(x[split:], h_mid)
+    out_early, h_mid = early(x[:split], h0, chunk_lengths(0, split))
+    out_late, h_n_late = late(x[split:], h_mid, chunk_lengths(split, steps))
     assert_close(np.concatenate([out_early, out_late]), out, rtol, atol, "out")
     assert_close(h_n_late, h_n, rtol, atol, "h_n")
 
@@ -151,7 +207,8 @@ def test_a_sequence_in_chunks_is_the_whole_sequence(
     # Truncated BPTT with one layer: forward and backward per chunk, h_n carried over as it is.
     state, outs = h0, []
     for start in range(0, steps, split):
-        chunk_out, state = early(x[start : start + split], state)
+        stop = min(start + split, steps)
+        chunk_out, state = early(x[start:stop], state, chunk_lengths(start, stop))
         early.backward(dout[start : start + split], None)
         outs.append(chunk_out)
     assert_close(np.concatenate(outs), out, rtol, atol, "out, truncated BPTT")

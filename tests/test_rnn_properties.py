@@ -48,7 +48,7 @@ def test_forward_matches_loop(case: dict) -> None:
         else None
     )
     lengths = (
-        rng.integers(1, case["steps"] + 1, size=case["batch"]) if case["with_lengths"] else None
+        rng.integers(0, case["steps"] + 1, size=case["batch"]) if case["with_lengths"] else None
     )
     out, h_n = rnn(x, h0, lengths=lengths)
     expected_out, expected_hn = loop_rnn(
