@@ -70,21 +70,27 @@ def plot_history(
     plt.close(fig)
 
 
+#: Classes up to which the confusion plot writes each count and labels each class; beyond,
+#: the cells alone (a thousand classes made a 50,000-pixel-wide figure with a million texts).
+CONFUSION_ANNOTATED_CLASSES = 30
+
+
 def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """A (C, C) confusion matrix (rows: true class, columns: predicted) with counts."""
+    """A (C, C) confusion matrix (rows: true class, columns: predicted): with its counts for
+    up to :data:`CONFUSION_ANNOTATED_CLASSES` classes, as a heat map alone beyond (the figure
+    stays at most 16 inches, 1600 pixels, wide)."""
     plt = _pyplot()
     k = confusion.shape[0]
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * k, 1 + 0.5 * k))
-    ax.imshow(confusion, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            if confusion[i, j]:
-                color = "white" if confusion[i, j] > confusion.max() / 2 else "black"
-                ax.text(
-                    j, i, str(confusion[i, j]), ha="center", va="center", color=color, fontsize=8
-                )
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
+    annotated = k <= CONFUSION_ANNOTATED_CLASSES
+    side = min(1 + 0.5 * k, 16.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(confusion, cmap="Blues", interpolation="nearest")
+    if annotated:
+        for i, j in zip(*np.nonzero(confusion), strict=True):
+            color = "white" if confusion[i, j] > confusion.max() / 2 else "black"
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", color=color, fontsize=8)
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     _save(fig, path)
