@@ -229,7 +229,8 @@ def _scale_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndar
         raise ValueError(f"{source}: float images must lie in [0, 1], {name} holds NaN or inf")
     if x.size and (x.min() < 0 or x.max() > 1):
         raise ValueError(
-            f"{source}: float images must lie in [0, 1], found {x.min():g}..{x.max():g} in {name}"
+            f"{source}: float images must lie in [0, 1], found {float(x.min())!r}.."
+            f"{float(x.max())!r} in {name}"
         )
     return x.astype(np.float32)
 

@@ -168,6 +168,10 @@ def test_malformed_npz(tmp_path: Path) -> None:
     np.savez(out_of_range, x=np.full((4, 2, 2), 3.0), y=np.zeros(4, np.int64))
     with pytest.raises(ValueError, match="range.npz: float images must lie in"):
         load_npz(out_of_range)
+    # just over 1: the bound is printed in full (":g" printed "found 0..1")
+    np.savez(out_of_range, x=np.array([0.0, 1 + 1e-9, 0.5, 0.25]).reshape(4, 1, 1), y=np.arange(4))
+    with pytest.raises(ValueError, match=r"found 0\.0\.\.1\.000000001 in"):
+        load_npz(out_of_range)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_dataset(str(tmp_path / "absent.npz"))
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
