@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=_path, required=True, help="run directory or checkpoint.npz"
     )
     ev.add_argument(
-        "--dataset", type=_path, help="evaluate on this dataset instead of the saved one"
+        "--dataset",
+        type=_path,
+        help="evaluate on this dataset's test split instead of the saved one's (the .npz "
+        "x_test/y_test or t10k files, else the stratified 25 %% of x/y)",
     )
     ev.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(ev)
@@ -178,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="complete test images whose top K rows are given",
     )
     gen.add_argument("--noise", type=_nonneg_float, help="std of the noise per drawn row")
+    gen.add_argument(
+        "--dataset",
+        type=_path,
+        help="the run's dataset, where the saved path no longer finds it (its image size and "
+        "classes; --complete takes its test images)",
+    )
     gen.add_argument("--seed", type=_nonneg_int, default=0)
     gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(gen)
@@ -279,6 +288,23 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     print(json.dumps(shown, indent=2, sort_keys=True, allow_nan=False))
 
 
+def _new_run_dir(stem: str) -> str:
+    """A directory for a run without ``--out``, made here: ``stem``, else ``stem-2``, ... .
+    Made at once (``mkdir`` fails for all but one), so runs started in the same second each
+    get their own, instead of all writing into one."""
+    parent = Path(stem).parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{parent} is a file, where runs without --out go; give --out")
+    parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
+        try:
+            os.mkdir(stem + suffix)
+        except FileExistsError:
+            continue
+        return stem + suffix
+    raise ValueError(f"{stem}: 999 runs already started in this second; give --out")
+
+
 def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
     """``"lr_decay: ..."`` -> ``"--lr-decay: ..."`` where the user typed that flag (errors name
     the flag, not the config field); None for any other error."""
@@ -337,7 +363,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise renamed from None
     out = args.out
     if out is None and not args.resume:
-        out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        out = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     if out is not None:
         _check_out_dir(out, out)
         held = Path(out) / CHECKPOINT_NAME
@@ -396,6 +422,9 @@ def _parse_classes(text: str | None, num_classes: int) -> list[int]:
     bad = [c for c in classes if not 0 <= c < num_classes]
     if not classes or bad:
         raise ValueError(f"--classes: expected classes in 0..{num_classes - 1}, got {text!r}")
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:  # each class is one row of the grid (its originals and completions paired)
+        raise ValueError(f"--classes: class {twice[0]} is given twice, in {text!r}")
     return classes
 
 
@@ -412,7 +441,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is a directory, expected a .png file")
     _check_out_dir(args.out, Path(args.out).parent)
     with _blas_limit(args.threads):
-        run, _ = load_run(args.checkpoint, backend=_backend(args.backend, None))
+        run, _ = load_run(
+            args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
+        )
         if not isinstance(run.model, RowGenerator):
             raise ValueError(
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "

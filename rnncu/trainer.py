@@ -168,8 +168,13 @@ def make_config(**overrides: Any) -> TrainConfig:
     """A validated config: the dataclass defaults, then the recipe for (task, seq), then the
     ``overrides`` that are not None (explicit arguments win)."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    if isinstance(given.get("dataset"), os.PathLike):
-        given["dataset"] = os.fspath(given["dataset"])  # the config is saved as JSON
+    dataset = given.get("dataset")
+    # A path is saved absolute (as a string: the config is JSON), so that evaluate, resume
+    # and generate find it from any directory and after the run directory moved; a PathLike
+    # is always a path, even Path("digits").
+    if isinstance(dataset, os.PathLike) or (isinstance(dataset, str) and dataset not in
+                                            ("digits", "")):  # fmt: skip
+        given["dataset"] = os.path.abspath(os.fspath(dataset))
     task = given.get("task", TrainConfig.task)
     seq = given.get("seq", TrainConfig.seq)
     # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
@@ -379,6 +384,27 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+#: What a run writes into its directory (``classifier/``: a generate run's judge, a run of
+#: its own). A new run in a directory that held one removes them first: left behind, an old
+#: generate run's samples and judge sat beside a new classify run, and an old checkpoint
+#: under the new config until the first epoch ended.
+RUN_FILES = ("checkpoint.npz", "config.json", "metrics.json", "curves.png", "confusion.png",
+             "samples.png")  # fmt: skip
+JUDGE_DIR = "classifier"
+
+
+def _clear_run_files(out: Path) -> None:
+    """Remove the files of an earlier run from ``out`` (only those: a run directory may hold
+    the user's own files too)."""
+    for directory in (out / JUDGE_DIR, out):
+        for name in RUN_FILES:
+            (directory / name).unlink(missing_ok=True)
+    try:
+        (out / JUDGE_DIR).rmdir()  # only when nothing else is in it
+    except OSError:
+        pass
+
+
 def _write_json(path: Path, obj: Any) -> None:
     # allow_nan=False: NaN is not JSON, and other readers of metrics.json reject it
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -403,6 +429,14 @@ def train(
     is raised; the checkpoint on disk is that last good epoch's. The metrics'
     ``wall_seconds`` is this call's time (data, training, evaluation, a generate run's
     judge), where ``train_seconds`` adds up the epochs of every call that trained the run.
+
+    ``data``, an :class:`ImageDataset`, is trained on instead of loading ``config.dataset``,
+    which is still what the saved run names: evaluating, resuming or generating from the run
+    loads it (unless given a dataset). So ``config.dataset`` must not be the default
+    ``"digits"`` for data of another name.
+
+    A new run (no ``resume``) in ``out_dir`` first removes the files an earlier run left
+    there (:data:`RUN_FILES`, and its ``classifier/`` judge's).
     """
     started = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -416,9 +450,18 @@ def train(
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     config.validate()
+    if data is not None and saved_meta is None and config.dataset == "digits" != data.name:
+        # the saved config would say digits, and evaluating or resuming the run would load
+        # scikit-learn's digits without a word
+        raise ValueError(
+            f"data: a dataset named {data.name!r}, but config.dataset is 'digits'; give the "
+            "config its path (make_config(dataset=...)), which is saved with the run and "
+            "loaded to evaluate, resume or generate from it"
+        )
     if saved_meta is not None:
         if data is None:
             data = _saved_dataset(config, file)
+        _check_saved_images(data, saved_meta, file, config)
         data = _fit_saved_classes(data, saved_meta, file, config)
     run = _Run(config, data)
     if saved_meta is not None:
@@ -436,6 +479,8 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            _clear_run_files(out)
         _write_json(out / "config.json", config.to_dict())
 
     good_arrays = run.arrays()  # rollback target if the loss diverges
@@ -599,7 +644,7 @@ def _finish_generate(run: _Run, result: TrainResult, out: Path | None, progress:
     log("training the classifier that judges the samples")
     judge = train(
         classifier_config(run.config),
-        out_dir=None if out is None else out / "classifier",
+        out_dir=None if out is None else out / JUDGE_DIR,
         progress=progress,
         data=run.data,
         plots=False,
@@ -725,6 +770,20 @@ def _saved_dataset(config: TrainConfig, file: Path) -> ImageDataset:
         ) from None
 
 
+def _check_saved_images(
+    data: ImageDataset, meta: dict[str, Any], file: Path, config: TrainConfig
+) -> None:
+    """The images must have the size the model was trained on: checked before anything that
+    depends on it (an 8x8 dataset for a 12x20 run with --augment 5 said "augment: expected
+    at most 3", and pixels of 20x12 images passed for 12x20 ones: the same sequence shape)."""
+    saved = meta.get("data", {}).get("image_shape")
+    if saved is not None and list(data.image_shape) != list(saved):
+        raise ValueError(
+            f"dataset {config.dataset!r} has {data.image_shape[0]}x{data.image_shape[1]} "
+            f"images, the model of {file} was trained on {saved[0]}x{saved[1]}"
+        )
+
+
 def _fit_saved_classes(
     data: ImageDataset, meta: dict[str, Any], file: Path, config: TrainConfig
 ) -> ImageDataset:
@@ -758,6 +817,7 @@ def load_run(
         data = _saved_dataset(config, file)
     else:
         data = load_dataset(config.dataset)
+    _check_saved_images(data, meta, file, config)
     run = _Run(config, _fit_saved_classes(data, meta, file, config))
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
         raise ValueError(
@@ -777,7 +837,7 @@ def evaluate_run(
     run, _ = load_run(path, backend, dataset)
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
-        judge_dir = resolve_checkpoint(path).parent / "classifier"
+        judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
             judge_run, _ = load_run(judge_dir, backend, dataset)
             metrics.update(judge_samples(run, judge_run.model)[2])

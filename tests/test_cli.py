@@ -141,6 +141,59 @@ def test_generate_task_and_command(
     assert evaluated["classifier_test_accuracy"] == metrics["classifier_test_accuracy"]
     assert main(["generate", "--checkpoint", str(out), "--out", str(png), "--classes", "12"]) == 2
     assert "--classes" in capsys.readouterr().err
+    # a class given twice drew its images twice and broke the pairing of the grid's rows
+    code = main(["generate", "--checkpoint", str(out), "--out", str(png), "--classes", "3,3"])
+    one_line_error(code, capsys, "--classes: class 3 is given twice, in '3,3'")
+
+    # A new run in the same directory replaces the old one's files (the generate run's samples
+    # and judge stayed beside a classify run); the user's own files stay.
+    (out / "notes.txt").write_text("mine")
+    (out / "classifier" / "mine.txt").write_text("mine too")
+    assert main(["train", *TINY, "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert not (out / "samples.png").exists() and (out / "confusion.png").is_file()
+    assert not (out / "classifier" / "checkpoint.npz").exists()
+    assert (out / "notes.txt").is_file() and (out / "classifier" / "mine.txt").is_file()
+
+
+def test_a_run_finds_its_dataset_from_anywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative --dataset is saved absolute: evaluate, resume and generate work from
+    another directory; where the file moved, generate takes --dataset."""
+    from rnncu.data import load_digits
+
+    data = load_digits()
+    (tmp_path / "a").mkdir()
+    np.savez(tmp_path / "a" / "mine.npz", x=data.x_train[:300], y=data.y_train[:300])
+    monkeypatch.chdir(tmp_path / "a")
+    args = ["--task", "generate", *TINY, "--hidden", "8", "--dataset", "mine.npz"]
+    assert main(["train", *args, "--out", "run", "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "a" / "run" / "config.json").read_text())["dataset"]
+    assert saved == str(tmp_path / "a" / "mine.npz")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--checkpoint", "a/run"]) == 0
+    assert main(["train", "--resume", "a/run", "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    (tmp_path / "a" / "mine.npz").rename(tmp_path / "moved.npz")
+    code = main(["generate", "--checkpoint", "a/run", "--out", "x.png"])
+    one_line_error(code, capsys, "that dataset path comes from the config saved in")
+    assert (
+        main(["generate", "--checkpoint", "a/run", "--out", "x.png", "--dataset", "moved.npz"]) == 0
+    )
+    assert (tmp_path / "x.png").is_file()
+
+
+def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> None:
+    """Runs started in the same second all wrote into runs/<that second>."""
+    from rnncu.cli import _new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    made = [_new_run_dir(os.path.join("runs", "20261130-020000")) for _ in range(3)]
+    assert made == [os.path.join("runs", "20261130-020000" + s) for s in ("", "-2", "-3")]
+    assert all((tmp_path / m).is_dir() for m in made)
+    (tmp_path / "blocked").write_text("a file")
+    with pytest.raises(ValueError, match="blocked is a file, where runs without --out go"):
+        _new_run_dir(os.path.join("blocked", "x"))
 
 
 def test_train_help_offers_every_field_with_its_defaults(
@@ -351,3 +404,27 @@ def test_evaluate_without_the_saved_dataset(tmp_path: Path, capsys: pytest.Captu
     code = main(["evaluate", "--checkpoint", str(run)])
     line = one_line_error(code, capsys, "no such file; that dataset path comes from the config")
     assert "--dataset" in line
+
+
+def test_evaluate_on_images_of_another_size_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Pixels of 6x4 images passed for a run on 4x6 ones (the same 24-step sequences), and
+    an --augment run said "--augment: expected at most ..." for smaller images."""
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+
+    def dataset(name: str, shape: tuple[int, int]) -> str:
+        path = tmp_path / name
+        np.savez(path, x=rng.random((60, *shape)), y=y)
+        return str(path)
+
+    wide, tall, small = dataset("wide.npz", (4, 6)), dataset("tall.npz", (6, 4)), "digits"
+    run = str(tmp_path / "run")
+    args = ["train", *TINY, "--seq", "pixels", "--augment", "1", "--dataset", wide]
+    assert main([*args, "--out", run, "--no-progress"]) == 0
+    capsys.readouterr()
+    for other, size in ((tall, "6x4"), (small, "8x8")):
+        code = main(["evaluate", "--checkpoint", run, "--dataset", other])
+        one_line_error(code, capsys, f"has {size} images, the model of ")
+    assert main(["evaluate", "--checkpoint", run, "--dataset", wide]) == 0

@@ -4,6 +4,7 @@ checkpoint, config validation, and (slow) the default recipe's accuracy goal."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +223,11 @@ def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=f"^{name}: expected"):
             make_config(**kwargs)
-    assert make_config(dataset=Path("d.npz")).dataset == "d.npz"  # a path, saved as a str
+    # a path is saved as an absolute str (found from any directory); a Path is always a path
+    assert make_config(dataset=Path("d.npz")).dataset == os.path.abspath("d.npz")
+    assert make_config(dataset="sub/d.npz").dataset == os.path.abspath("sub/d.npz")
+    assert make_config(dataset=Path("digits")).dataset == os.path.abspath("digits")
+    assert make_config(dataset="digits").dataset == "digits"  # the built-in set
     with pytest.raises(TypeError, match="config: expected a dict of fields, got str"):
         TrainConfig.from_dict("notadict")  # type: ignore[arg-type]
     # shifts of 100 pixels would move 8x8 images out of the frame
@@ -298,6 +303,26 @@ def test_missing_saved_dataset_says_where_the_path_came_from(tmp_path: Path, dig
         evaluate_run(tmp_path / "run", backend="numpy")
     with pytest.raises(FileNotFoundError, match="config saved in"):
         train(TrainConfig(epochs=2, backend="numpy"), resume=tmp_path / "run", progress=False)
+
+
+def test_data_of_another_name_needs_its_path_in_the_config(tmp_path: Path, digits) -> None:
+    """train(data=...) with the default config saved dataset 'digits', and evaluating or
+    resuming the run then loaded scikit-learn's digits without a word."""
+    import dataclasses
+
+    inverted = dataclasses.replace(
+        digits, name="inverted.npz", x_train=1 - digits.x_train, x_test=1 - digits.x_test
+    )
+    with pytest.raises(ValueError, match=r"data: a dataset named 'inverted.npz', but config"):
+        train(small(epochs=1), data=inverted, progress=False, out_dir=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    path = tmp_path / "inverted.npz"
+    result = train(
+        small(epochs=1, dataset=path), data=inverted, progress=False, out_dir=tmp_path / "b"
+    )
+    assert result.config.dataset == str(path)
+    with pytest.raises(FileNotFoundError, match="inverted.npz: no such file; .* config saved in"):
+        evaluate_run(tmp_path / "b", backend="numpy")
 
 
 def test_nan_weights_after_a_finite_epoch_are_not_kept(
