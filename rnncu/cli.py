@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=_path, required=True, help="run directory of a generate run"
     )
     gen.add_argument("--out", type=_path, required=True, help="PNG file to write")
-    gen.add_argument("--classes", help="comma-separated classes (default: all)")
+    gen.add_argument(
+        "--classes", help="comma-separated classes (default: every class the training labels hold)"
+    )
     gen.add_argument("--per-class", type=_positive_int, default=10)
     gen.add_argument(
         "--complete",
@@ -412,9 +414,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_classes(text: str | None, num_classes: int) -> list[int]:
+def _parse_classes(text: str | None, num_classes: int, trained: list[int]) -> list[int]:
+    """``--classes``: by default every class of the training labels (``trained``); a class
+    the model never saw (labels with gaps) draws noise, and is refused."""
     if text is None:
-        return list(range(num_classes))
+        return list(trained)
     try:
         classes = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
@@ -425,6 +429,12 @@ def _parse_classes(text: str | None, num_classes: int) -> list[int]:
     twice = sorted({c for c in classes if classes.count(c) > 1})
     if twice:  # each class is one row of the grid (its originals and completions paired)
         raise ValueError(f"--classes: class {twice[0]} is given twice, in {text!r}")
+    unseen = [c for c in classes if c not in trained]
+    if unseen:
+        raise ValueError(
+            f"--classes: class {unseen[0]} has no training images (the run's classes: "
+            f"{', '.join(map(str, trained))})"
+        )
     return classes
 
 
@@ -449,7 +459,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "
                 "(train one with --task generate)"
             )
-        classes = _parse_classes(args.classes, run.data.num_classes)
+        classes = _parse_classes(
+            args.classes, run.data.num_classes, np.unique(run.data.y_train).tolist()
+        )
         noise = SAMPLE_NOISE if args.noise is None else args.noise
         height = run.data.image_shape[0]
         top = None

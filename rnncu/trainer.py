@@ -658,12 +658,14 @@ def _finish_generate(run: _Run, result: TrainResult, out: Path | None, progress:
 def judge_samples(
     run: _Run, judge: SequenceClassifier
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Draw ``SAMPLES_PER_CLASS`` images of every class from a generate run's model and let
-    ``judge`` classify them; returns ``(images, labels, {"sample_class_accuracy": ...})``."""
+    """Draw ``SAMPLES_PER_CLASS`` images of every class the training labels hold (labels
+    with gaps, such as {3, 7, 9}, leave classes the model never saw: their samples were
+    noise, judged as failures) from a generate run's model and let ``judge`` classify them;
+    returns ``(images, labels, {"sample_class_accuracy": ...})``."""
     images, labels = sample_images(
         run.model,
         run.data.image_shape,
-        list(range(run.data.num_classes)),
+        np.unique(run.data.y_train).tolist(),
         SAMPLES_PER_CLASS,
         run.config.seed,
     )

@@ -428,3 +428,29 @@ def test_evaluate_on_images_of_another_size_says_so(
         code = main(["evaluate", "--checkpoint", run, "--dataset", other])
         one_line_error(code, capsys, f"has {size} images, the model of ")
     assert main(["evaluate", "--checkpoint", run, "--dataset", wide]) == 0
+
+
+def test_generate_draws_only_classes_it_was_trained_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels with gaps ({1, 3, 4}: 5 outputs) drew and judged samples of classes 0 and 2,
+    which the model never saw: noise, counted as failures in sample_class_accuracy."""
+    from rnncu.data import load_digits
+
+    digits = load_digits()
+    keep = np.isin(digits.y_train, [1, 3, 4])
+    data = tmp_path / "gaps.npz"
+    np.savez(data, x=digits.x_train[keep], y=digits.y_train[keep])
+    run = tmp_path / "run"
+    grids = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    args = ["train", "--task", "generate", *TINY, "--dataset", str(data), "--out", str(run)]
+    assert main([*args, "--no-progress"]) == 0
+    assert grids[0].shape[0] == 3 * 10  # the judged samples: classes 1, 3 and 4 (was 5 * 10)
+    assert json.loads((run / "metrics.json").read_text())["samples_per_class"] == 10
+    capsys.readouterr()
+    png = str(tmp_path / "x.png")
+    assert main(["generate", "--checkpoint", str(run), "--out", png, "--per-class", "2"]) == 0
+    assert grids[1].shape[0] == 3 * 2
+    code = main(["generate", "--checkpoint", str(run), "--out", png, "--classes", "2"])
+    one_line_error(code, capsys, "--classes: class 2 has no training images (the run's classes")
