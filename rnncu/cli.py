@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -364,8 +365,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise
             raise renamed from None
     out = args.out
+    made = None  # a default run directory made here: removed again if nothing went into it
     if out is None and not args.resume:
-        out = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+        out = made = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     if out is not None:
         _check_out_dir(out, out)
         held = Path(out) / CHECKPOINT_NAME
@@ -380,8 +382,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             result = train(
                 config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
             )
-    except ValueError as exc:  # a field checked against the data once it is loaded (--augment)
-        renamed = _flag_named(exc, given)
+    except BaseException as exc:
+        if made is not None:
+            with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
+                os.rmdir(made)
+        # a field checked against the data once it is loaded (--augment) names its flag
+        renamed = _flag_named(exc, given) if isinstance(exc, ValueError) else None
         if renamed is None:
             raise
         raise renamed from None
@@ -451,9 +457,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is a directory, expected a .png file")
     _check_out_dir(args.out, Path(args.out).parent)
     with _blas_limit(args.threads):
-        run, _ = load_run(
-            args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
-        )
+        try:
+            run, _ = load_run(
+                args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
+            )
+        except FileNotFoundError as exc:
+            if args.dataset is not None:
+                raise
+            raise FileNotFoundError(f"{exc} (give its new place with --dataset)") from None
         if not isinstance(run.model, RowGenerator):
             raise ValueError(
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "

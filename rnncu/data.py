@@ -61,6 +61,9 @@ class ImageDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    #: what it was loaded from: ``"digits"`` or the file or directory's path (None: built in
+    #: memory); the name alone cannot tell scikit-learn's digits from a directory "digits"
+    source: str | None = None
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -148,7 +151,7 @@ def load_digits() -> ImageDataset:
     images = (raw.images / 16.0).astype(np.float32)
     labels = raw.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = split_stratified(images, labels)
-    return ImageDataset("digits", x_tr, y_tr, x_te, y_te, 10)
+    return ImageDataset("digits", x_tr, y_tr, x_te, y_te, 10, source="digits")
 
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian dtype
@@ -282,7 +285,7 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
     return y.astype(np.int64)
 
 
-def _finish(name, x_tr, y_tr, x_te, y_te) -> ImageDataset:
+def _finish(name, x_tr, y_tr, x_te, y_te, source: str) -> ImageDataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"{name}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ")
     for split, images in (("training", x_tr), ("test", x_te)):
@@ -297,7 +300,7 @@ def _finish(name, x_tr, y_tr, x_te, y_te) -> ImageDataset:
             "at least 2 classes"
         )
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes)
+    return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes, source=source)
 
 
 def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
@@ -354,9 +357,9 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
         x_te = _as_images(arrays["x_test"], str(path), "array 'x_test'")
         x_te = _scale_images(x_te, str(path), "array 'x_test'")
         y_te = _labels(arrays["y_test"], x_te.shape[0], str(path), "array 'y_test'")
-        return _finish(path.name, x, y, x_te, y_te)
+        return _finish(path.name, x, y, x_te, y_te, str(path))
     x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(path))
-    return _finish(path.name, x_tr, y_tr, x_te, y_te)
+    return _finish(path.name, x_tr, y_tr, x_te, y_te, str(path))
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -395,9 +398,9 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     if test_x is not None and test_y is not None:
         x_te = _scale_images(_as_images(read_idx(test_x), str(test_x)), str(test_x))
         y_te = _labels(read_idx(test_y), x_te.shape[0], str(test_y))
-        return _finish(directory.name, x, y, x_te, y_te)
+        return _finish(directory.name, x, y, x_te, y_te, str(directory))
     x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(directory))
-    return _finish(directory.name, x_tr, y_tr, x_te, y_te)
+    return _finish(directory.name, x_tr, y_tr, x_te, y_te, str(directory))
 
 
 def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:

@@ -174,7 +174,7 @@ def make_config(**overrides: Any) -> TrainConfig:
     # is always a path, even Path("digits").
     if isinstance(dataset, os.PathLike) or (isinstance(dataset, str) and dataset not in
                                             ("digits", "")):  # fmt: skip
-        given["dataset"] = os.path.abspath(os.fspath(dataset))
+        given["dataset"] = str(Path(dataset).absolute())  # not abspath: "link/.." stays
     task = given.get("task", TrainConfig.task)
     seq = given.get("seq", TrainConfig.seq)
     # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
@@ -394,15 +394,20 @@ JUDGE_DIR = "classifier"
 
 
 def _clear_run_files(out: Path) -> None:
-    """Remove the files of an earlier run from ``out`` (only those: a run directory may hold
-    the user's own files too)."""
-    for directory in (out / JUDGE_DIR, out):
+    """Remove the files of the run saved in ``out`` (only those: a run directory may hold
+    the user's own files too; a ``classifier`` that is a link is left alone)."""
+    judge = out / JUDGE_DIR
+    directories = [out]
+    if judge.is_dir() and not judge.is_symlink():
+        directories.append(judge)
+    for directory in directories:
         for name in RUN_FILES:
             (directory / name).unlink(missing_ok=True)
-    try:
-        (out / JUDGE_DIR).rmdir()  # only when nothing else is in it
-    except OSError:
-        pass
+    if len(directories) > 1:
+        try:
+            judge.rmdir()  # only when nothing else is in it
+        except OSError:
+            pass
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -432,11 +437,12 @@ def train(
 
     ``data``, an :class:`ImageDataset`, is trained on instead of loading ``config.dataset``,
     which is still what the saved run names: evaluating, resuming or generating from the run
-    loads it (unless given a dataset). So ``config.dataset`` must not be the default
-    ``"digits"`` for data of another name.
+    loads it (unless given a dataset). So a run saved to ``out_dir`` must not keep the default
+    ``"digits"`` for other data (``data.source``).
 
-    A new run (no ``resume``) in ``out_dir`` first removes the files an earlier run left
-    there (:data:`RUN_FILES`, and its ``classifier/`` judge's).
+    A run that replaces the one saved in ``out_dir`` (a new run, or a resumed one written
+    elsewhere than its own directory) first removes that run's files (:data:`RUN_FILES`, and
+    its ``classifier/`` judge's); other files stay.
     """
     started = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -450,11 +456,18 @@ def train(
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     config.validate()
-    if data is not None and saved_meta is None and config.dataset == "digits" != data.name:
+    if (
+        data is not None
+        and out_dir is not None
+        and saved_meta is None
+        and config.dataset == "digits"
+        and data.source != "digits"
+    ):
         # the saved config would say digits, and evaluating or resuming the run would load
         # scikit-learn's digits without a word
         raise ValueError(
-            f"data: a dataset named {data.name!r}, but config.dataset is 'digits'; give the "
+            f"data: the dataset {data.name!r} is not scikit-learn's digits, but "
+            "config.dataset is 'digits'; give the "
             "config its path (make_config(dataset=...)), which is saved with the run and "
             "loaded to evaluate, resume or generate from it"
         )
@@ -479,8 +492,9 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if resume is None:
-            _clear_run_files(out)
+        continued = resume is not None and out.resolve() == file.parent.resolve()
+        if (out / "checkpoint.npz").exists() and not continued:
+            _clear_run_files(out)  # this run replaces the one saved there
         _write_json(out / "config.json", config.to_dict())
 
     good_arrays = run.arrays()  # rollback target if the loss diverges
@@ -731,12 +745,13 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
     data = meta.get("data", {})
     if not isinstance(data, dict):
         raise bad("data", "a dict (name, image_shape, num_classes, seq_shape)")
-    shape = data.get("seq_shape", [1, 1])
-    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) for v in shape)):
-        raise CheckpointError(
-            f"{file}: metadata field 'data.seq_shape': expected [T, D] integers, got "
-            f"{_short(shape)}"
-        )
+    for key, form in (("seq_shape", "[T, D]"), ("image_shape", "[H, W]")):
+        shape = data.get(key, [1, 1])
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) for v in shape)):
+            raise CheckpointError(
+                f"{file}: metadata field 'data.{key}': expected {form} integers, got "
+                f"{_short(shape)}"
+            )
     if "num_classes" in data and not (_is_int(data["num_classes"]) and data["num_classes"] >= 1):
         raise CheckpointError(
             f"{file}: metadata field 'data.num_classes': expected a positive integer, got "

@@ -176,7 +176,8 @@ def test_a_run_finds_its_dataset_from_anywhere(
     capsys.readouterr()
     (tmp_path / "a" / "mine.npz").rename(tmp_path / "moved.npz")
     code = main(["generate", "--checkpoint", "a/run", "--out", "x.png"])
-    one_line_error(code, capsys, "that dataset path comes from the config saved in")
+    line = one_line_error(code, capsys, "that dataset path comes from the config saved in")
+    assert line.endswith("(give its new place with --dataset)")
     assert (
         main(["generate", "--checkpoint", "a/run", "--out", "x.png", "--dataset", "moved.npz"]) == 0
     )
@@ -194,6 +195,12 @@ def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> N
     (tmp_path / "blocked").write_text("a file")
     with pytest.raises(ValueError, match="blocked is a file, where runs without --out go"):
         _new_run_dir(os.path.join("blocked", "x"))
+    # a run that fails before writing anything leaves no empty directory behind
+    for run in made:
+        os.rmdir(run)
+    assert main(["train", *TINY, "--dataset", "absent.npz"]) == 2
+    assert main(["train", *TINY, "--augment", "9"]) == 2
+    assert os.listdir(tmp_path / "runs") == []
 
 
 def test_train_help_offers_every_field_with_its_defaults(

@@ -31,3 +31,18 @@ def test_confusion_plot_stays_bounded(tmp_path: Path, classes: int) -> None:
     # 100 dpi: 1 + 0.5 inch per class, at most 16 inches (plus the labels' margin)
     expected = min(1 + 0.5 * classes, 16) * 100
     assert 0.5 * expected < width < expected + 200 and 0.5 * expected < height < expected + 200
+
+
+def test_confusion_counts_are_written_up_to_the_limit(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    texts: list[str] = []
+    original = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s) or
+                        original(self, x, y, s, *a, **k))  # fmt: skip
+    for classes in (CONFUSION_ANNOTATED_CLASSES, CONFUSION_ANNOTATED_CLASSES + 1):
+        texts.clear()
+        confusion = np.arange(classes * classes).reshape(classes, classes) % 3
+        plot_confusion(confusion, tmp_path / "c.png")
+        written = np.count_nonzero(confusion) if classes <= CONFUSION_ANNOTATED_CLASSES else 0
+        assert len(texts) == written, classes

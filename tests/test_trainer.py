@@ -228,6 +228,8 @@ def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
     assert make_config(dataset="sub/d.npz").dataset == os.path.abspath("sub/d.npz")
     assert make_config(dataset=Path("digits")).dataset == os.path.abspath("digits")
     assert make_config(dataset="digits").dataset == "digits"  # the built-in set
+    # made absolute without resolving "..": through a link, "link/.." is not the cwd
+    assert make_config(dataset="link/../d.npz").dataset == str(Path.cwd() / "link/../d.npz")
     with pytest.raises(TypeError, match="config: expected a dict of fields, got str"):
         TrainConfig.from_dict("notadict")  # type: ignore[arg-type]
     # shifts of 100 pixels would move 8x8 images out of the frame
@@ -250,7 +252,12 @@ def saved_run(tmp_path_factory, digits) -> Path:
 
 @pytest.mark.parametrize(
     "changes, field",
-    [({"history": 5}, "history"), ({"data": "x"}, "data"), ({"epoch": "five"}, "epoch")],
+    [
+        ({"history": 5}, "history"),
+        ({"data": "x"}, "data"),
+        ({"epoch": "five"}, "epoch"),
+        ({"data": {"image_shape": 8}}, "data.image_shape"),  # was a TypeError traceback
+    ],
 )
 def test_bad_metadata_names_file_and_field(tmp_path: Path, saved_run: Path, changes, field):
     import shutil
@@ -262,6 +269,37 @@ def test_bad_metadata_names_file_and_field(tmp_path: Path, saved_run: Path, chan
         evaluate_run(run, backend="numpy")
     with pytest.raises(CheckpointError, match=f"checkpoint.npz: metadata field '{field}'"):
         train(TrainConfig(epochs=3, backend="numpy"), resume=run, progress=False)
+
+
+def test_only_a_replaced_run_loses_its_files(tmp_path: Path, saved_run: Path, digits) -> None:
+    """A new run removes the files of the run saved where it writes (an old generate run's
+    samples and judge stayed beside it), but a directory with no run in it keeps everything
+    (a user's classifier/ and samples.png were deleted); a run resumed into another run's
+    directory replaces that run."""
+    import shutil
+
+    def leftovers(directory: Path) -> None:
+        (directory / "classifier").mkdir(parents=True)
+        (directory / "classifier" / "checkpoint.npz").write_bytes(b"a judge")
+        (directory / "samples.png").write_bytes(b"png")
+        (directory / "notes.txt").write_text("mine")
+
+    fresh = tmp_path / "fresh"
+    leftovers(fresh)
+    train(small(epochs=1, hidden=8), data=digits, progress=False, out_dir=fresh, plots=False)
+    assert (fresh / "samples.png").exists() and (fresh / "classifier/checkpoint.npz").exists()
+
+    for target, how in ((tmp_path / "replaced", "new"), (tmp_path / "other", "resumed")):
+        shutil.copytree(saved_run, target)
+        leftovers(target)
+        if how == "new":
+            train(small(epochs=1, hidden=8), data=digits, progress=False, out_dir=target)
+        else:
+            config = TrainConfig(epochs=2, backend="numpy")
+            train(config, resume=saved_run, out_dir=target, progress=False, plots=False)
+        assert not (target / "samples.png").exists() and not (target / "classifier").exists()
+        assert (target / "notes.txt").read_text() == "mine"
+        assert load_checkpoint(target)[1]["epoch"] == (1 if how == "new" else 2)
 
 
 def test_resume_past_the_goal_trains_and_writes_nothing(tmp_path: Path, saved_run: Path) -> None:
@@ -311,11 +349,22 @@ def test_data_of_another_name_needs_its_path_in_the_config(tmp_path: Path, digit
     import dataclasses
 
     inverted = dataclasses.replace(
-        digits, name="inverted.npz", x_train=1 - digits.x_train, x_test=1 - digits.x_test
+        digits,
+        name="inverted.npz",
+        x_train=1 - digits.x_train,
+        x_test=1 - digits.x_test,
+        source=None,  # built in memory
     )
-    with pytest.raises(ValueError, match=r"data: a dataset named 'inverted.npz', but config"):
+    match = r"data: the dataset 'inverted.npz' is not scikit-learn's digits, but config"
+    with pytest.raises(ValueError, match=match):
         train(small(epochs=1), data=inverted, progress=False, out_dir=tmp_path / "a")
     assert not (tmp_path / "a").exists()
+    # a directory named "digits" is not scikit-learn's either
+    named_digits = dataclasses.replace(inverted, name="digits", source="/data/digits")
+    with pytest.raises(ValueError, match="data: the dataset 'digits' is not scikit-learn's"):
+        train(small(epochs=1), data=named_digits, progress=False, out_dir=tmp_path / "a")
+    # nothing saved, nothing to mislead
+    assert train(small(epochs=1), data=inverted, progress=False).epochs_trained == 1
     path = tmp_path / "inverted.npz"
     result = train(
         small(epochs=1, dataset=path), data=inverted, progress=False, out_dir=tmp_path / "b"
