@@ -470,9 +470,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "
                 "(train one with --task generate)"
             )
-        classes = _parse_classes(
-            args.classes, run.data.num_classes, np.unique(run.data.y_train).tolist()
-        )
+        classes = _parse_classes(args.classes, run.data.num_classes, run.data.trained_classes)
         noise = SAMPLE_NOISE if args.noise is None else args.noise
         height = run.data.image_shape[0]
         top = None

@@ -66,6 +66,11 @@ class ImageDataset:
     source: str | None = None
 
     @property
+    def trained_classes(self) -> list[int]:
+        """The classes the training labels hold, ascending (labels may leave gaps)."""
+        return np.unique(self.y_train).tolist()
+
+    @property
     def image_shape(self) -> tuple[int, int]:
         """``(H, W)``: what sets the sequence shapes and must match a checkpoint's model."""
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))

@@ -11,6 +11,7 @@ device and read once at the end of each epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -404,10 +405,8 @@ def _clear_run_files(out: Path) -> None:
         for name in RUN_FILES:
             (directory / name).unlink(missing_ok=True)
     if len(directories) > 1:
-        try:
+        with contextlib.suppress(OSError):
             judge.rmdir()  # only when nothing else is in it
-        except OSError:
-            pass
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -679,7 +678,7 @@ def judge_samples(
     images, labels = sample_images(
         run.model,
         run.data.image_shape,
-        np.unique(run.data.y_train).tolist(),
+        run.data.trained_classes,
         SAMPLES_PER_CLASS,
         run.config.seed,
     )
