@@ -211,8 +211,10 @@ def save_checkpoint(
             f"{', '.join(RESERVED_META)} itself)"
         )
     full_meta = {"format": FORMAT, "version": VERSION, **_plain_json(meta, "")}
-    payload = {}
+    payload: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
+        if not isinstance(name, str):
+            raise TypeError(f"checkpoint array name {name!r} is not a str")
         try:
             payload[name] = value = np.asarray(value)
         except ValueError as exc:  # a ragged list
@@ -220,8 +222,18 @@ def save_checkpoint(
         if value.dtype == object:
             raise ValueError(f"checkpoint array {name!r} has dtype object (pickle is not used)")
     payload[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True, allow_nan=False))
-    _atomic_write(target, lambda fh: np.savez(fh, **payload))
+    _atomic_write(target, lambda fh: _write_npz(fh, payload))
     return target
+
+
+def _write_npz(fileobj: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """The layout ``np.savez`` writes (one stored ``<name>.npy`` per array), without passing
+    names as keywords: ``np.savez(f, **arrays)`` takes an array named ``allow_pickle`` as its
+    flag (the array is silently lost) and refuses one named ``file``."""
+    with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, value, allow_pickle=False)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -39,6 +39,25 @@ def test_round_trip_without_pickle(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left
 
 
+def test_array_names_are_only_names(tmp_path: Path) -> None:
+    """Any str names an array, also ``np.savez``'s own parameters: written through
+    ``np.savez(f, **arrays)``, an array named ``allow_pickle`` was taken as the flag and lost,
+    and one named ``file`` failed with savez's TypeError."""
+    rng = np.random.default_rng(5)
+    named = {name: rng.standard_normal((2, 3)) for name in ("allow_pickle", "file", "a/b", "")}
+    path = save_checkpoint(tmp_path, named, {"epoch": 1})
+    got, _ = load_checkpoint(path)
+    assert set(got) == set(named)
+    for name, value in named.items():
+        np.testing.assert_array_equal(got[name], value)
+        assert got[name].dtype == value.dtype
+    with np.load(path, allow_pickle=False) as npz:
+        assert set(npz.files) == set(named) | {"__rnncu_meta__"}
+    with pytest.raises(TypeError, match=r"checkpoint array name 3 is not a str"):
+        save_checkpoint(tmp_path / "other.npz", {3: np.ones(2)}, {})  # type: ignore[dict-item]
+    assert not (tmp_path / "other.npz").exists()
+
+
 def test_a_path_ending_in_a_separator_is_a_directory(tmp_path: Path) -> None:
     """``runs/exp1/`` names a directory even before it exists: it was written as a file named
     ``runs/exp1``, and the next save to ``runs/exp1/checkpoint.npz`` failed."""
@@ -58,11 +77,15 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
     save_checkpoint(path, arrays(), {"epoch": 1})
     before = path.read_bytes()
 
-    def exploding_savez(fh, **payload):
-        fh.write(b"PK\x03\x04 half a zip")  # something reached the temporary file
-        raise OSError("disk full")
+    real_write_array = np.lib.format.write_array
+    written = []
 
-    monkeypatch.setattr(ckpt.np, "savez", exploding_savez)
+    def exploding_write_array(member, value, **kwargs):
+        if written:  # the first array reached the temporary file
+            raise OSError("disk full")
+        written.append(real_write_array(member, value, **kwargs))
+
+    monkeypatch.setattr(ckpt.np.lib.format, "write_array", exploding_write_array)
     with pytest.raises(OSError, match="disk full") as failed:
         save_checkpoint(path, arrays(), {"epoch": 2})
     assert failed.value.filename == str(path)  # the file asked for, not the temporary one
