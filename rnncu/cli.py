@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -72,7 +72,7 @@ def _path(text: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in the same one-line form as the rest of the CLI."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
 
 
@@ -506,30 +506,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import rnncu
+    from rnncu.backend import diagnostics
 
-    try:
-        from rnncu.backend import diagnostics
-    except ImportError:
-        diagnostics = None
-    if diagnostics is not None:
-        if args.quick:
-            info = diagnostics.collect_info(compile_kernels=False)
-        else:
-            info = diagnostics.collect_info()
-        print(diagnostics.format_info(info))
-        return 0
-    import numpy as np
-
-    from rnncu.backend import available_backends, get_backend
-
-    print(f"rnncu {rnncu.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
-    for name, reason in available_backends().items():
-        print(f"backend {name}: {'available' if reason is None else 'unavailable: ' + reason}")
-    try:
-        print(f"current backend: {get_backend().name}")
-    except Exception as exc:  # a bad RNNCU_BACKEND: report it, info must not fail
-        print(f"current backend: error: {exc}")
+    print(diagnostics.format_info(diagnostics.collect_info(compile_kernels=not args.quick)))
     return 0
 
 

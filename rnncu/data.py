@@ -29,6 +29,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +138,7 @@ def split_stratified(
         ) from None
 
 
-def _sklearn():
+def _sklearn() -> Any:
     try:
         import sklearn.datasets
         import sklearn.model_selection
@@ -160,7 +161,7 @@ def load_digits() -> ImageDataset:
 
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian dtype
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -290,7 +291,14 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
     return y.astype(np.int64)
 
 
-def _finish(name, x_tr, y_tr, x_te, y_te, source: str) -> ImageDataset:
+def _finish(
+    name: str,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_te: np.ndarray,
+    y_te: np.ndarray,
+    source: str,
+) -> ImageDataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"{name}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ")
     for split, images in (("training", x_tr), ("test", x_te)):
@@ -396,6 +404,7 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     if (test_x is None) != (test_y is None):
         # one of the pair alone would otherwise be ignored for a random split
         have, lack = (test_x, "t10k-labels") if test_y is None else (test_y, "t10k-images")
+        assert have is not None  # exactly one of the pair is None
         raise ValueError(
             f"{directory}: has {have.name} but no {lack}-idx*-ubyte[.gz] (give both for a test "
             "split, or neither for a stratified split of the training files)"

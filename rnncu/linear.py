@@ -47,7 +47,9 @@ class Linear(Module):
         self.bias = check_bool("bias", bias)
         rng = np.random.default_rng(stream_seed(check_seed("seed", seed), "Linear.weights"))
         bound = 1.0 / math.sqrt(self.in_features)
-        shapes = [("weight", (self.out_features, self.in_features))]
+        shapes: list[tuple[str, tuple[int, ...]]] = [
+            ("weight", (self.out_features, self.in_features))
+        ]
         if self.bias:
             shapes.append(("bias", (self.out_features,)))
         for name, shape in shapes:

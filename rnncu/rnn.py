@@ -135,7 +135,7 @@ class RNN(Module):
 
     def _parameter_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         hidden = self.hidden_size
-        shapes = []
+        shapes: list[tuple[str, tuple[int, ...]]] = []
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else hidden * self.num_directions
             for direction in range(self.num_directions):
@@ -280,7 +280,7 @@ class RNN(Module):
         hidden = self.hidden_size
         caches: list[_LayerCache] = []
         h_n = []
-        layer_output = None
+        layer_output: Array = None  # every layer (at least one) sets it
         for layer in range(self.num_layers):
             dropout_mask = None
             if layer > 0 and self.training and self.dropout > 0.0:
@@ -364,7 +364,8 @@ class RNN(Module):
         out_features = hidden * dirs
         total_states = self.num_layers * dirs
 
-        grad_out = None
+        grad_out: Array = None  # None: no gradient reaches out; each layer's loop sets it
+        expected: tuple[int, ...]
         if dout is not None:
             dout = self._check_input("dout", dout)
             if unbatched:
@@ -397,7 +398,7 @@ class RNN(Module):
         grad_h0: list[Any] = [None] * total_states
         for layer in range(self.num_layers - 1, -1, -1):
             layer_cache = cache["layers"][layer]
-            grad_input = None
+            grad_input: Array = None  # every direction (at least one) adds to it
             for direction in range(dirs):
                 suffix = self._suffix(layer, direction)
                 index = layer * dirs + direction

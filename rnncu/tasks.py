@@ -84,7 +84,7 @@ def _make_layers(
     layers: int,
     nonlinearity: str,
     init: str,
-    seed: int,
+    seed: int | None,
     dtype: Any,
     backend: Any,
 ) -> None:
@@ -119,7 +119,7 @@ class SequenceClassifier(_TaskModel):
         layers: int = 1,
         nonlinearity: str = "tanh",
         init: str = "torch",
-        seed: int = 0,
+        seed: int | None = 0,
         dtype: Any = "float32",
         backend: Any = None,
     ) -> None:
@@ -204,7 +204,7 @@ class RowGenerator(_TaskModel):
         layers: int = 1,
         nonlinearity: str = "tanh",
         init: str = "torch",
-        seed: int = 0,
+        seed: int | None = 0,
         dtype: Any = "float32",
         backend: Any = None,
     ) -> None:
@@ -305,7 +305,7 @@ class RowGenerator(_TaskModel):
             for t in range(steps):
                 step_in = xp.concatenate([prev, onehot_dev], axis=1)[None]
                 out, h = self.rnn(step_in, h0=h)
-                if t < given:
+                if top_rows is not None and t < given:  # given > 0 only with top_rows
                     row = self.backend.asarray(top_rows[:, t], dtype=dtype)
                 else:
                     row = self.head(out[0])
@@ -330,7 +330,7 @@ def build_model(
     layers: int,
     nonlinearity: str,
     init: str,
-    seed: int,
+    seed: int | None,
     dtype: Any = "float32",
     backend: Any = None,
 ) -> SequenceClassifier | RowGenerator:

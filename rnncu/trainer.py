@@ -505,7 +505,8 @@ def train(
             seconds = time.perf_counter() - t0
             # A finite mean loss can still end with non-finite weights (the last update of the
             # epoch) or outputs: none of them may become the "last good" checkpoint.
-            problem = evaluation = None
+            problem: str | None = None
+            evaluation: dict[str, Any] = {}  # filled whenever problem stays None
             if not math.isfinite(record["train_loss"]):
                 problem = f"training loss became {record['train_loss']}"
             else:
@@ -651,7 +652,9 @@ def classifier_config(config: TrainConfig) -> TrainConfig:
     )
 
 
-def _finish_generate(run: _Run, result: TrainResult, out: Path | None, progress: Any, log: Any):
+def _finish_generate(
+    run: _Run, result: TrainResult, out: Path | None, progress: Any, log: Any
+) -> None:
     """Train the judging classifier (saved in ``out/classifier``), draw 10 samples per class
     and record ``sample_class_accuracy``; keep the samples for the grid plot."""
     log("training the classifier that judges the samples")
@@ -675,6 +678,15 @@ def judge_samples(
     with gaps, such as {3, 7, 9}, leave classes the model never saw: their samples were
     noise, judged as failures) from a generate run's model and let ``judge`` classify them;
     returns ``(images, labels, {"sample_class_accuracy": ...})``."""
+    if not isinstance(run.model, RowGenerator):
+        raise TypeError(
+            f"judge_samples: run is a {run.config.task!r} run; samples come from a generate run"
+        )
+    if not isinstance(judge, SequenceClassifier):
+        raise TypeError(
+            f"judge_samples: judge must be a SequenceClassifier (a classify run's model), got "
+            f"{type(judge).__name__}"
+        )
     images, labels = sample_images(
         run.model,
         run.data.image_shape,
@@ -827,7 +839,9 @@ def load_run(
     what callers use is stable: ``config``, ``data`` (the :class:`ImageDataset`), ``model``,
     ``backend``, ``epoch`` and ``history``."""
     file, arrays, meta, config = _read_run_checkpoint(path)
-    changes = {k: v for k, v in (("backend", backend), ("dataset", dataset)) if v is not None}
+    changes: dict[str, Any] = {
+        k: v for k, v in (("backend", backend), ("dataset", dataset)) if v is not None
+    }
     config = dataclasses.replace(config, **changes).validate()
     if dataset is None:
         data = _saved_dataset(config, file)
@@ -856,6 +870,11 @@ def evaluate_run(
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
             judge_run, _ = load_run(judge_dir, backend, dataset)
+            if not isinstance(judge_run.model, SequenceClassifier):
+                raise ValueError(
+                    f"{judge_dir}: holds a {judge_run.config.task!r} run; the judge of a "
+                    "generate run's samples is a classify run"
+                )
             metrics.update(judge_samples(run, judge_run.model)[2])
             metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
     return metrics

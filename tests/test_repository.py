@@ -4,6 +4,8 @@ the wheel ships the kernels and the loader finds them there."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,6 @@ def _readme() -> str:
 def _skip_without_setuptools(what: str) -> None:
     """Skip a build test where this interpreter has no setuptools (checked in a child process:
     importing it here would patch distutils for the rest of the session)."""
-    import subprocess
-    import sys
-
     if subprocess.run([sys.executable, "-c", "import setuptools"]).returncode != 0:
         pytest.skip(f"setuptools is not installed: cannot build {what}")
 
@@ -55,6 +54,29 @@ def test_readme_example_runs() -> None:
     assert namespace["dx"].shape == (32, 28, 28)
     assert set(rnn.grads) == set(rnn.params)
     assert all(np.all(np.isfinite(rnn.backend.to_numpy(g))) for g in rnn.grads.values())
+
+
+def _run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> args`` at the checkout's root (where pyproject.toml configures
+    it); skipped where the tool is not installed (the test extra installs it)."""
+    pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[test]')")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_the_package_type_checks(tmp_path: Path) -> None:
+    """mypy with pyproject.toml's settings: no error in rnncu (run against the installed
+    NumPy's stubs; 1.23 and 2.4 both pass)."""
+    proc = _run_tool("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success: no issues found" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [("check",), ("format", "--check")])
+def test_the_sources_are_ruff_clean(command: tuple[str, ...]) -> None:
+    proc = _run_tool("ruff", *command, "--no-cache", ".")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> None:

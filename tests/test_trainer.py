@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from rnncu.trainer import (
     TrainConfig,
     TrainingDiverged,
     evaluate_run,
+    judge_samples,
     load_run,
     make_config,
     shift_images,
@@ -300,6 +302,27 @@ def test_only_a_replaced_run_loses_its_files(tmp_path: Path, saved_run: Path, di
         assert not (target / "samples.png").exists() and not (target / "classifier").exists()
         assert (target / "notes.txt").read_text() == "mine"
         assert load_checkpoint(target)[1]["epoch"] == (1 if how == "new" else 2)
+
+
+def test_the_judge_of_samples_must_be_a_classifier(tmp_path: Path, saved_run: Path, digits) -> None:
+    """A generate run's samples are judged by a classify run: a classifier/ holding another
+    generate run failed with AttributeError ('RowGenerator' has no 'predict')."""
+    gen = tmp_path / "gen"
+    config = small(task="generate", epochs=1, hidden=8)
+    train(config, data=digits, progress=False, out_dir=gen, plots=False)
+    generate_run, _ = load_run(gen, backend="numpy")
+    classify_run, _ = load_run(saved_run, backend="numpy")
+    images, labels, judged = judge_samples(generate_run, classify_run.model)
+    assert images.shape[0] == labels.shape[0] > 0 and 0 <= judged["sample_class_accuracy"] <= 1
+    with pytest.raises(TypeError, match=r"judge_samples: run is a 'classify' run; samples"):
+        judge_samples(classify_run, classify_run.model)
+    with pytest.raises(TypeError, match=r"judge must be a SequenceClassifier .*got RowGenerator"):
+        judge_samples(generate_run, generate_run.model)  # type: ignore[arg-type]
+    shutil.rmtree(gen / "classifier")
+    (gen / "classifier").mkdir()
+    shutil.copy(gen / "checkpoint.npz", gen / "classifier" / "checkpoint.npz")
+    with pytest.raises(ValueError, match=r"classifier: holds a 'generate' run; the judge of a"):
+        evaluate_run(gen, backend="numpy")
 
 
 def test_resume_past_the_goal_trains_and_writes_nothing(tmp_path: Path, saved_run: Path) -> None:

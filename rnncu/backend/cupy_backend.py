@@ -282,7 +282,7 @@ class CupyBackend(Backend):
         self._run_loop(("backward", step, dtype.char, nonlinearity, *plan_inputs), loop)
         return grad_z, dh_buffers[backward_result_buffer(steps)]
 
-    def _run_loop(self, key: tuple, loop: StepLoop) -> None:
+    def _run_loop(self, key: tuple[Any, ...], loop: StepLoop) -> None:
         """Queue one step loop: as a CUDA graph where enabled, else launch by launch."""
         if self.step_graphs_enabled():
             self.graphs.run((cupy.cuda.runtime.getDevice(), *key), loop)
@@ -336,9 +336,9 @@ class StepLoop:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_mem: int
-    plan: Callable[[], list[tuple]]
+    plan: Callable[[], list[tuple[Any, ...]]]
 
-    def launch(self, launches: list[tuple]) -> None:
+    def launch(self, launches: list[tuple[Any, ...]]) -> None:
         """Queue ``launches`` (from :attr:`plan`) on the current stream."""
         for args in launches:
             self.kernel(self.grid, self.block, args, shared_mem=self.shared_mem)
@@ -380,8 +380,8 @@ class StepLoopGraphs:
         #: loops replayed from a graph, captured (and launched), launched step by step; and
         #: graphs dropped to stay within the capacity
         self.counts = {"replayed": 0, "captured": 0, "launched": 0, "dropped": 0}
-        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
-        self._sightings: OrderedDict[tuple, int] = OrderedDict()
+        self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._sightings: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._streams: dict[int, Any] = {}
         # one capture at a time: another thread's launches into the private stream while it
         # captures would land in this graph
@@ -395,7 +395,7 @@ class StepLoopGraphs:
         self._graphs.clear()
         self._sightings.clear()
 
-    def run(self, key: tuple, loop: StepLoop) -> None:
+    def run(self, key: tuple[Any, ...], loop: StepLoop) -> None:
         """Queue ``loop`` on the current stream, from its graph if one is cached under
         ``key``; its plan is built only when there is none."""
         graph = self._graphs.get(key)
@@ -423,7 +423,7 @@ class StepLoopGraphs:
         loop.launch(launches)
         self.counts["launched"] += 1
 
-    def _capture(self, loop: StepLoop, launches: list[tuple]) -> Any | None:
+    def _capture(self, loop: StepLoop, launches: list[tuple[Any, ...]]) -> Any | None:
         cuda = cupy.cuda
         errors = (cuda.runtime.CUDARuntimeError, cuda.driver.CUDADriverError)
         device = cuda.runtime.getDevice()
@@ -598,7 +598,7 @@ def plan_forward(
     shape: tuple[int, int, int],
     itemsize: int,
     reverse: bool,
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """Argument tuples of ``rnn_step_forward``, one per step in execution order:
     ``(h_out = states[t], h_prev, w_hh, lengths, t, B, H)``. Pointers are computed for all
     steps at once in 64-bit integers (no overflow for T * B * H beyond 2^31) and the tuples
@@ -628,7 +628,7 @@ def plan_backward(
     shape: tuple[int, int, int],
     itemsize: int,
     reverse: bool,
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """Argument tuples of ``rnn_step_backward``, one per step in execution order (the reverse
     of the forward walk): ``(grad_z[t], dh_out, dh_in, states[t], grad_states[t] or 0, w_hh,
     lengths, t, B, H)``. Step ``i`` of the walk writes ``dh_buffer_ptrs[i % 2]`` and reads

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -175,13 +176,14 @@ def _compiler() -> str | None:
 def _arch_flags() -> tuple[str, ...]:
     """AVX2 and FMA where NumPy's CPU probe finds them (x86); the compiler's default
     elsewhere (ARM64 has both)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy < 2
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2, 1
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:
-            return ()
+            features = importlib.import_module(module).__cpu_features__
+            break
+        except (ImportError, AttributeError):
+            continue
+    else:
+        return ()
     flags = ("-mavx2",) if features.get("AVX2") else ()
     return flags + (("-mfma",) if features.get("FMA3") else ())
 

@@ -460,7 +460,9 @@ _PTXAS_FRAME_RE = re.compile(
 _PTXAS_REGS_RE = re.compile(r"Compiling entry function '([^']+)'|Used (\d+) registers")
 
 
-def _parse_ptxas(log: str, lowered: dict[str, str]) -> tuple[dict, dict, dict]:
+def _parse_ptxas(
+    log: str, lowered: dict[str, str]
+) -> tuple[dict[str, int], dict[str, tuple[int, int]], dict[str, int]]:
     by_mangled = {mangled: name for name, mangled in lowered.items()}
     registers: dict[str, int] = {}
     spills: dict[str, tuple[int, int]] = {}

@@ -184,16 +184,16 @@ class NumpyBackend(Backend):
                 dz *= incoming
             else:
                 dz *= grad_h
-            padded = padding is not None and padding.has_padding[t]
-            if padded:
+            padded = padding.masks[t] if padding is not None and padding.has_padding[t] else None
+            if padded is not None:
                 # a select, not a product: the gradient arriving at a padded (constant)
                 # output is ignored even when it is not finite
-                np.copyto(dz, 0, where=padding.masks[t])
+                np.copyto(dz, 0, where=padded)
             np.matmul(dz, w_hh, out=next_grad_h)
-            if padded:
+            if padded is not None:
                 # A padding row has dz = 0, so its product row is exactly 0: dh_t passes
                 # through unchanged.
-                np.copyto(next_grad_h, grad_h, where=padding.masks[t])
+                np.copyto(next_grad_h, grad_h, where=padded)
             grad_h, next_grad_h = next_grad_h, grad_h
             if host is not None:
                 dh_address, next_dh_address = next_dh_address, dh_address
@@ -245,8 +245,8 @@ class _PaddingMasks:
     __slots__ = ("masks", "has_padding")
 
     def __init__(self, lengths: np.ndarray, steps: int) -> None:
-        self.masks = (np.arange(steps)[:, None] >= lengths[None, :])[:, :, None]
-        self.has_padding = self.masks.any(axis=(1, 2)).tolist()
+        self.masks: np.ndarray = (np.arange(steps)[:, None] >= lengths[None, :])[:, :, None]
+        self.has_padding: list[bool] = np.any(self.masks, axis=(1, 2)).tolist()
 
 
 def _padding_masks(lengths: np.ndarray | None, steps: int) -> _PaddingMasks | None:

@@ -872,7 +872,7 @@ def forward_args(
     nonlinearity: str,
     reverse: bool,
     int_dummy: Any,
-) -> tuple:
+) -> tuple[Any, ...]:
     """The forward kernel's arguments, in its parameter order. Pure (any array type), so the
     host emulation in the tests checks the very tuple the device gets; ``int_dummy`` (one
     int32 element) stands in for absent lengths."""
@@ -900,7 +900,7 @@ def backward_args(
     reverse: bool,
     dummy: Any,
     int_dummy: Any,
-) -> tuple:
+) -> tuple[Any, ...]:
     """The backward kernel's arguments, in its parameter order (see :func:`forward_args`);
     ``dummy`` (one element of the states' dtype) stands in for absent gradients."""
     import numpy as np
@@ -935,7 +935,7 @@ def supports(
     )
 
 
-def _launch(plan: Plan, kernel: Any, args: tuple, device: Any, device_id: int) -> bool:
+def _launch(plan: Plan, kernel: Any, args: tuple[Any, ...], device: Any, device_id: int) -> bool:
     """Launch; False when the launch is refused (a cluster or cooperative launch the driver
     will not schedule, resources the occupancy API did not foresee: reported at once, before
     anything ran). The variant is then off for the device, with a warning, and the caller
