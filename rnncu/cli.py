@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--batch-size", type=_positive_int)
     option("--lr", type=_positive_float)
     option("--schedule", choices=SCHEDULES)
-    option("--lr-decay", "per-epoch factor (exp, step)", type=_positive_float)
+    option("--lr-decay", "factor per epoch (exp) or per step interval (step)", type=_positive_float)
     option(
         "--decay-epochs",
         "cosine horizon (warm-up included) / step interval in epochs",

@@ -131,7 +131,10 @@ def split_stratified(
         )
     train_test_split = _sklearn().model_selection.train_test_split
     try:
-        return train_test_split(x, y, test_size=test_size, random_state=random_state, stratify=y)
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=test_size, random_state=random_state, stratify=y
+        )
+        return x_train, x_test, y_train, y_test  # a tuple: scikit-learn returns a list
     except ValueError as exc:
         raise ValueError(
             f"{name}: cannot split {y.shape[0]} images of {len(classes)} classes stratified ({exc})"

@@ -116,12 +116,15 @@ def set_param(module: Any, name: str, value: np.ndarray) -> None:
 def init_rnn(
     rnn: Any,
     scheme: str = "torch",
-    rng: Any = None,
+    rng: np.random.Generator | int | None = None,
     irnn_scale: float = 1.0,
     irnn_input_std: float = 0.001,
 ) -> None:
     """Initialise every parameter of an :class:`rnncu.RNN` with ``scheme`` (see the module
-    docstring). Parameters are visited in ``rnn.params`` order, so a seed fixes the result."""
+    docstring), in place. ``rng`` is a NumPy Generator (drawn from), a seed, or None (fresh
+    entropy); parameters are visited in ``rnn.params`` order, so a seed fixes the result.
+    ``irnn`` only: W_hh = ``irnn_scale`` * identity, input weights N(0, ``irnn_input_std``^2).
+    """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if not hasattr(rnn, "hidden_size") or not any(n.startswith("weight_hh") for n in rnn.params):
@@ -151,9 +154,12 @@ def init_rnn(
         set_param(rnn, name, value)
 
 
-def init_linear(linear: Any, scheme: str = "torch", rng: Any = None) -> None:
-    """Initialise an :class:`rnncu.Linear`: ``torch`` (U(+-1/sqrt(fan_in)) for weight and
-    bias) or ``xavier`` (Glorot weight, zero bias)."""
+def init_linear(
+    linear: Any, scheme: str = "torch", rng: np.random.Generator | int | None = None
+) -> None:
+    """Initialise an :class:`rnncu.Linear` in place: ``torch`` (U(+-1/sqrt(fan_in)) for
+    weight and bias) or ``xavier`` (Glorot weight, zero bias). ``rng`` as in
+    :func:`init_rnn`."""
     if set(getattr(linear, "params", {})) - {"weight", "bias"} or "weight" not in getattr(
         linear, "params", {}
     ):

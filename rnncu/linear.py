@@ -69,7 +69,8 @@ class Linear(Module):
         return self.forward(x)
 
     def forward(self, x: Array) -> Array:
-        """x (..., in_features) -> (..., out_features).
+        """x (..., in_features) -> (..., out_features), of the layer's backend and dtype (no
+        implicit casts or transfers).
 
         ``backward`` reads ``x`` as it is then, without a copy (as the RNN layer does): change
         it in place between the two calls and the weight gradient is that of the new values.
@@ -87,7 +88,8 @@ class Linear(Module):
         return y
 
     def backward(self, dy: Array) -> Array:
-        """dy (..., out_features) -> dx (..., in_features); fills ``grads``."""
+        """dy (..., out_features), the output's shape, backend and dtype -> dx
+        (..., in_features); fills ``grads`` (``weight``, and ``bias`` if the layer has one)."""
         if self._input is None:
             raise BackwardBeforeForwardError(
                 "backward: no forward pass to differentiate; call forward (lin(x)) first"

@@ -105,7 +105,8 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict` output. Every state array must match a parameter in
         name and shape (it is cast to the parameter's dtype, as torch does); a mismatch raises
-        ValueError naming the key, as does state missing after a step (``step`` > 0): the
+        ValueError naming the key (TypeError for an array that is not floating), as does
+        state missing after a step (``step`` > 0): the
         moments would restart from zero and the run would not continue as saved. (Stricter
         than torch, which starts missing state afresh: load into the optimizer the state was
         saved from.)"""

@@ -245,15 +245,17 @@ class RNN(Module):
         """Run the network over a sequence.
 
         Args:
-            x: (T, B, D), (B, T, D) with ``batch_first``, or unbatched (T, D).
+            x: (T, B, D), (B, T, D) with ``batch_first``, or unbatched (T, D); an array of
+                this layer's backend and exactly its dtype (no implicit casts or transfers).
             h0: (num_layers * directions, B, H), or (num_layers * directions, H) unbatched;
-                default zeros.
+                default zeros. Same backend and dtype as ``x``.
             lengths: optional (B,) integers in [0, T] (host array or list): row b's steps
                 ``t >= lengths[b]`` are padding. A row of length 0 has no step in this call
                 (a sequence that ended in an earlier chunk): its state passes through,
                 ``h_n = h0``, and its output is zero.
 
         Returns:
+            Arrays of the layer's backend and dtype.
             ``out`` (T, B, H * directions) (or batch-first / unbatched like ``x``), the last
             layer's states, zero at padding steps; ``h_n`` shaped like ``h0``, the state of
             every layer and direction after each row's last valid step.
@@ -343,6 +345,7 @@ class RNN(Module):
         Args:
             dout: gradient of the loss w.r.t. ``out`` (same shape as ``out``), or None.
             dh_n: gradient w.r.t. ``h_n`` (same shape as ``h_n``), or None.
+            Both of the layer's backend and dtype; gradients at padding steps are ignored.
 
         Returns:
             ``(dx, dh0)`` shaped like ``x`` and ``h0``. Parameter gradients go to

@@ -8,12 +8,14 @@
   predicted row back as the next input.
 
 Everything is written against ``xp = backend.xp``, so both backends run the same code; the
-losses stay on the device as 0-d arrays (the trainer reads them once per epoch).
+losses stay on the device (0-d CuPy arrays on the GPU, NumPy scalars on the CPU) until the
+trainer reads them, once per epoch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,8 @@ __all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "genera
 
 TASKS = ("classify", "generate")
 
+_Model = TypeVar("_Model", bound="_TaskModel")
+
 
 class _TaskModel:
     """What the trainer needs: ``modules`` (for the optimizer and checkpoints) and train/eval
@@ -38,26 +42,31 @@ class _TaskModel:
 
     @property
     def modules(self) -> list[Any]:
+        """``[rnn, head]``: what an optimizer and ``clip_grad_norm`` take."""
         return [self.rnn, self.head]
 
     @property
     def module_names(self) -> list[str]:
+        """``["rnn", "head"]``: the prefixes of the state dict's keys."""
         return ["rnn", "head"]
 
     @property
     def backend(self) -> Any:
+        """The backend of both layers."""
         return self.rnn.backend
 
-    def train(self) -> None:
+    def train(self: _Model, mode: bool = True) -> _Model:
+        """Training mode (the RNN's dropout active) for both layers. Returns self."""
         for m in self.modules:
-            m.train()
+            m.train(mode)
+        return self
 
-    def eval(self) -> None:
-        for m in self.modules:
-            m.eval()
+    def eval(self: _Model) -> _Model:
+        """Evaluation mode (dropout off) for both layers. Returns self."""
+        return self.train(False)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """``"<module>.<param>"`` -> host copy."""
+        """``"<module>.<param>"`` (``"rnn.weight_hh_l0"``, ``"head.bias"``) -> host copy."""
         return {
             f"{prefix}.{name}": value
             for prefix, module in zip(self.module_names, self.modules, strict=True)
@@ -65,15 +74,40 @@ class _TaskModel:
         }
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``"<module>.<param>"`` -> shape, the keys of :meth:`state_dict`."""
         return {
             f"{prefix}.{name}": tuple(p.shape)
             for prefix, module in zip(self.module_names, self.modules, strict=True)
             for name, p in module.params.items()
         }
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        for prefix, module in zip(self.module_names, self.modules, strict=True):
-            module.load_state_dict({name: state[f"{prefix}.{name}"] for name in module.params})
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copy ``state`` (the keys of :meth:`state_dict` -> array-like) into both layers'
+        parameters in place. Keys must match exactly; shapes, dtypes (floating) and values
+        (finite) are checked as :meth:`rnncu.module.Module.load_state_dict` does. A failed
+        load leaves the model as it was."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state: expected a mapping of name -> array, got {type(state)}")
+        expected = self.param_shapes()
+        missing = [name for name in expected if name not in state]
+        extra = [name for name in state if name not in expected]
+        if missing or extra:
+            parts = [f"missing {missing}"] if missing else []
+            parts += [f"unexpected {extra}"] if extra else []
+            raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
+        before = [module.state_dict() for module in self.modules]
+        try:
+            for prefix, module in zip(self.module_names, self.modules, strict=True):
+                part = {name: state[f"{prefix}.{name}"] for name in module.params}
+                try:
+                    module.load_state_dict(part)
+                except (TypeError, ValueError) as exc:  # name the key as the caller gave it
+                    message = str(exc).replace("state['", f"state['{prefix}.", 1)
+                    raise type(exc)(message) from None
+        except BaseException:
+            for module, saved in zip(self.modules, before, strict=True):
+                module.load_state_dict(saved)
+            raise
 
 
 def _make_layers(
@@ -136,7 +170,8 @@ class SequenceClassifier(_TaskModel):
 
     def train_step(self, x: Array, y: Array) -> tuple[Array, Array]:
         """Forward, loss, backward (fills the modules' ``grads``). x (T, B, D), y (B,) int.
-        Returns ``(loss, correct)`` as 0-d device arrays (mean loss, number correct)."""
+        Returns ``(loss, correct)`` (mean loss, number correct), left on the device: 0-d CuPy
+        arrays on the GPU, NumPy scalars on the CPU (``float()`` reads either)."""
         logits = self.forward(x)
         loss, dlogits = softmax_cross_entropy(logits, y)
         dlast = self.head.backward(dlogits)
@@ -228,8 +263,10 @@ class RowGenerator(_TaskModel):
         out, _ = self.rnn(generator_inputs(rows, labels, self.num_classes))
         return self.head(out)
 
-    def train_step(self, rows: Array, labels: Array) -> tuple[Array, Array]:
-        """Forward, MSE against the rows themselves, backward. Returns ``(loss, None)``."""
+    def train_step(self, rows: Array, labels: Array) -> tuple[Array, None]:
+        """Forward, MSE against the rows themselves, backward (fills the modules' ``grads``).
+        rows (T, B, W) in [0, 1], labels (B,) int. Returns ``(loss, None)``: the mean loss
+        left on the device (as :meth:`SequenceClassifier.train_step`'s) and no count."""
         pred = self.forward(rows, labels)
         loss, dpred = mse_loss(pred, rows)
         dout = self.head.backward(dpred)
@@ -262,12 +299,15 @@ class RowGenerator(_TaskModel):
         noise: float = 0.0,
         rng: np.random.Generator | int | None = None,
     ) -> np.ndarray:
-        """Draw images row by row for the host ``labels`` (n,): returns (n, steps, W) in [0, 1].
+        """Draw images of ``steps`` rows for the host ``labels`` (n,) ints: returns a host
+        array (n, steps, W) in [0, 1], in the model's dtype.
 
-        ``top_rows`` (n, k, W), if given, are used as the first k rows (completion): the model
-        reads them in and continues from row k. ``noise`` adds N(0, noise^2) to every drawn
-        row before it is fed back (noise from a host generator, so both backends agree);
-        0 gives the model's mean prediction.
+        ``top_rows`` (n, k, W) with k <= steps, values in [0, 1] (the training images' range),
+        if given, are used as the first k rows (completion): the model reads them in and
+        continues from row k. ``noise`` adds N(0, noise^2) to every drawn row before it is fed
+        back, drawn from ``rng`` (a NumPy Generator, or a seed for one; a host generator, so
+        both backends agree); 0 gives the model's mean prediction. The model is in evaluation
+        mode while it samples (no dropout) and back in its mode afterwards.
         """
         xp = self.backend.xp
         dtype = self.rnn.dtype
@@ -288,6 +328,15 @@ class RowGenerator(_TaskModel):
             if top_rows.ndim != 3 or top_rows.shape[0] != n or top_rows.shape[2] != self.width:
                 raise ValueError(
                     f"top_rows: expected shape ({n}, k, {self.width}), got {top_rows.shape}"
+                )
+            if top_rows.dtype.kind not in "biuf":
+                raise TypeError(f"top_rows: expected real pixel values, got {top_rows.dtype}")
+            if top_rows.size and not (
+                np.all(np.isfinite(top_rows)) and top_rows.min() >= 0 and top_rows.max() <= 1
+            ):
+                raise ValueError(
+                    "top_rows: expected values in [0, 1] (the training images' range), got "
+                    f"min {top_rows.min()}, max {top_rows.max()}"
                 )
             given = top_rows.shape[1]
             if given > steps:

@@ -49,7 +49,8 @@ __all__ = [
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says which epoch and what was kept."""
+    """An epoch ended with a NaN or infinite training loss, weight or test loss; the message
+    says which epoch, what, and what was kept."""
 
 
 def _is_int(value: Any) -> bool:
@@ -63,7 +64,17 @@ def _is_number(value: Any) -> bool:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run (saved in ``config.json`` and in the checkpoint)."""
+    """Everything that defines a run (saved in ``config.json`` and in the checkpoint).
+
+    ``task`` "classify" or "generate"; ``dataset`` "digits", a directory of IDX files or a
+    ``.npz``; ``seq`` how an image becomes a sequence ("rows": T = height, D = width;
+    "pixels": T = height * width, D = 1). The learning rate starts at ``lr`` (after
+    ``warmup_epochs`` of linear warm-up) and follows ``schedule``: "exp" multiplies it by
+    ``lr_decay`` every epoch, "step" by ``lr_decay`` every ``decay_epochs``, "cosine" takes it
+    to 0 over ``decay_epochs`` (warm-up included), "constant" keeps it. ``clip`` limits the
+    global gradient norm (0: off); ``augment`` shifts each training image by up to that many
+    pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
+    """
 
     task: str = "classify"
     dataset: str = "digits"
@@ -76,7 +87,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 3e-3
     schedule: str = "exp"
-    lr_decay: float = 0.92  # per epoch, for the "exp" and "step" schedules
+    lr_decay: float = 0.92  # factor per epoch ("exp") or per decay_epochs interval ("step")
     decay_epochs: float = 40.0  # horizon of "cosine" (warm-up included), interval of "step"
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
@@ -130,6 +141,15 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs: expected less than decay_epochs ({self.decay_epochs}), the "
                 f"cosine's horizon, which includes the warm-up; got {self.warmup_epochs}"
+            )
+        if self.schedule == "step" and self.warmup_epochs + self.decay_epochs >= self.epochs:
+            # such a run keeps its rate (a silent "constant"): decay_epochs' default, 40, is
+            # the cosine's horizon, and epochs' default is 40 too
+            raise ValueError(
+                f"decay_epochs: the step schedule decays every {self.decay_epochs:g} epochs "
+                f"after {self.warmup_epochs:g} of warm-up, and the run ends at epoch "
+                f"{self.epochs}: the rate would never change (give a shorter decay_epochs, or "
+                "schedule 'constant')"
             )
         if self.task == "generate" and self.seq != "rows":
             raise ValueError("seq: the generate task reads images row by row (use --seq rows)")
@@ -425,14 +445,18 @@ def train(
 ) -> TrainResult:
     """Train ``config`` up to ``config.epochs`` epochs.
 
-    ``out_dir`` receives ``checkpoint.npz`` after every epoch (atomically), ``config.json``,
-    ``metrics.json`` and PNG plots at the end. ``resume`` (a run directory or checkpoint
-    file) continues that run: its saved config is used, with ``config.epochs`` (and
-    ``config.backend``, unless None) taken from the argument. If the training loss becomes NaN or
-    infinite, the model is rolled back to the last good epoch and :class:`TrainingDiverged`
-    is raised; the checkpoint on disk is that last good epoch's. The metrics'
-    ``wall_seconds`` is this call's time (data, training, evaluation, a generate run's
-    judge), where ``train_seconds`` adds up the epochs of every call that trained the run.
+    ``out_dir`` (None: nothing is written) receives ``config.json`` before the first epoch,
+    ``checkpoint.npz`` after every epoch (atomically), and at the end ``metrics.json`` and,
+    with ``plots``, PNG plots (curves, and the confusion matrix or the samples). ``resume``
+    (a run directory or checkpoint file) continues that run: its saved config is used, with
+    ``config.epochs`` (and ``config.backend``, unless None) taken from the argument. If an
+    epoch ends with a NaN or infinite training loss, weight or test loss (test MSE), the
+    model is rolled back to the last good epoch and :class:`TrainingDiverged` is raised; the
+    checkpoint on disk is that last good epoch's. The metrics' ``wall_seconds`` is this
+    call's time (data, training, evaluation, a generate run's judge), where
+    ``train_seconds`` adds up the epochs of every call that trained the run. ``progress``
+    shows a tqdm bar over the epochs (None: when stderr is a terminal); ``log``, a callable
+    taking one str, receives a line per epoch and the run's other news.
 
     ``data``, an :class:`ImageDataset`, is trained on instead of loading ``config.dataset``,
     which is still what the saved run names: evaluating, resuming or generating from the run

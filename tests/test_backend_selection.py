@@ -96,3 +96,17 @@ def test_mixed_device_message_names_the_conversion() -> None:
         TypeError, match=r"x: expected a numpy array .*mixed devices are not converted"
     ):
         rnn(FakeDeviceArray())
+
+
+def test_to_numpy_copies_on_the_numpy_backend_too() -> None:
+    """``to_numpy`` is a copy on every backend (CuPy's is a transfer): on the NumPy backend it
+    returned the parameter itself, and writing to the "host copy" changed the layer."""
+    numpy_backend = rnncu.get_backend("numpy")
+    rnn = rnncu.RNN(3, 4, backend="numpy", seed=2)
+    weight = rnn.params["weight_hh_l0"]
+    before = weight.copy()
+    host = numpy_backend.to_numpy(weight)
+    np.testing.assert_array_equal(host, before)
+    assert host.dtype == weight.dtype and not np.shares_memory(host, weight)
+    host[...] = np.nan
+    np.testing.assert_array_equal(rnn.params["weight_hh_l0"], before)

@@ -19,6 +19,7 @@ from rnncu.data import (
     load_npz,
     pixel_permutation,
     read_idx,
+    split_stratified,
     to_sequences,
 )
 
@@ -365,3 +366,17 @@ def test_pickles_are_refused_without_suggesting_to_unpickle(tmp_path: Path) -> N
         load_npz(objects)
     for info in (exc, exc2):
         assert "allow_pickle" not in str(info.value) and "unsafely" not in str(info.value)
+
+
+def test_split_stratified_returns_a_stratified_tuple() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.random((40, 3, 3))
+    y = np.repeat(np.arange(4), 10)
+    parts = split_stratified(x, y, test_size=0.25)
+    assert isinstance(parts, tuple) and len(parts) == 4  # scikit-learn's is a list
+    x_train, x_test, y_train, y_test = parts
+    assert x_train.shape == (30, 3, 3) and x_test.shape == (10, 3, 3)
+    assert sorted(np.bincount(y_test, minlength=4).tolist()) == [2, 2, 3, 3]  # stratified
+    np.testing.assert_array_equal(np.bincount(y_train) + np.bincount(y_test), np.bincount(y))
+    with pytest.raises(ValueError, match=r"^mine: class 2 has only 1 image"):
+        split_stratified(x[:9], np.array([0, 0, 0, 0, 1, 1, 1, 1, 2]), name="mine")

@@ -80,6 +80,40 @@ def test_sampling_and_completion() -> None:
     np.testing.assert_allclose(done[:, 2], np.clip(forced[2], 0, 1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="top_rows"):
         model.sample(labels, 6, top_rows=top[:, :, :3])
+    # given rows were copied into the "[0, 1]" images unchecked (7.0 came back as 7.0)
+    for bad, shown in ((7.0, "max 7.0"), (-0.5, "min -0.5"), (np.nan, "nan")):
+        outside = top.copy()
+        outside[1, 0, 2] = bad
+        with pytest.raises(ValueError, match=rf"top_rows: expected values in \[0, 1\].*{shown}"):
+            model.sample(labels, 6, top_rows=outside)
+    with pytest.raises(TypeError, match="top_rows: expected real pixel values, got <U"):
+        model.sample(labels, 6, top_rows=top.astype(str))
+    assert model.rnn.training and model.head.training  # sampling restored the mode
+
+
+def test_task_model_state_round_trip_and_errors() -> None:
+    """Keys are "<module>.<param>"; a missing one was a bare KeyError, and a bad head entry
+    left the RNN already overwritten."""
+    model = SequenceClassifier(3, 5, 4, seed=1, backend="numpy")
+    other = SequenceClassifier(3, 5, 4, seed=2, backend="numpy")
+    assert model.eval() is model and not model.rnn.training and not model.head.training
+    assert model.train() is model and model.rnn.training
+    before = model.state_dict()
+    assert set(before) == set(model.param_shapes()) and "head.weight" in before
+    model.load_state_dict(other.state_dict())
+    for key, value in other.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+    model.load_state_dict(before)
+    missing = {k: v for k, v in other.state_dict().items() if k != "rnn.weight_hh_l0"}
+    with pytest.raises(ValueError, match=r"missing \['rnn.weight_hh_l0'\]"):
+        model.load_state_dict(missing)
+    with pytest.raises(ValueError, match=r"unexpected \['rnn.extra'\]"):
+        model.load_state_dict({**other.state_dict(), "rnn.extra": np.ones(2)})
+    bad_head = {**other.state_dict(), "head.weight": np.ones((4, 6))}
+    with pytest.raises(ValueError, match=r"state\['head.weight'\]: expected shape \(4, 5\)"):
+        model.load_state_dict(bad_head)
+    for key, value in before.items():  # the RNN, loaded first, is back as it was
+        np.testing.assert_array_equal(model.state_dict()[key], value)
 
 
 def test_task_models_name_their_own_arguments() -> None:

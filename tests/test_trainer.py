@@ -239,6 +239,23 @@ def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
         train(small(augment=100), data=digits, progress=False)
 
 
+def test_a_step_schedule_that_never_steps_is_refused(digits) -> None:
+    """decay_epochs (default 40, the cosine's horizon) was taken as the step interval of a
+    40-epoch run: the rate never changed, silently."""
+    for kwargs in (
+        {"schedule": "step"},
+        {"schedule": "step", "decay_epochs": 10, "warmup_epochs": 30},
+        {"schedule": "step", "decay_epochs": 10, "epochs": 5},
+    ):
+        with pytest.raises(ValueError, match=r"^decay_epochs: the step schedule .* never change"):
+            make_config(**kwargs)
+    config = small(schedule="step", decay_epochs=1, lr_decay=0.5, epochs=3, hidden=8)
+    result = train(config, data=digits, progress=False)
+    assert [record["lr"] for record in result.history] == pytest.approx(
+        [config.lr, config.lr / 2, config.lr / 4]
+    )
+
+
 def rewrite_meta(run_dir: Path, **changes) -> None:
     arrays, meta = load_checkpoint(run_dir)
     meta = {k: v for k, v in meta.items() if k not in ("format", "version")}

@@ -13,11 +13,11 @@ Shapes (T steps, B batch rows, H hidden units):
 * ``w_hh``    (H, H), the recurrent weight as stored by the layer (torch layout: ``W_hh``,
   used as ``h W_hh^T``).
 * ``h0``      (B, H), the initial state.
-* ``lengths`` None, or an int32 array (B,) on this backend with ``1 <= lengths[b] <= T``. A
+* ``lengths`` None, or an int32 array (B,) on this backend with ``0 <= lengths[b] <= T``. A
   step ``t`` with ``t >= lengths[b]`` is *padding*: the state of row ``b`` is carried over
-  unchanged. For ``reverse=True`` the steps run from ``T-1`` down to ``0``, so padding steps
-  are met first and carry ``h0`` until the row's last valid step, which is exactly where
-  torch's packed reverse direction starts.
+  unchanged (a row of length 0 carries ``h0`` through every step). For ``reverse=True`` the
+  steps run from ``T-1`` down to ``0``, so padding steps are met first and carry ``h0`` until
+  the row's last valid step, which is exactly where torch's packed reverse direction starts.
 """
 
 from __future__ import annotations
@@ -51,10 +51,12 @@ class Backend(ABC):
         return self.xp.asarray(array, dtype=dtype)
 
     def to_numpy(self, array: Array) -> Any:
-        """Copy an array of this backend to a NumPy array on the host."""
+        """A new NumPy array on the host with the contents of ``array``: a copy on every
+        backend, so that writing to it never changes a layer's parameters or cached state
+        (on the NumPy backend too, where ``numpy.asarray`` would return the array itself)."""
         import numpy
 
-        return numpy.asarray(array)
+        return numpy.array(array, copy=True)
 
     def input_projection(self, inputs: Array, w_ih: Array, bias: Array | None) -> Array:
         """``inputs W_ih^T + bias`` for all steps at once: (N, D) x (H, D) -> new (N, H).
