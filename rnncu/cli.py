@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -548,11 +549,26 @@ def _cmd_precompile(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _show_warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as the CLI's other messages are written: ``rnncu: warning: ...``, without
+    Python's ``file:line`` (that of the console script)."""
+    print(f"rnncu: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from rnncu.backend import BackendUnavailableError
     from rnncu.checkpoint import CheckpointError
 
+    if argv is None:  # the command line itself (not a caller in Python): one-line warnings
+        warnings.showwarning = _show_warning_line
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["train", *argv]  # no command: the default recipe (flags go to train)

@@ -124,9 +124,10 @@ def split_stratified(
     if y.shape[0] == 0:
         raise ValueError(f"{name}: no images")
     classes, counts = np.unique(y, return_counts=True)
-    if counts.min() < 2:
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < 2:
         raise ValueError(
-            f"{name}: class {classes[counts.argmin()]} has only {counts.min()} image; the "
+            f"{name}: class {classes[fewest]} has only {counts[fewest]} image; the "
             "stratified train/test split needs at least 2 per class (or give a test split)"
         )
     train_test_split = _sklearn().model_selection.train_test_split

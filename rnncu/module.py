@@ -184,13 +184,17 @@ class Module:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameter name -> host NumPy copy, in parameter order."""
-        return {
-            name: np.array(self.backend.to_numpy(p), copy=True) for name, p in self.params.items()
-        }
+        return {name: self.backend.to_numpy(p) for name, p in self.params.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy ``state`` (name -> array-like; NumPy, CuPy, or anything ``np.asarray`` takes)
-        into the parameters in place. Names must match exactly and shapes must agree."""
+        into the parameters in place. Names must match exactly, shapes must agree, values
+        must be floating and finite in the module's dtype; a failed load changes nothing."""
+        self._commit_state(self._checked_state(state))
+
+    def _checked_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` checked and converted to this module's backend and dtype, parameters
+        untouched (so that a model of several modules can check all before loading any)."""
         if not isinstance(state, Mapping):
             raise TypeError(
                 f"state: expected a mapping of name -> array, got {describe_array(state)}"
@@ -225,7 +229,9 @@ class Module:
                     "infinity (or a value beyond the dtype's range)"
                 )
             converted[name] = cast
-        # Only after every entry checked: a failed load leaves the module untouched.
+        return converted
+
+    def _commit_state(self, converted: Mapping[str, Any]) -> None:
         for name, value in converted.items():
             self.params[name][...] = value
 

@@ -95,19 +95,16 @@ class _TaskModel:
             parts = [f"missing {missing}"] if missing else []
             parts += [f"unexpected {extra}"] if extra else []
             raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
-        before = [module.state_dict() for module in self.modules]
-        try:
-            for prefix, module in zip(self.module_names, self.modules, strict=True):
-                part = {name: state[f"{prefix}.{name}"] for name in module.params}
-                try:
-                    module.load_state_dict(part)
-                except (TypeError, ValueError) as exc:  # name the key as the caller gave it
-                    message = str(exc).replace("state['", f"state['{prefix}.", 1)
-                    raise type(exc)(message) from None
-        except BaseException:
-            for module, saved in zip(self.modules, before, strict=True):
-                module.load_state_dict(saved)
-            raise
+        checked = []  # every module's part checked before any is loaded
+        for prefix, module in zip(self.module_names, self.modules, strict=True):
+            part = {name: state[f"{prefix}.{name}"] for name in module.params}
+            try:
+                checked.append(module._checked_state(part))
+            except (TypeError, ValueError) as exc:  # name the key as the caller gave it
+                message = str(exc).replace("state['", f"state['{prefix}.", 1)
+                raise type(exc)(message) from None
+        for module, converted in zip(self.modules, checked, strict=True):
+            module._commit_state(converted)
 
 
 def _make_layers(

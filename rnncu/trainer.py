@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rnncu._warnings import warn_at_caller
 from rnncu.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -141,15 +142,6 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs: expected less than decay_epochs ({self.decay_epochs}), the "
                 f"cosine's horizon, which includes the warm-up; got {self.warmup_epochs}"
-            )
-        if self.schedule == "step" and self.warmup_epochs + self.decay_epochs >= self.epochs:
-            # such a run keeps its rate (a silent "constant"): decay_epochs' default, 40, is
-            # the cosine's horizon, and epochs' default is 40 too
-            raise ValueError(
-                f"decay_epochs: the step schedule decays every {self.decay_epochs:g} epochs "
-                f"after {self.warmup_epochs:g} of warm-up, and the run ends at epoch "
-                f"{self.epochs}: the rate would never change (give a shorter decay_epochs, or "
-                "schedule 'constant')"
             )
         if self.task == "generate" and self.seq != "rows":
             raise ValueError("seq: the generate task reads images row by row (use --seq rows)")
@@ -434,6 +426,22 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def _warn_if_the_rate_never_steps(config: TrainConfig) -> None:
+    """A step schedule whose first step lies past the run's end keeps its rate: with the
+    defaults (decay_epochs 40, the cosine's horizon, and 40 epochs) a silent "constant". A
+    warning, not an error: a run trained in stages (2 epochs, then resumed to 4) may step
+    only in a later stage."""
+    first_step = config.warmup_epochs + config.decay_epochs
+    if first_step >= config.epochs:
+        warn_at_caller(
+            f"the step schedule multiplies the rate by lr_decay every {config.decay_epochs:g} "
+            f"epochs (decay_epochs) after {config.warmup_epochs:g} of warm-up: in this run "
+            f"of {config.epochs} epochs it never changes (resumed past epoch {first_step:g}, "
+            "it would)",
+            UserWarning,
+        )
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path | None = None,
@@ -479,6 +487,8 @@ def train(
         if out_dir is None:
             out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     config.validate()
+    if saved_meta is None and config.schedule == "step":
+        _warn_if_the_rate_never_steps(config)
     if (
         data is not None
         and out_dir is not None

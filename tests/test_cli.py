@@ -461,3 +461,18 @@ def test_generate_draws_only_classes_it_was_trained_on(
     assert grids[1].shape[0] == 3 * 2
     code = main(["generate", "--checkpoint", str(run), "--out", png, "--classes", "2"])
     one_line_error(code, capsys, "--classes: class 2 has no training images (the run's classes")
+
+
+def test_warnings_are_cli_lines(tmp_path: Path) -> None:
+    """A warning on the command line reads as the CLI's errors do, not as Python's
+    ``.../bin/rnncu:8: UserWarning: ...`` followed by the console script's source line."""
+    args = ["train", *TINY, "--backend", "numpy", "--schedule", "step", "--out", "run"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert warned == [
+        "rnncu: warning: the step schedule multiplies the rate by lr_decay every 40 epochs "
+        "(decay_epochs) after 0 of warm-up: in this run of 1 epochs it never changes (resumed "
+        "past epoch 40, it would)"
+    ]
+    assert "sys.exit" not in proc.stderr and "UserWarning" not in proc.stderr

@@ -267,6 +267,25 @@ def test_numpy_array_is_a_clear_type_error(rng):
         backend.recurrence_forward(z, cupy.asarray(w_hh), cupy.asarray(h0), None, "tanh", False)
 
 
+def test_to_numpy_is_a_copy_of_device_and_host_arrays(rng):
+    """``to_numpy`` is a copy on every backend: ``cupy.asnumpy`` hands a host array back as
+    it is, so writing to the result would change the caller's array."""
+    import cupy
+
+    backend = _cupy_backend()
+    host = rng.standard_normal((3, 5)).astype(np.float32)
+    device = cupy.asarray(host)
+    from_device = backend.to_numpy(device)
+    assert isinstance(from_device, np.ndarray) and from_device.dtype == np.float32
+    np.testing.assert_array_equal(from_device, host)
+    from_host = backend.to_numpy(host)
+    np.testing.assert_array_equal(from_host, host)
+    assert not np.shares_memory(from_host, host)
+    from_host[...] = np.nan
+    from_device[...] = np.nan
+    assert np.isfinite(host).all() and bool(cupy.isfinite(device).all())
+
+
 def test_bad_recurrence_env_names_the_variable(monkeypatch):
     from rnncu.backend.cupy_backend import CupyBackend
 

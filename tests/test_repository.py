@@ -65,9 +65,23 @@ def _run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: The newest NumPy whose type stubs the package was checked against (2026-11-30: mypy 2.4.1
+#: passed with NumPy 1.23.5, 1.26.4, 2.0.2, 2.1.3, 2.2.6, 2.3.5, 2.4.6 and 2.5.5). Each
+#: release's stubs differ (2.2 and 2.5 each flagged a line the others passed), and CI installs
+#: the newest NumPy: a release not yet checked must not turn CI red by itself.
+NEWEST_NUMPY_TYPE_CHECKED = (2, 5)
+
+
 def test_the_package_type_checks(tmp_path: Path) -> None:
-    """mypy with pyproject.toml's settings: no error in rnncu (run against the installed
-    NumPy's stubs; 1.23 and 2.4 both pass)."""
+    """mypy with pyproject.toml's settings: no error in rnncu, against the installed NumPy's
+    stubs (skipped, with the reason, for a NumPy newer than any checked)."""
+    numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
+    if numpy_version > NEWEST_NUMPY_TYPE_CHECKED:
+        pytest.skip(
+            f"NumPy {np.__version__}'s stubs are newer than those checked (up to "
+            f"{'.'.join(map(str, NEWEST_NUMPY_TYPE_CHECKED))}): run python -m mypy and raise "
+            "NEWEST_NUMPY_TYPE_CHECKED once it passes"
+        )
     proc = _run_tool("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success: no issues found" in proc.stdout

@@ -112,7 +112,15 @@ def test_task_model_state_round_trip_and_errors() -> None:
     bad_head = {**other.state_dict(), "head.weight": np.ones((4, 6))}
     with pytest.raises(ValueError, match=r"state\['head.weight'\]: expected shape \(4, 5\)"):
         model.load_state_dict(bad_head)
-    for key, value in before.items():  # the RNN, loaded first, is back as it was
+    for key, value in before.items():  # the RNN's part, valid, was not loaded either
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+    # a diverged model (NaN weights), the usual reason to load: still nothing changes, and
+    # the error names the caller's key (a rollback through load_state_dict refused the NaN)
+    model.rnn.params["weight_hh_l0"][...] = np.nan
+    diverged = model.state_dict()
+    with pytest.raises(ValueError, match=r"^state\['head.weight'\]: expected finite values"):
+        model.load_state_dict({**other.state_dict(), "head.weight": np.full((4, 5), np.inf)})
+    for key, value in diverged.items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
 
 

@@ -3,9 +3,11 @@ checkpoint, config validation, and (slow) the default recipe's accuracy goal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -239,21 +241,28 @@ def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
         train(small(augment=100), data=digits, progress=False)
 
 
-def test_a_step_schedule_that_never_steps_is_refused(digits) -> None:
-    """decay_epochs (default 40, the cosine's horizon) was taken as the step interval of a
-    40-epoch run: the rate never changed, silently."""
-    for kwargs in (
-        {"schedule": "step"},
-        {"schedule": "step", "decay_epochs": 10, "warmup_epochs": 30},
-        {"schedule": "step", "decay_epochs": 10, "epochs": 5},
-    ):
-        with pytest.raises(ValueError, match=r"^decay_epochs: the step schedule .* never change"):
-            make_config(**kwargs)
-    config = small(schedule="step", decay_epochs=1, lr_decay=0.5, epochs=3, hidden=8)
-    result = train(config, data=digits, progress=False)
-    assert [record["lr"] for record in result.history] == pytest.approx(
-        [config.lr, config.lr / 2, config.lr / 4]
+def test_a_step_schedule_that_never_steps_warns(tmp_path: Path, digits) -> None:
+    """decay_epochs (default 40, the cosine's horizon) is the step interval: a 40-epoch run
+    kept its rate, silently. A new run says so; a run trained in stages may step only in a
+    later stage, so it is a warning, and a resumed run does not repeat it."""
+    for kwargs in ({"decay_epochs": 40}, {"decay_epochs": 1, "warmup_epochs": 1}):
+        config = small(schedule="step", epochs=2, hidden=8, **kwargs)
+        with pytest.warns(UserWarning, match=r"step schedule .* of 2 epochs it never changes"):
+            train(config, data=digits, progress=False, out_dir=tmp_path / str(len(kwargs)))
+    staged = small(schedule="step", decay_epochs=2, lr_decay=0.5, epochs=1, hidden=8)
+    with pytest.warns(UserWarning, match=r"resumed past epoch 2, it would"):
+        train(staged, data=digits, progress=False, out_dir=tmp_path / "staged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed = train(
+            dataclasses.replace(staged, epochs=3), resume=tmp_path / "staged", progress=False
+        )
+    assert [record["lr"] for record in resumed.history] == pytest.approx(
+        [staged.lr, staged.lr, staged.lr / 2]
     )
+    # resumed to fewer epochs than it has: the no-op message, not a schedule error
+    again = train(dataclasses.replace(staged, epochs=2), resume=tmp_path / "staged")
+    assert again.epochs_trained == 0
 
 
 def rewrite_meta(run_dir: Path, **changes) -> None:

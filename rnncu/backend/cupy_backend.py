@@ -133,7 +133,9 @@ class CupyBackend(Backend):
         return isinstance(array, cupy.ndarray)
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        return cupy.asnumpy(array)
+        if isinstance(array, cupy.ndarray):
+            return cupy.asnumpy(array)
+        return np.array(array, copy=True)  # cupy.asnumpy would return a host array itself
 
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
@@ -638,6 +640,7 @@ def plan_backward(
     offsets = order.astype(np.uint64) * np.uint64(batch * hidden * itemsize)
     grad_z = np.uint64(grad_z_ptr) + offsets
     states = np.uint64(states_ptr) + offsets
+    grad_states: np.ndarray  # (steps,) uint64 addresses
     if grad_states_ptr is None:
         grad_states = np.zeros(steps, dtype=np.uint64)  # a null pointer: no incoming gradient
     else:
