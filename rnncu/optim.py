@@ -35,6 +35,7 @@ __all__ = [
     "Schedule",
     "StepLR",
     "clip_grad_norm",
+    "grad_norm",
     "make_schedule",
 ]
 
@@ -321,21 +322,22 @@ class SGD(Optimizer):
             param -= self.lr * grad
 
 
-def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
-    """Scale all gradients of ``modules`` together so that their global L2 norm is at most
-    ``max_norm`` (torch's ``clip_grad_norm_``: factor ``min(1, max_norm / (norm + 1e-6))``).
+def grad_norm(modules: Iterable[Any]) -> Any:
+    """The global L2 norm of all gradients of ``modules`` (those of the last backward), on
+    the device: a 0-d CuPy array, a NumPy scalar on the NumPy backend (``float()`` reads
+    either; reading it waits for the device). Watching it over training shows exploding
+    gradients (spikes) and vanishing ones (a norm that falls towards 0 while the loss stays
+    high)."""
+    return _global_norm("grad_norm", _module_list("grad_norm", modules))[0]
 
-    Returns the norm before clipping, on the device (a 0-d CuPy array; a NumPy scalar on
-    the NumPy backend); the factor is applied on the device, so clipping never waits for the
-    device. A NaN norm leaves NaN gradients, which the trainer's loss check catches.
-    """
+
+def _global_norm(where: str, modules: list[Any]) -> tuple[Any, list[Any], Any]:
+    """``(norm, gradients, xp)`` of ``modules``; every gradient on one backend."""
     from rnncu.backend import backend_for
 
-    max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
-    modules = _module_list("clip_grad_norm", modules)
     grads = [g for m in modules for g in m.grads.values() if g is not None]
     if not grads:
-        raise ValueError("clip_grad_norm: no gradients (call backward first)")
+        raise ValueError(f"{where}: no gradients (call backward first)")
     backend = backend_for(grads[0])
     # one norm needs every gradient on one backend (the type test keeps the usual case cheap:
     # this runs every training step)
@@ -348,7 +350,19 @@ def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
                         f"backend, the first module's on {backend.name}"
                     )
     xp = backend.xp
-    total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
+    return xp.sqrt(sum(xp.sum(g * g) for g in grads)), grads, xp
+
+
+def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
+    """Scale all gradients of ``modules`` together so that their global L2 norm is at most
+    ``max_norm`` (torch's ``clip_grad_norm_``: factor ``min(1, max_norm / (norm + 1e-6))``).
+
+    Returns the norm before clipping, on the device (a 0-d CuPy array; a NumPy scalar on
+    the NumPy backend); the factor is applied on the device, so clipping never waits for the
+    device. A NaN norm leaves NaN gradients, which the trainer's loss check catches.
+    """
+    max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
+    total, grads, xp = _global_norm("clip_grad_norm", _module_list("clip_grad_norm", modules))
     factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= factor

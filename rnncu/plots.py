@@ -38,13 +38,20 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> None:
 
 
 def plot_history(
-    history: Sequence[dict[str, float]], path: str | os.PathLike[str], title: str = ""
+    history: Sequence[dict[str, float]],
+    path: str | os.PathLike[str],
+    title: str = "",
+    clip: float = 0.0,
 ) -> None:
-    """Loss curves (train and test) and, where recorded, accuracy or test MSE per epoch."""
+    """Loss curves (train and test) and, where recorded, accuracy or test MSE per epoch; where
+    the history holds gradient norms (the trainer's ``grad_norm``, ``grad_norm_max``), a third
+    panel of them, with the clipping limit ``clip`` (0: none) as a line."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     second = "test_accuracy" if history and "test_accuracy" in history[0] else "test_mse"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    with_norms = any("grad_norm" in r for r in history)
+    fig, axes = plt.subplots(1, 3 if with_norms else 2, figsize=(15 if with_norms else 10, 4))
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
     if history and "test_loss" in history[0]:
         ax1.plot(epochs, [r["test_loss"] for r in history], label="test")
@@ -64,6 +71,17 @@ def plot_history(
         ax2.set_ylabel("test next-row MSE")
     ax2.set_xlabel("epoch")
     ax2.legend()
+    if with_norms:
+        # an epoch whose norm overflowed has none: a gap in the line
+        ax3 = axes[2]
+        ax3.plot(epochs, [r.get("grad_norm", np.nan) for r in history], label="mean")
+        ax3.plot(epochs, [r.get("grad_norm_max", np.nan) for r in history], label="max")
+        if clip > 0:
+            ax3.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
+        ax3.set_xlabel("epoch")
+        ax3.set_ylabel("gradient norm before clipping")
+        ax3.set_yscale("log")
+        ax3.legend()
     if title:
         fig.suptitle(title)
     _save(fig, path)

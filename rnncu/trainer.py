@@ -35,7 +35,7 @@ from rnncu.checkpoint import (
 )
 from rnncu.data import SEQ_VIEWS, ImageDataset, load_dataset, seq_shape, to_sequences
 from rnncu.init import INIT_SCHEMES
-from rnncu.optim import SCHEDULES, Adam, clip_grad_norm, make_schedule
+from rnncu.optim import SCHEDULES, Adam, clip_grad_norm, grad_norm, make_schedule
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 
 __all__ = [
@@ -203,6 +203,8 @@ class TrainResult:
 
     config: TrainConfig
     model: Any
+    #: one record per epoch: ``epoch``, ``train_loss``, ``lr``, ``grad_norm`` and
+    #: ``grad_norm_max`` (before clipping), ``clipped`` (with clipping), the test figures
     history: list[dict[str, float]]
     metrics: dict[str, Any]
     out_dir: Path | None = None
@@ -353,13 +355,16 @@ class _Run:
             x_train = self.backend.asarray(to_sequences(shifted, config.seq), self.x_train.dtype)
         loss_sum = xp.zeros((), dtype=np.float64)
         correct_sum = xp.zeros((), dtype=np.int64)
+        norms = []  # each step's global gradient norm before clipping, left on the device
         for start in range(0, n, config.batch_size):
             idx = order_dev[start : start + config.batch_size]
             xb = x_train[:, idx]
             yb = self.y_train[idx]
             loss, correct = model.train_step(xb, yb)
             if config.clip > 0:
-                clip_grad_norm(model.modules, config.clip)
+                norms.append(clip_grad_norm(model.modules, config.clip))
+            else:
+                norms.append(grad_norm(model.modules))
             opt.lr = self.schedule(opt.step_count)
             opt.step()
             loss_sum += loss * idx.shape[0]
@@ -369,6 +374,7 @@ class _Run:
         record = {"epoch": self.epoch + 1, "train_loss": float(loss_sum) / n, "lr": opt.lr}
         if isinstance(model, SequenceClassifier):
             record["train_accuracy"] = int(correct_sum) / n
+        record.update(_norm_record(self.backend.to_numpy(xp.stack(norms)), config.clip))
         return record
 
     def evaluate(self) -> dict[str, Any]:
@@ -382,6 +388,22 @@ class _Run:
             }
         res = self.model.evaluate(self.x_test, self.y_test)
         return {"test_mse": res["mse"], "baseline_mse": res["baseline_mse"]}
+
+
+def _norm_record(norms: np.ndarray, clip: float) -> dict[str, float]:
+    """An epoch's gradient norms (before clipping) for its history record: ``grad_norm`` (the
+    mean over the steps) and ``grad_norm_max``, the signs of exploding or vanishing gradients,
+    and with clipping ``clipped``, the share of steps it scaled down. The two norms are left
+    out of an epoch where one overflowed (a float32 sum of squares past 3.4e38): JSON, and
+    so the checkpoint, has no infinity."""
+    norms = norms.astype(np.float64)
+    record: dict[str, float] = {}
+    if np.isfinite(norms).all():
+        record["grad_norm"] = float(norms.mean())
+        record["grad_norm_max"] = float(norms.max())
+    if clip > 0:  # clip_grad_norm's factor min(1, clip / (norm + 1e-6)) is below 1
+        record["clipped"] = float(np.mean(norms + 1e-6 > clip))
+    return record
 
 
 def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -751,6 +773,7 @@ def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
         result.history,
         out / "curves.png",
         title=f"{run.config.task} {run.data.name} ({run.config.seq})",
+        clip=run.config.clip,
     )
     if "confusion_matrix" in result.metrics:
         plots.plot_confusion(np.asarray(result.metrics["confusion_matrix"]), out / "confusion.png")

@@ -16,6 +16,7 @@ from rnncu.optim import (
     ExponentialLR,
     StepLR,
     clip_grad_norm,
+    grad_norm,
     make_schedule,
 )
 
@@ -197,6 +198,25 @@ def test_clip_grad_norm(rng: np.random.Generator) -> None:
     clip_grad_norm([a], 10.0)
     for k in kept:
         np.testing.assert_array_equal(a.grads[k], kept[k])
+
+
+def test_grad_norm_reads_without_changing(rng: np.random.Generator) -> None:
+    params, grads = make_problem(rng)
+    a, b = FakeModule(params), FakeModule(params)
+    a.grads = {k: v.copy() for k, v in grads[0].items()}
+    b.grads = {k: 3 * v for k, v in grads[1].items()}
+    kept = [{k: v.copy() for k, v in m.grads.items()} for m in (a, b)]
+    expected = math.sqrt(sum(float((g * g).sum()) for m in (a, b) for g in m.grads.values()))
+    norm = grad_norm([a, b])
+    assert norm.shape == () and float(norm) == pytest.approx(expected, rel=1e-12)
+    for module, before in zip((a, b), kept, strict=True):
+        for k in before:
+            np.testing.assert_array_equal(module.grads[k], before[k])
+    assert float(clip_grad_norm([a, b], 1.0)) == float(norm)  # the norm clipping starts from
+    with pytest.raises(ValueError, match=r"^grad_norm: no gradients \(call backward first\)"):
+        grad_norm([FakeModule(params)])
+    with pytest.raises(TypeError, match=r"modules: expected a list of modules, got FakeModule"):
+        grad_norm(a)
 
 
 def test_state_dict_round_trip_is_exact(rng: np.random.Generator) -> None:

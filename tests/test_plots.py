@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from rnncu.plots import CONFUSION_ANNOTATED_CLASSES, plot_confusion  # noqa: E402
+from rnncu.plots import CONFUSION_ANNOTATED_CLASSES, plot_confusion, plot_history  # noqa: E402
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -46,3 +46,26 @@ def test_confusion_counts_are_written_up_to_the_limit(tmp_path: Path, monkeypatc
         plot_confusion(confusion, tmp_path / "c.png")
         written = np.count_nonzero(confusion) if classes <= CONFUSION_ANNOTATED_CLASSES else 0
         assert len(texts) == written, classes
+
+
+def test_history_plot_adds_the_gradient_norms_where_recorded(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    limits: list[float] = []
+    original = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: limits.append(y) or
+                        original(self, y, *a, **k))  # fmt: skip
+    base = [
+        {"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "train_accuracy": 0.5,
+         "test_accuracy": 0.4}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    plot_history(base, tmp_path / "old.png", clip=1.0)  # a history from before the norms
+    with_norms = [dict(r, grad_norm=2.0 / r["epoch"], grad_norm_max=5.0) for r in base]
+    del with_norms[1]["grad_norm"], with_norms[1]["grad_norm_max"]  # an overflowed epoch
+    plot_history(with_norms, tmp_path / "new.png", clip=1.0)
+    old_width, _ = png_size(tmp_path / "old.png")
+    new_width, _ = png_size(tmp_path / "new.png")
+    # 10 and 15 inches at 100 dpi, less the margins bbox_inches="tight" trims
+    assert 800 < old_width <= 1000 and 1.35 * old_width < new_width <= 1500
+    assert limits == [1.0]  # the clipping limit, drawn in the norms' panel only

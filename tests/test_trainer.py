@@ -265,6 +265,36 @@ def test_a_step_schedule_that_never_steps_warns(tmp_path: Path, digits) -> None:
     assert again.epochs_trained == 0
 
 
+def test_history_records_the_gradient_norms(tmp_path: Path, digits) -> None:
+    """Exploding or vanishing gradients (the seed's hard part) made visible: each epoch's
+    mean and largest global gradient norm before clipping, and the share of steps clipped."""
+    from rnncu.optim import grad_norm
+    from rnncu.trainer import _norm_record, _Run
+
+    # one full batch per epoch: the epoch's norm is that of the starting weights' gradient
+    whole = small(clip=0, epochs=1, batch_size=4096)
+    run = _Run(whole, digits)
+    run.model.train_step(run.x_train, run.y_train)
+    expected = float(grad_norm(run.model.modules))
+    record = train(whole, data=digits, progress=False).history[0]
+    assert record["grad_norm"] == pytest.approx(expected, rel=1e-4)
+    assert record["grad_norm_max"] == record["grad_norm"] and "clipped" not in record
+    loose = train(small(clip=1e6), data=digits, progress=False, out_dir=tmp_path / "loose")
+    tight = train(small(clip=1e-3), data=digits, progress=False)
+    for r in loose.history:
+        assert 0 < r["grad_norm"] <= r["grad_norm_max"] and r["clipped"] == 0
+    assert [r["clipped"] for r in tight.history] == [1.0, 1.0]
+    assert load_checkpoint(tmp_path / "loose")[1]["history"] == loose.history
+    # the record itself; an overflowed norm (no JSON for infinity) leaves the norms out
+    assert _norm_record(np.array([1.0, 3.0, 2.0], np.float32), 2.0) == {
+        "grad_norm": 2.0,
+        "grad_norm_max": 3.0,
+        "clipped": pytest.approx(2 / 3),
+    }
+    assert _norm_record(np.array([0.5, np.inf], np.float32), 1.0) == {"clipped": 0.5}
+    assert _norm_record(np.array([0.5]), 0.0) == {"grad_norm": 0.5, "grad_norm_max": 0.5}
+
+
 def rewrite_meta(run_dir: Path, **changes) -> None:
     arrays, meta = load_checkpoint(run_dir)
     meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
