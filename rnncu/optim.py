@@ -361,12 +361,18 @@ def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
     the NumPy backend); the factor is applied on the device, so clipping never waits for the
     device. A NaN norm leaves NaN gradients, which the trainer's loss check catches.
     """
+    return _clip_grad_norm(modules, max_norm)[0]
+
+
+def _clip_grad_norm(modules: Iterable[Any], max_norm: float) -> tuple[Any, Any]:
+    """:func:`clip_grad_norm`, also returning the factor applied (on the device; below 1
+    exactly where the gradients were scaled down)."""
     max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
     total, grads, xp = _global_norm("clip_grad_norm", _module_list("clip_grad_norm", modules))
     factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= factor
-    return total
+    return total, factor
 
 
 class Schedule:

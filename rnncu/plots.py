@@ -50,7 +50,9 @@ def plot_history(
     epochs = [r["epoch"] for r in history]
     second = "test_accuracy" if history and "test_accuracy" in history[0] else "test_mse"
     with_norms = any("grad_norm" in r for r in history)
-    fig, axes = plt.subplots(1, 3 if with_norms else 2, figsize=(15 if with_norms else 10, 4))
+    fig, axes = plt.subplots(
+        1, 3 if with_norms else 2, figsize=(15 if with_norms else 10, 4), sharex=True
+    )
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
     if history and "test_loss" in history[0]:
@@ -72,10 +74,11 @@ def plot_history(
     ax2.set_xlabel("epoch")
     ax2.legend()
     if with_norms:
-        # an epoch whose norm overflowed has none: a gap in the line
+        # an epoch without norms (overflowed, or trained before they were recorded) is a gap;
+        # the markers show epochs that have no neighbour to draw a line to
         ax3 = axes[2]
-        ax3.plot(epochs, [r.get("grad_norm", np.nan) for r in history], label="mean")
-        ax3.plot(epochs, [r.get("grad_norm_max", np.nan) for r in history], label="max")
+        for key, label in (("grad_norm", "mean"), ("grad_norm_max", "max")):
+            ax3.plot(epochs, [r.get(key, np.nan) for r in history], marker=".", label=label)
         if clip > 0:
             ax3.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
         ax3.set_xlabel("epoch")

@@ -35,7 +35,7 @@ from rnncu.checkpoint import (
 )
 from rnncu.data import SEQ_VIEWS, ImageDataset, load_dataset, seq_shape, to_sequences
 from rnncu.init import INIT_SCHEMES
-from rnncu.optim import SCHEDULES, Adam, clip_grad_norm, grad_norm, make_schedule
+from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 
 __all__ = [
@@ -355,16 +355,20 @@ class _Run:
             x_train = self.backend.asarray(to_sequences(shifted, config.seq), self.x_train.dtype)
         loss_sum = xp.zeros((), dtype=np.float64)
         correct_sum = xp.zeros((), dtype=np.int64)
-        norms = []  # each step's global gradient norm before clipping, left on the device
+        # each step's global gradient norm before clipping and clipping factor, left on the
+        # device until the epoch's end
+        norms, factors = [], []
         for start in range(0, n, config.batch_size):
             idx = order_dev[start : start + config.batch_size]
             xb = x_train[:, idx]
             yb = self.y_train[idx]
             loss, correct = model.train_step(xb, yb)
             if config.clip > 0:
-                norms.append(clip_grad_norm(model.modules, config.clip))
+                norm, factor = _clip_grad_norm(model.modules, config.clip)
+                factors.append(factor)
             else:
-                norms.append(grad_norm(model.modules))
+                norm = grad_norm(model.modules)
+            norms.append(norm)
             opt.lr = self.schedule(opt.step_count)
             opt.step()
             loss_sum += loss * idx.shape[0]
@@ -374,7 +378,12 @@ class _Run:
         record = {"epoch": self.epoch + 1, "train_loss": float(loss_sum) / n, "lr": opt.lr}
         if isinstance(model, SequenceClassifier):
             record["train_accuracy"] = int(correct_sum) / n
-        record.update(_norm_record(self.backend.to_numpy(xp.stack(norms)), config.clip))
+        record.update(
+            _norm_record(
+                self.backend.to_numpy(xp.stack(norms)),
+                self.backend.to_numpy(xp.stack(factors)) if factors else None,
+            )
+        )
         return record
 
     def evaluate(self) -> dict[str, Any]:
@@ -390,19 +399,21 @@ class _Run:
         return {"test_mse": res["mse"], "baseline_mse": res["baseline_mse"]}
 
 
-def _norm_record(norms: np.ndarray, clip: float) -> dict[str, float]:
+def _norm_record(norms: np.ndarray, factors: np.ndarray | None) -> dict[str, float]:
     """An epoch's gradient norms (before clipping) for its history record: ``grad_norm`` (the
     mean over the steps) and ``grad_norm_max``, the signs of exploding or vanishing gradients,
-    and with clipping ``clipped``, the share of steps it scaled down. The two norms are left
-    out of an epoch where one overflowed (a float32 sum of squares past 3.4e38): JSON, and
-    so the checkpoint, has no infinity."""
+    and with clipping (``factors``, those clip_grad_norm applied) ``clipped``, the share of
+    steps it scaled down. The two norms are left out of an epoch where one overflowed (a
+    float32 sum of squares past 3.4e38): JSON, and so the checkpoint, has no infinity."""
     norms = norms.astype(np.float64)
     record: dict[str, float] = {}
     if np.isfinite(norms).all():
         record["grad_norm"] = float(norms.mean())
         record["grad_norm_max"] = float(norms.max())
-    if clip > 0:  # clip_grad_norm's factor min(1, clip / (norm + 1e-6)) is below 1
-        record["clipped"] = float(np.mean(norms + 1e-6 > clip))
+    if factors is not None:
+        # the factor itself, not norm > clip again: in float32, a norm a hair below the
+        # limit can give a factor of exactly 1
+        record["clipped"] = float(np.mean(factors < 1))
     return record
 
 

@@ -51,6 +51,9 @@ def test_confusion_counts_are_written_up_to_the_limit(tmp_path: Path, monkeypatc
 def test_history_plot_adds_the_gradient_norms_where_recorded(tmp_path: Path, monkeypatch) -> None:
     from matplotlib.axes import Axes
 
+    from rnncu import plots
+
+    saved = plots._save
     limits: list[float] = []
     original = Axes.axhline
     monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: limits.append(y) or
@@ -63,7 +66,13 @@ def test_history_plot_adds_the_gradient_norms_where_recorded(tmp_path: Path, mon
     plot_history(base, tmp_path / "old.png", clip=1.0)  # a history from before the norms
     with_norms = [dict(r, grad_norm=2.0 / r["epoch"], grad_norm_max=5.0) for r in base]
     del with_norms[1]["grad_norm"], with_norms[1]["grad_norm_max"]  # an overflowed epoch
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or saved(fig, path))
     plot_history(with_norms, tmp_path / "new.png", clip=1.0)
+    axes = figures[0].axes
+    assert axes[2].get_xlim() == axes[0].get_xlim()  # the epochs line up
+    for line in axes[2].lines[:2]:  # mean and max: an epoch alone still shows, as a marker
+        assert line.get_marker() == "." and np.isfinite(line.get_ydata()).sum() == 2
     old_width, _ = png_size(tmp_path / "old.png")
     new_width, _ = png_size(tmp_path / "new.png")
     # 10 and 15 inches at 100 dpi, less the margins bbox_inches="tight" trims

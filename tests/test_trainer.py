@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnncu import optim, tasks
+from rnncu import Linear, optim, tasks
 from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import load_digits
 from rnncu.trainer import (
@@ -284,15 +284,41 @@ def test_history_records_the_gradient_norms(tmp_path: Path, digits) -> None:
     for r in loose.history:
         assert 0 < r["grad_norm"] <= r["grad_norm_max"] and r["clipped"] == 0
     assert [r["clipped"] for r in tight.history] == [1.0, 1.0]
+    # the norms before clipping: after it they would be 1e-3 at most
+    assert all(r["grad_norm"] > 10 * 1e-3 for r in tight.history)
+    # a limit inside the first epoch's range clips some steps, not all
+    middle = small(clip=loose.history[0]["grad_norm"], epochs=1)
+    assert 0 < train(middle, data=digits, progress=False).history[0]["clipped"] < 1
     assert load_checkpoint(tmp_path / "loose")[1]["history"] == loose.history
-    # the record itself; an overflowed norm (no JSON for infinity) leaves the norms out
-    assert _norm_record(np.array([1.0, 3.0, 2.0], np.float32), 2.0) == {
-        "grad_norm": 2.0,
-        "grad_norm_max": 3.0,
+    # the record itself (the mean, not the median); an overflowed norm (no JSON for
+    # infinity) leaves the norms out; clipped counts the factors below 1
+    factors = np.array([1.0, 0.5, np.float32(1 / 6)], np.float32)
+    assert _norm_record(np.array([1.0, 2.0, 6.0], np.float32), factors) == {
+        "grad_norm": 3.0,
+        "grad_norm_max": 6.0,
         "clipped": pytest.approx(2 / 3),
     }
-    assert _norm_record(np.array([0.5, np.inf], np.float32), 1.0) == {"clipped": 0.5}
-    assert _norm_record(np.array([0.5]), 0.0) == {"grad_norm": 0.5, "grad_norm_max": 0.5}
+    inf_norm = _norm_record(np.array([0.5, np.inf], np.float32), np.array([1.0, 0.0]))
+    assert inf_norm == {"clipped": 0.5}
+    assert _norm_record(np.array([0.5]), None) == {"grad_norm": 0.5, "grad_norm_max": 0.5}
+
+
+def test_clipped_counts_the_steps_clipping_scaled() -> None:
+    """A float32 norm a hair below the limit gives clip_grad_norm a factor of exactly 1: the
+    step was not scaled, and the share must not count it (norm + 1e-6 > clip in float64
+    did)."""
+    from rnncu.optim import _clip_grad_norm
+    from rnncu.trainer import _norm_record
+
+    layer = Linear(1, 1, bias=False, backend="numpy")
+    norms, factors = [], []
+    for value in (np.float32(0.99999905), np.float32(2.0)):
+        layer.grads = {"weight": np.full((1, 1), value, np.float32)}
+        norm, factor = _clip_grad_norm([layer], 1.0)
+        norms.append(norm)
+        factors.append(factor)
+    assert factors[0] == 1 and factors[1] < 1
+    assert _norm_record(np.stack(norms), np.stack(factors))["clipped"] == 0.5
 
 
 def rewrite_meta(run_dir: Path, **changes) -> None:
