@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=_path, help="run directory (checkpoint, config, metrics, plots)"
     )
     train.add_argument(
-        "--resume", type=_path, help="continue the run saved in this directory up to --epochs"
+        "--resume",
+        type=_path,
+        help="continue the run saved in this directory up to --epochs (with its settings; "
+        "--backend and --dataset, its images' new place, may be given)",
     )
     train.add_argument(
         "--overwrite",
@@ -346,13 +349,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     given = {f: getattr(args, f, None) for f in fields}
     given["backend"] = _backend(args.backend, None)
+    data = None
     if args.resume:
-        # The saved run defines everything but its length and the device.
-        extra = [f for f, v in given.items() if v is not None and f not in ("epochs", "backend")]
+        # The saved run defines everything but its length, the device and (where its images
+        # moved) the dataset's place.
+        extra = [
+            f
+            for f, v in given.items()
+            if v is not None and f not in ("epochs", "backend", "dataset")
+        ]
         if extra:
+            flag = "--" + extra[0].replace("_", "-")
             raise ValueError(
-                f"--resume takes only --epochs and --backend, not --{extra[0]}".replace("_", "-")
+                f"--resume keeps the saved run's settings: of them only --epochs, --backend "
+                f"and --dataset (the same images, moved) may be given, not {flag}"
             )
+        if args.dataset is not None:
+            from rnncu.data import load_dataset
+            from rnncu.trainer import dataset_name
+
+            data = load_dataset(dataset_name(args.dataset))
         if args.epochs is None:
             raise ValueError("--resume needs --epochs (the total to reach)")
         # backend None: the saved run's own unless one is asked for
@@ -381,12 +397,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         with _blas_limit(args.threads):
             result = train(
-                config, out_dir=out, resume=args.resume, progress=args.progress, log=lambda m: None
+                config,
+                out_dir=out,
+                resume=args.resume,
+                progress=args.progress,
+                data=data,
+                log=lambda m: None,
             )
     except BaseException as exc:
         if made is not None:
             with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
                 os.rmdir(made)
+        if (
+            isinstance(exc, FileNotFoundError)
+            and args.resume
+            and args.dataset is None
+            and "comes from the config saved in" in str(exc)
+        ):
+            raise FileNotFoundError(f"{exc} (give its new place with --dataset)") from None
         # a field checked against the data once it is loaded (--augment) names its flag
         renamed = _flag_named(exc, given) if isinstance(exc, ValueError) else None
         if renamed is None:
@@ -520,7 +548,8 @@ def _cmd_precompile(args: argparse.Namespace) -> int:
     if reason is not None:
         raise BackendUnavailableError(
             f"precompile needs CuPy and a CUDA device: {reason} "
-            "(`rnncu info` compiles every kernel with NVRTC for sm_90 without a device)"
+            "(`rnncu info` compiles every kernel with NVRTC for sm_90 without a device, where "
+            "the nvrtc extra is installed: pip install 'rnncu[nvrtc]')"
         )
     if os.environ.get("CUPY_CACHE_IN_MEMORY", "0") not in ("", "0"):
         print(

@@ -82,7 +82,7 @@ def plot_history(
         if clip > 0:
             ax3.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
         ax3.set_xlabel("epoch")
-        ax3.set_ylabel("gradient norm before clipping")
+        ax3.set_ylabel("gradient norm before clipping" if clip > 0 else "gradient norm")
         ax3.set_yscale("log")
         ax3.legend()
     if title:

@@ -177,17 +177,26 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def dataset_name(dataset: str | os.PathLike[str]) -> str:
+    """What a config saves for ``dataset``: ``"digits"`` for scikit-learn's set, any other
+    str or PathLike as an absolute path (a str, the config being JSON), so that evaluate,
+    resume and generate find it from any directory and after the run directory moved. A
+    PathLike is always a path, even ``Path("digits")``; ``".."`` is kept, not resolved
+    (through a link, ``link/..`` is not the directory holding it)."""
+    if isinstance(dataset, str) and dataset in ("digits", ""):
+        return dataset  # "" is refused by the config's check, which names the field
+    if isinstance(dataset, (str, os.PathLike)):
+        return str(Path(dataset).absolute())
+    return dataset  # not a path: the config's check names it
+
+
 def make_config(**overrides: Any) -> TrainConfig:
     """A validated config: the dataclass defaults, then the recipe for (task, seq), then the
     ``overrides`` that are not None (explicit arguments win)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     dataset = given.get("dataset")
-    # A path is saved absolute (as a string: the config is JSON), so that evaluate, resume
-    # and generate find it from any directory and after the run directory moved; a PathLike
-    # is always a path, even Path("digits").
-    if isinstance(dataset, os.PathLike) or (isinstance(dataset, str) and dataset not in
-                                            ("digits", "")):  # fmt: skip
-        given["dataset"] = str(Path(dataset).absolute())  # not abspath: "link/.." stays
+    if dataset is not None:
+        given["dataset"] = dataset_name(dataset)
     task = given.get("task", TrainConfig.task)
     seq = given.get("seq", TrainConfig.seq)
     # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
@@ -540,6 +549,10 @@ def train(
     if saved_meta is not None:
         if data is None:
             data = _saved_dataset(config, file)
+        elif data.source is not None and dataset_name(data.source) != config.dataset:
+            # the run goes on with these images (its dataset moved, say): what it saves must
+            # name them, so that evaluating or resuming it later loads them
+            config = dataclasses.replace(config, dataset=dataset_name(data.source))
         _check_saved_images(data, saved_meta, file, config)
         data = _fit_saved_classes(data, saved_meta, file, config)
     run = _Run(config, data)

@@ -70,7 +70,8 @@ def test_train_evaluate_resume(
     assert json.loads((out / "config.json").read_text())["backend"] == "numpy"
     assert load_checkpoint(out)[1]["config"]["backend"] == "numpy"
     assert main(["train", "--resume", str(out), "--epochs", "4", "--hidden", "8"]) == 2
-    assert "--resume takes only" in capsys.readouterr().err
+    assert "only --epochs, --backend and --dataset (the same images, moved) may be given, not " \
+        "--hidden" in capsys.readouterr().err  # fmt: skip
 
 
 def test_generate_task_and_command(
@@ -182,6 +183,24 @@ def test_a_run_finds_its_dataset_from_anywhere(
         main(["generate", "--checkpoint", "a/run", "--out", "x.png", "--dataset", "moved.npz"]) == 0
     )
     assert (tmp_path / "x.png").is_file()
+    # resuming takes --dataset too (it was refused: the run could not go on), and the run
+    # then names the new place, so that evaluate finds it without --dataset
+    code = main(["train", "--resume", "a/run", "--epochs", "3", "--no-progress"])
+    line = one_line_error(code, capsys, "that dataset path comes from the config saved in")
+    assert line.endswith("(give its new place with --dataset)")
+    resume = ["train", "--resume", "a/run", "--epochs", "3", "--dataset", "moved.npz"]
+    assert main([*resume, "--no-progress"]) == 0
+    capsys.readouterr()
+    _, meta = load_checkpoint(tmp_path / "a" / "run")
+    assert meta["epoch"] == 3 and meta["config"]["dataset"] == str(tmp_path / "moved.npz")
+    assert json.loads((tmp_path / "a" / "run" / "config.json").read_text())["dataset"] == str(
+        tmp_path / "moved.npz"
+    )
+    assert main(["evaluate", "--checkpoint", "a/run"]) == 0
+    # images of another size are refused, as evaluate --dataset refuses them
+    np.savez(tmp_path / "wide.npz", x=np.zeros((40, 8, 12)), y=np.arange(40) % 10)
+    code = main(["train", "--resume", "a/run", "--epochs", "4", "--dataset", "wide.npz"])
+    one_line_error(code, capsys, "has 8x12 images, the model of")
 
 
 def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> None:
