@@ -323,7 +323,7 @@ def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
-    from rnncu.trainer import TrainConfig, make_config, train
+    from rnncu.trainer import SavedDatasetNotFound, TrainConfig, dataset_name, make_config, train
 
     fields = (
         "task",
@@ -366,7 +366,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if args.dataset is not None:
             from rnncu.data import load_dataset
-            from rnncu.trainer import dataset_name
 
             data = load_dataset(dataset_name(args.dataset))
         if args.epochs is None:
@@ -408,12 +407,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if made is not None:
             with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
                 os.rmdir(made)
-        if (
-            isinstance(exc, FileNotFoundError)
-            and args.resume
-            and args.dataset is None
-            and "comes from the config saved in" in str(exc)
-        ):
+        if isinstance(exc, SavedDatasetNotFound):  # only a resumed run reads a saved config
             raise FileNotFoundError(f"{exc} (give its new place with --dataset)") from None
         # a field checked against the data once it is loaded (--augment) names its flag
         renamed = _flag_named(exc, given) if isinstance(exc, ValueError) else None
@@ -433,17 +427,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rnncu.trainer import evaluate_run
+    from rnncu.trainer import SavedDatasetNotFound, evaluate_run
 
     try:
         with _blas_limit(args.threads):
             metrics = evaluate_run(
                 args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
             )
-    except FileNotFoundError as exc:
-        if args.dataset is not None:
-            raise
-        # the saved dataset is gone (moved, another machine): say how to use another
+    except SavedDatasetNotFound as exc:  # moved, another machine: say how to use another
         raise FileNotFoundError(f"{exc} (evaluate on another with --dataset)") from None
     _print_metrics(metrics)
     return 0
@@ -478,7 +469,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from rnncu import plots
     from rnncu.tasks import RowGenerator
-    from rnncu.trainer import SAMPLE_NOISE, load_run, sample_images
+    from rnncu.trainer import SAMPLE_NOISE, SavedDatasetNotFound, load_run, sample_images
 
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out: expected a .png file, got {args.out!r}")
@@ -490,9 +481,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             run, _ = load_run(
                 args.checkpoint, backend=_backend(args.backend, None), dataset=args.dataset
             )
-        except FileNotFoundError as exc:
-            if args.dataset is not None:
-                raise
+        except SavedDatasetNotFound as exc:
             raise FileNotFoundError(f"{exc} (give its new place with --dataset)") from None
         if not isinstance(run.model, RowGenerator):
             raise ValueError(

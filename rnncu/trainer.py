@@ -40,6 +40,7 @@ from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 
 __all__ = [
     "RECIPES",
+    "SavedDatasetNotFound",
     "TrainConfig",
     "TrainingDiverged",
     "TrainResult",
@@ -47,6 +48,11 @@ __all__ = [
     "make_config",
     "train",
 ]
+
+
+class SavedDatasetNotFound(FileNotFoundError):
+    """The dataset a saved run's config names is not where it was (moved, another machine):
+    evaluating, generating or resuming can be given its new place."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -874,7 +880,7 @@ def _saved_dataset(config: TrainConfig, file: Path) -> ImageDataset:
     try:
         return load_dataset(config.dataset)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(
+        raise SavedDatasetNotFound(
             f"{exc}; that dataset path comes from the config saved in {file}"
         ) from None
 
