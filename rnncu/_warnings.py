@@ -14,7 +14,7 @@ from types import FrameType
 
 def _inside_rnncu(frame: FrameType) -> bool:
     # by module name, not file path: a pyc-only or frozen install records relative paths
-    name = frame.f_globals.get("__name__", "")
+    name: str = frame.f_globals.get("__name__", "")
     return name == "rnncu" or name.startswith("rnncu.")
 
 

@@ -69,7 +69,7 @@ class ImageDataset:
     @property
     def trained_classes(self) -> list[int]:
         """The classes the training labels hold, ascending (labels may leave gaps)."""
-        return np.unique(self.y_train).tolist()
+        return [int(label) for label in np.unique(self.y_train)]
 
     @property
     def image_shape(self) -> tuple[int, int]:

@@ -81,7 +81,8 @@ def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np
     q *= np.sign(np.diag(r))
     if rows < cols:
         q = q.T
-    return gain * q[:rows, :cols]
+    scaled: np.ndarray = gain * q[:rows, :cols]
+    return scaled
 
 
 def _finite(name: str, value: Any) -> float:

@@ -29,7 +29,7 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     TypeError naming the argument."""
     # np.dtype(None) is float64 and np.dtype("float64") == None is True: test None first, so
     # a missing dtype is an error rather than a silent float64.
-    resolved = None
+    resolved: np.dtype | None = None
     if dtype is not None:
         try:
             resolved = np.dtype(dtype)

@@ -212,7 +212,8 @@ def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
 
 def _to_host(arr: Any) -> np.ndarray:
     if isinstance(arr, np.ndarray):
-        return arr.copy()
+        copy: np.ndarray = arr.copy()
+        return copy
     return np.asarray(arr.get())  # a CuPy array: copy to the host
 
 
@@ -417,7 +418,7 @@ class ExponentialLR(Schedule):
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
-        return self.gamma**epoch
+        return float(self.gamma**epoch)
 
 
 class StepLR(Schedule):

@@ -207,7 +207,8 @@ class SequenceClassifier(_TaskModel):
             xp.argmax(self.forward(x[:, s : s + batch_size]), axis=1)
             for s in range(0, x.shape[1], batch_size)
         ]
-        return self.backend.to_numpy(xp.concatenate(preds))
+        predictions: np.ndarray = self.backend.to_numpy(xp.concatenate(preds))
+        return predictions
 
 
 def generator_inputs(rows: Array, labels: Array, num_classes: int) -> Array:

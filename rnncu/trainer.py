@@ -442,7 +442,8 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     offsets = rng.integers(0, 2 * a + 1, size=(n, 2))
     rows = offsets[:, 0, None] + np.arange(h)[None, :]  # (N, H)
     cols = offsets[:, 1, None] + np.arange(w)[None, :]  # (N, W)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    shifted: np.ndarray = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return shifted
 
 
 #: What a run writes into its directory (``classifier/``: a generate run's judge, a run of

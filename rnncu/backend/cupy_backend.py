@@ -134,7 +134,8 @@ class CupyBackend(Backend):
 
     def to_numpy(self, array: Any) -> np.ndarray:
         if isinstance(array, cupy.ndarray):
-            return cupy.asnumpy(array)
+            host: np.ndarray = cupy.asnumpy(array)
+            return host
         return np.array(array, copy=True)  # cupy.asnumpy would return a host array itself
 
     def synchronize(self) -> None:
@@ -239,7 +240,7 @@ class CupyBackend(Backend):
         if mode != "step":
             persistent = _persistent_module(mode)
             if persistent is not None:
-                result = persistent.persistent_backward(
+                result: tuple[Any, Any] | None = persistent.persistent_backward(
                     states,
                     w_hh,
                     h0,

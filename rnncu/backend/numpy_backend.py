@@ -59,6 +59,7 @@ class NumpyBackend(Backend):
         # OpenBLAS is slow for GEMMs with a tiny inner dimension (pixel sequences, D = 1)
         # and with a transposed-view operand; an outer product and a contiguous W_ih^T avoid
         # both.
+        out: np.ndarray
         if inputs.shape[1] == 1:
             out = np.multiply(inputs, w_ih[:, 0])
         else:

@@ -287,7 +287,8 @@ def _dtype_name(dtype: Any) -> str:
     import numpy
 
     try:
-        return numpy.dtype(dtype).name
+        name: str = numpy.dtype(dtype).name
+        return name
     except TypeError:
         return str(dtype)
 
