@@ -22,6 +22,7 @@ ValueError naming the file and the array.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "PERMUTATION_SEED",
     "SEQ_VIEWS",
     "ImageDataset",
+    "check_dataset",
     "load_dataset",
     "load_digits",
     "load_idx_dir",
@@ -292,7 +294,7 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
             f"{name} ({np.unique(y).size} distinct labels: number them 0..K-1, e.g. with "
             "np.unique(y, return_inverse=True))"
         )
-    return y.astype(np.int64)
+    return y.astype(np.int64, copy=False)
 
 
 def _finish(
@@ -318,6 +320,74 @@ def _finish(
         )
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes, source=source)
+
+
+def check_dataset(data: Any, name: str = "data") -> ImageDataset:
+    """``data``, an :class:`ImageDataset`, checked against the loaders' rules; returned as a
+    new dataset whose labels are int64 (integral floats and other integer types converted).
+
+    The rules: NumPy images (N, H, W) of a float dtype, finite and in [0, 1], with at least one
+    image, row and column per split, the same (H, W) in both splits; labels (N,) matching the
+    images' count, integers in [0, ``MAX_CLASSES``), at least two classes in training;
+    ``num_classes`` an integer above every label and at most ``MAX_CLASSES``. A dataset built
+    in memory gets no scaling: integer images are refused here (the file loaders scale
+    0..255). Errors name ``name`` and the field (``data.y_train``).
+    """
+    if not isinstance(data, ImageDataset):
+        raise TypeError(
+            f"{name}: expected an ImageDataset (rnncu.data.load_dataset), got {type(data).__name__}"
+        )
+    labels = {}
+    for split in ("train", "test"):
+        x_name, y_name = f"x_{split}", f"y_{split}"
+        x, y = getattr(data, x_name), getattr(data, y_name)
+        for field, value in ((x_name, x), (y_name, y)):
+            if not isinstance(value, np.ndarray):
+                raise TypeError(
+                    f"{name}.{field}: expected a NumPy array, got {type(value).__name__}"
+                )
+        where = f"{name}.{x_name}"
+        if x.ndim != 3 or 0 in x.shape:
+            raise ValueError(
+                f"{where}: expected images (N, H, W) with N, H, W >= 1, got shape {x.shape}"
+            )
+        if x.dtype.kind != "f":
+            raise TypeError(
+                f"{where}: expected float images in [0, 1], got dtype {x.dtype} (divide 8-bit "
+                "intensities by 255)"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError(f"{where}: images must lie in [0, 1], found NaN or inf")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(
+                f"{where}: images must lie in [0, 1], found {float(x.min())!r}..{float(x.max())!r}"
+            )
+        labels[y_name] = _labels(y, x.shape[0], name, f"{name}.{y_name}")
+    if data.x_train.shape[1:] != data.x_test.shape[1:]:
+        raise ValueError(
+            f"{name}: training images {data.x_train.shape[1:]} and test images "
+            f"{data.x_test.shape[1:]} differ in size"
+        )
+    present = np.unique(labels["y_train"])
+    if present.size < 2:
+        raise ValueError(
+            f"{name}.y_train: the training labels hold a single class ({int(present[0])}); "
+            "expected at least 2 classes"
+        )
+    largest = int(max(labels["y_train"].max(), labels["y_test"].max()))
+    k = data.num_classes
+    if (
+        isinstance(k, bool)
+        or not isinstance(k, (int, np.integer))
+        or not (largest < k <= MAX_CLASSES)
+    ):
+        raise ValueError(
+            f"{name}.num_classes: expected an integer in [{largest + 1}, {MAX_CLASSES}] (above "
+            f"the largest label, {largest}), got {k!r}"
+        )
+    return dataclasses.replace(
+        data, y_train=labels["y_train"], y_test=labels["y_test"], num_classes=int(k)
+    )
 
 
 def load_npz(path: str | os.PathLike[str]) -> ImageDataset:

@@ -33,7 +33,14 @@ from rnncu.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from rnncu.data import SEQ_VIEWS, ImageDataset, load_dataset, seq_shape, to_sequences
+from rnncu.data import (
+    SEQ_VIEWS,
+    ImageDataset,
+    check_dataset,
+    load_dataset,
+    seq_shape,
+    to_sequences,
+)
 from rnncu.init import INIT_SCHEMES
 from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
@@ -515,7 +522,8 @@ def train(
     shows a tqdm bar over the epochs (None: when stderr is a terminal); ``log``, a callable
     taking one str, receives a line per epoch and the run's other news.
 
-    ``data``, an :class:`ImageDataset`, is trained on instead of loading ``config.dataset``,
+    ``data``, an :class:`ImageDataset` (checked first, by
+    :func:`rnncu.data.check_dataset`), is trained on instead of loading ``config.dataset``,
     which is still what the saved run names: evaluating, resuming or generating from the run
     loads it (unless given a dataset). So a run saved to ``out_dir`` must not keep the default
     ``"digits"`` for other data (``data.source``).
@@ -528,6 +536,8 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig (see make_config), got {config!r}")
     log = log or (lambda msg: None)
+    if data is not None:
+        data = check_dataset(data)
     saved_meta = None
     if resume is not None:
         file, arrays, saved_meta, saved = _read_run_checkpoint(resume)

@@ -3,6 +3,7 @@ readers on small files written here, and clear errors for malformed files."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import struct
@@ -13,6 +14,8 @@ import pytest
 
 from rnncu.data import (
     MAX_CLASSES,
+    ImageDataset,
+    check_dataset,
     load_dataset,
     load_digits,
     load_idx_dir,
@@ -380,3 +383,48 @@ def test_split_stratified_returns_a_stratified_tuple() -> None:
     np.testing.assert_array_equal(np.bincount(y_train) + np.bincount(y_test), np.bincount(y))
     with pytest.raises(ValueError, match=r"^mine: class 2 has only 1 image"):
         split_stratified(x[:9], np.array([0, 0, 0, 0, 1, 1, 1, 1, 2]), name="mine")
+
+
+def _bad_copies(data: ImageDataset) -> dict[str, tuple[ImageDataset | str, str]]:
+    """In-memory datasets that break one rule each -> (dataset, the message's start)."""
+    replace = dataclasses.replace
+    nan_images = data.x_train.copy()
+    nan_images[3, 2, 1] = np.nan
+    return {
+        "fractional labels": (replace(data, y_train=data.y_train + 0.7), "data: labels must"),
+        "fewer images": (replace(data, x_train=data.x_train[:5]), "data: expected 5 labels"),
+        "fewer labels": (replace(data, y_train=data.y_train[:5]), "data: expected 1347 labels"),
+        "pixels to 255": (replace(data, x_train=data.x_train * 255), "data.x_train: images"),
+        "negative pixels": (replace(data, x_test=-data.x_test), "data.x_test: images must"),
+        "NaN pixel": (replace(data, x_train=nan_images), "data.x_train: images must lie"),
+        "uint8 images": (
+            replace(data, x_train=(data.x_train * 255).astype(np.uint8)),
+            "data.x_train: expected float images",
+        ),
+        "flat images": (replace(data, x_test=data.x_test.reshape(-1, 64)), "data.x_test: "),
+        "sizes differ": (replace(data, x_test=data.x_test[:, :4]), "data: training images"),
+        "list labels": (replace(data, y_test=list(data.y_test)), "data.y_test: expected a "),
+        "too few classes": (replace(data, num_classes=5), "data.num_classes: expected"),
+        "bool classes": (replace(data, num_classes=True), "data.num_classes: expected"),
+        "one class": (replace(data, y_train=np.ones_like(data.y_train)), "data.y_train: the"),
+        "a name": ("digits", "data: expected an ImageDataset"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_copies(load_digits())))
+def test_check_dataset_names_the_field_that_breaks_a_rule(case: str) -> None:
+    data, message = _bad_copies(load_digits())[case]
+    with pytest.raises((ValueError, TypeError), match="^" + re.escape(message)):
+        check_dataset(data)
+
+
+def test_check_dataset_keeps_a_good_dataset_and_converts_its_labels() -> None:
+    digits = load_digits()
+    data = dataclasses.replace(
+        digits, y_train=digits.y_train.astype(np.float64), num_classes=np.int64(12)
+    )
+    checked = check_dataset(data)
+    assert checked.y_train.dtype == np.int64 and checked.y_test.dtype == np.int64
+    np.testing.assert_array_equal(checked.y_train, digits.y_train)
+    assert checked.num_classes == 12 and type(checked.num_classes) is int
+    assert checked.x_train is digits.x_train and checked.source == digits.source

@@ -519,3 +519,17 @@ def test_default_recipe_reaches_98_percent(digits, seed: int) -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         result = train(make_config(backend="numpy", seed=seed), data=digits, progress=False)
     assert result.metrics["test_accuracy"] >= 0.98, result.metrics["test_accuracy"]
+
+
+def test_given_data_is_checked_before_anything_is_written(digits, tmp_path) -> None:
+    """In-memory data gets the loaders' checks: fractional labels had been truncated to
+    integers and 5 images with 1347 labels had trained without a word."""
+    out = tmp_path / "run"
+    config = small(dataset=str(tmp_path / "mine.npz"))
+    bad = dataclasses.replace(digits, y_train=digits.y_train + 0.7)
+    with pytest.raises(ValueError, match=r"^data: labels must be integers \(in data.y_train\)"):
+        train(config, out_dir=out, data=bad, progress=False)
+    bad = dataclasses.replace(digits, x_train=digits.x_train[:5])
+    with pytest.raises(ValueError, match="^data: expected 5 labels"):
+        train(config, out_dir=out, data=bad, progress=False)
+    assert not out.exists()
