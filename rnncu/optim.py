@@ -52,6 +52,20 @@ def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
                     f"no gradient for parameter {name!r} of {type(module).__name__}: "
                     "call backward before the optimizer step"
                 )
+            where = f"the gradient of {name!r} of {type(module).__name__}"
+            backend = getattr(module, "backend", None)
+            if not (backend.owns(grad) if backend is not None else hasattr(grad, "dtype")):
+                # a list, a torch tensor, or a host array for a device module: an update from
+                # it would fail halfway or copy on every step
+                raise TypeError(
+                    f"{where}: expected a {getattr(backend, 'name', 'NumPy or CuPy')} array "
+                    "(the module's backend), "
+                    f"got {type(grad).__module__}.{type(grad).__name__}"
+                )
+            if grad.dtype != param.dtype:
+                # a complex gradient failed after earlier parameters were updated, or lost its
+                # imaginary part; another float dtype would promote the moments
+                raise TypeError(f"{where} has dtype {grad.dtype}, the parameter {param.dtype}")
             if tuple(grad.shape) != tuple(param.shape):
                 # in-place updates would broadcast a (3,) gradient over a (4, 3) weight
                 raise ValueError(

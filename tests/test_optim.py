@@ -145,9 +145,14 @@ def test_a_failed_step_changes_nothing(rng: np.random.Generator, build) -> None:
         ({"w": np.ones(3)}, r"no gradient for parameter 'b'"),  # 'w' came first
         ({"w": np.ones(3), "b": np.ones(3)}, r"gradient of 'b' .* shape \(3,\), the param"),
         ({"w": np.ones((2, 3)), "b": np.ones(2)}, r"gradient of 'w' .* shape \(2, 3\)"),
+        # 'b' is checked after 'w', so a check inside the update loop would have moved 'w':
+        # complex64 failed halfway in Adam and lost its imaginary part in SGD
+        ({"w": np.ones(3), "b": np.ones(2, np.complex128)}, r"of 'b' .* dtype complex128, the"),
+        ({"w": np.ones(3), "b": np.ones(2, np.float32)}, r"of 'b' .* dtype float32, the param"),
+        ({"w": np.ones(3), "b": [1.0, 1.0]}, r"of 'b' of FakeModule: expected a numpy array"),
     ):
         module.grads = grads
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((ValueError, TypeError), match=match):
             opt.step()
         assert opt.step_count == 0 and opt.state_dict() == {"step": 0}
         for name, value in before.items():
