@@ -154,6 +154,10 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     in a separator (``"runs/exp1/"``) names a directory even before it exists (``Path``
     drops the separator, and the run would have been written to a file named ``runs/exp1``).
     """
+    if not isinstance(path, (str, os.PathLike)) or path == "":
+        raise TypeError(
+            f"checkpoint path: expected a file or run directory (str or path), got {path!r}"
+        )
     separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
     is_dir = isinstance(path, str) and path.endswith(separators)
     path = Path(path)
@@ -200,6 +204,8 @@ def save_checkpoint(
     ``checkpoint.npz``). Returns the file written. ``meta`` may not set the reserved keys
     ``format`` and ``version``."""
     target = resolve_checkpoint(path)
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"checkpoint arrays: expected a mapping, got {type(arrays).__name__}")
     if META_KEY in arrays:
         raise ValueError(f"array name {META_KEY!r} is reserved")
     if not isinstance(meta, Mapping):
@@ -215,6 +221,9 @@ def save_checkpoint(
     for name, value in arrays.items():
         if not isinstance(name, str):
             raise TypeError(f"checkpoint array name {name!r} is not a str")
+        if name.endswith(".npy"):
+            # stored as "<name>.npy": reading back, "x.npy" would find the member of "x"
+            raise ValueError(f"checkpoint array name {name!r}: names may not end in '.npy'")
         try:
             payload[name] = value = np.asarray(value)
         except ValueError as exc:  # a ragged list
@@ -267,7 +276,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             arrays = {}
             for name in names:
                 try:
-                    arrays[name] = npz[name]
+                    value = npz[name]
                 except ValueError as exc:
                     if "pickle" not in str(exc):
                         raise
@@ -276,6 +285,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
                         f"{file}: entry {name!r} holds Python objects (refused: loading it "
                         "would unpickle; rnncu writes plain arrays only)"
                     ) from None
+                if not isinstance(value, np.ndarray):
+                    # a member without the .npy header comes back as its raw bytes
+                    raise CheckpointError(
+                        f"{file}: entry {name!r} is not an array (truncated or corrupt)"
+                    )
+                arrays[name] = value
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:

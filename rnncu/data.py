@@ -413,12 +413,16 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
         with np.load(path, allow_pickle=False) as npz:
             for key in npz.files:
                 try:
-                    arrays[key] = npz[key]
+                    value = npz[key]
                 except ValueError as exc:
                     if "pickle" not in str(exc):
                         raise
                     objects = key
                     break
+                if not isinstance(value, np.ndarray):
+                    # a member without the .npy header comes back as its raw bytes
+                    raise ValueError(f"array {key!r} is not an array (no .npy header)")
+                arrays[key] = value
     except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
         raise ValueError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from None
     if objects is not None:

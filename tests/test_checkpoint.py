@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,32 @@ def test_corrupt_member(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path)
     one_line(exc)
+
+
+def test_a_member_without_an_array_header(tmp_path: Path) -> None:
+    """A member rewritten with other bytes (its CRC right) is read by NumPy as raw bytes: it
+    reached the trainer, which failed with ``'bytes' object has no attribute 'dtype'``."""
+    path = save_checkpoint(tmp_path / "checkpoint.npz", arrays(), {"epoch": 1})
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    members["optim.step.npy"] = b"not an array at all"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, blob in members.items():
+            archive.writestr(name, blob)
+    with pytest.raises(CheckpointError, match=r"entry 'optim.step' is not an array") as exc:
+        load_checkpoint(path)
+    one_line(exc)
+
+
+def test_save_checkpoint_arguments(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"^checkpoint path: expected a file or run directory"):
+        save_checkpoint(None, arrays(), {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^checkpoint arrays: expected a mapping, got list"):
+        save_checkpoint(tmp_path, list(arrays().items()), {})  # type: ignore[arg-type]
+    # "x.npy" is stored as "x.npy.npy" and read back as the member of "x" ("x.npy")
+    with pytest.raises(ValueError, match=r"name 'x.npy': names may not end in '.npy'"):
+        save_checkpoint(tmp_path, {"x": np.zeros(2), "x.npy": np.ones(2)}, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_foreign_files(tmp_path: Path) -> None:

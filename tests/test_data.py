@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import re
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +429,17 @@ def test_check_dataset_keeps_a_good_dataset_and_converts_its_labels() -> None:
     np.testing.assert_array_equal(checked.y_train, digits.y_train)
     assert checked.num_classes == 12 and type(checked.num_classes) is int
     assert checked.x_train is digits.x_train and checked.source == digits.source
+
+
+def test_npz_member_without_an_array_header(tmp_path: Path) -> None:
+    """NumPy returns such a member's raw bytes, which had failed with an AttributeError."""
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=np.random.default_rng(0).random((20, 4, 4)), y=np.arange(20) % 2)
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    members["x.npy"] = b"garbage"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, blob in members.items():
+            archive.writestr(name, blob)
+    with pytest.raises(ValueError, match=r"mine.npz: cannot read .npz .*'x' is not an array"):
+        load_npz(path)
