@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.module import check_number, check_seed
+from rnncu.module import check_number, check_seed, checked_param_value
 
 __all__ = [
     "INIT_SCHEMES",
@@ -101,7 +101,9 @@ def identity(shape: tuple[int, int], scale: float = 1.0) -> np.ndarray:
 
 def set_param(module: Any, name: str, value: np.ndarray) -> None:
     """Copy the host array ``value`` into ``module.params[name]`` in place (dtype cast to the
-    parameter's), keeping the array object the layer and the optimizer refer to."""
+    parameter's), keeping the array object the layer and the optimizer refer to. ``value``
+    must be a floating array of the parameter's shape, finite in the parameter's dtype (as
+    ``load_state_dict`` requires); else an error naming ``name``."""
     if name not in module.params:
         raise ValueError(
             f"{name!r}: no such parameter; {type(module).__name__} has {', '.join(module.params)}"
@@ -109,9 +111,7 @@ def set_param(module: Any, name: str, value: np.ndarray) -> None:
     param = module.params[name]
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a host (NumPy) array, got {type(value).__name__}")
-    if tuple(value.shape) != tuple(param.shape):
-        raise ValueError(f"{name}: init shape {value.shape} != parameter shape {param.shape}")
-    param[...] = module.backend.asarray(np.ascontiguousarray(value), dtype=param.dtype)
+    param[...] = checked_param_value(name, np.ascontiguousarray(value), module, param)
 
 
 def init_rnn(

@@ -140,6 +140,36 @@ def check_class_labels(
             )
 
 
+def checked_param_value(where: str, value: Any, module: Any, param: Any) -> Any:
+    """``value`` (an array of either backend, a list, a torch tensor) as an array of
+    ``module``'s backend and dtype for ``param``: a floating array of ``param``'s shape whose
+    values are finite in that dtype; else an error naming ``where``."""
+    backend = module.backend
+    if not backend.owns(value):
+        try:
+            value = value.get() if backend_for(value).name == "cupy" else np.asarray(value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            # a ragged list; a torch tensor that requires grad, or of a dtype NumPy lacks
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TypeError(
+                f"{where}: expected a floating array, got {type(value).__name__} that does not "
+                f"convert to one ({reason})"
+            ) from None
+    if value.dtype.kind != "f":
+        raise TypeError(f"{where}: expected a floating array, got {value.dtype}")
+    if tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"{where}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
+    # Checked after the cast: 1e300 is finite in float64 and inf in float32.
+    with np.errstate(over="ignore"):  # an overflow is reported just below, by name
+        cast = backend.asarray(value, dtype=param.dtype)
+    if not bool(backend.xp.isfinite(cast).all()):
+        raise ValueError(
+            f"{where}: expected finite values in {param.dtype}, got NaN or infinity (or a "
+            "value beyond the dtype's range)"
+        )
+    return cast
+
+
 def describe_array(value: Any) -> str:
     """A short description of what came: 'numpy.ndarray float32 (3, 4)', 'list', ..."""
     kind = type(value)
@@ -208,28 +238,10 @@ class Module:
             if extra:
                 parts.append(f"unexpected {extra}")
             raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
-        converted = {}
-        for name, param in self.params.items():
-            value = state[name]
-            if not self.backend.owns(value):
-                value = value.get() if backend_for(value).name == "cupy" else np.asarray(value)
-            if value.dtype.kind != "f":
-                raise TypeError(f"state[{name!r}]: expected a floating array, got {value.dtype}")
-            if tuple(value.shape) != tuple(param.shape):
-                raise ValueError(
-                    f"state[{name!r}]: expected shape {tuple(param.shape)}, "
-                    f"got {tuple(value.shape)}"
-                )
-            # Checked after the cast: 1e300 is finite in float64 and inf in float32.
-            with np.errstate(over="ignore"):  # an overflow is reported just below, by name
-                cast = self.backend.asarray(value, dtype=self.dtype)
-            if not bool(self.backend.xp.isfinite(cast).all()):
-                raise ValueError(
-                    f"state[{name!r}]: expected finite values in {self.dtype}, got NaN or "
-                    "infinity (or a value beyond the dtype's range)"
-                )
-            converted[name] = cast
-        return converted
+        return {
+            name: checked_param_value(f"state[{name!r}]", state[name], self, param)
+            for name, param in self.params.items()
+        }
 
     def _commit_state(self, converted: Mapping[str, Any]) -> None:
         for name, value in converted.items():

@@ -103,6 +103,19 @@ def test_module_initialisers_check_the_module() -> None:
         set_param(rnn, "weight_hh_l0", np.eye(4).tolist())
     with pytest.raises(ValueError, match=r"'nope': no such parameter; RNN has weight_ih_l0, "):
         set_param(rnn, "nope", np.eye(4))
+    # the checks of load_state_dict: NaN, complex and 1e300 (inf in float32) had been loaded
+    before = rnn.state_dict()
+    for value, error, message in (
+        (np.full((4, 4), np.nan), ValueError, "expected finite values in float32"),
+        (np.full((4, 4), 1e300), ValueError, "expected finite values in float32"),
+        (np.eye(4) + 1j, TypeError, "expected a floating array, got complex128"),
+        (np.full((4, 4), "a"), TypeError, "expected a floating array, got <U1"),
+        (np.eye(3), ValueError, r"expected shape \(4, 4\), got \(3, 3\)"),
+    ):
+        with pytest.raises(error, match=r"^weight_hh_l0: " + message):
+            set_param(rnn, "weight_hh_l0", value)
+    for name, array in rnn.state_dict().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
     # a negative gain or scale is still an initialisation
     np.testing.assert_array_equal(identity((2, 2), scale=-0.5), -0.5 * np.eye(2))
     np.testing.assert_array_equal(orthogonal((3, 3), -1.0, 4), -orthogonal((3, 3), 1.0, 4))

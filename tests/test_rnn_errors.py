@@ -277,3 +277,25 @@ def test_load_state_dict_refuses_strings() -> None:
     state = dict(rnn.state_dict(), weight_hh_l0="abc")
     with pytest.raises(TypeError, match=r"state\['weight_hh_l0'\]: expected a floating array"):
         rnn.load_state_dict(state)
+
+
+def test_load_state_dict_names_the_key_of_a_value_that_does_not_convert() -> None:
+    """NumPy's and torch's own messages came without the key."""
+    rnn = rnncu.RNN(1, 2, backend="numpy", seed=0)
+    values = [[[1.0], [2.0, 3.0]]]  # ragged
+    torch = _torch_or_none()
+    if torch is not None:
+        values += [torch.ones(2, 1, requires_grad=True), torch.ones(2, 1, dtype=torch.bfloat16)]
+    for value in values:
+        state = dict(rnn.state_dict(), weight_ih_l0=value)
+        with pytest.raises(TypeError, match=r"^state\['weight_ih_l0'\]: expected a floating"):
+            rnn.load_state_dict(state)
+    assert torch is None or len(values) == 3
+
+
+def _torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
