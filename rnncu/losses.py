@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from rnncu.backend import Array, backend_for
 from rnncu.module import check_class_labels, describe_array
 
@@ -39,7 +41,13 @@ def mse_loss(pred: Array, target: Array) -> tuple[Array, Array]:
 
 def log_softmax(logits: Array) -> Array:
     """``log(softmax(logits))`` along the last axis, stable for any finite logits: the row
-    maximum is subtracted first, so ``exp`` never overflows and the largest term is 1."""
+    maximum is subtracted first, so ``exp`` never overflows and the largest term is 1.
+    ``logits``: a floating array (..., C) with C >= 1."""
+    _check_array("log_softmax", "logits", logits, floating=True)
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise ValueError(
+            f"log_softmax: logits: expected (..., C) with C >= 1 classes, got {logits.shape}"
+        )
     xp = backend_for(logits).xp
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
@@ -92,11 +100,18 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
 
 
 def _check_array(function: str, name: str, value: Any, floating: bool = False) -> None:
-    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-        raise TypeError(f"{function}: {name}: expected an array, got {describe_array(value)}")
+    """A NumPy or CuPy array (a torch tensor has a shape and a dtype, but not NumPy's); a
+    floating one where ``floating``, else real numbers (a complex target's imaginary part
+    would be dropped, a string one fail inside NumPy)."""
+    if not (isinstance(value, np.ndarray) or type(value).__module__.split(".")[0] == "cupy"):
+        raise TypeError(
+            f"{function}: {name}: expected a NumPy or CuPy array, got {describe_array(value)}"
+        )
     if floating and value.dtype.kind != "f":
         # integer arithmetic would truncate the gradient (to zeros for cross-entropy)
         raise TypeError(f"{function}: {name}: expected a floating array, got {value.dtype}")
+    if value.dtype.kind not in "fiub":
+        raise TypeError(f"{function}: {name}: expected real numbers, got {value.dtype}")
 
 
 def _check_same_backend(function: str, name_a: str, a: Any, name_b: str, b: Any) -> None:

@@ -90,7 +90,7 @@ def test_cross_entropy_refuses_non_integer_labels(rng: np.random.Generator) -> N
     logits = rng.standard_normal((4, 3))
     with pytest.raises(TypeError, match="expected integer class indices, got dtype float64"):
         softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0, 1.0]))
-    with pytest.raises(TypeError, match=r"labels: expected an array, got builtins.list"):
+    with pytest.raises(TypeError, match=r"labels: expected a NumPy or CuPy array, got builtins.list"):
         softmax_cross_entropy(logits, [0, 1, 2, 1])
     with pytest.raises(ValueError, match=r"B, C >= 1, got \(0, 3\)"):
         softmax_cross_entropy(np.ones((0, 3)), np.ones(0, np.int64))
@@ -99,8 +99,38 @@ def test_cross_entropy_refuses_non_integer_labels(rng: np.random.Generator) -> N
 def test_mse_refuses_empty_and_non_arrays(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match=r"mse_loss: pred is empty"):
         mse_loss(np.ones((0, 3)), np.ones((0, 3)))
-    with pytest.raises(TypeError, match=r"mse_loss: target: expected an array, got builtins.list"):
+    with pytest.raises(
+        TypeError, match=r"mse_loss: target: expected a NumPy or CuPy array, got builtins.list"
+    ):
         mse_loss(rng.standard_normal(3), [1.0, 2.0, 3.0])
+
+
+def test_losses_refuse_what_is_not_real_numbers(rng: np.random.Generator) -> None:
+    pred = rng.standard_normal(2)
+    # a complex target's imaginary part was dropped (loss 1.0), a string one failed in NumPy
+    for target, kind in ((np.array([1 + 5j, 1 + 5j]), "complex128"), (np.array(["a", "b"]), "<U1")):
+        with pytest.raises(
+            TypeError, match=rf"^mse_loss: target: expected real numbers, got {kind}"
+        ):
+            mse_loss(pred, target)
+    torch = pytest.importorskip("torch")  # a shape and a dtype, but not NumPy's
+    with pytest.raises(
+        TypeError, match=r"^mse_loss: pred: expected a NumPy or CuPy array, got torch"
+    ):
+        mse_loss(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: logits: expected a NumPy or Cu"):
+        softmax_cross_entropy(torch.zeros(2, 3), np.zeros(2, np.int64))
+
+
+def test_log_softmax_checks_its_logits(rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match=r"^log_softmax: logits: expected \(..., C\) with C >= 1"):
+        log_softmax(np.zeros((2, 0)))
+    with pytest.raises(TypeError, match=r"^log_softmax: logits: expected a floating array, got"):
+        log_softmax(np.arange(3))
+    with pytest.raises(TypeError, match=r"^log_softmax: logits: expected a NumPy or CuPy array"):
+        log_softmax([1.0, 2.0])
+    logits = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(np.exp(log_softmax(logits)).sum(axis=-1), 1.0, rtol=1e-15)
 
 
 def test_losses_refuse_integer_predictions() -> None:
