@@ -403,14 +403,25 @@ class Schedule:
         self.base_lr = check_number("base_lr", base_lr, low=0.0, low_open=True, high_open=True)
         self.steps_per_epoch = int(steps_per_epoch)
         warmup_epochs = check_number("warmup_epochs", warmup_epochs, low=0.0, high_open=True)
-        self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        warmup_steps = warmup_epochs * steps_per_epoch
+        if not math.isfinite(warmup_steps):  # 1e308 epochs: int(round(inf)) would overflow
+            raise ValueError(
+                f"warmup_epochs: {warmup_epochs!r} epochs of {steps_per_epoch} steps are more "
+                "steps than a float holds"
+            )
+        self.warmup_steps = int(round(warmup_steps))
 
     def factor(self, epoch: float) -> float:
         """The multiplier of ``base_lr`` ``epoch`` (fractional) epochs after the warm-up."""
         return 1.0
 
     def __call__(self, step: int) -> float:
-        """The learning rate for the update after ``step`` updates."""
+        """The learning rate for the update after ``step`` updates (an integer >= 0)."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step: expected an integer >= 0 (updates made), got {step!r}")
+        if step < 0:
+            # a negative step gave a negative rate in the warm-up, a ZeroDivisionError after
+            raise ValueError(f"step: expected an integer >= 0 (updates made), got {step!r}")
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
         return self.base_lr * self.factor((step - self.warmup_steps) / self.steps_per_epoch)
@@ -453,7 +464,9 @@ class StepLR(Schedule):
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
-        return self.gamma ** math.floor(epoch / self.step_epochs)
+        intervals = epoch / self.step_epochs
+        # an interval of 1e-320 epochs: infinitely many have passed (floor(inf) would raise)
+        return self.gamma ** (math.floor(intervals) if math.isfinite(intervals) else intervals)
 
 
 class CosineLR(Schedule):

@@ -90,7 +90,9 @@ def test_cross_entropy_refuses_non_integer_labels(rng: np.random.Generator) -> N
     logits = rng.standard_normal((4, 3))
     with pytest.raises(TypeError, match="expected integer class indices, got dtype float64"):
         softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0, 1.0]))
-    with pytest.raises(TypeError, match=r"labels: expected a NumPy or CuPy array, got builtins.list"):
+    with pytest.raises(
+        TypeError, match=r"labels: expected a NumPy or CuPy array, got builtins.list"
+    ):
         softmax_cross_entropy(logits, [0, 1, 2, 1])
     with pytest.raises(ValueError, match=r"B, C >= 1, got \(0, 3\)"):
         softmax_cross_entropy(np.ones((0, 3)), np.ones(0, np.int64))

@@ -12,6 +12,7 @@ from rnncu.backend import get_backend
 from rnncu.optim import (
     SGD,
     Adam,
+    ConstantLR,
     CosineLR,
     ExponentialLR,
     StepLR,
@@ -456,3 +457,21 @@ def test_optimizer_state_is_checked(rng: np.random.Generator, change: dict, matc
 def test_schedule_arguments_are_checked(build, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+def test_schedules_check_the_step_and_extreme_intervals() -> None:
+    """A negative step gave a negative rate (warm-up) or a ZeroDivisionError; 1e308 warm-up
+    epochs and a 1e-320-epoch interval ended in an OverflowError from the command line."""
+    warm = ConstantLR(0.1, 10, warmup_epochs=1)
+    for bad in (-5, -1):
+        with pytest.raises(ValueError, match=rf"^step: expected an integer >= 0 .*got {bad}"):
+            warm(bad)
+    for bad in ("3", 2.0, True, None):
+        with pytest.raises(TypeError, match=r"^step: expected an integer >= 0"):
+            ExponentialLR(0.1, 10, 0.5)(bad)
+    assert warm(np.int64(4)) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=r"^warmup_epochs: 1e\+308 epochs of 10 steps are more"):
+        ConstantLR(0.1, 10, warmup_epochs=1e308)
+    tiny = StepLR(0.1, 1, step_epochs=1e-320, gamma=0.5)
+    assert tiny(0) == 0.1 and tiny(3) == 0.0  # infinitely many intervals after one step
+    assert StepLR(0.1, 1, step_epochs=1e-320, gamma=1.0)(3) == 0.1
