@@ -245,6 +245,14 @@ def _write_npz(fileobj: Any, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, value, allow_pickle=False)
 
 
+class _NonFiniteInMeta(Exception):
+    """NaN or an infinity in a checkpoint's metadata."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFiniteInMeta(name)
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``.
 
@@ -307,7 +315,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         ) from None
     meta_array = arrays.pop(META_KEY)
     try:
-        meta = json.loads(str(meta_array[()]))
+        meta = json.loads(str(meta_array[()]), parse_constant=_refuse_constant)
+    except _NonFiniteInMeta as exc:
+        # save_checkpoint never writes them (allow_nan=False); json.loads would take them
+        raise CheckpointError(
+            f"{file}: metadata holds {exc.args[0]}, which is not standard JSON (a hand-edited "
+            "or foreign file)"
+        ) from None
     except (ValueError, TypeError, IndexError):
         raise CheckpointError(f"{file}: metadata is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

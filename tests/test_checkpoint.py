@@ -3,6 +3,7 @@ truncated and foreign files."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -274,6 +275,20 @@ def test_metadata_is_standard_json(tmp_path: Path) -> None:
     meta = load_checkpoint(path)[1]
     assert meta["lr"] == 0.5 and meta["step"] == 3 and meta["n"] == 2
     assert meta["format"] == "rnncu-checkpoint"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_metadata_with_a_non_finite_number_is_refused(tmp_path: Path, constant: str) -> None:
+    """json.loads reads NaN: a history holding it passed the run checks, and a resumed run
+    trained a whole epoch before failing to save, naming no file."""
+    path = save_checkpoint(tmp_path / "checkpoint.npz", arrays(), {"epoch": 1})
+    meta = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "history": [{"train_loss": 0.5}]}
+    text = json.dumps(meta).replace("0.5", constant)
+    member = io.BytesIO()
+    np.lib.format.write_array(member, np.array(text), allow_pickle=False)
+    rewrite_member(path, "__rnncu_meta__.npy", member.getvalue())
+    with pytest.raises(CheckpointError, match=rf"checkpoint.npz: metadata holds {constant}, wh"):
+        load_checkpoint(path)
 
 
 def test_check_arrays_refuses_non_finite_weights() -> None:
