@@ -495,6 +495,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if args.complete:
             if not 0 < args.complete < height:
                 raise ValueError(f"--complete: expected 1..{height - 1} rows, got {args.complete}")
+            absent = [c for c in classes if not np.any(run.data.y_test == c)]
+            if absent:
+                raise ValueError(
+                    f"--classes: the test split holds no image of class "
+                    f"{', '.join(map(str, absent))} to complete (--complete takes test images)"
+                )
             # the first test images of each requested class, their top rows given
             picks = np.concatenate(
                 [np.flatnonzero(run.data.y_test == c)[: args.per_class] for c in classes]

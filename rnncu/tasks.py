@@ -23,7 +23,13 @@ from rnncu.backend import Array
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
-from rnncu.module import check_class_labels, check_number, check_positive_int, check_seed
+from rnncu.module import (
+    check_class_labels,
+    check_number,
+    check_positive_int,
+    check_seed,
+    describe_array,
+)
 from rnncu.rnn import RNN
 
 __all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
@@ -139,6 +145,23 @@ def _make_layers(
     init_linear(self.head, "xavier" if init != "torch" else "torch", gen)
 
 
+def _check_split(
+    where: str, x_name: str, x: Any, batch_size: Any, y_name: str = "", y: Any = None
+) -> tuple[int, int]:
+    """``(N, batch_size)`` of a split ``x`` (T, N, D), with ``y`` (N,) where given, to run in
+    batches: errors name ``where`` and the argument (the batch loop failed first, with
+    Python's or NumPy's own message)."""
+    batch_size = check_positive_int(f"{where}: batch_size", batch_size)
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(f"{where}: {x_name}: expected (T, N, D), got {describe_array(x)}")
+    n = int(x.shape[1])
+    if n == 0:
+        raise ValueError(f"{where}: {x_name}: the split is empty (N = 0, shape {x.shape})")
+    if y_name and tuple(getattr(y, "shape", ())) != (n,):
+        raise ValueError(f"{where}: {y_name}: expected ({n},), got {describe_array(y)}")
+    return n, batch_size
+
+
 class SequenceClassifier(_TaskModel):
     """RNN over (T, B, D) sequences, Linear head on the final state -> logits (B, C)."""
 
@@ -182,8 +205,8 @@ class SequenceClassifier(_TaskModel):
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, Any]:
         """Loss, accuracy and predictions over a whole split, in batches. x (T, N, D), y (N,).
         Returns host values: ``loss`` (mean), ``accuracy``, ``predictions`` (N,) ndarray."""
+        n, batch_size = _check_split("evaluate", "x", x, batch_size, "y", y)
         xp = self.backend.xp
-        n = x.shape[1]
         loss_sum = xp.zeros((), dtype=np.float64)
         preds = []
         for start in range(0, n, batch_size):
@@ -202,10 +225,11 @@ class SequenceClassifier(_TaskModel):
 
     def predict(self, x: Any, batch_size: int = 512) -> np.ndarray:
         """Predicted classes (N,) on the host for sequences x (T, N, D)."""
+        n, batch_size = _check_split("predict", "x", x, batch_size)
         xp = self.backend.xp
         preds = [
             xp.argmax(self.forward(x[:, s : s + batch_size]), axis=1)
-            for s in range(0, x.shape[1], batch_size)
+            for s in range(0, n, batch_size)
         ]
         predictions: np.ndarray = self.backend.to_numpy(xp.concatenate(preds))
         return predictions
@@ -217,6 +241,9 @@ def generator_inputs(rows: Array, labels: Array, num_classes: int) -> Array:
     class."""
     from rnncu.backend import backend_for
 
+    num_classes = check_positive_int("generator_inputs: num_classes", num_classes)
+    if getattr(rows, "ndim", None) != 3:
+        raise ValueError(f"generator_inputs: rows: expected (T, B, W), got {describe_array(rows)}")
     xp = backend_for(rows).xp
     steps, batch, width = rows.shape
     check_class_labels("generator_inputs: labels", labels, batch, num_classes)
@@ -275,8 +302,8 @@ class RowGenerator(_TaskModel):
         """Next-row MSE of the model (``mse``) and of the copy-the-row-above baseline
         (``baseline_mse``; row 0 is predicted as zeros, the model's own input), over a split
         rows (T, N, W)."""
+        n, batch_size = _check_split("evaluate", "rows", rows, batch_size, "labels", labels)
         xp = self.backend.xp
-        n = rows.shape[1]
         sq_sum = xp.zeros((), dtype=np.float64)
         base_sum = xp.zeros((), dtype=np.float64)
         for start in range(0, n, batch_size):
@@ -313,6 +340,8 @@ class RowGenerator(_TaskModel):
         if labels.ndim != 1:
             raise ValueError(f"sample: labels: expected shape (n,), got {labels.shape}")
         n = labels.shape[0]
+        if n == 0:
+            raise ValueError("sample: labels: expected at least one label, got none")
         check_class_labels("sample: labels", labels, n, self.num_classes)
         labels = labels.astype(np.int64)
         try:  # NumPy integers too, as everywhere else
@@ -339,7 +368,9 @@ class RowGenerator(_TaskModel):
             given = top_rows.shape[1]
             if given > steps:
                 raise ValueError(f"top_rows: {given} rows given but the image has {steps}")
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(check_seed("sample: rng", rng))
+        gen = rng
         onehot = np.zeros((n, self.num_classes))
         onehot[np.arange(n), labels] = 1
         onehot_dev = self.backend.asarray(onehot, dtype=dtype)

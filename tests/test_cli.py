@@ -17,6 +17,7 @@ import pytest
 from rnncu import plots
 from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
+from rnncu.data import load_digits
 from rnncu.trainer import RECIPES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,20 @@ def test_generate_task_and_command(
     # a class given twice drew its images twice and broke the pairing of the grid's rows
     code = main(["generate", "--checkpoint", str(out), "--out", str(png), "--classes", "3,3"])
     one_line_error(code, capsys, "--classes: class 3 is given twice, in '3,3'")
+    # --complete takes test images: a class the test split lacks ended in "x: the batch is
+    # empty", naming no argument of the command
+    digits = load_digits()
+    keep = digits.y_test != 4
+    no_fours = tmp_path / "no_fours.npz"
+    np.savez(
+        no_fours,
+        x=digits.x_train,
+        y=digits.y_train,
+        x_test=digits.x_test[keep],
+        y_test=digits.y_test[keep],
+    )
+    code = main([*args, "--complete", "3", "--classes", "1,4", "--dataset", str(no_fours)])
+    one_line_error(code, capsys, "--classes: the test split holds no image of class 4 to complete")
 
     # A new run in the same directory replaces the old one's files (the generate run's samples
     # and judge stayed beside a classify run); the user's own files stay.

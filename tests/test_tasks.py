@@ -180,3 +180,34 @@ def test_generator_rejects_bad_labels() -> None:
     # NumPy's scalars are numbers: the same draw as the float
     drawn = model.sample(np.array([1]), 4, noise=np.float32(0.25), rng=3)
     np.testing.assert_array_equal(drawn, model.sample(np.array([1]), 4, noise=0.25, rng=3))
+
+
+def test_task_models_name_their_bad_arguments(rng: np.random.Generator) -> None:
+    """Each had failed inside the batch loop or NumPy with a message naming no argument
+    (``range() arg 3 must not be zero``, ``need at least one array to concatenate``,
+    ``x: the batch is empty``)."""
+    classifier = SequenceClassifier(4, 5, 3, backend="numpy", dtype="float64", seed=0)
+    generator = RowGenerator(4, 5, 3, backend="numpy", dtype="float64", seed=0)
+    x, y = rng.random((6, 10, 4)), rng.integers(0, 3, 10)
+    cases = [
+        (lambda: classifier.evaluate(x, y, batch_size=0), "evaluate: batch_size: expected a"),
+        (lambda: classifier.evaluate(x, y, batch_size=2.5), "evaluate: batch_size: expected"),
+        (lambda: classifier.evaluate(x[:, :0], y[:0]), "evaluate: x: the split is empty"),
+        (lambda: classifier.evaluate(x, y[:3]), r"evaluate: y: expected \(10,\), got numpy"),
+        (lambda: classifier.evaluate(x.tolist(), y), r"evaluate: x: expected \(T, N, D\)"),
+        (lambda: classifier.predict(x[:, 0]), r"predict: x: expected \(T, N, D\), got numpy"),
+        (lambda: classifier.predict(x, batch_size=-1), "predict: batch_size: expected a posi"),
+        (lambda: generator.evaluate(x[:, :0], y[:0]), "evaluate: rows: the split is empty"),
+        (lambda: generator.train_step(x[:, 0], y), r"generator_inputs: rows: expected \(T, B"),
+        (lambda: generator_inputs(x, y, 0), "generator_inputs: num_classes: expected a posi"),
+        (lambda: generator.sample(np.array([], int), 3), "sample: labels: expected at least"),
+        (lambda: generator.sample(y[:2], 3, rng=-1), "sample: rng: expected None or a non-neg"),
+        (lambda: generator.sample(y[:2], 3, rng=1.5), "sample: rng: expected None or a non-n"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError), match="^" + message):
+            call()
+    # batches that do not divide the split still cover it
+    whole = classifier.evaluate(x, y)
+    assert classifier.evaluate(x, y, batch_size=3)["loss"] == pytest.approx(whole["loss"])
+    np.testing.assert_array_equal(classifier.predict(x, batch_size=4), whole["predictions"])
