@@ -18,7 +18,7 @@ State keys are ``"<kind>.<module index>.<param name>"`` (``exp_avg.0.weight_ih_l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,25 +125,38 @@ class Optimizer:
         moments would restart from zero and the run would not continue as saved. (Stricter
         than torch, which starts missing state afresh: load into the optimizer the state was
         saved from.)"""
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"optimizer state: expected a mapping of name -> array, got {type(state).__name__}"
+            )
         if "step" not in state:
             raise ValueError("optimizer state: missing 'step'")
         step = np.asarray(state["step"])
-        if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
+        # at most int64's largest: state_dict saves the count as an int64
+        if (
+            step.shape != ()
+            or step.dtype.kind not in "iu"
+            or not 0 <= int(step) <= np.iinfo(np.int64).max
+        ):
             raise ValueError(
-                f"optimizer state: 'step' must be a non-negative integer scalar, got "
-                f"{step.dtype} {step.shape}"
+                f"optimizer state: 'step' must be a non-negative integer scalar below 2**63, "
+                f"got {step.dtype} {step.shape}" + (f" {step}" if step.shape == () else "")
             )
         params = {key: param for key, param, _ in _params_nograd(self.modules)}
         new: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
         for full_key, value in state.items():
             if full_key == "step":
                 continue
+            if not isinstance(full_key, str):
+                raise ValueError(f"optimizer state: unexpected entry {full_key!r} (not a str)")
             kind, _, key = full_key.partition(".")
             if kind not in new or key not in params:
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
             param = params[key]
-            if not hasattr(value, "shape") or getattr(value, "dtype", np.dtype("O")).kind != "f":
-                got = value.dtype if hasattr(value, "dtype") else type(value).__name__
+            is_array = isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
+            if not is_array or value.dtype.kind != "f":
+                # a torch tensor's dtype has no kind: named by its type, as a list is
+                got = value.dtype if is_array else type(value).__name__
                 raise TypeError(
                     f"optimizer state: {full_key!r} must be a floating array, got {got}"
                 )

@@ -407,6 +407,14 @@ def test_clip_grad_norm_refuses_bad_max_norm(max_norm) -> None:
     np.testing.assert_array_equal(module.grads["w"], np.ones(3))
 
 
+class _TorchLike:
+    """A shape and a dtype without NumPy's ``kind`` (a torch tensor's), which had failed with
+    ``'torch.dtype' object has no attribute 'kind'``."""
+
+    shape = (3,)
+    dtype = object()
+
+
 def _adam_state(rng: np.random.Generator) -> tuple[Adam, dict[str, np.ndarray]]:
     module = FakeModule({"w": rng.standard_normal(3)})
     module.grads = {"w": rng.standard_normal(3)}
@@ -421,10 +429,14 @@ def _adam_state(rng: np.random.Generator) -> tuple[Adam, dict[str, np.ndarray]]:
         ({"step": np.asarray(-5)}, r"'step' must be a non-negative integer scalar"),
         ({"step": np.asarray(2.7)}, r"'step' must be a non-negative integer scalar"),
         ({"step": np.asarray([1, 2])}, r"'step' must be a non-negative integer scalar"),
+        # loaded, then state_dict's int64 overflowed
+        ({"step": np.uint64(2**63)}, r"'step' must be a .* below 2\*\*63, got uint64 \(\) 92"),
+        ({"step": np.asarray(0), 3: np.ones(3)}, r"unexpected entry 3 \(not a str\)"),
         ({"exp_avg_sq.0.w": np.array([1.0, -1.0, 1.0])}, r"'exp_avg_sq.0.w' holds NaN, inf"),
         ({"exp_avg.0.w": np.array([1.0, np.nan, 1.0])}, r"'exp_avg.0.w' holds NaN, infinite v"),
         ({"exp_avg.0.w": [1.0, 2.0, 3.0]}, r"'exp_avg.0.w' must be a floating array, got list"),
         ({"exp_avg.0.w": np.arange(3)}, r"'exp_avg.0.w' must be a floating array, got int64"),
+        ({"exp_avg.0.w": _TorchLike()}, r"'exp_avg.0.w' must be a floating array, got _Torch"),
         # after a step every moment exists: without one, the run would not continue as saved
         ({"exp_avg.0.w": None}, r"missing 'exp_avg.0.w' at step 1"),
     ],
@@ -475,3 +487,9 @@ def test_schedules_check_the_step_and_extreme_intervals() -> None:
     tiny = StepLR(0.1, 1, step_epochs=1e-320, gamma=0.5)
     assert tiny(0) == 0.1 and tiny(3) == 0.0  # infinitely many intervals after one step
     assert StepLR(0.1, 1, step_epochs=1e-320, gamma=1.0)(3) == 0.1
+
+
+def test_optimizer_state_must_be_a_mapping() -> None:
+    opt = Adam([FakeModule({"w": np.ones(3)})])
+    with pytest.raises(TypeError, match=r"^optimizer state: expected a mapping .* got NoneType"):
+        opt.load_state_dict(None)  # type: ignore[arg-type]
