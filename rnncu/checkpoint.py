@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_arrays",
+    "check_out_dir",
     "load_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -147,6 +148,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_out_dir(name: str, directory: str | os.PathLike[str]) -> None:
+    """A ValueError naming ``name`` where ``directory`` cannot become a directory: it, or the
+    nearest existing path above it, is a file. Checked before a run's work, which would
+    otherwise fail at its first write."""
+    path = Path(directory)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ValueError(f"{name}: {existing} is a file, not a directory")
+            return
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -236,15 +236,11 @@ def _backend(flag: str | None, default: str | None) -> str | None:
 
 
 def _check_out_dir(target: str, directory: str | os.PathLike[str]) -> None:
-    """Fail before any work where ``directory`` (for ``--out target``) cannot be a directory:
-    it, or the nearest existing path above it, is a file (mkdir would raise only after the
-    data is loaded, with a traceback)."""
-    path = Path(directory)
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise ValueError(f"--out {target}: {existing} is a file, not a directory")
-            return
+    """Fail before any work where ``directory`` (for ``--out target``) cannot be a directory
+    (mkdir would raise only after the data is loaded, with a traceback)."""
+    from rnncu.checkpoint import check_out_dir
+
+    check_out_dir(f"--out {target}", directory)
 
 
 def _with_default(field: str, help: str | None) -> str:

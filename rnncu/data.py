@@ -85,7 +85,12 @@ def pixel_permutation(num_pixels: int) -> np.ndarray:
 
 
 def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
-    """Images (N, H, W) -> time-major sequences (T, N, D), C-contiguous, same dtype."""
+    """Images (N, H, W), a NumPy array, -> time-major sequences (T, N, D), C-contiguous, same
+    dtype."""
+    if not isinstance(images, np.ndarray):
+        raise TypeError(
+            f"to_sequences: images: expected a NumPy array (N, H, W), got {type(images).__name__}"
+        )
     if images.ndim != 3:
         raise ValueError(f"to_sequences: expected images (N, H, W), got shape {images.shape}")
     n, h, w = images.shape
@@ -122,7 +127,11 @@ def split_stratified(
     A split that cannot be made (no images, a class of one image, fewer test images than
     classes) raises ValueError naming the dataset ``name``: scikit-learn's own message does
     not say which file is at fault."""
-    y = np.asarray(y)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name}: expected x (N, ...) and labels y (N,), got shapes {x.shape} and {y.shape}"
+        )
     if y.shape[0] == 0:
         raise ValueError(f"{name}: no images")
     classes, counts = np.unique(y, return_counts=True)
@@ -180,6 +189,8 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (raw, or gzip-compressed when it ends in ``.gz``) into a native-order
     array. A malformed file raises ValueError naming the file and what is wrong."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_idx: path: expected a str or path, got {type(path).__name__}")
     path = Path(path)
     try:
         if path.suffix.lower() == ".gz":
@@ -200,6 +211,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (unknown data type code 0x{code:02x})")
     if ndim < 1:
         raise ValueError(f"{path}: not an IDX file of arrays (0 dimensions in the header)")
+    if ndim > 32:  # NumPy's arrays stop at 64; images are 3, labels 1
+        raise ValueError(f"{path}: {ndim} dimensions in the IDX header (at most 32 are read)")
     if len(blob) < 4 + 4 * ndim:
         raise ValueError(f"{path}: IDX header truncated")
     dims = struct.unpack(f">{ndim}I", blob[4 : 4 + 4 * ndim])
@@ -467,7 +480,16 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     """A directory with MNIST-format files ``train-images-idx3-ubyte`` and
     ``train-labels-idx1-ubyte`` (raw or .gz) and optionally the ``t10k-*`` pair; without the
     test pair the training files are split stratified 75/25 with random_state=0."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"load_idx_dir: directory: expected a str or path, got {type(directory).__name__}"
+        )
     directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "no such directory"
+        raise FileNotFoundError(
+            f"{directory}: {what} (expected a directory of MNIST-format IDX files)"
+        )
     train_x = _find_idx(directory, "train-images-idx3-ubyte")
     train_y = _find_idx(directory, "train-labels-idx1-ubyte")
     if train_x is None or train_y is None:

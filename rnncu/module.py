@@ -260,6 +260,12 @@ class Module:
             raise TypeError(
                 f"{name}: expected a {self.backend.name} array, got {describe_array(value)}"
             )
+        if isinstance(value, np.ma.MaskedArray):
+            # the layers compute on the data: the mask would be ignored without a word
+            raise TypeError(
+                f"{name}: a masked array, whose mask the layer would ignore; give a plain "
+                f"array ({name}.filled(0)), and an RNN its sequence lengths (lengths=...)"
+            )
         if value.dtype != self.dtype:
             raise TypeError(
                 f"{name}: expected dtype {self.dtype} (the parameters' dtype), got {value.dtype}"

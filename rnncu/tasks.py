@@ -413,6 +413,8 @@ def build_model(
     backend: Any = None,
 ) -> SequenceClassifier | RowGenerator:
     """The model of ``task`` for sequences of ``seq_shape`` = (T, D)."""
+    if not (isinstance(seq_shape, (tuple, list)) and len(seq_shape) == 2):
+        raise TypeError(f"seq_shape: expected (T, D), got {seq_shape!r}")
     if task == "classify":
         return SequenceClassifier(
             seq_shape[1], hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend

@@ -29,6 +29,7 @@ from rnncu.checkpoint import (
     CheckpointError,
     atomic_write_text,
     check_arrays,
+    check_out_dir,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -42,6 +43,7 @@ from rnncu.data import (
     to_sequences,
 )
 from rnncu.init import INIT_SCHEMES
+from rnncu.module import check_bool
 from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 
@@ -536,6 +538,10 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig (see make_config), got {config!r}")
     log = log or (lambda msg: None)
+    if progress is not None:
+        progress = check_bool("progress", progress)  # "no" would be a true string
+    if out_dir is not None:
+        check_out_dir("out_dir", out_dir)
     if data is not None:
         data = check_dataset(data)
     saved_meta = None

@@ -438,3 +438,25 @@ def test_npz_member_without_an_array_header(tmp_path: Path) -> None:
     rewrite_member(path, "x.npy", b"garbage")
     with pytest.raises(ValueError, match=r"mine.npz: cannot read .npz .*'x' is not an array"):
         load_npz(path)
+
+
+def test_data_functions_name_their_bad_arguments(tmp_path: Path) -> None:
+    """IndexError, AttributeError, pathlib's TypeError or NumPy's 64-dimension message had
+    come instead, naming no argument or file."""
+    x = np.random.default_rng(1).random((20, 3, 3))
+    y = np.arange(20) % 2
+    for bad_x, bad_y in ((x, None), (x, 3), (None, y), (x, y[:5])):
+        with pytest.raises(ValueError, match=r"^dataset: expected x \(N, ...\) and labels y"):
+            split_stratified(bad_x, bad_y)
+    with pytest.raises(TypeError, match=r"^to_sequences: images: expected a NumPy array"):
+        to_sequences(x.tolist())
+    with pytest.raises(TypeError, match=r"^read_idx: path: expected a str or path, got NoneT"):
+        read_idx(None)  # type: ignore[arg-type]
+    deep = tmp_path / "deep-idx"
+    deep.write_bytes(bytes([0, 0, 8, 65]) + struct.pack(">65I", *[1] * 65) + b"\0")
+    with pytest.raises(ValueError, match=r"deep-idx: 65 dimensions in the IDX header"):
+        read_idx(deep)
+    with pytest.raises(FileNotFoundError, match=r"deep-idx: is not a directory"):
+        load_idx_dir(deep)
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such directory"):
+        load_idx_dir(tmp_path / "nowhere")

@@ -299,3 +299,14 @@ def _torch_or_none():
     except ImportError:
         return None
     return torch
+
+
+def test_masked_arrays_are_refused(rng: np.random.Generator) -> None:
+    """The mask was ignored without a word."""
+    rnn = rnncu.RNN(3, 4, backend="numpy", seed=0)
+    data = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match=r"^x: a masked array, whose mask the layer would ign"):
+        rnn(np.ma.masked_array(data, mask=data > 0))
+    head = rnncu.Linear(3, 2, backend="numpy", seed=0)
+    with pytest.raises(TypeError, match=r"^x: a masked array"):
+        head(np.ma.masked_array(data[0], mask=False))

@@ -211,3 +211,9 @@ def test_task_models_name_their_bad_arguments(rng: np.random.Generator) -> None:
     whole = classifier.evaluate(x, y)
     assert classifier.evaluate(x, y, batch_size=3)["loss"] == pytest.approx(whole["loss"])
     np.testing.assert_array_equal(classifier.predict(x, batch_size=4), whole["predictions"])
+
+
+@pytest.mark.parametrize("seq_shape", [8, None, (6,)])
+def test_build_model_names_a_bad_seq_shape(seq_shape) -> None:
+    with pytest.raises(TypeError, match=r"^seq_shape: expected \(T, D\), got"):
+        build_model("classify", seq_shape, 3, 4, 1, "tanh", "torch", 0, backend="numpy")

@@ -533,3 +533,15 @@ def test_given_data_is_checked_before_anything_is_written(digits, tmp_path) -> N
     with pytest.raises(ValueError, match="^data: expected 5 labels"):
         train(config, out_dir=out, data=bad, progress=False)
     assert not out.exists()
+
+
+def test_train_checks_out_dir_and_progress_first(digits, tmp_path) -> None:
+    """A file as out_dir failed in mkdir after the model was built; progress="no" was true."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out in (afile, afile / "run"):
+        with pytest.raises(ValueError, match=rf"^out_dir: {afile} is a file, not a directory"):
+            train(small(), out_dir=out, data=digits, progress=False)
+    with pytest.raises(TypeError, match=r"^progress: expected True or False, got 'no'"):
+        train(small(), data=digits, progress="no")  # type: ignore[arg-type]
+    assert afile.read_text() == "mine"
