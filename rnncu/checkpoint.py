@@ -167,10 +167,12 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     in a separator (``"runs/exp1/"``) names a directory even before it exists (``Path``
     drops the separator, and the run would have been written to a file named ``runs/exp1``).
     """
-    if not isinstance(path, (str, os.PathLike)) or path == "":
+    if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"checkpoint path: expected a file or run directory (str or path), got {path!r}"
         )
+    if path == "":
+        raise ValueError("checkpoint path: expected a file or run directory, got ''")
     separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
     is_dir = isinstance(path, str) and path.endswith(separators)
     path = Path(path)
@@ -266,6 +268,13 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFiniteInMeta(name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 is valid JSON and reads as infinity
+        raise _NonFiniteInMeta(text)
+    return value
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``.
 
@@ -328,7 +337,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         ) from None
     meta_array = arrays.pop(META_KEY)
     try:
-        meta = json.loads(str(meta_array[()]), parse_constant=_refuse_constant)
+        meta = json.loads(
+            str(meta_array[()]), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
     except _NonFiniteInMeta as exc:
         # save_checkpoint never writes them (allow_nan=False); json.loads would take them
         raise CheckpointError(

@@ -493,8 +493,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 raise ValueError(f"--complete: expected 1..{height - 1} rows, got {args.complete}")
             absent = [c for c in classes if not np.any(run.data.y_test == c)]
             if absent:
+                which = "--classes" if args.classes else "--complete (the trained classes)"
                 raise ValueError(
-                    f"--classes: the test split holds no image of class "
+                    f"{which}: the test split holds no image of class "
                     f"{', '.join(map(str, absent))} to complete (--complete takes test images)"
                 )
             # the first test images of each requested class, their top rows given

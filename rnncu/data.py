@@ -79,6 +79,11 @@ class ImageDataset:
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
 
 
+def _type_name(value: Any) -> str:
+    """'cupy.ndarray', 'builtins.list': a CuPy array's bare type name is 'ndarray' too."""
+    return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+
+
 def pixel_permutation(num_pixels: int) -> np.ndarray:
     """The fixed permutation of the ``permuted`` view (depends only on the pixel count)."""
     return np.random.default_rng(PERMUTATION_SEED).permutation(num_pixels)
@@ -89,7 +94,7 @@ def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
     dtype."""
     if not isinstance(images, np.ndarray):
         raise TypeError(
-            f"to_sequences: images: expected a NumPy array (N, H, W), got {type(images).__name__}"
+            f"to_sequences: images: expected a NumPy array (N, H, W), got {_type_name(images)}"
         )
     if images.ndim != 3:
         raise ValueError(f"to_sequences: expected images (N, H, W), got shape {images.shape}")
@@ -339,12 +344,12 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
     """``data``, an :class:`ImageDataset`, checked against the loaders' rules; returned as a
     new dataset whose labels are int64 (integral floats and other integer types converted).
 
-    The rules: NumPy images (N, H, W) of a float dtype, finite and in [0, 1], with at least one
-    image, row and column per split, the same (H, W) in both splits; labels (N,) matching the
-    images' count, integers in [0, ``MAX_CLASSES``), at least two classes in training;
-    ``num_classes`` an integer above every label and at most ``MAX_CLASSES``. A dataset built
-    in memory gets no scaling: integer images are refused here (the file loaders scale
-    0..255). Errors name ``name`` and the field (``data.y_train``).
+    The rules: NumPy images (N, H, W) of a float dtype, finite and in [0, 1] (or bool), with
+    at least one image, row and column per split, the same (H, W) in both splits; labels (N,)
+    matching the images' count, integers in [0, ``MAX_CLASSES``), at least two classes in
+    training; ``num_classes`` an integer above every label and at most ``MAX_CLASSES``. A
+    dataset built in memory gets no scaling: integer images are refused here (the file
+    loaders scale 0..255). Errors name ``name`` and the field (``data.y_train``).
     """
     if not isinstance(data, ImageDataset):
         raise TypeError(
@@ -356,20 +361,18 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
         x, y = getattr(data, x_name), getattr(data, y_name)
         for field, value in ((x_name, x), (y_name, y)):
             if not isinstance(value, np.ndarray):
-                raise TypeError(
-                    f"{name}.{field}: expected a NumPy array, got {type(value).__name__}"
-                )
+                raise TypeError(f"{name}.{field}: expected a NumPy array, got {_type_name(value)}")
         where = f"{name}.{x_name}"
         if x.ndim != 3 or 0 in x.shape:
             raise ValueError(
                 f"{where}: expected images (N, H, W) with N, H, W >= 1, got shape {x.shape}"
             )
-        if x.dtype.kind != "f":
+        if x.dtype.kind not in "fb":
+            hint = " (divide 8-bit intensities by 255)" if x.dtype.kind in "iu" else ""
             raise TypeError(
-                f"{where}: expected float images in [0, 1], got dtype {x.dtype} (divide 8-bit "
-                "intensities by 255)"
+                f"{where}: expected float images in [0, 1] (or bool), got dtype {x.dtype}{hint}"
             )
-        if not np.isfinite(x).all():
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{where}: images must lie in [0, 1], found NaN or inf")
         if x.min() < 0 or x.max() > 1:
             raise ValueError(

@@ -103,9 +103,18 @@ def _check_array(function: str, name: str, value: Any, floating: bool = False) -
     """A NumPy or CuPy array (a torch tensor has a shape and a dtype, but not NumPy's); a
     floating one where ``floating``, else real numbers (a complex target's imaginary part
     would be dropped, a string one fail inside NumPy)."""
-    if not (isinstance(value, np.ndarray) or type(value).__module__.split(".")[0] == "cupy"):
+    if not (
+        isinstance(value, (np.ndarray, np.generic))
+        or type(value).__module__.split(".")[0] == "cupy"
+    ):
         raise TypeError(
             f"{function}: {name}: expected a NumPy or CuPy array, got {describe_array(value)}"
+        )
+    if isinstance(value, np.ma.MaskedArray):
+        # NumPy's masked mean would give a loss over the unmasked terms and a masked gradient,
+        # which the layers refuse
+        raise TypeError(
+            f"{function}: {name}: a masked array; give a plain one ({name}.filled(...))"
         )
     if floating and value.dtype.kind != "f":
         # integer arithmetic would truncate the gradient (to zeros for cross-entropy)

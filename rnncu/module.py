@@ -264,7 +264,8 @@ class Module:
             # the layers compute on the data: the mask would be ignored without a word
             raise TypeError(
                 f"{name}: a masked array, whose mask the layer would ignore; give a plain "
-                f"array ({name}.filled(0)), and an RNN its sequence lengths (lengths=...)"
+                f"array ({name}.filled(0)); sequences of several lengths take an RNN's "
+                "lengths=..."
             )
         if value.dtype != self.dtype:
             raise TypeError(

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.backend import Backend
 from rnncu.module import check_bool, check_number, check_positive_int
 
 __all__ = [
@@ -53,19 +54,26 @@ def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
                     "call backward before the optimizer step"
                 )
             where = f"the gradient of {name!r} of {type(module).__name__}"
+            # a list, a torch tensor, or a host array for a device module: an update from it
+            # would fail halfway or copy on every step
             backend = getattr(module, "backend", None)
-            if not (backend.owns(grad) if backend is not None else hasattr(grad, "dtype")):
-                # a list, a torch tensor, or a host array for a device module: an update from
-                # it would fail halfway or copy on every step
+            if isinstance(backend, Backend):
+                owned, expected = backend.owns(grad), f"a {backend.name} array (the module's)"
+            else:  # a module of one's own
+                owned = isinstance(grad, np.ndarray) or type(grad).__module__.startswith("cupy")
+                expected = "a NumPy or CuPy array"
+            if not owned:
                 raise TypeError(
-                    f"{where}: expected a {getattr(backend, 'name', 'NumPy or CuPy')} array "
-                    "(the module's backend), "
-                    f"got {type(grad).__module__}.{type(grad).__name__}"
+                    f"{where}: expected {expected}, got "
+                    f"{type(grad).__module__.split('.')[0]}.{type(grad).__name__}"
                 )
-            if grad.dtype != param.dtype:
-                # a complex gradient failed after earlier parameters were updated, or lost its
-                # imaginary part; another float dtype would promote the moments
-                raise TypeError(f"{where} has dtype {grad.dtype}, the parameter {param.dtype}")
+            if grad.dtype.kind != "f":
+                # a complex gradient failed after earlier parameters were updated (Adam) or
+                # lost its imaginary part (SGD); another float type updates in place as well
+                raise TypeError(
+                    f"{where} has dtype {grad.dtype}, expected a real floating one (the "
+                    f"parameter's is {param.dtype})"
+                )
             if tuple(grad.shape) != tuple(param.shape):
                 # in-place updates would broadcast a (3,) gradient over a (4, 3) weight
                 raise ValueError(
@@ -474,12 +482,16 @@ class StepLR(Schedule):
         self.step_epochs = check_number(
             "step_epochs", step_epochs, low=0.0, low_open=True, high_open=True
         )
+        if self.step_epochs * self.steps_per_epoch < 1:
+            # the rate would fall by gamma several times per update (to 0.0 for 1e-320)
+            raise ValueError(
+                f"step_epochs: expected an interval of at least one update (1/"
+                f"{self.steps_per_epoch} epoch), got {self.step_epochs!r} epochs"
+            )
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
-        intervals = epoch / self.step_epochs
-        # an interval of 1e-320 epochs: infinitely many have passed (floor(inf) would raise)
-        return self.gamma ** (math.floor(intervals) if math.isfinite(intervals) else intervals)
+        return self.gamma ** math.floor(epoch / self.step_epochs)
 
 
 class CosineLR(Schedule):

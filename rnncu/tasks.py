@@ -368,9 +368,16 @@ class RowGenerator(_TaskModel):
             given = top_rows.shape[1]
             if given > steps:
                 raise ValueError(f"top_rows: {given} rows given but the image has {steps}")
-        if not isinstance(rng, np.random.Generator):
-            rng = np.random.default_rng(check_seed("sample: rng", rng))
-        gen = rng
+        if isinstance(rng, np.random.Generator):
+            gen = rng
+        else:
+            try:  # what default_rng takes: None, an int, a sequence, a SeedSequence, ...
+                gen = np.random.default_rng(rng)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(
+                    f"sample: rng: expected a NumPy Generator or a seed for one, got {rng!r} "
+                    f"({exc})"
+                ) from None
         onehot = np.zeros((n, self.num_classes))
         onehot[np.arange(n), labels] = 1
         onehot_dev = self.backend.asarray(onehot, dtype=dtype)
@@ -413,14 +420,16 @@ def build_model(
     backend: Any = None,
 ) -> SequenceClassifier | RowGenerator:
     """The model of ``task`` for sequences of ``seq_shape`` = (T, D)."""
-    if not (isinstance(seq_shape, (tuple, list)) and len(seq_shape) == 2):
-        raise TypeError(f"seq_shape: expected (T, D), got {seq_shape!r}")
+    try:
+        _, features = seq_shape
+    except (TypeError, ValueError):
+        raise TypeError(f"seq_shape: expected (T, D), got {seq_shape!r}") from None
     if task == "classify":
         return SequenceClassifier(
-            seq_shape[1], hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
+            features, hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
         )
     if task == "generate":
         return RowGenerator(
-            seq_shape[1], hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
+            features, hidden, num_classes, layers, nonlinearity, init, seed, dtype, backend
         )
     raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")

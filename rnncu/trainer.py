@@ -296,15 +296,22 @@ class _Run:
         self.optimizer = Adam(self.model.modules, lr=config.lr, weight_decay=config.weight_decay)
         n = self.data.x_train.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
-        self.schedule = make_schedule(
-            config.schedule,
-            config.lr,
-            self.steps_per_epoch,
-            gamma=config.lr_decay,
-            total_epochs=config.decay_epochs,
-            step_epochs=config.decay_epochs,
-            warmup_epochs=config.warmup_epochs,
-        )
+        try:
+            self.schedule = make_schedule(
+                config.schedule,
+                config.lr,
+                self.steps_per_epoch,
+                gamma=config.lr_decay,
+                total_epochs=config.decay_epochs,
+                step_epochs=config.decay_epochs,
+                warmup_epochs=config.warmup_epochs,
+            )
+        except ValueError as exc:
+            # named as the config names it (and the command line, --decay-epochs)
+            name, _, rest = str(exc).partition(": ")
+            if name not in ("step_epochs", "total_epochs") or not rest:
+                raise
+            raise ValueError(f"decay_epochs: {rest}") from None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0

@@ -196,6 +196,8 @@ def test_a_member_without_an_array_header(tmp_path: Path) -> None:
 def test_save_checkpoint_arguments(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"^checkpoint path: expected a file or run directory"):
         save_checkpoint(None, arrays(), {})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^checkpoint path: expected a file or run directory, g"):
+        save_checkpoint("", arrays(), {})
     with pytest.raises(TypeError, match=r"^checkpoint arrays: expected a mapping, got list"):
         save_checkpoint(tmp_path, list(arrays().items()), {})  # type: ignore[arg-type]
     # "x.npy" is stored as "x.npy.npy" and read back as the member of "x" ("x.npy")
@@ -277,7 +279,7 @@ def test_metadata_is_standard_json(tmp_path: Path) -> None:
     assert meta["format"] == "rnncu-checkpoint"
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999", "-2e400"])
 def test_metadata_with_a_non_finite_number_is_refused(tmp_path: Path, constant: str) -> None:
     """json.loads reads NaN: a history holding it passed the run checks, and a resumed run
     trained a whole epoch before failing to save, naming no file."""

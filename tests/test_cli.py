@@ -160,6 +160,8 @@ def test_generate_task_and_command(
     )
     code = main([*args, "--complete", "3", "--classes", "1,4", "--dataset", str(no_fours)])
     one_line_error(code, capsys, "--classes: the test split holds no image of class 4 to complete")
+    code = main([*args, "--complete", "3", "--dataset", str(no_fours)])  # no --classes given
+    one_line_error(code, capsys, "--complete (the trained classes): the test split holds no ima")
 
     # A new run in the same directory replaces the old one's files (the generate run's samples
     # and judge stayed beside a classify run); the user's own files stay.

@@ -460,3 +460,12 @@ def test_data_functions_name_their_bad_arguments(tmp_path: Path) -> None:
         load_idx_dir(deep)
     with pytest.raises(FileNotFoundError, match=r"nowhere: no such directory"):
         load_idx_dir(tmp_path / "nowhere")
+
+
+def test_check_dataset_takes_bool_images_as_the_loaders_do() -> None:
+    digits = load_digits()
+    binary = dataclasses.replace(digits, x_train=digits.x_train > 0.5, x_test=digits.x_test > 0.5)
+    assert check_dataset(binary).x_train.dtype == np.bool_
+    ints = dataclasses.replace(digits, x_train=(digits.x_train * 255).astype(np.int16))
+    with pytest.raises(TypeError, match=r"got dtype int16 \(divide 8-bit intensities by 255\)"):
+        check_dataset(ints)

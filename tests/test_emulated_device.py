@@ -670,6 +670,24 @@ def test_layer_rejects_host_input(device, rng) -> None:
         layer(rng.standard_normal((4, 2, 3)).astype(np.float32))
 
 
+def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> None:
+    """Checked before any update: a host gradient would copy to the device on every step."""
+    import rnncu
+    from rnncu import optim
+
+    cp = device.module
+    head = rnncu.Linear(3, 2, backend=CupyBackend(), seed=0)
+    x = head.backend.asarray(rng.standard_normal((4, 3)), dtype="float32")
+    head.backward(head(x) * 0 + 1)
+    weight = cp.asnumpy(head.params["weight"])
+    head.grads["bias"] = np.ones(2, np.float32)
+    opt = optim.Adam([head])
+    with pytest.raises(TypeError, match=r"of 'bias' of Linear: expected a cupy array \(the mod"):
+        opt.step()
+    np.testing.assert_array_equal(cp.asnumpy(head.params["weight"]), weight)
+    assert opt.step_count == 0
+
+
 # ------------------------------------------------------------------------------- training
 @pytest.mark.parametrize(("task", "seq"), [("classify", "rows"), ("generate", "rows")])
 def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> None:

@@ -170,3 +170,12 @@ def test_cross_entropy_out_of_range_labels_on_a_device_give_nan(
     for bad in (-1, 3):
         loss, grad = losses.softmax_cross_entropy(logits, np.array([0, bad, 1, 2]))
         assert np.isnan(float(loss)) and np.isnan(grad).all()
+
+
+def test_losses_take_numpy_scalars_and_refuse_masked_arrays() -> None:
+    loss, grad = mse_loss(np.array(1.5), np.float64(2.0))
+    assert loss == pytest.approx(0.25) and grad == pytest.approx(-1.0)
+    target = np.ma.masked_array(np.zeros((2, 3)), mask=np.eye(2, 3, dtype=bool))
+    # NumPy's masked mean gave a loss over the unmasked terms and a masked gradient
+    with pytest.raises(TypeError, match=r"^mse_loss: target: a masked array; give a plain one"):
+        mse_loss(np.ones((2, 3)), target)

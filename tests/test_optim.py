@@ -148,9 +148,9 @@ def test_a_failed_step_changes_nothing(rng: np.random.Generator, build) -> None:
         ({"w": np.ones((2, 3)), "b": np.ones(2)}, r"gradient of 'w' .* shape \(2, 3\)"),
         # 'b' is checked after 'w', so a check inside the update loop would have moved 'w':
         # complex64 failed halfway in Adam and lost its imaginary part in SGD
-        ({"w": np.ones(3), "b": np.ones(2, np.complex128)}, r"of 'b' .* dtype complex128, the"),
-        ({"w": np.ones(3), "b": np.ones(2, np.float32)}, r"of 'b' .* dtype float32, the param"),
-        ({"w": np.ones(3), "b": [1.0, 1.0]}, r"of 'b' of FakeModule: expected a numpy array"),
+        ({"w": np.ones(3), "b": np.ones(2, np.complex128)}, r"of 'b' .* dtype complex128, exp"),
+        ({"w": np.ones(3), "b": np.ones(2, np.int64)}, r"of 'b' .* dtype int64, expected a real"),
+        ({"w": np.ones(3), "b": [1.0, 1.0]}, r"of 'b' of FakeModule: expected a numpy array \(the"),
     ):
         module.grads = grads
         with pytest.raises((ValueError, TypeError), match=match):
@@ -473,7 +473,8 @@ def test_schedule_arguments_are_checked(build, match: str) -> None:
 
 def test_schedules_check_the_step_and_extreme_intervals() -> None:
     """A negative step gave a negative rate (warm-up) or a ZeroDivisionError; 1e308 warm-up
-    epochs and a 1e-320-epoch interval ended in an OverflowError from the command line."""
+    epochs and a 1e-320-epoch interval ended in an OverflowError from the command line, and
+    intervals shorter than one update silently took the rate to zero."""
     warm = ConstantLR(0.1, 10, warmup_epochs=1)
     for bad in (-5, -1):
         with pytest.raises(ValueError, match=rf"^step: expected an integer >= 0 .*got {bad}"):
@@ -484,12 +485,46 @@ def test_schedules_check_the_step_and_extreme_intervals() -> None:
     assert warm(np.int64(4)) == pytest.approx(0.05)
     with pytest.raises(ValueError, match=r"^warmup_epochs: 1e\+308 epochs of 10 steps are more"):
         ConstantLR(0.1, 10, warmup_epochs=1e308)
-    tiny = StepLR(0.1, 1, step_epochs=1e-320, gamma=0.5)
-    assert tiny(0) == 0.1 and tiny(3) == 0.0  # infinitely many intervals after one step
-    assert StepLR(0.1, 1, step_epochs=1e-320, gamma=1.0)(3) == 0.1
+    # the rate would fall several times per update: to 0.0 after one, for 1e-320 epochs
+    for interval, steps in ((1e-320, 1), (0.05, 10)):
+        with pytest.raises(
+            ValueError,
+            match=rf"^step_epochs: expected an interval of at least "
+            rf"one update \(1/{steps} epoch\), got {interval!r} epochs",
+        ):
+            StepLR(0.1, steps, step_epochs=interval, gamma=0.5)
+    assert StepLR(0.1, 10, step_epochs=0.5, gamma=0.5)(10) == pytest.approx(0.025)
 
 
 def test_optimizer_state_must_be_a_mapping() -> None:
     opt = Adam([FakeModule({"w": np.ones(3)})])
     with pytest.raises(TypeError, match=r"^optimizer state: expected a mapping .* got NoneType"):
         opt.load_state_dict(None)  # type: ignore[arg-type]
+
+
+class _OwnModule:
+    """A module of one's own: params and grads, and a backend that is no rnncu Backend."""
+
+    def __init__(self, backend: object = None) -> None:
+        self.params = {"w": np.ones(3, np.float32)}
+        self.grads = {"w": np.full(3, 0.5)}  # float64, as a hand-written backward may give
+        if backend is not None:
+            self.backend = backend
+
+
+@pytest.mark.parametrize("backend", [None, "numpy"])
+def test_modules_of_ones_own_still_step(backend) -> None:
+    """The gradient checks took such modules' backend for a Backend (AttributeError) and
+    refused float64 gradients of float32 parameters, which update in place as before."""
+    # Adam's first step moves by lr; SGD's by lr * gradient
+    for build, after in (
+        (lambda m: Adam([m], lr=0.1), 0.9),
+        (lambda m: SGD([m], lr=0.1, momentum=0.9), 0.95),
+    ):
+        module = _OwnModule(backend)
+        build(module).step()
+        assert module.params["w"].dtype == np.float32
+        np.testing.assert_allclose(module.params["w"], after, rtol=1e-6)
+        with pytest.raises(TypeError, match=r"of 'w' of _OwnModule: expected a NumPy or CuPy"):
+            module.grads = {"w": [0.5, 0.5, 0.5]}
+            build(module).step()

@@ -201,19 +201,29 @@ def test_task_models_name_their_bad_arguments(rng: np.random.Generator) -> None:
         (lambda: generator.train_step(x[:, 0], y), r"generator_inputs: rows: expected \(T, B"),
         (lambda: generator_inputs(x, y, 0), "generator_inputs: num_classes: expected a posi"),
         (lambda: generator.sample(np.array([], int), 3), "sample: labels: expected at least"),
-        (lambda: generator.sample(y[:2], 3, rng=-1), "sample: rng: expected None or a non-neg"),
-        (lambda: generator.sample(y[:2], 3, rng=1.5), "sample: rng: expected None or a non-n"),
+        (lambda: generator.sample(y[:2], 3, rng=-1), "sample: rng: expected a NumPy Generator"),
+        (lambda: generator.sample(y[:2], 3, rng=1.5), "sample: rng: expected a NumPy Generator"),
+        (lambda: generator.sample(y[:2], 3, rng="x"), "sample: rng: expected a NumPy Generator"),
     ]
     for call, message in cases:
         with pytest.raises((ValueError, TypeError), match="^" + message):
             call()
+    # seeds as NumPy takes them, sequences too (the trainer's own are [seed, 3])
+    labels = y[:2]
+    for seed in ([1, 2], np.random.SeedSequence(4), np.array([1, 2])):
+        drawn = generator.sample(labels, 3, noise=0.1, rng=seed)
+        again = generator.sample(labels, 3, noise=0.1, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(drawn, again)
     # batches that do not divide the split still cover it
     whole = classifier.evaluate(x, y)
     assert classifier.evaluate(x, y, batch_size=3)["loss"] == pytest.approx(whole["loss"])
     np.testing.assert_array_equal(classifier.predict(x, batch_size=4), whole["predictions"])
 
 
-@pytest.mark.parametrize("seq_shape", [8, None, (6,)])
+@pytest.mark.parametrize("seq_shape", [8, None, (6,), (6, 4, 2)])
 def test_build_model_names_a_bad_seq_shape(seq_shape) -> None:
     with pytest.raises(TypeError, match=r"^seq_shape: expected \(T, D\), got"):
         build_model("classify", seq_shape, 3, 4, 1, "tanh", "torch", 0, backend="numpy")
+    for good in ((6, 4), [6, 4], np.array([6, 4])):
+        model = build_model("classify", good, 3, 5, 1, "tanh", "torch", 0, backend="numpy")
+        assert model.rnn.input_size == 4
