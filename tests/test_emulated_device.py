@@ -508,6 +508,25 @@ def test_bad_step_tile_environment_variable_names_it(device, rng, monkeypatch) -
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (STEP_TILE_ENV, "garbage", r"RNNCU_STEP_TILE: expected one of 64x64, .*'garbage'"),
+        ("RNNCU_STEP_GRAPHS", "maybe", r"RNNCU_STEP_GRAPHS: expected 'on' or 'off'.*'maybe'"),
+    ],
+)
+def test_step_variables_are_checked_where_the_persistent_path_runs(
+    device, rng, monkeypatch, variable: str, value: str, message: str
+) -> None:
+    """They were read only where a shape fell back to the step path: a typo ran silently, or
+    failed mid-run at the first shape that fell back."""
+    monkeypatch.setenv(variable, value)
+    inputs = _inputs(rng, (2, 3, 7), np.float32, False)
+    with pytest.raises(ValueError, match=message):
+        _run(CupyBackend(), device, inputs, "tanh", False, (True, True))
+    assert device.launches(persistent.BATCH_KERNEL_FILE) == 0
+
+
+@pytest.mark.parametrize(
     ("batch", "hidden", "tile"),
     [
         (256, 1024, (64, 32, 4, 4)),  # ANCHORS' large: 128 blocks for 132 SMs, one wave

@@ -17,7 +17,10 @@ The choice: the ``recurrence`` attribute (constructor argument) if set, else the
 variable ``RNNCU_RECURRENCE``: ``auto`` (default: persistent where supported, else step),
 ``step``, or ``persistent`` (persistent or an error). The step kernel comes from the shape
 and the device (:func:`choose_step_kernel`), or from ``RNNCU_STEP_TILE`` (``BMxBN``, one of
-``kernel_loader.STEP_TILES`` such as ``64x32``, or ``matvec``), for tests and benchmarks.
+``kernel_loader.STEP_TILES`` such as ``64x32``, or ``matvec``), for tests and benchmarks. The
+tile applies to the step path only: under ``auto`` a shape that runs persistent ignores it, so
+time a tile with ``RNNCU_RECURRENCE=step``. Every call checks both step-path variables, on
+either path, so a typo is an error at the first call rather than where a shape falls back.
 
 Host cost per step: the kernel handle, grid, block and every step's argument tuple are built
 before the loop, so a step is one ``RawKernel.__call__`` (about 4.5 us of Python on an H200,
@@ -160,6 +163,14 @@ class CupyBackend(Backend):
             "step_graphs": "on" if self.step_graphs_enabled() else "off",
         }
 
+    def _checked_settings(self) -> str:
+        """The recurrence mode in force, after checking the step path's environment variables
+        (a bad value is an error on the persistent path too, not only once a shape falls
+        back to the step path)."""
+        self.step_graphs_enabled()
+        check_step_tile_name()
+        return self.recurrence_mode()
+
     def recurrence_mode(self) -> str:
         """The mode in force: the ``recurrence`` attribute, else ``RNNCU_RECURRENCE``."""
         if self._recurrence is not None:
@@ -186,7 +197,7 @@ class CupyBackend(Backend):
         lengths = _check_lengths(lengths, batch)
         _check_nonlinearity(nonlinearity)
         _check_apart("states", states, {"w_hh": w_hh, "h0": h0, "lengths": lengths})
-        mode = self.recurrence_mode()
+        mode = self._checked_settings()
         if mode != "step":
             persistent = _persistent_module(mode)
             if persistent is not None and persistent.persistent_forward(
@@ -236,7 +247,7 @@ class CupyBackend(Backend):
             grad_h_last = _check_array("grad_h_last", grad_h_last, (batch, hidden), dtype)
         lengths = _check_lengths(lengths, batch)
         _check_nonlinearity(nonlinearity)
-        mode = self.recurrence_mode()
+        mode = self._checked_settings()
         if mode != "step":
             persistent = _persistent_module(mode)
             if persistent is not None:
@@ -560,9 +571,8 @@ def forced_step_kernel(
 ) -> StepKernel | None:
     """The step kernel named by ``RNNCU_STEP_TILE`` (``BMxBN`` or ``matvec``), or None when
     the variable is unset or empty."""
-    raw = os.environ.get(STEP_TILE_ENV, "").strip()
-    value = raw.lower()
-    if not value:
+    value = check_step_tile_name()
+    if value is None:
         return None
     tiles = {f"{t[0]}x{t[1]}": t for t in kernel_loader.STEP_TILES}
     if value in tiles:
@@ -576,10 +586,23 @@ def forced_step_kernel(
                 f"this device's {shared_limit} per block"
             )
         return StepKernel(rows=rows)
-    raise ValueError(
-        f"environment variable {STEP_TILE_ENV}: expected one of "
-        f"{', '.join([*tiles, 'matvec'])}, got {raw!r}"
-    )
+    raise AssertionError(value)  # check_step_tile_name admits only those
+
+
+def check_step_tile_name() -> str | None:
+    """``RNNCU_STEP_TILE`` lowered (``64x32``, ``matvec``), None where unset or empty; any
+    other value is a ValueError naming the variable."""
+    raw = os.environ.get(STEP_TILE_ENV, "").strip()
+    value = raw.lower()
+    if not value:
+        return None
+    names = [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES]
+    if value not in names and value != "matvec":
+        raise ValueError(
+            f"environment variable {STEP_TILE_ENV}: expected one of "
+            f"{', '.join([*names, 'matvec'])}, got {raw!r}"
+        )
+    return value
 
 
 def step_grid(batch: int, hidden: int, tile: tuple[int, ...]) -> tuple[int, int, int]:
