@@ -246,10 +246,9 @@ def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
 
 
 def _to_host(arr: Any) -> np.ndarray:
-    if isinstance(arr, np.ndarray):
-        copy: np.ndarray = arr.copy()
-        return copy
-    return np.asarray(arr.get())  # a CuPy array: copy to the host
+    if type(arr).__module__.split(".")[0] == "cupy":  # a CuPy array: copy to the host
+        return np.asarray(arr.get())
+    return np.array(arr, copy=True)
 
 
 class Adam(Optimizer):

@@ -110,3 +110,27 @@ def test_to_numpy_copies_on_the_numpy_backend_too() -> None:
     assert host.dtype == weight.dtype and not np.shares_memory(host, weight)
     host[...] = np.nan
     np.testing.assert_array_equal(rnn.params["weight_hh_l0"], before)
+
+
+def test_asarray_takes_numbers_and_names_what_it_cannot_take() -> None:
+    """None, strings and dicts became object or str arrays; a ragged list or a torch tensor
+    that requires grad gave NumPy's or torch's own message."""
+    numpy_backend = rnncu.get_backend("numpy")
+    for value, message in (
+        (None, r"expected real numbers or booleans, got builtins.NoneType of dtype object"),
+        ("abc", r"expected real numbers or booleans, got builtins.str of dtype <U3"),
+        ({"a": 1}, r"expected real numbers or booleans, got builtins.dict of dtype object"),
+        ([1 + 2j], r"expected real numbers or booleans, got builtins.list of dtype complex128"),
+        ([[1.0], [2.0, 3.0]], r"cannot convert builtins.list to a numpy array \(setting an"),
+    ):
+        with pytest.raises(TypeError, match="^asarray: " + message):
+            numpy_backend.asarray(value)
+    with pytest.raises(TypeError, match=r"^asarray: expected real numbers .* dtype complex64"):
+        numpy_backend.asarray([1.5], dtype="complex64")
+    assert numpy_backend.asarray([[1, 2]], dtype="float32").dtype == np.float32
+    assert numpy_backend.asarray(np.float64(2.5)).shape == ()
+    assert numpy_backend.asarray([True, False]).dtype == np.bool_
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"^asarray: cannot convert torch.Tensor to a numpy arr"):
+        numpy_backend.asarray(torch.ones(2, requires_grad=True))
+    np.testing.assert_array_equal(numpy_backend.asarray(torch.arange(3)), [0, 1, 2])

@@ -689,6 +689,32 @@ def test_layer_rejects_host_input(device, rng) -> None:
         layer(rng.standard_normal((4, 2, 3)).astype(np.float32))
 
 
+def test_the_numpy_backend_tells_device_arrays_from_its_own(device, rng) -> None:
+    """The emulated device arrays subclass ndarray: the NumPy backend took them for its own,
+    so the emulated suite could not see a device array reaching host code (real CuPy
+    arrays are no ndarray, so this holds on a device by construction)."""
+    import rnncu
+    from rnncu import optim
+
+    cp = device.module
+    on_device = cp.asarray(rng.standard_normal((2, 2, 2)).astype(np.float32))
+    host = rnncu.get_backend("numpy")
+    assert not host.owns(on_device) and host.owns(np.ones(2))
+    with pytest.raises(TypeError, match=r"^x: expected a numpy array .* got cupy\.\w+ float32"):
+        rnncu.RNN(2, 4, backend="numpy", seed=0)(on_device)
+    copied = host.to_numpy(on_device)
+    assert type(copied) is np.ndarray
+    np.testing.assert_array_equal(copied, cp.asnumpy(on_device))
+    assert type(host.asarray(on_device)) is np.ndarray
+    # the optimiser's state comes to the host as plain NumPy arrays
+    head = rnncu.Linear(2, 3, backend=CupyBackend(), seed=0)
+    head.backward(head(on_device[0]) * 0 + 1)
+    opt = optim.Adam([head])
+    opt.step()
+    state = opt.state_dict()
+    assert {type(value) for value in state.values()} == {np.ndarray}
+
+
 def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> None:
     """Checked before any update: a host gradient would copy to the device on every step."""
     import rnncu

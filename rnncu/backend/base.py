@@ -46,9 +46,27 @@ class Backend(ABC):
         """True when ``array`` is an array of this backend's module (no conversion needed)."""
 
     def asarray(self, array: Any, dtype: Any = None) -> Array:
-        """Convert a host (NumPy) array or nested sequence to this backend. Explicit, never
-        called implicitly on layer inputs: mixing devices in a call is an error."""
-        return self.xp.asarray(array, dtype=dtype)
+        """Convert a host (NumPy) array, a NumPy scalar or a nested sequence of numbers to this
+        backend (on the NumPy backend, a CuPy array too: copied to the host), in ``dtype``
+        (None: the input's). Explicit, never called implicitly on layer inputs: mixing devices
+        in a call is an error. What is not real numbers or booleans (None, strings, objects,
+        complex values, a ragged list) is a TypeError naming what came."""
+        if _is_cupy_array(array) and self.name != "cupy":
+            array = array.get()
+        try:
+            out = self.xp.asarray(array, dtype=dtype)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            # NumPy's "inhomogeneous shape", torch's "requires grad", a dtype NumPy lacks
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TypeError(
+                f"asarray: cannot convert {_type_name(array)} to a {self.name} array ({reason})"
+            ) from None
+        if out.dtype.kind not in "biuf":
+            raise TypeError(
+                f"asarray: expected real numbers or booleans, got {_type_name(array)} of dtype "
+                f"{out.dtype}"
+            )
+        return out
 
     def to_numpy(self, array: Array) -> Any:
         """A new NumPy array on the host with the contents of ``array``: a copy on every
@@ -56,6 +74,8 @@ class Backend(ABC):
         (on the NumPy backend too, where ``numpy.asarray`` would return the array itself)."""
         import numpy
 
+        if _is_cupy_array(array):
+            return numpy.asarray(array.get())  # a device array given to the host backend
         return numpy.array(array, copy=True)
 
     def input_projection(self, inputs: Array, w_ih: Array, bias: Array | None) -> Array:
@@ -119,3 +139,12 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for ``rnncu info``: versions, device."""
         return {"backend": self.name}
+
+
+def _is_cupy_array(array: Any) -> bool:
+    """By the type's module: CuPy need not be imported (nor importable) to tell."""
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
