@@ -91,9 +91,18 @@ def _current_umask() -> int:
 STALE_TEMP_SECONDS = 600.0
 
 
+#: the target name's characters a temporary file keeps: ``.{name}.XXXXXXXX.tmp`` must stay
+#: within the 255 bytes a file name may have, for a target name that is near that itself
+TEMP_NAME_CHARS = 200
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_CHARS]}."
+
+
 def _remove_stale_temps(path: Path, keep: str) -> None:
     now = time.time()
-    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for temp in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
         try:
             if temp.name != keep and now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
                 temp.unlink()
@@ -106,11 +115,14 @@ def _atomic_write(path: Path, write: Any) -> None:
     ``path``. On any exception the temporary file is removed and ``path`` is untouched; an
     OSError (permissions, a full disk) names ``path``, not the temporary file."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"path: expected a file to write, got {str(path)!r}")
+    prefix = _temp_prefix(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _naming(exc, path, f".{path.name}.") from exc
+        raise _naming(exc, path, prefix) from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
         os.fchmod(fd, 0o666 & ~_current_umask())
@@ -125,7 +137,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise _naming(exc, path, f".{path.name}.") from exc
+            raise _naming(exc, path, prefix) from exc
         raise
     _fsync_dir(path.parent)
     _remove_stale_temps(path, keep=os.path.basename(tmp_name))
@@ -142,12 +154,24 @@ def _naming(exc: OSError, path: Path, temp_prefix: str) -> OSError:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
-    _atomic_write(Path(path), lambda fh: fh.write(data))
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data: expected bytes, got {type(data).__name__}")
+    _atomic_write(_as_path(path), lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected a str, got {type(text).__name__}")
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _as_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or path, got {type(path).__name__}")
+    if path == "":
+        raise ValueError("path: expected a file to write, got ''")
+    return Path(path)
 
 
 def check_out_dir(name: str, directory: str | os.PathLike[str]) -> None:

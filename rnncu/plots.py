@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.module import check_number
+from rnncu.module import describe_array as _describe
+
 __all__ = ["image_grid", "plot_confusion", "plot_history", "save_image_grid"]
 
 
@@ -25,6 +28,50 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _png_path(path: Any) -> Path:
+    """``path`` when it names a ``.png`` file: the plots are PNG bytes, whatever the name
+    says (``curves.pdf`` would hold a PNG)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a .png file (str or path), got {type(path).__name__}")
+    png = Path(path)
+    if png.suffix.lower() != ".png":
+        raise ValueError(f"path: expected a .png file, got {str(path)!r}")
+    if png.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a directory, expected a .png file")
+    return png
+
+
+def _positive(name: str, value: Any, zero: bool = False) -> int:
+    """An int >= 1 (>= 0 with ``zero``), bools refused; else an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    if value < (0 if zero else 1):
+        raise ValueError(f"{name}: expected an integer >= {0 if zero else 1}, got {value!r}")
+    return int(value)
+
+
+def _check_history(history: Any) -> list[dict[str, Any]]:
+    """The records of a history (each a dict with a numeric ``epoch`` and ``train_loss``, and
+    numbers or None for the other keys), at least one."""
+    if isinstance(history, (str, bytes, dict)) or not isinstance(history, Sequence):
+        raise TypeError(
+            f"history: expected a list of per-epoch dicts, got {type(history).__name__}"
+        )
+    if not history:
+        raise ValueError("history: expected at least one epoch's record, got none")
+    for index, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise TypeError(f"history[{index}]: expected a dict, got {type(record).__name__}")
+        for key in ("epoch", "train_loss"):
+            if key not in record:
+                raise ValueError(f"history[{index}]: no {key!r} (keys: {sorted(record)})")
+        for key, value in record.items():
+            number = isinstance(value, (int, float, np.integer, np.floating))
+            if value is not None and (isinstance(value, bool) or not number):
+                raise TypeError(f"history[{index}][{key!r}]: expected a number, got {value!r}")
+    return list(history)
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> None:
@@ -45,31 +92,41 @@ def plot_history(
 ) -> None:
     """Loss curves (train and test) and, where recorded, accuracy or test MSE per epoch; where
     the history holds gradient norms (the trainer's ``grad_norm``, ``grad_norm_max``), a third
-    panel of them, with the clipping limit ``clip`` (0: none) as a line."""
+    panel of them, with the clipping limit ``clip`` (0: none) as a line. ``path`` names a
+    ``.png`` file. A key missing from some records (an epoch saved by an older version) is a
+    gap in its curve."""
+    history = _check_history(history)
+    path = _png_path(path)
+    clip = check_number("clip", clip, low=0.0, high_open=True)
     plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
-    second = "test_accuracy" if history and "test_accuracy" in history[0] else "test_mse"
-    with_norms = any("grad_norm" in r for r in history)
+
+    def curve(key: str) -> list[float]:
+        return [np.nan if r.get(key) is None else float(r[key]) for r in history]
+
+    def recorded(key: str) -> bool:
+        return any(r.get(key) is not None for r in history)
+
+    epochs = curve("epoch")
+    second = "test_accuracy" if recorded("test_accuracy") else "test_mse"
+    with_norms = recorded("grad_norm")
     fig, axes = plt.subplots(
         1, 3 if with_norms else 2, figsize=(15 if with_norms else 10, 4), sharex=True
     )
     ax1, ax2 = axes[0], axes[1]
-    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
-    if history and "test_loss" in history[0]:
-        ax1.plot(epochs, [r["test_loss"] for r in history], label="test")
+    ax1.plot(epochs, curve("train_loss"), label="train")
+    if recorded("test_loss"):
+        ax1.plot(epochs, curve("test_loss"), label="test")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_yscale("log")
     ax1.legend()
     if second == "test_accuracy":
-        ax2.plot(epochs, [r["train_accuracy"] for r in history], label="train")
-        ax2.plot(epochs, [r["test_accuracy"] for r in history], label="test")
+        ax2.plot(epochs, curve("train_accuracy"), label="train")
+        ax2.plot(epochs, curve("test_accuracy"), label="test")
         ax2.set_ylabel("accuracy")
     else:
-        ax2.plot(epochs, [r.get("test_mse", np.nan) for r in history], label="model")
-        ax2.plot(
-            epochs, [r.get("baseline_mse", np.nan) for r in history], "--", label="copy row above"
-        )
+        ax2.plot(epochs, curve("test_mse"), label="model")
+        ax2.plot(epochs, curve("baseline_mse"), "--", label="copy row above")
         ax2.set_ylabel("test next-row MSE")
     ax2.set_xlabel("epoch")
     ax2.legend()
@@ -78,7 +135,7 @@ def plot_history(
         # the markers show epochs that have no neighbour to draw a line to
         ax3 = axes[2]
         for key, label in (("grad_norm", "mean"), ("grad_norm_max", "max")):
-            ax3.plot(epochs, [r.get(key, np.nan) for r in history], marker=".", label=label)
+            ax3.plot(epochs, curve(key), marker=".", label=label)
         if clip > 0:
             ax3.axhline(clip, color="grey", linestyle=":", label=f"clip {clip:g}")
         ax3.set_xlabel("epoch")
@@ -99,7 +156,15 @@ CONFUSION_ANNOTATED_CLASSES = 30
 def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
     """A (C, C) confusion matrix (rows: true class, columns: predicted): with its counts for
     up to :data:`CONFUSION_ANNOTATED_CLASSES` classes, as a heat map alone beyond (the figure
-    stays at most 16 inches, 1600 pixels, wide)."""
+    stays at most 16 inches, 1600 pixels, wide). Counts are finite and non-negative; ``path``
+    names a ``.png`` file."""
+    if not isinstance(confusion, np.ndarray) or confusion.dtype.kind not in "iuf":
+        raise TypeError(f"confusion: expected a NumPy array of counts, got {_describe(confusion)}")
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.size == 0:
+        raise ValueError(f"confusion: expected a (C, C) matrix, C >= 1, got {confusion.shape}")
+    if not (np.isfinite(confusion).all() and confusion.min() >= 0):
+        raise ValueError("confusion: expected finite counts >= 0, got NaN, inf or negatives")
+    path = _png_path(path)
     plt = _pyplot()
     k = confusion.shape[0]
     annotated = k <= CONFUSION_ANNOTATED_CLASSES
@@ -121,6 +186,13 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> np.ndarray:
     """Tile images (N, H, W) in [0, 1] into one (rows*(H+pad), ncols*(W+pad)) array, each
     pixel repeated ``scale`` times so 8x8 digits stay visible."""
+    if not isinstance(images, np.ndarray) or images.dtype.kind not in "biuf":
+        raise TypeError(f"images: expected a NumPy array (N, H, W), got {_describe(images)}")
+    if images.ndim != 3:
+        raise ValueError(f"images: expected (N, H, W), got shape {images.shape}")
+    ncols = _positive("ncols", ncols)
+    pad = _positive("pad", pad, zero=True)
+    scale = _positive("scale", scale)
     n, h, w = images.shape
     nrows = max(1, -(-n // ncols))
     grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), dtype=np.float32)
@@ -134,15 +206,16 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> 
 def save_image_grid(
     images: np.ndarray, path: str | os.PathLike[str], ncols: int = 10, scale: int = 4
 ) -> Path:
-    """Write :func:`image_grid` of images (N, H, W) as a greyscale PNG; returns the path."""
+    """Write :func:`image_grid` of images (N, H, W) as a greyscale PNG to ``path`` (a
+    ``.png`` file); returns the path."""
+    path = _png_path(path)
+    grid = image_grid(images, ncols, scale=scale)
     plt = _pyplot()
     import io
 
     from rnncu.checkpoint import atomic_write_bytes
 
     buf = io.BytesIO()
-    plt.imsave(
-        buf, image_grid(images, ncols, scale=scale), cmap="gray", vmin=0, vmax=1, format="png"
-    )
+    plt.imsave(buf, grid, cmap="gray", vmin=0, vmax=1, format="png")
     atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return path

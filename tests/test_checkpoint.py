@@ -297,3 +297,23 @@ def test_check_arrays_refuses_non_finite_weights() -> None:
     bad = dict(arrays(), **{"model.rnn.w": np.full((2, 3), np.nan, np.float32)})
     with pytest.raises(CheckpointError, match="f.npz: entry 'model.rnn.w' holds NaN"):
         check_arrays("f.npz", bad, {"rnn.w": (2, 3)}, prefix="model.")
+
+
+def test_atomic_writes_of_long_names_and_bad_arguments(tmp_path: Path) -> None:
+    """A name of 242 to 255 characters failed (its temporary file's name went past the
+    limit); "" and "." failed with EBUSY; text and bytes were not checked."""
+    long_name = tmp_path / ("n" * 250)
+    ckpt.atomic_write_text(long_name, "hi")
+    ckpt.atomic_write_text(long_name, "again")  # the stale-temp sweep reads the same names
+    assert long_name.read_text() == "again"
+    assert [p.name for p in tmp_path.iterdir()] == [long_name.name]
+    for path in ("", "."):
+        with pytest.raises(ValueError, match=r"^path: expected a file to write, got"):
+            ckpt.atomic_write_text(path, "x")
+    with pytest.raises(TypeError, match=r"^path: expected a str or path, got NoneType"):
+        ckpt.atomic_write_text(None, "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^data: expected bytes, got str"):
+        ckpt.atomic_write_bytes(tmp_path / "b", "abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^text: expected a str, got bytes"):
+        ckpt.atomic_write_text(tmp_path / "t", b"abc")  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == [long_name.name]

@@ -10,7 +10,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from rnncu.plots import CONFUSION_ANNOTATED_CLASSES, plot_confusion, plot_history  # noqa: E402
+from rnncu.plots import (  # noqa: E402
+    CONFUSION_ANNOTATED_CLASSES,
+    image_grid,
+    plot_confusion,
+    plot_history,
+    save_image_grid,
+)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -78,3 +84,68 @@ def test_history_plot_adds_the_gradient_norms_where_recorded(tmp_path: Path, mon
     # 10 and 15 inches at 100 dpi, less the margins bbox_inches="tight" trims
     assert 800 < old_width <= 1000 and 1.35 * old_width < new_width <= 1500
     assert limits == [1.0]  # the clipping limit, drawn in the norms' panel only
+
+
+def _history() -> list[dict]:
+    return [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # each had given a PNG under another name, a raw KeyError/IndexError/ZeroDivisionError,
+        # or matplotlib's, PIL's or NumPy's message
+        (lambda p: plot_history(_history(), p / "h.pdf"), ValueError, r"path: expected a .png fi"),
+        (lambda p: save_image_grid(np.ones((2, 3, 3)), p / "s.jpg"), ValueError, r"path: expected"),
+        (lambda p: plot_history(_history(), None), TypeError, r"path: expected a .png file \(s"),
+        (lambda p: plot_history([], p / "h.png"), ValueError, r"history: expected at least one"),
+        (lambda p: plot_history({"epoch": 1}, p / "h.png"), TypeError, r"history: expected a list"),
+        (lambda p: plot_history([{"epoch": 1}], p / "h.png"), ValueError, r"history\[0\]: no 'tr"),
+        (
+            lambda p: plot_history([{"epoch": 1, "train_loss": "x"}], p / "h.png"),
+            TypeError,
+            r"history\[0\]\['train_loss'\]: expected a number, got 'x'",
+        ),
+        (lambda p: plot_history(_history(), p / "h.png", clip="1"), TypeError, r"clip: expected"),
+        (lambda p: plot_confusion(np.ones((2, 3)), p / "c.png"), ValueError, r"confusion: expec"),
+        (
+            lambda p: plot_confusion(np.arange(3), p / "c.png"),
+            ValueError,
+            r"confusion: expected a \(C, C\)",
+        ),
+        (lambda p: plot_confusion([[1, 0], [0, 1]], p / "c.png"), TypeError, r"confusion: expe"),
+        (
+            lambda p: plot_confusion(-np.eye(2), p / "c.png"),
+            ValueError,
+            r"confusion: expected finite counts",
+        ),
+        (lambda p: image_grid(np.ones((2, 3, 3)), 0), ValueError, r"ncols: expected an integer"),
+        (lambda p: image_grid(np.ones((2, 3, 3)), 2, pad=-1), ValueError, r"pad: expected an i"),
+        (lambda p: image_grid(np.ones((2, 3, 3)), 2, scale=0), ValueError, r"scale: expected an"),
+        (lambda p: image_grid(np.ones((2, 3)), 2), ValueError, r"images: expected \(N, H, W\)"),
+    ],
+)
+def test_plots_name_their_bad_arguments(tmp_path: Path, call, error, message) -> None:
+    with pytest.raises(error, match="^" + message):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_history_keys_are_taken_from_every_record(tmp_path: Path, monkeypatch) -> None:
+    """Which curves to draw was decided by the first record alone: a test curve recorded from
+    the second epoch on was dropped without a word."""
+    from rnncu import plots
+
+    history = _history()
+    del history[0]["test_loss"]
+    figures = []
+    saved = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or saved(fig, path))
+    plot_history(history, tmp_path / "h.png")
+    labels = [line.get_label() for line in figures[0].axes[0].lines]
+    assert labels == ["train", "test"]
+    assert np.isnan(figures[0].axes[0].lines[1].get_ydata()[0])
+    assert png_size(tmp_path / "h.png")[0] > 0
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ValueError, match=r"^path: .*d.png' is a directory, expected a .png"):
+        plot_history(history, tmp_path / "d.png")
