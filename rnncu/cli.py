@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and use vanilla RNNs on images (NumPy or CuPy backend). "
         "Without a command: train the default recipe (classify digits by rows).",
     )
+    from rnncu import __version__
+
+    parser.add_argument("--version", action="version", version=f"rnncu {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model (default: classify digits by rows)")
@@ -224,8 +227,8 @@ def _backend(flag: str | None, default: str | None) -> str | None:
 
     if flag is not None:
         return flag
-    env = os.environ.get(ENV_VAR, "")
-    if not env:
+    env = os.environ.get(ENV_VAR, "").strip()
+    if not env:  # set but empty is unset, as get_backend takes it
         return default
     if env.lower() not in BACKEND_NAMES:
         raise ValueError(
@@ -591,7 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line itself (not a caller in Python): one-line warnings
         warnings.showwarning = _show_warning_line
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    implicit_train = not argv or (
+        argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+    )
+    if implicit_train:
         argv = ["train", *argv]  # no command: the default recipe (flags go to train)
     try:
         args = build_parser().parse_args(argv)
@@ -606,7 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return handler(args)
     except _UsageError as exc:
-        print(f"rnncu: error: {exc}", file=sys.stderr)
+        # "unrecognized arguments: -x" alone would not say they were read as train's
+        note = " (no command given: the options went to 'rnncu train')" if implicit_train else ""
+        print(f"rnncu: error: {exc}{note}", file=sys.stderr)
         return 2
     except (
         CheckpointError,

@@ -44,6 +44,12 @@ def test_environment_variable_selects_backend() -> None:
     bad = _run("import rnncu; rnncu.get_backend()", RNNCU_BACKEND="fortran")
     assert bad.returncode != 0
     assert "RNNCU_BACKEND" in bad.stderr and "'fortran'" in bad.stderr
+    # set but empty is unset, as the command line took it (the library had refused '')
+    empty = _run("import rnncu; print(rnncu.get_backend().name)", RNNCU_BACKEND="")
+    assert empty.returncode == 0, empty.stderr
+    assert (
+        empty.stdout.strip() == _run("import rnncu; print(rnncu.get_backend().name)").stdout.strip()
+    )
 
 
 def test_auto_matches_availability() -> None:

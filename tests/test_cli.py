@@ -274,6 +274,20 @@ def test_info_and_python_m(tmp_path: Path) -> None:
     assert "numpy" in proc.stdout.lower()
 
 
+def test_version_and_options_without_a_command(capsys) -> None:
+    import rnncu
+
+    with pytest.raises(SystemExit) as exit_code:  # argparse's version action exits
+        main(["--version"])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rnncu {rnncu.__version__}"
+    # flags without a command go to train: the error says so ("--version" had been read
+    # as one of train's and refused as unrecognized)
+    one_line_error(main(["-x"]), capsys, "unrecognized arguments: -x (no command given: the op")
+    line = one_line_error(main(["train", "-x"]), capsys, "unrecognized arguments: -x")
+    assert "no command" not in line
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("evaluate", "--checkpoint", str(tmp_path / "absent"), cwd=tmp_path),

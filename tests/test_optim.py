@@ -528,3 +528,16 @@ def test_modules_of_ones_own_still_step(backend) -> None:
         with pytest.raises(TypeError, match=r"of 'w' of _OwnModule: expected a NumPy or CuPy"):
             module.grads = {"w": [0.5, 0.5, 0.5]}
             build(module).step()
+
+
+def test_grad_norm_refuses_a_module_without_gradients() -> None:
+    """It had counted the other modules only: a partial norm passed for the whole model's,
+    and clipping scaled the others alone."""
+    a, b = FakeModule({"w": np.ones(3)}), FakeModule({"w": np.ones(2)})
+    a.grads = {"w": np.full(3, 2.0)}
+    for call in (lambda: grad_norm([a, b]), lambda: clip_grad_norm([a, b], 1.0)):
+        with pytest.raises(ValueError, match=r"modules\[1\] \(FakeModule\) has no gradients whi"):
+            call()
+    np.testing.assert_array_equal(a.grads["w"], np.full(3, 2.0))
+    b.grads = {"w": np.full(2, 2.0)}
+    assert float(grad_norm([a, b])) == pytest.approx(np.sqrt(20.0))

@@ -96,12 +96,13 @@ def set_backend(name: str) -> Backend:
 
 def get_backend(name: str | None = None) -> Backend:
     """The backend named ``name``; without a name, the current one (first use: the
-    ``RNNCU_BACKEND`` environment variable, default ``auto``)."""
+    ``RNNCU_BACKEND`` environment variable, default ``auto``; set but empty counts as unset,
+    as on the command line)."""
     global _current
     if name is not None:
         return _make(_resolve(name))
     if _current is None:
-        env = os.environ.get(ENV_VAR, "auto")
+        env = os.environ.get(ENV_VAR, "").strip() or "auto"
         try:
             _current = _make(_resolve(env))
         except ValueError as exc:
