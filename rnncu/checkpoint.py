@@ -19,6 +19,7 @@ truncated or corrupt, foreign, wrong version, missing entries, wrong shapes) rai
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -91,13 +92,21 @@ def _current_umask() -> int:
 STALE_TEMP_SECONDS = 600.0
 
 
-#: the target name's characters a temporary file keeps: ``.{name}.XXXXXXXX.tmp`` must stay
-#: within the 255 bytes a file name may have, for a target name that is near that itself
-TEMP_NAME_CHARS = 200
+#: the longest target name (in UTF-8 bytes) a temporary file's name repeats whole: with
+#: ``.{name}.XXXXXXXX.tmp`` around it, a name near the 255-byte limit would go past it
+TEMP_NAME_BYTES = 200
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name[:TEMP_NAME_CHARS]}."
+    """``.{name}.``, or for a longer name its first bytes and a digest of the whole (a
+    prefix of its own: another target's temporaries never match it)."""
+    encoded = os.fsencode(path.name)
+    if len(encoded) <= TEMP_NAME_BYTES:
+        return f".{path.name}."
+    digest = hashlib.sha256(encoded).hexdigest()[:12]
+    # a cut through a character drops its bytes (a readable prefix is all this is for)
+    head = encoded[: TEMP_NAME_BYTES - 16].decode("utf-8", errors="ignore")
+    return f".{head}~{digest}."
 
 
 def _remove_stale_temps(path: Path, keep: str) -> None:

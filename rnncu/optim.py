@@ -374,12 +374,13 @@ def _global_norm(where: str, modules: list[Any]) -> tuple[Any, list[Any], Any]:
     if not grads:
         raise ValueError(f"{where}: no gradients (call backward first)")
     for index, module in enumerate(modules):
-        if all(g is None for g in module.grads.values()):
-            # the norm of the others alone would pass for the whole model's
-            raise ValueError(
-                f"{where}: modules[{index}] ({type(module).__name__}) has no gradients while "
-                "the others have (call its backward first)"
-            )
+        for name in module.params:
+            if module.grads.get(name) is None:
+                # the norm of the others alone would pass for the whole model's
+                raise ValueError(
+                    f"{where}: modules[{index}] ({type(module).__name__}) has no gradient for "
+                    f"{name!r} while others have (call its backward first)"
+                )
     backend = backend_for(grads[0])
     # one norm needs every gradient on one backend (the type test keeps the usual case cheap:
     # this runs every training step)

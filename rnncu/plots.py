@@ -65,7 +65,7 @@ def _check_history(history: Any) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise TypeError(f"history[{index}]: expected a dict, got {type(record).__name__}")
         for key in ("epoch", "train_loss"):
-            if key not in record:
+            if record.get(key) is None:
                 raise ValueError(f"history[{index}]: no {key!r} (keys: {sorted(record)})")
         for key, value in record.items():
             number = isinstance(value, (int, float, np.integer, np.floating))
@@ -162,8 +162,10 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise TypeError(f"confusion: expected a NumPy array of counts, got {_describe(confusion)}")
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.size == 0:
         raise ValueError(f"confusion: expected a (C, C) matrix, C >= 1, got {confusion.shape}")
-    if not (np.isfinite(confusion).all() and confusion.min() >= 0):
-        raise ValueError("confusion: expected finite counts >= 0, got NaN, inf or negatives")
+    if not np.isfinite(confusion).all():
+        raise ValueError("confusion: expected finite counts >= 0, found NaN or infinity")
+    if confusion.min() < 0:
+        raise ValueError(f"confusion: expected counts >= 0, found {confusion.min()}")
     path = _png_path(path)
     plt = _pyplot()
     k = confusion.shape[0]

@@ -127,16 +127,26 @@ def test_asarray_takes_numbers_and_names_what_it_cannot_take() -> None:
         ("abc", r"expected real numbers or booleans, got builtins.str of dtype <U3"),
         ({"a": 1}, r"expected real numbers or booleans, got builtins.dict of dtype object"),
         ([1 + 2j], r"expected real numbers or booleans, got builtins.list of dtype complex128"),
-        ([[1.0], [2.0, 3.0]], r"cannot convert builtins.list to a numpy array \(setting an"),
+        ([[1.0], [2.0, 3.0]], r"cannot convert builtins.list to an array \(setting an"),
     ):
         with pytest.raises(TypeError, match="^asarray: " + message):
             numpy_backend.asarray(value)
-    with pytest.raises(TypeError, match=r"^asarray: expected real numbers .* dtype complex64"):
+        # with a dtype too: None had become NaN, "1.5" 1.5, a complex value its real part
+        if not isinstance(value, list) or value != [[1.0], [2.0, 3.0]]:
+            with pytest.raises(TypeError, match="^asarray: " + message):
+                numpy_backend.asarray(value, dtype="float32")
+    with pytest.raises(TypeError, match=r"^asarray: expected real numbers .*got builtins.list o"):
+        numpy_backend.asarray(["1.5", "2"], dtype=np.float32)
+    with pytest.raises(TypeError, match=r"^asarray: expected real .*numpy.ndarray of dtype compl"):
+        numpy_backend.asarray(np.array([1 + 2j]), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"^asarray: dtype: expected a real or boolean dtype, go"):
         numpy_backend.asarray([1.5], dtype="complex64")
+    with pytest.raises(TypeError, match=r"^asarray: dtype: data type 'nonsense' not understood"):
+        numpy_backend.asarray([1.5], dtype="nonsense")
     assert numpy_backend.asarray([[1, 2]], dtype="float32").dtype == np.float32
     assert numpy_backend.asarray(np.float64(2.5)).shape == ()
     assert numpy_backend.asarray([True, False]).dtype == np.bool_
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"^asarray: cannot convert torch.Tensor to a numpy arr"):
+    with pytest.raises(TypeError, match=r"^asarray: cannot convert torch.Tensor to an array \("):
         numpy_backend.asarray(torch.ones(2, requires_grad=True))
     np.testing.assert_array_equal(numpy_backend.asarray(torch.arange(3)), [0, 1, 2])

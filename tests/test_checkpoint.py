@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,20 @@ def test_atomic_writes_of_long_names_and_bad_arguments(tmp_path: Path) -> None:
     ckpt.atomic_write_text(long_name, "again")  # the stale-temp sweep reads the same names
     assert long_name.read_text() == "again"
     assert [p.name for p in tmp_path.iterdir()] == [long_name.name]
+    wide = tmp_path / ("é" * 120 + ".txt")  # 244 bytes: 200 characters were still too many
+    ckpt.atomic_write_text(wide, "wide")
+    assert wide.read_text() == "wide"
+    wide.unlink()
+    # a stale temporary of another long name that starts alike is not this write's to remove
+    other = tmp_path / ("a" * 200 + "-two")
+    stale = tmp_path / (ckpt._temp_prefix(other) + "abcdefgh.tmp")
+    stale.write_text("theirs")
+    os.utime(stale, (time.time() - 2 * ckpt.STALE_TEMP_SECONDS,) * 2)
+    mine = tmp_path / ("a" * 200 + "-one")
+    ckpt.atomic_write_text(mine, "mine")
+    assert stale.exists()
+    stale.unlink()
+    mine.unlink()
     for path in ("", "."):
         with pytest.raises(ValueError, match=r"^path: expected a file to write, got"):
             ckpt.atomic_write_text(path, "x")

@@ -530,14 +530,19 @@ def test_modules_of_ones_own_still_step(backend) -> None:
             build(module).step()
 
 
-def test_grad_norm_refuses_a_module_without_gradients() -> None:
-    """It had counted the other modules only: a partial norm passed for the whole model's,
-    and clipping scaled the others alone."""
-    a, b = FakeModule({"w": np.ones(3)}), FakeModule({"w": np.ones(2)})
+def test_grad_norm_refuses_a_parameter_without_its_gradient() -> None:
+    """It had counted the others only: a partial norm passed for the whole model's, and
+    clipping scaled the others alone. A module without parameters has nothing to miss."""
+    a, b = FakeModule({"w": np.ones(3)}), FakeModule({"w": np.ones(2), "b": np.ones(1)})
     a.grads = {"w": np.full(3, 2.0)}
-    for call in (lambda: grad_norm([a, b]), lambda: clip_grad_norm([a, b], 1.0)):
-        with pytest.raises(ValueError, match=r"modules\[1\] \(FakeModule\) has no gradients whi"):
-            call()
-    np.testing.assert_array_equal(a.grads["w"], np.full(3, 2.0))
-    b.grads = {"w": np.full(2, 2.0)}
-    assert float(grad_norm([a, b])) == pytest.approx(np.sqrt(20.0))
+    for grads, missing in (({}, "'w'"), ({"w": np.full(2, 2.0)}, "'b'")):
+        b.grads = grads
+        for call in (lambda: grad_norm([a, b]), lambda: clip_grad_norm([a, b], 1.0)):
+            with pytest.raises(
+                ValueError, match=rf"modules\[1\] \(FakeModule\) has no gr.*{missing}"
+            ):
+                call()
+        np.testing.assert_array_equal(a.grads["w"], np.full(3, 2.0))
+    b.grads = {"w": np.full(2, 2.0), "b": np.full(1, 2.0)}
+    empty = FakeModule({})
+    assert float(grad_norm([a, b, empty])) == pytest.approx(np.sqrt(24.0))

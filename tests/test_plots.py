@@ -102,6 +102,11 @@ def _history() -> list[dict]:
         (lambda p: plot_history({"epoch": 1}, p / "h.png"), TypeError, r"history: expected a list"),
         (lambda p: plot_history([{"epoch": 1}], p / "h.png"), ValueError, r"history\[0\]: no 'tr"),
         (
+            lambda p: plot_history([{"epoch": None, "train_loss": None}], p / "h.png"),
+            ValueError,
+            r"history\[0\]: no 'epoch'",
+        ),
+        (
             lambda p: plot_history([{"epoch": 1, "train_loss": "x"}], p / "h.png"),
             TypeError,
             r"history\[0\]\['train_loss'\]: expected a number, got 'x'",
@@ -117,7 +122,12 @@ def _history() -> list[dict]:
         (
             lambda p: plot_confusion(-np.eye(2), p / "c.png"),
             ValueError,
-            r"confusion: expected finite counts",
+            r"confusion: expected coun",
+        ),
+        (
+            lambda p: plot_confusion(np.full((2, 2), np.nan), p / "c.png"),
+            ValueError,
+            r"confusion: expected finite counts >= 0, found NaN",
         ),
         (lambda p: image_grid(np.ones((2, 3, 3)), 0), ValueError, r"ncols: expected an integer"),
         (lambda p: image_grid(np.ones((2, 3, 3)), 2, pad=-1), ValueError, r"pad: expected an i"),

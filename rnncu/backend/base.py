@@ -51,22 +51,35 @@ class Backend(ABC):
         (None: the input's). Explicit, never called implicitly on layer inputs: mixing devices
         in a call is an error. What is not real numbers or booleans (None, strings, objects,
         complex values, a ragged list) is a TypeError naming what came."""
+        import numpy
+
+        if dtype is not None:
+            try:
+                wanted = numpy.dtype(dtype)
+            except TypeError as exc:
+                raise TypeError(f"asarray: dtype: {exc}") from None
+            if wanted.kind not in "biuf":
+                raise TypeError(f"asarray: dtype: expected a real or boolean dtype, got {wanted}")
         if _is_cupy_array(array) and self.name != "cupy":
             array = array.get()
-        try:
-            out = self.xp.asarray(array, dtype=dtype)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            # NumPy's "inhomogeneous shape", torch's "requires grad", a dtype NumPy lacks
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        source = array
+        if not (isinstance(array, (numpy.ndarray, numpy.generic)) or _is_cupy_array(array)):
+            # lists, Python scalars, torch tensors, None, strings: read on the host first, so
+            # that their own type is checked (with a dtype, None became NaN and "1.5" 1.5)
+            try:
+                array = numpy.asarray(array)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                # NumPy's "inhomogeneous shape", torch's "requires grad", a dtype NumPy lacks
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise TypeError(
+                    f"asarray: cannot convert {_type_name(source)} to an array ({reason})"
+                ) from None
+        if array.dtype.kind not in "biuf":
             raise TypeError(
-                f"asarray: cannot convert {_type_name(array)} to a {self.name} array ({reason})"
-            ) from None
-        if out.dtype.kind not in "biuf":
-            raise TypeError(
-                f"asarray: expected real numbers or booleans, got {_type_name(array)} of dtype "
-                f"{out.dtype}"
+                f"asarray: expected real numbers or booleans, got {_type_name(source)} of dtype "
+                f"{array.dtype}"
             )
-        return out
+        return self.xp.asarray(array, dtype=dtype)
 
     def to_numpy(self, array: Array) -> Any:
         """A new NumPy array on the host with the contents of ``array``: a copy on every
