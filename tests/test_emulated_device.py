@@ -715,6 +715,32 @@ def test_the_numpy_backend_tells_device_arrays_from_its_own(device, rng) -> None
     assert {type(value) for value in state.values()} == {np.ndarray}
 
 
+def test_asarray_takes_a_device_object_on_the_device(device, monkeypatch) -> None:
+    """An object CuPy reads in place (``__cuda_array_interface__``: a torch CUDA tensor) goes
+    to ``cupy.asarray`` as it is; reading it on the host first, as lists are, would fail."""
+    cp = device.module
+    backend = CupyBackend()
+
+    class OnDevice:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "version": 3}
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    taken = []
+    original = cp.asarray
+
+    def asarray(value, dtype=None):
+        taken.append(value)
+        return original(np.arange(2, dtype=np.float32) if isinstance(value, OnDevice) else value,
+                        dtype=dtype)  # fmt: skip
+
+    monkeypatch.setattr(cp, "asarray", asarray)
+    out = backend.asarray(OnDevice(), dtype="float64")
+    assert isinstance(taken[0], OnDevice) and out.dtype == np.float64
+    np.testing.assert_array_equal(cp.asnumpy(out), [0.0, 1.0])
+
+
 def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> None:
     """Checked before any update: a host gradient would copy to the device on every step."""
     import rnncu

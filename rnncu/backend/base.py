@@ -63,7 +63,10 @@ class Backend(ABC):
         if _is_cupy_array(array) and self.name != "cupy":
             array = array.get()
         source = array
-        if not (isinstance(array, (numpy.ndarray, numpy.generic)) or _is_cupy_array(array)):
+        if self.name == "cupy" and hasattr(array, "__cuda_array_interface__"):
+            # already on a device (a torch CUDA tensor, Numba's arrays): CuPy takes it there
+            array = self.xp.asarray(array)
+        elif not (isinstance(array, (numpy.ndarray, numpy.generic)) or _is_cupy_array(array)):
             # lists, Python scalars, torch tensors, None, strings: read on the host first, so
             # that their own type is checked (with a dtype, None became NaN and "1.5" 1.5)
             try:
