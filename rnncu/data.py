@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from rnncu.backend import type_name
+
 __all__ = [
     "PERMUTATION_SEED",
     "SEQ_VIEWS",
@@ -79,11 +81,6 @@ class ImageDataset:
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
 
 
-def _type_name(value: Any) -> str:
-    """'cupy.ndarray', 'builtins.list': a CuPy array's bare type name is 'ndarray' too."""
-    return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
-
-
 def pixel_permutation(num_pixels: int) -> np.ndarray:
     """The fixed permutation of the ``permuted`` view (depends only on the pixel count)."""
     return np.random.default_rng(PERMUTATION_SEED).permutation(num_pixels)
@@ -94,7 +91,7 @@ def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
     dtype."""
     if not isinstance(images, np.ndarray):
         raise TypeError(
-            f"to_sequences: images: expected a NumPy array (N, H, W), got {_type_name(images)}"
+            f"to_sequences: images: expected a NumPy array (N, H, W), got {type_name(images)}"
         )
     if images.ndim != 3:
         raise ValueError(f"to_sequences: expected images (N, H, W), got shape {images.shape}")
@@ -258,14 +255,23 @@ def _scale_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndar
             f"{source}: expected numeric images (integers 0..255 or floats in [0, 1]), "
             f"{name} has dtype {x.dtype}"
         )
-    if x.size and not np.isfinite(x).all():
+    outside = _outside_unit_range(x)
+    if outside == "NaN or inf":
         raise ValueError(f"{source}: float images must lie in [0, 1], {name} holds NaN or inf")
-    if x.size and (x.min() < 0 or x.max() > 1):
-        raise ValueError(
-            f"{source}: float images must lie in [0, 1], found {float(x.min())!r}.."
-            f"{float(x.max())!r} in {name}"
-        )
+    if outside:
+        raise ValueError(f"{source}: float images must lie in [0, 1], found {outside} in {name}")
     return x.astype(np.float32)
+
+
+def _outside_unit_range(x: np.ndarray) -> str | None:
+    """None where every value of ``x`` lies in [0, 1] (an empty ``x`` too); else what was
+    found: ``"NaN or inf"`` or the range, ``"-1.0..0.5"``."""
+    if not x.size:
+        return None
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        return "NaN or inf"
+    low, high = x.min(), x.max()
+    return None if low >= 0 and high <= 1 else f"{float(low)!r}..{float(high)!r}"
 
 
 def _as_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray:
@@ -361,7 +367,7 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
         x, y = getattr(data, x_name), getattr(data, y_name)
         for field, value in ((x_name, x), (y_name, y)):
             if not isinstance(value, np.ndarray):
-                raise TypeError(f"{name}.{field}: expected a NumPy array, got {_type_name(value)}")
+                raise TypeError(f"{name}.{field}: expected a NumPy array, got {type_name(value)}")
         where = f"{name}.{x_name}"
         if x.ndim != 3 or 0 in x.shape:
             raise ValueError(
@@ -372,12 +378,9 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
             raise TypeError(
                 f"{where}: expected float images in [0, 1] (or bool), got dtype {x.dtype}{hint}"
             )
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise ValueError(f"{where}: images must lie in [0, 1], found NaN or inf")
-        if x.min() < 0 or x.max() > 1:
-            raise ValueError(
-                f"{where}: images must lie in [0, 1], found {float(x.min())!r}..{float(x.max())!r}"
-            )
+        outside = _outside_unit_range(x)
+        if outside:
+            raise ValueError(f"{where}: images must lie in [0, 1], found {outside}")
         labels[y_name] = _labels(y, x.shape[0], name, f"{name}.{y_name}")
     if data.x_train.shape[1:] != data.x_test.shape[1:]:
         raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import Array, backend_for
+from rnncu.backend import Array, backend_for, is_array
 from rnncu.module import check_class_labels, describe_array
 
 __all__ = ["log_softmax", "mse_loss", "softmax_cross_entropy"]
@@ -103,10 +103,7 @@ def _check_array(function: str, name: str, value: Any, floating: bool = False) -
     """A NumPy or CuPy array (a torch tensor has a shape and a dtype, but not NumPy's); a
     floating one where ``floating``, else real numbers (a complex target's imaginary part
     would be dropped, a string one fail inside NumPy)."""
-    if not (
-        isinstance(value, (np.ndarray, np.generic))
-        or type(value).__module__.split(".")[0] == "cupy"
-    ):
+    if not is_array(value):
         raise TypeError(
             f"{function}: {name}: expected a NumPy or CuPy array, got {describe_array(value)}"
         )

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from rnncu.backend import Backend, backend_for, get_backend
+from rnncu.backend import Backend, backend_for, get_backend, type_name
 
 SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
@@ -170,10 +170,23 @@ def checked_param_value(where: str, value: Any, module: Any, param: Any) -> Any:
     return cast
 
 
+def check_state_keys(state: Any, expected: Iterable[str]) -> None:
+    """``state`` a mapping whose keys are exactly ``expected`` (a state dict's parameter
+    names); else a TypeError or a ValueError listing what is missing and what unexpected."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state: expected a mapping of name -> array, got {describe_array(state)}")
+    names = list(expected)
+    missing = [name for name in names if name not in state]
+    extra = [name for name in state if name not in names]
+    if missing or extra:
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {extra}"] if extra else []
+        raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
+
+
 def describe_array(value: Any) -> str:
     """A short description of what came: 'numpy.ndarray float32 (3, 4)', 'list', ..."""
-    kind = type(value)
-    name = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    name = type_name(value)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"{name} {value.dtype} {tuple(value.shape)}"
     return name
@@ -225,19 +238,7 @@ class Module:
     def _checked_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """``state`` checked and converted to this module's backend and dtype, parameters
         untouched (so that a model of several modules can check all before loading any)."""
-        if not isinstance(state, Mapping):
-            raise TypeError(
-                f"state: expected a mapping of name -> array, got {describe_array(state)}"
-            )
-        missing = [name for name in self.params if name not in state]
-        extra = [name for name in state if name not in self.params]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing}")
-            if extra:
-                parts.append(f"unexpected {extra}")
-            raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
+        check_state_keys(state, self.params)
         return {
             name: checked_param_value(f"state[{name!r}]", state[name], self, param)
             for name, param in self.params.items()

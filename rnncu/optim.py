@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rnncu.backend import Backend
+from rnncu.backend import Backend, is_array, is_cupy_array, type_name
 from rnncu.module import check_bool, check_number, check_positive_int
 
 __all__ = [
@@ -49,9 +49,10 @@ def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
         for name, param in module.params.items():
             grad = module.grads.get(name)
             if grad is None:
+                # (for a norm: that of the others alone would pass for the whole model's)
                 raise ValueError(
-                    f"no gradient for parameter {name!r} of {type(module).__name__}: "
-                    "call backward before the optimizer step"
+                    f"modules[{index}] ({type(module).__name__}) has no gradient for parameter "
+                    f"{name!r} (call its backward first)"
                 )
             where = f"the gradient of {name!r} of {type(module).__name__}"
             # a list, a torch tensor, or a host array for a device module: an update from it
@@ -60,13 +61,9 @@ def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
             if isinstance(backend, Backend):
                 owned, expected = backend.owns(grad), f"a {backend.name} array (the module's)"
             else:  # a module of one's own
-                owned = isinstance(grad, np.ndarray) or type(grad).__module__.startswith("cupy")
-                expected = "a NumPy or CuPy array"
+                owned, expected = is_array(grad), "a NumPy or CuPy array"
             if not owned:
-                raise TypeError(
-                    f"{where}: expected {expected}, got "
-                    f"{type(grad).__module__.split('.')[0]}.{type(grad).__name__}"
-                )
+                raise TypeError(f"{where}: expected {expected}, got {type_name(grad)}")
             if grad.dtype.kind != "f":
                 # a complex gradient failed after earlier parameters were updated (Adam) or
                 # lost its imaginary part (SGD); another float type updates in place as well
@@ -161,10 +158,10 @@ class Optimizer:
             if kind not in new or key not in params:
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
             param = params[key]
-            is_array = isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
-            if not is_array or value.dtype.kind != "f":
+            array = is_array(value)
+            if not array or value.dtype.kind != "f":
                 # a torch tensor's dtype has no kind: named by its type, as a list is
-                got = value.dtype if is_array else type(value).__name__
+                got = value.dtype if array else type(value).__name__
                 raise TypeError(
                     f"optimizer state: {full_key!r} must be a floating array, got {got}"
                 )
@@ -246,7 +243,7 @@ def _params_nograd(modules: Sequence[Any]) -> Iterator[tuple[str, Any, None]]:
 
 
 def _to_host(arr: Any) -> np.ndarray:
-    if type(arr).__module__.split(".")[0] == "cupy":  # a CuPy array: copy to the host
+    if is_cupy_array(arr):  # copy to the host
         return np.asarray(arr.get())
     return np.array(arr, copy=True)
 
@@ -370,28 +367,22 @@ def _global_norm(where: str, modules: list[Any]) -> tuple[Any, list[Any], Any]:
     """``(norm, gradients, xp)`` of ``modules``; every gradient on one backend."""
     from rnncu.backend import backend_for
 
-    grads = [g for m in modules for g in m.grads.values() if g is not None]
-    if not grads:
+    if not any(g is not None for m in modules for g in m.grads.values()):
         raise ValueError(f"{where}: no gradients (call backward first)")
-    for index, module in enumerate(modules):
-        for name in module.params:
-            if module.grads.get(name) is None:
-                # the norm of the others alone would pass for the whole model's
-                raise ValueError(
-                    f"{where}: modules[{index}] ({type(module).__name__}) has no gradient for "
-                    f"{name!r} while others have (call its backward first)"
-                )
+    checked = _params(modules)  # every parameter's gradient, as an optimizer step checks them
+    grads = [grad for _, _, grad in checked]
+    if not grads:  # gradients, but for no parameter
+        raise ValueError(f"{where}: no gradients of parameters (call backward first)")
     backend = backend_for(grads[0])
     # one norm needs every gradient on one backend (the type test keeps the usual case cheap:
     # this runs every training step)
     if any(type(g) is not type(grads[0]) for g in grads):
-        for index, module in enumerate(modules):
-            for grad in module.grads.values():
-                if grad is not None and backend_for(grad).name != backend.name:
-                    raise ValueError(
-                        f"modules[{index}]: gradients on the {backend_for(grad).name} "
-                        f"backend, the first module's on {backend.name}"
-                    )
+        for key, _, grad in checked:
+            if backend_for(grad).name != backend.name:
+                raise ValueError(
+                    f"modules[{key.partition('.')[0]}]: gradients on the "
+                    f"{backend_for(grad).name} backend, the first module's on {backend.name}"
+                )
     xp = backend.xp
     return xp.sqrt(sum(xp.sum(g * g) for g in grads)), grads, xp
 

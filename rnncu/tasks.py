@@ -28,6 +28,7 @@ from rnncu.module import (
     check_number,
     check_positive_int,
     check_seed,
+    check_state_keys,
     describe_array,
 )
 from rnncu.rnn import RNN
@@ -92,15 +93,7 @@ class _TaskModel:
         parameters in place. Keys must match exactly; shapes, dtypes (floating) and values
         (finite) are checked as :meth:`rnncu.module.Module.load_state_dict` does. A failed
         load leaves the model as it was."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state: expected a mapping of name -> array, got {type(state)}")
-        expected = self.param_shapes()
-        missing = [name for name in expected if name not in state]
-        extra = [name for name in state if name not in expected]
-        if missing or extra:
-            parts = [f"missing {missing}"] if missing else []
-            parts += [f"unexpected {extra}"] if extra else []
-            raise ValueError(f"state: keys do not match the parameters: {'; '.join(parts)}")
+        check_state_keys(state, self.param_shapes())
         checked = []  # every module's part checked before any is loaded
         for prefix, module in zip(self.module_names, self.modules, strict=True):
             part = {name: state[f"{prefix}.{name}"] for name in module.params}

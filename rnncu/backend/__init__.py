@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rnncu.backend.base import NONLINEARITIES, Array, Backend
+from rnncu.backend.base import NONLINEARITIES, Array, Backend, is_array, is_cupy_array, type_name
 
 __all__ = [
     "Array",
@@ -20,7 +20,10 @@ __all__ = [
     "available_backends",
     "backend_for",
     "get_backend",
+    "is_array",
+    "is_cupy_array",
     "set_backend",
+    "type_name",
 ]
 
 BACKEND_NAMES = ("numpy", "cupy", "auto")
@@ -118,6 +121,6 @@ def available_backends() -> dict[str, str | None]:
 def backend_for(array: Any) -> Backend:
     """The backend whose array module owns ``array`` (NumPy for anything that is not a CuPy
     array). Never imports CuPy: a CuPy array's type already carries its module name."""
-    if type(array).__module__.split(".")[0] == "cupy":
+    if is_cupy_array(array):
         return _make("cupy")
     return _make("numpy")

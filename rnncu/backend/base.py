@@ -26,6 +26,8 @@ from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, TypeAlias
 
+import numpy
+
 #: A ``numpy.ndarray`` or a ``cupy.ndarray``, on the backend of the call (CuPy's type cannot
 #: be named without importing CuPy, which the NumPy path never does).
 Array: TypeAlias = Any
@@ -51,8 +53,6 @@ class Backend(ABC):
         (None: the input's). Explicit, never called implicitly on layer inputs: mixing devices
         in a call is an error. What is not real numbers or booleans (None, strings, objects,
         complex values, a ragged list) is a TypeError naming what came."""
-        import numpy
-
         if dtype is not None:
             try:
                 wanted = numpy.dtype(dtype)
@@ -60,13 +60,13 @@ class Backend(ABC):
                 raise TypeError(f"asarray: dtype: {exc}") from None
             if wanted.kind not in "biuf":
                 raise TypeError(f"asarray: dtype: expected a real or boolean dtype, got {wanted}")
-        if _is_cupy_array(array) and self.name != "cupy":
+        if is_cupy_array(array) and self.name != "cupy":
             array = array.get()
         source = array
         if self.name == "cupy" and hasattr(array, "__cuda_array_interface__"):
             # already on a device (a torch CUDA tensor, Numba's arrays): CuPy takes it there
             array = self.xp.asarray(array)
-        elif not (isinstance(array, (numpy.ndarray, numpy.generic)) or _is_cupy_array(array)):
+        elif not is_array(array):
             # lists, Python scalars, torch tensors, None, strings: read on the host first, so
             # that their own type is checked (with a dtype, None became NaN and "1.5" 1.5)
             try:
@@ -75,11 +75,11 @@ class Backend(ABC):
                 # NumPy's "inhomogeneous shape", torch's "requires grad", a dtype NumPy lacks
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise TypeError(
-                    f"asarray: cannot convert {_type_name(source)} to an array ({reason})"
+                    f"asarray: cannot convert {type_name(source)} to an array ({reason})"
                 ) from None
         if array.dtype.kind not in "biuf":
             raise TypeError(
-                f"asarray: expected real numbers or booleans, got {_type_name(source)} of dtype "
+                f"asarray: expected real numbers or booleans, got {type_name(source)} of dtype "
                 f"{array.dtype}"
             )
         return self.xp.asarray(array, dtype=dtype)
@@ -88,9 +88,7 @@ class Backend(ABC):
         """A new NumPy array on the host with the contents of ``array``: a copy on every
         backend, so that writing to it never changes a layer's parameters or cached state
         (on the NumPy backend too, where ``numpy.asarray`` would return the array itself)."""
-        import numpy
-
-        if _is_cupy_array(array):
+        if is_cupy_array(array):
             return numpy.asarray(array.get())  # a device array given to the host backend
         return numpy.array(array, copy=True)
 
@@ -157,10 +155,20 @@ class Backend(ABC):
         return {"backend": self.name}
 
 
-def _is_cupy_array(array: Any) -> bool:
-    """By the type's module: CuPy need not be imported (nor importable) to tell."""
+def is_cupy_array(array: Any) -> bool:
+    """Whether ``array`` is a CuPy array, by its type's module: CuPy need not be imported
+    (nor importable) to tell, and the tests' emulated device arrays, which subclass
+    ``numpy.ndarray``, are told apart from host arrays."""
     return type(array).__module__.split(".")[0] == "cupy"
 
 
-def _type_name(value: Any) -> str:
+def is_array(value: Any) -> bool:
+    """A NumPy array or scalar, or a CuPy array (a torch tensor has a shape and a dtype, but
+    not NumPy's)."""
+    return isinstance(value, (numpy.ndarray, numpy.generic)) or is_cupy_array(value)
+
+
+def type_name(value: Any) -> str:
+    """``"cupy.ndarray"``, ``"torch.Tensor"``, ``"builtins.list"``: a CuPy array's bare type
+    name is ``ndarray`` too."""
     return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
