@@ -114,7 +114,14 @@ class TrainConfig:
     dtype: str = "float32"
 
     def validate(self) -> TrainConfig:
-        """Check every field; raise ValueError with the field's name."""
+        """Check every field; raise ValueError with the field's name. NumPy integers and
+        floats (a sweep's ``np.arange``) become Python ones, the config being saved as JSON."""
+        for name in (f.name for f in dataclasses.fields(self)):
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                setattr(self, name, int(value))
+            elif isinstance(value, np.floating):
+                setattr(self, name, float(value))
         choices = {
             "task": TASKS,
             "seq": SEQ_VIEWS,

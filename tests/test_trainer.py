@@ -241,6 +241,32 @@ def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
         train(small(augment=100), data=digits, progress=False)
 
 
+def test_config_takes_numpy_numbers_as_python_ones(tmp_path: Path, digits) -> None:
+    """A sweep over np.arange/np.linspace values: the config holds Python numbers (it is
+    saved as JSON) of the same value; NumPy bools stay refused, as Python's are."""
+    config = make_config(
+        hidden=np.int64(16),
+        epochs=np.int32(1),
+        lr=np.float32(0.5),
+        clip=np.float16(2.0),
+        seed=np.uint8(3),
+        backend="numpy",
+    )
+    assert (config.hidden, config.epochs, config.seed) == (16, 1, 3)
+    assert config.lr == float(np.float32(0.5)) and config.clip == 2.0
+    for name in ("hidden", "epochs", "seed", "lr", "clip"):
+        assert type(getattr(config, name)) in (int, float), name
+    with pytest.raises(ValueError, match="^hidden: expected a positive integer, got 16.0"):
+        make_config(hidden=np.float64(16))
+    with pytest.raises(ValueError, match="^lr: expected a positive number"):
+        make_config(lr=np.bool_(True))
+    with pytest.raises(ValueError, match="^epochs: expected a positive integer"):
+        make_config(epochs=np.int64(0))
+    train(config, data=digits, out_dir=tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["hidden"] == 16 and saved["lr"] == 0.5 and saved["seed"] == 3
+
+
 def test_a_step_schedule_that_never_steps_warns(tmp_path: Path, digits) -> None:
     """decay_epochs (default 40, the cosine's horizon) is the step interval: a 40-epoch run
     kept its rate, silently. A new run says so; a run trained in stages may step only in a
