@@ -67,7 +67,9 @@ def _path(text: str) -> str:
     # "" would mean the current directory to Path: a run there, or ./checkpoint.npz, by accident
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
-    return text
+    # the shell leaves "~" alone in "--out=~/runs" (and in quotes): a directory named "~"
+    # in the working directory is never what was meant
+    return os.path.expanduser(text)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -239,6 +239,19 @@ def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> N
     assert os.listdir(tmp_path / "runs") == []
 
 
+def test_paths_starting_with_a_tilde_are_in_the_home_directory(tmp_path: Path, monkeypatch) -> None:
+    """``--out=~/runs/a`` (the shell expands no "~" after "=") made a directory named "~"."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert main(["train", *TINY, "--out=~/runs/a"]) == 0
+    assert (home / "runs" / "a" / "checkpoint.npz").is_file()
+    assert main(["evaluate", "--checkpoint", "~/runs/a", "--backend", "numpy"]) == 0
+    assert os.listdir(work) == []
+
+
 def test_train_help_offers_every_field_with_its_defaults(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
