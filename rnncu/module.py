@@ -159,14 +159,14 @@ def checked_param_value(where: str, value: Any, module: Any, param: Any) -> Any:
         raise TypeError(f"{where}: expected a floating array, got {value.dtype}")
     if tuple(value.shape) != tuple(param.shape):
         raise ValueError(f"{where}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
-    # Checked after the cast: 1e300 is finite in float64 and inf in float32.
+    # Checked after the cast: 1e300 is finite in float64 and inf in float32. The cast is
+    # xp.asarray, not backend.asarray, whose own overflow error would not name ``where``.
     with np.errstate(over="ignore"):  # an overflow is reported just below, by name
-        cast = backend.asarray(value, dtype=param.dtype)
+        cast = backend.xp.asarray(value, dtype=param.dtype)
     if not bool(backend.xp.isfinite(cast).all()):
-        raise ValueError(
-            f"{where}: expected finite values in {param.dtype}, got NaN or infinity (or a "
-            "value beyond the dtype's range)"
-        )
+        given_finite = bool(backend_for(value).xp.isfinite(value).all())
+        got = f"values beyond {param.dtype}'s range" if given_finite else "NaN or infinity"
+        raise ValueError(f"{where}: expected finite values in {param.dtype}, got {got}")
     return cast
 
 

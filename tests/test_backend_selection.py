@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,21 @@ def test_asarray_takes_numbers_and_names_what_it_cannot_take() -> None:
     with pytest.raises(TypeError, match=r"^asarray: dtype: data type 'nonsense' not understood"):
         numpy_backend.asarray([1.5], dtype="nonsense")
     assert numpy_backend.asarray([[1, 2]], dtype="float32").dtype == np.float32
+    # a narrowing cast that makes finite values infinite is refused (it had warned only);
+    # infinities and NaN given stay what they were
+    for value, dtype, message in (
+        ([1.0, 1e300], "float32", r"1 value\(s\) beyond float32's range .* given is 1e\+300"),
+        (np.array([-1e39, 2e39, np.inf]), "float32", r"2 value\(s\) beyond float32's range"),
+        (np.array([7e4, 1.0], np.float32), "float16", r"1 value\(s\) beyond float16's range"),
+        (np.array([65535], np.uint16), "float16", r"1 value\(s\) beyond float16's .* 65535$"),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy's overflow warning is not the report
+            with pytest.raises(ValueError, match="^asarray: " + message):
+                numpy_backend.asarray(value, dtype=dtype)
+    kept = numpy_backend.asarray([np.inf, -np.inf, np.nan, 3e38], dtype="float32")
+    assert np.isposinf(kept[0]) and np.isneginf(kept[1]) and np.isnan(kept[2]) and kept[3] == 3e38
+    assert numpy_backend.asarray(np.array([32767], np.int16), dtype="float16")[0] == 32768
     assert numpy_backend.asarray(np.float64(2.5)).shape == ()
     assert numpy_backend.asarray([True, False]).dtype == np.bool_
     torch = pytest.importorskip("torch")

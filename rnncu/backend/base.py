@@ -35,6 +35,16 @@ Array: TypeAlias = Any
 NONLINEARITIES = ("tanh", "relu")
 
 
+def _may_overflow(source: numpy.dtype, wanted: numpy.dtype) -> bool:
+    """Whether converting finite ``source`` values to ``wanted`` can give infinities: a
+    narrower float (float64 -> float32), or integers into float16 (65520 and up)."""
+    if wanted.kind != "f":
+        return False
+    if source.kind == "f":
+        return source.itemsize > wanted.itemsize
+    return source.kind in "iu" and wanted.itemsize == 2 and source.itemsize >= 2
+
+
 class Backend(ABC):
     """One device: its array module and the fused recurrence kernels."""
 
@@ -52,7 +62,8 @@ class Backend(ABC):
         backend (on the NumPy backend, a CuPy array too: copied to the host), in ``dtype``
         (None: the input's). Explicit, never called implicitly on layer inputs: mixing devices
         in a call is an error. What is not real numbers or booleans (None, strings, objects,
-        complex values, a ragged list) is a TypeError naming what came."""
+        complex values, a ragged list) is a TypeError naming what came; a cast to a narrower
+        float that would make finite values infinite (1e300 to float32) is a ValueError."""
         if dtype is not None:
             try:
                 wanted = numpy.dtype(dtype)
@@ -82,7 +93,24 @@ class Backend(ABC):
                 f"asarray: expected real numbers or booleans, got {type_name(source)} of dtype "
                 f"{array.dtype}"
             )
-        return self.xp.asarray(array, dtype=dtype)
+        if dtype is None or not _may_overflow(array.dtype, wanted):
+            return self.xp.asarray(array, dtype=dtype)
+        with numpy.errstate(over="ignore"):  # counted below, and refused with the figures
+            result = self.xp.asarray(array, dtype=dtype)
+        made = int(self.xp.count_nonzero(~self.xp.isfinite(result)))
+        if made:
+            # ``array`` is a host array on its way to the device, or already there
+            src = self.xp if is_cupy_array(array) else numpy
+            finite = src.isfinite(array)
+            given = array.size - int(src.count_nonzero(finite))
+            if made > given:
+                largest = float(src.abs(array[finite]).max())
+                raise ValueError(
+                    f"asarray: {made - given} value(s) beyond {wanted}'s range (magnitudes up to "
+                    f"{float(numpy.finfo(wanted).max):.7g}) would become infinite; the largest "
+                    f"magnitude given is {largest:.7g}"
+                )
+        return result
 
     def to_numpy(self, array: Array) -> Any:
         """A new NumPy array on the host with the contents of ``array``: a copy on every
