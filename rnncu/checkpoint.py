@@ -122,27 +122,19 @@ def _remove_stale_temps(path: Path, keep: str) -> None:
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over
     ``path``. On any exception the temporary file is removed and ``path`` is untouched; an
-    OSError (permissions, a full disk) names ``path``, not the temporary file. Where
-    ``path`` is a symbolic link, the file it points to is written and the link kept, as a
-    plain ``open(path, "w")`` would (renaming over the link would replace it)."""
+    OSError (permissions, a full disk) names ``path``, not the temporary file. A symbolic
+    link at ``path`` is replaced by the new file and its target left as it was: a write never
+    changes a file outside ``path``'s directory (a shared, read-only checkpoint linked into a
+    run directory to resume from stays intact), nor fails on a target's read-only disk."""
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise ValueError(f"path: expected a file to write, got {str(path)!r}")
-    asked = path
     prefix = _temp_prefix(path)
-    if path.is_symlink():
-        try:
-            path = Path(os.path.realpath(path, strict=True))
-        except FileNotFoundError:  # a dangling link: open() would create its target
-            path = Path(os.path.realpath(path))
-        except OSError as exc:  # a loop of links
-            raise _naming(exc, asked, prefix) from exc
-        prefix = _temp_prefix(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _naming(exc, asked, prefix) from exc
+        raise _naming(exc, path, prefix) from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
         os.fchmod(fd, 0o666 & ~_current_umask())
@@ -157,7 +149,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise _naming(exc, asked, prefix) from exc
+            raise _naming(exc, path, prefix) from exc
         raise
     _fsync_dir(path.parent)
     _remove_stale_temps(path, keep=os.path.basename(tmp_name))
