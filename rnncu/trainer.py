@@ -113,15 +113,25 @@ class TrainConfig:
     backend: str | None = "auto"  # None only to resume: the saved run's backend
     dtype: str = "float32"
 
-    def validate(self) -> TrainConfig:
-        """Check every field; raise ValueError with the field's name. NumPy integers and
-        floats (a sweep's ``np.arange``) become Python ones, the config being saved as JSON."""
+    def __post_init__(self) -> None:
+        self._plain_numbers()
+
+    def _plain_numbers(self) -> None:
+        # NumPy integers and floats (a sweep's np.arange values) become Python ones, the
+        # config being saved as JSON; a float32 keeps the decimal it was written as
+        # (np.float32(1e-3) is 0.001, not 0.0010000000474974513). NumPy bools stay, refused.
         for name in (f.name for f in dataclasses.fields(self)):
             value = getattr(self, name)
             if isinstance(value, np.integer):
                 setattr(self, name, int(value))
             elif isinstance(value, np.floating):
-                setattr(self, name, float(value))
+                short = value.dtype.itemsize < 8 and np.isfinite(value)
+                setattr(self, name, float(str(value)) if short else float(value))
+
+    def validate(self) -> TrainConfig:
+        """Check every field; raise ValueError with the field's name. NumPy numbers, taken at
+        construction as Python ones, are converted here too where a field was set later."""
+        self._plain_numbers()
         choices = {
             "task": TASKS,
             "seq": SEQ_VIEWS,

@@ -253,7 +253,11 @@ def test_config_takes_numpy_numbers_as_python_ones(tmp_path: Path, digits) -> No
         backend="numpy",
     )
     assert (config.hidden, config.epochs, config.seed) == (16, 1, 3)
-    assert config.lr == float(np.float32(0.5)) and config.clip == 2.0
+    assert config.lr == 0.5 and config.clip == 2.0
+    # at construction, before any validate(); a float32 keeps the decimal it was written as
+    built = TrainConfig(lr=np.float32(1e-3), decay_epochs=np.float16(0.1), batch_size=np.int8(8))
+    assert (built.lr, built.decay_epochs, built.batch_size) == (0.001, 0.1, 8)
+    assert json.loads(json.dumps(built.to_dict()))["lr"] == 0.001
     for name in ("hidden", "epochs", "seed", "lr", "clip"):
         assert type(getattr(config, name)) in (int, float), name
     with pytest.raises(ValueError, match="^hidden: expected a positive integer, got 16.0"):
