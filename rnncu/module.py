@@ -163,10 +163,15 @@ def checked_param_value(where: str, value: Any, module: Any, param: Any) -> Any:
     # xp.asarray, not backend.asarray, whose own overflow error would not name ``where``.
     with np.errstate(over="ignore"):  # an overflow is reported just below, by name
         cast = backend.xp.asarray(value, dtype=param.dtype)
-    if not bool(backend.xp.isfinite(cast).all()):
-        given_finite = bool(backend_for(value).xp.isfinite(value).all())
-        got = f"values beyond {param.dtype}'s range" if given_finite else "NaN or infinity"
-        raise ValueError(f"{where}: expected finite values in {param.dtype}, got {got}")
+    made = int(backend.xp.count_nonzero(~backend.xp.isfinite(cast)))
+    if made:
+        src = backend_for(value).xp
+        given = value.size - int(src.count_nonzero(src.isfinite(value)))
+        got = ["NaN or infinity"] if given else []
+        got += [f"values beyond {param.dtype}'s range"] if made > given else []
+        raise ValueError(
+            f"{where}: expected finite values in {param.dtype}, got {' and '.join(got)}"
+        )
     return cast
 
 

@@ -388,9 +388,11 @@ class RowGenerator(_TaskModel):
                 else:
                     row = self.head(out[0])
                     if noise > 0:
-                        row = row + self.backend.asarray(
-                            gen.normal(0.0, noise, size=row.shape), dtype=dtype
-                        )
+                        # a draw beyond the dtype's range is clipped to it, not refused: the
+                        # pixel is 0 or 1 either way
+                        top = float(np.finfo(dtype).max)
+                        draw = np.clip(gen.normal(0.0, noise, size=row.shape), -top, top)
+                        row = row + self.backend.asarray(draw, dtype=dtype)
                     row = xp.clip(row, 0.0, 1.0)
                 images[t] = row
                 prev = row

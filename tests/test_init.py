@@ -108,6 +108,11 @@ def test_module_initialisers_check_the_module() -> None:
     for value, error, message in (
         (np.full((4, 4), np.nan), ValueError, "expected finite values in float32, got NaN or in"),
         (np.full((4, 4), 1e300), ValueError, "expected finite .*, got values beyond float32's ra"),
+        (
+            np.diag([np.nan, 1e300, 1, 1]),
+            ValueError,
+            r"expected finite .*, got NaN or infinity and",
+        ),
         (np.eye(4) + 1j, TypeError, "expected a floating array, got complex128"),
         (np.full((4, 4), "a"), TypeError, "expected a floating array, got <U1"),
         (np.eye(3), ValueError, r"expected shape \(4, 4\), got \(3, 3\)"),

@@ -180,6 +180,10 @@ def test_generator_rejects_bad_labels() -> None:
     # NumPy's scalars are numbers: the same draw as the float
     drawn = model.sample(np.array([1]), 4, noise=np.float32(0.25), rng=3)
     np.testing.assert_array_equal(drawn, model.sample(np.array([1]), 4, noise=0.25, rng=3))
+    # a noise beyond float32's range saturates every drawn pixel at 0 or 1, as it did before
+    # the casts refused overflow (a draw is clipped to the dtype's range first)
+    wild = model.sample(np.array([1, 2]), 4, noise=1e39, rng=3)
+    assert set(np.unique(wild)) <= {0.0, 1.0} and wild.shape == (2, 4, 3)
 
 
 def test_task_models_name_their_bad_arguments(rng: np.random.Generator) -> None:

@@ -62,8 +62,9 @@ class Backend(ABC):
         backend (on the NumPy backend, a CuPy array too: copied to the host), in ``dtype``
         (None: the input's). Explicit, never called implicitly on layer inputs: mixing devices
         in a call is an error. What is not real numbers or booleans (None, strings, objects,
-        complex values, a ragged list) is a TypeError naming what came; a cast to a narrower
-        float that would make finite values infinite (1e300 to float32) is a ValueError."""
+        complex values, a ragged list) is a TypeError naming what came. A host array whose cast
+        to a narrower float would make finite values infinite (1e300 to float32) is a
+        ValueError; a device array is cast as CuPy casts it (no synchronisation)."""
         if dtype is not None:
             try:
                 wanted = numpy.dtype(dtype)
@@ -93,24 +94,31 @@ class Backend(ABC):
                 f"asarray: expected real numbers or booleans, got {type_name(source)} of dtype "
                 f"{array.dtype}"
             )
-        if dtype is None or not _may_overflow(array.dtype, wanted):
+        if dtype is None or is_cupy_array(array) or not _may_overflow(array.dtype, wanted):
+            # a device array is cast as CuPy casts it: counting infinities there would cost
+            # a synchronisation in what may be a loop
             return self.xp.asarray(array, dtype=dtype)
+        # a host array is cast on the host, where the check costs no device work (and the
+        # narrower copy is the one uploaded)
         with numpy.errstate(over="ignore"):  # counted below, and refused with the figures
-            result = self.xp.asarray(array, dtype=dtype)
-        made = int(self.xp.count_nonzero(~self.xp.isfinite(result)))
+            cast = numpy.asarray(array).astype(wanted)
+        made = int(numpy.count_nonzero(~numpy.isfinite(cast)))
         if made:
-            # ``array`` is a host array on its way to the device, or already there
-            src = self.xp if is_cupy_array(array) else numpy
-            finite = src.isfinite(array)
-            given = array.size - int(src.count_nonzero(finite))
+            plain = numpy.asarray(array)  # a masked array's hidden values count too
+            finite = numpy.isfinite(plain)
+            given = plain.size - int(numpy.count_nonzero(finite))
             if made > given:
-                largest = float(src.abs(array[finite]).max())
+                largest = numpy.abs(plain[finite]).max()
+                if largest.dtype.itemsize > 8:  # a longdouble beyond any Python float
+                    shown = numpy.format_float_scientific(largest, precision=6, trim="-")
+                else:
+                    shown = f"{float(largest):.7g}"
                 raise ValueError(
                     f"asarray: {made - given} value(s) beyond {wanted}'s range (magnitudes up to "
                     f"{float(numpy.finfo(wanted).max):.7g}) would become infinite; the largest "
-                    f"magnitude given is {largest:.7g}"
+                    f"magnitude given is {shown}"
                 )
-        return result
+        return self.xp.asarray(cast)
 
     def to_numpy(self, array: Array) -> Any:
         """A new NumPy array on the host with the contents of ``array``: a copy on every
