@@ -1,9 +1,11 @@
-"""NumPy backend against PyTorch CPU ``nn.RNN`` in one run: forward and forward+backward.
+"""NumPy backend against PyTorch CPU ``nn.RNN`` and a jitted JAX ``lax.scan`` RNN (where
+JAX imports) in one run: forward and forward+backward.
 
 Float32, single layer, unidirectional tanh, time-major (T, B, D). forward+backward is
-``out, h = rnn(x); out.sum().backward()`` in torch and ``rnn(x)`` then
-``rnn.backward(ones)`` in rnncu, both with the input gradient. Wall-clock medians after a
-warm-up; the machine is small and noisy, so read the ratio column.
+``out, h = rnn(x); out.sum().backward()`` in torch, ``jax.grad`` of ``out.sum()`` with
+respect to the weights and the input in JAX, and ``rnn(x)`` then ``rnn.backward(ones)`` in
+rnncu, all three with the input gradient. Wall-clock medians after a warm-up; the machine is
+small and noisy, so read the ratio column: rnncu's time over the best peer's.
 
     python benchmarks/cpu_compare.py [--repeats N] [--shapes rowdigits,medium] [--json PATH]
 """
@@ -134,6 +136,54 @@ def torch_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[],
     }
 
 
+def jax_rnn(params: dict[str, object], x: object) -> object:
+    """The Elman RNN of torch and rnncu in JAX: the input projection of all steps as one
+    product, then ``lax.scan`` over the steps; ``out`` (T, B, H)."""
+    import jax
+    import jax.numpy as jnp
+
+    w_ih, w_hh, b_ih, b_hh = (params[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh"))
+    z = jnp.einsum("tbd,hd->tbh", x, w_ih) + (b_ih + b_hh)
+
+    def step(h: object, z_t: object) -> tuple[object, object]:
+        h = jnp.tanh(z_t + h @ w_hh.T)
+        return h, h
+
+    batch, hidden = z.shape[1], z.shape[2]
+    _, out = jax.lax.scan(step, jnp.zeros((batch, hidden), z.dtype), z)
+    return out
+
+
+def jax_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[], object]]:
+    """JAX's contenders, jitted (compiled in the warm-up), where JAX imports; no lengths
+    contender (JAX has no packed sequences: a masked scan would be our design, not its)."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return {}
+    steps, batch, features, hidden = shape
+    rng = np.random.default_rng(2)
+    bound = 1 / np.sqrt(hidden)  # torch's default init, for like-sized numbers
+    params = {
+        name: jnp.asarray(rng.uniform(-bound, bound, size).astype(np.float32))
+        for name, size in (
+            ("w_ih", (hidden, features)),
+            ("w_hh", (hidden, hidden)),
+            ("b_ih", (hidden,)),
+            ("b_hh", (hidden,)),
+        )
+    }
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((steps, batch, features), np.float32))
+    forward = jax.jit(jax_rnn)
+    # the weights' gradients and the input's, as torch and rnncu compute them
+    gradients = jax.jit(jax.grad(lambda p, xs: jax_rnn(p, xs).sum(), argnums=(0, 1)))
+    return {
+        "jax_fwd": lambda: jax.block_until_ready(forward(params, x)),
+        "jax_fwd_bwd": lambda: jax.block_until_ready(gradients(params, x)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21)
@@ -153,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         shape = SHAPES[name]
-        contenders = {**rnncu_contenders(shape, args.numpy_loop), **torch_contenders(shape)}
+        contenders = {
+            **rnncu_contenders(shape, args.numpy_loop),
+            **torch_contenders(shape),
+            **jax_contenders(shape),
+        }
         rows.append({"shape": name, "TBDH": shape, **blockwise_medians(contenders, args.repeats)})
 
     try:
@@ -163,26 +217,36 @@ def main(argv: list[str] | None = None) -> int:
         threads = torch.get_num_threads()
     except ImportError:
         torch_version, threads = None, None
+    try:
+        import jax
+
+        jax_version = jax.__version__
+    except ImportError:
+        jax_version = None
     print(
         f"# {platform.machine()}, numpy {np.__version__}, torch {torch_version} "
-        f"({threads} threads), median of {args.repeats} (5 rounds of blocks), float32, ms"
+        f"({threads} threads), jax {jax_version}, median of {args.repeats} (5 rounds of "
+        "blocks), float32, ms; ratio: rnncu fwd+bwd over the best peer's"
     )
     print(
-        "| shape | T, B, D, H | rnncu fwd | torch fwd | rnncu fwd+bwd | torch fwd+bwd "
-        "| fwd+bwd ratio | rnncu fwd+bwd, lengths | torch fwd+bwd, packed |"
+        "| shape | T, B, D, H | rnncu fwd | torch fwd | jax fwd | rnncu fwd+bwd | torch fwd+bwd "
+        "| jax fwd+bwd | fwd+bwd ratio | rnncu fwd+bwd, lengths | torch fwd+bwd, packed |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def cell(row: dict[str, object], key: str) -> str:
+        value = row.get(key)
+        return f"{value:.2f}" if isinstance(value, float) else "-"
+
     for row in rows:
         dims = ", ".join(map(str, row["TBDH"]))
-        has_torch = "torch_fwd" in row
-        t_f = f"{row['torch_fwd']:.2f}" if has_torch else "-"
-        t_fb = f"{row['torch_fwd_bwd']:.2f}" if has_torch else "-"
-        t_packed = f"{row['torch_fwd_bwd_packed']:.2f}" if has_torch else "-"
-        ratio = f"{row['rnncu_fwd_bwd'] / row['torch_fwd_bwd']:.2f}x" if has_torch else "-"
+        peers = [row[k] for k in ("torch_fwd_bwd", "jax_fwd_bwd") if k in row]
+        ratio = f"{row['rnncu_fwd_bwd'] / min(peers):.2f}x" if peers else "-"
         print(
-            f"| {row['shape']} | {dims} | {row['rnncu_fwd']:.2f} | {t_f} "
-            f"| {row['rnncu_fwd_bwd']:.2f} | {t_fb} | {ratio} "
-            f"| {row['rnncu_fwd_bwd_lengths']:.2f} | {t_packed} |"
+            f"| {row['shape']} | {dims} | {cell(row, 'rnncu_fwd')} | {cell(row, 'torch_fwd')} "
+            f"| {cell(row, 'jax_fwd')} | {cell(row, 'rnncu_fwd_bwd')} "
+            f"| {cell(row, 'torch_fwd_bwd')} | {cell(row, 'jax_fwd_bwd')} | {ratio} "
+            f"| {cell(row, 'rnncu_fwd_bwd_lengths')} | {cell(row, 'torch_fwd_bwd_packed')} |"
         )
     if args.numpy_loop:
         print("\nfwd+bwd, ms: rnncu with kernels/host_rnn.c, and with NumPy's functions only")

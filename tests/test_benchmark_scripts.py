@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
+import rnncu
 from rnncu.backend import host_kernels
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -36,11 +38,48 @@ def test_cpu_compare_prints_every_contender(capsys) -> None:
     output = capsys.readouterr().out
     cells = _table_row(output, "rowdigits")
     assert cells[1] == "8, 128, 8, 64"
-    for cell in cells[2:6] + cells[7:]:
+    has_jax = importlib.util.find_spec("jax") is not None
+    for index in (2, 3, 5, 6, 9, 10) + ((4, 7) if has_jax else ()):
         # milliseconds with two decimals: a number, not its size (a fast machine prints 0.00)
-        assert re.fullmatch(r"\d+\.\d\d", cell), output
-    assert re.fullmatch(r"\d+\.\d\dx", cells[6]), output
+        assert re.fullmatch(r"\d+\.\d\d", cells[index]), output
+    if not has_jax:
+        assert cells[4] == cells[7] == "-", output
+    assert re.fullmatch(r"\d+\.\d\dx", cells[8]), output
     assert "with host_rnn.c | NumPy only" in output
+
+
+def test_the_jax_contender_is_the_same_rnn(rng) -> None:
+    """The JAX peer computes what rnncu and torch compute (float32, the same weights), and
+    its gradient covers the input and every weight."""
+    jax = pytest.importorskip("jax")
+    cpu_compare = _load("cpu_compare")
+    steps, batch, features, hidden = 5, 3, 4, 7
+    rnn = rnncu.RNN(features, hidden, backend="numpy", dtype="float32", seed=0)
+    weights = {name: rnn.backend.to_numpy(rnn.params[name]) for name in rnn.params}
+    params = {
+        "w_ih": weights["weight_ih_l0"],
+        "w_hh": weights["weight_hh_l0"],
+        "b_ih": weights["bias_ih_l0"],
+        "b_hh": weights["bias_hh_l0"],
+    }
+    x = rng.standard_normal((steps, batch, features)).astype(np.float32)
+    out, _ = rnn(x)
+    np.testing.assert_allclose(
+        np.asarray(cpu_compare.jax_rnn(params, x)), out, rtol=1e-5, atol=1e-6
+    )
+    dx, _ = rnn.backward(np.ones_like(out))
+    jax_params, jax_x = jax.grad(lambda p, xs: cpu_compare.jax_rnn(p, xs).sum(), argnums=(0, 1))(
+        params, x
+    )
+    np.testing.assert_allclose(np.asarray(jax_x), dx, rtol=1e-4, atol=1e-5)
+    for ours, theirs in (
+        ("weight_hh_l0", "w_hh"),
+        ("weight_ih_l0", "w_ih"),
+        ("bias_hh_l0", "b_hh"),
+    ):
+        np.testing.assert_allclose(
+            np.asarray(jax_params[theirs]), rnn.backend.to_numpy(rnn.grads[ours]), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_cpu_recurrence_times_both_paths(capsys) -> None:
