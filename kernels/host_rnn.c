@@ -104,9 +104,9 @@ void rnncu_tanh_grad_f32(float* restrict dz, const float* restrict g, const floa
 //
 // A BLAS call pays for the step's product h_{t-1} W_hh^T on every step: W_hh is repacked into
 // the GEMM's panel layout and worker threads are woken. For small steps that costs about what
-// the product is worth. Here W_hh is packed once per sequence into 16-unit panels, the product
-// runs on a 6 x 16 register-blocked micro-kernel into a B x H buffer, and the step's
-// element-wise part follows row by row, on values still in cache.
+// the product is worth. Here W_hh is packed once per sequence into panels of 16 units (32
+// with AVX-512), the product runs on a 6-row register-blocked micro-kernel into a B x H
+// buffer, and the step's element-wise part follows row by row, on values still in cache.
 //
 // One thread. Splitting the hidden units over threads that meet at a barrier each step was
 // measured and dropped: a multi-threaded OpenBLAS keeps its workers spinning for about 0.1 s
@@ -117,44 +117,72 @@ void rnncu_tanh_grad_f32(float* restrict dz, const float* restrict g, const floa
 // H 128) 45 and 114 ms (one thread: 37 and 36).
 //
 // Rounding: every element of a product is one chain of fused multiply-adds over k = 0, 1, ...
-// starting from 0, whatever the row block or the instruction set (the AVX2 micro-kernel and
-// the portable one do the same operations in the same order), so the result does not depend
-// on the machine.
+// starting from 0, whatever the row block or the instruction set (the AVX-512, AVX2 and
+// portable micro-kernels do the same operations in the same order), so the result does not
+// depend on the machine.
 
 #include <errno.h>
 #include <stdlib.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+// The micro-kernel's instruction set, from the compiler's flags (host_kernels.py passes
+// -mavx512f where the CPU has it, else -mavx2 -mfma where it has those): 16 hidden units per
+// packed panel in two 8-float AVX registers, or 32 in two 16-float AVX-512 registers, which
+// doubles the FMAs per instruction (measured on a 2-core AMD EPYC Zen 5: the whole recurrence
+// at 2x the AVX2 kernel's speed, from 8 to 512 hidden units). The bits are the same either
+// way (each output is the same chain of FMAs).
+#if defined(__AVX512F__)
 #include <immintrin.h>
-#define RNNCU_AVX2 1
+#define RNNCU_VECTOR_BITS 512
+typedef __m512 rnncu_vec;
+#define RNNCU_ZERO() _mm512_setzero_ps()
+#define RNNCU_LOAD(p) _mm512_load_ps(p)
+#define RNNCU_BROADCAST(p) _mm512_set1_ps(*(p))
+#define RNNCU_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define RNNCU_STORE(p, v) _mm512_storeu_ps(p, v)
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define RNNCU_VECTOR_BITS 256
+typedef __m256 rnncu_vec;
+#define RNNCU_ZERO() _mm256_setzero_ps()
+#define RNNCU_LOAD(p) _mm256_load_ps(p)
+#define RNNCU_BROADCAST(p) _mm256_broadcast_ss(p)
+#define RNNCU_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define RNNCU_STORE(p, v) _mm256_storeu_ps(p, v)
+#else
+#define RNNCU_VECTOR_BITS 0  // the portable C micro-kernel, 16 units per panel
 #endif
+#define RNNCU_LANES (RNNCU_VECTOR_BITS ? RNNCU_VECTOR_BITS / 32 : 8)  // floats per register
+#define RNNCU_PANEL (2 * RNNCU_LANES)  // hidden units per packed panel: two registers
+#define RNNCU_ROWS 6  // batch rows per micro-kernel call (12 accumulators + 3 registers)
 
-#define RNNCU_PANEL 16  // hidden units per packed panel: two 8-float AVX registers
-#define RNNCU_ROWS 6    // batch rows per micro-kernel call (12 accumulators + 3 registers)
+// Which micro-kernel this build runs: 512 (AVX-512), 256 (AVX2 and FMA) or 0 (portable C).
+// The backend reads it to choose between the whole recurrence and its BLAS step loop.
+int rnncu_vector_bits(void) { return RNNCU_VECTOR_BITS; }
 
-// C[r][0..15] = sum_k A[r][k] * P[k][0..15] for r < rows (rows <= RNNCU_ROWS): A's rows lda
-// apart, C's ldc apart, P one packed panel (k-major, 16 floats per k, 32-byte aligned).
+// C[r][0..P-1] = sum_k A[r][k] * P[k][0..P-1] for r < rows (rows <= RNNCU_ROWS), P =
+// RNNCU_PANEL: A's rows lda apart, C's ldc apart, P one packed panel (k-major, P floats per
+// k, 64-byte aligned).
 static inline __attribute__((always_inline)) void rnncu_micro_kernel(
     int rows, const float* restrict a, int64_t lda, const float* restrict panel, int64_t depth,
     float* restrict c, int64_t ldc) {
-#ifdef RNNCU_AVX2
-  __m256 lo[RNNCU_ROWS], hi[RNNCU_ROWS];
+#if RNNCU_VECTOR_BITS
+  rnncu_vec lo[RNNCU_ROWS], hi[RNNCU_ROWS];
 #pragma GCC unroll 6
-  for (int r = 0; r < rows; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (int r = 0; r < rows; ++r) lo[r] = hi[r] = RNNCU_ZERO();
   for (int64_t k = 0; k < depth; ++k) {
-    __m256 b_lo = _mm256_load_ps(panel + k * RNNCU_PANEL);
-    __m256 b_hi = _mm256_load_ps(panel + k * RNNCU_PANEL + 8);
+    rnncu_vec b_lo = RNNCU_LOAD(panel + k * RNNCU_PANEL);
+    rnncu_vec b_hi = RNNCU_LOAD(panel + k * RNNCU_PANEL + RNNCU_LANES);
 #pragma GCC unroll 6
     for (int r = 0; r < rows; ++r) {
-      __m256 a_rk = _mm256_broadcast_ss(a + r * lda + k);
-      lo[r] = _mm256_fmadd_ps(a_rk, b_lo, lo[r]);
-      hi[r] = _mm256_fmadd_ps(a_rk, b_hi, hi[r]);
+      rnncu_vec a_rk = RNNCU_BROADCAST(a + r * lda + k);
+      lo[r] = RNNCU_FMA(a_rk, b_lo, lo[r]);
+      hi[r] = RNNCU_FMA(a_rk, b_hi, hi[r]);
     }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < rows; ++r) {
-    _mm256_storeu_ps(c + r * ldc, lo[r]);
-    _mm256_storeu_ps(c + r * ldc + 8, hi[r]);
+    RNNCU_STORE(c + r * ldc, lo[r]);
+    RNNCU_STORE(c + r * ldc + RNNCU_LANES, hi[r]);
   }
 #else
   for (int r = 0; r < rows; ++r)
@@ -197,9 +225,9 @@ static inline int rnncu_padded(const int64_t* lengths, int64_t t, int64_t b) {
 // relu as np.maximum(x, 0) computes it: NaN propagates
 static inline float rnncu_relu(float x) { return x > 0.0f ? x : (x != x ? x : 0.0f); }
 
-// Packs W_hh into panels of 16 columns of the product's right operand: forward, W_hh^T
-// (element (k, j) = W_hh[j][k]); backward, W_hh itself (element (k, j) = W_hh[k][j]). Columns
-// past H are zero. Returns NULL when the memory cannot be had.
+// Packs W_hh into panels of RNNCU_PANEL columns of the product's right operand: forward,
+// W_hh^T (element (k, j) = W_hh[j][k]); backward, W_hh itself (element (k, j) = W_hh[k][j]).
+// Columns past H are zero. Returns NULL when the memory cannot be had.
 static float* rnncu_pack(const float* w_hh, int64_t hidden, int transpose) {
   int64_t panels = (hidden + RNNCU_PANEL - 1) / RNNCU_PANEL;
   size_t bytes = (size_t)(panels * hidden * RNNCU_PANEL) * sizeof(float);

@@ -78,7 +78,10 @@ def test_the_jax_contender_is_the_same_rnn(rng) -> None:
         ("bias_hh_l0", "b_hh"),
     ):
         np.testing.assert_allclose(
-            np.asarray(jax_params[theirs]), rnn.backend.to_numpy(rnn.grads[ours]), rtol=1e-4, atol=1e-5
+            np.asarray(jax_params[theirs]),
+            rnn.backend.to_numpy(rnn.grads[ours]),
+            rtol=1e-4,
+            atol=1e-5,
         )
 
 

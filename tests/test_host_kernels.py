@@ -141,7 +141,8 @@ SHAPES = [(1, 1, 1), (2, 7, 7), (9, 7, 33), (5, 33, 257), (4, 6, 16), (3, 13, 17
 def _use_path(monkeypatch, path: str) -> None:
     """Make the backend's float32 calls take one path whatever the shape: the whole compiled
     recurrence or the step loop with its compiled element-wise loops."""
-    monkeypatch.setattr(numpy_backend, "_SMALL_STEP", 2**62 if path == "whole" else 0)
+    largest = 2**62 if path == "whole" else 0
+    monkeypatch.setattr(numpy_backend, "_SMALL_STEP", dict.fromkeys((0, 256, 512), largest))
 
 
 @pytest.mark.parametrize("path", ["whole", "step"])
@@ -224,23 +225,31 @@ def test_step_loop_backward_with_and_without_the_compiled_loops(
         assert np.isfinite(grad_z).all() and np.isfinite(grad_h0).all()
 
 
-def test_the_portable_micro_kernel_gives_the_same_bits(kernels, fresh_loader, rng) -> None:
-    """Built without AVX2/FMA (the plain C micro-kernel, fmaf), the recurrence rounds exactly
-    as the vectorised build: the results do not depend on the machine."""
-    if not host_kernels._arch_flags():
+def test_every_micro_kernel_gives_the_same_bits(kernels, fresh_loader, rng) -> None:
+    """Built for each instruction set this CPU runs (portable C with fmaf, AVX2 and FMA,
+    AVX-512), the recurrence rounds exactly as the default build: the results do not depend
+    on the machine. H 40 and 70 leave partial panels of 16 and of 32 units."""
+    flags = host_kernels._arch_flags()
+    builds = {0: ()}
+    if "-mavx2" in flags and "-mfma" in flags:
+        builds[256] = ("-mavx2", "-mfma")
+    if "-mavx512f" in flags:
+        builds[512] = ("-mavx2", "-mfma", "-mavx512f")
+    if len(builds) == 1:
         pytest.skip("the default build is the portable one here: nothing to compare")
     source = kernel_loader.kernel_dir() / host_kernels.SOURCE_FILE
     compiler = host_kernels._compiler()
     assert compiler is not None
-    portable_path = host_kernels._build(source, compiler, host_kernels._BASE_FLAGS)
-    assert portable_path != kernels.path
-    portable = host_kernels.HostKernels(ctypes.CDLL(str(portable_path)), portable_path)
-    inputs = _recurrence(rng, 5, 13, 40, lengths=True)
-    for relu in (False, True):
-        expected = _run_kernels(kernels, *inputs, relu, True)
-        actual = _run_kernels(portable, *inputs, relu, True)
-        for e, a in zip(expected, actual, strict=True):
-            np.testing.assert_array_equal(a, e)
+    inputs = [_recurrence(rng, 5, 13, hidden, lengths=True) for hidden in (40, 70)]
+    for bits, extra in builds.items():
+        path = host_kernels._build(source, compiler, host_kernels._BASE_FLAGS + extra)
+        build = host_kernels.HostKernels(ctypes.CDLL(str(path)), path)
+        assert build.vector_bits == bits
+        for case, relu in ((case, relu) for case in inputs for relu in (False, True)):
+            expected = _run_kernels(kernels, *case, relu, True)
+            actual = _run_kernels(build, *case, relu, True)
+            for e, a in zip(expected, actual, strict=True):
+                np.testing.assert_array_equal(a, e, err_msg=f"{bits}-bit build")
 
 
 def test_padding_rows_keep_their_state_and_pass_their_gradient(kernels, rng) -> None:
@@ -268,21 +277,28 @@ def test_a_failed_call_raises() -> None:
         host_kernels._check_status(errno.EINVAL)
 
 
-def test_which_path_runs(kernels) -> None:
-    """Small steps (B * H^2 <= 2^21) run the whole compiled recurrence, larger ones the step
-    loop."""
+@pytest.mark.parametrize("vector_bits", [0, 256, 512])
+def test_which_path_runs(kernels, monkeypatch, vector_bits: int) -> None:
+    """Small steps (B * H^2 <= 2^21, or 2^28 with the AVX-512 micro-kernel) run the whole
+    compiled recurrence, larger ones the step loop; float64 always the step loop."""
+    monkeypatch.setattr(host_kernels, "load", lambda: kernels)
+    monkeypatch.setattr(kernels, "vector_bits", vector_bits)
 
-    def whole(steps: int, batch: int, hidden: int) -> bool:
-        states = np.ones((steps, batch, hidden), np.float32)
+    def whole(steps: int, batch: int, hidden: int, dtype: type = np.float32) -> bool:
+        states = np.ones((steps, batch, hidden), dtype)
         return _whole_recurrence(states, states[0]) is not None
 
     assert whole(8, 128, 64)  # rowdigits
     assert whole(784, 32, 128)  # pixel MNIST
     assert whole(8, 32, 128)  # the training recipes' batches
     assert whole(64, 128, 128)  # pixeldigits: 2^21 per step
-    assert not whole(64, 129, 128)
-    assert not whole(28, 256, 128)  # rowmnist: 2^22
-    assert not whole(2, 64, 512)  # medium
+    assert not whole(8, 128, 64, np.float64)
+    wide = vector_bits == 512
+    assert whole(64, 129, 128) == wide
+    assert whole(28, 256, 128) == wide  # rowmnist: 2^22
+    assert whole(2, 64, 512) == wide  # medium: 2^24
+    assert whole(2, 256, 1024) == wide  # 2^28
+    assert not whole(2, 257, 1024)
 
 
 def test_float32_layer_against_float64_reference(kernels, rng: np.random.Generator) -> None:

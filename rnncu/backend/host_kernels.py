@@ -83,6 +83,8 @@ class HostKernels:
         self._backward.argtypes = [pointer] * 6 + [count] * 3 + [flag] * 2
         self._backward.restype = flag
         self._library = library  # keeps the shared object loaded
+        #: the micro-kernel's vector width: 512 (AVX-512), 256 (AVX2 and FMA), 0 (portable)
+        self.vector_bits: int = int(library.rnncu_vector_bits())
 
     def recurrence_forward(
         self,
@@ -174,8 +176,8 @@ def _compiler() -> str | None:
 
 
 def _arch_flags() -> tuple[str, ...]:
-    """AVX2 and FMA where NumPy's CPU probe finds them (x86); the compiler's default
-    elsewhere (ARM64 has both)."""
+    """AVX2 and FMA where NumPy's CPU probe finds them (x86), and AVX-512F (the
+    micro-kernel's wider registers); the compiler's default elsewhere (ARM64 has FMA)."""
     for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2, 1
         try:
             features = importlib.import_module(module).__cpu_features__
@@ -184,8 +186,9 @@ def _arch_flags() -> tuple[str, ...]:
             continue
     else:
         return ()
-    flags = ("-mavx2",) if features.get("AVX2") else ()
-    return flags + (("-mfma",) if features.get("FMA3") else ())
+    flags: tuple[str, ...] = ("-mavx2",) if features.get("AVX2") else ()
+    flags += ("-mfma",) if features.get("FMA3") else ()
+    return flags + (("-mavx512f",) if features.get("AVX512F") and flags else ())
 
 
 def _user() -> str:
@@ -286,7 +289,8 @@ def status() -> str:
     functions run instead."""
     kernels = load()
     if kernels is not None:
-        return f"compiled ({kernels.path})"
+        isa = {512: "AVX-512", 256: "AVX2"}.get(kernels.vector_bits, "portable C")
+        return f"compiled, {isa} micro-kernel ({kernels.path})"
     return f"not used, NumPy's functions run instead: {_reason}"
 
 

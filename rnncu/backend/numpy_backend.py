@@ -7,9 +7,9 @@ step; the layers do the large all-steps GEMMs themselves.
 In float32, when a C compiler is available, ``kernels/host_rnn.c``
 (:mod:`rnncu.backend.host_kernels`) takes over one of two ways:
 
-* **small steps** (B * H^2 at most 2^21 multiply-adds) run the whole recurrence as one
-  compiled call: W_hh packed once, the element-wise part after each product. A BLAS call
-  costs about what such a product is worth;
+* **small steps** (B * H^2 at most 2^21 multiply-adds; 2^28 where the kernel is built for
+  AVX-512) run the whole recurrence as one compiled call: W_hh packed once, the element-wise
+  part after each product. A BLAS call costs about what such a product is worth;
 * **larger steps** keep the step loop, whose product a multi-threaded BLAS does faster than
   one thread can, and run its element-wise part (tanh and its gradient) as compiled loops:
   NumPy's float32 tanh is scalar without AVX-512.
@@ -201,13 +201,21 @@ class NumpyBackend(Backend):
         return grad_z, grad_h
 
 
-# Steps of at most this many multiply-adds (B * H^2) run the whole compiled recurrence.
-# Measured on the project's 2-core machine, layer forward + backward, float32, the step loop's
-# time over the whole recurrence's in two runs: at 2^19 rowdigits 1.08 and 1.02, pixel MNIST
-# (T 784, B 32, H 128) 1.58 and 1.49, T 200 / B 8 / H 256 1.60 and 1.47; at 2^20 (B 64, H 128)
-# 1.14 and 1.20; at 2^21 pixeldigits 1.12 and 1.12; at 2^22 B 16 / H 512 1.14 and 1.06 but
-# rowmnist (B 256, H 128) 0.93 and 0.90; medium (2^24) 0.87 and 0.86.
-_SMALL_STEP = 1 << 21
+# Steps of at most this many multiply-adds (B * H^2) run the whole compiled recurrence, by the
+# micro-kernel's vector width (HostKernels.vector_bits). Measured on the project's 2-core
+# machines, the recurrence's forward + backward, float32, the step loop's time over the whole
+# recurrence's:
+# - AVX2 (AMD EPYC Zen 3, layer forward + backward, two runs): at 2^19 rowdigits 1.08 and 1.02,
+#   pixel MNIST (T 784, B 32, H 128) 1.58 and 1.49, T 200 / B 8 / H 256 1.60 and 1.47; at 2^20
+#   (B 64, H 128) 1.14 and 1.20; at 2^21 pixeldigits 1.12 and 1.12; at 2^22 B 16 / H 512 1.14
+#   and 1.06 but rowmnist (B 256, H 128) 0.93 and 0.90; medium (2^24) 0.87 and 0.86.
+# - AVX-512 (AMD EPYC Zen 5, BLAS idle / right after a BLAS product): pixel MNIST 2.23 / 2.26,
+#   T 200 / B 8 / H 256 2.19 / 2.22, pixeldigits 1.62 / 1.71, rowmnist 1.22 / 1.37, medium
+#   (2^24) 1.38 / 1.39, T 40 / B 16 / H 1024 (2^24) 1.63 / 1.53, B 128 / H 512 (2^25)
+#   1.08 / 1.07, B 64 / H 1024 (2^26) 1.35 / 1.29, B 256 / H 1024 (2^28) 1.11 / 1.10. Larger
+#   steps were not measured, so they keep BLAS, whose threads also scale with the cores
+#   where one thread does not.
+_SMALL_STEP: dict[int, int] = {512: 1 << 28, 256: 1 << 21, 0: 1 << 21}
 
 
 def _whole_recurrence(states: np.ndarray, *operands: np.ndarray | None) -> HostKernels | None:
@@ -215,12 +223,15 @@ def _whole_recurrence(states: np.ndarray, *operands: np.ndarray | None) -> HostK
     ``states`` C-contiguous (the layer allocates it so; the other operands are made
     contiguous). None means the step loop runs."""
     _, batch, hidden = states.shape
-    if batch * hidden * hidden > _SMALL_STEP or not states.flags.c_contiguous:
+    if not states.flags.c_contiguous:
         return None
     for array in (states, *operands):
         if array is not None and array.dtype != np.float32:
             return None
-    return host_kernels.load()
+    kernels = host_kernels.load()
+    if kernels is None or batch * hidden * hidden > _SMALL_STEP[kernels.vector_bits]:
+        return None
+    return kernels
 
 
 def _int64_lengths(lengths: np.ndarray | None) -> np.ndarray | None:
