@@ -284,7 +284,47 @@ def test_info_and_python_m(tmp_path: Path) -> None:
     # --quick: the full report also compiles every CUDA kernel (tens of seconds)
     proc = run_cli("info", "--quick", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "numpy" in proc.stdout.lower()
+    lines = proc.stdout.splitlines()
+    assert lines[1] in ("selected backend: numpy", "selected backend: cupy"), proc.stdout
+    recurrence = [line for line in lines if line.startswith("numpy backend's float32 recurren")]
+    assert len(recurrence) == 1 and (
+        re.search(r": compiled, (AVX-512|AVX2|portable C) micro-kernel \(", recurrence[0])
+        or "not used, NumPy's functions run instead: " in recurrence[0]
+    ), recurrence
+    assert any(line.startswith("numpy's BLAS: ") for line in lines), proc.stdout
+
+
+def test_info_names_numpys_blas_and_hints_at_its_avx512_kernels(monkeypatch) -> None:
+    """OpenBLAS 0.3.31 runs its Haswell (AVX2) kernels on AMD Zen 5; the hint is given only
+    where the CPU has AVX-512 and an OpenBLAS runs kernels without it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from rnncu.backend import diagnostics, host_kernels
+
+    def pools(kernels: str) -> list[dict]:
+        return [
+            {"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
+             "architecture": kernels, "num_threads": 2},
+            {"user_api": "openmp", "internal_api": "openmp", "version": None, "num_threads": 2},
+        ]  # fmt: skip
+
+    for kernels, avx512, hinted in (
+        ("Haswell", True, True),
+        ("SkylakeX", True, False),
+        ("Haswell", False, False),
+        ("Zen", True, True),
+    ):
+        monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda k=kernels: pools(k))
+        monkeypatch.setattr(host_kernels, "cpu_features", lambda a=avx512: {"AVX512_SKX": a})
+        info = diagnostics.blas_info()
+        assert info["libraries"] == [
+            {"api": "openblas", "version": "0.3.31", "kernels": kernels, "threads": 2}
+        ]
+        assert (info["hint"] is not None) == hinted, (kernels, avx512)
+        text = diagnostics._format_blas(info)
+        assert text.startswith(f"openblas 0.3.31, {kernels} kernels, 2 threads")
+        assert ("OPENBLAS_CORETYPE=SkylakeX" in text) == hinted
+    assert diagnostics._format_blas({"libraries": [], "error": "x"}) == "not reported (x)"
+    json.dumps(diagnostics.collect_info(compile_kernels=False))  # JSON-serialisable, as documented
 
 
 def test_version_and_options_without_a_command(capsys) -> None:

@@ -175,17 +175,22 @@ def _compiler() -> str | None:
     return None
 
 
+def cpu_features() -> dict[str, bool]:
+    """NumPy's probe of this CPU's instruction sets ({"AVX2": True, ...}); empty where the
+    NumPy in use has none."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2, 1
+        try:
+            features: dict[str, bool] = importlib.import_module(module).__cpu_features__
+            return features
+        except (ImportError, AttributeError):
+            continue
+    return {}
+
+
 def _arch_flags() -> tuple[str, ...]:
     """AVX2 and FMA where NumPy's CPU probe finds them (x86), and AVX-512F (the
     micro-kernel's wider registers); the compiler's default elsewhere (ARM64 has FMA)."""
-    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2, 1
-        try:
-            features = importlib.import_module(module).__cpu_features__
-            break
-        except (ImportError, AttributeError):
-            continue
-    else:
-        return ()
+    features = cpu_features()
     flags: tuple[str, ...] = ("-mavx2",) if features.get("AVX2") else ()
     flags += ("-mfma",) if features.get("FMA3") else ()
     return flags + (("-mavx512f",) if features.get("AVX512F") and flags else ())
