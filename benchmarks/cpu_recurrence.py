@@ -14,6 +14,7 @@ micro-kernel), ``step`` above.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -23,14 +24,22 @@ import numpy as np
 from rnncu.backend import host_kernels, numpy_backend
 from rnncu.backend.numpy_backend import NumpyBackend
 
-# name: (T, B, H), the recurrences of benchmarks/cpu_compare.py's shapes
+# name: (T, B, H)
 SHAPES: dict[str, tuple[int, int, int]] = {
     "rowdigits": (8, 128, 64),
     "rowmnist": (28, 256, 128),
     "pixeldigits": (64, 128, 128),
     "medium": (100, 64, 512),
     "pixelmnist": (784, 32, 128),
+    # beyond them, where the two paths cross on some machines (B * H^2 from 2^19 to 2^28)
+    "t200_b8_h256": (200, 8, 256),
+    "t40_b16_h1024": (40, 16, 1024),
+    "t50_b128_h512": (50, 128, 512),
+    "t20_b64_h1024": (20, 64, 1024),
+    "t10_b256_h1024": (10, 256, 1024),
 }
+#: what runs without --shapes: the recurrences of benchmarks/cpu_compare.py's shapes
+DEFAULT_SHAPES = ("rowdigits", "rowmnist", "pixeldigits", "medium", "pixelmnist")
 
 
 def _with_path(path: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -89,11 +98,15 @@ def _time_shape(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument(
+        "--shapes", default=",".join(DEFAULT_SHAPES), help=f"of {', '.join(SHAPES)}, or all"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per block")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.shapes.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(SHAPES)
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         parser.error(f"--shapes: unknown {unknown}; known: {list(SHAPES)}")
@@ -102,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     paths = ["step", "whole"]
     print("# float32 tanh, forward + backward of the recurrence alone, median ms of")
     print(f"# {args.rounds} rounds x {args.repeats} calls; BLAS idle / right after a BLAS product")
-    print("| shape | T, B, H | " + " | ".join(paths) + " |")
-    print("|---|---|" + "---|" * len(paths))
+    print("| shape | T, B, H | B * H^2 | " + " | ".join(paths) + " |")
+    print("|---|---|---|" + "---|" * len(paths))
     for name in names:
         medians = _time_shape(SHAPES[name], paths, args.rounds, args.repeats)
         cells = [f"{medians[(p, False)]:.2f} / {medians[(p, True)]:.2f}" for p in paths]
-        dims = ", ".join(map(str, SHAPES[name]))
-        print(f"| {name} | {dims} | " + " | ".join(cells) + " |")
+        steps, batch, hidden = SHAPES[name]
+        size = f"2^{round(math.log2(batch * hidden * hidden), 1):g}"
+        print(f"| {name} | {steps}, {batch}, {hidden} | {size} | " + " | ".join(cells) + " |")
     return 0
 
 

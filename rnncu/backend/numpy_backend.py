@@ -209,12 +209,12 @@ class NumpyBackend(Backend):
 #   pixel MNIST (T 784, B 32, H 128) 1.58 and 1.49, T 200 / B 8 / H 256 1.60 and 1.47; at 2^20
 #   (B 64, H 128) 1.14 and 1.20; at 2^21 pixeldigits 1.12 and 1.12; at 2^22 B 16 / H 512 1.14
 #   and 1.06 but rowmnist (B 256, H 128) 0.93 and 0.90; medium (2^24) 0.87 and 0.86.
-# - AVX-512 (AMD EPYC Zen 5, BLAS idle / right after a BLAS product): pixel MNIST 2.23 / 2.26,
-#   T 200 / B 8 / H 256 2.19 / 2.22, pixeldigits 1.62 / 1.71, rowmnist 1.22 / 1.37, medium
-#   (2^24) 1.38 / 1.39, T 40 / B 16 / H 1024 (2^24) 1.63 / 1.53, B 128 / H 512 (2^25)
-#   1.08 / 1.07, B 64 / H 1024 (2^26) 1.35 / 1.29, B 256 / H 1024 (2^28) 1.11 / 1.10. Larger
-#   steps were not measured, so they keep BLAS, whose threads also scale with the cores
-#   where one thread does not.
+# - AVX-512 (AMD EPYC Zen 5, the recurrence alone, two runs, BLAS idle and right after a BLAS
+#   product: the range of the four): pixel MNIST 1.49 to 2.26, T 200 / B 8 / H 256 2.19 to
+#   2.99, pixeldigits 1.22 to 1.71, rowmnist 1.10 to 1.37, medium (2^24) 1.19 to 1.39, T 40 /
+#   B 16 / H 1024 (2^24) 1.53 to 1.78, B 128 / H 512 (2^25) 1.07 to 1.16, B 64 / H 1024
+#   (2^26) 1.24 to 1.40, B 256 / H 1024 (2^28) 1.10 to 1.25. Larger steps were not measured,
+#   so they keep BLAS, whose threads also scale with the cores where one thread does not.
 _SMALL_STEP: dict[int, int] = {512: 1 << 28, 256: 1 << 21, 0: 1 << 21}
 
 
