@@ -279,7 +279,7 @@ def test_a_failed_call_raises() -> None:
 
 @pytest.mark.parametrize("vector_bits", [0, 256, 512])
 def test_which_path_runs(kernels, monkeypatch, vector_bits: int) -> None:
-    """Small steps (B * H^2 <= 2^21, or 2^28 with the AVX-512 micro-kernel) run the whole
+    """Small steps (B * H^2 <= 2^21, or 2^24 with the AVX-512 micro-kernel) run the whole
     compiled recurrence, larger ones the step loop; float64 always the step loop."""
     monkeypatch.setattr(host_kernels, "load", lambda: kernels)
     monkeypatch.setattr(kernels, "vector_bits", vector_bits)
@@ -297,8 +297,46 @@ def test_which_path_runs(kernels, monkeypatch, vector_bits: int) -> None:
     assert whole(64, 129, 128) == wide
     assert whole(28, 256, 128) == wide  # rowmnist: 2^22
     assert whole(2, 64, 512) == wide  # medium: 2^24
-    assert whole(2, 256, 1024) == wide  # 2^28
-    assert not whole(2, 257, 1024)
+    assert whole(2, 16, 1024) == wide  # 2^24
+    assert not whole(2, 65, 512)
+    assert not whole(2, 256, 1024)  # 2^28
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_packed_w_hh_that_does_not_fit_falls_back_to_the_step_loop(
+    kernels, monkeypatch, rng, direction: str
+) -> None:
+    """The compiled recurrence packs its own copy of W_hh; where that allocation fails
+    (ENOMEM, nothing written) the step loop runs instead of the call failing."""
+    z, w_hh, h0, grad_states, grad_h_last, lens = _recurrence(rng, 6, 5, 33, lengths=True)
+    backend = NumpyBackend()
+    forward_states = z.copy()
+    backend.recurrence_forward(forward_states, w_hh, h0, lens, "tanh", False)
+
+    def run() -> tuple[np.ndarray, ...]:
+        if direction == "forward":
+            states = z.copy()
+            backend.recurrence_forward(states, w_hh, h0, lens, "tanh", False)
+            return (states,)
+        return backend.recurrence_backward(
+            forward_states, w_hh, h0, grad_states, grad_h_last, lens, "tanh", False
+        )
+
+    _use_path(monkeypatch, "step")
+    expected = run()
+    _use_path(monkeypatch, "whole")
+    calls = []
+
+    def out_of_memory(*args: object) -> int:
+        calls.append(args)
+        return errno.ENOMEM
+
+    monkeypatch.setattr(host_kernels, "load", lambda: kernels)
+    monkeypatch.setattr(kernels, "_" + direction, out_of_memory)
+    actual = run()
+    assert len(calls) == 1
+    for e, a in zip(expected, actual, strict=True):
+        np.testing.assert_array_equal(a, e)
 
 
 def test_float32_layer_against_float64_reference(kernels, rng: np.random.Generator) -> None:
@@ -365,6 +403,29 @@ def test_a_compile_error_is_reported(fresh_loader, monkeypatch) -> None:
     assert f"failed on kernels/{host_kernels.SOURCE_FILE}" in host_kernels.status()
     # no half-written library left behind in the cache
     assert not [p for p in (fresh_loader / "cache").glob("*") if p.suffix in (".so", ".tmp")]
+
+
+def test_a_compiler_without_avx512_builds_without_it(fresh_loader, monkeypatch) -> None:
+    """gcc before 4.9 rejects -mavx512f: the build without it is used, not NumPy's loop."""
+    compiler = host_kernels._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler on this machine")
+    wrapper = fresh_loader / "old-cc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = -mavx512f ] && '
+        "{ echo \"unrecognized command-line option '-mavx512f'\" >&2; exit 1; }; done\n"
+        f'exec {compiler} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    # only -mavx512f asked for, so that the fallback build is the portable one, which runs
+    # on any CPU (this test's machine may lack AVX2)
+    monkeypatch.setattr(host_kernels, "_arch_flags", lambda: ("-mavx512f",))
+    loaded = host_kernels.load()
+    assert loaded is not None, host_kernels.status()
+    assert loaded.vector_bits == 0
+    assert "compiled, portable C micro-kernel" in host_kernels.status()
 
 
 def test_compiled_once_then_read_from_the_cache(fresh_loader) -> None:

@@ -269,7 +269,14 @@ def _load() -> HostKernels:
     if compiler is None:
         searched = os.environ.get("CC") or "cc, gcc, clang"
         raise RuntimeError(f"no C compiler found (looked for {searched})")
-    path = _build(source, compiler, _BASE_FLAGS + _arch_flags())
+    flags = _BASE_FLAGS + _arch_flags()
+    try:
+        path = _build(source, compiler, flags)
+    except RuntimeError:
+        if "-mavx512f" not in flags:
+            raise
+        # a compiler older than AVX-512 (gcc before 4.9) on a CPU that has it: the AVX2 build
+        path = _build(source, compiler, tuple(f for f in flags if f != "-mavx512f"))
     return HostKernels(ctypes.CDLL(str(path)), path)
 
 
