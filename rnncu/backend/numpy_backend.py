@@ -7,12 +7,14 @@ step; the layers do the large all-steps GEMMs themselves.
 In float32, when a C compiler is available, ``kernels/host_rnn.c``
 (:mod:`rnncu.backend.host_kernels`) takes over one of two ways:
 
-* **small steps** (B * H^2 at most 2^21 multiply-adds; 2^28 where the kernel is built for
-  AVX-512) run the whole recurrence as one compiled call: W_hh packed once, the element-wise
-  part after each product. A BLAS call costs about what such a product is worth;
+* **small steps** (B * H^2 at most 2^21 multiply-adds; 2^24 where the kernel is built for
+  AVX-512, whose micro-kernel does twice the work per instruction) run the whole recurrence
+  as one compiled call: W_hh packed once, the element-wise part after each product. A BLAS
+  call costs about what such a product is worth;
 * **larger steps** keep the step loop, whose product a multi-threaded BLAS does faster than
-  one thread can, and run its element-wise part (tanh and its gradient) as compiled loops:
-  NumPy's float32 tanh is scalar without AVX-512.
+  one thread can (measured on two cores; more cores favour it more), and run its
+  element-wise part (tanh and its gradient) as compiled loops: NumPy's float32 tanh is
+  scalar without AVX-512. So does a step whose packed copy of W_hh does not fit in memory.
 
 Otherwise, and always in float64 (the reference), the step loop runs NumPy's functions.
 """
@@ -82,15 +84,18 @@ class NumpyBackend(Backend):
             return
         whole = _whole_recurrence(states, w_hh, h0)
         if whole is not None:
-            whole.recurrence_forward(
-                states,
-                np.ascontiguousarray(w_hh),
-                np.ascontiguousarray(h0),
-                _int64_lengths(lengths),
-                nonlinearity == "relu",
-                reverse,
-            )
-            return
+            try:
+                whole.recurrence_forward(
+                    states,
+                    np.ascontiguousarray(w_hh),
+                    np.ascontiguousarray(h0),
+                    _int64_lengths(lengths),
+                    nonlinearity == "relu",
+                    reverse,
+                )
+                return
+            except MemoryError:
+                pass  # its packed copy of W_hh did not fit (nothing written): the step loop
         w_hh_t = np.ascontiguousarray(w_hh.T)  # BLAS is faster on it than on a transposed view
         recurrent = np.empty_like(h0)
         padding = _padding_masks(lengths, steps)
@@ -136,17 +141,20 @@ class NumpyBackend(Backend):
         whole = _whole_recurrence(states, w_hh, h0, grad_h, grad_states)
         if whole is not None and steps > 0:
             grad_z = np.empty_like(states)
-            whole.recurrence_backward(
-                grad_z,
-                grad_h,
-                None if grad_states is None else np.ascontiguousarray(grad_states),
-                states,
-                np.ascontiguousarray(w_hh),
-                _int64_lengths(lengths),
-                nonlinearity == "relu",
-                reverse,
-            )
-            return grad_z, grad_h
+            try:
+                whole.recurrence_backward(
+                    grad_z,
+                    grad_h,
+                    None if grad_states is None else np.ascontiguousarray(grad_states),
+                    states,
+                    np.ascontiguousarray(w_hh),
+                    _int64_lengths(lengths),
+                    nonlinearity == "relu",
+                    reverse,
+                )
+                return grad_z, grad_h
+            except MemoryError:
+                pass  # as in the forward: grad_h untouched, the step loop takes over
         padding = _padding_masks(lengths, steps)
         next_grad_h = np.empty_like(h0)
         host = _host_tanh(nonlinearity, states, grad_h, grad_states)
@@ -209,13 +217,16 @@ class NumpyBackend(Backend):
 #   pixel MNIST (T 784, B 32, H 128) 1.58 and 1.49, T 200 / B 8 / H 256 1.60 and 1.47; at 2^20
 #   (B 64, H 128) 1.14 and 1.20; at 2^21 pixeldigits 1.12 and 1.12; at 2^22 B 16 / H 512 1.14
 #   and 1.06 but rowmnist (B 256, H 128) 0.93 and 0.90; medium (2^24) 0.87 and 0.86.
-# - AVX-512 (AMD EPYC Zen 5, the recurrence alone, two runs, BLAS idle and right after a BLAS
-#   product: the range of the four): pixel MNIST 1.49 to 2.26, T 200 / B 8 / H 256 2.19 to
-#   2.99, pixeldigits 1.22 to 1.71, rowmnist 1.10 to 1.37, medium (2^24) 1.19 to 1.39, T 40 /
-#   B 16 / H 1024 (2^24) 1.53 to 1.78, B 128 / H 512 (2^25) 1.07 to 1.16, B 64 / H 1024
-#   (2^26) 1.24 to 1.40, B 256 / H 1024 (2^28) 1.10 to 1.25. Larger steps were not measured,
-#   so they keep BLAS, whose threads also scale with the cores where one thread does not.
-_SMALL_STEP: dict[int, int] = {512: 1 << 28, 256: 1 << 21, 0: 1 << 21}
+# - AVX-512 (AMD EPYC Zen 5, the recurrence alone, BLAS idle and right after a BLAS product,
+#   three runs: benchmarks/RESULTS.md's table and two before it of the same timing; the range
+#   of the six): rowdigits 1.48 and 1.79 (one run), pixel MNIST 1.47 to 2.26, T 200 / B 8 /
+#   H 256 2.11 to 2.99, pixeldigits 1.22 to 1.71, rowmnist (2^22) 1.10 to 1.37, medium (2^24)
+#   1.16 to 1.39, T 40 / B 16 / H 1024 (2^24) 1.53 to 1.78; beyond 2^24 the lead narrowed: B 128
+#   / H 512 (2^25) 1.07 to 1.16, B 64 / H 1024 (2^26) 1.24 to 1.40, B 256 / H 1024 (2^28) 1.10
+#   to 1.25. Two cores only: BLAS's threads scale with the cores where one thread does not, so
+#   steps past 2^24 keep BLAS, as do all steps on machines not measured (Zen 4 and Intel parts
+#   run AVX-512 at other rates; machines with more cores were not measured either).
+_SMALL_STEP: dict[int, int] = {512: 1 << 24, 256: 1 << 21, 0: 1 << 21}
 
 
 def _whole_recurrence(states: np.ndarray, *operands: np.ndarray | None) -> HostKernels | None:
