@@ -152,6 +152,7 @@ def test_asarray_takes_numbers_and_names_what_it_cannot_take() -> None:
         (np.array([-1e39, 2e39, np.inf]), "float32", r"2 value\(s\) beyond float32's range"),
         (np.array([7e4, 1.0], np.float32), "float16", r"1 value\(s\) beyond float16's range"),
         (np.array([65535], np.uint16), "float16", r"1 value\(s\) beyond float16's .* 65535$"),
+        (np.array([np.iinfo(np.int64).min, 5]), "float16", r"1 value.* given is 9.223372e\+18$"),
     ):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # NumPy's overflow warning is not the report

@@ -291,38 +291,50 @@ def test_info_and_python_m(tmp_path: Path) -> None:
         re.search(r": compiled, (AVX-512|AVX2|portable C) micro-kernel \(", recurrence[0])
         or "not used, NumPy's functions run instead: " in recurrence[0]
     ), recurrence
-    assert any(line.startswith("numpy's BLAS: ") for line in lines), proc.stdout
+    assert any(line.startswith("BLAS libraries: ") for line in lines), proc.stdout
 
 
-def test_info_names_numpys_blas_and_hints_at_its_avx512_kernels(monkeypatch) -> None:
-    """OpenBLAS 0.3.31 runs its Haswell (AVX2) kernels on AMD Zen 5; the hint is given only
-    where the CPU has AVX-512 and an OpenBLAS runs kernels without it."""
+def test_info_names_the_blas_and_hints_at_its_avx512_kernels(monkeypatch) -> None:
+    """The BLAS libraries with their kernel sets; the AVX-512 hint only where the CPU has
+    AVX-512, an OpenBLAS chose kernels without it, and OPENBLAS_CORETYPE did not force the
+    choice (it is shown instead)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from rnncu.backend import diagnostics, host_kernels
 
-    def pools(kernels: str) -> list[dict]:
+    def pools(kernels: str | None) -> list[dict]:
         return [
             {"user_api": "blas", "internal_api": "openblas", "version": "0.3.31",
-             "architecture": kernels, "num_threads": 2},
+             "filepath": "/x/numpy.libs/libscipy_openblas64_.so", "architecture": kernels,
+             "num_threads": 2},
             {"user_api": "openmp", "internal_api": "openmp", "version": None, "num_threads": 2},
         ]  # fmt: skip
 
-    for kernels, avx512, hinted in (
-        ("Haswell", True, True),
-        ("SkylakeX", True, False),
-        ("Haswell", False, False),
-        ("Zen", True, True),
+    for kernels, avx512, coretype, hinted in (
+        ("Haswell", True, None, True),
+        ("SkylakeX", True, None, False),
+        ("Haswell", False, None, False),
+        ("Zen", True, None, True),
+        ("Haswell", True, "Haswell", False),  # chosen by the environment: shown, no hint
+        (None, True, None, False),  # no kernel set reported: nothing to say
     ):
         monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda k=kernels: pools(k))
         monkeypatch.setattr(host_kernels, "cpu_features", lambda a=avx512: {"AVX512_SKX": a})
+        if coretype is None:
+            monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+        else:
+            monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
         info = diagnostics.blas_info()
         assert info["libraries"] == [
-            {"api": "openblas", "version": "0.3.31", "kernels": kernels, "threads": 2}
-        ]
-        assert (info["hint"] is not None) == hinted, (kernels, avx512)
+            {"api": "openblas", "version": "0.3.31", "file": "libscipy_openblas64_.so",
+             "kernels": kernels, "threads": 2}
+        ]  # fmt: skip
+        assert info["coretype"] == coretype
+        assert (info["hint"] is not None) == hinted, (kernels, avx512, coretype)
         text = diagnostics._format_blas(info)
-        assert text.startswith(f"openblas 0.3.31, {kernels} kernels, 2 threads")
+        shown = f", {kernels} kernels" if kernels else ""
+        assert text.startswith(f"openblas 0.3.31 (libscipy_openblas64_.so){shown}, 2 threads")
         assert ("OPENBLAS_CORETYPE=SkylakeX" in text) == hinted
+        assert (f"OPENBLAS_CORETYPE={coretype} in the environment" in text) == bool(coretype)
     assert diagnostics._format_blas({"libraries": [], "error": "x"}) == "not reported (x)"
     json.dumps(diagnostics.collect_info(compile_kernels=False))  # JSON-serialisable, as documented
 

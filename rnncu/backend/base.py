@@ -108,7 +108,10 @@ class Backend(ABC):
             finite = numpy.isfinite(plain)
             given = plain.size - int(numpy.count_nonzero(finite))
             if made > given:
-                largest = numpy.abs(plain[finite]).max()
+                given_values = plain[finite]
+                if given_values.dtype.kind in "iu":  # abs of int64's minimum overflows
+                    given_values = given_values.astype(numpy.float64)
+                largest = numpy.abs(given_values).max()
                 if largest.dtype.itemsize > 8:  # a longdouble beyond any Python float
                     shown = numpy.format_float_scientific(largest, precision=6, trim="-")
                 else:

@@ -100,11 +100,15 @@ OPENBLAS_AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 def blas_info() -> dict[str, Any]:
-    """NumPy's BLAS (which does the NumPy backend's large products) as threadpoolctl reports
-    it: ``libraries`` (API, version, kernel set, threads), and a ``hint`` where an OpenBLAS
-    runs AVX2 kernels on a CPU with AVX-512: OpenBLAS 0.3.31 takes its Haswell kernels on AMD
-    Zen 5, where ``OPENBLAS_CORETYPE=SkylakeX`` made a 512 x 6400 x 512 float32 product 1.8x
-    faster (13.9 against 7.7 ms on 2 cores, measured 2026-11-30)."""
+    """The BLAS libraries loaded in this process as threadpoolctl reports them (NumPy's does
+    the NumPy backend's large products; torch or SciPy may bring others): ``libraries``
+    (API, version, file name, kernel set, threads), ``coretype`` (``OPENBLAS_CORETYPE`` where
+    the environment forces OpenBLAS's choice), and a ``hint`` where an OpenBLAS chose kernels
+    without AVX-512 on a CPU with it (an OpenBLAS older than the CPU). On a 2-core AMD Zen 5
+    (2026-11-30), OpenBLAS 0.3.31's AVX-512 kernels ran a 512 x 6400 x 512 float32 product in
+    7.7 ms, its Haswell (AVX2) ones, forced there by ``OPENBLAS_CORETYPE=Haswell``, in 13.9."""
+    import os
+
     import numpy
 
     try:
@@ -116,6 +120,7 @@ def blas_info() -> dict[str, Any]:
         {
             "api": pool.get("internal_api"),
             "version": pool.get("version"),
+            "file": os.path.basename(str(pool.get("filepath", ""))),
             "kernels": pool.get("architecture"),
             "threads": pool.get("num_threads"),
         }
@@ -124,20 +129,23 @@ def blas_info() -> dict[str, Any]:
     ]
     from rnncu.backend.host_kernels import cpu_features
 
-    features = cpu_features()
     hint = None
-    avx2_openblas = [
+    without_avx512 = [
         lib
         for lib in libraries
-        if lib["api"] == "openblas" and str(lib["kernels"]).lower() not in OPENBLAS_AVX512_CORES
+        if lib["api"] == "openblas"
+        and isinstance(lib["kernels"], str)
+        and lib["kernels"].lower() not in OPENBLAS_AVX512_CORES
     ]
-    if features.get("AVX512_SKX") and avx2_openblas:
+    coretype = os.environ.get("OPENBLAS_CORETYPE") or None
+    if cpu_features().get("AVX512_SKX") and without_avx512 and coretype is None:
+        lib = without_avx512[0]
         hint = (
-            "this CPU has AVX-512 but OpenBLAS runs its "
-            f"{avx2_openblas[0]['kernels']} kernels: OPENBLAS_CORETYPE=SkylakeX, set before "
-            "Python starts, selects its AVX-512 ones"
+            f"this CPU has AVX-512 but {lib['file'] or 'OpenBLAS'} runs OpenBLAS's "
+            f"{lib['kernels']} kernels: OPENBLAS_CORETYPE=SkylakeX, set before Python starts, "
+            "selects its AVX-512 ones in a DYNAMIC_ARCH build (NumPy's wheels are)"
         )
-    return {"libraries": libraries, "hint": hint}
+    return {"libraries": libraries, "coretype": coretype, "hint": hint}
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -146,7 +154,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"rnncu {info.get('rnncu')}  (python {info.get('python')}, numpy {info.get('numpy')})",
         f"selected backend: {info.get('selected_backend')}",
         f"numpy backend's float32 recurrence (kernels/host_rnn.c): {info.get('host_kernels')}",
-        f"numpy's BLAS: {_format_blas(info.get('blas'))}",
+        f"BLAS libraries: {_format_blas(info.get('blas'))}",
         f"cupy: {info.get('cupy')}"
         + ("" if info.get("cupy_available") else f"  (unavailable: {info.get('cupy_reason')})"),
     ]
@@ -194,9 +202,14 @@ def _format_blas(blas: Any) -> str:
     libraries = blas.get("libraries") or []
     text = (
         "; ".join(
-            f"{lib['api']} {lib['version']}, {lib['kernels']} kernels, {lib['threads']} threads"
+            f"{lib['api']} {lib['version']}"
+            + (f" ({lib['file']})" if lib.get("file") else "")
+            + (f", {lib['kernels']} kernels" if lib.get("kernels") else "")
+            + f", {lib['threads']} threads"
             for lib in libraries
         )
         or "none found"
     )
-    return text + (f" ({blas['hint']})" if blas.get("hint") else "")
+    if blas.get("coretype"):
+        text += f" (OPENBLAS_CORETYPE={blas['coretype']} in the environment)"
+    return text + (f". {blas['hint']}" if blas.get("hint") else "")
