@@ -5,8 +5,8 @@ compiled recurrence, W_hh packed once). Each round times both paths in blocks of
 first with BLAS's worker threads idle (no BLAS call for 0.3 s), then right after a BLAS product
 (as inside a layer, where the input projection comes just before: a multi-threaded OpenBLAS
 keeps its workers spinning for about 0.1 s after a call). Wall-clock medians, ms. The backend
-itself runs ``whole`` for steps of at most 2^21 multiply-adds (B * H^2; 2^28 with the AVX-512
-micro-kernel), ``step`` above.
+itself runs ``whole`` for steps of at most 2^21 multiply-adds (B * H^2; with the AVX-512
+micro-kernel also up to 2^24 at batches of at most 32 rows), ``step`` above.
 
     python benchmarks/cpu_recurrence.py [--shapes medium,pixelmnist]
 """
@@ -46,13 +46,13 @@ def _with_path(path: str, fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` run with the backend forced onto one path."""
 
     def run() -> object:
-        saved = numpy_backend._SMALL_STEP
+        saved = numpy_backend._WHOLE_LIMITS
         largest = 2**62 if path == "whole" else 0
-        numpy_backend._SMALL_STEP = dict.fromkeys(saved, largest)
+        numpy_backend._WHOLE_LIMITS = dict.fromkeys(saved, (largest, largest))
         try:
             return fn()
         finally:
-            numpy_backend._SMALL_STEP = saved
+            numpy_backend._WHOLE_LIMITS = saved
 
     return run
 

@@ -142,7 +142,8 @@ def _use_path(monkeypatch, path: str) -> None:
     """Make the backend's float32 calls take one path whatever the shape: the whole compiled
     recurrence or the step loop with its compiled element-wise loops."""
     largest = 2**62 if path == "whole" else 0
-    monkeypatch.setattr(numpy_backend, "_SMALL_STEP", dict.fromkeys((0, 256, 512), largest))
+    limits = dict.fromkeys((0, 256, 512), (largest, largest))
+    monkeypatch.setattr(numpy_backend, "_WHOLE_LIMITS", limits)
 
 
 @pytest.mark.parametrize("path", ["whole", "step"])
@@ -279,8 +280,9 @@ def test_a_failed_call_raises() -> None:
 
 @pytest.mark.parametrize("vector_bits", [0, 256, 512])
 def test_which_path_runs(kernels, monkeypatch, vector_bits: int) -> None:
-    """Small steps (B * H^2 <= 2^21, or 2^24 with the AVX-512 micro-kernel) run the whole
-    compiled recurrence, larger ones the step loop; float64 always the step loop."""
+    """Small steps (B * H^2 <= 2^21; with the AVX-512 micro-kernel also up to 2^24 at batches
+    of at most 32 rows) run the whole compiled recurrence, larger ones the step loop; float64
+    always the step loop."""
     monkeypatch.setattr(host_kernels, "load", lambda: kernels)
     monkeypatch.setattr(kernels, "vector_bits", vector_bits)
 
@@ -293,13 +295,15 @@ def test_which_path_runs(kernels, monkeypatch, vector_bits: int) -> None:
     assert whole(8, 32, 128)  # the training recipes' batches
     assert whole(64, 128, 128)  # pixeldigits: 2^21 per step
     assert not whole(8, 128, 64, np.float64)
+    assert not whole(64, 129, 128)
+    assert not whole(28, 256, 128)  # rowmnist: 2^22
+    assert not whole(2, 64, 512)  # medium: 2^24
     wide = vector_bits == 512
-    assert whole(64, 129, 128) == wide
-    assert whole(28, 256, 128) == wide  # rowmnist: 2^22
-    assert whole(2, 64, 512) == wide  # medium: 2^24
-    assert whole(2, 16, 1024) == wide  # 2^24
-    assert not whole(2, 65, 512)
-    assert not whole(2, 256, 1024)  # 2^28
+    assert whole(40, 16, 1024) == wide  # 2^24 at 16 rows
+    assert whole(2, 32, 724) == wide  # just under 2^24 at 32 rows
+    assert whole(2, 4, 2048) == wide
+    assert not whole(2, 33, 400)  # 2^22.3, past 32 rows
+    assert not whole(2, 16, 1025)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

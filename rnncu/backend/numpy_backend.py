@@ -7,10 +7,10 @@ step; the layers do the large all-steps GEMMs themselves.
 In float32, when a C compiler is available, ``kernels/host_rnn.c``
 (:mod:`rnncu.backend.host_kernels`) takes over one of two ways:
 
-* **small steps** (B * H^2 at most 2^21 multiply-adds; 2^24 where the kernel is built for
-  AVX-512, whose micro-kernel does twice the work per instruction) run the whole recurrence
-  as one compiled call: W_hh packed once, the element-wise part after each product. A BLAS
-  call costs about what such a product is worth;
+* **small steps** (B * H^2 at most 2^21 multiply-adds; with the AVX-512 micro-kernel, which
+  does twice the work per instruction, 2^24 at batches of at most 32 rows) run the whole
+  recurrence as one compiled call: W_hh packed once, the element-wise part after each
+  product. A BLAS call costs about what such a product is worth;
 * **larger steps** keep the step loop, whose product a multi-threaded BLAS does faster than
   one thread can (measured on two cores; more cores favour it more), and run its
   element-wise part (tanh and its gradient) as compiled loops: NumPy's float32 tanh is
@@ -209,30 +209,36 @@ class NumpyBackend(Backend):
         return grad_z, grad_h
 
 
-# Steps of at most this many multiply-adds (B * H^2) run the whole compiled recurrence, by the
-# micro-kernel's vector width (HostKernels.vector_bits). Measured on the project's 2-core
-# machines, the recurrence's forward + backward, float32, the step loop's time over the whole
-# recurrence's:
+# Which steps run the whole compiled recurrence, by the micro-kernel's vector width
+# (HostKernels.vector_bits): (the largest B * H^2, in multiply-adds per step, at any batch;
+# the largest at batches of at most SMALL_BATCH rows, where BLAS's product is least
+# efficient). Measured on the project's 2-core machines, the recurrence's forward +
+# backward, float32, the step loop's time over the whole recurrence's:
 # - AVX2 (AMD EPYC Zen 3, layer forward + backward, two runs): at 2^19 rowdigits 1.08 and 1.02,
 #   pixel MNIST (T 784, B 32, H 128) 1.58 and 1.49, T 200 / B 8 / H 256 1.60 and 1.47; at 2^20
 #   (B 64, H 128) 1.14 and 1.20; at 2^21 pixeldigits 1.12 and 1.12; at 2^22 B 16 / H 512 1.14
 #   and 1.06 but rowmnist (B 256, H 128) 0.93 and 0.90; medium (2^24) 0.87 and 0.86.
-# - AVX-512 (AMD EPYC Zen 5, the recurrence alone, BLAS idle and right after a BLAS product,
-#   three runs: benchmarks/RESULTS.md's table and two before it of the same timing; the range
-#   of the six): rowdigits 1.48 and 1.79 (one run), pixel MNIST 1.47 to 2.26, T 200 / B 8 /
-#   H 256 2.11 to 2.99, pixeldigits 1.22 to 1.71, rowmnist (2^22) 1.10 to 1.37, medium (2^24)
-#   1.16 to 1.39, T 40 / B 16 / H 1024 (2^24) 1.53 to 1.78; beyond 2^24 the lead narrowed: B 128
-#   / H 512 (2^25) 1.07 to 1.16, B 64 / H 1024 (2^26) 1.24 to 1.40, B 256 / H 1024 (2^28) 1.10
-#   to 1.25. Two cores only: BLAS's threads scale with the cores where one thread does not, so
-#   steps past 2^24 keep BLAS, as do all steps on machines not measured (Zen 4 and Intel parts
-#   run AVX-512 at other rates; machines with more cores were not measured either).
-_SMALL_STEP: dict[int, int] = {512: 1 << 24, 256: 1 << 21, 0: 1 << 21}
+# - AVX-512 (AMD EPYC Zen 5, the recurrence alone, BLAS idle / right after a BLAS product,
+#   benchmarks/RESULTS.md), against OpenBLAS's own (AVX-512) kernels: rowdigits 1.15 / 1.31,
+#   pixel MNIST 1.33 / 1.33, T 200 / B 8 / H 256 1.50 / 1.41, T 40 / B 16 / H 1024 (2^24)
+#   2.00 / 1.89, pixeldigits (2^21) 1.04 / 0.85, rowmnist (B 256, 2^22) 1.04 / 0.80, medium
+#   (B 64, 2^24) 0.87 / 0.88, B 64 / H 1024 0.97 / 0.95, B 128 / H 512 0.89 / 0.93, B 256 /
+#   H 1024 0.82 / 0.72. Against OpenBLAS's AVX2 kernels (the whole recurrence won on all ten
+#   shapes there, 1.12 to 2.11) the step loop is slower than it need be: that is a setting
+#   of the environment (OPENBLAS_CORETYPE), which `rnncu info` shows.
+# Only two cores were measured: BLAS's threads scale with the cores where one thread does not.
+SMALL_BATCH = 32
+_WHOLE_LIMITS: dict[int, tuple[int, int]] = {
+    512: (1 << 21, 1 << 24),
+    256: (1 << 21, 1 << 21),
+    0: (1 << 21, 1 << 21),
+}
 
 
 def _whole_recurrence(states: np.ndarray, *operands: np.ndarray | None) -> HostKernels | None:
-    """The whole compiled recurrence, when it runs: small steps, every array float32 and
-    ``states`` C-contiguous (the layer allocates it so; the other operands are made
-    contiguous). None means the step loop runs."""
+    """The whole compiled recurrence, when it runs: small steps (``_WHOLE_LIMITS``), every
+    array float32 and ``states`` C-contiguous (the layer allocates it so; the other operands
+    are made contiguous). None means the step loop runs."""
     _, batch, hidden = states.shape
     if not states.flags.c_contiguous:
         return None
@@ -240,9 +246,11 @@ def _whole_recurrence(states: np.ndarray, *operands: np.ndarray | None) -> HostK
         if array is not None and array.dtype != np.float32:
             return None
     kernels = host_kernels.load()
-    if kernels is None or batch * hidden * hidden > _SMALL_STEP[kernels.vector_bits]:
+    if kernels is None:
         return None
-    return kernels
+    any_batch, small_batch = _WHOLE_LIMITS[kernels.vector_bits]
+    largest = small_batch if batch <= SMALL_BATCH else any_batch
+    return kernels if batch * hidden * hidden <= largest else None
 
 
 def _int64_lengths(lengths: np.ndarray | None) -> np.ndarray | None:
