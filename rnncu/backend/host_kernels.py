@@ -154,6 +154,7 @@ def _check_status(status: int) -> None:
 _lock = threading.Lock()
 _loaded: HostKernels | None = None
 _reason: str | None = None
+_downgraded: str | None = None  # why the AVX-512 build failed where the CPU has AVX-512
 _tried = False
 
 
@@ -269,14 +270,17 @@ def _load() -> HostKernels:
     if compiler is None:
         searched = os.environ.get("CC") or "cc, gcc, clang"
         raise RuntimeError(f"no C compiler found (looked for {searched})")
+    global _downgraded
     flags = _BASE_FLAGS + _arch_flags()
     try:
         path = _build(source, compiler, flags)
-    except RuntimeError:
+    except RuntimeError as exc:
         if "-mavx512f" not in flags:
             raise
-        # a compiler older than AVX-512 (gcc before 4.9) on a CPU that has it: the AVX2 build
+        # a compiler older than AVX-512 (gcc before 4.9) on a CPU that has it: the AVX2
+        # build, with the reason kept for status() (a new process tries AVX-512 again)
         path = _build(source, compiler, tuple(f for f in flags if f != "-mavx512f"))
+        _downgraded = str(exc) or type(exc).__name__
     return HostKernels(ctypes.CDLL(str(path)), path)
 
 
@@ -302,12 +306,15 @@ def status() -> str:
     kernels = load()
     if kernels is not None:
         isa = {512: "AVX-512", 256: "AVX2"}.get(kernels.vector_bits, "portable C")
-        return f"compiled, {isa} micro-kernel ({kernels.path})"
+        text = f"compiled, {isa} micro-kernel ({kernels.path})"
+        if _downgraded:
+            text += f"; the AVX-512 build failed: {_downgraded}"
+        return text
     return f"not used, NumPy's functions run instead: {_reason}"
 
 
 def _reset_for_tests() -> None:
     """Forget the loaded kernels so that the next :func:`load` tries again."""
-    global _loaded, _reason, _tried
+    global _loaded, _reason, _downgraded, _tried
     with _lock:
-        _loaded, _reason, _tried = None, None, False
+        _loaded, _reason, _downgraded, _tried = None, None, None, False
