@@ -211,5 +211,5 @@ def _format_blas(blas: Any) -> str:
         or "none found"
     )
     if blas.get("coretype"):
-        text += f" (OPENBLAS_CORETYPE={blas['coretype']} in the environment)"
+        text += f"; OPENBLAS_CORETYPE={blas['coretype']} is set in the environment"
     return text + (f". {blas['hint']}" if blas.get("hint") else "")

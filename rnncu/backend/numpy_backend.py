@@ -14,7 +14,9 @@ In float32, when a C compiler is available, ``kernels/host_rnn.c``
 * **larger steps** keep the step loop, whose product a multi-threaded BLAS does faster than
   one thread can (measured on two cores; more cores favour it more), and run its
   element-wise part (tanh and its gradient) as compiled loops: NumPy's float32 tanh is
-  scalar without AVX-512. So does a step whose packed copy of W_hh does not fit in memory.
+  scalar without AVX-512. So does a call whose packed copy of W_hh does not fit in memory
+  (its product then reads W_hh^T through a view, where a contiguous copy would not fit
+  either).
 
 Otherwise, and always in float64 (the reference), the step loop runs NumPy's functions.
 """
@@ -96,7 +98,10 @@ class NumpyBackend(Backend):
                 return
             except MemoryError:
                 pass  # its packed copy of W_hh did not fit (nothing written): the step loop
-        w_hh_t = np.ascontiguousarray(w_hh.T)  # BLAS is faster on it than on a transposed view
+        try:
+            w_hh_t = np.ascontiguousarray(w_hh.T)  # BLAS is faster on it than on a view
+        except MemoryError:
+            w_hh_t = w_hh.T  # where the copy does not fit: slower, but it runs
         recurrent = np.empty_like(h0)
         padding = _padding_masks(lengths, steps)
         order = range(steps - 1, -1, -1) if reverse else range(steps)
@@ -154,7 +159,7 @@ class NumpyBackend(Backend):
                 )
                 return grad_z, grad_h
             except MemoryError:
-                pass  # as in the forward: grad_h untouched, the step loop takes over
+                del grad_z  # as in the forward: grad_h untouched, the step loop takes over
         padding = _padding_masks(lengths, steps)
         next_grad_h = np.empty_like(h0)
         host = _host_tanh(nonlinearity, states, grad_h, grad_states)
@@ -223,9 +228,12 @@ class NumpyBackend(Backend):
 #   pixel MNIST 1.33 / 1.33, T 200 / B 8 / H 256 1.50 / 1.41, T 40 / B 16 / H 1024 (2^24)
 #   2.00 / 1.89, pixeldigits (2^21) 1.04 / 0.85, rowmnist (B 256, 2^22) 1.04 / 0.80, medium
 #   (B 64, 2^24) 0.87 / 0.88, B 64 / H 1024 0.97 / 0.95, B 128 / H 512 0.89 / 0.93, B 256 /
-#   H 1024 0.82 / 0.72. Against OpenBLAS's AVX2 kernels (the whole recurrence won on all ten
-#   shapes there, 1.12 to 2.11) the step loop is slower than it need be: that is a setting
-#   of the environment (OPENBLAS_CORETYPE), which `rnncu info` shows.
+#   H 1024 0.82 / 0.72. So at batches above 32 the two tie at 2^21 and 2^22 (pixeldigits,
+#   rowmnist: the step loop ahead right after a BLAS product, as inside a layer, behind with
+#   BLAS idle) and the step loop wins from 2^24; 2^21, the AVX2 build's bound, is kept. Against
+#   OpenBLAS's AVX2 kernels (the whole recurrence won on all ten shapes there, 1.12 to 2.11)
+#   the step loop is slower than it need be: that is a setting of the environment
+#   (OPENBLAS_CORETYPE), which `rnncu info` shows.
 # Only two cores were measured: BLAS's threads scale with the cores where one thread does not.
 SMALL_BATCH = 32
 _WHOLE_LIMITS: dict[int, tuple[int, int]] = {
