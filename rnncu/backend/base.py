@@ -100,11 +100,11 @@ class Backend(ABC):
             return self.xp.asarray(array, dtype=dtype)
         # a host array is cast on the host, where the check costs no device work (and the
         # narrower copy is the one uploaded)
+        plain = numpy.asarray(array)  # a masked array's hidden values count too
         with numpy.errstate(over="ignore"):  # counted below, and refused with the figures
-            cast = numpy.asarray(array).astype(wanted)
+            cast = plain.astype(wanted)
         made = int(numpy.count_nonzero(~numpy.isfinite(cast)))
         if made:
-            plain = numpy.asarray(array)  # a masked array's hidden values count too
             finite = numpy.isfinite(plain)
             given = plain.size - int(numpy.count_nonzero(finite))
             if made > given:
