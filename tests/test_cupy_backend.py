@@ -124,7 +124,13 @@ def test_recurrence_matches_numpy(rng, mode, dtype, shape, nonlinearity, reverse
         backend.recurrence_forward(states, d_w, d_h0, d_len, nonlinearity, reverse)
         _close(cupy.asnumpy(states), expected, dtype, "states")
 
-        for gs, gl in ((grad_states, grad_h_last), (None, None)):
+        # every combination: (None, dh_n) is a classifier's backward
+        for gs, gl in (
+            (grad_states, grad_h_last),
+            (None, grad_h_last),
+            (grad_states, None),
+            (None, None),
+        ):
             want_z, want_h0 = reference.recurrence_backward(
                 expected, w_hh, h0, gs, gl, lengths, nonlinearity, reverse
             )

@@ -200,7 +200,14 @@ def test_step_kernels_match_numpy_under_host_emulation(
         launch("forward", args)
     np.testing.assert_allclose(states, expected, **tol)
 
-    for gs, gl in ((grad_states, grad_h_last), (None, None), (grad_states, None)):
+    # Every combination of present and absent gradients: (None, dh_n) is how a classifier's
+    # backward runs (only the last state has a gradient).
+    for gs, gl in (
+        (grad_states, grad_h_last),
+        (None, grad_h_last),
+        (grad_states, None),
+        (None, None),
+    ):
         expected_z, expected_h0 = reference.recurrence_backward(
             expected, w_hh, h0, gs, gl, lengths, nonlinearity, reverse
         )

@@ -150,9 +150,10 @@ def test_forward_and_backward_match_numpy(
 
     # backward from the reference states so forward error does not leak into the check
     ref_states = expected_states
-    for with_grads in (True, False):
-        grad_states = inputs["grad_states"] if with_grads else None
-        grad_h_last = inputs["grad_h_last"] if with_grads else None
+    # every combination of present and absent gradients: (None, dh_n) is a classifier's backward
+    for with_states, with_last in ((True, True), (False, True), (True, False), (False, False)):
+        grad_states = inputs["grad_states"] if with_states else None
+        grad_h_last = inputs["grad_h_last"] if with_last else None
         expected_gz, expected_gh0 = REFERENCE.recurrence_backward(
             ref_states, inputs["w_hh"], inputs["h0"], grad_states, grad_h_last,
             inputs["lengths"], nonlinearity, reverse,
