@@ -297,6 +297,24 @@ def test_schedules() -> None:
         make_schedule("cosine", 1.0, 10)
 
 
+def test_schedules_between_their_landmarks() -> None:
+    """The curves' shapes, at points where a staircase or a straight line would differ from
+    them (whole epochs and the cosine's 0, 1/2, 1 do not tell them apart), and min_factor."""
+    exp = ExponentialLR(1.0, steps_per_epoch=10, gamma=0.5)
+    # smooth per step: half an epoch in, the rate is 0.5 ** 0.5, not a stair's 1.0
+    assert exp(5) == pytest.approx(math.sqrt(0.5), rel=1e-15)
+    assert exp(13) == pytest.approx(0.5**1.3, rel=1e-15)
+    cos = CosineLR(2.0, steps_per_epoch=4, total_epochs=2)
+    # a quarter of the horizon: 1 + cos(pi / 4) = 1.7071..., a straight line gives 1.5
+    assert cos(2) == pytest.approx(1.0 + math.cos(math.pi / 4), rel=1e-15)
+    assert cos(6) == pytest.approx(1.0 + math.cos(3 * math.pi / 4), rel=1e-15)
+    floor = CosineLR(1.0, steps_per_epoch=4, total_epochs=2, min_factor=0.2)
+    assert floor(0) == 1.0
+    assert floor(4) == pytest.approx(0.6, rel=1e-15)  # halfway between 1 and the floor
+    assert floor(2) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-15)
+    assert floor(8) == pytest.approx(0.2, rel=1e-15) and floor(100) == pytest.approx(0.2)
+
+
 @pytest.mark.parametrize("name", ["exp", "step", "cosine", "constant"])
 def test_the_schedule_starts_where_the_warm_up_ends(name: str) -> None:
     """The warm-up rises to base_lr and the schedule then starts from base_lr: shifted by
