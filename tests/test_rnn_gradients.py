@@ -7,6 +7,7 @@ import pytest
 from rnn_reference import assert_close, numerical_gradient
 
 import rnncu
+from rnncu.optim import clip_grad_norm
 
 CASES = [
     # (T, B, D, H, layers, bidirectional, nonlinearity, batch_first, with_lengths)
@@ -402,3 +403,41 @@ def test_padding_ignores_gradients_at_padded_outputs(rng: np.random.Generator) -
     np.testing.assert_array_equal(dx_dirty, dx_clean)
     for name, grad in grads_clean.items():
         np.testing.assert_array_equal(rnn.grads[name], grad, err_msg=name)
+
+
+def test_every_gradient_is_its_own_array(rng: np.random.Generator) -> None:
+    """In-place users of the gradients (clipping, the optimisers) touch each one once: two
+    names sharing memory (bias_ih and bias_hh are the same sum) would be scaled twice."""
+    rnn = rnncu.RNN(3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy")
+    head = rnncu.Linear(8, 2, dtype="float64", backend="numpy")
+    x = rng.standard_normal((5, 3, 3))
+    out, h_n = rnn(x)
+    y = head(out)
+    head.backward(rng.standard_normal(y.shape))
+    rnn.backward(head.backward(rng.standard_normal(y.shape)), rng.standard_normal(h_n.shape))
+    arrays = [(f"rnn.{n}", g) for n, g in rnn.grads.items()]
+    arrays += [(f"head.{n}", g) for n, g in head.grads.items()]
+    arrays += [(f"rnn.param.{n}", p) for n, p in rnn.params.items()]
+    arrays += [(f"head.param.{n}", p) for n, p in head.params.items()]
+    for i, (name_a, a) in enumerate(arrays):
+        for name_b, b in arrays[i + 1 :]:
+            assert not np.shares_memory(a, b), f"{name_a} and {name_b} share memory"
+
+
+def test_clipping_a_real_model_scales_every_gradient_once(rng: np.random.Generator) -> None:
+    rnn = rnncu.RNN(3, 4, num_layers=2, bidirectional=True, dtype="float64", backend="numpy")
+    head = rnncu.Linear(8, 2, dtype="float64", backend="numpy")
+    out, h_n = rnn(rng.standard_normal((5, 3, 3)))
+    y = head(out)
+    rnn.backward(head.backward(rng.standard_normal(y.shape)), rng.standard_normal(h_n.shape))
+    before = {f"{i}.{n}": g.copy() for i, m in enumerate((rnn, head)) for n, g in m.grads.items()}
+    norm = float(np.sqrt(sum(np.sum(g * g) for g in before.values())))
+    max_norm = norm / 7.0
+    returned = clip_grad_norm([rnn, head], max_norm)
+    assert float(returned) == pytest.approx(norm, rel=1e-14)
+    factor = max_norm / (norm + 1e-6)
+    for i, module in enumerate((rnn, head)):
+        for name, grad in module.grads.items():
+            np.testing.assert_allclose(
+                grad, before[f"{i}.{name}"] * factor, rtol=1e-14, atol=0, err_msg=name
+            )
