@@ -80,9 +80,12 @@ struct BufferLayout {
 __device__ __forceinline__ float act_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double act_tanh(double x) { return tanh(x); }
 
+// relu keeps a NaN input NaN (x < 0 is false for NaN), like numpy.maximum(x, 0) and the step
+// kernels' activate (common.cuh), whose bits it gives: a relu that turned NaN into 0 would
+// hide a diverged run from the trainer's loss check.
 template <typename T>
 __device__ __forceinline__ T activate(T x, int relu) {
-    return relu ? (x > T(0) ? x : T(0)) : act_tanh(x);
+    return relu ? (x < T(0) ? T(0) : x) : act_tanh(x);
 }
 
 // act'(pre-activation) expressed through the output h = act(pre): tanh 1 - h^2, relu h > 0.

@@ -77,3 +77,43 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: fl
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def with_nans(
+    rng: np.random.Generator, steps: int, batch: int, hidden: int, dtype: type
+) -> dict[str, np.ndarray]:
+    """A recurrence's inputs with NaN in two places: Z at step 1 of row 0 (one unit), which
+    the forward must carry into that row's later states (through relu too: relu(NaN) is NaN,
+    as numpy.maximum gives), and the output gradient at step 0 of the last row, which only
+    the backward reads. Every other row stays finite: a NaN must not leak across rows."""
+    assert steps >= 2 and batch >= 3 and hidden >= 1
+    z = rng.standard_normal((steps, batch, hidden))
+    # half scale: a relu recurrence stays bounded over a few steps
+    w_hh = rng.uniform(-0.5, 0.5, (hidden, hidden)) / np.sqrt(hidden)
+    grad_states = rng.standard_normal((steps, batch, hidden))
+    z[1, 0, hidden // 2] = np.nan
+    grad_states[0, batch - 1, 0] = np.nan
+    arrays = {
+        "z": z,
+        "w_hh": w_hh,
+        "h0": rng.standard_normal((batch, hidden)),
+        "grad_states": grad_states,
+        "grad_h_last": rng.standard_normal((batch, hidden)),
+    }
+    return {name: a.astype(dtype) for name, a in arrays.items()}
+
+
+def assert_same_nans(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str) -> None:
+    """NaN exactly where the reference has NaN, and the other elements close."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    nan_actual, nan_expected = np.isnan(actual), np.isnan(expected)
+    assert np.array_equal(nan_actual, nan_expected), (
+        f"{what}: NaN at {np.argwhere(nan_actual).tolist()[:8]}, the reference at "
+        f"{np.argwhere(nan_expected).tolist()[:8]} ({int(nan_actual.sum())} against "
+        f"{int(nan_expected.sum())})"
+    )
+    finite = ~nan_expected
+    atol = rtol * max(1.0, float(np.max(np.abs(expected[finite]), initial=0.0)))
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=atol, err_msg=what)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from rnn_reference import assert_same_nans, with_nans
 
 pytestmark = pytest.mark.gpu
 
@@ -442,3 +443,42 @@ def test_layer_rejects_numpy_input_on_cupy(rng):
     gpu = rnncu.RNN(3, 7, backend="cupy", seed=0)
     with pytest.raises(TypeError, match="mixed devices|cupy"):
         gpu(rng.standard_normal((4, 2, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [3, 40], ids=["small-batch", "tile"])
+@pytest.mark.parametrize(("nonlinearity", "reverse"), [("tanh", False), ("relu", True)])
+def test_nan_propagates_as_in_numpy(rng, mode, dtype, batch, nonlinearity, reverse):
+    """A NaN in Z or in the output gradient reaches exactly the elements it reaches on the
+    NumPy backend, through relu too, and never another row (a kernel that read a
+    neighbour's row would spread it)."""
+    import cupy
+
+    from rnncu.backend.numpy_backend import NumpyBackend
+
+    steps, hidden = 5, 33
+    _skip_unless_supported(mode, (steps, batch, hidden), dtype, nonlinearity, reverse, False)
+    arrays = with_nans(rng, steps, batch, hidden, dtype)
+    backend, reference = _cupy_backend(), NumpyBackend()
+
+    expected = arrays["z"].copy()
+    w_hh, h0 = arrays["w_hh"], arrays["h0"]
+    reference.recurrence_forward(expected, w_hh, h0, None, nonlinearity, reverse)
+    want_z, want_h0 = reference.recurrence_backward(
+        expected, w_hh, h0, arrays["grad_states"], arrays["grad_h_last"], None, nonlinearity,
+        reverse,
+    )  # fmt: skip
+    assert np.isnan(expected[:, 0]).any() and not np.isnan(expected[:, 1:]).any()
+    device = {name: cupy.asarray(a) for name, a in arrays.items()}
+    with recurrence(backend, mode):
+        states = device["z"].copy()
+        d_w, d_h0 = device["w_hh"], device["h0"]
+        backend.recurrence_forward(states, d_w, d_h0, None, nonlinearity, reverse)
+        assert_same_nans(cupy.asnumpy(states), expected, TOL[dtype], "states")
+        grad_z, grad_h0 = backend.recurrence_backward(
+            cupy.asarray(expected), d_w, d_h0, device["grad_states"], device["grad_h_last"],
+            None, nonlinearity, reverse,
+        )  # fmt: skip
+    assert_same_nans(cupy.asnumpy(grad_z), want_z, TOL[dtype], "grad_z")
+    assert_same_nans(cupy.asnumpy(grad_h0), want_h0, TOL[dtype], "grad_h0")

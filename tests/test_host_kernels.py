@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rnn_reference import assert_same_nans, with_nans
 
 from rnncu.backend import host_kernels, kernel_loader, numpy_backend
 from rnncu.backend.numpy_backend import NumpyBackend, _host_tanh, _whole_recurrence
@@ -480,3 +481,39 @@ def test_a_directory_others_can_write_is_never_used(fresh_loader, monkeypatch) -
     assert Path(loaded.path).parent.parent == fresh_loader / "tmp"
     assert not list(shared.iterdir())
     assert Path(loaded.path).parent.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("path", ["whole", "step"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_propagates_as_in_the_float64_loop(
+    kernels, monkeypatch, rng, path, nonlinearity, reverse
+) -> None:
+    """A NaN in Z or in the output gradient reaches exactly the elements it reaches in the
+    float64 NumPy loop: through relu too (a relu that turned NaN into 0 would hide a
+    diverged run from the trainer's loss check), and never into another row."""
+    steps, batch, hidden = 4, 7, 33
+    if reverse:
+        steps = 5  # the NaN at step 1 then reaches only steps 1 and 0
+    single = with_nans(rng, steps, batch, hidden, np.float32)
+    double = {name: a.astype(np.float64) for name, a in single.items()}
+    backend = NumpyBackend()
+
+    def run(a):
+        states = a["z"].copy()
+        backend.recurrence_forward(states, a["w_hh"], a["h0"], None, nonlinearity, reverse)
+        grads = backend.recurrence_backward(
+            states, a["w_hh"], a["h0"], a["grad_states"], a["grad_h_last"], None,
+            nonlinearity, reverse,
+        )  # fmt: skip
+        return (states, *grads)
+
+    expected = run(double)
+    _use_path(monkeypatch, path)
+    actual = run(single)
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        assert a.dtype == np.float32
+        assert_same_nans(a, e, 2e-5, what)
+    # the case is not vacuous: the forward's NaN reaches later states of row 0 only
+    nan_rows = np.isnan(expected[0]).any(axis=(0, 2))
+    assert nan_rows.tolist() == [True] + [False] * (batch - 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rnn_reference import assert_same_nans, with_nans
 
 from rnncu.backend.numpy_backend import NumpyBackend
 from rnncu.backend.persistent import (
@@ -341,3 +342,33 @@ def test_cluster_occupancy_query_answers() -> None:
         answers[shape] = (plan.cluster, persistent._prepare_cluster(kernel, plan, device_id))
     print("\ncluster size, resident clusters:", answers)
     assert all(count >= 1 for _, count in answers.values()), answers
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 33), (5, 3, 200), (3, 3, 1000)])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_nan_propagates_as_in_numpy(
+    variants: str, rng: np.random.Generator, shape: tuple[int, int, int], nonlinearity: str
+) -> None:
+    """A NaN in Z or the output gradient reaches exactly what it reaches in NumPy, in each
+    variant (block, cluster and grid sizes of H). The persistent relu had turned NaN into 0
+    (x > 0 ? x : 0), where NumPy and the step kernels keep it."""
+    import cupy
+
+    skip_without_plan(shape, np.float32, variants)
+    inputs = with_nans(rng, *shape, np.float32)
+    inputs["lengths"] = None
+    expected = reference_forward(inputs, nonlinearity, False)
+    assert np.isnan(expected[:, 0]).any() and not np.isnan(expected[:, 1:]).any()
+    assert_same_nans(cupy.asnumpy(run_forward(inputs, nonlinearity, False)), expected, 1e-5, "h")
+    want_z, want_h0 = REFERENCE.recurrence_backward(
+        expected, inputs["w_hh"], inputs["h0"], inputs["grad_states"], inputs["grad_h_last"],
+        None, nonlinearity, False,
+    )  # fmt: skip
+    result = persistent_backward(
+        cupy.asarray(expected), cupy.asarray(inputs["w_hh"]), cupy.asarray(inputs["h0"]),
+        cupy.asarray(inputs["grad_states"]), cupy.asarray(inputs["grad_h_last"]), None,
+        nonlinearity, False, force=True,
+    )  # fmt: skip
+    assert result is not None
+    assert_same_nans(cupy.asnumpy(result[0]), want_z, 1e-5, "grad_z")
+    assert_same_nans(cupy.asnumpy(result[1]), want_h0, 1e-5, "grad_h0")
