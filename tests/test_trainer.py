@@ -575,3 +575,30 @@ def test_train_checks_out_dir_and_progress_first(digits, tmp_path) -> None:
     with pytest.raises(TypeError, match=r"^progress: expected True or False, got 'no'"):
         train(small(), data=digits, progress="no")  # type: ignore[arg-type]
     assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("task", ["classify", "generate"])
+def test_the_epoch_loss_weights_each_batch_by_its_rows(monkeypatch, digits, task) -> None:
+    """train_loss is the mean over the epoch's samples: the last, partial batch (1347 rows
+    in batches of 64 leave 3) counts for its 3 rows, not for 64."""
+    model_class = tasks.SequenceClassifier if task == "classify" else tasks.RowGenerator
+    seen: list[tuple[float, int, int]] = []
+    original = model_class.train_step
+
+    def spy(self, x, y):
+        loss, correct = original(self, x, y)
+        seen.append((float(loss), int(x.shape[1]), -1 if correct is None else int(correct)))
+        return loss, correct
+
+    monkeypatch.setattr(model_class, "train_step", spy)
+    record = train(small(task=task, epochs=1), data=digits, progress=False).history[0]
+    sizes = [size for _, size, _ in seen]
+    n = sum(sizes)
+    assert n == len(digits.y_train) and sizes[-1] == n % 64 != 0
+    expected = sum(loss * size for loss, size, _ in seen) / n
+    assert record["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 products
+    # the unweighted mean of the batches differs, so the check can tell them apart
+    unweighted = sum(loss for loss, _, _ in seen) / len(seen)
+    assert unweighted != pytest.approx(expected, rel=1e-4)
+    if task == "classify":
+        assert record["train_accuracy"] == sum(c for _, _, c in seen) / n
