@@ -564,3 +564,33 @@ def test_grad_norm_refuses_a_parameter_without_its_gradient() -> None:
     b.grads = {"w": np.full(2, 2.0), "b": np.full(1, 2.0)}
     empty = FakeModule({})
     assert float(grad_norm([a, b, empty])) == pytest.approx(np.sqrt(24.0))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda modules: SGD(modules, lr=0.1, momentum=0.9),
+        lambda modules: SGD(modules, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+        lambda modules: Adam(modules, lr=0.1),
+        lambda modules: Adam(modules, lr=0.1, weight_decay=0.1, decoupled=True),
+    ],
+    ids=["sgd-momentum", "sgd-nesterov", "adam", "adamw"],
+)
+def test_modules_with_the_same_parameter_names_keep_their_own_state(rng, build) -> None:
+    """Two modules with a "w" each (two Linear layers): one optimiser over both gives what one
+    optimiser per module gives, so neither reads the other's momentum or moments."""
+    start = [{"w": rng.standard_normal((3, 2))} for _ in range(2)]
+    together = [FakeModule(p) for p in start]
+    alone = [FakeModule(p) for p in start]
+    joint = build(together)
+    separate = [build([module]) for module in alone]
+    for _ in range(4):
+        for a, b in zip(together, alone, strict=True):
+            a.grads = {"w": rng.standard_normal((3, 2))}
+            b.grads = {"w": a.grads["w"].copy()}
+        joint.step()
+        for opt in separate:
+            opt.step()
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(a.params["w"], b.params["w"])
+    assert not np.allclose(together[0].params["w"], together[1].params["w"])
