@@ -7,8 +7,10 @@ in-place buffers), so agreement with it checks rnncu's vectorised algorithm, not
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pytest
 
 
 def loop_rnn(
@@ -117,3 +119,31 @@ def assert_same_nans(actual: np.ndarray, expected: np.ndarray, rtol: float, what
     finite = ~nan_expected
     atol = rtol * max(1.0, float(np.max(np.abs(expected[finite]), initial=0.0)))
     np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=atol, err_msg=what)
+
+
+def recurrence_cases(
+    shapes: list[tuple[int, int, int]],
+    configs: list[tuple[str, bool, bool]],
+    is_long: Callable[[tuple[int, int, int]], bool],
+) -> list[Any]:
+    """(dtype, shape, nonlinearity, reverse, use_lengths) for every combination, except that
+    the long shapes (``is_long``) run in float32 tanh only: left out of the grid, not
+    skipped, so that the skip count shows only what a machine could not run."""
+    cases = []
+    for dtype in (np.float32, np.float64):
+        for shape in shapes:
+            for nonlinearity, reverse, use_lengths in configs:
+                if is_long(shape) and (dtype != np.float32 or nonlinearity != "tanh"):
+                    continue
+                label = f"{nonlinearity}-{reverse}-{use_lengths}-{'x'.join(map(str, shape))}"
+                cases.append(
+                    pytest.param(
+                        dtype,
+                        shape,
+                        nonlinearity,
+                        reverse,
+                        use_lengths,
+                        id=f"{label}-{np.dtype(dtype).name}",
+                    )  # fmt: skip
+                )
+    return cases

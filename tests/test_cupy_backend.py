@@ -11,12 +11,11 @@ missing.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from rnn_reference import assert_same_nans, with_nans
+from rnn_reference import assert_same_nans, recurrence_cases, with_nans
 
 pytestmark = pytest.mark.gpu
 
@@ -57,20 +56,9 @@ def _skip_unless_supported(mode: str, shape, dtype, nonlinearity, reverse, lengt
     """Skip a persistent case the persistent module says it does not cover."""
     if mode != "persistent":
         return
-    try:
-        persistent = importlib.import_module("rnncu.backend.persistent")
-    except ModuleNotFoundError:
-        pytest.skip("rnncu.backend.persistent does not exist in this checkout")
-    supports = getattr(persistent, "supports", None) or getattr(persistent, "is_supported", None)
-    if supports is None:
-        return  # the module decides per call; with force=True it raises where unsupported
-    try:
-        ok = supports(
-            shape=shape, dtype=np.dtype(dtype), nonlinearity=nonlinearity, reverse=reverse
-        )
-    except TypeError:
-        ok = supports(*shape, np.dtype(dtype))
-    if not ok:
+    from rnncu.backend import persistent
+
+    if not persistent.supports(shape, np.dtype(dtype), nonlinearity, reverse):
         pytest.skip(f"persistent path does not support {shape} {np.dtype(dtype)}")
 
 
@@ -98,19 +86,25 @@ def _close(actual, expected, dtype, what: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize(
-    ("nonlinearity", "reverse", "use_lengths"),
-    [("tanh", False, False), ("relu", True, True), ("tanh", True, True), ("relu", False, False)],
+    ("dtype", "shape", "nonlinearity", "reverse", "use_lengths"),
+    # T = 2000 runs for float32 tanh only, to keep the GPU suite short
+    recurrence_cases(
+        SHAPES,
+        [
+            ("tanh", False, False),
+            ("relu", True, True),
+            ("tanh", True, True),
+            ("relu", False, False),
+        ],
+        lambda shape: shape[0] == 2000,
+    ),
 )
 def test_recurrence_matches_numpy(rng, mode, dtype, shape, nonlinearity, reverse, use_lengths):
     import cupy
 
     from rnncu.backend.numpy_backend import NumpyBackend
 
-    if shape[0] == 2000 and (dtype == np.float64 or nonlinearity == "relu"):
-        pytest.skip("T = 2000 runs for float32 tanh only, to keep the GPU suite short")
     _skip_unless_supported(mode, shape, dtype, nonlinearity, reverse, use_lengths)
     backend = _cupy_backend()
     reference = NumpyBackend()

@@ -18,6 +18,7 @@ import pytest
 from device_limits import H200
 from emulated_cupy import EmulatedDevice
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
+from rnn_reference import recurrence_cases
 from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
@@ -115,14 +116,14 @@ def _reference(data: dict, nonlinearity: str, reverse: bool, grads: tuple[bool, 
 
 # ----------------------------------------------------------------------------- recurrence
 @pytest.mark.parametrize("mode", ["step", "persistent"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize(("nonlinearity", "reverse", "use_lengths"), CONFIGS)
+@pytest.mark.parametrize(
+    ("dtype", "shape", "nonlinearity", "reverse", "use_lengths"),
+    # H = 257 runs for float32 tanh only, to keep the emulated suite short
+    recurrence_cases(SHAPES, CONFIGS, lambda shape: shape[2] == 257),
+)
 def test_recurrence_matches_numpy(
     device, rng, mode, dtype, shape, nonlinearity, reverse, use_lengths
 ) -> None:
-    if shape[2] == 257 and (dtype == np.float64 or nonlinearity == "relu"):
-        pytest.skip("H = 257 runs for float32 tanh only, to keep the emulated suite short")
     data = _inputs(rng, shape, dtype, use_lengths)
     grads = (True, not use_lengths)  # both gradients, or grad_h_last absent
     backend = CupyBackend(recurrence=mode)
