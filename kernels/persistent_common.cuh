@@ -34,6 +34,8 @@
 // after the butterfly has left the full sum in every lane.
 #pragma once
 
+#include "common.cuh"
+
 namespace rnncu_persistent {
 
 template <typename T>
@@ -77,21 +79,20 @@ struct BufferLayout {
     }
 };
 
-__device__ __forceinline__ float act_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double act_tanh(double x) { return tanh(x); }
-
-// relu keeps a NaN input NaN (x < 0 is false for NaN), like numpy.maximum(x, 0) and the step
-// kernels' activate (common.cuh), whose bits it gives: a relu that turned NaN into 0 would
-// hide a diverged run from the trainer's loss check.
+// The activation and its derivative are the step kernels' own (common.cuh), chosen here at
+// run time (relu is a launch argument): one definition, so that every path agrees on NaN
+// (relu keeps it, as numpy.maximum does) and on the derivative at 0. A copy of its own had
+// let the persistent relu turn NaN into 0.
 template <typename T>
 __device__ __forceinline__ T activate(T x, int relu) {
-    return relu ? (x < T(0) ? T(0) : x) : act_tanh(x);
+    return relu ? rnncu::activate<rnncu::kRelu>(x) : rnncu::activate<rnncu::kTanh>(x);
 }
 
 // act'(pre-activation) expressed through the output h = act(pre): tanh 1 - h^2, relu h > 0.
 template <typename T>
 __device__ __forceinline__ T activation_grad(T h, int relu) {
-    return relu ? (h > T(0) ? T(1) : T(0)) : T(1) - h * h;
+    return relu ? rnncu::activation_grad_from_output<rnncu::kRelu>(h)
+                : rnncu::activation_grad_from_output<rnncu::kTanh>(h);
 }
 
 template <typename T>
