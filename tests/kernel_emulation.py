@@ -247,6 +247,16 @@ inline T* map_shared_rank(T* p, unsigned rank) {
          std::to_string(l.cluster) + " blocks");
   }
   const int target = cluster_of(block) * l.cluster + static_cast<int>(rank);
+  // A block's shared memory is released when its last thread exits: a push into it after
+  // that is undefined behaviour on the device (a cluster barrier must keep it resident).
+  bool exited = true;
+  for (int i = target * l.threads; i < (target + 1) * l.threads && exited; ++i) {
+    exited = l.fibers[i].done;
+  }
+  if (exited) {
+    fail("map_shared_rank into block " + std::to_string(target) +
+         " of the cluster after it exited (no cluster barrier kept it resident)");
+  }
   return reinterpret_cast<T*>(l.smem[target] + (bytes - base));
 }
 
