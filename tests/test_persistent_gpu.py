@@ -70,7 +70,7 @@ def make_inputs(
         lengths[0] = steps  # at least one full-length row
         if batch > 2:
             lengths[-1] = 0  # and one with no step: its state passes through
-    return {
+    inputs = {
         "z": rng.standard_normal(shape).astype(dtype),
         "w_hh": (rng.uniform(-scale, scale, (hidden, hidden))).astype(dtype),
         "h0": (0.5 * rng.standard_normal((batch, hidden))).astype(dtype),
@@ -78,6 +78,9 @@ def make_inputs(
         "grad_h_last": rng.standard_normal((batch, hidden)).astype(dtype),
         "lengths": lengths,
     }
+    if lengths is not None:  # the gradient at a padded output is ignored, even when not finite
+        inputs["grad_states"][np.arange(steps)[:, None] >= lengths[None, :]] = np.nan
+    return inputs
 
 
 def run_forward(inputs: dict, nonlinearity: str, reverse: bool, force: bool = True) -> Any:
