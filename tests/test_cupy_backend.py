@@ -74,6 +74,8 @@ def _inputs(rng, shape, dtype, use_lengths):
     if lengths is not None and batch > 2:
         lengths[-1] = 0  # and one with no step: its state passes through
     grad_states = rng.standard_normal(shape).astype(dtype)
+    if lengths is not None:  # the gradient at a padded output is ignored, even when not finite
+        grad_states[np.arange(steps)[:, None] >= lengths[None, :]] = np.nan
     grad_h_last = rng.standard_normal((batch, hidden)).astype(dtype)
     return z, w_hh, h0, lengths, grad_states, grad_h_last
 
@@ -476,3 +478,41 @@ def test_nan_propagates_as_in_numpy(rng, mode, dtype, batch, nonlinearity, rever
         )  # fmt: skip
     assert_same_nans(cupy.asnumpy(grad_z), want_z, TOL[dtype], "grad_z")
     assert_same_nans(cupy.asnumpy(grad_h0), want_h0, TOL[dtype], "grad_h0")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 36), (3, 40, 36)], ids=["small-batch", "tile"])
+def test_a_w_hh_view_off_a_16_byte_boundary(rng, mode, dtype, shape):
+    """W_hh a C-contiguous view one element past a 16-byte boundary (a slice of a packed
+    parameter buffer), H a multiple of the vector width: no kernel may issue 16-byte loads
+    from it (the device faults: misaligned address)."""
+    import cupy
+
+    from rnncu.backend.numpy_backend import NumpyBackend
+
+    _skip_unless_supported(mode, shape, dtype, "tanh", False, True)
+    z, w_hh, h0, lengths, grad_states, grad_h_last = _inputs(rng, shape, dtype, True)
+    hidden = shape[2]
+    flat = cupy.empty(hidden * hidden + 1, dtype)
+    w_view = flat[1:].reshape(hidden, hidden)
+    w_view[...] = cupy.asarray(w_hh)
+    assert w_view.flags.c_contiguous and w_view.data.ptr % 16 != 0
+    reference = NumpyBackend()
+    expected = z.copy()
+    reference.recurrence_forward(expected, w_hh, h0, lengths, "tanh", False)
+    want_z, want_h0 = reference.recurrence_backward(
+        expected, w_hh, h0, grad_states, grad_h_last, lengths, "tanh", False
+    )
+    backend = _cupy_backend()
+    d_h0, d_len = cupy.asarray(h0), cupy.asarray(lengths)
+    with recurrence(backend, mode):
+        states = cupy.asarray(z)
+        backend.recurrence_forward(states, w_view, d_h0, d_len, "tanh", False)
+        grad_z, grad_h0 = backend.recurrence_backward(
+            states, w_view, d_h0, cupy.asarray(grad_states), cupy.asarray(grad_h_last), d_len,
+            "tanh", False,
+        )  # fmt: skip
+        _close(cupy.asnumpy(states), expected, dtype, "states")
+        _close(cupy.asnumpy(grad_z), want_z, dtype, "grad_z")
+        _close(cupy.asnumpy(grad_h0), want_h0, dtype, "grad_h0")

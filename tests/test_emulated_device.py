@@ -18,7 +18,7 @@ import pytest
 from device_limits import H200
 from emulated_cupy import EmulatedDevice
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
-from rnn_reference import recurrence_cases
+from rnn_reference import assert_same_nans, recurrence_cases, with_nans
 from training_comparison import train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
@@ -56,7 +56,7 @@ def _inputs(rng: np.random.Generator, shape, dtype, use_lengths: bool) -> dict:
         lengths[0] = steps
         if batch > 2:
             lengths[-1] = 0  # a row with no step: its state passes through
-    return {
+    data = {
         "z": rng.standard_normal(shape).astype(dtype),
         "w_hh": (rng.uniform(-1.0, 1.0, (hidden, hidden)) / np.sqrt(hidden)).astype(dtype),
         "h0": rng.standard_normal((batch, hidden)).astype(dtype),
@@ -64,6 +64,9 @@ def _inputs(rng: np.random.Generator, shape, dtype, use_lengths: bool) -> dict:
         "grad_states": rng.standard_normal(shape).astype(dtype),
         "grad_h_last": rng.standard_normal((batch, hidden)).astype(dtype),
     }
+    if lengths is not None:  # the gradient at a padded output is ignored, even when not finite
+        data["grad_states"][np.arange(steps)[:, None] >= lengths[None, :]] = np.nan
+    return data
 
 
 def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -870,3 +873,47 @@ def test_asarray_checks_an_overflowing_cast_on_the_host_only(device) -> None:
     with np.errstate(over="ignore"):  # the emulation casts with NumPy
         on_device = backend.asarray(cp.asarray(np.array([1.0, 1e300])), dtype="float32")
     np.testing.assert_array_equal(cp.asnumpy(on_device), np.array([1.0, np.inf], np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_kernels_take_a_w_hh_view_that_is_not_16_byte_aligned(device, rng, dtype) -> None:
+    """W_hh a C-contiguous view one element past a 16-byte boundary (a slice of a packed
+    parameter buffer) with H a multiple of the vector width: the small-batch kernels must
+    not issue 16-byte loads from it (the device would fault)."""
+    shape = (3, 5, 36)
+    data = _inputs(rng, shape, dtype, use_lengths=True)
+    cp = device.module
+    hidden = shape[2]
+    flat = cp.asarray(np.concatenate([np.zeros(1, dtype), data["w_hh"].ravel()]))
+    w_view = flat[1:].reshape(hidden, hidden)
+    assert w_view.ctypes.data % 16 != 0
+    states = cp.asarray(data["z"])
+    backend = CupyBackend(recurrence="step")
+    backend.recurrence_forward(
+        states, w_view, cp.asarray(data["h0"]), cp.asarray(data["lengths"]), "tanh", False
+    )
+    grad_z, grad_h0 = backend.recurrence_backward(
+        states, w_view, cp.asarray(data["h0"]), cp.asarray(data["grad_states"]),
+        cp.asarray(data["grad_h_last"]), cp.asarray(data["lengths"]), "tanh", False,
+    )  # fmt: skip
+    expected = _reference(data, "tanh", False, (True, True))
+    actual = (cp.asnumpy(states), cp.asnumpy(grad_z), cp.asnumpy(grad_h0))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, what)
+    assert _step_launches(device) == 2 * shape[0]
+
+
+@pytest.mark.parametrize("mode", ["step", "persistent"])
+@pytest.mark.parametrize("batch", [3, 40], ids=["small-batch", "tile"])
+@pytest.mark.parametrize(("nonlinearity", "reverse"), [("tanh", False), ("relu", True)])
+def test_nan_propagates_as_in_numpy(device, rng, mode, batch, nonlinearity, reverse) -> None:
+    """A NaN in Z or in the output gradient reaches exactly the elements it reaches on the
+    NumPy backend, through relu too (the persistent relu had turned it into 0), and never
+    another row. The device suite has the same check (tests/test_cupy_backend.py); this one
+    runs without a GPU."""
+    data = {**with_nans(rng, 5, batch, 33, np.float32), "lengths": None}
+    actual = _run(CupyBackend(recurrence=mode), device, data, nonlinearity, reverse, (True, True))
+    expected = _reference(data, nonlinearity, reverse, (True, True))
+    assert np.isnan(expected[0][:, 0]).any() and not np.isnan(expected[0][:, 1:]).any()
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        assert_same_nans(a, e, TOL[np.dtype(np.float32)], what)
