@@ -370,6 +370,40 @@ def test_kernels_start_with_a_header_comment() -> None:
         assert text.startswith("// "), filename
 
 
+def _calls_enclosing(text: str, position: int) -> list[str]:
+    """The names of the calls whose parentheses are open at ``position`` of ``text``."""
+    names, depth = [], 0
+    for index in range(position - 1, -1, -1):
+        if text[index] == ")":
+            depth += 1
+        elif text[index] == "(":
+            if depth:
+                depth -= 1
+            else:
+                names.append(re.search(r"([\w:]*)\s*$", text[:index])[1])
+    return names
+
+
+def test_gathered_rows_are_read_through_l2() -> None:
+    """gather_rows reads rows other blocks wrote during the launch; L1 is not coherent across
+    SMs, so every read of ``src`` must be an __ldcg (a plain load could hit a stale line).
+    The emulation is sequentially consistent and cannot show a stale read: this is read off
+    the source."""
+    text = (kernel_loader.kernel_dir() / "persistent_common.cuh").read_text()
+    start = text.index("__device__ __forceinline__ void gather_rows(")
+    body = text[text.index("{", start) : text.index("\n}\n", start)]
+    body = re.sub(r"//[^\n]*", "", body)
+    # an element's address (src + offset, src[i]) or a dereference; the alignment test of
+    # the pointer itself reads nothing
+    reads = [m.start() for m in re.finditer(r"\bsrc\s*[+\[]|\*\s*\(?\s*src\b", body)]
+    assert len(reads) >= 2, "gather_rows no longer reads src: update this test"
+    for position in reads:
+        calls = _calls_enclosing(body, position)
+        assert "__ldcg" in calls, (
+            f"a read of src outside __ldcg: {body[position - 60 : position + 40]!r}"
+        )
+
+
 # ------------------------------------------------------------------------- NVRTC compile
 try:
     from cupy_backends.cuda.libs import nvrtc  # noqa: F401
