@@ -87,6 +87,25 @@ def _close(actual, expected, dtype, what: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
+def _forward_backward(backend, z, w_hh, h0, lengths, grad_states, grad_h_last, nonlinearity,
+                      reverse):  # fmt: skip
+    """The backend's forward from host Z, then its backward from the states it made, with
+    device copies of the host inputs (``w_hh`` may be a device array already); host copies
+    of (states, grad_z, grad_h0)."""
+    import cupy
+
+    def dev(a):  # a device array as it is (a view stays the view)
+        return a if a is None or isinstance(a, cupy.ndarray) else cupy.asarray(a)
+
+    w_hh, h0, lengths = dev(w_hh), dev(h0), dev(lengths)
+    states = cupy.asarray(z)
+    backend.recurrence_forward(states, w_hh, h0, lengths, nonlinearity, reverse)
+    grad_z, grad_h0 = backend.recurrence_backward(
+        states, w_hh, h0, dev(grad_states), dev(grad_h_last), lengths, nonlinearity, reverse
+    )
+    return tuple(cupy.asnumpy(a) for a in (states, grad_z, grad_h0))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     ("dtype", "shape", "nonlinearity", "reverse", "use_lengths"),
@@ -153,7 +172,6 @@ def test_every_step_kernel_matches_numpy(rng, monkeypatch, dtype, shape):
     """Each step kernel, forced through RNNCU_STEP_TILE (every tile, and the small-batch
     kernel, 8 rows per block past B = 8), against the NumPy backend; all tiles give the same
     bits (each output sums its products in ascending k)."""
-    import cupy
 
     from rnncu.backend import kernel_loader
     from rnncu.backend.cupy_backend import STEP_TILE_ENV
@@ -167,18 +185,13 @@ def test_every_step_kernel_matches_numpy(rng, monkeypatch, dtype, shape):
     want_z, want_h0 = reference.recurrence_backward(
         expected, w_hh, h0, grad_states, grad_h_last, lengths, "tanh", False
     )
-    d_w, d_h0, d_len = cupy.asarray(w_hh), cupy.asarray(h0), cupy.asarray(lengths)
     results = {}
     with recurrence(backend, "step"):
         for label in [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES] + ["matvec"]:
             monkeypatch.setenv(STEP_TILE_ENV, label)
-            states = cupy.asarray(z)
-            backend.recurrence_forward(states, d_w, d_h0, d_len, "tanh", False)
-            grad_z, grad_h0 = backend.recurrence_backward(
-                states, d_w, d_h0, cupy.asarray(grad_states), cupy.asarray(grad_h_last), d_len,
-                "tanh", False,
-            )  # fmt: skip
-            results[label] = [cupy.asnumpy(a) for a in (states, grad_z, grad_h0)]
+            results[label] = _forward_backward(
+                backend, z, w_hh, h0, lengths, grad_states, grad_h_last, "tanh", False
+            )
             for what, a, e in zip(("states", "grad_z", "grad_h0"), results[label],
                                   (expected, want_z, want_h0), strict=True):  # fmt: skip
                 _close(a, e, dtype, f"{label}: {what}")
@@ -505,14 +518,10 @@ def test_a_w_hh_view_off_a_16_byte_boundary(rng, mode, dtype, shape):
         expected, w_hh, h0, grad_states, grad_h_last, lengths, "tanh", False
     )
     backend = _cupy_backend()
-    d_h0, d_len = cupy.asarray(h0), cupy.asarray(lengths)
     with recurrence(backend, mode):
-        states = cupy.asarray(z)
-        backend.recurrence_forward(states, w_view, d_h0, d_len, "tanh", False)
-        grad_z, grad_h0 = backend.recurrence_backward(
-            states, w_view, d_h0, cupy.asarray(grad_states), cupy.asarray(grad_h_last), d_len,
-            "tanh", False,
-        )  # fmt: skip
-        _close(cupy.asnumpy(states), expected, dtype, "states")
-        _close(cupy.asnumpy(grad_z), want_z, dtype, "grad_z")
-        _close(cupy.asnumpy(grad_h0), want_h0, dtype, "grad_h0")
+        actual = _forward_backward(
+            backend, z, w_view, h0, lengths, grad_states, grad_h_last, "tanh", False
+        )
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, (expected, want_z, want_h0),
+                          strict=True):  # fmt: skip
+        _close(a, e, dtype, what)
