@@ -7,8 +7,9 @@ path (``recurrence="step"``) and the default ``auto`` path (persistent where sup
 "forward+backward" is ``out, h = rnn(x)`` then the gradients of ``out.sum()`` for the input
 and all weights (rnncu: ``rnn.backward(ones)``).
 
-Timing: CUDA events on the current stream around each call (JAX: wall time after
-``block_until_ready``, as JAX has its own streams), median of ``--repeats`` after warm-up.
+Timing: CUDA events on the current stream around each call, median of ``--repeats`` after
+warm-up. JAX runs on streams of its own: its wall time, the lower of the median call waited
+for alone and the median per call of back-to-back calls waited for once (``time_jax``).
 
     PYTHONPATH=$PWD python benchmarks/gpu_compare.py [--quick] [--shapes a,b] [--json out.json]
     python benchmarks/gpu_compare.py --table-from out.json    # the tables of a saved run
@@ -229,17 +230,35 @@ def bench_jax(shape, repeats, warmup) -> dict[str, float] | None:
     forward = jax.jit(run)
     grad = jax.jit(jax.grad(lambda p, x: run(p, x).sum(), argnums=(0, 1)))
 
-    def timed(fn: Callable[[], Any]) -> float:
-        for _ in range(warmup):
-            jax.block_until_ready(fn())
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+    return {
+        "fwd": time_jax(lambda: forward(params, x), repeats, warmup),
+        "fwd+bwd": time_jax(lambda: grad(params, x), repeats, warmup),
+    }
 
-    return {"fwd": timed(lambda: forward(params, x)), "fwd+bwd": timed(lambda: grad(params, x))}
+
+def time_jax(fn: Callable[[], Any], repeats: int, warmup: int, rounds: int = 3) -> float:
+    """Milliseconds per call of a JAX ``fn``, the better of two wall-clock medians, as JAX runs
+    on streams of its own that CuPy's events cannot bracket: each call waited for alone (pays
+    the wake-up after ``block_until_ready``, tens of microseconds), and ``rounds`` runs of
+    back-to-back calls waited for once (dispatch overlaps the device, which then works without
+    gaps). The lower one is the bar, so the peer is never timed slower than it runs."""
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    alone = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        alone.append((time.perf_counter() - start) * 1e3)
+    calls = max(3, repeats // 4)
+    pipelined = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        results = [fn() for _ in range(calls)]
+        jax.block_until_ready(results)
+        pipelined.append((time.perf_counter() - start) * 1e3 / calls)
+    return min(statistics.median(alone), statistics.median(pipelined))
 
 
 def ran_path() -> str:

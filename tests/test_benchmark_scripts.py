@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -83,6 +84,69 @@ def test_the_jax_contender_is_the_same_rnn(rng) -> None:
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+class _FakeClockJax:
+    """A stand-in ``jax`` module over a fake clock: each call of the timed function costs
+    ``call_ms`` and each wait costs ``wake_ms`` whatever it waits for, so the figures the
+    timer must produce are known exactly."""
+
+    def __init__(self, call_ms: float, wake_ms: float) -> None:
+        self.now_ms, self.call_ms, self.wake_ms = 0.0, call_ms, wake_ms
+        self.waited_for: list[int] = []
+
+    def perf_counter(self) -> float:
+        return self.now_ms / 1e3
+
+    def call(self) -> object:
+        self.now_ms += self.call_ms
+        return object()
+
+    def block_until_ready(self, value: object) -> object:
+        self.waited_for.append(len(value) if isinstance(value, list) else 1)
+        self.now_ms += self.wake_ms
+        return value
+
+
+@pytest.mark.parametrize(
+    ("call_ms", "wake_ms", "expected_ms"),
+    [
+        # a short call: the wake-up dominates a call waited for alone, and is paid once per
+        # 5 calls back to back (repeats 20 -> 5 calls a round)
+        (0.3, 0.05, 0.3 + 0.05 / 5),
+        # a wait that costs nothing: both ways give the call's own time
+        (2.0, 0.0, 2.0),
+    ],
+)
+def test_the_gpu_jax_peer_is_timed_the_faster_of_two_ways(
+    monkeypatch, call_ms: float, wake_ms: float, expected_ms: float
+) -> None:
+    """JAX runs on its own streams, so gpu_compare times it by wall clock. The bar must not be
+    slower than JAX runs: per call, the lower of a call waited for alone and of back-to-back
+    calls waited for once (all of a round's results, not the last one only)."""
+    gpu_compare = _load("gpu_compare")
+    fake = _FakeClockJax(call_ms, wake_ms)
+    monkeypatch.setitem(sys.modules, "jax", fake)
+    monkeypatch.setattr(gpu_compare.time, "perf_counter", fake.perf_counter)
+    assert gpu_compare.time_jax(fake.call, repeats=20, warmup=2) == pytest.approx(expected_ms)
+    # 2 warm-ups and 20 calls waited for alone, then 3 rounds of 5 waited for together
+    assert fake.waited_for == [1] * 22 + [5] * 3
+
+
+def test_the_gpu_jax_peer_runs_under_the_installed_jax(monkeypatch) -> None:
+    """gpu_compare's JAX peer (jit of lax.scan, its gradient, the timing) under the JAX this
+    machine has, told it sees a GPU: the one device run must not lose the peer to an API
+    change (the device image had JAX 0.11.2)."""
+    jax = pytest.importorskip("jax")
+    gpu_compare = _load("gpu_compare")
+
+    class Gpu:
+        platform = "gpu"
+
+    monkeypatch.setattr(jax, "devices", lambda *args: [Gpu()])
+    result = gpu_compare.bench_jax((4, 3, 5, 7), repeats=4, warmup=1)
+    assert result is not None and set(result) == {"fwd", "fwd+bwd"}
+    assert all(np.isfinite(v) and v > 0 for v in result.values()), result
 
 
 def test_cpu_recurrence_times_both_paths(capsys) -> None:
