@@ -8,6 +8,7 @@ rnncu, all three with the input gradient. Wall-clock medians after a warm-up; th
 small and noisy, so read the ratio column: rnncu's time over the best peer's.
 
     python benchmarks/cpu_compare.py [--repeats N] [--shapes rowdigits,medium] [--json PATH]
+        [--numpy-loop]
 """
 
 from __future__ import annotations

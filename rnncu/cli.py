@@ -142,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     option("--dtype", choices=("float32", "float64"))
     train.add_argument(
-        "--out", type=_path, help="run directory (checkpoint, config, metrics, plots)"
+        "--out",
+        type=_path,
+        help="run directory (checkpoint, config, metrics, plots); default "
+        "runs/YYYYMMDD-HHMMSS (-2, -3, ... for runs started in the same second), or with "
+        "--resume that run's own",
     )
     train.add_argument(
         "--resume",
@@ -207,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument(
         "--quick",
         action="store_true",
-        help="skip compiling the CUDA kernels (the check compiles every one: minutes on a "
-        "small CPU)",
+        help="skip compiling the CUDA kernels (the check compiles every one: about a minute "
+        "on a 2-core CPU)",
     )
 
     pre = sub.add_parser(

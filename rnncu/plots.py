@@ -186,8 +186,10 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> np.ndarray:
-    """Tile images (N, H, W) in [0, 1] into one (rows*(H+pad), ncols*(W+pad)) array, each
-    pixel repeated ``scale`` times so 8x8 digits stay visible."""
+    """Tile images (N, H, W) in [0, 1] into one ((rows*(H+pad)+pad)*scale,
+    (ncols*(W+pad)+pad)*scale) array (a white border of ``pad`` pixels around and between the
+    images, ink dark on white), each pixel repeated ``scale`` times so 8x8 digits stay
+    visible."""
     if not isinstance(images, np.ndarray) or images.dtype.kind not in "biuf":
         raise TypeError(f"images: expected a NumPy array (N, H, W), got {_describe(images)}")
     if images.ndim != 3:
