@@ -354,3 +354,41 @@ def test_an_atomic_write_replaces_a_symbolic_link_and_leaves_its_target(tmp_path
     assert target.read_bytes() == before
     assert sorted(p.name for p in shared.iterdir()) == ["checkpoint.npz"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz"]  # no temporaries
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The durability the module promises: the temporary file's bytes reach the disk before
+    it is renamed over the target (else a crash could leave an empty checkpoint under the
+    name), and the directory is synced after, making the rename itself durable."""
+    import stat
+
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        kind = "fsync dir" if stat.S_ISDIR(info.st_mode) else "fsync file"
+        events.append((kind, 0 if kind == "fsync dir" else info.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", os.path.getsize(src)))
+        real_replace(src, dst)
+
+    data = np.random.default_rng(3).bytes(1234)
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    ckpt.atomic_write_bytes(tmp_path / "blob.bin", data)
+    monkeypatch.undo()
+    assert events == [("fsync file", 1234), ("replace", 1234), ("fsync dir", 0)]
+    assert (tmp_path / "blob.bin").read_bytes() == data
+
+
+def test_check_arrays_refuses_integer_weights() -> None:
+    """An integer entry (a hand-made or foreign file) would be cast into the weights."""
+    ints = np.random.default_rng(4).integers(-5, 5, size=(2, 3))
+    bad = dict(arrays(), **{"model.rnn.w": ints})
+    with pytest.raises(CheckpointError, match=r"f.npz: entry 'model.rnn.w' has dtype int64, not f"):
+        check_arrays("f.npz", bad, {"rnn.w": (2, 3)}, prefix="model.")

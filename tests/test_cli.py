@@ -593,3 +593,80 @@ def test_warnings_are_cli_lines(tmp_path: Path) -> None:
         "past epoch 40, it would)"
     ]
     assert "sys.exit" not in proc.stderr and "UserWarning" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_generate_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "gen"
+    args = ["train", "--task", "generate", *TINY, "--backend", "numpy", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    return out
+
+
+def test_generate_takes_its_seed_noise_and_per_class(
+    tiny_generate_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    grids: list[tuple[np.ndarray, int]] = []
+
+    def save(images, path, ncols=10, **kwargs) -> None:
+        grids.append((images, ncols))
+
+    monkeypatch.setattr(plots, "save_image_grid", save)
+    base = ["generate", "--checkpoint", str(tiny_generate_run), "--out", str(tmp_path / "g.png")]
+    base += ["--classes", "1,3"]
+    assert main(base) == 0  # 10 per class by default, one class per grid row
+    assert "wrote 20 images for classes [1, 3]" in capsys.readouterr().out
+    assert grids[-1][0].shape == (20, 8, 8) and grids[-1][1] == 10
+
+    def drawn(*flags: str) -> np.ndarray:
+        assert main([*base, "--per-class", "3", *flags]) == 0
+        return grids[-1][0]
+
+    one = drawn("--seed", "1")
+    np.testing.assert_array_equal(one, drawn("--seed", "1"))
+    assert not np.array_equal(one, drawn("--seed", "2"))  # the noise's draw follows --seed
+    mean = drawn("--seed", "1", "--noise", "0")  # no noise: the model's mean, any seed
+    np.testing.assert_array_equal(mean, drawn("--seed", "2", "--noise", "0"))
+    assert not np.array_equal(mean, one)
+
+
+def test_generate_complete_takes_the_first_test_images_and_checks_k(
+    tiny_generate_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    grids: list[np.ndarray] = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    args = ["generate", "--checkpoint", str(tiny_generate_run), "--out", str(tmp_path / "c.png")]
+    assert main([*args, "--complete", "2", "--classes", "7,2", "--per-class", "3"]) == 0
+    (grid,) = grids
+    digits = load_digits()  # the run's dataset: its first test images of each class, in order
+    for row, c in enumerate((7, 2)):
+        first = digits.x_test[np.flatnonzero(digits.y_test == c)[:3]]
+        np.testing.assert_array_equal(grid[6 * row : 6 * row + 3], first)
+    capsys.readouterr()
+    # every row given leaves nothing to complete: 8x8 images take 1..7
+    code = main([*args, "--complete", "8"])
+    one_line_error(code, capsys, "--complete: expected 1..7 rows, got 8")
+
+
+def test_threads_limits_the_blas_threads(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import contextlib
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    calls: list[object] = []
+
+    def record(limits=None, user_api=None):
+        calls.append((limits, user_api))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", record)
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--threads", "3"]) == 0
+    assert main(["evaluate", "--checkpoint", str(tiny_run)]) == 0  # single-threaded default
+    assert calls == [(3, "blas"), (1, "blas")]

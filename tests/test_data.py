@@ -406,6 +406,8 @@ def _bad_copies(data: ImageDataset) -> dict[str, tuple[ImageDataset | str, str]]
         "sizes differ": (replace(data, x_test=data.x_test[:, :4]), "data: training images"),
         "list labels": (replace(data, y_test=list(data.y_test)), "data.y_test: expected a "),
         "too few classes": (replace(data, num_classes=5), "data.num_classes: expected"),
+        # labels 0..9 need 10 outputs: 9, the largest label itself, is one too few
+        "the largest label": (replace(data, num_classes=9), "data.num_classes: expected an in"),
         "bool classes": (replace(data, num_classes=True), "data.num_classes: expected"),
         "one class": (replace(data, y_train=np.ones_like(data.y_train)), "data.y_train: the"),
         "a name": ("digits", "data: expected an ImageDataset"),
@@ -469,3 +471,105 @@ def test_check_dataset_takes_bool_images_as_the_loaders_do() -> None:
     ints = dataclasses.replace(digits, x_train=(digits.x_train * 255).astype(np.int16))
     with pytest.raises(TypeError, match=r"got dtype int16 \(divide 8-bit intensities by 255\)"):
         check_dataset(ints)
+
+
+def test_stratified_split_is_scikit_learns_with_random_state_0(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Evaluating or resuming a run splits its dataset again: the split must stay the
+    documented one (stratified 75/25, random_state=0), or a saved run's test images change."""
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    images, labels = small_images(rng)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=images, y=labels)
+    data = load_npz(path)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, labels, test_size=0.25, random_state=0, stratify=labels
+    )
+    np.testing.assert_array_equal(data.y_train, y_tr)
+    np.testing.assert_array_equal(data.y_test, y_te)
+    np.testing.assert_allclose(data.x_test, x_te / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(data.x_train, x_tr / 255.0, rtol=1e-6)
+    raw = datasets.load_digits()
+    _, digits_x_te, _, digits_y_te = train_test_split(
+        raw.images, raw.target, test_size=0.25, random_state=0, stratify=raw.target
+    )
+    digits = load_digits()
+    np.testing.assert_array_equal(digits.y_test, digits_y_te)
+    np.testing.assert_allclose(digits.x_test, digits_x_te / 16.0, rtol=1e-6)
+
+
+def test_idx_magic_and_payload_size_are_exact(tmp_path: Path, rng: np.random.Generator) -> None:
+    images, _ = small_images(rng)
+    good = tmp_path / "good-idx3-ubyte"
+    write_idx(good, images)
+    blob = good.read_bytes()
+    second = tmp_path / "second-idx3-ubyte"  # the magic's second byte must be 0 as well
+    second.write_bytes(b"\x00\x01" + blob[2:])
+    with pytest.raises(ValueError, match=r"second-idx3-ubyte: not an IDX file \(bad magic"):
+        read_idx(second)
+    # bytes beyond what the header announces: a header of the wrong dimensions, or two files
+    # joined, read as the first images without a word
+    longer = tmp_path / "longer-idx3-ubyte"
+    longer.write_bytes(blob + rng.integers(1, 256, size=30, dtype=np.uint8).tobytes())
+    with pytest.raises(
+        ValueError, match=rf"longer-idx3-ubyte: IDX data size {images.size + 30} bytes does not"
+    ):
+        read_idx(longer)
+
+
+@pytest.mark.parametrize(
+    "code, dtype",
+    [(0x08, "u1"), (0x09, "i1"), (0x0B, "i2"), (0x0C, "i4"), (0x0D, "f4"), (0x0E, "f8")],
+)
+def test_idx_type_codes_read_big_endian_values(
+    tmp_path: Path, rng: np.random.Generator, code: int, dtype: str
+) -> None:
+    """Every IDX type code: the payload is big-endian (values that differ when byte-swapped),
+    read into the native byte order."""
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        values = (rng.standard_normal((3, 4, 5)) * 1000).astype(kind)
+    else:
+        info = np.iinfo(kind)
+        values = rng.integers(info.min, info.max, size=(3, 4, 5), endpoint=True).astype(kind)
+    path = tmp_path / "typed-idx3-ubyte"
+    header = bytes([0, 0, code, 3]) + struct.pack(">3I", *values.shape)
+    path.write_bytes(header + values.astype(kind.newbyteorder(">")).tobytes())
+    got = read_idx(path)
+    assert got.dtype == kind and got.dtype.isnative
+    np.testing.assert_array_equal(got, values)
+
+
+def test_num_classes_counts_the_test_labels_too(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A test label above every training label still needs its output (and its row of the
+    confusion matrix): num_classes comes from both splits."""
+    images, labels = small_images(rng)  # training labels 0..3
+    path = tmp_path / "gap.npz"
+    y_test = np.array([0, 1, 5, 2])
+    np.savez(path, x=images, y=labels, x_test=images[:4], y_test=y_test)
+    data = load_npz(path)
+    assert data.num_classes == 6 and data.trained_classes == [0, 1, 2, 3]
+    np.testing.assert_array_equal(data.y_test, y_test)
+
+
+def test_npz_images_with_a_channel_axis(tmp_path: Path, rng: np.random.Generator) -> None:
+    images, labels = small_images(rng)
+    path = tmp_path / "channels.npz"
+    np.savez(path, x=images[..., None], y=labels, x_test=images[:4, ..., None], y_test=labels[:4])
+    data = load_npz(path)
+    assert data.x_train.shape == (40, 6, 5) and data.x_test.shape == (4, 6, 5)
+    np.testing.assert_allclose(data.x_test, images[:4] / 255.0, rtol=1e-6)
+
+
+def test_train_and_test_images_of_different_sizes_are_refused(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    images, labels = small_images(rng)  # 6x5
+    path = tmp_path / "sizes.npz"
+    turned = images[:4].transpose(0, 2, 1)  # 5x6: as many pixels, another image
+    np.savez(path, x=images, y=labels, x_test=turned, y_test=labels[:4])
+    with pytest.raises(ValueError, match=r"sizes.npz: train images \(6, 5\) and test \(5, 6\) di"):
+        load_npz(path)

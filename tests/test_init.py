@@ -81,6 +81,11 @@ def test_init_linear_and_bad_scheme() -> None:
         (lambda: orthogonal((2, 2), gain=float("nan")), ValueError, r"gain: expected a number in"),
         (lambda: orthogonal((2, 2), gain="2"), TypeError, r"gain: expected a number, got '2'"),
         (lambda: identity((2, 2), scale=float("inf")), ValueError, r"scale: expected a number in"),
+        (
+            lambda: identity((2, 2), scale=-float("inf")),
+            ValueError,
+            r"scale: expected a number in \(-inf, inf\), got -inf",
+        ),
     ],
 )
 def test_array_initialisers_check_arguments(call, error, match: str) -> None:
@@ -149,3 +154,31 @@ def test_init_rnn_uniform_schemes_have_their_bounds_and_spread(scheme: str) -> N
         assert values.max() > 0.9 * bound and values.min() < -0.9 * bound, name
         # n >= 64 draws: the sample std of U(-a, a) is within 15 % of a/sqrt(3) by far
         assert abs(values.std() / (bound / math.sqrt(3)) - 1) < 0.15, name
+
+
+def test_orthogonal_is_haar_distributed_in_sign() -> None:
+    """R's diagonal signs folded in, as torch does: a bare Householder QR makes Q[0, 0]
+    negative every time (a biased, non-Haar draw). The first entry's sign is a fair coin."""
+    rng = np.random.default_rng(11)
+    for shape in ((4, 4), (3, 5)):
+        firsts = np.array([orthogonal(shape, rng=rng)[0, 0] for _ in range(400)])
+        assert 0.4 < np.mean(firsts > 0) < 0.6, shape
+
+
+def test_irnn_takes_its_scale_and_input_std() -> None:
+    rnn = rnncu.RNN(48, 64, backend="numpy", dtype="float64", seed=0)
+    init_rnn(rnn, "irnn", np.random.default_rng(2), irnn_scale=0.5, irnn_input_std=0.05)
+    np.testing.assert_array_equal(rnn.params["weight_hh_l0"], 0.5 * np.eye(64))
+    w_ih = rnn.params["weight_ih_l0"]
+    # 3072 Gaussian draws: the sample std is within a few percent of 0.05
+    assert abs(w_ih.std() / 0.05 - 1) < 0.1 and abs(w_ih.mean()) < 0.005
+
+
+def test_linear_default_init_follows_torch_bounds() -> None:
+    """U(-1/sqrt(in_features), 1/sqrt(in_features)) for weight and bias, as torch.nn.Linear."""
+    lin = rnncu.Linear(64, 16, backend="numpy", dtype="float64", seed=3)
+    bound = 1 / math.sqrt(64)
+    weight, bias = lin.params["weight"], lin.params["bias"]
+    assert np.abs(weight).max() <= bound and np.abs(bias).max() <= bound
+    assert weight.max() > 0.9 * bound and weight.min() < -0.9 * bound
+    assert abs(weight.std() / (bound / math.sqrt(3)) - 1) < 0.15

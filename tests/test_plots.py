@@ -159,3 +159,35 @@ def test_history_keys_are_taken_from_every_record(tmp_path: Path, monkeypatch) -
     (tmp_path / "d.png").mkdir()
     with pytest.raises(ValueError, match=r"^path: .*d.png' is a directory, expected a .png"):
         plot_history(history, tmp_path / "d.png")
+
+
+def test_image_grid_tiles_images_as_dark_ink_on_white(rng: np.random.Generator) -> None:
+    """Image i at row i // ncols, column i % ncols, inverted (1 - pixel), white padding and
+    white slots after the last image, every pixel a scale x scale block."""
+    images = rng.random((5, 3, 4))
+    grid = image_grid(images, ncols=2, pad=1, scale=2)
+    assert grid.shape == (2 * (3 * 4 + 1), 2 * (2 * 5 + 1))  # 3 rows of 2: the last half full
+    cells = grid[::2, ::2]
+    np.testing.assert_array_equal(grid, np.kron(cells, np.ones((2, 2))))
+    expected = np.ones((13, 11))
+    for i, image in enumerate(images):
+        top, left = 1 + (i // 2) * 4, 1 + (i % 2) * 5
+        expected[top : top + 3, left : left + 4] = 1.0 - image
+    np.testing.assert_allclose(cells, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_history_plot_draws_no_clip_line_without_clipping(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    from rnncu import plots
+
+    limits: list[float] = []
+    original = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: limits.append(y) or
+                        original(self, y, *a, **k))  # fmt: skip
+    figures = []
+    saved = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or saved(fig, path))
+    history = [dict(r, grad_norm=0.5 * r["epoch"], grad_norm_max=2.0) for r in _history()]
+    plot_history(history, tmp_path / "h.png", clip=0.0)
+    assert limits == [] and figures[0].axes[2].get_ylabel() == "gradient norm"

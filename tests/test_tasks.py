@@ -231,3 +231,42 @@ def test_build_model_names_a_bad_seq_shape(seq_shape) -> None:
     for good in ((6, 4), [6, 4], np.array([6, 4])):
         model = build_model("classify", good, 3, 5, 1, "tanh", "torch", 0, backend="numpy")
         assert model.rnn.input_size == 4
+
+
+def test_classifier_evaluate_is_the_mean_cross_entropy_and_accuracy(
+    rng: np.random.Generator,
+) -> None:
+    """Against the formulas on the whole split's logits, in batches that do not divide it."""
+    model = SequenceClassifier(3, 6, 4, seed=2, dtype="float64", backend="numpy")
+    x = rng.standard_normal((5, 11, 3))
+    y = rng.integers(0, 4, size=11)
+    res = model.evaluate(x, y, batch_size=4)
+    logits = model.forward(x)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert res["loss"] == pytest.approx(-np.mean(logp[np.arange(11), y]), rel=1e-12)
+    np.testing.assert_array_equal(res["predictions"], np.argmax(logits, axis=1))
+    assert res["accuracy"] == pytest.approx(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def test_generator_evaluate_is_the_next_row_mse(rng: np.random.Generator) -> None:
+    model = RowGenerator(4, 6, 3, seed=3, dtype="float64", backend="numpy")
+    rows = rng.random((5, 7, 4))
+    labels = rng.integers(0, 3, size=7)
+    res = model.evaluate(rows, labels, batch_size=3)
+    pred = model.forward(rows, labels)
+    assert res["mse"] == pytest.approx(np.mean((pred - rows) ** 2), rel=1e-12)
+    above = np.concatenate([np.zeros_like(rows[:1]), rows[:-1]])
+    assert res["baseline_mse"] == pytest.approx(np.mean((rows - above) ** 2), rel=1e-12)
+
+
+def test_sampling_keeps_evaluation_mode_and_refuses_too_many_given_rows(
+    rng: np.random.Generator,
+) -> None:
+    model = RowGenerator(4, 8, 3, seed=0, backend="numpy").eval()
+    labels = rng.integers(0, 3, size=3)
+    model.sample(labels, 6, noise=0.1, rng=1)
+    assert not model.rnn.training and not model.head.training  # not switched to training
+    top = rng.random((3, 7, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^top_rows: 7 rows given but the image has 6"):
+        model.sample(labels, 6, top_rows=top)
