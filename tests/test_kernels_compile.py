@@ -41,6 +41,61 @@ def test_read_source_maps_lines_and_inlines_headers() -> None:
     assert '#include "common.cuh"' not in source
 
 
+def test_read_source_inlines_each_kernel_header_once(tmp_path, monkeypatch) -> None:
+    """A header of kernels/ included twice, directly or through another header, is inlined
+    once; a quoted include of a file that kernels/ lacks (a toolkit header) and an angled
+    one are left to the compiler; after each include, #line returns to the including file's
+    next line."""
+    (tmp_path / "a.cuh").write_text("int a_value;\n")
+    (tmp_path / "b.cuh").write_text('#include "a.cuh"\nint b_value;\n')
+    (tmp_path / "main.cu").write_text(
+        '#include "a.cuh"\n#include "b.cuh"\n#include "a.cuh"\n#include "cuda_fp16.h"\n'
+        "#include <cooperative_groups.h>\nint main_value;\n"
+    )
+    monkeypatch.setattr(kernel_loader, "kernel_dir", lambda: tmp_path)
+    assert kernel_loader.read_source("main.cu").splitlines() == [
+        '#line 1 "kernels/main.cu"',
+        '#line 1 "kernels/a.cuh"',
+        "int a_value;",
+        '#line 2 "kernels/main.cu"',
+        '#line 1 "kernels/b.cuh"',
+        '// #include "a.cuh" (already inlined)',
+        '#line 2 "kernels/b.cuh"',
+        "int b_value;",
+        '#line 3 "kernels/main.cu"',
+        '// #include "a.cuh" (already inlined)',
+        '#line 4 "kernels/main.cu"',
+        '#include "cuda_fp16.h"',
+        "#include <cooperative_groups.h>",
+        "int main_value;",
+    ]
+
+
+def test_read_source_remembers_headers_a_nested_include_inlined(tmp_path, monkeypatch) -> None:
+    """A header first reached through another header (main -> b -> a), then included
+    directly: inlined once. The inlining once forgot what a nested include had inlined and
+    pasted a.cuh twice, which NVRTC refuses for any header that defines something (the real
+    headers: `persistent_common.cuh` then `common.cuh` redefined `rnncu::Activation`)."""
+    (tmp_path / "a.cuh").write_text("int a_value;\n")
+    (tmp_path / "b.cuh").write_text('#include "a.cuh"\nint b_value;\n')
+    (tmp_path / "c.cuh").write_text('#include "b.cuh"\nint c_value;\n')
+    (tmp_path / "main.cu").write_text(
+        '#include "c.cuh"\n#include "a.cuh"\n#include "b.cuh"\nint main_value;\n'
+    )
+    real = kernel_loader.kernel_dir()
+    monkeypatch.setattr(kernel_loader, "kernel_dir", lambda: tmp_path)
+    source = kernel_loader.read_source("main.cu")
+    for name in ("a", "b", "c", "main"):
+        assert source.count(f"int {name}_value;") == 1, (name, source)
+    assert source.count("(already inlined)") == 2
+    # the real headers in that order: common.cuh once
+    for header in real.glob("*.cuh"):
+        (tmp_path / header.name).write_text(header.read_text())
+    (tmp_path / "both.cu").write_text('#include "persistent_common.cuh"\n#include "common.cuh"\n')
+    source = kernel_loader.read_source("both.cu")
+    assert source.count('#line 1 "kernels/common.cuh"') == 1
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("filename", sorted(kernel_loader.all_name_expressions()))

@@ -121,7 +121,10 @@ def kernel_dir() -> Path:
     )
 
 
-def _inline(filename: str, directory: Path, seen: tuple[str, ...]) -> str:
+def _inline(filename: str, directory: Path, seen: set[str]) -> str:
+    """``filename``'s text with its quoted includes of files in ``directory`` inlined, each
+    once per translation unit: ``seen`` (the files inlined so far, anywhere in the tree, this
+    one included) is shared by the whole recursion and grows as it goes."""
     path = directory / filename
     if not path.is_file():
         raise FileNotFoundError(f"kernel source kernels/{filename} not found in {directory}")
@@ -135,8 +138,8 @@ def _inline(filename: str, directory: Path, seen: tuple[str, ...]) -> str:
                 # its `#pragma once` would not help in a single concatenated buffer
                 lines.append(f"// {line.strip()} (already inlined)")
             else:
-                lines.append(_inline(header, directory, seen + (header,)))
-                seen = seen + (header,)
+                seen.add(header)
+                lines.append(_inline(header, directory, seen))
             lines.append(f'#line {number + 1} "kernels/{filename}"')
         else:
             lines.append(line)
@@ -146,7 +149,7 @@ def _inline(filename: str, directory: Path, seen: tuple[str, ...]) -> str:
 def read_source(filename: str) -> str:
     """The source of ``kernels/<filename>``, with ``#line 1 "kernels/<filename>"`` prepended and
     its quoted includes of other files in ``kernels/`` inlined (each under its own ``#line``)."""
-    return _inline(filename, kernel_dir(), (filename,)) + "\n"
+    return _inline(filename, kernel_dir(), {filename}) + "\n"
 
 
 # --------------------------------------------------------------------------------- registry
