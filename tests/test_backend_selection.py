@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -57,6 +58,46 @@ def test_auto_matches_availability() -> None:
     reason = rnncu.available_backends()["cupy"]
     expected = "numpy" if reason else "cupy"
     assert backend_module.get_backend("auto").name == expected
+
+
+def test_auto_and_an_unset_or_empty_variable_choose_cupy_where_it_works(monkeypatch) -> None:
+    """Where CuPy sees a device (faked here: no backend is built), "auto", any spelling of a
+    name, and RNNCU_BACKEND unset, empty or blank all resolve as documented."""
+    made: list[str] = []
+    monkeypatch.setattr(backend_module, "_current", None)  # restored afterwards
+    monkeypatch.setattr(backend_module, "_cupy_unavailable_reason", lambda: None)
+    monkeypatch.setattr(backend_module, "_make", lambda name: made.append(name) or name)
+    assert backend_module.get_backend("auto") == "cupy"
+    assert backend_module.get_backend("Auto") == "cupy"
+    assert backend_module.get_backend("NumPy") == "numpy"
+    assert backend_module.set_backend("CUPY") == "cupy"
+    for value in (None, "", "  ", "AUTO", "Numpy"):
+        monkeypatch.setattr(backend_module, "_current", None)
+        if value is None:
+            monkeypatch.delenv("RNNCU_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("RNNCU_BACKEND", value)
+        expected = "numpy" if value == "Numpy" else "cupy"
+        assert backend_module.get_backend() == expected, value
+    assert made == ["cupy", "cupy", "numpy", "cupy", "cupy", "cupy", "cupy", "cupy", "numpy"]
+
+
+@pytest.mark.parametrize("count,reason", [(0, "no CUDA device is present"), (1, None), (2, None)])
+def test_cupy_needs_at_least_one_device(monkeypatch, count: int, reason: str | None) -> None:
+    """CuPy that imports but counts no device is unavailable, with that reason (faked CuPy:
+    the check reads the device count only)."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: count)
+    monkeypatch.setitem(
+        sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+    )
+    got = rnncu.available_backends()["cupy"]
+    if reason is None:
+        assert got is None
+        return
+    assert got == f"CuPy is installed but {reason}"
+    monkeypatch.setattr(backend_module, "_instances", {})
+    with pytest.raises(rnncu.BackendUnavailableError, match=f"unavailable: CuPy .*{reason}"):
+        backend_module.get_backend("cupy")
 
 
 def test_explicit_cupy_says_why_when_unavailable() -> None:

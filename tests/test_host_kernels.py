@@ -483,6 +483,50 @@ def test_a_directory_others_can_write_is_never_used(fresh_loader, monkeypatch) -
     assert Path(loaded.path).parent.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.parametrize(
+    "mode,private",
+    [("700", True), ("755", True), ("500", True), ("770", False), ("720", False), ("703", False)],
+)
+def test_only_a_directory_no_one_else_can_write_counts_as_private(
+    tmp_path, mode: str, private: bool
+) -> None:
+    """Write permission for the group is as unsafe as for others: either could plant a
+    library there."""
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    directory.chmod(int(mode, 8))
+    try:
+        assert host_kernels._private(directory) is private
+    finally:
+        directory.chmod(0o700)
+
+
+def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path) -> None:
+    """RNNCU_CACHE_DIR, else $XDG_CACHE_HOME/rnncu, else ~/.cache/rnncu."""
+    monkeypatch.setenv("RNNCU_CACHE_DIR", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert host_kernels._cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("RNNCU_CACHE_DIR")
+    assert host_kernels._cache_dir() == tmp_path / "xdg" / "rnncu"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert host_kernels._cache_dir() == tmp_path / "home" / ".cache" / "rnncu"
+
+
+@pytest.mark.parametrize(
+    "features,flags",
+    [
+        ({"AVX2": True, "FMA3": True, "AVX512F": True}, ("-mavx2", "-mfma", "-mavx512f")),
+        ({"AVX2": True, "FMA3": True, "AVX512F": False}, ("-mavx2", "-mfma")),
+        ({"AVX512F": True}, ()),  # the AVX-512 micro-kernel only on top of AVX2
+        ({}, ()),
+    ],
+)
+def test_instruction_set_flags_follow_the_cpu_probe(monkeypatch, features, flags) -> None:
+    monkeypatch.setattr(host_kernels, "cpu_features", lambda: features)
+    assert host_kernels._arch_flags() == flags
+
+
 @pytest.mark.parametrize("path", ["whole", "step"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True])

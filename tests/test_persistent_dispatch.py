@@ -58,6 +58,7 @@ def check_plan(plan: Plan, batch: int, hidden: int, limits: DeviceLimits = H200)
         assert plan.blocks <= plan.blocks_per_sm * limits.sm_count, "one wave"
     else:
         assert plan.variant == "grid" and plan.cooperative and plan.cluster == 1
+        assert plan.grid[0] >= 2, "one unit slice is the batch variant's launch"
         assert plan.shared_mem == buffer
         assert plan.blocks <= plan.blocks_per_sm * limits.sm_count, "must be co-resident"
     assert plan.blocks_per_sm >= 1
@@ -189,6 +190,27 @@ def test_too_large_and_unsupported() -> None:
     assert plan_forward(10, 4, 128, "float32", old) is None
 
 
+def test_shared_memory_exactly_at_the_opt_in_limit_fits() -> None:
+    """The per-block opt-in limit is inclusive, for each variant: a plan whose shared memory
+    equals it is still chosen; one byte less and that plan is gone."""
+    for name, variant in (("rowmnist", "batch"), ("b32_h512", "cluster"), ("latency_b4", "grid")):
+        plan = plan_forward(*ANCHORS[name], "float32", H200)
+        assert plan is not None and plan.variant == variant
+        exact = dataclasses.replace(H200, smem_per_block_optin=plan.shared_mem)
+        assert plan_forward(*ANCHORS[name], "float32", exact) == plan, name
+        tight = dataclasses.replace(H200, smem_per_block_optin=plan.shared_mem - 1)
+        assert plan_forward(*ANCHORS[name], "float32", tight) != plan, name
+
+
+def test_the_grid_variant_alone_never_plans_one_unit_slice() -> None:
+    for dtype in DTYPES:
+        for batch, hidden in itertools.product((1, 4, 33), (1, 16, 17, 64, 200, 512)):
+            plan = plan_forward(10, batch, hidden, dtype, H200, "grid")
+            if plan is not None:
+                check_plan(plan, batch, hidden)
+    assert plan_forward(10, 4, 16, "float32", H200, "grid") is None  # 16 units: one warp
+
+
 def test_zero_steps_still_plans() -> None:
     # T = 0 is a valid (empty) launch: the backward kernel still writes grad_h0
     assert plan_backward(0, 4, 64, "float32", H200) is not None
@@ -299,6 +321,8 @@ def test_variants_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
             plan_forward(*shape, "float32", H200, bad)
     monkeypatch.delenv(persistent.VARIANTS_ENV, raising=False)
     assert persistent.variants_in_force() == persistent.VARIANTS
+    monkeypatch.setenv(persistent.VARIANTS_ENV, "  ")  # set but blank: unset
+    assert persistent.variants_in_force() == persistent.VARIANTS
     monkeypatch.setenv(persistent.VARIANTS_ENV, " grid , batch ")
     assert persistent.variants_in_force() == ("batch", "grid")
     monkeypatch.setenv(persistent.VARIANTS_ENV, "grid,cluser")
@@ -333,6 +357,9 @@ def test_estimated_occupancy() -> None:
     assert persistent.estimate_blocks_per_sm(256, 64, 0, H200) == 4
     assert persistent.estimate_blocks_per_sm(32, 40, 0, H200) == 32
     assert persistent.estimate_blocks_per_sm(128, 64, 200 * 1024, H200) == 1
+    # registers are allocated per warp in units of 256: 33 a thread take 1280 a warp (not
+    # 1056), 10240 for 8 warps, so 6 blocks of 256 threads fit in 64K registers, not 7
+    assert persistent.estimate_blocks_per_sm(256, 33, 0, H200) == 6
 
 
 def test_geometry_helpers_mirror_the_kernel_header() -> None:
@@ -348,6 +375,77 @@ def test_geometry_helpers_mirror_the_kernel_header() -> None:
         persistent.name_expression("cluster", "forward", "float32", 32, 1)
     with pytest.raises(ValueError):
         persistent.name_expression("batch", "sideways", "float32", 32, 1)
+
+
+def test_block_size_bound_mirrors_the_kernel_header() -> None:
+    """max_threads_for is LaunchLimits::kMaxThreads (the kernels' __launch_bounds__): a
+    threshold that differs launches more threads than a kernel was compiled for, or caps
+    its registers below what ptxas assumed."""
+    header = (kernel_loader.kernel_dir() / "persistent_common.cuh").read_text()
+    match = re.search(
+        r"kMaxThreads = kRegisters <= (\d+) \? (\d+) : \(kRegisters <= (\d+) \? (\d+) : (\d+)\);",
+        header,
+    )
+    assert match is not None, "LaunchLimits::kMaxThreads changed: update this test"
+    low, most, high, middle, fewest = map(int, match.groups())
+    bounds = set()
+    for itemsize, kc, rb in itertools.product((4, 8), (8, 16, 32, 64), (1, 2, 4, 8)):
+        registers = (3 * kc // 2 + 12 * rb) * (itemsize // 4) + 32  # kRegisters (see above)
+        expected = most if registers <= low else middle if registers <= high else fewest
+        assert persistent.max_threads_for(itemsize, kc, rb) == expected, (itemsize, kc, rb)
+        assert persistent.register_cap(itemsize, kc, rb) == min(255, 65536 // expected)
+        bounds.add(registers)
+    assert high in bounds, "no instantiation sits on the upper threshold: pick another case"
+
+
+def test_a_refused_cluster_size_halves_the_largest_then_turns_clusters_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the runtime does when a cluster launch fails: sizes above the refused one's half
+    are no longer planned on that device, down to clusters of 2, whose refusal turns the
+    cluster variant off (each with a warning); other devices are not affected."""
+    monkeypatch.setattr(persistent, "_largest_cluster", {})
+    monkeypatch.setattr(persistent, "_variants_failed", {})
+    base = plan_forward(*ANCHORS["b32_h512"], "float32", H200)
+    assert base is not None and base.variant == "cluster"
+    for size in (16, 8, 4):
+        with pytest.warns(RuntimeWarning, match=f"no longer use clusters of {size} blocks or m"):
+            persistent._give_up(dataclasses.replace(base, cluster=size), 3, "the launch of",
+                                RuntimeError("refused"))  # fmt: skip
+        assert persistent._largest_cluster == {3: size // 2}
+        assert persistent._variants_failed == {}
+    with pytest.warns(RuntimeWarning, match="no longer use the cluster variant in this process"):
+        persistent._give_up(dataclasses.replace(base, cluster=2), 3, "loading",
+                            RuntimeError("refused"))  # fmt: skip
+    assert persistent._variants_failed == {3: {"cluster"}}
+
+
+def test_only_a_refusal_falls_back() -> None:
+    """A CUDA error that breaks the context (CUDA's sticky errors: illegal address, launch
+    failure, ...) and a Python error are raised, not taken for a variant's refusal."""
+
+    class DriverError(RuntimeError):
+        def __init__(self, status: int) -> None:
+            super().__init__(f"status {status}")
+            self.status = status
+
+    class CompileException(Exception):  # CuPy's compile error is not a RuntimeError
+        pass
+
+    # cudaErrorECCUncorrectable, IllegalAddress, LaunchTimeout, Assert, HardwareStackError,
+    # IllegalInstruction, MisalignedAddress, InvalidAddressSpace, InvalidPc, LaunchFailure,
+    # Unknown
+    for status in (214, 700, 702, 710, 714, 715, 716, 717, 718, 719, 999):
+        assert not persistent._refused(DriverError(status)), status
+    for refusal in (DriverError(1), DriverError(720), RuntimeError("no status"),
+                    CompileException("error: x")):  # fmt: skip
+        assert persistent._refused(refusal), refusal
+    assert not persistent._refused(TypeError("a bug of ours"))
+    with pytest.raises(TypeError, match="a bug of ours"):
+        persistent._give_up(
+            plan_forward(*ANCHORS["rowmnist"], "float32", H200), 0, "loading",
+            TypeError("a bug of ours"),
+        )  # fmt: skip
 
 
 def test_registered_with_the_loader() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -121,6 +123,34 @@ def test_backward_wrong_gradients(rnn: rnncu.RNN) -> None:
         rnn.backward(_x(3, 2, 3, dtype="float64"))
 
 
+def test_backward_refuses_dout_with_steps_and_batch_swapped(rnn: rnncu.RNN) -> None:
+    """The feature axis alone does not tell (T, B, F) from (B, T, F): the whole shape is
+    checked, so a batch-first gradient given to a time-major layer is refused."""
+    rnn(_x(3, 2, 4))
+    with pytest.raises(
+        ValueError, match=r"dout: expected the shape of out \(3, 2, 3\), got \(2, 3, 3\)"
+    ):
+        rnn.backward(_x(2, 3, 3))
+
+
+def test_backward_refuses_dh_n_with_another_number_of_states(rnn: rnncu.RNN) -> None:
+    """One state per layer and direction: a dh_n of three states for two layers is refused,
+    not partly read."""
+    rnn(_x(3, 2, 4))
+    with pytest.raises(
+        ValueError, match=r"dh_n: expected the shape of h_n \(2, 2, 3\), got \(3, 2, 3\)"
+    ):
+        rnn.backward(None, _x(3, 2, 3))
+
+
+def test_backward_checks_the_dtype_of_dh_n(rnn: rnncu.RNN) -> None:
+    rnn(_x(3, 2, 4))
+    with pytest.raises(TypeError, match=r"dh_n: expected dtype float32 .*got float64"):
+        rnn.backward(None, _x(2, 2, 3, dtype="float64"))
+    with pytest.raises(TypeError, match=r"dh_n: expected a numpy array, got builtins.list"):
+        rnn.backward(None, _x(2, 2, 3).tolist())
+
+
 def test_lengths_validation(rnn: rnncu.RNN) -> None:
     x = _x(5, 3, 4)
     with pytest.raises(
@@ -138,6 +168,25 @@ def test_lengths_validation(rnn: rnncu.RNN) -> None:
         rnn(x, lengths=[5.0, 2.0, 1.0])
     with pytest.raises(ValueError, match=r"lengths: not supported for unbatched"):
         rnn(_x(5, 4), lengths=[5])
+
+
+def test_lengths_of_booleans_are_refused(rnn: rnncu.RNN) -> None:
+    """True is not a length of 1: booleans are refused like floats, unsigned integers taken."""
+    x = _x(5, 3, 4)
+    with pytest.raises(TypeError, match=r"lengths: expected integers, got dtype bool"):
+        rnn(x, lengths=np.array([True, True, False]))
+    out, h_n = rnn(x, lengths=np.array([5, 2, 1], np.uint8))
+    expected_out, expected_h_n = rnn(x, lengths=np.array([5, 2, 1]))
+    np.testing.assert_array_equal(out, expected_out)
+    np.testing.assert_array_equal(h_n, expected_h_n)
+
+
+def test_lengths_that_are_no_array_are_named(rnn: rnncu.RNN) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"^lengths: expected an integer array of shape \(3,\), got builtins.list$",
+    ):
+        rnn(_x(5, 3, 4), lengths=[[5, 2], [1]])  # ragged
 
 
 def test_load_state_dict_checks(rnn: rnncu.RNN) -> None:
@@ -165,6 +214,21 @@ def test_load_state_dict_checks(rnn: rnncu.RNN) -> None:
         )
     with pytest.raises(TypeError, match=r"state: expected a mapping"):
         rnn.load_state_dict([1, 2])
+
+
+def test_load_state_dict_copies_into_the_parameters_in_place(rng: np.random.Generator) -> None:
+    """A load keeps each parameter array (optimisers update them in place, device work holds
+    their pointers) and copies the values: the arrays given stay the caller's."""
+    rnn = rnncu.RNN(3, 4, num_layers=2, dtype="float64", backend="numpy", seed=0)
+    arrays = dict(rnn.params)
+    state = {name: rng.standard_normal(p.shape) for name, p in arrays.items()}
+    expected = {name: value.copy() for name, value in state.items()}
+    rnn.load_state_dict(state)
+    for name, value in state.items():
+        assert rnn.params[name] is arrays[name], name
+        value[...] = np.nan
+    for name, value in rnn.params.items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
 
 def test_linear_errors() -> None:
@@ -254,6 +318,9 @@ def test_dropout_on_one_layer_warns() -> None:
     with pytest.warns(UserWarning, match=r"dropout=0.5 has no effect with num_layers=1") as caught:
         rnncu.RNN(4, 3, dropout=0.5, backend="numpy")
     assert [w.filename for w in caught] == [__file__]  # the user's line, not rnncu's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with a second layer, dropout acts: no warning
+        rnncu.RNN(4, 3, num_layers=2, dropout=0.5, backend="numpy")
 
 
 @pytest.mark.parametrize(

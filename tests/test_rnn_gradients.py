@@ -310,6 +310,23 @@ def test_dropout_between_layers(rng: np.random.Generator) -> None:
         )
 
 
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_dropout_zeroes_a_fraction_p_of_the_inputs(rng: np.random.Generator, p: float) -> None:
+    """dropout=p drops each input of the layers after the first with probability p, not
+    1 - p (the keep probability), and scales what it keeps by 1 / (1 - p)."""
+    rnn = rnncu.RNN(
+        3, 16, num_layers=3, dropout=p, dtype="float64", backend="numpy",
+        seed=int(rng.integers(1 << 30)),
+    )  # fmt: skip
+    rnn(rng.standard_normal((50, 8, 3)))
+    for layer in (1, 2):
+        mask = rnn._cache["layers"][layer].dropout_mask
+        assert mask.shape == (50 * 8, 16)
+        # 6400 draws: the fraction's standard deviation is at most 0.00625
+        assert abs(np.mean(mask == 0) - p) < 0.04, layer
+        np.testing.assert_allclose(mask[mask != 0], 1 / (1 - p))
+
+
 def test_seed_dropout_gives_a_resumed_run_the_masks_of_an_unbroken_one(
     rng: np.random.Generator,
 ) -> None:
@@ -355,6 +372,10 @@ def test_one_seed_drives_independent_streams() -> None:
     bound = 1 / np.sqrt(size)
     weights = (other.params["weight_ih_l0"].ravel() + bound) / (2 * bound)  # back to U(0, 1)
     assert not np.allclose(stream, weights)
+    # ... nor the numbers the same seed's weights were drawn from
+    same = rnncu.RNN(size, size, num_layers=2, dropout=0.5, seed=0, **kwargs)
+    own = (same.params["weight_ih_l0"].ravel() + bound) / (2 * bound)  # back to U(0, 1)
+    assert not np.allclose(same._dropout_rng.random(size * size), own)
 
 
 def test_padding_ignores_inputs_at_padded_steps(rng: np.random.Generator) -> None:
