@@ -390,10 +390,17 @@ class EmulatedKernel:
     """A ``cupy.RawKernel`` whose launches run in the host emulation."""
 
     def __init__(
-        self, emulation: KernelEmulation, filename: str, name: str, streams: _Streams
+        self,
+        emulation: KernelEmulation,
+        filename: str,
+        name: str,
+        streams: _Streams,
+        device: EmulatedDevice | None = None,
     ) -> None:
         self.emulation = emulation
         self.streams = streams
+        #: whose ``policy`` and ``seed`` schedule the launches (None: EmulatedDevice's own)
+        self.device = device
         self.name = name
         self.cooperative = kernel_loader.module_spec(filename, name).cooperative
         self.max_dynamic_shared_size_bytes = 48 * 1024
@@ -422,8 +429,10 @@ class EmulatedKernel:
 
     def _run(self, grid: tuple, block: tuple, args: tuple, shared_mem: int) -> None:
         self.launches += 1
+        # the device's schedule as set when the launch runs (a test sets ``device.policy``)
+        device = EmulatedDevice if self.device is None else self.device
         self.emulation.launch_raw(self.name, grid[:2], block[0], shared_mem, self.cooperative,
-                                  args, EmulatedDevice.policy, EmulatedDevice.seed)  # fmt: skip
+                                  args, device.policy, device.seed)  # fmt: skip
 
 
 class EmulatedDevice:
@@ -448,7 +457,7 @@ class EmulatedDevice:
         key = (filename, name)
         if key not in self.kernels:
             self.kernels[key] = EmulatedKernel(
-                self.emulation, filename, name, self.module.cuda.streams
+                self.emulation, filename, name, self.module.cuda.streams, device=self
             )
         return self.kernels[key]
 

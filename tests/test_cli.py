@@ -341,6 +341,23 @@ def test_info_names_the_blas_and_hints_at_its_avx512_kernels(monkeypatch) -> Non
     json.dumps(diagnostics.collect_info(compile_kernels=False))  # JSON-serialisable, as documented
 
 
+def test_info_without_cupy_says_why_and_shows_no_device(monkeypatch) -> None:
+    """Where CuPy cannot run, ``rnncu info`` says it is unavailable, with the reason, and
+    shows no device (never a device read from a backend that did not load)."""
+    import rnncu.backend
+    from rnncu.backend import diagnostics
+
+    reason = "CuPy is installed but no CUDA device is present"
+    available = {"numpy": None, "cupy": reason}
+    monkeypatch.setattr(rnncu.backend, "available_backends", lambda: available)
+    info = diagnostics.collect_info(compile_kernels=False)
+    assert (info["cupy_available"], info["cupy_reason"], info["device"]) == (False, reason, None)
+    assert "kernels" not in info
+    lines = diagnostics.format_info(info).splitlines()
+    assert any(line.endswith(f"  (unavailable: {reason})") for line in lines), lines
+    assert "device: none" in lines, lines
+
+
 def test_version_and_options_without_a_command(capsys) -> None:
     import rnncu
 

@@ -211,11 +211,21 @@ def test_every_schedule_gives_identical_bits(device, rng, monkeypatch, mode, ste
     B = 7: the step path's own choice is the small-batch kernel; two tiles are forced."""
     monkeypatch.setenv(STEP_TILE_ENV, step_kernel)
     data = _inputs(rng, (3, 7, 65), np.float32, use_lengths=True)
+    scheduled = []  # the schedule each launch ran under: the one set on the device
+    launch_raw = device.emulation.launch_raw
+
+    def spy(*args, **kwargs):
+        scheduled.append(args[6:8])
+        return launch_raw(*args, **kwargs)
+
+    monkeypatch.setattr(device.emulation, "launch_raw", spy)
     results = []
     for policy in (ASCENDING, DESCENDING, RANDOM, RUN_AHEAD):
         device.policy = policy
         device.seed = 7
+        before = len(scheduled)
         results.append(_run(CupyBackend(recurrence=mode), device, data, "tanh", False, (1, 1)))
+        assert set(scheduled[before:]) == {(policy, 7)}, (policy, scheduled[before:])
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert a.tobytes() == b.tobytes()
@@ -917,3 +927,390 @@ def test_nan_propagates_as_in_numpy(device, rng, mode, batch, nonlinearity, reve
     assert np.isnan(expected[0][:, 0]).any() and not np.isnan(expected[0][:, 1:]).any()
     for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
         assert_same_nans(a, e, TOL[np.dtype(np.float32)], what)
+
+
+# ----------------------------------------------------------------- settings, caches, graphs
+def _persistent_launches(device: EmulatedDevice) -> int:
+    return sum(
+        device.launches(filename)
+        for filename in (
+            persistent.BATCH_KERNEL_FILE,
+            persistent.CLUSTER_KERNEL_FILE,
+            persistent.GRID_KERNEL_FILE,
+        )
+    )
+
+
+def test_recurrence_environment_variable_chooses_the_path(device, rng, monkeypatch) -> None:
+    """``RNNCU_RECURRENCE`` decides where the ``recurrence`` attribute is None: ``step`` runs
+    a shape the persistent path takes on the step kernels, ``persistent`` refuses a shape it
+    cannot take; the attribute, where set, wins over the variable."""
+    fits = (2, 3, 33)
+    assert persistent.supports(fits, np.float32)
+    data = _inputs(rng, fits, np.float32, use_lengths=True)
+    expected = _reference(data, "tanh", True, (True, True))
+    monkeypatch.setenv("RNNCU_RECURRENCE", "step")
+    actual = _run(CupyBackend(), device, data, "tanh", True, (True, True))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, f"RNNCU_RECURRENCE=step: {what}")
+    assert (_step_launches(device), _persistent_launches(device)) == (2 * fits[0], 0)
+    _run(CupyBackend(recurrence="auto"), device, data, "tanh", True, (True, True))
+    assert (_step_launches(device), _persistent_launches(device)) == (2 * fits[0], 2)
+    too_big = _inputs(rng, (1, 33, 421), np.float64, use_lengths=False)
+    monkeypatch.setenv("RNNCU_RECURRENCE", "persistent")
+    with pytest.raises(ValueError, match="persistent recurrence not applicable"):
+        _run(CupyBackend(), device, too_big, "tanh", False, (True, True))
+
+
+def test_forced_persistent_refuses_a_shape_it_cannot_take_in_each_direction(device, rng) -> None:
+    """``recurrence="persistent"`` is the persistent path or an error in forward and in
+    backward alike: neither direction falls back to the step kernels on its own."""
+    cp = device.module
+    shape = (1, 33, 421)  # float64 at B = 33 does not fit on chip at H = 421 (an H200)
+    assert not persistent.supports(shape, np.float64)
+    data = _inputs(rng, shape, np.float64, use_lengths=False)
+    states, w_hh, h0 = (cp.asarray(data[k]) for k in ("z", "w_hh", "h0"))
+    backend = CupyBackend(recurrence="persistent")
+    with pytest.raises(ValueError, match="persistent recurrence not applicable"):
+        backend.recurrence_forward(states, w_hh, h0, None, "tanh", False)
+    np.testing.assert_array_equal(cp.asnumpy(states), data["z"])
+    with pytest.raises(ValueError, match="persistent recurrence not applicable"):
+        backend.recurrence_backward(
+            states, w_hh, h0, cp.asarray(data["grad_states"]), None, None, "tanh", False
+        )
+    assert _step_launches(device) == 0
+
+
+def test_step_graphs_environment_variable_turns_the_graph_cache_on(
+    device, rng, monkeypatch
+) -> None:
+    """``RNNCU_STEP_GRAPHS=on`` sends the step loops through the graph cache where the
+    ``step_graphs`` attribute is None (captured at the second call, replayed at the third);
+    ``off``, or the attribute False, launches them one by one."""
+    cp = device.module
+    shape = (3, 5, 33)
+    data = _inputs(rng, shape, np.float32, use_lengths=True)
+    expected = _reference(data, "tanh", False, (True, True))[0]
+    w_hh, h0, lengths = (cp.asarray(data[k]) for k in ("w_hh", "h0", "lengths"))
+    states = cp.asarray(data["z"])
+    backend = CupyBackend(recurrence="step")
+
+    def forward() -> None:
+        states[...] = cp.asarray(data["z"])
+        backend.recurrence_forward(states, w_hh, h0, lengths, "tanh", False)
+        _close(cp.asnumpy(states), expected, "states")
+
+    monkeypatch.setenv("RNNCU_STEP_GRAPHS", "on")
+    for _ in range(3):
+        forward()
+    assert backend.graphs.counts == {"replayed": 1, "captured": 1, "launched": 1, "dropped": 0}
+    backend.step_graphs = False
+    forward()
+    monkeypatch.setenv("RNNCU_STEP_GRAPHS", "off")
+    backend.step_graphs = None
+    forward()
+    assert backend.graphs.counts == {"replayed": 1, "captured": 1, "launched": 1, "dropped": 0}
+    assert _step_launches(device) == 5 * shape[0]  # each call ran each step once
+
+
+def test_one_backend_runs_each_activation_and_dtype_on_its_own_kernels(device, rng) -> None:
+    """The backend caches its compiled kernels: one backend (``rnncu.get_backend("cupy")`` is
+    one per process) running tanh and relu, float32 and float64, each on either kernel family,
+    must launch the kernel of each, never the first one it compiled."""
+    backend = CupyBackend(recurrence="step")
+    for batch in (5, 9):  # the small-batch kernel, a tile
+        for dtype, nonlinearity in (
+            (np.float32, "tanh"),
+            (np.float32, "relu"),
+            (np.float64, "relu"),
+            (np.float64, "tanh"),
+        ):
+            data = _inputs(rng, (3, batch, 33), dtype, use_lengths=True)
+            actual = _run(backend, device, data, nonlinearity, False, (True, True))
+            expected = _reference(data, nonlinearity, False, (True, True))
+            for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+                _close(a, e, f"B = {batch} {np.dtype(dtype)} {nonlinearity}: {what}")
+
+
+class _SteadyPool:
+    """CuPy's memory pool in a training loop's steady state: the n-th allocation of a shape
+    and dtype since :meth:`new_round` gets the same buffer each round (re-poisoned), where
+    the emulation would allocate anew. Installed over the stand-in's ``empty``/``empty_like``."""
+
+    def __init__(self, module, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._empty = module.empty
+        self._buffers: dict[tuple, list] = {}
+        self._taken: dict[tuple, int] = {}
+        monkeypatch.setattr(module, "empty", self.empty)
+        monkeypatch.setattr(module, "empty_like", self.empty_like)
+
+    def new_round(self) -> None:
+        self._taken.clear()
+
+    def empty(self, shape, dtype=float):
+        shape = (shape,) if np.isscalar(shape) else tuple(shape)
+        key = (shape, np.dtype(dtype).str)
+        index = self._taken.get(key, 0)
+        self._taken[key] = index + 1
+        buffers = self._buffers.setdefault(key, [])
+        if index == len(buffers):
+            buffers.append(self._empty(shape, dtype))
+        buffer = buffers[index]
+        buffer.view(np.ndarray).view(np.uint8)[...] = 0xFF  # NaN, as a fresh allocation
+        return buffer
+
+    def empty_like(self, prototype, dtype=None, shape=None):
+        return self.empty(prototype.shape if shape is None else shape, dtype or prototype.dtype)
+
+
+def test_a_step_graph_is_replayed_only_for_the_launches_it_recorded(
+    device, rng, monkeypatch
+) -> None:
+    """A graph replays its loop with the pointers and settings it was captured with: a call
+    that differs in any input of its launches (the activation, the direction, h0, lengths,
+    the incoming gradients) must not replay it. With the pool handing back the same buffers
+    (as CuPy's does in a training loop), a missing field in the key would replay a stale
+    graph: silently wrong states or gradients. Every call is checked against NumPy."""
+    cp = device.module
+    pool = _SteadyPool(cp, monkeypatch)
+    shape = (3, 9, 33)  # B = 9: a tile, which reads W_hh in place in both directions
+    data = _inputs(rng, shape, np.float32, use_lengths=True)
+    padding = np.isnan(data["grad_states"])
+    host = {
+        "h0": data["h0"],
+        "h0 b": rng.standard_normal(data["h0"].shape).astype(np.float32),
+        "lengths": data["lengths"],
+        "lengths b": np.roll(data["lengths"], 1),
+        "grad_states": data["grad_states"],
+        "grad_states b": np.where(padding, np.nan, rng.standard_normal(shape)).astype(np.float32),
+        "grad_h_last": data["grad_h_last"],
+        "grad_h_last b": rng.standard_normal(data["grad_h_last"].shape).astype(np.float32),
+    }
+    dev = {name: cp.asarray(value) for name, value in host.items()}
+    w_hh = cp.asarray(data["w_hh"])
+    states = cp.asarray(data["z"])
+    backend = CupyBackend(recurrence="step", step_graphs=True)
+
+    def forward(nonlinearity="tanh", reverse=False, h0="h0", lengths="lengths") -> None:
+        states[...] = cp.asarray(data["z"])
+        backend.recurrence_forward(states, w_hh, dev[h0], dev[lengths], nonlinearity, reverse)
+        expected = data["z"].copy()
+        REFERENCE.recurrence_forward(
+            expected, data["w_hh"], host[h0], host[lengths], nonlinearity, reverse
+        )
+        _close(cp.asnumpy(states), expected, f"states of {nonlinearity} {reverse} {h0} {lengths}")
+
+    forward()
+    forward()  # captured
+    forward()  # replayed
+    assert backend.graphs.counts == {"replayed": 1, "captured": 1, "launched": 1, "dropped": 0}
+    forward(nonlinearity="relu")
+    forward(reverse=True)
+    forward(h0="h0 b")
+    forward(lengths="lengths b")
+    assert backend.graphs.counts["replayed"] == 1, backend.graphs.counts
+    forward()
+
+    host_states = cp.asnumpy(states)
+
+    def backward(grad_states="grad_states", grad_h_last="grad_h_last", held=False) -> None:
+        pool.new_round()
+        if held:  # the last grad_z still referenced: this one gets another buffer
+            pool.empty_like(states)
+        grad_z, grad_h0 = backend.recurrence_backward(
+            states, w_hh, dev["h0"], dev[grad_states], dev[grad_h_last], dev["lengths"],
+            "tanh", False,
+        )  # fmt: skip
+        want_z, want_h0 = REFERENCE.recurrence_backward(
+            host_states, data["w_hh"], data["h0"], host[grad_states], host[grad_h_last],
+            data["lengths"], "tanh", False,
+        )  # fmt: skip
+        _close(cp.asnumpy(grad_z), want_z, f"grad_z of {grad_states} {grad_h_last}")
+        _close(cp.asnumpy(grad_h0), want_h0, f"grad_h0 of {grad_states} {grad_h_last}")
+
+    before = dict(backend.graphs.counts)
+    backward()
+    backward()  # captured: the pool handed out the same grad_z and dh buffers
+    backward()  # replayed
+    assert backend.graphs.counts["replayed"] - before["replayed"] == 1, backend.graphs.counts
+    backward(grad_states="grad_states b")
+    backward(grad_h_last="grad_h_last b")
+    backward(held=True)
+    assert backend.graphs.counts["replayed"] - before["replayed"] == 1, backend.graphs.counts
+
+
+# ------------------------------------------------------------------- arguments, edge cases
+def test_zero_steps_without_grad_h_last_give_zeros_and_never_alias_it(device, rng) -> None:
+    """T = 0: grad_h0 is zeros where no grad_h_last came (not uninitialised memory), else a
+    copy of it (the layer may accumulate into it; the caller's array must not change)."""
+    cp = device.module
+    data = _inputs(rng, (0, 3, 7), np.float32, use_lengths=False)
+    for mode in ("step", "persistent", "auto"):
+        backend = CupyBackend(recurrence=mode)
+        states, w_hh, h0 = (cp.asarray(data[k]) for k in ("z", "w_hh", "h0"))
+        grad_z, grad_h0 = backend.recurrence_backward(
+            states, w_hh, h0, None, None, None, "tanh", False
+        )
+        assert grad_z.shape == (0, 3, 7), mode
+        np.testing.assert_array_equal(cp.asnumpy(grad_h0), np.zeros((3, 7), np.float32), mode)
+        grad_h_last = cp.asarray(data["grad_h_last"])
+        _, grad_h0 = backend.recurrence_backward(
+            states, w_hh, h0, None, grad_h_last, None, "tanh", False
+        )
+        np.testing.assert_array_equal(cp.asnumpy(grad_h0), data["grad_h_last"], mode)
+        grad_h0 += 1.0
+        np.testing.assert_array_equal(cp.asnumpy(grad_h_last), data["grad_h_last"], mode)
+
+
+def test_operands_the_kernels_would_misread_are_refused(device, rng) -> None:
+    """The step kernels take raw pointers: states that are not C-contiguous or not float32 /
+    float64, an operand of another dtype than states, or lengths of another length than B
+    would be read or written wrongly on a device. Each is refused before any launch, in
+    forward and backward."""
+    cp = device.module
+    data = _inputs(rng, (3, 5, 7), np.float32, use_lengths=True)
+    states, w_hh, h0, lengths = (cp.asarray(data[k]) for k in ("z", "w_hh", "h0", "lengths"))
+    grad_states = cp.asarray(data["grad_states"])
+    backend = CupyBackend(recurrence="step")
+    strided = cp.asarray(np.repeat(data["z"], 2, axis=2))[:, :, ::2]
+    assert strided.shape == states.shape and not strided.flags.c_contiguous
+    with pytest.raises(ValueError, match=r"^states: must be C-contiguous"):
+        backend.recurrence_forward(strided, w_hh, h0, lengths, "tanh", False)
+    with pytest.raises(ValueError, match=r"^states: must be C-contiguous"):
+        backend.recurrence_backward(strided, w_hh, h0, None, None, lengths, "tanh", False)
+    with pytest.raises(TypeError, match=r"^states: expected float32 or float64, got float16"):
+        backend.recurrence_forward(
+            states.astype(np.float16), w_hh.astype(np.float16), h0.astype(np.float16), lengths,
+            "tanh", False,
+        )  # fmt: skip
+    as_double = {"w_hh": w_hh.astype(np.float64), "h0": h0.astype(np.float64)}
+    for name in ("w_hh", "h0"):
+        args = {"w_hh": w_hh, "h0": h0, name: as_double[name]}
+        message = rf"^{name}: expected dtype float32 \(that of states\), got float64"
+        with pytest.raises(TypeError, match=message):
+            backend.recurrence_forward(states, args["w_hh"], args["h0"], lengths, "tanh", False)
+        with pytest.raises(TypeError, match=message):
+            backend.recurrence_backward(
+                states, args["w_hh"], args["h0"], None, None, lengths, "tanh", False
+            )
+    with pytest.raises(TypeError, match=r"^grad_states: expected dtype float32 \(that of st"):
+        backend.recurrence_backward(
+            states, w_hh, h0, grad_states.astype(np.float64), None, lengths, "tanh", False
+        )
+    for wrong in (lengths[:4], cp.asarray(np.append(data["lengths"], 1).astype(np.int32))):
+        with pytest.raises(ValueError, match=r"^lengths: expected shape \(5,\), got \(\d,\)"):
+            backend.recurrence_forward(states, w_hh, h0, wrong, "tanh", False)
+        with pytest.raises(ValueError, match=r"^lengths: expected shape \(5,\), got \(\d,\)"):
+            backend.recurrence_backward(states, w_hh, h0, None, None, wrong, "tanh", False)
+    assert _step_launches(device) == 0
+    np.testing.assert_array_equal(cp.asnumpy(states), data["z"])
+
+
+@pytest.mark.parametrize("mode", ["step", "persistent"])
+def test_strided_lengths_are_read_as_their_values(device, rng, mode) -> None:
+    """lengths a strided view (every other element of a longer array) is copied before the
+    launch, not read as if contiguous."""
+    cp = device.module
+    data = _inputs(rng, (4, 5, 33), np.float64, use_lengths=True)
+    data["lengths"][1:4] = [1, 3, 2]  # neighbours differ, so a misread shows
+    padding = np.arange(4)[:, None, None] >= data["lengths"][None, :, None]
+    data["grad_states"] = np.where(padding, np.nan, rng.standard_normal((4, 5, 33)))
+    interleaved = np.stack([data["lengths"], 4 - data["lengths"]], axis=1).ravel()
+    interleaved = interleaved.astype(np.int32)
+    lengths = cp.asarray(interleaved)[::2]
+    assert not lengths.flags.c_contiguous
+    np.testing.assert_array_equal(cp.asnumpy(lengths), data["lengths"])
+    backend = CupyBackend(recurrence=mode)
+    states = cp.asarray(data["z"])
+    w_hh, h0 = cp.asarray(data["w_hh"]), cp.asarray(data["h0"])
+    backend.recurrence_forward(states, w_hh, h0, lengths, "tanh", True)
+    grad_z, grad_h0 = backend.recurrence_backward(
+        states, w_hh, h0, cp.asarray(data["grad_states"]), cp.asarray(data["grad_h_last"]),
+        lengths, "tanh", True,
+    )  # fmt: skip
+    expected = _reference(data, "tanh", True, (True, True))
+    actual = (cp.asnumpy(states), cp.asnumpy(grad_z), cp.asnumpy(grad_h0))
+    for what, a, e in zip(("states", "grad_z", "grad_h0"), actual, expected, strict=True):
+        _close(a, e, f"{mode} {what}")
+
+
+def test_an_operand_overlapping_the_start_of_states_is_refused(device, rng) -> None:
+    """An overlap is refused whichever array starts first: h0 or w_hh ending inside states
+    (the tail of one buffer, the head of the other) races as much as one inside it."""
+    cp = device.module
+    batch, hidden = 2, 4
+    flat = cp.asarray(rng.standard_normal(batch * hidden + 3 * batch * hidden).astype(np.float32))
+    states = flat[batch * hidden - 1 : batch * hidden - 1 + 3 * batch * hidden].reshape(
+        3, batch, hidden
+    )
+    h0 = flat[: batch * hidden].reshape(batch, hidden)  # its last element is states' first
+    w_hh = flat[: hidden * hidden].reshape(hidden, hidden)  # ends inside states too
+    assert states.flags.c_contiguous and h0.ctypes.data < states.ctypes.data
+    fresh_w = cp.asarray(rng.standard_normal((hidden, hidden)).astype(np.float32))
+    fresh_h0 = cp.asarray(rng.standard_normal((batch, hidden)).astype(np.float32))
+    for mode in ("step", "persistent", "auto"):
+        backend = CupyBackend(recurrence=mode)
+        with pytest.raises(ValueError, match=r"^h0: shares memory with states"):
+            backend.recurrence_forward(states, fresh_w, h0, None, "tanh", False)
+        with pytest.raises(ValueError, match=r"^w_hh: shares memory with states"):
+            backend.recurrence_forward(states, w_hh, fresh_h0, None, "tanh", False)
+    assert _step_launches(device) == 0
+
+
+# ----------------------------------------------------------------------------- rnncu info
+def test_info_describes_the_device_and_compiles_for_its_architecture(device, monkeypatch) -> None:
+    """``rnncu info`` on a device: ``describe()`` gives CUDA's versions as major.minor (12080
+    is 12.8) and the settings in force; every kernel file is compiled for the device's own
+    architecture (not the sm_90 fallback), a file that fails to compile is reported without
+    hiding the others, and a kernel that spills only on loads or only on stores is flagged."""
+    import types
+
+    from rnncu.backend import diagnostics
+
+    runtime = device.module.cuda.runtime
+    properties = runtime.getDeviceProperties(0)
+    monkeypatch.setattr(runtime, "getDeviceProperties", lambda i: {**properties, "major": 8})
+    monkeypatch.setattr(runtime, "runtimeGetVersion", lambda: 12080)
+    monkeypatch.setattr(runtime, "driverGetVersion", lambda: 13010)
+    monkeypatch.setenv("RNNCU_RECURRENCE", "step")
+    monkeypatch.setenv("RNNCU_STEP_GRAPHS", "on")
+    described = CupyBackend().describe()
+    assert (described["cuda_runtime"], described["cuda_driver"]) == ("12.8", "13.1")
+    assert described["compute_capability"] == "8.0"
+    assert (described["recurrence"], described["step_graphs"]) == ("step", "on")
+    assert CupyBackend(recurrence="auto", step_graphs=False).describe()["step_graphs"] == "off"
+
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.nvrtc = types.SimpleNamespace(getVersion=lambda: (12, 8))
+    for name in ("cupy_backends", "cupy_backends.cuda"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs", libs)
+    files = {"broken.cu": ["broken_kernel"], "fine.cu": ["loads<float>", "stores<float>"]}
+    archs = []
+
+    def nvrtc_compile(filename: str, names: list[str], arch: str):
+        archs.append(arch)
+        if filename == "broken.cu":
+            raise RuntimeError("broken.cu(3): error: expected a ';'")
+        return types.SimpleNamespace(
+            registers={"loads<float>": 40, "stores<float>": 32},
+            spills={"loads<float>": (0, 8), "stores<float>": (16, 0)},
+        )
+
+    monkeypatch.setattr(kernel_loader, "all_name_expressions", lambda: files)
+    monkeypatch.setattr(kernel_loader, "nvrtc_compile", nvrtc_compile)
+    info = diagnostics.collect_info()
+    assert archs == ["sm_80", "sm_80"]
+    kernels = info["kernels"]
+    assert (kernels["arch"], kernels["nvrtc"]) == ("sm_80", "12.8")
+    assert kernels["files"]["broken.cu"] == {
+        "ok": False,
+        "error": "broken.cu(3): error: expected a ';'",
+    }
+    assert kernels["files"]["fine.cu"]["kernels"]["loads<float>"] == {
+        "registers": 40, "spill_stores": 0, "spill_loads": 8
+    }  # fmt: skip
+    text = diagnostics.format_info(info)
+    assert "recurrence step" in text and "CUDA runtime 12.8" in text, text
+    assert "broken.cu: FAILED" in text and "fine.cu: ok, 2 kernels" in text, text
+    assert "SPILLS 0/8 B" in text and "SPILLS 16/0 B" in text, text

@@ -135,6 +135,26 @@ def test_failed_begin_capture_warns_once_and_launches(cupy, monkeypatch):
     assert not graphs._capture_lock.locked()
 
 
+def test_a_failed_capture_drops_the_graphs_captured_before(cupy):
+    """After a failed capture the loops launch one by one, as the warning says: a graph
+    captured earlier is dropped, not replayed."""
+    graphs = cupy_backend.StepLoopGraphs(capture_at=1)
+    kernel = LoggingKernel(cupy)
+    plan_a, built_a = _plan("a", steps=2)
+    graphs.run(("a",), _loop(kernel, plan_a))
+    assert len(graphs) == 1
+    kernel.fail_with = CUDADriverError("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: test")
+    with pytest.warns(RuntimeWarning, match="launches its kernels one by one from now on"):
+        graphs.run(("b",), _loop(kernel, _plan("b", steps=1)[0]))
+    kernel.fail_with = None
+    kernel.log.clear()
+    graphs.run(("a",), _loop(kernel, plan_a))
+    assert kernel.log == [("a", 0), ("a", 1)]
+    assert built_a == ["a", "a"], "the loop was planned and launched again"
+    assert len(graphs) == 0
+    assert graphs.counts == {"launched": 2, "captured": 1, "replayed": 0, "dropped": 0}
+
+
 def test_failed_launch_in_capture_ends_the_capture(cupy):
     graphs = cupy_backend.StepLoopGraphs(capture_at=1)
     kernel = LoggingKernel(cupy)
