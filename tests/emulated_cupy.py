@@ -395,11 +395,11 @@ class EmulatedKernel:
         filename: str,
         name: str,
         streams: _Streams,
-        device: EmulatedDevice | None = None,
+        device: EmulatedDevice,
     ) -> None:
         self.emulation = emulation
         self.streams = streams
-        #: whose ``policy`` and ``seed`` schedule the launches (None: EmulatedDevice's own)
+        #: whose ``policy`` and ``seed`` schedule the launches (read at each launch)
         self.device = device
         self.name = name
         self.cooperative = kernel_loader.module_spec(filename, name).cooperative
@@ -429,10 +429,8 @@ class EmulatedKernel:
 
     def _run(self, grid: tuple, block: tuple, args: tuple, shared_mem: int) -> None:
         self.launches += 1
-        # the device's schedule as set when the launch runs (a test sets ``device.policy``)
-        device = EmulatedDevice if self.device is None else self.device
         self.emulation.launch_raw(self.name, grid[:2], block[0], shared_mem, self.cooperative,
-                                  args, device.policy, device.seed)  # fmt: skip
+                                  args, self.device.policy, self.device.seed)  # fmt: skip
 
 
 class EmulatedDevice:
