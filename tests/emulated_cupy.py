@@ -503,3 +503,121 @@ def _estimated_occupancy(kernel: EmulatedKernel, threads: int, shared_mem: int) 
     by_threads = H200.max_threads_per_sm // threads
     by_smem = H200.smem_per_sm // (shared_mem + H200.reserved_smem_per_block)
     return max(0, min(by_threads, by_smem, H200.max_blocks_per_sm))
+
+
+# ------------------------------------------------------------------ the surface rnncu reaches
+#: the stand-in's classes and the CuPy classes they stand in for (dotted paths in real CuPy)
+STAND_INS: dict[type, str] = {
+    DeviceArray: "ndarray",
+    _Stream: "cuda.Stream",
+    _Graph: "cuda.graph.Graph",
+    _Event: "cuda.Event",
+    Device: "cuda.Device",
+    _Generator: "random.Generator",
+    EmulatedKernel: "RawKernel",
+    _Runtime: "cuda.runtime",
+}
+#: the stand-in's namespaces (plain objects, wrapped while recording) and their CuPy modules
+NAMESPACES = {"cuda": "cuda", "cuda.driver": "cuda.driver", "cuda.compiler": "cuda.compiler",
+              "random": "random"}  # fmt: skip
+
+
+def _caller_is_recorded(depth: int, modules: tuple[str, ...]) -> bool:
+    """Whether the frame ``depth`` levels up runs code of one of ``modules`` (a package name
+    covers its submodules): the stand-in's own code, NumPy's and the tests' are not asked."""
+    name = sys._getframe(depth + 1).f_globals.get("__name__", "")
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+class SurfaceRecorder:
+    """What code of ``modules`` reaches of the stand-in ``cupy`` while :meth:`recording`:
+    ``names`` holds ``(path, attribute)`` pairs, the path being where the attribute lives in
+    real CuPy (``""`` for the ``cupy`` module itself, ``"cuda.runtime"``, ``"ndarray"``, ...),
+    ``keywords`` the keyword arguments of each call, as ``(path, attribute, names)``. The
+    stand-in answers to NumPy's whole namespace and to every method of a NumPy array, where
+    CuPy has fewer; a test checks each recorded name against the installed CuPy, so code that
+    only the emulation accepts is caught before it reaches a GPU."""
+
+    def __init__(self, modules: tuple[str, ...] = ("rnncu",)) -> None:
+        self.modules = modules
+        self.names: set[tuple[str, str]] = set()
+        self.keywords: set[tuple[str, str, tuple[str, ...]]] = set()
+
+    def _seen(self, path: str, name: str, value: Any) -> Any:
+        """Records ``path.name`` and returns ``value``, a callable wrapped so that its keyword
+        arguments are recorded too."""
+        self.names.add((path, name))
+        if not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.keywords.add((path, name, tuple(sorted(kwargs))))
+            return value(*args, **kwargs)
+
+        return call
+
+    @contextmanager
+    def recording(self, device: EmulatedDevice, monkeypatch: Any) -> Iterator[SurfaceRecorder]:
+        """Records while the block runs: for ``device``, which must not be installed yet."""
+        recorder = self
+        modules = self.modules
+
+        def attribute_of(stand_in: type, path: str) -> Callable[[Any, str], Any]:
+            def __getattribute__(instance: Any, name: str) -> Any:  # noqa: N807
+                try:
+                    value = stand_in.__mro__[1].__getattribute__(instance, name)
+                except AttributeError:  # what the class's __getattr__ forwards
+                    if not hasattr(stand_in, "__getattr__"):
+                        raise
+                    value = stand_in.__getattr__(instance, name)
+                if name.startswith("__") or not _caller_is_recorded(1, modules):
+                    return value
+                return recorder._seen(path, name, value)
+
+            return __getattribute__
+
+        def assignment_of(stand_in: type, path: str) -> Callable[[Any, str, Any], None]:
+            def __setattr__(instance: Any, name: str, value: Any) -> None:  # noqa: N807
+                if _caller_is_recorded(1, modules):
+                    recorder.names.add((path, name))
+                stand_in.__mro__[1].__setattr__(instance, name, value)
+
+            return __setattr__
+
+        class Namespace:
+            """A stand-in namespace whose attributes are recorded, as the module's are."""
+
+            def __init__(self, target: Any, path: str) -> None:
+                object.__setattr__(self, "_target", target)
+                object.__setattr__(self, "_path", path)
+
+            def __getattr__(self, name: str) -> Any:
+                value = getattr(self._target, name)
+                inner = f"{self._path}.{name}" if self._path else name
+                if inner in NAMESPACES:
+                    value = Namespace(value, NAMESPACES[inner])
+                if name.startswith("__") or not _caller_is_recorded(1, modules):
+                    return value
+                return recorder._seen(self._path, name, value)
+
+            def __setattr__(self, name: str, value: Any) -> None:  # monkeypatching in tests
+                setattr(self._target, name, value)
+
+        module = device.module
+
+        class RecordedModule(types.ModuleType):
+            def __getattribute__(self, name: str) -> Any:
+                value = types.ModuleType.__getattribute__(self, name)
+                if name in NAMESPACES and not isinstance(value, Namespace):
+                    value = Namespace(value, NAMESPACES[name])
+                if name.startswith("__") or not _caller_is_recorded(1, modules):
+                    return value
+                return recorder._seen("", name, value)
+
+        with monkeypatch.context() as patch:
+            for stand_in, path in STAND_INS.items():
+                patch.setattr(stand_in, "__getattribute__", attribute_of(stand_in, path))
+                patch.setattr(stand_in, "__setattr__", assignment_of(stand_in, path))
+            patch.setattr(module, "__class__", RecordedModule)
+            yield self

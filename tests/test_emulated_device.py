@@ -9,14 +9,18 @@ device are tests/test_cupy_backend.py (marker ``gpu``)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
+import re
 import sys
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
 from device_limits import H200
-from emulated_cupy import EmulatedDevice
+from emulated_cupy import EmulatedDevice, SurfaceRecorder
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 from rnn_reference import assert_same_nans, recurrence_cases, with_nans
 from training_comparison import train_on_both_backends
@@ -1314,3 +1318,108 @@ def test_info_describes_the_device_and_compiles_for_its_architecture(device, mon
     assert "recurrence step" in text and "CUDA runtime 12.8" in text, text
     assert "broken.cu: FAILED" in text and "fine.cu: ok, 2 kernels" in text, text
     assert "SPILLS 0/8 B" in text and "SPILLS 16/0 B" in text, text
+
+
+# ------------------------------------------------------------- what rnncu asks of real CuPy
+def _keywords_accepted(function: Any) -> set[str] | None:
+    """The keyword names ``function`` of the installed CuPy takes (None: any), from its
+    signature, or where Cython compiled it, from the signature lines its docstring opens
+    with, the most specific first (``RawKernel.__call__`` has ``**kwargs``, then its
+    keywords)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        pattern = rf"^\s*(?:[\w.]+\.)?{re.escape(function.__name__)}\((.*)\)"
+        lines = re.findall(pattern, function.__doc__ or "", re.M)
+        assert lines, f"{function!r}: no signature to check keywords against"
+        signatures = [[part.replace("\\", "").split("=")[0].strip() for part in line.split(",")]
+                      for line in lines]  # fmt: skip
+        for names in signatures:
+            if not any(name.startswith("**") for name in names):
+                return {name for name in names if name.isidentifier()}
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+
+
+def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, monkeypatch,
+                                                        tmp_path, capsys) -> None:  # fmt: skip
+    """The stand-in answers to all of NumPy's namespace, with NumPy's keywords, and to every
+    method of a NumPy array and of NumPy's Generator: CuPy has fewer of each. So every
+    name the library and the GPU benchmark reach while they train, generate, run each
+    recurrence path (graphs included), save, evaluate and benchmark on the emulated device
+    is looked up in the installed CuPy, with the keywords of each call: a name only the
+    emulation has would fail first on the one GPU run."""
+    real = pytest.importorskip("cupy")
+    if real.__version__ == "emulated":
+        pytest.skip("CuPy is not installed: nothing to compare the stand-in with")
+    import importlib.util
+    from pathlib import Path
+
+    import rnncu
+    from rnncu.cli import main
+
+    emulated = EmulatedDevice(kernel_emulation)
+    recorder = SurfaceRecorder(("rnncu", "gpu_compare_under_test"))
+    with recorder.recording(emulated, monkeypatch), emulated.installed(monkeypatch):
+        cp = emulated.module
+        train_on_both_backends("classify", "rows", monkeypatch)
+        train_on_both_backends("generate", "rows", monkeypatch)
+        for mode in ("step", "persistent"):
+            backend = CupyBackend(recurrence=mode, step_graphs=True)
+            backend.describe()
+            layer = rnncu.RNN(4, 33, num_layers=2, bidirectional=True, dropout=0.25,
+                              backend=backend, dtype="float32", seed=0)  # fmt: skip
+            x = cp.asarray(rng.standard_normal((5, 3, 4)).astype(np.float32))
+            out, h_n = layer(x, None, np.array([5, 2, 0]))
+            dout, dh_n = (rng.standard_normal(a.shape).astype(np.float32) for a in (out, h_n))
+            layer.backward(cp.asarray(dout), cp.asarray(dh_n))
+            states = cp.asarray(rng.standard_normal((3, 5, 33)).astype(np.float32))
+            w_hh = cp.asarray(rng.uniform(-0.1, 0.1, (33, 33)).astype(np.float32))
+            h0 = cp.asarray(rng.standard_normal((5, 33)).astype(np.float32))
+            for _ in range(3):  # the step path captures the loop, then replays it
+                backend.recurrence_forward(states, w_hh, h0, None, "tanh", False)
+            if mode == "step":
+                assert backend.graphs.counts["replayed"] == 1, backend.graphs.counts
+        # 8 rows of H = 1600 floats staged: above 48 KB, the kernel's limit is raised first
+        states = cp.asarray(rng.standard_normal((1, 8, 1600)).astype(np.float32))
+        w_hh = cp.asarray(rng.uniform(-0.02, 0.02, (1600, 1600)).astype(np.float32))
+        h0 = cp.asarray(rng.standard_normal((8, 1600)).astype(np.float32))
+        CupyBackend(recurrence="step").recurrence_forward(states, w_hh, h0, None, "tanh", False)
+        run = str(tmp_path / "run")
+        assert main(["train", "--hidden", "16", "--epochs", "1", "--backend", "cupy",
+                     "--out", run]) == 0  # fmt: skip
+        assert main(["evaluate", "--checkpoint", run, "--backend", "cupy"]) == 0
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_compare.py"
+        spec = importlib.util.spec_from_file_location("gpu_compare_under_test", path)
+        gpu_compare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gpu_compare)
+        monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33)})
+        monkeypatch.setitem(sys.modules, "torch", None)  # the peers need a real device
+        monkeypatch.setitem(sys.modules, "jax", None)
+        gpu_compare.run(["tiny"], 2, 1)
+    capsys.readouterr()
+
+    def located(path: str) -> Any:
+        return functools.reduce(getattr, path.split("."), real) if path else real
+
+    def label(path: str, name: str) -> str:
+        return ".".join(("cupy", path, name) if path else ("cupy", name))
+
+    missing = sorted(label(p, n) for p, n in recorder.names if not hasattr(located(p), n))
+    assert not missing, (
+        f"reached on the emulated device, absent from CuPy {real.__version__}: {missing}"
+    )
+    refused = []
+    for path, name, keywords in sorted(recorder.keywords):
+        accepted = _keywords_accepted(getattr(located(path), name)) if keywords else None
+        if accepted is not None and not set(keywords) <= accepted:
+            refused.append(f"{label(path, name)}: {sorted(set(keywords) - accepted)}")
+    assert not refused, f"keywords CuPy {real.__version__} does not take: {refused}"
+    # and the workload reached each part of the stand-in, so the checks above had work to do
+    paths = {p for p, _ in recorder.names}
+    for path in ("", "cuda", "cuda.runtime", "ndarray", "cuda.Stream", "cuda.graph.Graph",
+                 "cuda.Event", "cuda.Device", "random.Generator", "RawKernel"):  # fmt: skip
+        assert path in paths, (path, sorted(paths))
+    assert ("RawKernel", "max_dynamic_shared_size_bytes") in recorder.names
