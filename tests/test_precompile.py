@@ -143,3 +143,62 @@ def test_cli_precompile_without_a_device_is_one_line(capsys) -> None:
     assert "\n" not in err
     assert main(["precompile", "--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_load_module_builds_cupys_own_raw_module(monkeypatch) -> None:
+    """``load_module`` on the installed CuPy, with only the device faked: the real
+    ``cupy.RawModule`` constructor takes the keywords the loader passes (a subclass whose
+    ``compile`` records instead of asking the driver), holds the file's inlined source, the
+    options and the name expressions, is built for cooperative launches where the spec asks
+    it, is compiled once and memoised per device; and CuPy's compile error (its own
+    constructor) becomes a :class:`KernelCompileError` that locates the line. The emulated
+    device stands in for ``load_module`` itself, so this is the one check of these calls
+    before a GPU runs them."""
+    cupy = pytest.importorskip("cupy")
+    if cupy.__version__ == "emulated":
+        pytest.skip("CuPy is not installed")
+    compiled: list[tuple[str, ...]] = []
+    broken = {"log": ""}
+
+    class RecordingModule(cupy.RawModule):
+        def compile(self, log_stream: Any = None) -> None:
+            compiled.append(self.name_expressions)
+            if broken["log"]:
+                raise cupy.cuda.compiler.CompileException(
+                    broken["log"], self.code, "rnncu_source", self.options
+                )
+
+    device = {"id": 0}
+    monkeypatch.setattr(cupy, "RawModule", RecordingModule)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDevice", lambda: device["id"])
+    monkeypatch.setattr(kernel_loader, "_modules", {})
+    specs = kernel_loader.module_specs()
+    chosen = [next(s for s in specs if s.filename == kernel_loader.STEP_KERNEL_FILE),
+              next(s for s in specs if s.cooperative)]  # fmt: skip
+    for spec in chosen:
+        module = kernel_loader.load_module(
+            spec.filename, spec.name_expressions, spec.options, spec.cooperative
+        )
+        assert isinstance(module, RecordingModule)
+        assert module.code == kernel_loader.read_source(spec.filename)
+        expected = kernel_loader.DEFAULT_OPTIONS + spec.options + kernel_loader.header_options()
+        assert tuple(module.options) == expected
+        assert tuple(module.name_expressions) == spec.name_expressions
+        assert module.enable_cooperative_groups is spec.cooperative
+        assert hasattr(module, "get_function")
+        again = kernel_loader.load_module(
+            spec.filename, spec.name_expressions, spec.options, spec.cooperative
+        )
+        assert again is module
+    assert compiled == [s.name_expressions for s in chosen]
+    device["id"] = 1  # another device compiles its own
+    step = chosen[0]
+    other = kernel_loader.load_module(step.filename, step.name_expressions, step.options)
+    assert other is not module and len(compiled) == 3
+
+    broken["log"] = f"kernels/{step.filename}(12): error: broken on purpose"
+    device["id"] = 2
+    with pytest.raises(kernel_loader.KernelCompileError) as info:
+        kernel_loader.load_module(step.filename, step.name_expressions, step.options)
+    assert info.value.filename == step.filename
+    assert f"kernels/{step.filename}:12: error: broken on purpose" in str(info.value)
