@@ -1329,11 +1329,13 @@ def _keywords_accepted(function: Any) -> set[str] | None:
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
-        pattern = rf"^\s*(?:[\w.]+\.)?{re.escape(function.__name__)}\((.*)\)"
+        name = function.__name__.removeprefix("cupy_")  # a ufunc's name, as documented
+        pattern = rf"^\s*(?:[\w.]+\.)?{re.escape(name)}\((.*)\)"
         lines = re.findall(pattern, function.__doc__ or "", re.M)
         assert lines, f"{function!r}: no signature to check keywords against"
-        signatures = [[part.replace("\\", "").split("=")[0].strip() for part in line.split(",")]
-                      for line in lines]  # fmt: skip
+        # "str path=None": Cython writes the parameter's type before its name
+        signatures = [[(part.replace("\\", "").split("=")[0].split() or [""])[-1]
+                       for part in line.split(",")] for line in lines]  # fmt: skip
         for names in signatures:
             if not any(name.startswith("**") for name in names):
                 return {name for name in names if name.isidentifier()}
