@@ -63,3 +63,28 @@ def test_the_pool_allocator_is_restored_even_after_an_error() -> None:
     except KeyError:
         pass
     assert len(memsets) == 1 and allocators[-1] is pool.malloc
+
+
+def test_the_fake_cupy_offers_only_what_the_installed_cupy_has() -> None:
+    """The allocator runs only on a device, against the fake above everywhere else: each name
+    the fake offers is checked in the installed CuPy (memsetAsync with its four arguments in
+    the order the allocator passes them), so a misspelt call cannot wait for the device run."""
+    import pytest
+
+    cupy = pytest.importorskip("cupy")
+    if cupy.__version__ == "emulated":
+        pytest.skip("CuPy is not installed")
+    fake, _, _ = fake_cupy(FakeStream(ptr=1))
+    assert callable(cupy.get_default_memory_pool) and callable(cupy.cuda.set_allocator)
+    assert callable(cupy.cuda.get_current_stream)
+    for name in vars(fake.cuda):
+        assert hasattr(cupy.cuda, name), name
+    for name in vars(fake.cuda.runtime):
+        assert hasattr(cupy.cuda.runtime, name), name
+    assert hasattr(cupy.cuda.MemoryPool, "malloc") and hasattr(cupy.cuda.MemoryPointer, "ptr")
+    null = cupy.cuda.Stream.null  # an instance without a device: ptr is set per instance
+    assert isinstance(null.ptr, int) and callable(null.is_capturing)
+    # Cython's signature line: "memsetAsync(intptr_t ptr, int value, size_t size, ...)"
+    line = cupy.cuda.runtime.memsetAsync.__doc__.splitlines()[0]
+    parameters = [part.split()[-1] for part in line[line.index("(") + 1 : -1].split(",")]
+    assert parameters == ["ptr", "value", "size", "stream"], line
