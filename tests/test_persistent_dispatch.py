@@ -5,9 +5,14 @@ register spills and within the register cap the planner assumes. No GPU needed."
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from device_limits import H200
@@ -527,3 +532,58 @@ def test_every_persistent_kernel_compiles_without_spills(variant: str, arch: str
         ctype, kc, rb = re.search(r"<(\w+), (\d+), (\d+)[,>]", name).groups()
         itemsize = 4 if ctype == "float" else 8
         assert result.registers[name] <= persistent.register_cap(itemsize, int(kc), int(rb))
+
+
+def _cuda_include_dir() -> Path | None:
+    """The CUDA toolkit's include folder ($CUDA_PATH, then /usr/local/cuda), or None."""
+    for root in (os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+def test_driver_api_declarations_written_by_hand_match_the_toolkit_headers(tmp_path) -> None:
+    """CuPy wraps no cluster occupancy query, so ``persistent`` declares ``CUlaunchConfig``
+    in ctypes and names a function attribute, a device attribute and the context-poisoning
+    errors by number. A C program compiled against the toolkit's headers prints what those
+    are there: a wrong offset or number would make the query read garbage on the device (and
+    the planner drop clusters) or blame a variant for a sticky fault."""
+    include = _cuda_include_dir()
+    if include is None or shutil.which("gcc") is None:
+        pytest.skip("no CUDA toolkit headers (cuda.h) or no gcc to compile against them")
+    fields = [name for name, _ in persistent._LaunchConfig._fields_]
+    sticky = ["cudaErrorECCUncorrectable", "cudaErrorIllegalAddress", "cudaErrorLaunchTimeout",
+              "cudaErrorAssert", "cudaErrorHardwareStackError", "cudaErrorIllegalInstruction",
+              "cudaErrorMisalignedAddress", "cudaErrorInvalidAddressSpace", "cudaErrorInvalidPc",
+              "cudaErrorLaunchFailure", "cudaErrorUnknown"]  # fmt: skip
+    lines = [
+        'printf("sizeof %zu\\n", sizeof(CUlaunchConfig));',
+        *(
+            f'printf("{f} %zu %zu\\n", offsetof(CUlaunchConfig, {f}), '
+            f"sizeof(((CUlaunchConfig *)0)->{f}));"
+            for f in fields
+        ),
+        'printf("non_portable %d\\n", (int)CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED);',
+        'printf("cluster_launch %d\\n", (int)cudaDevAttrClusterLaunch);',
+        *(f'printf("{name} %d\\n", (int){name});' for name in sticky),
+    ]
+    source = tmp_path / "declarations.c"
+    source.write_text(
+        "#include <stddef.h>\n#include <stdio.h>\n#include <cuda.h>\n#include <driver_types.h>\n"
+        "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n"
+    )
+    binary = tmp_path / "declarations"
+    subprocess.run(["gcc", f"-I{include}", str(source), "-o", str(binary)], check=True,
+                   capture_output=True, text=True)  # fmt: skip
+    printed = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+    headers = {line.split()[0]: line.split()[1:] for line in printed.splitlines()}
+    assert int(headers["sizeof"][0]) == ctypes.sizeof(persistent._LaunchConfig)
+    for field in fields:
+        declared = getattr(persistent._LaunchConfig, field)
+        assert [int(v) for v in headers[field]] == [declared.offset, declared.size], field
+    assert (
+        int(headers["non_portable"][0])
+        == persistent._CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+    )
+    assert int(headers["cluster_launch"][0]) == persistent._CUDA_DEV_ATTR_CLUSTER_LAUNCH
+    assert {int(headers[name][0]) for name in sticky} == persistent._STICKY_CUDA_ERRORS

@@ -104,6 +104,8 @@ _EPILOGUE_INSTRUCTIONS = 40  # activation, masking, stores of one row
 _FIXED_STEP_INSTRUCTIONS = 30
 #: CUDA's limit on gridDim.y (the kernels' row slices)
 _MAX_GRID_Y = 65535
+#: cudaDevAttrClusterLaunch: CuPy 14's runtime module has no name for it
+_CUDA_DEV_ATTR_CLUSTER_LAUNCH = 120
 
 
 # ------------------------------------------------------------------------ kernel geometry
@@ -205,8 +207,9 @@ class DeviceLimits:
 
         capability = str(cupy.cuda.Device(device_id).compute_capability)  # e.g. "90"
 
-        def attr(name: str) -> int:
-            return int(runtime.deviceGetAttribute(getattr(runtime, name), device_id))
+        def attr(name: str | int) -> int:  # CuPy's name of the attribute, or its number
+            number = getattr(runtime, name) if isinstance(name, str) else name
+            return int(runtime.deviceGetAttribute(number, device_id))
 
         return cls(
             sm_count=attr("cudaDevAttrMultiProcessorCount"),
@@ -218,8 +221,7 @@ class DeviceLimits:
             # CuPy's runtime module has no compute-capability attribute enums; Device has it
             compute_capability=(int(capability[:-1]), int(capability[-1])),
             cooperative_launch=bool(attr("cudaDevAttrCooperativeLaunch")),
-            # cudaDevAttrClusterLaunch (120): CuPy 14's runtime module has no name for it
-            cluster_launch=int(runtime.deviceGetAttribute(120, device_id)) == 1,
+            cluster_launch=attr(_CUDA_DEV_ATTR_CLUSTER_LAUNCH) == 1,
             reserved_smem_per_block=attr("cudaDevAttrReservedSharedMemoryPerBlock"),
         )
 
