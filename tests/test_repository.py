@@ -286,3 +286,112 @@ def test_gpu_check_script_parses_and_names_existing_sanitizer_cases() -> None:
     assert set(cases) <= listed, sorted(set(cases) - listed)
     out_files = set(re.findall(r"\$OUT_DIR/([A-Za-z0-9_.-]+)", text))
     assert 0 < len(out_files) <= 8, sorted(out_files)
+
+
+def test_gpu_check_budget_is_never_negative_and_zero_past_the_deadline() -> None:
+    """budget() gives a stage its cap while time allows, less when the reserve for later
+    stages cuts in, and 0 (skip the stage) once too little is left, also when an earlier stage
+    overran the deadline: `timeout` takes no negative time, and 0 would mean no limit."""
+    import subprocess
+
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    deadline = int(re.search(r"^DEADLINE=(\d+)$", text, re.M).group(1))
+    function = re.search(r"^budget\(\) \{.*?^\}$", text, re.M | re.S).group(0)
+    cases = [(0, 60, 0), (deadline - 100, 150, 0), (0, 150, deadline - 90)]
+    cases += [(deadline - 10, 60, 0), (deadline + 50, 40, 0)]
+    lines = [f"DEADLINE={deadline}", function]
+    lines += [f"SECONDS={now}; budget {cap} {reserve}" for now, cap, reserve in cases]
+    out = subprocess.run(
+        ["bash", "-c", "\n".join(lines)], capture_output=True, text=True, check=True
+    )
+    given = [int(value) for value in out.stdout.split()]
+    assert given[0] == 60  # the cap, time to spare
+    assert given[1] == 100  # what is left before the deadline, less than the cap
+    assert given[2] == 90  # what is left before the later stages' reserve
+    assert given[3:] == [0, 0], given  # 10 s left, and 50 s past the deadline: skipped
+
+
+_FAKE_PYTHON = r"""#!/bin/bash
+# stands in for the device's python3 in scripts/gpu_check.sh: each stage per $FAKE_* variables
+case "$*" in
+  -V) echo "Python 3 (fake)" ;;
+  "-m rnncu info --quick") echo "device: fake" ;;
+  "-m rnncu precompile"*) echo "precompiled 290 modules"; exit "$FAKE_PRECOMPILE_RC" ;;
+  "-m pytest -m gpu"*) echo "$FAKE_GPU_TESTS" ;;
+  *"benchmarks/gpu_compare.py --table-from"*) echo "TABLES FROM ${*: -1}" ;;
+  *"benchmarks/gpu_compare.py --repeats"*)
+    echo '{"rows": []}' > "${*: -1}"; echo "FULL TABLES"; exit "$FAKE_BENCH_RC" ;;
+  *) echo "unexpected: $*" >&2; exit 99 ;;
+esac
+"""
+
+_FAKE_SANITIZER = r"""#!/bin/bash
+echo "$FAKE_SANITIZED"
+exit "$FAKE_SANITIZER_RC"
+"""
+
+
+@pytest.mark.parametrize(
+    ("stages", "statuses", "tables"),
+    [
+        pytest.param(
+            {},
+            ["precompile: precompiled 290 modules", "gpu tests: pass", "benchmark: ok"]
+            + [f"sanitizer {tool}: clean" for tool in ("memcheck", "racecheck")],
+            "FULL TABLES",
+            id="all-pass",
+        ),
+        pytest.param(  # every gpu test skipped (no device seen) is no pass
+            {"FAKE_GPU_TESTS": "41 skipped"},
+            ["gpu tests: FAIL (rc no-test-ran)", "benchmark: ok"],
+            "FULL TABLES",
+            id="all-skipped",
+        ),
+        pytest.param(  # the benchmark cut short: the tables of the shapes it saved
+            {"FAKE_PRECOMPILE_RC": "3", "FAKE_BENCH_RC": "124", "FAKE_SANITIZER_RC": "86"},
+            ["precompile: FAIL (rc 3)", "gpu tests: pass", "benchmark: FAIL (rc 124)"]
+            + ["sanitizer memcheck: FAIL (errors reported)"],
+            "TABLES FROM {out}/gpu_compare.json",
+            id="failures",
+        ),
+    ],
+)
+def test_gpu_check_reports_each_stage_and_fails_on_any_failure(
+    tmp_path: Path, stages: dict[str, str], statuses: list[str], tables: str
+) -> None:
+    """scripts/gpu_check.sh end to end with a stand-in interpreter and compute-sanitizer (no
+    device): each stage's status line, a failed precompile seen through its `| tee`, all
+    skipped read as no test run, the saved tables printed where the benchmark stopped
+    early, and the exit status 1 where any stage failed (the one device run must not read
+    as a pass)."""
+    import os
+    import shutil
+    import subprocess
+
+    checkout = tmp_path / "checkout"  # the script cds to the checkout above it
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "gpu_check.sh", checkout / "scripts")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, text in (("python3", _FAKE_PYTHON), ("compute-sanitizer", _FAKE_SANITIZER)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    env = {
+        "PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+        "OUT": str(tmp_path / "out"), "FAKE_PRECOMPILE_RC": "0", "FAKE_BENCH_RC": "0",
+        "FAKE_GPU_TESTS": "12 passed", "FAKE_SANITIZED": "9 passed", "FAKE_SANITIZER_RC": "0",
+    } | stages  # fmt: skip
+    if "TMPDIR" in os.environ:
+        env["TMPDIR"] = os.environ["TMPDIR"]
+    run = subprocess.run(
+        ["bash", str(checkout / "scripts" / "gpu_check.sh")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert "unexpected:" not in run.stderr, run.stderr
+    summary = run.stdout.split("== summary")[1]
+    reported = [re.sub(r" \[at \d+ s\]$", "", line) for line in summary.splitlines()]
+    for status in statuses:
+        assert status in reported, summary
+    assert summary.rstrip().splitlines()[-1] == tables.format(out=env["OUT"]), summary
+    failed = any("FAIL" in status for status in statuses)
+    assert run.returncode == (1 if failed else 0), (run.returncode, run.stderr[-2000:])
