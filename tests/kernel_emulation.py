@@ -17,8 +17,9 @@ at once, so that
   cluster (a pointer elsewhere, or a rank outside the cluster, is reported), and a grid whose
   width is not a multiple of the cluster width is refused, as the driver refuses it,
 * ``__shfl_xor_sync`` / ``__shfl_sync`` / ``__shfl_down_sync`` exchange values between the
-  32 lanes of a warp through a double-buffered slot array and a warp barrier (full mask only:
-  a partial mask, or a full mask in a block that is not whole warps, is reported),
+  32 lanes of a warp through a double-buffered slot array and a warp barrier, each lane
+  reading the source lane PTX's ``shfl.sync`` defines for the width (full mask only: a
+  partial mask, or a full mask in a block that is not whole warps, is reported),
 * dynamic ``extern __shared__`` memory is one buffer per block, pre-filled with 0xFF bytes (a
   NaN in float and double, so a read of an unwritten element shows up in the results) and
   followed by a canary region that must still hold 0xFF after the launch (out-of-bounds
@@ -290,7 +291,9 @@ template <typename T>
 inline T shfl_xor(int line, unsigned mask, T value, int lane_mask, int width = 32) {
   const int lane = L->fibers[L->current].lane;
   int src = lane ^ lane_mask;
-  if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+  // PTX shfl.bfly: a lane of an earlier group of `width` lanes is read, one past the
+  // caller's own group is not (the caller's own value is returned)
+  if (src > (lane | (width - 1))) src = lane;
   return shuffle(line, mask, value, src);
 }
 template <typename T>
@@ -529,12 +532,15 @@ extern "C" __attribute__((weak, visibility("default"))) const char* emu_last_err
 COOPERATIVE_GROUPS = r"""
 #pragma once
 namespace cooperative_groups {
+// sync() takes its caller's line (__LINE__ here would be this header's, the same for every
+// call), so that a grid or cluster barrier reached at two call sites is reported as a
+// divergent __syncthreads() is
 struct grid_group {
-  void sync() const { ::emu::grid_sync(__LINE__); }
+  void sync(int line = __builtin_LINE()) const { ::emu::grid_sync(line); }
 };
 inline grid_group this_grid() { return {}; }
 struct cluster_group {
-  void sync() const { ::emu::cluster_sync(__LINE__); }
+  void sync(int line = __builtin_LINE()) const { ::emu::cluster_sync(line); }
   unsigned block_rank() const { return ::emu::cluster_rank(); }
   template <typename T>
   T* map_shared_rank(T* p, unsigned rank) const { return ::emu::map_shared_rank(p, rank); }
@@ -556,10 +562,15 @@ _STATIC_SHARED_RE = re.compile(
 
 
 def emulated_source(filename: str) -> str:
-    """``kernels/<filename>`` as read for NVRTC, with every dynamic ``extern __shared__``
-    array turned into a pointer to the emulated block's buffer and every static
-    ``__shared__ T name[...];`` into a reference to the block's own instance of it."""
-    source = kernel_loader.read_source(filename)
+    """``kernels/<filename>`` as read for NVRTC, its ``__shared__`` declarations rewritten
+    (:func:`rewrite_shared`)."""
+    return rewrite_shared(kernel_loader.read_source(filename))
+
+
+def rewrite_shared(source: str) -> str:
+    """CUDA source with every dynamic ``extern __shared__`` array turned into a pointer to
+    the emulated block's buffer and every static ``__shared__ T name[...];`` into a
+    reference to the block's own instance of it."""
     source = _EXTERN_SHARED_RE.sub(
         r"\1* \2 = reinterpret_cast<\1*>(::emu::dynamic_smem());", source
     )
