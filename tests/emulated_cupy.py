@@ -517,9 +517,8 @@ STAND_INS: dict[type, str] = {
     EmulatedKernel: "RawKernel",
     _Runtime: "cuda.runtime",
 }
-#: the stand-in's namespaces (plain objects, wrapped while recording) and their CuPy modules
-NAMESPACES = {"cuda": "cuda", "cuda.driver": "cuda.driver", "cuda.compiler": "cuda.compiler",
-              "random": "random"}  # fmt: skip
+#: the stand-in's namespaces (plain objects, wrapped while recording), by their CuPy paths
+NAMESPACES = frozenset({"cuda", "cuda.driver", "cuda.compiler", "random"})
 
 
 def _caller_is_recorded(depth: int, modules: tuple[str, ...]) -> bool:
@@ -560,30 +559,17 @@ class SurfaceRecorder:
     @contextmanager
     def recording(self, device: EmulatedDevice, monkeypatch: Any) -> Iterator[SurfaceRecorder]:
         """Records while the block runs: for ``device``, which must not be installed yet."""
-        recorder = self
         modules = self.modules
 
-        def attribute_of(stand_in: type, path: str) -> Callable[[Any, str], Any]:
-            def __getattribute__(instance: Any, name: str) -> Any:  # noqa: N807
-                try:
-                    value = stand_in.__mro__[1].__getattribute__(instance, name)
-                except AttributeError:  # what the class's __getattr__ forwards
-                    if not hasattr(stand_in, "__getattr__"):
-                        raise
-                    value = stand_in.__getattr__(instance, name)
-                if name.startswith("__") or not _caller_is_recorded(1, modules):
-                    return value
-                return recorder._seen(path, name, value)
-
-            return __getattribute__
-
-        def assignment_of(stand_in: type, path: str) -> Callable[[Any, str, Any], None]:
-            def __setattr__(instance: Any, name: str, value: Any) -> None:  # noqa: N807
-                if _caller_is_recorded(1, modules):
-                    recorder.names.add((path, name))
-                stand_in.__mro__[1].__setattr__(instance, name, value)
-
-            return __setattr__
+        def reached(path: str, name: str, value: Any) -> Any:
+            """``value``, read as ``path.name`` two frames up: a namespace wrapped, and
+            recorded where rnncu's code read it."""
+            inner = f"{path}.{name}" if path else name
+            if inner in NAMESPACES and not isinstance(value, Namespace):
+                value = Namespace(value, inner)
+            if name.startswith("__") or not _caller_is_recorded(2, modules):
+                return value
+            return self._seen(path, name, value)
 
         class Namespace:
             """A stand-in namespace whose attributes are recorded, as the module's are."""
@@ -593,31 +579,38 @@ class SurfaceRecorder:
                 object.__setattr__(self, "_path", path)
 
             def __getattr__(self, name: str) -> Any:
-                value = getattr(self._target, name)
-                inner = f"{self._path}.{name}" if self._path else name
-                if inner in NAMESPACES:
-                    value = Namespace(value, NAMESPACES[inner])
-                if name.startswith("__") or not _caller_is_recorded(1, modules):
-                    return value
-                return recorder._seen(self._path, name, value)
+                return reached(self._path, name, getattr(self._target, name))
 
             def __setattr__(self, name: str, value: Any) -> None:  # monkeypatching in tests
                 setattr(self._target, name, value)
 
-        module = device.module
-
         class RecordedModule(types.ModuleType):
             def __getattribute__(self, name: str) -> Any:
-                value = types.ModuleType.__getattribute__(self, name)
-                if name in NAMESPACES and not isinstance(value, Namespace):
-                    value = Namespace(value, NAMESPACES[name])
-                if name.startswith("__") or not _caller_is_recorded(1, modules):
-                    return value
-                return recorder._seen("", name, value)
+                return reached("", name, types.ModuleType.__getattribute__(self, name))
+
+        def attribute_of(stand_in: type, path: str) -> Callable[[Any, str], Any]:
+            def __getattribute__(instance: Any, name: str) -> Any:  # noqa: N807
+                try:
+                    value = stand_in.__mro__[1].__getattribute__(instance, name)
+                except AttributeError:  # what the class's __getattr__ forwards
+                    if not hasattr(stand_in, "__getattr__"):
+                        raise
+                    value = stand_in.__getattr__(instance, name)
+                return reached(path, name, value)
+
+            return __getattribute__
+
+        def assignment_of(stand_in: type, path: str) -> Callable[[Any, str, Any], None]:
+            def __setattr__(instance: Any, name: str, value: Any) -> None:  # noqa: N807
+                if _caller_is_recorded(1, modules):
+                    self.names.add((path, name))
+                stand_in.__mro__[1].__setattr__(instance, name, value)
+
+            return __setattr__
 
         with monkeypatch.context() as patch:
             for stand_in, path in STAND_INS.items():
                 patch.setattr(stand_in, "__getattribute__", attribute_of(stand_in, path))
                 patch.setattr(stand_in, "__setattr__", assignment_of(stand_in, path))
-            patch.setattr(module, "__class__", RecordedModule)
+            patch.setattr(device.module, "__class__", RecordedModule)
             yield self

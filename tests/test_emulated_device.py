@@ -788,10 +788,9 @@ def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> Non
 
 
 # ------------------------------------------------------------------------------ benchmark
-def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, tmp_path):
-    """benchmarks/gpu_compare.py's own code (rnncu on both paths, the naive CuPy loop, the
-    table) on a tiny shape, so the one device run is not lost to a bug in the script. The
-    times measure the emulation, not a GPU; only their presence is checked."""
+def _gpu_compare(monkeypatch: pytest.MonkeyPatch, shapes: dict[str, tuple]) -> Any:
+    """benchmarks/gpu_compare.py, imported as ``gpu_compare_under_test``, timing ``shapes``
+    with rnncu and the naive CuPy loop only."""
     import importlib.util
     from pathlib import Path
 
@@ -799,11 +798,19 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     spec = importlib.util.spec_from_file_location("gpu_compare_under_test", path)
     gpu_compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_compare)
-    monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
+    monkeypatch.setattr(gpu_compare, "SHAPES", shapes)
     # the peers need a real device; and torch, imported beside the stand-in cupy, fails half
     # way and leaves a broken module behind for later tests: both read as not installed
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.setitem(sys.modules, "jax", None)
+    return gpu_compare
+
+
+def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, tmp_path):
+    """benchmarks/gpu_compare.py's own code (rnncu on both paths, the naive CuPy loop, the
+    table) on a tiny shape, so the one device run is not lost to a bug in the script. The
+    times measure the emulation, not a GPU; only their presence is checked."""
+    gpu_compare = _gpu_compare(monkeypatch, {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
 
     done: list[int] = []
     rows = gpu_compare.run(["tiny", "wide"], 2, 1, progress=lambda rows: done.append(len(rows)))
@@ -1356,9 +1363,6 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
     real = pytest.importorskip("cupy")
     if real.__version__ == "emulated":
         pytest.skip("CuPy is not installed: nothing to compare the stand-in with")
-    import importlib.util
-    from pathlib import Path
-
     import rnncu
     from rnncu.cli import main
 
@@ -1393,14 +1397,7 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
         assert main(["train", "--hidden", "16", "--epochs", "1", "--backend", "cupy",
                      "--out", run]) == 0  # fmt: skip
         assert main(["evaluate", "--checkpoint", run, "--backend", "cupy"]) == 0
-        path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_compare.py"
-        spec = importlib.util.spec_from_file_location("gpu_compare_under_test", path)
-        gpu_compare = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(gpu_compare)
-        monkeypatch.setattr(gpu_compare, "SHAPES", {"tiny": (3, 5, 4, 33)})
-        monkeypatch.setitem(sys.modules, "torch", None)  # the peers need a real device
-        monkeypatch.setitem(sys.modules, "jax", None)
-        gpu_compare.run(["tiny"], 2, 1)
+        _gpu_compare(monkeypatch, {"tiny": (3, 5, 4, 33)}).run(["tiny"], 2, 1)
     capsys.readouterr()
 
     def located(path: str) -> Any:
