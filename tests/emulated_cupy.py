@@ -120,7 +120,8 @@ def _poisoned(shape: Any, dtype: Any = float) -> DeviceArray:
 class Device:
     """``cupy.cuda.Device``: the emulated device 0."""
 
-    def __init__(self, device_id: int = DEVICE_ID) -> None:
+    def __init__(self, device: int | None = None) -> None:  # CuPy's name: device=None, current
+        device_id = DEVICE_ID if device is None else int(device)
         if device_id != DEVICE_ID:
             raise RuntimeError(f"emulated cupy has one device (0), asked for {device_id}")
         self.id = device_id
@@ -532,7 +533,8 @@ class SurfaceRecorder:
     """What code of ``modules`` reaches of the stand-in ``cupy`` while :meth:`recording`:
     ``names`` holds ``(path, attribute)`` pairs, the path being where the attribute lives in
     real CuPy (``""`` for the ``cupy`` module itself, ``"cuda.runtime"``, ``"ndarray"``, ...),
-    ``keywords`` the keyword arguments of each call, as ``(path, attribute, names)``. The
+    ``keywords`` the keyword arguments of each call, as ``(path, attribute, names)``, a
+    class's construction as ``(path, "__init__", names)``. The
     stand-in answers to NumPy's whole namespace and to every method of a NumPy array, where
     CuPy has fewer; a test checks each recorded name against the installed CuPy, so code that
     only the emulation accepts is caught before it reaches a GPU."""
@@ -608,9 +610,22 @@ class SurfaceRecorder:
 
             return __setattr__
 
+        def construction_of(stand_in: type, path: str) -> Callable[..., None]:
+            init = stand_in.__dict__["__init__"]
+
+            @functools.wraps(init)
+            def __init__(instance: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+                if _caller_is_recorded(1, modules):  # type.__call__ leaves no Python frame
+                    self.keywords.add((path, "__init__", tuple(sorted(kwargs))))
+                init(instance, *args, **kwargs)
+
+            return __init__
+
         with monkeypatch.context() as patch:
             for stand_in, path in STAND_INS.items():
                 patch.setattr(stand_in, "__getattribute__", attribute_of(stand_in, path))
                 patch.setattr(stand_in, "__setattr__", assignment_of(stand_in, path))
+                if "__init__" in stand_in.__dict__:  # not ndarray's: CuPy builds those
+                    patch.setattr(stand_in, "__init__", construction_of(stand_in, path))
             patch.setattr(device.module, "__class__", RecordedModule)
             yield self

@@ -1419,7 +1419,8 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
     )
     refused = []
     for path, name, keywords in sorted(recorder.keywords):
-        accepted = _keywords_accepted(getattr(located(path), name)) if keywords else None
+        called = located(path) if name == "__init__" else getattr(located(path), name)
+        accepted = _keywords_accepted(called) if keywords else None
         if accepted is not None and not set(keywords) <= accepted:
             refused.append(f"{label(path, name)}: {sorted(set(keywords) - accepted)}")
     assert not refused, f"keywords CuPy {real.__version__} does not take: {refused}"
@@ -1429,3 +1430,5 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
                  "cuda.Event", "cuda.Device", "random.Generator", "RawKernel"):  # fmt: skip
         assert path in paths, (path, sorted(paths))
     assert ("RawKernel", "max_dynamic_shared_size_bytes") in recorder.names
+    constructed = {path for path, name, _ in recorder.keywords if name == "__init__"}
+    assert {"cuda.Event", "cuda.Device"} <= constructed, constructed
