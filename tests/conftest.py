@@ -29,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "skipping them (slow: every CUDA thread is a fiber)",
     )
     parser.addoption(
+        "--record-cupy-surface",
+        metavar="PATH",
+        help="with --emulated-device: write to PATH (JSON) every CuPy attribute and keyword "
+        "that rnncu and the tests reach on the stand-in, for a check against real CuPy",
+    )
+    parser.addoption(
         "--no-memory-pool",
         action="store_true",
         help="allocate every CuPy array with its own cudaMalloc (CuPy's pools off), so that "
@@ -37,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--record-cupy-surface") and not config.getoption("--emulated-device"):
+        raise pytest.UsageError("--record-cupy-surface records the emulated device's stand-in: "
+                                "add --emulated-device")  # fmt: skip
     if not config.getoption("--no-memory-pool"):
         return
     # Inside one pool block, an access past the end of an array still lands in memory the
@@ -118,7 +127,11 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
 
         emulation = request.getfixturevalue("kernel_emulation")
         monkeypatch = request.getfixturevalue("monkeypatch")
-        with EmulatedDevice(emulation).installed(monkeypatch) as device:
+        device = EmulatedDevice(emulation)
+        with contextlib.ExitStack() as stack:
+            if request.config.getoption("--record-cupy-surface"):
+                stack.enter_context(_surface_recorded(device, request.config, monkeypatch))
+            stack.enter_context(device.installed(monkeypatch))
             yield device
             _no_variant_fallback()
         return
@@ -138,3 +151,37 @@ def _device_for_gpu_tests(request: pytest.FixtureRequest):
     with poisoning:
         yield None
     _no_variant_fallback()
+
+
+_RECORDED_SURFACE = pytest.StashKey[list]()
+
+
+@contextlib.contextmanager
+def _surface_recorded(device, config: pytest.Config, monkeypatch: pytest.MonkeyPatch):
+    """What rnncu and the tests' own code (every module of tests/ but the emulation's) reach
+    of the stand-in CuPy during one test, added to the session's record."""
+    from pathlib import Path
+
+    from emulated_cupy import SurfaceRecorder
+
+    ours = ("conftest", "emulated_cupy", "kernel_emulation")
+    tests = tuple(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem not in ours)
+    recorder = SurfaceRecorder(("rnncu", *tests))
+    with recorder.recording(device, monkeypatch):
+        yield
+    config.stash.setdefault(_RECORDED_SURFACE, []).append(recorder)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--record-cupy-surface")
+    if not path:
+        return
+    import json
+
+    recorders = session.config.stash.get(_RECORDED_SURFACE, [])
+    names = sorted({name for r in recorders for name in r.names})
+    keywords = sorted({keyword for r in recorders for keyword in r.keywords})
+    callers = sorted({caller for r in recorders for caller in r.callers})
+    record = {"tests": len(recorders), "names": names, "keywords": keywords, "callers": callers}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(record, file)

@@ -522,11 +522,11 @@ STAND_INS: dict[type, str] = {
 NAMESPACES = frozenset({"cuda", "cuda.driver", "cuda.compiler", "random"})
 
 
-def _caller_is_recorded(depth: int, modules: tuple[str, ...]) -> bool:
-    """Whether the frame ``depth`` levels up runs code of one of ``modules`` (a package name
-    covers its submodules): the stand-in's own code, NumPy's and the tests' are not asked."""
+def _recorded_caller(depth: int, modules: tuple[str, ...]) -> str | None:
+    """The module whose code runs ``depth`` frames up, if it is one of ``modules`` (a package
+    name covers its submodules); None for the stand-in's own code, NumPy's and the rest."""
     name = sys._getframe(depth + 1).f_globals.get("__name__", "")
-    return any(name == m or name.startswith(m + ".") for m in modules)
+    return name if any(name == m or name.startswith(m + ".") for m in modules) else None
 
 
 class SurfaceRecorder:
@@ -543,6 +543,7 @@ class SurfaceRecorder:
         self.modules = modules
         self.names: set[tuple[str, str]] = set()
         self.keywords: set[tuple[str, str, tuple[str, ...]]] = set()
+        self.callers: set[str] = set()  # the modules whose reads were recorded
 
     def _seen(self, path: str, name: str, value: Any) -> Any:
         """Records ``path.name`` and returns ``value``, a callable wrapped so that its keyword
@@ -569,8 +570,10 @@ class SurfaceRecorder:
             inner = f"{path}.{name}" if path else name
             if inner in NAMESPACES and not isinstance(value, Namespace):
                 value = Namespace(value, inner)
-            if name.startswith("__") or not _caller_is_recorded(2, modules):
+            caller = None if name.startswith("__") else _recorded_caller(2, modules)
+            if caller is None:
                 return value
+            self.callers.add(caller)
             return self._seen(path, name, value)
 
         class Namespace:
@@ -604,7 +607,7 @@ class SurfaceRecorder:
 
         def assignment_of(stand_in: type, path: str) -> Callable[[Any, str, Any], None]:
             def __setattr__(instance: Any, name: str, value: Any) -> None:  # noqa: N807
-                if _caller_is_recorded(1, modules):
+                if _recorded_caller(1, modules):
                     self.names.add((path, name))
                 stand_in.__mro__[1].__setattr__(instance, name, value)
 
@@ -615,7 +618,7 @@ class SurfaceRecorder:
 
             @functools.wraps(init)
             def __init__(instance: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-                if _caller_is_recorded(1, modules):  # type.__call__ leaves no Python frame
+                if _recorded_caller(1, modules):  # type.__call__ leaves no Python frame
                     self.keywords.add((path, "__init__", tuple(sorted(kwargs))))
                 init(instance, *args, **kwargs)
 

@@ -1352,6 +1352,36 @@ def _keywords_accepted(function: Any) -> set[str] | None:
     return {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
 
 
+def _assert_the_installed_cupy_has(real: Any, names: Any, keywords: Any) -> None:
+    """Each recorded ``(path, attribute)`` is in ``real`` CuPy, and each recorded call's
+    keywords (``(path, attribute, names)``; ``__init__`` for a class) are in its signature."""
+
+    def located(path: str) -> Any:
+        return functools.reduce(getattr, path.split("."), real) if path else real
+
+    def label(path: str, name: str) -> str:
+        return ".".join(("cupy", path, name) if path else ("cupy", name))
+
+    # an attribute CuPy sets per instance (a Stream's ptr) is absent from the class: the
+    # null stream is an instance that needs no device
+    samples = {"cuda.Stream": real.cuda.Stream.null}
+    missing = sorted(
+        label(p, n)
+        for p, n in names
+        if not hasattr(located(p), n) and not hasattr(samples.get(p), n)
+    )
+    assert not missing, (
+        f"reached on the emulated device, absent from CuPy {real.__version__}: {missing}"
+    )
+    refused = []
+    for path, name, given in sorted(keywords):
+        called = located(path) if name == "__init__" else getattr(located(path), name)
+        accepted = _keywords_accepted(called) if given else None
+        if accepted is not None and not set(given) <= accepted:
+            refused.append(f"{label(path, name)}: {sorted(set(given) - accepted)}")
+    assert not refused, f"keywords CuPy {real.__version__} does not take: {refused}"
+
+
 def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, monkeypatch,
                                                         tmp_path, capsys) -> None:  # fmt: skip
     """The stand-in answers to all of NumPy's namespace, with NumPy's keywords, and to every
@@ -1400,30 +1430,7 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
         _gpu_compare(monkeypatch, {"tiny": (3, 5, 4, 33)}).run(["tiny"], 2, 1)
     capsys.readouterr()
 
-    def located(path: str) -> Any:
-        return functools.reduce(getattr, path.split("."), real) if path else real
-
-    def label(path: str, name: str) -> str:
-        return ".".join(("cupy", path, name) if path else ("cupy", name))
-
-    # an attribute CuPy sets per instance (a Stream's ptr) is absent from the class: the
-    # null stream is an instance that needs no device
-    samples = {"cuda.Stream": real.cuda.Stream.null}
-    missing = sorted(
-        label(p, n)
-        for p, n in recorder.names
-        if not hasattr(located(p), n) and not hasattr(samples.get(p), n)
-    )
-    assert not missing, (
-        f"reached on the emulated device, absent from CuPy {real.__version__}: {missing}"
-    )
-    refused = []
-    for path, name, keywords in sorted(recorder.keywords):
-        called = located(path) if name == "__init__" else getattr(located(path), name)
-        accepted = _keywords_accepted(called) if keywords else None
-        if accepted is not None and not set(keywords) <= accepted:
-            refused.append(f"{label(path, name)}: {sorted(set(keywords) - accepted)}")
-    assert not refused, f"keywords CuPy {real.__version__} does not take: {refused}"
+    _assert_the_installed_cupy_has(real, recorder.names, recorder.keywords)
     # and the workload reached each part of the stand-in, so the checks above had work to do
     paths = {p for p, _ in recorder.names}
     for path in ("", "cuda", "cuda.runtime", "ndarray", "cuda.Stream", "cuda.graph.Graph",
@@ -1432,3 +1439,40 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
     assert ("RawKernel", "max_dynamic_shared_size_bytes") in recorder.names
     constructed = {path for path, name, _ in recorder.keywords if name == "__init__"}
     assert {"cuda.Event", "cuda.Device"} <= constructed, constructed
+
+
+@pytest.mark.slow
+def test_gpu_tests_reach_only_what_the_installed_cupy_has(kernel_emulation, tmp_path) -> None:
+    """The gpu-marked tests call CuPy themselves (to make inputs, to read results back), and
+    a name only the stand-in answers to would fail them first on the one GPU run, spending
+    its minutes. So the first case of each gpu test function runs on the emulated device in
+    a pytest of its own that records what rnncu and the tests reach, checked as above."""
+    import subprocess
+    from pathlib import Path
+
+    real = pytest.importorskip("cupy")
+    if real.__version__ == "emulated":
+        pytest.skip("CuPy is not installed: nothing to compare the stand-in with")
+    root = Path(__file__).resolve().parent.parent
+    pytest_run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu"]
+    listing = subprocess.run([*pytest_run, "--emulated-device", "--collect-only", "tests"],
+                             cwd=root, capture_output=True, text=True, check=True)  # fmt: skip
+    first_cases: dict[str, str] = {}
+    for line in listing.stdout.splitlines():
+        if "::" in line:
+            first_cases.setdefault(line.split("[")[0], line.strip())
+    assert len(first_cases) >= 20, listing.stdout  # tests/test_*gpu*.py, test_cupy_backend.py
+    record = tmp_path / "surface.json"
+    recording = ["--emulated-device", f"--record-cupy-surface={record}"]
+    run = subprocess.run([*pytest_run, *recording, *first_cases.values()],
+                         cwd=root, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    surface = json.loads(record.read_text(encoding="utf-8"))
+    assert surface["tests"] == len(first_cases), (surface["tests"], len(first_cases))
+    names = {tuple(name) for name in surface["names"]}
+    keywords = {(path, name, tuple(given)) for path, name, given in surface["keywords"]}
+    _assert_the_installed_cupy_has(real, names, keywords)
+    # the tests' own reads are in the record, beside rnncu's
+    callers = set(surface["callers"])
+    assert {"test_cupy_backend", "test_persistent_gpu"} <= callers, callers
+    assert any(caller.startswith("rnncu.") for caller in callers), callers
