@@ -614,6 +614,7 @@ def train(
             out = Path(out_dir) if out_dir is not None else None
             metrics = dict(final_metrics(run), wall_seconds=_seconds_since(started))
             return TrainResult(done, run.model, run.history, metrics, out)
+        _check_saved_steps(run, file)
     start_epoch = run.epoch
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -937,6 +938,22 @@ def _check_saved_images(
         raise ValueError(
             f"dataset {config.dataset!r} has {data.image_shape[0]}x{data.image_shape[1]} "
             f"images, the model of {file} was trained on {saved[0]}x{saved[1]}"
+        )
+
+
+def _check_saved_steps(run: _Run, file: Path) -> None:
+    """A resumed run must go on with the images it was trained on (``--dataset``: the same
+    images, moved). Every epoch takes ``ceil(N / batch_size)`` optimizer steps, so a
+    training split of another size shows in the saved step count; continuing anyway would
+    make the learning-rate schedule, a function of steps per epoch, jump."""
+    expected = run.epoch * run.steps_per_epoch
+    if run.optimizer.step_count != expected:
+        n = run.data.x_train.shape[0]
+        raise ValueError(
+            f"dataset {run.config.dataset!r} has {n} training images ({run.steps_per_epoch} "
+            f"steps per epoch in batches of {run.config.batch_size}), but the run of {file} "
+            f"took {run.optimizer.step_count} steps in {run.epoch} epochs: not the images it "
+            "was trained on"
         )
 
 

@@ -89,6 +89,26 @@ def test_resume_2_plus_2_equals_4(tmp_path: Path, digits) -> None:
     assert_same_bits(a, b)  # optimizer moments and step count too
 
 
+def test_resume_refuses_a_training_split_of_another_size(tmp_path: Path, digits) -> None:
+    # Resuming on other images (a --dataset that is not the run's, moved) made the schedule,
+    # a function of steps per epoch, jump: 2 epochs of 22 steps read as 44 / 8 = 5.5 epochs.
+    train(small(epochs=2), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    fewer = dataclasses.replace(digits, x_train=digits.x_train[:500], y_train=digits.y_train[:500])
+    with pytest.raises(
+        ValueError,
+        match=r"500 training images \(8 steps per epoch.*took 44 "
+        r"steps in 2 epochs: not the images it was trained on",
+    ):
+        train(TrainConfig(epochs=3, backend="numpy"), resume=tmp_path, data=fewer, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    assert meta["epoch"] == 2 and int(arrays["optim.step"]) == 44  # nothing was trained
+    # the run's own images still resume it
+    resumed = train(
+        TrainConfig(epochs=3, backend="numpy"), resume=tmp_path, data=digits, plots=False
+    )
+    assert resumed.epochs_trained == 1
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(
     tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
