@@ -26,7 +26,8 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,14 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
+    "RunDirectoryInUse",
     "atomic_write_bytes",
     "atomic_write_text",
     "check_arrays",
     "check_out_dir",
     "load_checkpoint",
     "resolve_checkpoint",
+    "run_directory",
     "save_checkpoint",
 ]
 
@@ -196,6 +199,75 @@ def check_out_dir(name: str, directory: str | os.PathLike[str]) -> None:
             if not existing.is_dir():
                 raise ValueError(f"{name}: {existing} is a file, not a directory")
             return
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another process is writing a run into the directory; the message is one line."""
+
+
+#: run directories this process holds, by (device, inode): how many holders each has
+_held_run_directories: dict[tuple[int, int], int] = {}
+
+
+@contextmanager
+def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path]:
+    """Hold ``directory`` for one run while the block runs: made first where missing (and
+    removed again, with the parents made for it, if the block fails and leaves them empty).
+    Another process holding it raises :class:`RunDirectoryInUse` naming ``name`` at once,
+    for two runs writing into one directory would leave one's config beside the other's
+    checkpoint. Within a process the hold nests (the CLI holds ``--out`` before the trainer
+    does); threads of one process are not kept apart.
+
+    The hold is an advisory ``flock`` on the directory itself: no lock file to clean up, and
+    the system releases it when the process dies, even by SIGKILL. Where ``flock`` is not
+    available (Windows) or the file system refuses it (some network mounts), runs are not
+    kept apart."""
+    path = Path(directory)
+    check_out_dir(name, path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held(path, name):
+            yield path
+    except BaseException:
+        for created in made:  # the deepest first
+            try:
+                created.rmdir()
+            except OSError:  # not empty (the block wrote there), or gone
+                break
+        raise
+
+
+@contextmanager
+def _held(path: Path, name: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        status = os.fstat(descriptor)
+        key = (status.st_dev, status.st_ino)
+        if key not in _held_run_directories:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirectoryInUse(
+                    f"{name}: another rnncu run is writing into {path}; wait for it to end, "
+                    "or give another directory"
+                ) from None
+            except OSError:  # a file system without flock: run unguarded, as before
+                pass
+        _held_run_directories[key] = _held_run_directories.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _held_run_directories[key] -= 1
+            if not _held_run_directories[key]:
+                del _held_run_directories[key]
+    finally:
+        os.close(descriptor)  # the outermost holder's close releases the flock
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

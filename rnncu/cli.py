@@ -327,7 +327,7 @@ def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint
+    from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint, run_directory
     from rnncu.trainer import SavedDatasetNotFound, TrainConfig, dataset_name, make_config, train
 
     fields = (
@@ -389,25 +389,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     made = None  # a default run directory made here: removed again if nothing went into it
     if out is None and not args.resume:
         out = made = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    if out is not None:
-        _check_out_dir(out, out)
-        held = Path(out) / CHECKPOINT_NAME
-        resumed = args.resume and resolve_checkpoint(args.resume).resolve() == held.resolve()
-        if held.exists() and not resumed and not args.overwrite:
-            raise ValueError(
-                f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it with "
-                f"--resume {out} --epochs N, or replace it with --overwrite"
-            )
     try:
-        with _blas_limit(args.threads):
-            result = train(
-                config,
-                out_dir=out,
-                resume=args.resume,
-                progress=args.progress,
-                data=data,
-                log=lambda m: None,
-            )
+        with contextlib.ExitStack() as holding:
+            if out is None and args.resume:  # it goes on in its own directory
+                own = resolve_checkpoint(args.resume).parent
+                if own.is_dir():  # (else the trainer says there is no such run)
+                    holding.enter_context(run_directory(own, f"--resume {args.resume}"))
+            if out is not None:
+                # held from this check to the run's end: another run into --out would pass
+                # the check until this one's first checkpoint, and the two would mix files
+                holding.enter_context(run_directory(out, f"--out {out}"))
+                held = Path(out) / CHECKPOINT_NAME
+                resumed = (
+                    args.resume and resolve_checkpoint(args.resume).resolve() == held.resolve()
+                )
+                if held.exists() and not resumed and not args.overwrite:
+                    raise ValueError(
+                        f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
+                        f"with --resume {out} --epochs N, or replace it with --overwrite"
+                    )
+            with _blas_limit(args.threads):
+                result = train(
+                    config,
+                    out_dir=out,
+                    resume=args.resume,
+                    progress=args.progress,
+                    data=data,
+                    log=lambda m: None,
+                )
     except BaseException as exc:
         if made is not None:
             with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
@@ -595,7 +604,7 @@ def _show_warning_line(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from rnncu.backend import BackendUnavailableError
-    from rnncu.checkpoint import CheckpointError
+    from rnncu.checkpoint import CheckpointError, RunDirectoryInUse
 
     if argv is None:  # the command line itself (not a caller in Python): one-line warnings
         warnings.showwarning = _show_warning_line
@@ -624,6 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (
         CheckpointError,
+        RunDirectoryInUse,
         BackendUnavailableError,
         ValueError,
         FileNotFoundError,

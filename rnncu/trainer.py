@@ -32,6 +32,7 @@ from rnncu.checkpoint import (
     check_out_dir,
     load_checkpoint,
     resolve_checkpoint,
+    run_directory,
     save_checkpoint,
 )
 from rnncu.data import (
@@ -557,7 +558,33 @@ def train(
     A run that replaces the one saved in ``out_dir`` (a new run, or a resumed one written
     elsewhere than its own directory) first removes that run's files (:data:`RUN_FILES`, and
     its ``classifier/`` judge's); other files stay.
+
+    While it runs, the call holds its run directory (``out_dir``, or the resumed run's):
+    another process training into the same one raises
+    :class:`rnncu.checkpoint.RunDirectoryInUse` at once instead of mixing its files with
+    this run's (:func:`rnncu.checkpoint.run_directory`).
     """
+    held = out_dir
+    if held is None and isinstance(resume, (str, os.PathLike)):
+        held = resolve_checkpoint(resume).parent  # where the resumed run goes on
+        if not held.is_dir():  # no such run: _train says so
+            held = None
+    if not isinstance(held, (str, os.PathLike)):  # None, or a type _train names
+        return _train(config, out_dir, resume, progress, data, log, plots)
+    with run_directory(held, "out_dir" if out_dir is not None else "resume"):
+        return _train(config, out_dir, resume, progress, data, log, plots)
+
+
+def _train(
+    config: TrainConfig,
+    out_dir: str | Path | None,
+    resume: str | Path | None,
+    progress: bool | None,
+    data: ImageDataset | None,
+    log: Any,
+    plots: bool,
+) -> TrainResult:
+    """:func:`train`, its run directory held."""
     started = time.perf_counter()
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig (see make_config), got {config!r}")

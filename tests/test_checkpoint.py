@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -392,3 +395,79 @@ def test_check_arrays_refuses_integer_weights() -> None:
     bad = dict(arrays(), **{"model.rnn.w": ints})
     with pytest.raises(CheckpointError, match=r"f.npz: entry 'model.rnn.w' has dtype int64, not f"):
         check_arrays("f.npz", bad, {"rnn.w": (2, 3)}, prefix="model.")
+
+
+def hold_in_another_process(directory: Path) -> subprocess.Popen:
+    """A process that holds ``directory`` as a run does, until it is killed."""
+    code = (
+        "import sys, time\n"
+        "from rnncu.checkpoint import run_directory\n"
+        "with run_directory(sys.argv[1], 'the other run'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(directory)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only (documented)")
+def test_a_run_directory_held_by_another_process_is_refused_until_it_dies(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    holder = hold_in_another_process(run)
+    try:
+        refusal = f"--out x: another rnncu run is writing into {run}; wait for it to end"
+        with pytest.raises(ckpt.RunDirectoryInUse, match="^" + re.escape(refusal)):
+            with ckpt.run_directory(run, "--out x"):
+                pytest.fail("held twice")
+        assert run.is_dir()  # the other process's: not removed by the refused one
+    finally:
+        holder.kill()  # SIGKILL: the system releases the flock with the process
+        holder.wait()
+    with ckpt.run_directory(run, "--out x") as held:
+        assert held == run
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only (documented)")
+def test_a_run_directory_nests_within_a_process_and_is_released_after(tmp_path: Path) -> None:
+    import fcntl
+
+    def free() -> bool:
+        descriptor = os.open(tmp_path / "run", os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(descriptor)  # (releases what it took)
+
+    with ckpt.run_directory(tmp_path / "run", "outer"):
+        with ckpt.run_directory(tmp_path / "run/", "inner"):  # the same directory
+            assert not free()
+        assert not free()  # the inner end does not release the outer hold
+    assert free()
+
+
+def test_a_failed_run_removes_the_directories_made_for_it(tmp_path: Path) -> None:
+    with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "a" / "b" / "c", "--out c"):
+        assert (tmp_path / "a" / "b" / "c").is_dir()
+        raise KeyError("a failure before anything was written")
+    assert os.listdir(tmp_path) == []
+    # what the run wrote stays, with the directories above it
+    with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "a" / "b", "--out b"):
+        (tmp_path / "a" / "b" / "config.json").write_text("{}")
+        raise KeyError("a failure after")
+    assert (tmp_path / "a" / "b" / "config.json").is_file()
+    # a directory that was there before stays, empty or not
+    (tmp_path / "old").mkdir()
+    with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "old", "--out old"):
+        raise KeyError("a failure")
+    assert (tmp_path / "old").is_dir()
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ValueError, match="--out f: .*file is a file, not a directory"):
+        with ckpt.run_directory(tmp_path / "file" / "run", "--out f"):
+            pytest.fail("entered")

@@ -687,3 +687,37 @@ def test_threads_limits_the_blas_threads(
     assert main(["evaluate", "--checkpoint", str(tiny_run), "--threads", "3"]) == 0
     assert main(["evaluate", "--checkpoint", str(tiny_run)]) == 0  # single-threaded default
     assert calls == [(3, "blas"), (1, "blas")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only (documented)")
+def test_a_run_into_a_directory_another_run_is_writing_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two runs started at once with one --out both passed the "already holds a run" check
+    (no checkpoint before the first epoch ends) and left one's config.json beside the other's
+    checkpoint and metrics."""
+    from test_checkpoint import hold_in_another_process
+
+    out = tmp_path / "run"
+    holder = hold_in_another_process(out)
+    try:
+        assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"rnncu: error: --out {out}: another rnncu run is writing into {out}; " \
+            "wait for it to end, or give another directory\n"  # fmt: skip
+        assert os.listdir(out) == []  # nothing of this run's
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    holder = hold_in_another_process(out)
+    try:  # resuming it, in its own directory, while another run writes there
+        assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+        assert f"rnncu: error: --resume {out}: another rnncu run" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert load_checkpoint(out)[1]["epoch"] == 1  # untouched
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert load_checkpoint(out)[1]["epoch"] == 2

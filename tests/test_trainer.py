@@ -622,3 +622,28 @@ def test_the_epoch_loss_weights_each_batch_by_its_rows(monkeypatch, digits, task
     assert unweighted != pytest.approx(expected, rel=1e-4)
     if task == "classify":
         assert record["train_accuracy"] == sum(c for _, _, c in seen) / n
+
+
+@pytest.mark.skipif(os.name == "nt", reason="flock: POSIX only (documented)")
+def test_train_holds_its_run_directory(tmp_path: Path, digits) -> None:
+    from test_checkpoint import hold_in_another_process
+
+    from rnncu.checkpoint import RunDirectoryInUse
+
+    run = tmp_path / "run"
+    train(small(epochs=1), data=digits, out_dir=run, plots=False)
+    holder = hold_in_another_process(run)
+    try:
+        with pytest.raises(RunDirectoryInUse, match="^out_dir: another rnncu run is writing"):
+            train(small(epochs=1), data=digits, out_dir=run, plots=False)
+        with pytest.raises(RunDirectoryInUse, match="^resume: another rnncu run is writing"):
+            train(TrainConfig(epochs=2), resume=run, data=digits, plots=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert load_checkpoint(run)[1]["epoch"] == 1
+    # a run that fails before its first write leaves no directory made for it
+    unchecked = dataclasses.replace(small(), hidden=0)  # refused by train's own check
+    with pytest.raises(ValueError, match="hidden"):
+        train(unchecked, data=digits, out_dir=tmp_path / "new" / "run", plots=False)
+    assert sorted(os.listdir(tmp_path)) == ["run"]
