@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -396,10 +397,25 @@ def test_the_compiled_code_applies_only_to_float32(kernels) -> None:
     assert _host_tanh("tanh", np.ones((4, 3), np.float32).T) is None
 
 
-def test_switched_off(fresh_loader, monkeypatch) -> None:
-    monkeypatch.setenv("RNNCU_HOST_KERNELS", "0")
+@pytest.mark.parametrize("value", ["0", "off", "OFF", "false", " no ", "yes", ""])
+def test_switched_off(fresh_loader, monkeypatch, value: str) -> None:
+    """Only "0" turned them off: "off" or "false" left them on without a word."""
+    monkeypatch.setenv("RNNCU_HOST_KERNELS", value)
+    if value.strip() in ("no", "yes"):  # neither on nor off: said, at every use
+        for _ in range(2):
+            said = "environment variable RNNCU_HOST_KERNELS: expected 'on' or 'off'"
+            with pytest.raises(ValueError, match=f"^{re.escape(said)}.*, got {value!r}$"):
+                host_kernels.load()
+        return
+    if not value:  # set but empty: as if unset
+        assert host_kernels.load() is not None or "no C compiler" in host_kernels.status()
+        return
     assert host_kernels.load() is None
-    assert "disabled by RNNCU_HOST_KERNELS=0" in host_kernels.status()
+    assert f"disabled by RNNCU_HOST_KERNELS={value}" in host_kernels.status()
+    for on in ("1", "on", "True"):
+        host_kernels._reset_for_tests()
+        monkeypatch.setenv("RNNCU_HOST_KERNELS", on)
+        assert "disabled" not in host_kernels.status()
 
 
 def test_no_compiler_means_numpy_functions(fresh_loader, monkeypatch, rng) -> None:

@@ -33,6 +33,18 @@ import numpy
 Array: TypeAlias = Any
 
 NONLINEARITIES = ("tanh", "relu")
+_SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
+
+
+def check_switch(value: Any, source: str) -> bool:
+    """An on/off setting: a bool, or ``on``/``1``/``true`` and ``off``/``0``/``false`` (any
+    case), as environment variables spell them; anything else is a ValueError naming
+    ``source``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _SWITCH:
+        return _SWITCH[value.strip().lower()]
+    raise ValueError(f"{source}: expected 'on' or 'off' (or a bool), got {value!r}")
 
 
 def _may_overflow(source: numpy.dtype, wanted: numpy.dtype) -> bool:

@@ -50,7 +50,7 @@ import numpy as np
 
 from rnncu._warnings import warn_at_caller
 from rnncu.backend import kernel_loader
-from rnncu.backend.base import NONLINEARITIES, Backend
+from rnncu.backend.base import NONLINEARITIES, Backend, check_switch
 from rnncu.backend.kernel_loader import step_threads
 
 RECURRENCE_ENV = "RNNCU_RECURRENCE"
@@ -58,7 +58,6 @@ RECURRENCE_MODES = ("auto", "step", "persistent")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 STEP_TILE_ENV = "RNNCU_STEP_TILE"
 STEP_GRAPHS_ENV = "RNNCU_STEP_GRAPHS"
-_SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 #: CUDA's limit on gridDim.y, along which the step kernels lay the batch's row tiles
 MAX_GRID_Y = 65535
 #: batches up to this size run the small-batch step kernels (kernels/rnn_matvec.cu)
@@ -73,14 +72,6 @@ def _check_mode(value: Any, source: str) -> str:
             f"got {value!r}"
         )
     return value.lower()
-
-
-def _check_switch(value: Any, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _SWITCH:
-        return _SWITCH[value.strip().lower()]
-    raise ValueError(f"{source}: expected 'on' or 'off' (or a bool), got {value!r}")
 
 
 class CupyBackend(Backend):
@@ -124,13 +115,13 @@ class CupyBackend(Backend):
 
     @step_graphs.setter
     def step_graphs(self, value: bool | None) -> None:
-        self._step_graphs = None if value is None else _check_switch(value, "step_graphs")
+        self._step_graphs = None if value is None else check_switch(value, "step_graphs")
 
     def step_graphs_enabled(self) -> bool:
         """The setting in force: the ``step_graphs`` attribute, else ``RNNCU_STEP_GRAPHS``."""
         if self._step_graphs is not None:
             return self._step_graphs
-        return _check_switch(
+        return check_switch(
             os.environ.get(STEP_GRAPHS_ENV, "off"), f"environment variable {STEP_GRAPHS_ENV}"
         )
 

@@ -14,7 +14,7 @@ The file is compiled like the CUDA kernels are, at run time, with the system C c
 compiler and its flags, and is loaded through ctypes. Nothing is needed at install time.
 
 When it cannot be used (no compiler, a compile error, a platform without ``dlopen``, or
-``RNNCU_HOST_KERNELS=0``), :func:`load` returns None, :func:`status` says why,
+``RNNCU_HOST_KERNELS=0`` or ``off``), :func:`load` returns None, :func:`status` says why,
 and the backend runs its NumPy loop: the same results to float32 rounding, slower. float64,
 the reference dtype, always runs the NumPy loop.
 """
@@ -34,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rnncu.backend.base import check_switch
+
 __all__ = ["HostKernels", "SOURCE_FILE", "load", "status"]
 
 SOURCE_FILE = "host_rnn.c"
+SWITCH_ENV = "RNNCU_HOST_KERNELS"  # off (or 0, false) runs NumPy's functions instead
 
 # -ffp-contract=off: no fused multiply-adds but those the code asks for, so the results do not
 # depend on the CPU or on the compiler's choices; -fno-trapping-math lets the compiler compute
@@ -259,8 +262,9 @@ def _build(source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
 
 
 def _load() -> HostKernels:
-    if os.environ.get("RNNCU_HOST_KERNELS", "1") == "0":
-        raise RuntimeError("disabled by RNNCU_HOST_KERNELS=0")
+    switch = os.environ.get(SWITCH_ENV, "")
+    if switch.strip() and not check_switch(switch, f"environment variable {SWITCH_ENV}"):
+        raise RuntimeError(f"disabled by {SWITCH_ENV}={switch.strip()}")
     from rnncu.backend.kernel_loader import kernel_dir
 
     source = kernel_dir() / SOURCE_FILE
