@@ -682,14 +682,18 @@ def _train(
                         if k.startswith("model.")
                     }
                 )
-                kept = (
-                    f"; the last good checkpoint (epoch {run.epoch}) is kept in "
-                    f"{out / 'checkpoint.npz'}"
-                    if out is not None and run.epoch > 0
-                    else ""
-                )
+                if out is None:
+                    kept = ""
+                elif run.epoch > 0:
+                    kept = (
+                        f"; the last good checkpoint (epoch {run.epoch}) is kept in "
+                        f"{out / 'checkpoint.npz'}"
+                    )
+                else:
+                    kept = f"; no epoch ended well, so {out} holds no checkpoint"
                 raise TrainingDiverged(
-                    f"{problem} in epoch {run.epoch + 1}{kept}; try a smaller --lr"
+                    f"{problem} in epoch {run.epoch + 1}{kept}; try a smaller learning rate "
+                    "(--lr, TrainConfig.lr)"
                 )
             run.epoch += 1
             run.train_seconds += seconds

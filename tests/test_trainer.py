@@ -125,6 +125,15 @@ def test_nan_stops_and_keeps_last_good_checkpoint(
         return loss, correct
 
     monkeypatch.setattr(tasks.SequenceClassifier, "train_step", poisoned)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"epoch 1; no epoch ended well, so .*first holds "
+        r"no checkpoint; try a smaller learning rate \(--lr, TrainConfig.lr\)$",
+    ):
+        calls["n"] = 2 * 22 + 5  # poisoned from the first step
+        train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path / "first")
+    assert os.listdir(tmp_path / "first") == ["config.json"]
+    calls["n"] = 0
     with pytest.raises(TrainingDiverged, match=r"epoch 3.*last good checkpoint \(epoch 2\)"):
         train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path)
     arrays, meta = load_checkpoint(tmp_path)
