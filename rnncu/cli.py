@@ -639,11 +639,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         ImportError,
     ) as exc:
-        print(f"rnncu: error: {_one_line(exc)}", file=sys.stderr)
+        text = _os_error_text(exc, argv) if isinstance(exc, OSError) else _one_line(exc)
+        print(f"rnncu: error: {text}", file=sys.stderr)
         return 2
     except OSError as exc:  # an output path that cannot be written, a full disk, ...
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        print(f"rnncu: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        print(f"rnncu: error: {_os_error_text(exc, argv)}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # a dataset or a model too large for this machine
         print(f"rnncu: error: out of memory ({_one_line(exc)})", file=sys.stderr)
@@ -658,6 +658,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnncu: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_text(exc: OSError, argv: Sequence[str]) -> str:
+    """``--out X: <path>: <reason>`` for an OSError about a file: named by the option whose
+    path it is, lies under or lies on the way to, where one is (``[Errno 2] No such file or
+    directory: 'X'`` said neither which argument nor, for a file inside ``--out``, which)."""
+    if not isinstance(exc.filename, (str, bytes, os.PathLike)) or not exc.strerror:
+        return _one_line(exc)
+    failed = os.path.abspath(os.fsdecode(exc.filename))
+    for i, token in enumerate(argv):
+        flag, equals, value = token.partition("=")
+        if not flag.startswith("--") or not (equals or i + 1 < len(argv)):
+            continue
+        value = value if equals else argv[i + 1]
+        given = os.path.abspath(os.path.expanduser(value))
+        if failed == given:
+            return f"{flag} {value}: {exc.strerror}"
+        if Path(given) in Path(failed).parents or Path(failed) in Path(given).parents:
+            return f"{flag} {value}: {failed}: {exc.strerror}"  # inside it, or on the way
+    return f"{failed}: {exc.strerror}"
 
 
 def _one_line(exc: BaseException) -> str:

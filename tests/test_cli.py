@@ -721,3 +721,41 @@ def test_a_run_into_a_directory_another_run_is_writing_is_refused(
     assert load_checkpoint(out)[1]["epoch"] == 1  # untouched
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
     assert load_checkpoint(out)[1]["epoch"] == 2
+
+
+def test_a_file_error_names_the_option_whose_path_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[Errno 2] No such file or directory: '/proc/g.png'`` named no argument."""
+    from rnncu import trainer
+    from rnncu.cli import _os_error_text
+
+    out = tmp_path / "run"
+
+    def refused(path: Path, obj: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(trainer, "_write_json", refused)
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 2
+    said = f"rnncu: error: --out {out}: {out / 'config.json'}: Permission denied\n"
+    assert capsys.readouterr().err == said
+    monkeypatch.chdir(tmp_path)
+    cases = {  # (filename, argv) -> said
+        ("g.png", ("generate", "--out", "g.png")): "--out g.png: No such file or directory",
+        (str(tmp_path / "g.png"), ("--out=g.png",)): "--out g.png: No such file or directory",
+        ("d", ("--out", "d/e/f")): f"--out d/e/f: {tmp_path / 'd'}: No such file or directory",
+        (
+            "d/x.json",
+            ("--out", "d"),
+        ): f"--out d: {tmp_path / 'd/x.json'}: No such file or directory",
+        ("other", ("--out", "d")): f"{tmp_path / 'other'}: No such file or directory",
+        ("g.png", ("--out",)): f"{tmp_path / 'g.png'}: No such file or directory",
+    }
+    for (filename, argv), text in cases.items():
+        assert _os_error_text(FileNotFoundError(2, "No such file or directory", filename), argv) \
+            == text, (filename, argv)  # fmt: skip
+    # without a file name, or a reason, the error's own words
+    assert _os_error_text(FileNotFoundError("dataset 'x.npz' not found"), ["--out", "x"]) == \
+        "dataset 'x.npz' not found"  # fmt: skip
+    assert _os_error_text(OSError(5, "Input/output error"), ["--out", "x"]) == \
+        "[Errno 5] Input/output error"  # fmt: skip
