@@ -188,15 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--classes", help="comma-separated classes (default: every class the training labels hold)"
     )
-    gen.add_argument("--per-class", type=_positive_int, default=10)
+    gen.add_argument(
+        "--per-class",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="images per class, one row of the grid each (default 10)",
+    )
     gen.add_argument(
         "--complete",
-        type=int,
+        type=_positive_int,
         metavar="K",
-        default=0,
-        help="complete test images whose top K rows are given",
+        help="complete test images whose top K rows are given (default: draw whole images)",
     )
-    gen.add_argument("--noise", type=_nonneg_float, help="std of the noise per drawn row")
+    gen.add_argument(
+        "--noise",
+        type=_nonneg_float,
+        help="std of the noise added to each drawn row (default 0.1; 0 draws the mean)",
+    )
     gen.add_argument(
         "--dataset",
         type=_path,
@@ -515,6 +524,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         classes = _parse_classes(args.classes, run.data.num_classes, run.data.trained_classes)
         noise = SAMPLE_NOISE if args.noise is None else args.noise
         height = run.data.image_shape[0]
+        grid_rows = len(classes) * (2 if args.complete else 1)  # completions: originals above
+        pixels = plots.grid_pixels(grid_rows, args.per_class, run.data.image_shape)
+        if pixels > plots.MAX_GRID_PIXELS:
+            fits = plots.grid_columns_within(grid_rows, run.data.image_shape)
+            advice = f"at most {fits} here" if fits else "ask for fewer --classes"
+            raise ValueError(
+                f"--per-class {args.per_class}: a grid of {grid_rows} rows of {args.per_class} "
+                f"images would have {pixels:,} pixels, more than image readers open "
+                f"({plots.MAX_GRID_PIXELS:,}); {advice}"
+            )
         top = None
         if args.complete:
             if not 0 < args.complete < height:

@@ -16,7 +16,15 @@ import numpy as np
 from rnncu.module import check_number
 from rnncu.module import describe_array as _describe
 
-__all__ = ["image_grid", "plot_confusion", "plot_history", "save_image_grid"]
+__all__ = [
+    "MAX_GRID_PIXELS",
+    "grid_columns_within",
+    "grid_pixels",
+    "image_grid",
+    "plot_confusion",
+    "plot_history",
+    "save_image_grid",
+]
 
 
 def _pyplot() -> Any:
@@ -183,6 +191,29 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
     ax.set_ylabel("true")
     _save(fig, path)
     plt.close(fig)
+
+
+#: Pillow's decompression-bomb threshold: readers built on it warn above it, and refuse twice it
+MAX_GRID_PIXELS = 89_478_485
+
+
+def grid_pixels(
+    nrows: int, ncols: int, image_shape: tuple[int, int], pad: int = 1, scale: int = 4
+) -> int:
+    """The pixel count of :func:`image_grid`'s output for ``nrows`` x ``ncols`` images of
+    ``image_shape`` (H, W): known before any image is made."""
+    height, width = image_shape
+    return (nrows * (height + pad) + pad) * scale * (ncols * (width + pad) + pad) * scale
+
+
+def grid_columns_within(
+    nrows: int, image_shape: tuple[int, int], pad: int = 1, scale: int = 4
+) -> int:
+    """The most columns a grid of ``nrows`` rows of ``image_shape`` images may have and stay
+    within :data:`MAX_GRID_PIXELS` (0: not even one)."""
+    height, width = image_shape
+    widest = MAX_GRID_PIXELS // ((nrows * (height + pad) + pad) * scale)  # in pixels
+    return max(0, (widest // scale - pad) // (width + pad))
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> np.ndarray:

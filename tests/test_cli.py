@@ -669,6 +669,23 @@ def test_generate_complete_takes_the_first_test_images_and_checks_k(
     # every row given leaves nothing to complete: 8x8 images take 1..7
     code = main([*args, "--complete", "8"])
     one_line_error(code, capsys, "--complete: expected 1..7 rows, got 8")
+    # and no row given was read as "draw whole images", without a word
+    code = main([*args, "--complete", "0"])
+    one_line_error(code, capsys, "--complete: expected a positive integer, got '0'")
+    # a grid no image reader opens is refused before any image is drawn (--per-class 100000
+    # was still drawing after a minute)
+    grids.clear()
+    code = main([*args, "--per-class", "100000", "--classes", "7,2"])
+    one_line_error(
+        code,
+        capsys,
+        "--per-class 100000: a grid of 2 rows of 100000 images would "
+        "have 273,600,304 pixels, more than image readers open (89,478,485); at most "
+        "32704 here",
+    )  # 76 x 3,600,004 pixels: 8x8 images and a border of 1, each pixel drawn 4x4
+    code = main([*args, "--per-class", "20000", "--complete", "2", "--classes", "7,2"])
+    one_line_error(code, capsys, "--per-class 20000: a grid of 4 rows of 20000 images would")
+    assert grids == []
 
 
 def test_threads_limits_the_blas_threads(

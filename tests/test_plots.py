@@ -12,6 +12,9 @@ pytest.importorskip("matplotlib")
 
 from rnncu.plots import (  # noqa: E402
     CONFUSION_ANNOTATED_CLASSES,
+    MAX_GRID_PIXELS,
+    grid_columns_within,
+    grid_pixels,
     image_grid,
     plot_confusion,
     plot_history,
@@ -191,3 +194,17 @@ def test_history_plot_draws_no_clip_line_without_clipping(tmp_path: Path, monkey
     history = [dict(r, grad_norm=0.5 * r["epoch"], grad_norm_max=2.0) for r in _history()]
     plot_history(history, tmp_path / "h.png", clip=0.0)
     assert limits == [] and figures[0].axes[2].get_ylabel() == "gradient norm"
+
+
+@pytest.mark.parametrize("nrows", [1, 3, 10, 20])
+@pytest.mark.parametrize("image_shape", [(8, 8), (28, 28), (12, 20), (1, 1)])
+def test_grid_size_is_known_before_the_images(
+    rng: np.random.Generator, nrows: int, image_shape: tuple[int, int]
+) -> None:
+    for ncols in (1, 2, 7):
+        images = rng.uniform(0, 1, (nrows * ncols, *image_shape))
+        assert grid_pixels(nrows, ncols, image_shape) == image_grid(images, ncols).size
+    fits = grid_columns_within(nrows, image_shape)  # the most that stay readable, no more
+    assert grid_pixels(nrows, fits, image_shape) <= MAX_GRID_PIXELS
+    assert grid_pixels(nrows, fits + 1, image_shape) > MAX_GRID_PIXELS
+    assert grid_columns_within(10**6, (512, 512)) == 0  # not even one column
