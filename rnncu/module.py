@@ -257,6 +257,11 @@ class Module:
     def _check_input(self, name: str, value: Any) -> Any:
         """``value`` must be an array of this module's backend and dtype."""
         if not self.backend.owns(value):
+            if isinstance(value, np.generic):  # a NumPy scalar: no device is involved
+                raise TypeError(
+                    f"{name}: expected a {self.backend.name} array, got the scalar "
+                    f"{describe_array(value)}; a layer takes arrays of its input's shape"
+                )
             if hasattr(value, "shape") and hasattr(value, "dtype"):
                 raise TypeError(
                     f"{name}: expected a {self.backend.name} array (this module's backend), got "

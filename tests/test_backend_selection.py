@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -144,6 +145,11 @@ def test_mixed_device_message_names_the_conversion() -> None:
         TypeError, match=r"x: expected a numpy array .*mixed devices are not converted"
     ):
         rnn(FakeDeviceArray())
+    # a NumPy scalar has a shape and a dtype too, but no device to blame
+    said = "x: expected a numpy array, got the scalar numpy.float32 float32 (); a layer takes "
+    for layer in (rnn, rnncu.Linear(2, 2, backend="numpy")):
+        with pytest.raises(TypeError, match="^" + re.escape(said + "arrays of its input's shape")):
+            layer(np.float32(1.5))
 
 
 def test_to_numpy_copies_on_the_numpy_backend_too() -> None:
