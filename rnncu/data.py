@@ -330,16 +330,18 @@ def _finish(
     source: str,
 ) -> ImageDataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise ValueError(f"{name}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ")
+        raise ValueError(
+            f"{source}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ"
+        )
     for split, images in (("training", x_tr), ("test", x_te)):
         if images.shape[0] == 0:
-            raise ValueError(f"{name}: no {split} images")
+            raise ValueError(f"{source}: no {split} images")
     present = np.unique(y_tr)
     if present.size < 2:
         # one class trains to a constant answer (accuracy 1 by construction) and leaves the
         # generator's judge nothing to tell apart: almost always a wrong labels array
         raise ValueError(
-            f"{name}: the training labels hold a single class ({int(present[0])}); expected "
+            f"{source}: the training labels hold a single class ({int(present[0])}); expected "
             "at least 2 classes"
         )
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
