@@ -214,3 +214,20 @@ def test_asarray_takes_numbers_and_names_what_it_cannot_take() -> None:
     with pytest.raises(TypeError, match=r"^asarray: cannot convert torch.Tensor to an array \("):
         numpy_backend.asarray(torch.ones(2, requires_grad=True))
     np.testing.assert_array_equal(numpy_backend.asarray(torch.arange(3)), [0, 1, 2])
+
+
+def test_check_switch_takes_bools_and_on_off_words() -> None:
+    """The on/off settings (RNNCU_HOST_KERNELS, RNNCU_STEP_GRAPHS, step_graphs=...): a bool
+    as given; a word in any case, with the blanks a shell file may leave around it."""
+    from rnncu.backend.base import check_switch
+
+    for value, meant in ((True, True), (False, False), (" Off ", False), ("TRUE\n", True)):
+        assert check_switch(value, "s") is meant, value
+    for word in ("on", "1", "true", "off", "0", "false"):
+        assert check_switch(f" {word.upper()} ", "s") is (word in ("on", "1", "true"))
+    for bad in (1, 0, None, "yes", "", "o n"):
+        with pytest.raises(
+            ValueError,
+            match=f"^s: expected 'on' or 'off' \\(or a bool\\), got {re.escape(repr(bad))}$",
+        ):
+            check_switch(bad, "s")

@@ -471,3 +471,65 @@ def test_a_failed_run_removes_the_directories_made_for_it(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="--out f: .*file is a file, not a directory"):
         with ckpt.run_directory(tmp_path / "file" / "run", "--out f"):
             pytest.fail("entered")
+
+
+def test_an_interrupted_run_removes_the_directories_made_for_it(tmp_path: Path) -> None:
+    """Ctrl-C is a KeyboardInterrupt, not an Exception: it fails the block all the same."""
+    with pytest.raises(KeyboardInterrupt), ckpt.run_directory(tmp_path / "a" / "b", "--out b"):
+        raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only (documented)")
+def test_a_run_directory_nests_under_any_spelling_and_after_an_inner_hold_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold is the directory's, not its path's: a relative path, a link to it or one
+    through ``..`` nest within it, and so does a second hold after a first inner one ended."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "link").symlink_to(run)
+    monkeypatch.chdir(tmp_path)
+    with ckpt.run_directory(run, "outer"):
+        for spelling in ("run", tmp_path / "link", run / ".." / "run", run):
+            with ckpt.run_directory(spelling, "inner") as held:
+                assert held.samefile(run)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only (documented)")
+def test_a_file_system_without_flock_runs_unguarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network mounts refuse flock (ENOLCK): the run goes on, as it did before holds."""
+    import errno
+    import fcntl
+
+    def refused(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    with ckpt.run_directory(tmp_path / "run", "--out run") as held:
+        assert held == tmp_path / "run" and held.is_dir()
+        with ckpt.run_directory(tmp_path / "run", "--out run"):
+            (held / "config.json").write_text("{}")
+    assert (tmp_path / "run" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_refused_run_directory_leaves_no_descriptor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def held_elsewhere(descriptor: int, operation: int) -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(fcntl, "flock", held_elsewhere)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ckpt.RunDirectoryInUse, match="^--out run: another rnncu run"):
+            with ckpt.run_directory(tmp_path / "run", "--out run"):
+                pytest.fail("held twice")
+    assert len(os.listdir("/proc/self/fd")) == before

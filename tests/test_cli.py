@@ -685,6 +685,10 @@ def test_generate_complete_takes_the_first_test_images_and_checks_k(
     )  # 76 x 3,600,004 pixels: 8x8 images and a border of 1, each pixel drawn 4x4
     code = main([*args, "--per-class", "20000", "--complete", "2", "--classes", "7,2"])
     one_line_error(code, capsys, "--per-class 20000: a grid of 4 rows of 20000 images would")
+    # where not one image per row fits, fewer rows are the way (76 x 40 pixels here)
+    monkeypatch.setattr(plots, "MAX_GRID_PIXELS", 3000)
+    code = main([*args, "--per-class", "1", "--classes", "7,2"])
+    one_line_error(code, capsys, "have 3,040 pixels, more than image readers open (3,000); ask fo")
     assert grids == []
 
 
@@ -734,6 +738,10 @@ def test_a_run_into_a_directory_another_run_is_writing_is_refused(
     try:  # resuming it, in its own directory, while another run writes there
         assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
         assert f"rnncu: error: --resume {out}: another rnncu run" in capsys.readouterr().err
+        # read, not written into: resuming it into another --out is not held up
+        copy = tmp_path / "copy"
+        assert main(["train", "--resume", str(out), "--epochs", "2", "--out", str(copy)]) == 0
+        assert load_checkpoint(copy)[1]["epoch"] == 2
     finally:
         holder.kill()
         holder.wait()
@@ -792,6 +800,7 @@ def test_more_threads_than_cpus_is_warned(monkeypatch: pytest.MonkeyPatch) -> No
     threadpoolctl = pytest.importorskip("threadpoolctl")
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda **k: contextlib.nullcontext())
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # the machine's; 2 are this process's
     with pytest.warns(RuntimeWarning, match=r"^--threads 3: more than the 2 CPUs this process"):
         _blas_limit(3)
     with warnings.catch_warnings():
@@ -802,3 +811,31 @@ def test_more_threads_than_cpus_is_warned(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     with pytest.warns(RuntimeWarning, match=r"^--threads 5: more than the 4 CPUs"):
         _blas_limit(5)
+
+
+def test_resuming_a_run_that_is_not_there_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only an existing run directory is held: a path under a file is no run, not an --out."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for resume in (afile / "run", afile / "run" / "checkpoint.npz", tmp_path / "absent" / "run"):
+        code = main(["train", "--resume", str(resume), "--epochs", "2"])
+        line = one_line_error(code, capsys, "checkpoint not found")
+        assert line == f"rnncu: error: checkpoint not found: {resume}"
+    assert os.listdir(tmp_path) == ["afile"] and afile.read_text() == "mine"
+
+
+def test_a_file_error_under_a_tilde_path_names_its_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """argv keeps ``~`` as typed; the error's file name has it expanded."""
+    from rnncu.cli import _os_error_text
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    error = FileNotFoundError(2, "No such file or directory", str(tmp_path / "g.png"))
+    said = "--out ~/g.png: No such file or directory"
+    assert _os_error_text(error, ["generate", "--out", "~/g.png"]) == said
+    error = FileNotFoundError(2, "No such file or directory", str(tmp_path / "d"))
+    said = f"--out ~/d/g.png: {tmp_path / 'd'}: No such file or directory"
+    assert _os_error_text(error, ["generate", "--out", "~/d/g.png"]) == said

@@ -573,3 +573,34 @@ def test_train_and_test_images_of_different_sizes_are_refused(
     np.savez(path, x=images, y=labels, x_test=turned, y_test=labels[:4])
     with pytest.raises(ValueError, match=r"sizes.npz: train images \(6, 5\) and test \(5, 6\) di"):
         load_npz(path)
+
+
+def test_dataset_errors_name_the_file_by_its_path(tmp_path: Path, rng: np.random.Generator) -> None:
+    """``one.npz: ...`` did not say which one.npz: these errors name the path, as the others
+    do."""
+    images, labels = small_images(rng)
+    turned = images[:4].transpose(0, 2, 1)
+    cases = {  # file -> (its arrays, what is said of it)
+        "one.npz": (
+            dict(x=images, y=np.full_like(labels, 3)),
+            "the training labels hold a single class (3); expected at least 2 classes",
+        ),
+        "empty.npz": (
+            dict(x=images[:0], y=labels[:0], x_test=images[:2], y_test=labels[:2]),
+            "no training images",
+        ),
+        "no_test.npz": (
+            dict(x=images, y=labels, x_test=images[:0], y_test=labels[:0]),
+            "no test images",
+        ),
+        "sizes.npz": (
+            dict(x=images, y=labels, x_test=turned, y_test=labels[:4]),
+            "train images (6, 5) and test (5, 6) differ",
+        ),
+    }
+    for name, (arrays, said) in cases.items():
+        path = tmp_path / "data" / name
+        path.parent.mkdir(exist_ok=True)
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError, match="^" + re.escape(f"{path}: {said}") + "$"):
+            load_npz(path)

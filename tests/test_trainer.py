@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -94,12 +95,18 @@ def test_resume_refuses_a_training_split_of_another_size(tmp_path: Path, digits)
     # a function of steps per epoch, jump: 2 epochs of 22 steps read as 44 / 8 = 5.5 epochs.
     train(small(epochs=2), data=digits, progress=False, out_dir=tmp_path, plots=False)
     fewer = dataclasses.replace(digits, x_train=digits.x_train[:500], y_train=digits.y_train[:500])
-    with pytest.raises(
-        ValueError,
-        match=r"500 training images \(8 steps per epoch.*took 44 "
-        r"steps in 2 epochs: not the images it was trained on",
-    ):
-        train(TrainConfig(epochs=3, backend="numpy"), resume=tmp_path, data=fewer, plots=False)
+    more = dataclasses.replace(
+        digits,
+        x_train=np.concatenate([digits.x_train, digits.x_train[:200]]),
+        y_train=np.concatenate([digits.y_train, digits.y_train[:200]]),
+    )
+    for other, said in ((fewer, "500 training images (8"), (more, "1547 training images (25")):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(said) + r" steps per epoch.*took 44 "
+            r"steps in 2 epochs: not the images it was trained on",
+        ):
+            train(TrainConfig(epochs=3, backend="numpy"), resume=tmp_path, data=other, plots=False)
     arrays, meta = load_checkpoint(tmp_path)
     assert meta["epoch"] == 2 and int(arrays["optim.step"]) == 44  # nothing was trained
     # the run's own images still resume it
@@ -133,6 +140,14 @@ def test_nan_stops_and_keeps_last_good_checkpoint(
         calls["n"] = 2 * 22 + 5  # poisoned from the first step
         train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path / "first")
     assert os.listdir(tmp_path / "first") == ["config.json"]
+    # without out_dir nothing is kept, and the message says nothing of a checkpoint
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^training loss became nan in epoch 1; "
+        r"try a smaller learning rate \(--lr, TrainConfig.lr\)$",
+    ):
+        calls["n"] = 2 * 22 + 5
+        train(small(epochs=5), data=digits, progress=False)
     calls["n"] = 0
     with pytest.raises(TrainingDiverged, match=r"epoch 3.*last good checkpoint \(epoch 2\)"):
         train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path)
@@ -656,3 +671,14 @@ def test_train_holds_its_run_directory(tmp_path: Path, digits) -> None:
     with pytest.raises(ValueError, match="hidden"):
         train(unchecked, data=digits, out_dir=tmp_path / "new" / "run", plots=False)
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_resuming_a_run_that_is_not_there_says_so_and_makes_nothing(tmp_path: Path) -> None:
+    """No directory is held (or made) for a run that does not exist, even under a file."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for resume in (afile / "run", afile / "run" / "checkpoint.npz", tmp_path / "absent" / "run"):
+        said = f"checkpoint not found: {resume}"
+        with pytest.raises(CheckpointError, match="^" + re.escape(said) + "$"):
+            train(TrainConfig(epochs=1, backend="numpy"), resume=resume, progress=False)
+    assert os.listdir(tmp_path) == ["afile"] and afile.read_text() == "mine"
