@@ -692,21 +692,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _os_error_text(exc: OSError, argv: Sequence[str]) -> str:
     """``--out X: <path>: <reason>`` for an OSError about a file: named by the option whose
     path it is, lies under or lies on the way to, where one is (``[Errno 2] No such file or
-    directory: 'X'`` said neither which argument nor, for a file inside ``--out``, which)."""
+    directory: 'X'`` said neither which argument nor, for a file inside ``--out``, which).
+    Of several such options, the one whose path is nearest the file's (the first of those, on
+    the way before inside): ``--checkpoint d --out d/g.png`` names --out for ``d/g.png``, not
+    --checkpoint, whose directory holds it."""
     if not isinstance(exc.filename, (str, bytes, os.PathLike)) or not exc.strerror:
         return _one_line(exc)
     failed = os.path.abspath(os.fsdecode(exc.filename))
+    nearest: tuple[int, bool, str] | None = None  # (components apart, inside, "--flag value")
     for i, token in enumerate(argv):
         flag, equals, value = token.partition("=")
         if not flag.startswith("--") or not (equals or i + 1 < len(argv)):
             continue
         value = value if equals else argv[i + 1]
-        given = os.path.abspath(os.path.expanduser(value))
-        if failed == given:
-            return f"{flag} {value}: {exc.strerror}"
-        if Path(given) in Path(failed).parents or Path(failed) in Path(given).parents:
-            return f"{flag} {value}: {failed}: {exc.strerror}"  # inside it, or on the way
-    return f"{failed}: {exc.strerror}"
+        given = Path(os.path.abspath(os.path.expanduser(value)))
+        inside = given in Path(failed).parents
+        if inside or given == Path(failed) or Path(failed) in given.parents:
+            found = (abs(len(given.parts) - len(Path(failed).parts)), inside, f"{flag} {value}")
+            if nearest is None or found[:2] < nearest[:2]:
+                nearest = found
+    if nearest is None:
+        return f"{failed}: {exc.strerror}"
+    if nearest[0] == 0:
+        return f"{nearest[2]}: {exc.strerror}"
+    return f"{nearest[2]}: {failed}: {exc.strerror}"
 
 
 def _one_line(exc: BaseException) -> str:

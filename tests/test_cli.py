@@ -826,6 +826,33 @@ def test_resuming_a_run_that_is_not_there_says_so(
     assert os.listdir(tmp_path) == ["afile"] and afile.read_text() == "mine"
 
 
+def test_a_file_error_names_the_option_nearest_to_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first option whose path held the file was named, not the option of the file
+    itself: ``--checkpoint d --out d/g.png`` blamed --checkpoint for g.png."""
+    from rnncu.cli import _os_error_text
+
+    monkeypatch.chdir(tmp_path)
+    cases = {  # (filename, argv) -> said
+        ("d/g.png", ("generate", "--checkpoint", "d", "--out", "d/g.png")): (
+            "--out d/g.png: No such file or directory"
+        ),
+        ("mnist/run1/checkpoint.npz", ("--dataset", "mnist", "--out", "mnist/run1")): (
+            f"--out mnist/run1: {tmp_path / 'mnist/run1/checkpoint.npz'}: No such file or directory"
+        ),
+        ("d", ("--dataset", ".", "--out", "d/e")): (
+            f"--out d/e: {tmp_path / 'd'}: No such file or directory"
+        ),
+        ("d/e", ("--dataset", "d/e/f/x.npz", "--out", "d")): (
+            f"--out d: {tmp_path / 'd/e'}: No such file or directory"
+        ),
+    }
+    for (filename, argv), text in cases.items():
+        error = FileNotFoundError(2, "No such file or directory", filename)
+        assert _os_error_text(error, argv) == text, (filename, argv)
+
+
 def test_a_file_error_under_a_tilde_path_names_its_option(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
