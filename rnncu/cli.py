@@ -347,7 +347,14 @@ def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint, run_directory
-    from rnncu.trainer import SavedDatasetNotFound, TrainConfig, dataset_name, make_config, train
+    from rnncu.trainer import (
+        SavedDatasetNotFound,
+        TrainConfig,
+        dataset_name,
+        make_config,
+        train,
+        written_directory,
+    )
 
     fields = (
         "task",
@@ -410,19 +417,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = made = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     try:
         with contextlib.ExitStack() as holding:
-            if out is None and args.resume:  # it goes on in its own directory
-                own = resolve_checkpoint(args.resume).parent
-                if own.is_dir():  # (else the trainer says there is no such run)
-                    holding.enter_context(run_directory(own, f"--resume {args.resume}"))
+            # held from the check below to the run's end (the trainer's own hold nests in
+            # it): another run into --out would pass the check until this one's first
+            # checkpoint, and the two would mix files
+            written = written_directory(out, args.resume)
+            if written is not None:
+                name = f"--out {out}" if out is not None else f"--resume {args.resume}"
+                holding.enter_context(run_directory(written, name))
             if out is not None:
-                # held from this check to the run's end: another run into --out would pass
-                # the check until this one's first checkpoint, and the two would mix files
-                holding.enter_context(run_directory(out, f"--out {out}"))
-                held = Path(out) / CHECKPOINT_NAME
+                saved = Path(out) / CHECKPOINT_NAME
                 resumed = (
-                    args.resume and resolve_checkpoint(args.resume).resolve() == held.resolve()
+                    args.resume and resolve_checkpoint(args.resume).resolve() == saved.resolve()
                 )
-                if held.exists() and not resumed and not args.overwrite:
+                if saved.exists() and not resumed and not args.overwrite:
                     raise ValueError(
                         f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
                         f"with --resume {out} --epochs N, or replace it with --overwrite"

@@ -202,8 +202,14 @@ def grid_pixels(
 ) -> int:
     """The pixel count of :func:`image_grid`'s output for ``nrows`` x ``ncols`` images of
     ``image_shape`` (H, W): known before any image is made."""
+    rows, cols = _grid_shape(nrows, ncols, image_shape, pad)
+    return rows * scale * cols * scale
+
+
+def _grid_shape(nrows: int, ncols: int, image_shape: tuple[int, int], pad: int) -> tuple[int, int]:
+    """The grid's (rows, columns) of pixels before scaling: images and a border of ``pad``."""
     height, width = image_shape
-    return (nrows * (height + pad) + pad) * scale * (ncols * (width + pad) + pad) * scale
+    return nrows * (height + pad) + pad, ncols * (width + pad) + pad
 
 
 def grid_columns_within(
@@ -211,9 +217,9 @@ def grid_columns_within(
 ) -> int:
     """The most columns a grid of ``nrows`` rows of ``image_shape`` images may have and stay
     within :data:`MAX_GRID_PIXELS` (0: not even one)."""
-    height, width = image_shape
-    widest = MAX_GRID_PIXELS // ((nrows * (height + pad) + pad) * scale)  # in pixels
-    return max(0, (widest // scale - pad) // (width + pad))
+    rows, _ = _grid_shape(nrows, 0, image_shape, pad)
+    widest = MAX_GRID_PIXELS // (rows * scale)  # in pixels
+    return max(0, (widest // scale - pad) // (image_shape[1] + pad))
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> np.ndarray:
@@ -230,7 +236,7 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> 
     scale = _positive("scale", scale)
     n, h, w = images.shape
     nrows = max(1, -(-n // ncols))
-    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), dtype=np.float32)
+    grid = np.ones(_grid_shape(nrows, ncols, (h, w), pad), dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)

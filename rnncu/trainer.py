@@ -564,15 +564,25 @@ def train(
     :class:`rnncu.checkpoint.RunDirectoryInUse` at once instead of mixing its files with
     this run's (:func:`rnncu.checkpoint.run_directory`).
     """
-    held = out_dir
-    if held is None and isinstance(resume, (str, os.PathLike)):
-        held = resolve_checkpoint(resume).parent  # where the resumed run goes on
-        if not held.is_dir():  # no such run: _train says so
-            held = None
-    if not isinstance(held, (str, os.PathLike)):  # None, or a type _train names
+    held = written_directory(out_dir, resume)
+    if held is None:
         return _train(config, out_dir, resume, progress, data, log, plots)
     with run_directory(held, "out_dir" if out_dir is not None else "resume"):
         return _train(config, out_dir, resume, progress, data, log, plots)
+
+
+def written_directory(
+    out_dir: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | None:
+    """The directory a run given ``out_dir`` and ``resume`` writes into, for holding it:
+    ``out_dir``, else a resumed run's own directory where it exists (else None: no such run,
+    which the trainer reports, or arguments of a type it names)."""
+    if out_dir is not None:
+        return out_dir if isinstance(out_dir, (str, os.PathLike)) else None
+    if not isinstance(resume, (str, os.PathLike)):
+        return None
+    own = resolve_checkpoint(resume).parent
+    return own if own.is_dir() else None
 
 
 def _train(
