@@ -475,19 +475,63 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
+    """The file holding ``stem``'s array, or None. Where the directory holds more than one
+    copy (torchvision's ``MNIST/raw`` keeps each file both raw and gzipped), the first in
+    the order below is read and every other copy must hold the same bytes: a stale or
+    foreign copy (Fashion-MNIST's ``.gz`` beside MNIST's raw file, of the same size and
+    header) would otherwise be ignored or read without a word, by the name's spelling."""
     dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
     names = (stem, stem + ".gz", dotted, dotted + ".gz")
-    # in that order of preference, then the same names in another case (TRAIN-...-UBYTE.GZ)
-    files = {p.name: p for p in directory.iterdir() if p.is_file()}
-    by_lower = {name.lower(): files[name] for name in sorted(files)}
-    found = [files.get(n) or by_lower.get(n) for n in names]
-    return next((p for p in found if p is not None), None)
+    # in that order of preference, each name in its own case first, then in another case
+    # (TRAIN-...-UBYTE.GZ)
+    rank = {name: i for i, name in enumerate(names)}
+    copies = sorted(
+        (p for p in directory.iterdir() if p.name.lower() in rank and p.is_file()),
+        key=lambda p: (rank[p.name.lower()], p.name != p.name.lower(), p.name),
+    )
+    if not copies:
+        return None
+    for other in copies[1:]:
+        difference = _idx_copies_differ(copies[0], other)
+        if difference is not None:
+            raise ValueError(
+                f"{directory}: holds {copies[0].name} and {other.name}, two copies of one IDX "
+                f"file, but {difference}; remove the one that is not wanted"
+            )
+    return copies[0]
+
+
+def _idx_copies_differ(first: Path, second: Path, chunk: int = 1 << 20) -> str | None:
+    """None where two IDX files (each raw or .gz, by its name) hold the same bytes, else
+    how they differ. Compared a chunk at a time: a copy that differs early costs one chunk."""
+
+    def opened(path: Path) -> Any:
+        return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+
+    offset = 0
+    with opened(first) as a, opened(second) as b:
+        while True:
+            blocks = []
+            for path, fh in ((first, a), (second, b)):
+                try:
+                    blocks.append(fh.read(chunk))
+                except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+                    return f"{path.name} cannot be read ({exc})"
+            if blocks[0] != blocks[1]:
+                common = min(len(blocks[0]), len(blocks[1]))
+                at = next((i for i in range(common) if blocks[0][i] != blocks[1][i]), common)
+                return f"their bytes differ from byte {offset + at}"
+            if not blocks[0]:
+                return None
+            offset += len(blocks[0])
 
 
 def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     """A directory with MNIST-format files ``train-images-idx3-ubyte`` and
     ``train-labels-idx1-ubyte`` (raw or .gz) and optionally the ``t10k-*`` pair; without the
-    test pair the training files are split stratified 75/25 with random_state=0."""
+    test pair the training files are split stratified 75/25 with random_state=0. A file
+    present both raw and gzipped is read raw, after checking that the two copies hold the
+    same bytes (a ValueError names them where they differ)."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(
             f"load_idx_dir: directory: expected a str or path, got {type(directory).__name__}"

@@ -604,3 +604,43 @@ def test_dataset_errors_name_the_file_by_its_path(tmp_path: Path, rng: np.random
         np.savez(path, **arrays)
         with pytest.raises(ValueError, match="^" + re.escape(f"{path}: {said}") + "$"):
             load_npz(path)
+
+
+def test_copies_of_one_idx_file_must_agree(tmp_path: Path, rng: np.random.Generator) -> None:
+    # torchvision's MNIST/raw holds every file both raw and gzipped: the same bytes are read
+    images, labels = small_images(rng)
+    for name, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        write_idx(tmp_path / name, array)
+        write_idx(tmp_path / f"{name}.gz", array, compress=True)
+    data = load_idx_dir(tmp_path)
+    assert data.x_train.shape[0] + data.x_test.shape[0] == len(images)
+    # another dataset's .gz of the same size and header beside the raw file: refused, both
+    # named, wherever the first differing byte lies
+    header = 4 + 4 * images.ndim
+    for flat_index in (0, images.size - 1):
+        other = images.copy()
+        other.reshape(-1)[flat_index] ^= 0x5A
+        write_idx(tmp_path / "train-images-idx3-ubyte.gz", other, compress=True)
+        expected = (
+            r"holds train-images-idx3-ubyte and train-images-idx3-ubyte.gz, two copies of one "
+            rf"IDX file, but their bytes differ from byte {header + flat_index}; remove"
+        )
+        with pytest.raises(ValueError, match=expected):
+            load_idx_dir(tmp_path)
+    # a copy that ends early, or a damaged gzip stream
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images[:-1], compress=True)
+    with pytest.raises(ValueError, match="their bytes differ from byte"):
+        load_idx_dir(tmp_path)
+    blob = gzip.compress((tmp_path / "train-images-idx3-ubyte").read_bytes())
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz cannot be read \("):
+        load_idx_dir(tmp_path)
+    # the same holds for the dotted spelling and another case of the name
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    write_idx(tmp_path / "TRAIN-IMAGES.IDX3-UBYTE", images[::-1].copy())
+    with pytest.raises(ValueError, match="and TRAIN-IMAGES.IDX3-UBYTE, two copies"):
+        load_idx_dir(tmp_path)
+    write_idx(tmp_path / "TRAIN-IMAGES.IDX3-UBYTE", images)
+    again = load_idx_dir(tmp_path)
+    np.testing.assert_array_equal(again.x_train, data.x_train)
+    np.testing.assert_array_equal(again.y_test, data.y_test)
