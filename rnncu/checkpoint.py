@@ -24,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -205,23 +206,25 @@ class RunDirectoryInUse(RuntimeError):
     """Another process is writing a run into the directory; the message is one line."""
 
 
-#: run directories this process holds, by (device, inode): how many holders each has
-_held_run_directories: dict[tuple[int, int], int] = {}
+#: run directories this process holds, by (device, inode): the holding thread and how many
+#: holds it has there
+_held_run_directories: dict[tuple[int, int], tuple[int, int]] = {}
+_held_run_directories_lock = threading.Lock()
 
 
 @contextmanager
 def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path]:
     """Hold ``directory`` for one run while the block runs: made first where missing (and
     removed again, with the parents made for it, if the block fails and leaves them empty).
-    Another process holding it raises :class:`RunDirectoryInUse` naming ``name`` at once,
-    for two runs writing into one directory would leave one's config beside the other's
-    checkpoint. Within a process the hold nests (the CLI holds ``--out`` before the trainer
-    does); threads of one process are not kept apart.
+    Another process, or another thread of this one, holding it raises
+    :class:`RunDirectoryInUse` naming ``name`` at once, for two runs writing into one
+    directory would leave one's config beside the other's checkpoint. Within a thread the
+    hold nests (the CLI holds ``--out`` before the trainer does).
 
     The hold is an advisory ``flock`` on the directory itself: no lock file to clean up, and
     the system releases it when the process dies, even by SIGKILL. Where ``flock`` is not
-    available (Windows) or the file system refuses it (some network mounts), runs are not
-    kept apart."""
+    available (Windows) or the file system refuses it (some network mounts), only the
+    threads of one process are kept apart."""
     path = Path(directory)
     check_out_dir(name, path)
     made = [p for p in (path, *path.parents) if not p.exists()]
@@ -238,34 +241,44 @@ def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path
         raise
 
 
+def _in_use(name: str, path: Path, who: str) -> RunDirectoryInUse:
+    return RunDirectoryInUse(
+        f"{name}: {who} into {path}; wait for it to end, or give another directory"
+    )
+
+
 @contextmanager
 def _held(path: Path, name: str) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
-        return
+        fcntl = None  # type: ignore[assignment]
     descriptor = os.open(path, os.O_RDONLY)
     try:
         status = os.fstat(descriptor)
         key = (status.st_dev, status.st_ino)
-        if key not in _held_run_directories:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirectoryInUse(
-                    f"{name}: another rnncu run is writing into {path}; wait for it to end, "
-                    "or give another directory"
-                ) from None
-            except OSError:  # a file system without flock: run unguarded, as before
-                pass
-        _held_run_directories[key] = _held_run_directories.get(key, 0) + 1
+        me = threading.get_ident()
+        with _held_run_directories_lock:
+            owner, holds = _held_run_directories.get(key, (me, 0))
+            if owner != me:
+                raise _in_use(name, path, "another thread of this process is writing a run")
+            if not holds and fcntl is not None:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise _in_use(name, path, "another rnncu run is writing") from None
+                except OSError:  # a file system without flock: other processes unguarded
+                    pass
+            _held_run_directories[key] = (me, holds + 1)
         try:
             yield
         finally:
-            _held_run_directories[key] -= 1
-            if not _held_run_directories[key]:
-                del _held_run_directories[key]
+            with _held_run_directories_lock:
+                owner, holds = _held_run_directories[key]
+                if holds > 1:
+                    _held_run_directories[key] = (owner, holds - 1)
+                else:
+                    del _held_run_directories[key]
     finally:
         os.close(descriptor)  # the outermost holder's close releases the flock
 

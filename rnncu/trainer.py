@@ -560,7 +560,7 @@ def train(
     its ``classifier/`` judge's); other files stay.
 
     While it runs, the call holds its run directory (``out_dir``, or the resumed run's):
-    another process training into the same one raises
+    another process (or thread) training into the same one raises
     :class:`rnncu.checkpoint.RunDirectoryInUse` at once instead of mixing its files with
     this run's (:func:`rnncu.checkpoint.run_directory`).
     """

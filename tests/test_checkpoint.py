@@ -515,6 +515,54 @@ def test_a_file_system_without_flock_runs_unguarded(
     assert (tmp_path / "run" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("flock", ["works", "refused by the file system"])
+def test_threads_of_one_process_are_kept_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flock: str
+) -> None:
+    """Two threads training into one directory would mix their files as two processes do;
+    the hold nests only within the thread that took it."""
+    import errno
+    import fcntl
+    import threading
+
+    if flock != "works":
+
+        def refused(descriptor: int, operation: int) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(fcntl, "flock", refused)
+    run = tmp_path / "run"
+    taken, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with ckpt.run_directory(run, "out_dir"), ckpt.run_directory(run, "out_dir"):
+                taken.set()
+                release.wait(60)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+            taken.set()
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        assert taken.wait(60) and not failures
+        for spelling in (run, tmp_path / "run" / ".." / "run"):
+            refusal = f"out_dir: another thread of this process is writing a run into {spelling}; "
+            with pytest.raises(ckpt.RunDirectoryInUse, match="^" + re.escape(refusal)):
+                with ckpt.run_directory(spelling, "out_dir"):
+                    pytest.fail("held by two threads")
+        assert run.is_dir()  # the other thread's, not removed by the refused hold
+    finally:
+        release.set()
+        other.join(60)
+    assert not other.is_alive() and not failures
+    with ckpt.run_directory(run, "out_dir"), ckpt.run_directory(run, "again"):
+        (run / "config.json").write_text("{}")  # this thread's now, and nesting
+    assert ckpt._held_run_directories == {}
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_a_refused_run_directory_leaves_no_descriptor_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
