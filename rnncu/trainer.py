@@ -536,11 +536,13 @@ def train(
 ) -> TrainResult:
     """Train ``config`` up to ``config.epochs`` epochs.
 
-    ``out_dir`` (None: nothing is written) receives ``config.json`` before the first epoch,
-    ``checkpoint.npz`` after every epoch (atomically), and at the end ``metrics.json`` and,
-    with ``plots``, PNG plots (curves, and the confusion matrix or the samples). ``resume``
-    (a run directory or checkpoint file) continues that run: its saved config is used, with
-    ``config.epochs`` (and ``config.backend``, unless None) taken from the argument. If an
+    ``out_dir`` (None: nothing is written) receives ``config.json`` before the first epoch
+    (removed again if the run fails before its first checkpoint, with the directory if it
+    was made for the run), ``checkpoint.npz`` after every epoch (atomically), and at the
+    end ``metrics.json`` and, with ``plots``, PNG plots (curves, and the confusion matrix or
+    the samples). ``resume`` (a run directory or checkpoint file) continues that run: its
+    saved config is used, with ``config.epochs`` (and ``config.backend``, unless None) taken
+    from the argument. If an
     epoch ends with a NaN or infinite training loss, weight or test loss (test MSE), the
     model is rolled back to the last good epoch and :class:`TrainingDiverged` is raised; the
     checkpoint on disk is that last good epoch's. The metrics' ``wall_seconds`` is this
@@ -654,16 +656,16 @@ def _train(
         _check_saved_steps(run, file)
     start_epoch = run.epoch
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        continued = resume is not None and out.resolve() == file.parent.resolve()
-        if (out / "checkpoint.npz").exists() and not continued:
-            _clear_run_files(out)  # this run replaces the one saved there
-        _write_json(out / "config.json", config.to_dict())
-
+    # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
+    continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
     good_arrays = run.arrays()  # rollback target if the loss diverges
     bar = _progress(config.epochs, run.epoch, progress)
     try:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / "checkpoint.npz").exists() and not continued:
+                _clear_run_files(out)  # this run replaces the one saved there
+            _write_json(out / "config.json", config.to_dict())
         while run.epoch < config.epochs:
             t0 = time.perf_counter()
             record = run.run_epoch()
@@ -694,13 +696,18 @@ def _train(
                 )
                 if out is None:
                     kept = ""
-                elif run.epoch > 0:
+                elif run.epoch > start_epoch or continued:
                     kept = (
                         f"; the last good checkpoint (epoch {run.epoch}) is kept in "
                         f"{out / 'checkpoint.npz'}"
                     )
+                elif saved_meta is not None:
+                    kept = (
+                        f"; no epoch ended well, so nothing of the run is kept in {out} (the "
+                        f"checkpoint it resumed, {file}, is as it was)"
+                    )
                 else:
-                    kept = f"; no epoch ended well, so {out} holds no checkpoint"
+                    kept = f"; no epoch ended well, so nothing of the run is kept in {out}"
                 raise TrainingDiverged(
                     f"{problem} in epoch {run.epoch + 1}{kept}; try a smaller learning rate "
                     "(--lr, TrainConfig.lr)"
@@ -715,6 +722,13 @@ def _train(
             bar.set_postfix(_postfix(record), refresh=False)
             bar.update(1)
             log(_epoch_line(record))
+    except BaseException:
+        if out is not None and not continued and run.epoch == start_epoch:
+            # no checkpoint of this run was written: its config alone would describe a run
+            # that is not there (and the directory, if made for it, is removed when empty)
+            with contextlib.suppress(OSError):
+                (out / "config.json").unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
 

@@ -134,12 +134,12 @@ def test_nan_stops_and_keeps_last_good_checkpoint(
     monkeypatch.setattr(tasks.SequenceClassifier, "train_step", poisoned)
     with pytest.raises(
         TrainingDiverged,
-        match=r"epoch 1; no epoch ended well, so .*first holds "
-        r"no checkpoint; try a smaller learning rate \(--lr, TrainConfig.lr\)$",
+        match=r"epoch 1; no epoch ended well, so nothing of the run is kept in .*first; "
+        r"try a smaller learning rate \(--lr, TrainConfig.lr\)$",
     ):
         calls["n"] = 2 * 22 + 5  # poisoned from the first step
         train(small(epochs=5), data=digits, progress=False, out_dir=tmp_path / "first")
-    assert os.listdir(tmp_path / "first") == ["config.json"]
+    assert not (tmp_path / "first").exists()  # made for the run, and left empty by it
     # without out_dir nothing is kept, and the message says nothing of a checkpoint
     with pytest.raises(
         TrainingDiverged,
@@ -158,6 +158,77 @@ def test_nan_stops_and_keeps_last_good_checkpoint(
     # the kept checkpoint resumes normally
     metrics = evaluate_run(tmp_path, backend="numpy")
     assert metrics["epochs"] == 2
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_config(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config.json without a checkpoint describes a run that is not there; a run that
+    fails (or is interrupted) after a checkpoint keeps both."""
+    original = tasks.SequenceClassifier.train_step
+    fail_at = {"step": 10**9, "calls": 0, "exc": KeyboardInterrupt}
+
+    def failing(self, x, y):
+        fail_at["calls"] += 1
+        if fail_at["calls"] == fail_at["step"]:
+            raise fail_at["exc"]()
+        return original(self, x, y)
+
+    monkeypatch.setattr(tasks.SequenceClassifier, "train_step", failing)
+
+    def run(out: Path, step: int, exc: type[BaseException], **kw) -> None:
+        fail_at.update(step=step, calls=0, exc=exc)
+        with pytest.raises(exc):
+            train(small(epochs=3), data=digits, progress=False, out_dir=out, plots=False, **kw)
+
+    # into a directory of the user's: their file stays, the run's config goes
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    run(tmp_path / "mine", 5, KeyboardInterrupt)  # Ctrl-C in the first epoch
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+    run(tmp_path / "made" / "run", 5, MemoryError)
+    assert not (tmp_path / "made").exists()
+    # after the first epoch's checkpoint, the config stays with it
+    run(tmp_path / "kept", 22 + 5, KeyboardInterrupt)
+    assert sorted(os.listdir(tmp_path / "kept")) == ["checkpoint.npz", "config.json"]
+    assert load_checkpoint(tmp_path / "kept")[1]["epoch"] == 1
+    # a resumed run failing in its first epoch: in its own directory both stay, as they were
+    config_before = (tmp_path / "kept" / "config.json").read_text()
+    fail_at.update(step=5, calls=0, exc=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(small(epochs=3), resume=tmp_path / "kept", data=digits, progress=False)
+    assert sorted(os.listdir(tmp_path / "kept")) == ["checkpoint.npz", "config.json"]
+    assert (tmp_path / "kept" / "config.json").read_text() == config_before
+    # written elsewhere, the new directory keeps nothing and the resumed one is untouched
+    run(tmp_path / "elsewhere", 5, KeyboardInterrupt, resume=tmp_path / "kept")
+    assert not (tmp_path / "elsewhere").exists()
+    assert load_checkpoint(tmp_path / "kept")[1]["epoch"] == 1
+
+
+def test_a_resumed_run_diverging_elsewhere_names_the_checkpoint_it_left_alone(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
+    original = tasks.SequenceClassifier.train_step
+
+    def poisoned(self, x, y):
+        loss, correct = original(self, x, y)
+        return loss * np.nan, correct
+
+    monkeypatch.setattr(tasks.SequenceClassifier, "train_step", poisoned)
+    file = tmp_path / "run" / "checkpoint.npz"
+    said = (
+        f"training loss became nan in epoch 2; no epoch ended well, so nothing of the run is "
+        f"kept in {tmp_path / 'copy'} (the checkpoint it resumed, {file}, is as it was); try"
+    )
+    with pytest.raises(TrainingDiverged, match="^" + re.escape(said)):
+        train(small(epochs=3), resume=tmp_path / "run", out_dir=tmp_path / "copy", data=digits)
+    assert not (tmp_path / "copy").exists()
+    assert load_checkpoint(file)[1]["epoch"] == 1
+    # in its own directory, the checkpoint it resumed is the one kept
+    said = f"in epoch 2; the last good checkpoint (epoch 1) is kept in {file}; try"
+    with pytest.raises(TrainingDiverged, match=re.escape(said)):
+        train(small(epochs=3), resume=tmp_path / "run", data=digits, progress=False)
 
 
 def test_resume_rejects_foreign_checkpoint(tmp_path: Path, digits) -> None:
