@@ -644,3 +644,26 @@ def test_copies_of_one_idx_file_must_agree(tmp_path: Path, rng: np.random.Genera
     again = load_idx_dir(tmp_path)
     np.testing.assert_array_equal(again.x_train, data.x_train)
     np.testing.assert_array_equal(again.y_test, data.y_test)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_idx_copies_are_compared_across_chunks(
+    tmp_path: Path, rng: np.random.Generator, chunk: int
+) -> None:
+    from rnncu.data import _idx_copies_differ
+
+    images, _ = small_images(rng)
+    write_idx(tmp_path / "a", images)
+    write_idx(tmp_path / "a.gz", images, compress=True)
+    assert _idx_copies_differ(tmp_path / "a", tmp_path / "a.gz", chunk) is None
+    size = (tmp_path / "a").stat().st_size
+    for at in (0, 6, 7, 15, size - 1):
+        blob = bytearray((tmp_path / "a").read_bytes())
+        blob[at] ^= 0xFF
+        (tmp_path / "b").write_bytes(bytes(blob))
+        said = _idx_copies_differ(tmp_path / "a.gz", tmp_path / "b", chunk)
+        assert said == f"their bytes differ from byte {at}"
+    (tmp_path / "b").write_bytes((tmp_path / "a").read_bytes() + b"\x00")  # one byte longer
+    assert _idx_copies_differ(tmp_path / "a", tmp_path / "b", chunk) == (
+        f"their bytes differ from byte {size}"
+    )
