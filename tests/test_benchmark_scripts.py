@@ -468,11 +468,37 @@ def test_cpu_blockwise_medians_alternate_blocks_and_take_the_median(monkeypatch)
     # 2 rounds, each a block of a then a block of b, 2 warm-ups and 4 // 2 timed calls each
     assert blocks == [("a", 4), ("b", 4), ("a", 4), ("b", 4)]
     assert medians == {"a": pytest.approx(1.0), "b": pytest.approx(3.0)}
+    # a contender of several calls (BackToBack) is timed per call
+    blocks.clear()
+    timed_costs = {"a": [8.0] * 4, "b": [3.0] * 4}
+    several = contender("a")
+    several.calls = 4  # type: ignore[attr-defined]
+    medians = cpu_compare.blockwise_medians(
+        {"a": several, "b": contender("b")}, repeats=4, rounds=2, warmup=2
+    )
+    assert medians == {"a": pytest.approx(2.0), "b": pytest.approx(3.0)}
     # the default warm-up: every block starts with calls that are not timed
     blocks.clear()
     timed_costs = {"a": [1.0] * 10, "b": [3.0] * 10}  # the default warm-up may take some
     cpu_compare.blockwise_medians({"a": contender("a"), "b": contender("b")}, 4, rounds=2)
     assert all(count > 4 // 2 for _, count in blocks), blocks
+
+
+def test_cpu_jax_back_to_back_issues_its_calls_then_waits_for_all_once(monkeypatch) -> None:
+    cpu_compare = _load("cpu_compare")
+    events: list[object] = []
+    stand_in = SimpleNamespace(block_until_ready=lambda results: events.append(list(results)))
+    monkeypatch.setitem(sys.modules, "jax", stand_in)
+    issued = iter(range(100))
+    back_to_back = cpu_compare.BackToBack(lambda: events.append(next(issued)) or "r", calls=3)
+    back_to_back()
+    assert back_to_back.calls == 3
+    assert events == [0, 1, 2, ["r", "r", "r"]]  # no wait between the calls
+    # a row without JAX keeps its figures as they were
+    assert cpu_compare.best_jax_timings({"shape": "s", "torch_fwd": 1.0}) == {
+        "shape": "s",
+        "torch_fwd": 1.0,
+    }
 
 
 def test_cpu_lengths_span_half_to_the_whole_sequence() -> None:
@@ -529,7 +555,11 @@ def test_cpu_compare_table_and_json_put_each_median_in_its_place(monkeypatch, tm
     cpu_compare = _load("cpu_compare")
     names = ["rnncu_fwd", "rnncu_fwd_bwd", "rnncu_fwd_bwd_lengths", "rnncu_fwd_bwd_numpy_loop"]
     names += ["torch_fwd", "torch_fwd_bwd", "torch_fwd_bwd_packed", "jax_fwd", "jax_fwd_bwd"]
-    medians = dict(zip(names, (1.25, 4.5, 5.75, 9.0, 2.5, 8.0, 12.0, 3.25, 6.0), strict=True))
+    names += ["jax_fwd_back_to_back", "jax_fwd_bwd_back_to_back"]
+    # JAX's back-to-back fwd+bwd (5.5) is faster than its call alone (6.0), its fwd slower
+    times = (1.25, 4.5, 5.75, 9.0, 2.5, 8.0, 12.0, 3.25, 6.0, 3.5, 5.5)
+    medians = dict(zip(names, times, strict=True))
+    best = {**medians, "jax_fwd": 3.25, "jax_fwd_bwd": 5.5}
     repeats_seen: list[int] = []
 
     def fake_medians(contenders, repeats):
@@ -561,8 +591,8 @@ def test_cpu_compare_table_and_json_put_each_median_in_its_place(monkeypatch, tm
     }  # fmt: skip
     row = main_table[0]
     for header, name in columns.items():
-        assert float(row[header]) == pytest.approx(medians[name], abs=5e-3), header
-    best_peer = min(medians["torch_fwd_bwd"], medians["jax_fwd_bwd"])
+        assert float(row[header]) == pytest.approx(best[name], abs=5e-3), header
+    best_peer = min(medians["torch_fwd_bwd"], medians["jax_fwd_bwd_back_to_back"])
     ratio = float(row["fwd+bwd ratio"].removesuffix("x"))
     assert ratio == pytest.approx(medians["rnncu_fwd_bwd"] / best_peer, abs=5e-3)
     ratio = float(loop_table[0]["ratio"].removesuffix("x"))
@@ -570,7 +600,8 @@ def test_cpu_compare_table_and_json_put_each_median_in_its_place(monkeypatch, tm
     assert ratio == pytest.approx(compiled / plain, abs=5e-3)
     rows = json.loads(saved.read_text())
     assert [r["shape"] for r in rows] == list(cpu_compare.SHAPES)
-    assert all(r[name] == medians[name] for r in rows for name in names)
+    assert all(r[name] == best[name] for r in rows for name in names)
+    assert all(r["jax_fwd_alone"] == 3.25 and r["jax_fwd_bwd_alone"] == 6.0 for r in rows)
     assert [tuple(r["TBDH"]) for r in rows] == list(cpu_compare.SHAPES.values())
     with pytest.raises(SystemExit):
         cpu_compare.main(["--shapes", "rowdigits,nosuchshape"])
