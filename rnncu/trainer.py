@@ -613,7 +613,7 @@ def _train(
         backend = saved.backend if config.backend is None else config.backend
         config = dataclasses.replace(saved, epochs=config.epochs, backend=backend)
         if out_dir is None:
-            out_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+            out_dir = file.parent  # the run's own directory, as written_directory finds it
     config.validate()
     if saved_meta is None and config.schedule == "step":
         _warn_if_the_rate_never_steps(config)
