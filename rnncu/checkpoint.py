@@ -203,7 +203,8 @@ def check_out_dir(name: str, directory: str | os.PathLike[str]) -> None:
 
 
 class RunDirectoryInUse(RuntimeError):
-    """Another process is writing a run into the directory; the message is one line."""
+    """Another process, or another thread of this one, is writing a run into the directory;
+    the message is one line."""
 
 
 #: run directories this process holds, by (device, inode): the holding thread and how many
@@ -251,18 +252,18 @@ def _in_use(name: str, path: Path, who: str) -> RunDirectoryInUse:
 def _held(path: Path, name: str) -> Iterator[None]:
     try:
         import fcntl
-    except ImportError:  # Windows
+    except ImportError:  # Windows: no flock, and a directory cannot be opened with os.open
         fcntl = None  # type: ignore[assignment]
-    descriptor = os.open(path, os.O_RDONLY)
+    descriptor = None if fcntl is None else os.open(path, os.O_RDONLY)
     try:
-        status = os.fstat(descriptor)
+        status = os.stat(path) if descriptor is None else os.fstat(descriptor)
         key = (status.st_dev, status.st_ino)
         me = threading.get_ident()
         with _held_run_directories_lock:
             owner, holds = _held_run_directories.get(key, (me, 0))
             if owner != me:
                 raise _in_use(name, path, "another thread of this process is writing a run")
-            if not holds and fcntl is not None:
+            if not holds and descriptor is not None:
                 try:
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -280,7 +281,8 @@ def _held(path: Path, name: str) -> Iterator[None]:
                 else:
                     del _held_run_directories[key]
     finally:
-        os.close(descriptor)  # the outermost holder's close releases the flock
+        if descriptor is not None:
+            os.close(descriptor)  # the outermost holder's close releases the flock
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

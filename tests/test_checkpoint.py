@@ -563,6 +563,41 @@ def test_threads_of_one_process_are_kept_apart(
     assert ckpt._held_run_directories == {}
 
 
+def test_without_flock_a_run_directory_is_held_without_opening_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on Windows: no fcntl, and os.open refuses a directory. The hold still nests within
+    a thread and keeps another thread out."""
+    import threading
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl: ImportError
+
+    def refused(*args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refused)
+    run = tmp_path / "run"
+    outcome: list[str] = []
+    with ckpt.run_directory(run, "outer"), ckpt.run_directory(run, "inner") as held:
+        assert held == run and run.is_dir()
+
+        def other() -> None:
+            try:
+                with ckpt.run_directory(run, "out_dir"):
+                    outcome.append("held")
+            except ckpt.RunDirectoryInUse as exc:
+                outcome.append(str(exc))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(60)
+    assert outcome == [
+        f"out_dir: another thread of this process is writing a run into {run}; wait for it "
+        "to end, or give another directory"
+    ]
+    assert ckpt._held_run_directories == {}
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_a_refused_run_directory_leaves_no_descriptor_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
