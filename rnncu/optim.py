@@ -489,7 +489,14 @@ class StepLR(Schedule):
         self.gamma = check_number("gamma", gamma, low=0.0, high=1.0, low_open=True)
 
     def factor(self, epoch: float) -> float:
-        return self.gamma ** math.floor(epoch / self.step_epochs)
+        intervals = epoch / self.step_epochs
+        # A decimal interval (0.1, 0.07 epochs) is not exact in binary: 0.7 / 0.1 gives
+        # 6.999999999999999, whose floor would take the 7th decay one update late. A quotient
+        # within rounding of a whole number is that number.
+        whole = round(intervals)
+        if abs(intervals - whole) <= 1e-9 * max(1.0, abs(intervals)):
+            return self.gamma**whole
+        return self.gamma ** math.floor(intervals)
 
 
 class CosineLR(Schedule):

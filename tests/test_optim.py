@@ -297,6 +297,15 @@ def test_schedules() -> None:
         make_schedule("cosine", 1.0, 10)
 
 
+def test_step_schedule_decays_at_decimal_intervals() -> None:
+    # 0.1 and 0.07 epochs are not exact in binary (0.7 / 0.1 is 6.999999999999999): the rate
+    # must still fall at every interval's end, not one update late
+    for steps_per_epoch, step_epochs, updates in ((10, 0.1, 1), (100, 0.07, 7), (20, 0.35, 7)):
+        schedule = StepLR(1.0, steps_per_epoch, step_epochs=step_epochs, gamma=0.5)
+        for step in range(40 * updates):
+            assert schedule(step) == 0.5 ** (step // updates), (step_epochs, step)
+
+
 def test_schedules_between_their_landmarks() -> None:
     """The curves' shapes, at points where a staircase or a straight line would differ from
     them (whole epochs and the cosine's 0, 1/2, 1 do not tell them apart), and min_factor."""
