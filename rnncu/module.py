@@ -52,9 +52,12 @@ def resolve_backend(backend: str | Backend | None) -> Backend:
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int when it is a positive integer (bools refused); else a ValueError
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    """``value`` as an int when it is a positive integer (NumPy's included), else an error
+    naming ``name``: a TypeError for what is no integer (bools, floats such as 2.0, strings),
+    a ValueError for an integer below 1, as :func:`check_number` tells them apart."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
+    if value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
 

@@ -337,10 +337,7 @@ class RowGenerator(_TaskModel):
             raise ValueError("sample: labels: expected at least one label, got none")
         check_class_labels("sample: labels", labels, n, self.num_classes)
         labels = labels.astype(np.int64)
-        try:  # NumPy integers too, as everywhere else
-            steps = check_positive_int("steps", steps)
-        except ValueError as exc:
-            raise ValueError(f"sample: {exc}") from None
+        steps = check_positive_int("sample: steps", steps)  # NumPy integers too
         noise = check_number("sample: noise", noise, low=0.0, high_open=True)
         given = 0
         if top_rows is not None:

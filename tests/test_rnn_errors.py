@@ -21,21 +21,28 @@ def _x(*shape: int, dtype: str = "float32") -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,error,match",
     [
-        ({"input_size": 0}, r"input_size: expected a positive integer, got 0"),
-        ({"hidden_size": -2}, r"hidden_size: expected a positive integer, got -2"),
-        ({"num_layers": 0}, r"num_layers: expected a positive integer, got 0"),
-        ({"hidden_size": 2.5}, r"hidden_size: expected a positive integer, got 2.5"),
-        ({"hidden_size": True}, r"hidden_size: expected a positive integer, got True"),
-        ({"nonlinearity": "sigmoid"}, r"nonlinearity: expected one of .*'tanh'.*got 'sigmoid'"),
-        ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1.0"),
-        ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\)"),
+        ({"input_size": 0}, ValueError, r"input_size: expected a positive integer, got 0"),
+        ({"hidden_size": -2}, ValueError, r"hidden_size: expected a positive integer, got -2"),
+        ({"num_layers": 0}, ValueError, r"num_layers: expected a positive integer, got 0"),
+        # no integer at all: a TypeError, as torch.nn.RNN raises for them
+        ({"hidden_size": 2.5}, TypeError, r"hidden_size: expected a positive integer, got 2.5"),
+        ({"hidden_size": 2.0}, TypeError, r"hidden_size: expected a positive integer, got 2.0"),
+        ({"hidden_size": True}, TypeError, r"hidden_size: expected a positive integer, got True"),
+        ({"input_size": "4"}, TypeError, r"input_size: expected a positive integer, got '4'"),
+        (
+            {"nonlinearity": "sigmoid"},
+            ValueError,
+            r"nonlinearity: expected one of .*'tanh'.*got 'sigmoid'",
+        ),
+        ({"dropout": 1.0}, ValueError, r"dropout: expected a number in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, ValueError, r"dropout: expected a number in \[0, 1\)"),
     ],
 )
-def test_constructor_rejects(kwargs: dict, match: str) -> None:
+def test_constructor_rejects(kwargs: dict, error: type[Exception], match: str) -> None:
     args = {"input_size": 4, "hidden_size": 3, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match="^" + match):
         rnncu.RNN(backend="numpy", **args)
 
 

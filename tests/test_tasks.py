@@ -127,20 +127,20 @@ def test_task_model_state_round_trip_and_errors() -> None:
 def test_task_models_name_their_own_arguments() -> None:
     """Errors name the task model's arguments (num_classes, hidden, width, steps), not those
     of the layers inside (out_features, hidden_size), and NumPy integers are accepted."""
-    for build, name in [
-        (lambda: SequenceClassifier(8, 16, 0, backend="numpy"), "num_classes"),
-        (lambda: SequenceClassifier(8, 16, 2.5, backend="numpy"), "num_classes"),
-        (lambda: SequenceClassifier(8, 0, 3, backend="numpy"), "hidden"),
-        (lambda: RowGenerator(0, 8, 3, backend="numpy"), "width"),
-        (lambda: RowGenerator(4, 8, 0, backend="numpy"), "num_classes"),
+    for build, name, error in [
+        (lambda: SequenceClassifier(8, 16, 0, backend="numpy"), "num_classes", ValueError),
+        (lambda: SequenceClassifier(8, 16, 2.5, backend="numpy"), "num_classes", TypeError),
+        (lambda: SequenceClassifier(8, 0, 3, backend="numpy"), "hidden", ValueError),
+        (lambda: RowGenerator(0, 8, 3, backend="numpy"), "width", ValueError),
+        (lambda: RowGenerator(4, 8, 0, backend="numpy"), "num_classes", ValueError),
     ]:
-        with pytest.raises(ValueError, match=rf"^{name}: expected a positive integer"):
+        with pytest.raises(error, match=rf"^{name}: expected a positive integer"):
             build()
     model = RowGenerator(4, 8, np.int64(3), seed=np.int64(1), backend="numpy")
     labels = np.array([0, 2])
     np.testing.assert_array_equal(model.sample(labels, np.int64(5)), model.sample(labels, 5))
-    for steps in (0, 2.5, True):
-        with pytest.raises(ValueError, match=r"sample: steps: expected a positive integer"):
+    for steps, error in ((0, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=r"^sample: steps: expected a positive integer"):
             model.sample(labels, steps)
 
 
