@@ -151,7 +151,18 @@ def _check_split(
     if n == 0:
         raise ValueError(f"{where}: {x_name}: the split is empty (N = 0, shape {x.shape})")
     if y_name and tuple(getattr(y, "shape", ())) != (n,):
-        raise ValueError(f"{where}: {y_name}: expected ({n},), got {describe_array(y)}")
+        hint = ""
+        if tuple(getattr(y, "shape", ())) == (x.shape[0],):
+            # the labels fit x's first axis: x is most likely batch-first
+            hint = (
+                f"; {x_name} {tuple(x.shape)} reads as T = {x.shape[0]} steps of N = {n}: is it "
+                "batch-first (N, T, D)? The task models take time-major (T, N, D) sequences, "
+                "as rnncu.data.to_sequences gives them"
+            )
+        raise ValueError(
+            f"{where}: {y_name}: expected ({n},), one label per sequence of {x_name} (T, N, D), "
+            f"got {describe_array(y)}{hint}"
+        )
     return n, batch_size
 
 

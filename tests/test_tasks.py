@@ -197,7 +197,23 @@ def test_task_models_name_their_bad_arguments(rng: np.random.Generator) -> None:
         (lambda: classifier.evaluate(x, y, batch_size=0), "evaluate: batch_size: expected a"),
         (lambda: classifier.evaluate(x, y, batch_size=2.5), "evaluate: batch_size: expected"),
         (lambda: classifier.evaluate(x[:, :0], y[:0]), "evaluate: x: the split is empty"),
-        (lambda: classifier.evaluate(x, y[:3]), r"evaluate: y: expected \(10,\), got numpy"),
+        (
+            lambda: classifier.evaluate(x, y[:3]),
+            r"evaluate: y: expected \(10,\), one label per sequence of x \(T, N, D\), got "
+            r"numpy.ndarray int64 \(3,\)$",
+        ),
+        # batch-first x, its labels fitting the first axis: the message says what to look at
+        (
+            lambda: classifier.evaluate(x.transpose(1, 0, 2), y),
+            r"evaluate: y: expected \(6,\), one label per sequence of x \(T, N, D\), got "
+            r"numpy.ndarray int64 \(10,\); x \(10, 6, 4\) reads as T = 10 steps of N = 6: is "
+            r"it batch-first \(N, T, D\)\? The task models take time-major",
+        ),
+        (
+            lambda: generator.evaluate(x.transpose(1, 0, 2), y),
+            r"evaluate: labels: expected \(6,\), one label per sequence of rows .*; rows "
+            r"\(10, 6, 4\) reads as T = 10 steps of N = 6: is it batch-first",
+        ),
         (lambda: classifier.evaluate(x.tolist(), y), r"evaluate: x: expected \(T, N, D\)"),
         (lambda: classifier.predict(x[:, 0]), r"predict: x: expected \(T, N, D\), got numpy"),
         (lambda: classifier.predict(x, batch_size=-1), "predict: batch_size: expected a posi"),
