@@ -52,10 +52,8 @@ class Linear(Module):
         ]
         if self.bias:
             shapes.append(("bias", (self.out_features,)))
-        for name, shape in shapes:
-            self.params[name] = self.backend.asarray(
-                rng.uniform(-bound, bound, size=shape), dtype=self.dtype
-            )
+        call = f"Linear(in_features={self.in_features}, out_features={self.out_features})"
+        self._draw_uniform_params(shapes, rng, bound, call)
         self._input: Any = None
 
     def __repr__(self) -> str:

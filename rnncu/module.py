@@ -221,6 +221,31 @@ class Module:
         return self.train(False)
 
     # -- parameters -------------------------------------------------------------------------
+    def _draw_uniform_params(
+        self,
+        shapes: list[tuple[str, tuple[int, ...]]],
+        rng: np.random.Generator,
+        bound: float,
+        call: str,
+    ) -> None:
+        """``params`` drawn from U(-bound, bound) in ``shapes`` order (in float64 on the host,
+        then moved to the module's device and dtype). Where they do not fit in memory, a
+        MemoryError names the constructor ``call`` and the sizes, and ``params`` stay empty."""
+        try:
+            for name, shape in shapes:
+                host = rng.uniform(-bound, bound, size=shape)
+                self.params[name] = self.backend.asarray(host, dtype=self.dtype)
+        except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
+            self.params.clear()
+            count = sum(math.prod(shape) for _, shape in shapes)
+            name, shape = max(shapes, key=lambda item: math.prod(item[1]))
+            size = count * self.dtype.itemsize
+            raise MemoryError(
+                f"{call}: its {count:,} parameters ({size / 2**30:.3g} GiB in {self.dtype.name}; "
+                f"the largest, {name}, of shape {shape}, drawn in float64 on the host first) "
+                f"do not fit in memory ({exc})"
+            ) from None
+
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         """``(name, array)`` for every parameter, in a fixed order."""
         yield from self.params.items()

@@ -113,9 +113,11 @@ class RNN(Module):
         seed = check_seed("seed", seed)
         host_rng = np.random.default_rng(stream_seed(seed, "RNN.weights"))
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, shape in self._parameter_shapes():
-            host = host_rng.uniform(-bound, bound, size=shape)
-            self.params[name] = self.backend.asarray(host, dtype=self.dtype)
+        call = (
+            f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}, bidirectional={self.bidirectional})"
+        )
+        self._draw_uniform_params(self._parameter_shapes(), host_rng, bound, call)
         self.seed_dropout(seed)
         self._cache: dict[str, Any] | None = None
 

@@ -384,3 +384,39 @@ def test_masked_arrays_are_refused(rng: np.random.Generator) -> None:
     head = rnncu.Linear(3, 2, backend="numpy", seed=0)
     with pytest.raises(TypeError, match=r"^x: a masked array"):
         head(np.ma.masked_array(data[0], mask=False))
+
+
+def test_parameters_too_large_for_memory_name_the_constructor_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NumPy's own MemoryError names a shape, not the argument behind it. The sizes here ask
+    for 80 TB and more: no machine allocates them, so nothing is drawn."""
+    said = (
+        r"^RNN\(input_size=1000000, hidden_size=10000000, num_layers=1, bidirectional=False\): "
+        r"its 110,000,020,000,000 parameters \(4\.1e\+05 GiB in float32; the largest, "
+        r"weight_hh_l0, of shape \(10000000, 10000000\), drawn in float64 on the host first\) "
+        r"do not fit in memory \(.+\)$"
+    )
+    with pytest.raises(MemoryError, match=said):
+        rnncu.RNN(10**6, 10**7, backend="numpy")
+    said = r"^Linear\(in_features=10000000, out_features=10000000\): its 100,000,010,000,000 "
+    with pytest.raises(MemoryError, match=said):
+        rnncu.Linear(10**7, 10**7, backend="numpy")
+    # a device that runs out part-way (CuPy's OutOfMemoryError is a MemoryError): the layer
+    # keeps no half of its parameters, and other errors pass as they are
+    from rnncu.backend import get_backend
+
+    backend = get_backend("numpy")
+    moved: list[tuple[int, ...]] = []
+
+    def out_of_memory_at_the_second(host: np.ndarray, dtype: object = None) -> np.ndarray:
+        if moved:
+            raise MemoryError("Out of memory allocating 1,024 bytes")
+        moved.append(host.shape)
+        return host.astype(dtype)
+
+    monkeypatch.setattr(backend, "asarray", out_of_memory_at_the_second)
+    layer = rnncu.Linear.__new__(rnncu.Linear)
+    with pytest.raises(MemoryError, match=r"^Linear\(in_features=3, out_features=2\): its 8 "):
+        rnncu.Linear.__init__(layer, 3, 2, backend=backend)
+    assert moved == [(2, 3)] and layer.params == {}
