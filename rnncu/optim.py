@@ -270,7 +270,9 @@ class Adam(Optimizer):
         decoupled: bool = False,
     ) -> None:
         super().__init__(modules, lr)
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        pair = isinstance(betas, Sequence) and not isinstance(betas, (str, bytes))
+        pair = pair or (isinstance(betas, np.ndarray) and betas.ndim == 1)  # np.array([.9, .99])
+        if not pair or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         beta1 = check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
         beta2 = check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)

@@ -365,6 +365,10 @@ def test_cosine_horizon_includes_the_warm_up() -> None:
         (lambda m: Adam([m], betas=(0.9, 1.0)), ValueError, r"betas\[1\]: expected a number"),
         (lambda m: Adam([m], betas=(0.9, 0.9, 0.9)), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], betas=0.9), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], betas=np.array(0.9)), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], betas=np.full((1, 2), 0.9)), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], betas=np.array([0.9, 1.5])), ValueError, r"betas\[1\]: expected"),
+        (lambda m: Adam([m], betas="ab"), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], lr="0.1"), TypeError, r"lr: expected a number, got '0.1'"),
         (lambda m: Adam([m], lr=None), TypeError, r"lr: expected a number, got None"),
         (lambda m: Adam([m], lr=True), TypeError, r"lr: expected a number, got True"),
@@ -384,6 +388,15 @@ def test_optimizer_arguments_are_checked(build, error, match: str) -> None:
     module = FakeModule({"w": np.ones(3)})
     with pytest.raises(error, match=match):
         build(module)
+
+
+def test_adam_takes_its_betas_as_any_pair_of_numbers() -> None:
+    """A list, a tuple or a NumPy array of two (torch's Adam indexes them all alike); each
+    kept as a Python float."""
+    module = FakeModule({"w": np.ones(3)})
+    for betas in ([0.8, 0.99], (0.8, 0.99), np.array([0.8, 0.99]), np.float32([0.8, 0.99])):
+        kept = Adam([module], betas=betas).betas
+        assert kept == pytest.approx((0.8, 0.99)) and all(type(b) is float for b in kept)
 
 
 def test_clip_grad_norm_checks_its_modules_as_the_optimizers_do(monkeypatch) -> None:
