@@ -542,14 +542,14 @@ def train(
     end ``metrics.json`` and, with ``plots``, PNG plots (curves, and the confusion matrix or
     the samples). ``resume`` (a run directory or checkpoint file) continues that run: its
     saved config is used, with ``config.epochs`` (and ``config.backend``, unless None) taken
-    from the argument. If an
-    epoch ends with a NaN or infinite training loss, weight or test loss (test MSE), the
-    model is rolled back to the last good epoch and :class:`TrainingDiverged` is raised; the
-    checkpoint on disk is that last good epoch's. The metrics' ``wall_seconds`` is this
-    call's time (data, training, evaluation, a generate run's judge), where
-    ``train_seconds`` adds up the epochs of every call that trained the run. ``progress``
-    shows a tqdm bar over the epochs (None: when stderr is a terminal); ``log``, a callable
-    taking one str, receives a line per epoch and the run's other news.
+    from the argument. If an epoch ends with a NaN or infinite training loss, weight or test
+    loss (test MSE), the model is rolled back to the last good epoch and
+    :class:`TrainingDiverged` is raised; the checkpoint on disk is that last good epoch's.
+    The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
+    generate run's judge), where ``train_seconds`` adds up the epochs of every call that
+    trained the run. ``progress`` shows a tqdm bar over the epochs (None: when stderr is a
+    terminal); ``log``, a callable taking one str, receives a line per epoch and the run's
+    other news.
 
     ``data``, an :class:`ImageDataset` (checked first, by
     :func:`rnncu.data.check_dataset`), is trained on instead of loading ``config.dataset``,
