@@ -386,7 +386,12 @@ def _global_norm(where: str, modules: list[Any]) -> tuple[Any, list[Any], Any]:
                     f"{backend_for(grad).name} backend, the first module's on {backend.name}"
                 )
     xp = backend.xp
-    return xp.sqrt(sum(xp.sum(g * g) for g in grads)), grads, xp
+    # summed from the first gradient's, not from sum()'s int 0: NumPy before 2.0 made
+    # 0 + a float32 scalar a float64
+    total = xp.sum(grads[0] * grads[0])
+    for g in grads[1:]:
+        total = total + xp.sum(g * g)
+    return xp.sqrt(total), grads, xp
 
 
 def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
@@ -405,7 +410,10 @@ def _clip_grad_norm(modules: Iterable[Any], max_norm: float) -> tuple[Any, Any]:
     exactly where the gradients were scaled down)."""
     max_norm = check_number("max_norm", max_norm, low=0.0, low_open=True, high_open=True)
     total, grads, xp = _global_norm("clip_grad_norm", _module_list("clip_grad_norm", modules))
-    factor = xp.minimum(max_norm / (total + 1e-6), 1.0).astype(grads[0].dtype)
+    # in the norm's dtype, as torch computes it: NumPy before 2.0 promoted a float32 scalar
+    # plus a Python float to float64, where 1 / (0.99999905 + 1e-6) is just below 1
+    dtype = total.dtype.type
+    factor = xp.minimum(dtype(max_norm) / (total + dtype(1e-6)), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= factor
     return total, factor

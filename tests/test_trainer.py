@@ -463,6 +463,10 @@ def test_clipped_counts_the_steps_clipping_scaled() -> None:
         norms.append(norm)
         factors.append(factor)
     assert factors[0] == 1 and factors[1] < 1
+    # in float32, as torch computes it (NumPy before 2.0 promoted the sum and the 1e-6 to
+    # float64)
+    assert [n.dtype for n in norms] == [np.float32] * 2
+    assert [f.dtype for f in factors] == [np.float32] * 2
     assert _norm_record(np.stack(norms), np.stack(factors))["clipped"] == 0.5
 
 
