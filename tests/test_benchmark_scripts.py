@@ -499,6 +499,34 @@ def test_cpu_jax_back_to_back_issues_its_calls_then_waits_for_all_once(monkeypat
         "shape": "s",
         "torch_fwd": 1.0,
     }
+    # each JAX figure the lower of its two, the call alone kept beside it; a figure without
+    # its back-to-back twin stays as it was, and the row given is left alone
+    row = {"jax_fwd": 2.0, "jax_fwd_back_to_back": 1.5, "jax_fwd_bwd": 4.0}
+    assert cpu_compare.best_jax_timings(row) == {
+        "jax_fwd": 1.5,
+        "jax_fwd_alone": 2.0,
+        "jax_fwd_back_to_back": 1.5,
+        "jax_fwd_bwd": 4.0,
+    }
+    assert row == {"jax_fwd": 2.0, "jax_fwd_back_to_back": 1.5, "jax_fwd_bwd": 4.0}
+
+
+def test_cpu_jax_contenders_time_the_same_calls_alone_and_back_to_back() -> None:
+    """Each back-to-back contender repeats its twin's call (the forward, or the gradients),
+    8 times, as RESULTS.md reports the figures."""
+    jax = pytest.importorskip("jax")
+    cpu_compare = _load("cpu_compare")
+    contenders = cpu_compare.jax_contenders((3, 2, 4, 5))
+    assert set(contenders) == {*cpu_compare.JAX_TIMINGS, *cpu_compare.JAX_TIMINGS.values()}
+    for alone, back_to_back in cpu_compare.JAX_TIMINGS.items():
+        repeated = contenders[back_to_back]
+        assert isinstance(repeated, cpu_compare.BackToBack) and repeated.calls == 8
+        expected = jax.tree_util.tree_leaves(contenders[alone]())
+        got = jax.tree_util.tree_leaves(repeated.fn())
+        assert len(got) == len(expected), alone
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert repeated() is None
 
 
 def test_cpu_lengths_span_half_to_the_whole_sequence() -> None:

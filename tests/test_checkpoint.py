@@ -598,6 +598,51 @@ def test_without_flock_a_run_directory_is_held_without_opening_it(
     assert ckpt._held_run_directories == {}
 
 
+def test_two_threads_taking_one_run_directory_at_once_cannot_both_hold_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where flock does not keep them apart (here: no fcntl, as on Windows), the look-up of
+    the holder and the taking of the hold are one step: a second thread arriving at the same
+    moment waits for it, and then sees the first as the holder. The table of holds below
+    makes each look-up wait (up to a second) for the other thread's before it answers."""
+    import contextlib
+    import threading
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl: ImportError
+
+    class MeetingTable(dict):
+        meeting = threading.Barrier(2, timeout=1.0)
+
+        def get(self, *args: object) -> object:
+            found = super().get(*args)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.meeting.wait()
+            return found
+
+    monkeypatch.setattr(ckpt, "_held_run_directories", MeetingTable())
+    run = tmp_path / "run"
+    run.mkdir()
+    outcome: list[str] = []
+
+    def take() -> None:
+        try:
+            with ckpt.run_directory(run, "out_dir"):
+                outcome.append("held")
+                deadline = time.monotonic() + 30
+                while len(outcome) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # held until the other thread has tried
+        except ckpt.RunDirectoryInUse:
+            outcome.append("refused")
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcome) == ["held", "refused"]
+    assert ckpt._held_run_directories == {} and run.is_dir()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_a_refused_run_directory_leaves_no_descriptor_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

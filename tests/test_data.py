@@ -667,3 +667,31 @@ def test_idx_copies_are_compared_across_chunks(
     assert _idx_copies_differ(tmp_path / "a", tmp_path / "b", chunk) == (
         f"their bytes differ from byte {size}"
     )
+
+
+def test_the_preferred_idx_copy_is_read_and_the_others_only_compared(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The raw file is the one read, before its .gz and the dotted spelling; a copy gzipped
+    under a name in capitals (``.GZ``) is decompressed to be compared; a directory of a
+    copy's name is no copy; and a name as spelled goes before the same name in capitals."""
+    from rnncu.data import _find_idx
+
+    images, _ = small_images(rng)
+    stem = "train-images-idx3-ubyte"
+    write_idx(tmp_path / stem, images)
+    write_idx(tmp_path / f"{stem}.gz", images, compress=True)
+    write_idx(tmp_path / "train-images.idx3-ubyte", images)
+    assert _find_idx(tmp_path, stem) == tmp_path / stem
+    (tmp_path / f"{stem}.gz").rename(tmp_path / f"{stem.upper()}.GZ")
+    assert _find_idx(tmp_path, stem) == tmp_path / stem
+    (tmp_path / "train-images.idx3-ubyte.gz").mkdir()
+    assert _find_idx(tmp_path, stem) == tmp_path / stem
+    if (tmp_path / stem.upper()).exists():
+        pytest.skip("a file system that ignores the case of names")
+    other = images.copy()
+    other[0, 0, 0] ^= 1
+    write_idx(tmp_path / stem.upper(), other)
+    said = f"holds {stem} and {stem.upper()}, two copies of one IDX file, but their bytes"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        _find_idx(tmp_path, stem)

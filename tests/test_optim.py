@@ -304,6 +304,12 @@ def test_step_schedule_decays_at_decimal_intervals() -> None:
         schedule = StepLR(1.0, steps_per_epoch, step_epochs=step_epochs, gamma=0.5)
         for step in range(40 * updates):
             assert schedule(step) == 0.5 ** (step // updates), (step_epochs, step)
+    # the rounding grows with the quotient: ten million intervals in, 1000000.2 / 0.1 is
+    # 10000001.999999998, within rounding of the whole number, but not within 1e-9 of it
+    gamma = 1 - 1e-7  # a rate that has not yet fallen to 0.0 there
+    schedule = StepLR(1.0, 10, step_epochs=0.1, gamma=gamma)
+    assert schedule(10_000_002) == gamma**10_000_002
+    assert schedule(10_000_001) == gamma**10_000_001
 
 
 def test_schedules_between_their_landmarks() -> None:
@@ -367,6 +373,7 @@ def test_cosine_horizon_includes_the_warm_up() -> None:
         (lambda m: Adam([m], betas=0.9), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], betas=np.array(0.9)), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], betas=np.full((1, 2), 0.9)), TypeError, r"betas: expected a pair"),
+        (lambda m: Adam([m], betas=np.full((2, 2), 0.9)), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], betas=np.array([0.9, 1.5])), ValueError, r"betas\[1\]: expected"),
         (lambda m: Adam([m], betas="ab"), TypeError, r"betas: expected a pair"),
         (lambda m: Adam([m], lr="0.1"), TypeError, r"lr: expected a number, got '0.1'"),

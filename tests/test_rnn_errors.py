@@ -420,3 +420,17 @@ def test_parameters_too_large_for_memory_name_the_constructor_call(
     with pytest.raises(MemoryError, match=r"^Linear\(in_features=3, out_features=2\): its 8 "):
         rnncu.Linear.__init__(layer, 3, 2, backend=backend)
     assert moved == [(2, 3)] and layer.params == {}
+
+
+def test_numpy_integer_sizes_are_kept_as_python_ints() -> None:
+    """check_positive_int takes NumPy's integers and gives back a Python int: a layer's
+    sizes are plain ints, as written to JSON and shown in its repr."""
+    from rnncu.module import check_positive_int
+
+    for value in (np.int64(3), np.int32(3), np.uint8(3), 3):
+        checked = check_positive_int("n", value)
+        assert type(checked) is int and checked == 3
+    rnn = rnncu.RNN(np.int64(3), np.int32(4), num_layers=np.uint8(1), backend="numpy")
+    sizes = (rnn.input_size, rnn.hidden_size, rnn.num_layers)
+    assert sizes == (3, 4, 1) and all(type(size) is int for size in sizes)
+    assert repr(rnn).startswith("RNN(3, 4, num_layers=1,")

@@ -229,6 +229,25 @@ def test_a_resumed_run_diverging_elsewhere_names_the_checkpoint_it_left_alone(
     said = f"in epoch 2; the last good checkpoint (epoch 1) is kept in {file}; try"
     with pytest.raises(TrainingDiverged, match=re.escape(said)):
         train(small(epochs=3), resume=tmp_path / "run", data=digits, progress=False)
+    # and so it is where out_dir names that directory under another spelling: the run goes
+    # on there, and does not clear it as another run's
+    spelled = tmp_path / "copy" / ".." / "run"
+    said = f"in epoch 2; the last good checkpoint (epoch 1) is kept in {spelled / 'checkpoint.npz'}"
+    with pytest.raises(TrainingDiverged, match=re.escape(said)):
+        train(small(epochs=3), resume=file, out_dir=spelled, data=digits, progress=False)
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "config.json", "metrics.json"]
+    assert load_checkpoint(file)[1]["epoch"] == 1
+
+
+def test_a_run_resumed_from_its_checkpoint_file_goes_on_in_its_directory(
+    tmp_path: Path, digits
+) -> None:
+    train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
+    file = tmp_path / "run" / "checkpoint.npz"
+    result = train(small(epochs=2), resume=file, data=digits, progress=False, plots=False)
+    assert result.out_dir == tmp_path / "run" and result.epochs_trained == 1
+    assert load_checkpoint(file)[1]["epoch"] == 2
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "config.json", "metrics.json"]
 
 
 def test_resume_rejects_foreign_checkpoint(tmp_path: Path, digits) -> None:
