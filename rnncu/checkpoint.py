@@ -216,7 +216,8 @@ _held_run_directories_lock = threading.Lock()
 @contextmanager
 def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path]:
     """Hold ``directory`` for one run while the block runs: made first where missing (and
-    removed again, with the parents made for it, if the block fails and leaves them empty).
+    removed again, with the parents made for it, if the block fails and leaves them empty;
+    a refused hold removes nothing, for the run holding the directory may have made it).
     Another process, or another thread of this one, holding it raises
     :class:`RunDirectoryInUse` naming ``name`` at once, for two runs writing into one
     directory would leave one's config beside the other's checkpoint. Within a thread the
@@ -230,10 +231,16 @@ def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path
     check_out_dir(name, path)
     made = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
+    held = False
     try:
         with _held(path, name):
+            held = True
             yield path
-    except BaseException:
+    except BaseException as exc:
+        if not held and isinstance(exc, RunDirectoryInUse):
+            # the run that holds it may have made it too, at the same moment: it is that
+            # run's directory now, not this one's to remove
+            raise
         for created in made:  # the deepest first
             try:
                 created.rmdir()

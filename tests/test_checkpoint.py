@@ -643,6 +643,53 @@ def test_two_threads_taking_one_run_directory_at_once_cannot_both_hold_it(
     assert ckpt._held_run_directories == {} and run.is_dir()
 
 
+def test_a_refused_hold_leaves_the_directory_to_the_run_that_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs given one new directory at once both find it missing and make it; the one
+    refused must not remove it as made for itself, for the other holds it (and would go on
+    writing into a directory made anew, which its hold no longer covers)."""
+    import threading
+
+    run = tmp_path / "new" / "run"
+    held = ckpt._held
+    taken, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def other_run() -> None:
+        try:
+            with ckpt.run_directory(run, "out_dir"):
+                taken.set()
+                release.wait(60)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+            taken.set()
+
+    other = threading.Thread(target=other_run)
+
+    def held_after_the_other(path: Path, name: str) -> object:
+        # this run has made the directories: the other takes the hold first
+        monkeypatch.setattr(ckpt, "_held", held)
+        other.start()
+        assert taken.wait(60) and not failures
+        return held(path, name)
+
+    monkeypatch.setattr(ckpt, "_held", held_after_the_other)
+    try:
+        with pytest.raises(ckpt.RunDirectoryInUse, match="^out_dir: another thread"):
+            with ckpt.run_directory(run, "out_dir"):
+                pytest.fail("held twice")
+        assert run.is_dir()
+    finally:
+        release.set()
+        other.join(60)
+    assert not other.is_alive() and not failures and run.is_dir()
+    # a run that fails after taking its hold still removes what it made
+    with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "b" / "c", "--out c"):
+        raise KeyError("a failure before anything was written")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_a_refused_run_directory_leaves_no_descriptor_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
