@@ -22,6 +22,7 @@ ValueError naming the file and the array.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import math
@@ -509,7 +510,14 @@ def _idx_copies_differ(first: Path, second: Path, chunk: int = 1 << 20) -> str |
         return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
 
     offset = 0
-    with opened(first) as a, opened(second) as b:
+    with contextlib.ExitStack() as stack:
+        handles = []
+        for path in (first, second):
+            try:
+                handles.append(stack.enter_context(opened(path)))
+            except OSError as exc:  # a copy without read permission, say
+                return f"{path.name} cannot be read ({exc})"
+        a, b = handles
         while True:
             blocks = []
             for path, fh in ((first, a), (second, b)):

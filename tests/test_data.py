@@ -695,3 +695,31 @@ def test_the_preferred_idx_copy_is_read_and_the_others_only_compared(
     said = f"holds {stem} and {stem.upper()}, two copies of one IDX file, but their bytes"
     with pytest.raises(ValueError, match=re.escape(said)):
         _find_idx(tmp_path, stem)
+
+
+def test_an_idx_copy_that_cannot_be_opened_is_named(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy without read permission (root reads any file, so open is refused here by
+    hand) is reported as unreadable, naming it, as a damaged one is."""
+    import builtins
+
+    import rnncu.data as data_module
+
+    images, labels = small_images(rng)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "TRAIN-IMAGES-IDX3-UBYTE", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+
+    def refused(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)).name == "TRAIN-IMAGES-IDX3-UBYTE":
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(data_module, "open", refused, raising=False)
+    said = (
+        r"holds train-images-idx3-ubyte and TRAIN-IMAGES-IDX3-UBYTE, two copies of one IDX "
+        r"file, but TRAIN-IMAGES-IDX3-UBYTE cannot be read \(\[Errno 13\] Permission denied"
+    )
+    with pytest.raises(ValueError, match=said):
+        load_idx_dir(tmp_path)
