@@ -481,9 +481,9 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
 
 
 #: What a run writes into its directory (``classifier/``: a generate run's judge, a run of
-#: its own). A new run in a directory that held one removes them first: left behind, an old
-#: generate run's samples and judge sat beside a new classify run, and an old checkpoint
-#: under the new config until the first epoch ended.
+#: its own). A new run in a directory that held one removes them when it saves its first
+#: checkpoint (not before: a run stopped before then would leave no run at all): left behind,
+#: an old generate run's samples and judge sat beside a new classify run.
 RUN_FILES = ("checkpoint.npz", "config.json", "metrics.json", "curves.png", "confusion.png",
              "samples.png")  # fmt: skip
 JUDGE_DIR = "classifier"
@@ -558,8 +558,9 @@ def train(
     ``"digits"`` for other data (``data.source``).
 
     A run that replaces the one saved in ``out_dir`` (a new run, or a resumed one written
-    elsewhere than its own directory) first removes that run's files (:data:`RUN_FILES`, and
-    its ``classifier/`` judge's); other files stay.
+    elsewhere than its own directory) removes that run's files (:data:`RUN_FILES`, and its
+    ``classifier/`` judge's) when it saves its first checkpoint, writing its own config.json
+    then too; other files stay. Stopped before then, it leaves the old run as it was.
 
     While it runs, the call holds its run directory (``out_dir``, or the resumed run's):
     another process (or thread) training into the same one raises
@@ -660,12 +661,15 @@ def _train(
     continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
     good_arrays = run.arrays()  # rollback target if the loss diverges
     bar = _progress(config.epochs, run.epoch, progress)
+    # whether out_dir holds another run that this one replaces: its files stay as they are
+    # until this run's first checkpoint, so that a replacing run stopped before then (an
+    # error, Ctrl-C, a diverging loss) leaves the old run whole instead of no run at all
+    replacing = out is not None and not continued and (out / "checkpoint.npz").exists()
     try:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            if (out / "checkpoint.npz").exists() and not continued:
-                _clear_run_files(out)  # this run replaces the one saved there
-            _write_json(out / "config.json", config.to_dict())
+            if not replacing:
+                _write_json(out / "config.json", config.to_dict())
         while run.epoch < config.epochs:
             t0 = time.perf_counter()
             record = run.run_epoch()
@@ -708,6 +712,8 @@ def _train(
                     )
                 else:
                     kept = f"; no epoch ended well, so nothing of the run is kept in {out}"
+                if replacing:
+                    kept += " (the run saved there before is as it was)"
                 raise TrainingDiverged(
                     f"{problem} in epoch {run.epoch + 1}{kept}; try a smaller learning rate "
                     "(--lr, TrainConfig.lr)"
@@ -718,14 +724,19 @@ def _train(
             run.history.append(record)
             good_arrays = current
             if out is not None:
+                if replacing:  # this run's first checkpoint: the old run's files go now
+                    _clear_run_files(out)
+                    _write_json(out / "config.json", config.to_dict())
+                    replacing = False
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
             bar.set_postfix(_postfix(record), refresh=False)
             bar.update(1)
             log(_epoch_line(record))
     except BaseException:
-        if out is not None and not continued and run.epoch == start_epoch:
+        if out is not None and not continued and not replacing and run.epoch == start_epoch:
             # no checkpoint of this run was written: its config alone would describe a run
-            # that is not there (and the directory, if made for it, is removed when empty)
+            # that is not there (and the directory, if made for it, is removed when empty);
+            # a run it was to replace keeps its own
             with contextlib.suppress(OSError):
                 (out / "config.json").unlink(missing_ok=True)
         raise

@@ -779,3 +779,48 @@ def test_resuming_a_run_that_is_not_there_says_so_and_makes_nothing(tmp_path: Pa
         with pytest.raises(CheckpointError, match="^" + re.escape(said) + "$"):
             train(TrainConfig(epochs=1, backend="numpy"), resume=resume, progress=False)
     assert os.listdir(tmp_path) == ["afile"] and afile.read_text() == "mine"
+
+
+def test_a_replacing_run_stopped_before_its_first_checkpoint_keeps_the_old_run(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--overwrite`` into a run directory, stopped in its first epoch (Ctrl-C, an error, a
+    diverging loss): the old run was removed before the new one trained, leaving no run at
+    all. The old run's files now go only with the new run's first checkpoint."""
+    out = tmp_path / "run"
+    train(small(epochs=1), data=digits, progress=False, out_dir=out, plots=False)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    original = tasks.SequenceClassifier.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    monkeypatch.setattr(tasks.SequenceClassifier, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(small(epochs=2, seed=4), data=digits, progress=False, out_dir=out, plots=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    def poisoned(self, x, y):
+        loss, correct = original(self, x, y)
+        return loss * np.nan, correct
+
+    monkeypatch.setattr(tasks.SequenceClassifier, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=re.escape("the run saved there before is as it")):
+        train(small(epochs=2, seed=4), data=digits, progress=False, out_dir=out, plots=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a replacing run that saves a checkpoint replaces the old run's files, its own config too
+    monkeypatch.undo()
+    train(small(epochs=1, seed=4), data=digits, progress=False, out_dir=out, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.npz",
+        "config.json",
+        "metrics.json",
+        "notes.txt",
+    ]
+    assert json.loads((out / "config.json").read_text())["seed"] == 4
+    assert load_checkpoint(out)[1]["config"]["seed"] == 4
