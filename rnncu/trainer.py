@@ -1074,18 +1074,29 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Metrics of a saved run on its (or ``dataset``'s) test split; for generate runs with a
     saved judging classifier also ``sample_class_accuracy`` and the judge's own
-    ``classifier_test_accuracy``, as training reports them."""
+    ``classifier_test_accuracy``, as training reports them. A judge whose training was cut
+    short (the run stopped while training it) is not used: a warning says so, and those two
+    figures are left out."""
     run, _ = load_run(path, backend, dataset)
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
-            judge_run, _ = load_run(judge_dir, backend, dataset)
+            judge_run, judge_meta = load_run(judge_dir, backend, dataset)
             if not isinstance(judge_run.model, SequenceClassifier):
                 raise ValueError(
                     f"{judge_dir}: holds a {judge_run.config.task!r} run; the judge of a "
                     "generate run's samples is a classify run"
                 )
+            if judge_meta["epoch"] < judge_run.config.epochs:
+                warn_at_caller(
+                    f"{judge_dir}: the classifier that judges the samples stopped at epoch "
+                    f"{judge_meta['epoch']} of {judge_run.config.epochs} (the run was stopped "
+                    "while training it): sample_class_accuracy and classifier_test_accuracy "
+                    "are left out; resume the run with more epochs to train it again",
+                    UserWarning,
+                )
+                return metrics
             metrics.update(judge_samples(run, judge_run.model)[2])
             metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
     return metrics
