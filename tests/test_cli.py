@@ -440,6 +440,16 @@ def test_resume_already_done_says_so(
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 0
     err = capsys.readouterr().err
     assert "already at epoch 1 >= --epochs 1: nothing was trained" in err, err
+    # written elsewhere, nothing trained leaves nothing there: the directory --out named,
+    # made to hold it while the run looked, was left behind empty
+    elsewhere = tmp_path / "copies" / "copy"
+    code = main(["train", "--resume", str(run), "--epochs", "1", "--out", str(elsewhere)])
+    assert code == 0 and "nothing was trained" in capsys.readouterr().err
+    assert not (tmp_path / "copies").exists()
+    # a directory that was there before stays
+    elsewhere.mkdir(parents=True)
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--out", str(elsewhere)]) == 0
+    assert elsewhere.is_dir() and not any(elsewhere.iterdir())
 
 
 def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
