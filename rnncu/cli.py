@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -658,6 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if argv is None:  # the command line itself (not a caller in Python): one-line warnings
         warnings.showwarning = _show_warning_line
+        # `kill`, `timeout`, a batch system's end of job: stopped as Ctrl-C stops it, so that
+        # a run stopped before its first checkpoint leaves nothing of itself (by default
+        # SIGTERM ends the process at once, leaving the run's config.json behind alone)
+        signal.signal(signal.SIGTERM, _terminated)
     argv = list(sys.argv[1:] if argv is None else argv)
     implicit_train = not argv or (
         argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
@@ -708,6 +713,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnncu: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("rnncu: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, as KeyboardInterrupt is for SIGINT: what a run
+    cleans up when stopped runs on the way out."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
 
 
 def _os_error_text(exc: OSError, argv: Sequence[str]) -> str:

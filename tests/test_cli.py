@@ -876,3 +876,35 @@ def test_a_file_error_under_a_tilde_path_names_its_option(
     error = FileNotFoundError(2, "No such file or directory", str(tmp_path / "d"))
     said = f"--out ~/d/g.png: {tmp_path / 'd'}: No such file or directory"
     assert _os_error_text(error, ["generate", "--out", "~/d/g.png"]) == said
+
+
+def test_sigterm_in_the_first_epoch_leaves_nothing(tmp_path: Path) -> None:
+    """`kill` or `timeout` (SIGTERM) stops a run as Ctrl-C does: before its first checkpoint
+    it leaves nothing of itself. SIGTERM ended the process at once, and the run's
+    config.json stayed behind alone in --out."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images.npz"
+    # 784 steps a sequence and 4000 images: a first epoch of many seconds
+    np.savez(images, x=rng.integers(0, 256, (4000, 28, 28), np.uint8), y=np.arange(4000) % 2)
+    out = tmp_path / "made" / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ["train", "--dataset", str(images), "--seq", "pixels", "--epochs", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnncu", *args, "--backend", "numpy", "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists():  # written as the first epoch starts
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip() == "rnncu: terminated" and "Traceback" not in err
+    assert not (tmp_path / "made").exists()
