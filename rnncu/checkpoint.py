@@ -215,13 +215,14 @@ _held_run_directories_lock = threading.Lock()
 
 @contextmanager
 def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path]:
-    """Hold ``directory`` for one run while the block runs: made first where missing (and
-    removed again, with the parents made for it, if the block fails and leaves them empty;
-    a refused hold removes nothing, for the run holding the directory may have made it).
+    """Hold ``directory`` for one run while the block runs: made first where missing, and
+    removed again at the end, with the parents made for it, where the block leaves them
+    empty (a run that failed before writing, or a resumed run with nothing left to train).
     Another process, or another thread of this one, holding it raises
     :class:`RunDirectoryInUse` naming ``name`` at once, for two runs writing into one
-    directory would leave one's config beside the other's checkpoint. Within a thread the
-    hold nests (the CLI holds ``--out`` before the trainer does).
+    directory would leave one's config beside the other's checkpoint; a refused hold
+    removes nothing, for the run holding the directory may have made it at the same moment.
+    Within a thread the hold nests (the CLI holds ``--out`` before the trainer does).
 
     The hold is an advisory ``flock`` on the directory itself: no lock file to clean up, and
     the system releases it when the process dies, even by SIGKILL. Where ``flock`` is not
@@ -231,22 +232,16 @@ def run_directory(directory: str | os.PathLike[str], name: str) -> Iterator[Path
     check_out_dir(name, path)
     made = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
-    held = False
-    try:
-        with _held(path, name):
-            held = True
+    with _held(path, name):
+        try:
             yield path
-    except BaseException as exc:
-        if not held and isinstance(exc, RunDirectoryInUse):
-            # the run that holds it may have made it too, at the same moment: it is that
-            # run's directory now, not this one's to remove
-            raise
-        for created in made:  # the deepest first
-            try:
-                created.rmdir()
-            except OSError:  # not empty (the block wrote there), or gone
-                break
-        raise
+        finally:
+            # removed while still held: no other run can have taken the directory yet
+            for created in made:  # the deepest first
+                try:
+                    created.rmdir()
+                except OSError:  # not empty (the block wrote there), or gone
+                    break
 
 
 def _in_use(name: str, path: Path, who: str) -> RunDirectoryInUse:

@@ -422,9 +422,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             # it): another run into --out would pass the check until this one's first
             # checkpoint, and the two would mix files
             written = written_directory(out, args.resume)
-            # the directories the hold makes: a resumed run with no epochs left to train
-            # writes nothing there, and leaves none of them behind
-            missing = [] if written is None else _missing_directories(Path(written))
             if written is not None:
                 name = f"--out {out}" if out is not None else f"--resume {args.resume}"
                 holding.enter_context(run_directory(written, name))
@@ -447,12 +444,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     data=data,
                     log=lambda m: None,
                 )
-            if result.epochs_trained == 0:
-                for directory in missing:  # the deepest first; still held, so still empty
-                    try:
-                        directory.rmdir()
-                    except OSError:
-                        break
     except BaseException as exc:
         if made is not None:
             with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
@@ -474,11 +465,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run saved in {result.out_dir}", file=sys.stderr)
     return 0
-
-
-def _missing_directories(path: Path) -> list[Path]:
-    """``path`` and those of its parents that do not exist, the deepest first."""
-    return [p for p in (path, *path.parents) if not p.exists()]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

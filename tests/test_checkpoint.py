@@ -448,6 +448,7 @@ def test_a_run_directory_nests_within_a_process_and_is_released_after(tmp_path: 
     with ckpt.run_directory(tmp_path / "run", "outer"):
         with ckpt.run_directory(tmp_path / "run/", "inner"):  # the same directory
             assert not free()
+            (tmp_path / "run" / "config.json").write_text("{}")  # kept: not empty
         assert not free()  # the inner end does not release the outer hold
     assert free()
 
@@ -471,6 +472,21 @@ def test_a_failed_run_removes_the_directories_made_for_it(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="--out f: .*file is a file, not a directory"):
         with ckpt.run_directory(tmp_path / "file" / "run", "--out f"):
             pytest.fail("entered")
+
+
+def test_a_run_that_writes_nothing_leaves_no_directory_made_for_it(tmp_path: Path) -> None:
+    """A resumed run with nothing left to train writes nothing: the directories made to hold
+    it go again, as a failed run's do, while one that was there before stays."""
+    with ckpt.run_directory(tmp_path / "a" / "b", "--out b") as held:
+        assert held.is_dir()
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "old").mkdir()
+    with ckpt.run_directory(tmp_path / "old" / "new", "--out new"):
+        pass
+    assert os.listdir(tmp_path) == ["old"] and os.listdir(tmp_path / "old") == []
+    with ckpt.run_directory(tmp_path / "old", "--out old"):
+        pass
+    assert (tmp_path / "old").is_dir()
 
 
 def test_an_interrupted_run_removes_the_directories_made_for_it(tmp_path: Path) -> None:
