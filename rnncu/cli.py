@@ -442,7 +442,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     resume=args.resume,
                     progress=args.progress,
                     data=data,
-                    log=lambda m: None,
+                    log=_show_judge_news,
                 )
     except BaseException as exc:
         if made is not None:
@@ -465,6 +465,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run saved in {result.out_dir}", file=sys.stderr)
     return 0
+
+
+def _show_judge_news(message: str) -> None:
+    """The trainer's news of a generate run's judge, on stderr (its epoch lines are the
+    progress bar's; the judge's training is minutes on MNIST-size data, with no word)."""
+    from rnncu.trainer import JUDGE_NEWS
+
+    if message.startswith(JUDGE_NEWS):
+        print(f"rnncu: {message}", file=sys.stderr, flush=True)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -846,14 +846,21 @@ def classifier_config(config: TrainConfig) -> TrainConfig:
     )
 
 
+#: How the news of a generate run's judge begins (``train``'s ``log``): the CLI shows it, as
+#: that training takes longer than the run's own epochs on a dataset of MNIST's size
+JUDGE_NEWS = "training the classifier that judges the samples"
+
+
 def _finish_generate(
     run: _Run, result: TrainResult, out: Path | None, progress: Any, log: Any
 ) -> None:
     """Train the judging classifier (saved in ``out/classifier``), draw 10 samples per class
     and record ``sample_class_accuracy``; keep the samples for the grid plot."""
-    log("training the classifier that judges the samples")
+    judge_config = classifier_config(run.config)
+    where = "" if out is None else f", saved in {out / JUDGE_DIR}"
+    log(f"{JUDGE_NEWS} ({judge_config.epochs} epochs of the classify-rows recipe{where})")
     judge = train(
-        classifier_config(run.config),
+        judge_config,
         out_dir=None if out is None else out / JUDGE_DIR,
         progress=progress,
         data=run.data,

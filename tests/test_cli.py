@@ -85,7 +85,15 @@ def test_generate_task_and_command(
     for key in ("test_mse", "baseline_mse", "sample_class_accuracy"):
         assert 0 <= metrics[key] <= 1, key
     assert (out / "samples.png").is_file() and (out / "classifier" / "checkpoint.npz").is_file()
-    capsys.readouterr()
+    # the judge's training, longer than the run's own epochs on MNIST-size data, is said;
+    # the epochs' own lines are not (the progress bar's, on a terminal)
+    judge_epochs = json.loads((out / "classifier" / "config.json").read_text())["epochs"]
+    said = (
+        f"rnncu: training the classifier that judges the samples ({judge_epochs} epochs of the "
+        f"classify-rows recipe, saved in {out / 'classifier'})\n"
+    )
+    err = capsys.readouterr().err
+    assert err == said + f"run saved in {out}\n", err
 
     png = tmp_path / "drawn.png"
     assert (
