@@ -475,17 +475,21 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     return _finish(path.name, x_tr, y_tr, x_te, y_te, str(path))
 
 
+def _idx_names(stem: str) -> tuple[str, ...]:
+    """The names ``stem``'s file goes by, lower case, in order of preference."""
+    dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
+    return (stem, stem + ".gz", dotted, dotted + ".gz")
+
+
 def _find_idx(directory: Path, stem: str) -> Path | None:
     """The file holding ``stem``'s array, or None. Where the directory holds more than one
     copy (torchvision's ``MNIST/raw`` keeps each file both raw and gzipped), the first in
     the order below is read and every other copy must hold the same bytes: a stale or
     foreign copy (Fashion-MNIST's ``.gz`` beside MNIST's raw file, of the same size and
     header) would otherwise be ignored or read without a word, by the name's spelling."""
-    dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
-    names = (stem, stem + ".gz", dotted, dotted + ".gz")
-    # in that order of preference, each name in its own case first, then in another case
-    # (TRAIN-...-UBYTE.GZ)
-    rank = {name: i for i, name in enumerate(names)}
+    # in the order of preference of _idx_names, each name in its own case first, then in
+    # another case (TRAIN-...-UBYTE.GZ)
+    rank = {name: i for i, name in enumerate(_idx_names(stem))}
     copies = sorted(
         (p for p in directory.iterdir() if p.name.lower() in rank and p.is_file()),
         key=lambda p: (rank[p.name.lower()], p.name != p.name.lower(), p.name),
@@ -553,9 +557,20 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     train_x = _find_idx(directory, "train-images-idx3-ubyte")
     train_y = _find_idx(directory, "train-labels-idx1-ubyte")
     if train_x is None or train_y is None:
+        # torchvision's root (MNIST/ holding raw/ and processed/): name the folder that has them
+        names = _idx_names("train-images-idx3-ubyte")
+
+        def holds_them(sub: Path) -> bool:
+            try:
+                return sub.is_dir() and any(f.name.lower() in names for f in sub.iterdir())
+            except OSError:  # a folder that cannot be listed holds nothing to suggest
+                return False
+
+        inside = sorted(sub.name for sub in directory.iterdir() if holds_them(sub))
+        hint = f"; {directory / inside[0]} has them" if inside else ""
         raise FileNotFoundError(
             f"{directory}: no MNIST-format files (expected train-images-idx3-ubyte[.gz] and "
-            "train-labels-idx1-ubyte[.gz])"
+            f"train-labels-idx1-ubyte[.gz]){hint}"
         )
     x = _scale_images(_as_images(read_idx(train_x), str(train_x)), str(train_x))
     y = _labels(read_idx(train_y), x.shape[0], str(train_y))

@@ -134,7 +134,14 @@ def test_malformed_idx_names_the_file(tmp_path: Path, rng: np.random.Generator) 
         load_idx_dir(d)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="no MNIST-format files"):
+    with pytest.raises(FileNotFoundError, match=r"no MNIST-format files \(expected .*\)$"):
+        load_idx_dir(empty)
+    # torchvision's root: MNIST/ holds raw/ (the files) and processed/; the folder is named
+    (empty / "raw").mkdir()
+    (empty / "processed").mkdir()
+    write_idx(empty / "raw" / "train-images-idx3-ubyte.gz", images, compress=True)
+    said = rf"no MNIST-format files \(expected .*\); {re.escape(str(empty / 'raw'))} has them$"
+    with pytest.raises(FileNotFoundError, match=said):
         load_idx_dir(empty)
 
 
