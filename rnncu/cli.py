@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -657,7 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `kill`, `timeout`, a batch system's end of job: stopped as Ctrl-C stops it, so that
         # a run stopped before its first checkpoint leaves nothing of itself (by default
         # SIGTERM ends the process at once, leaving the run's config.json behind alone)
-        signal.signal(signal.SIGTERM, _terminated)
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            signal.signal(signal.SIGTERM, _terminated)
     argv = list(sys.argv[1:] if argv is None else argv)
     implicit_train = not argv or (
         argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")

@@ -916,3 +916,33 @@ def test_sigterm_in_the_first_epoch_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip() == "rnncu: terminated" and "Traceback" not in err
     assert not (tmp_path / "made").exists()
+
+
+def test_the_command_line_run_from_another_thread_leaves_sigterm_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """signal.signal works only in the main thread: main() with the process's own arguments,
+    called from another thread, runs without the SIGTERM handler instead of failing."""
+    import signal
+    import threading
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["rnncu", "--version"])
+    before = signal.getsignal(signal.SIGTERM)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(main())
+        except SystemExit as exc:  # argparse's --version
+            outcome.append(exc.code)
+        except BaseException as exc:  # reported by the main thread
+            outcome.append(exc)
+
+    with warnings.catch_warnings():  # main() sets the command line's warning display
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(60)
+    assert outcome == [0], outcome
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert capsys.readouterr().out.startswith("rnncu ")
