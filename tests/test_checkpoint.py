@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -724,3 +726,28 @@ def test_a_refused_run_directory_leaves_no_descriptor_open(
             with ckpt.run_directory(tmp_path / "run", "--out run"):
                 pytest.fail("held twice")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_directories_made_for_a_hold_go_before_it_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removed once the hold is released, an empty directory made for a run could already
+    be another run's, held and about to be written: it goes while still held."""
+    held = ckpt._held
+    at_release: list[bool] = []
+
+    @contextmanager
+    def watched(path: Path, name: str) -> Iterator[None]:
+        try:
+            with held(path, name):
+                yield
+        finally:  # the block's error too
+            at_release.append((tmp_path / "a").exists())
+
+    monkeypatch.setattr(ckpt, "_held", watched)
+    with ckpt.run_directory(tmp_path / "a" / "b", "--out b"):
+        pass
+    with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "a" / "b", "--out b"):
+        raise KeyError("a failure before anything was written")
+    assert at_release == [False, False]
+    assert os.listdir(tmp_path) == []

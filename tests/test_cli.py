@@ -946,3 +946,18 @@ def test_the_command_line_run_from_another_thread_leaves_sigterm_alone(
     assert outcome == [0], outcome
     assert signal.getsignal(signal.SIGTERM) is before
     assert capsys.readouterr().out.startswith("rnncu ")
+
+
+def test_main_called_with_arguments_leaves_sigterm_alone() -> None:
+    """The SIGTERM handler is the command line's (main() reading the process's own
+    arguments): a program calling main(argv) keeps its own handling of SIGTERM."""
+    import signal
+
+    mine = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not any handler a test left
+    try:
+        with pytest.raises(SystemExit) as exited:  # argparse's --version
+            main(["--version"])
+        assert exited.value.code == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, mine)

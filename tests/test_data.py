@@ -145,6 +145,38 @@ def test_malformed_idx_names_the_file(tmp_path: Path, rng: np.random.Generator) 
         load_idx_dir(empty)
 
 
+def test_the_folder_named_for_idx_files_is_found_as_the_files_are(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder named in the error holds the files under any case (as they are read), is
+    the first by name where several do, and one that cannot be listed is passed over."""
+    images, _ = small_images(rng)
+    root = tmp_path / "MNIST"
+    (root / "raw").mkdir(parents=True)
+    write_idx(root / "raw" / "TRAIN-IMAGES-IDX3-UBYTE.GZ", images, compress=True)
+
+    def said(sub: str) -> str:
+        return rf"no MNIST-format files \(expected .*\); {re.escape(str(root / sub))} has them$"
+
+    with pytest.raises(FileNotFoundError, match=said("raw")):
+        load_idx_dir(root)
+    (root / "copy").mkdir()
+    write_idx(root / "copy" / "train-images-idx3-ubyte", images)
+    with pytest.raises(FileNotFoundError, match=said("copy")):
+        load_idx_dir(root)
+    (root / "locked").mkdir()
+    listed = Path.iterdir
+
+    def iterdir(self: Path):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listed(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(FileNotFoundError, match=said("copy")):
+        load_idx_dir(root)
+
+
 def test_npz(tmp_path: Path, rng: np.random.Generator) -> None:
     images, labels = small_images(rng)
     path = tmp_path / "data.npz"

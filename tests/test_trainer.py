@@ -850,7 +850,38 @@ def test_a_judge_cut_short_is_not_used_to_score_samples(
     monkeypatch.undo()
     assert load_checkpoint(gen)[1]["epoch"] == 1
     assert load_checkpoint(gen / "classifier")[1]["epoch"] == 2
-    with pytest.warns(UserWarning, match=r"classifier: the classifier that judges the samples "):
+    judge_epochs = load_checkpoint(gen / "classifier")[1]["config"]["epochs"]
+    said = (
+        f"classifier: the classifier that judges the samples stopped at epoch 2 of {judge_epochs} "
+    )
+    with pytest.warns(UserWarning, match=re.escape(said)):
         metrics = evaluate_run(gen, backend="numpy")
     assert "sample_class_accuracy" not in metrics and "classifier_test_accuracy" not in metrics
     assert metrics["epochs"] == 1 and metrics["test_mse"] > 0
+
+
+def test_a_replacing_run_diverging_after_its_first_checkpoint_names_that_checkpoint(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a replacing run saved its first checkpoint the old run is gone: a later diverging
+    epoch names the new run's checkpoint, not the old run as kept."""
+    out = tmp_path / "run"
+    train(small(epochs=1), data=digits, progress=False, out_dir=out, plots=False)
+    original = tasks.SequenceClassifier.train_step
+    calls = {"n": 0}
+
+    def poisoned(self, x, y):
+        calls["n"] += 1
+        loss, correct = original(self, x, y)
+        return (loss * np.nan if calls["n"] > 22 + 5 else loss), correct  # in epoch 2
+
+    monkeypatch.setattr(tasks.SequenceClassifier, "train_step", poisoned)
+    said = (
+        f"training loss became nan in epoch 2; the last good checkpoint (epoch 1) is kept in "
+        f"{out / 'checkpoint.npz'}; try"
+    )
+    with pytest.raises(TrainingDiverged, match="^" + re.escape(said)):
+        train(small(epochs=3, seed=4), data=digits, progress=False, out_dir=out, plots=False)
+    meta = load_checkpoint(out)[1]
+    assert meta["epoch"] == 1 and meta["config"]["seed"] == 4
+    assert json.loads((out / "config.json").read_text())["seed"] == 4
