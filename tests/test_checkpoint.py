@@ -3,6 +3,7 @@ truncated and foreign files."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -533,6 +534,39 @@ def test_a_file_system_without_flock_runs_unguarded(
     assert (tmp_path / "run" / "config.json").is_file()
 
 
+class HoldingThread:
+    """A thread that holds ``run`` (``depth`` nested holds) from ``start()`` until
+    ``stop()``; what it raised is in ``failures``, for the main thread to report."""
+
+    def __init__(self, run: Path, depth: int = 1) -> None:
+        import threading
+
+        self.run, self.depth = run, depth
+        self.taken, self.release = threading.Event(), threading.Event()
+        self.failures: list[BaseException] = []
+        self.thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        try:
+            with contextlib.ExitStack() as holds:
+                for _ in range(self.depth):
+                    holds.enter_context(ckpt.run_directory(self.run, "out_dir"))
+                self.taken.set()
+                self.release.wait(60)
+        except BaseException as exc:  # reported by the main thread
+            self.failures.append(exc)
+            self.taken.set()
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.taken.wait(60) and not self.failures
+
+    def stop(self) -> None:
+        self.release.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive() and not self.failures
+
+
 @pytest.mark.parametrize("flock", ["works", "refused by the file system"])
 def test_threads_of_one_process_are_kept_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flock: str
@@ -541,7 +575,6 @@ def test_threads_of_one_process_are_kept_apart(
     the hold nests only within the thread that took it."""
     import errno
     import fcntl
-    import threading
 
     if flock != "works":
 
@@ -550,22 +583,9 @@ def test_threads_of_one_process_are_kept_apart(
 
         monkeypatch.setattr(fcntl, "flock", refused)
     run = tmp_path / "run"
-    taken, release = threading.Event(), threading.Event()
-    failures: list[BaseException] = []
-
-    def hold() -> None:
-        try:
-            with ckpt.run_directory(run, "out_dir"), ckpt.run_directory(run, "out_dir"):
-                taken.set()
-                release.wait(60)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-            taken.set()
-
-    other = threading.Thread(target=hold)
+    other = HoldingThread(run, depth=2)
     other.start()
     try:
-        assert taken.wait(60) and not failures
         for spelling in (run, tmp_path / "run" / ".." / "run"):
             refusal = f"out_dir: another thread of this process is writing a run into {spelling}; "
             with pytest.raises(ckpt.RunDirectoryInUse, match="^" + re.escape(refusal)):
@@ -573,9 +593,7 @@ def test_threads_of_one_process_are_kept_apart(
                     pytest.fail("held by two threads")
         assert run.is_dir()  # the other thread's, not removed by the refused hold
     finally:
-        release.set()
-        other.join(60)
-    assert not other.is_alive() and not failures
+        other.stop()
     with ckpt.run_directory(run, "out_dir"), ckpt.run_directory(run, "again"):
         (run / "config.json").write_text("{}")  # this thread's now, and nesting
     assert ckpt._held_run_directories == {}
@@ -667,29 +685,14 @@ def test_a_refused_hold_leaves_the_directory_to_the_run_that_holds_it(
     """Two runs given one new directory at once both find it missing and make it; the one
     refused must not remove it as made for itself, for the other holds it (and would go on
     writing into a directory made anew, which its hold no longer covers)."""
-    import threading
-
     run = tmp_path / "new" / "run"
     held = ckpt._held
-    taken, release = threading.Event(), threading.Event()
-    failures: list[BaseException] = []
-
-    def other_run() -> None:
-        try:
-            with ckpt.run_directory(run, "out_dir"):
-                taken.set()
-                release.wait(60)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-            taken.set()
-
-    other = threading.Thread(target=other_run)
+    other = HoldingThread(run)
 
     def held_after_the_other(path: Path, name: str) -> object:
         # this run has made the directories: the other takes the hold first
         monkeypatch.setattr(ckpt, "_held", held)
         other.start()
-        assert taken.wait(60) and not failures
         return held(path, name)
 
     monkeypatch.setattr(ckpt, "_held", held_after_the_other)
@@ -699,9 +702,8 @@ def test_a_refused_hold_leaves_the_directory_to_the_run_that_holds_it(
                 pytest.fail("held twice")
         assert run.is_dir()
     finally:
-        release.set()
-        other.join(60)
-    assert not other.is_alive() and not failures and run.is_dir()
+        other.stop()
+    assert run.is_dir()
     # a run that fails after taking its hold still removes what it made
     with pytest.raises(KeyError), ckpt.run_directory(tmp_path / "b" / "c", "--out c"):
         raise KeyError("a failure before anything was written")
