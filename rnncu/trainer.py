@@ -253,6 +253,10 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: epochs this call trained: 0 when a resumed run was already at ``config.epochs``
     epochs_trained: int = 0
+    #: whether this call wrote the run's end (``metrics.json``, the plots, a generate run's
+    #: judge) into ``out_dir``: also with no epoch trained, for a run stopped after its last
+    #: checkpoint and resumed at that epoch
+    end_written: bool = False
 
 
 def _progress(total: int, initial: int, enabled: bool | None) -> Any:
@@ -542,14 +546,18 @@ def train(
     end ``metrics.json`` and, with ``plots``, PNG plots (curves, and the confusion matrix or
     the samples). ``resume`` (a run directory or checkpoint file) continues that run: its
     saved config is used, with ``config.epochs`` (and ``config.backend``, unless None) taken
-    from the argument. If an epoch ends with a NaN or infinite training loss, weight or test
-    loss (test MSE), the model is rolled back to the last good epoch and
-    :class:`TrainingDiverged` is raised; the checkpoint on disk is that last good epoch's.
+    from the argument; resumed in its own directory at the epoch it has, a run whose
+    ``metrics.json`` is missing or an earlier call's (stopped after its last checkpoint)
+    gets its end written (``end_written``), else nothing is. If an epoch ends with a NaN or
+    infinite training loss, weight or test loss (test MSE), the model is rolled back to the
+    last good epoch and :class:`TrainingDiverged` is raised; the checkpoint on disk is that
+    last good epoch's.
     The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
-    trained the run. ``progress`` shows a tqdm bar over the epochs (None: when stderr is a
-    terminal); ``log``, a callable taking one str, receives a line per epoch and the run's
-    other news.
+    trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
+    is used (or resumed, if cut short) where it is of the recipe the run asks for.
+    ``progress`` shows a tqdm bar over the epochs (None: when stderr is a terminal); ``log``,
+    a callable taking one str, receives a line per epoch and the run's other news.
 
     ``data``, an :class:`ImageDataset` (checked first, by
     :func:`rnncu.data.check_dataset`), is trained on instead of loading ``config.dataset``,
@@ -647,13 +655,25 @@ def _train(
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")
         if run.epoch >= config.epochs:
-            # Nothing to do; rewriting config.json, metrics or plots (or retraining a generate
-            # run's judge) would only replace the run's files with those of a shorter run.
             log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
             done = dataclasses.replace(config, epochs=run.epoch)
             out = Path(out_dir) if out_dir is not None else None
-            metrics = dict(final_metrics(run), wall_seconds=_seconds_since(started))
-            return TrainResult(done, run.model, run.history, metrics, out)
+            own = out is not None and out.resolve() == file.parent.resolve()
+            if out is None or not own or _end_is_written(out, run.epoch):
+                # Nothing to do; rewriting config.json, metrics or plots (or retraining a
+                # generate run's judge) would only replace the run's files with those of a
+                # shorter run.
+                metrics = dict(final_metrics(run), wall_seconds=_seconds_since(started))
+                return TrainResult(done, run.model, run.history, metrics, out)
+            # Stopped after its last checkpoint (while a generate run's judge trained, or
+            # while metrics.json was written): the run is whole but its end is not, and no
+            # resume with more epochs is needed to write it.
+            _check_saved_steps(run, file)
+            log(
+                f"{out}: no metrics.json of epoch {run.epoch} (the run was stopped after its "
+                "last checkpoint): writing the run's end"
+            )
+            return _finish_run(run, done, out, started, 0, progress, log, plots)
         _check_saved_steps(run, file)
     start_epoch = run.epoch
     out = Path(out_dir) if out_dir is not None else None
@@ -743,9 +763,30 @@ def _train(
     finally:
         bar.close()
 
+    return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
+
+
+def _finish_run(
+    run: _Run,
+    config: TrainConfig,
+    out: Path | None,
+    started: float,
+    epochs_trained: int,
+    progress: bool | None,
+    log: Any,
+    plots: bool,
+) -> TrainResult:
+    """The end of a trained run: its metrics (a generate run's judge and samples first), then
+    ``metrics.json`` and the plots in ``out``."""
     metrics = final_metrics(run)
     result = TrainResult(
-        config, run.model, run.history, metrics, out, epochs_trained=run.epoch - start_epoch
+        config,
+        run.model,
+        run.history,
+        metrics,
+        out,
+        epochs_trained=epochs_trained,
+        end_written=out is not None,
     )
     if isinstance(run.model, RowGenerator):
         _finish_generate(run, result, out, progress, log)
@@ -755,6 +796,16 @@ def _train(
         if plots:
             _write_plots(run, result, out)
     return result
+
+
+def _end_is_written(out: Path, epoch: int) -> bool:
+    """Whether ``out/metrics.json`` is the end of the run at ``epoch``: a run stopped after
+    its last checkpoint has none, or an earlier call's (of fewer epochs)."""
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, or not JSON: written again
+        return False
+    return isinstance(metrics, dict) and metrics.get("epochs") == epoch
 
 
 def _seconds_since(start: float) -> float:
@@ -857,11 +908,26 @@ def _finish_generate(
     """Train the judging classifier (saved in ``out/classifier``), draw 10 samples per class
     and record ``sample_class_accuracy``; keep the samples for the grid plot."""
     judge_config = classifier_config(run.config)
-    where = "" if out is None else f", saved in {out / JUDGE_DIR}"
-    log(f"{JUDGE_NEWS} ({judge_config.epochs} epochs of the classify-rows recipe{where})")
+    saved_epoch = None if out is None else _saved_judge_epoch(out / JUDGE_DIR, judge_config)
+    if out is None or saved_epoch is None:
+        where = "" if out is None else f", saved in {out / JUDGE_DIR}"
+        log(f"{JUDGE_NEWS} ({judge_config.epochs} epochs of the classify-rows recipe{where})")
+        resume = None
+    else:
+        # The judge depends on the data, seed, dtype and recipe alone, not on the generator:
+        # the one an earlier call trained (in full, or cut short) is as good as a new one.
+        if saved_epoch < judge_config.epochs:
+            log(
+                f"{JUDGE_NEWS} (resuming {out / JUDGE_DIR} at epoch {saved_epoch} of "
+                f"{judge_config.epochs})"
+            )
+        else:
+            log(f"the classifier that judges the samples is the one in {out / JUDGE_DIR}")
+        resume = out / JUDGE_DIR
     judge = train(
         judge_config,
         out_dir=None if out is None else out / JUDGE_DIR,
+        resume=resume,
         progress=progress,
         data=run.data,
         plots=False,
@@ -870,6 +936,21 @@ def _finish_generate(
     result.metrics.update(judged)
     result.metrics["classifier_test_accuracy"] = judge.metrics["test_accuracy"]
     result.extra.update(samples=images, sample_labels=labels)
+
+
+def _saved_judge_epoch(judge_dir: Path, judge_config: TrainConfig) -> int | None:
+    """The epoch of the judge saved in ``judge_dir`` where it is one of ``judge_config``'s
+    recipe (the backend aside), else None: none there, or another (its data moved, say), or
+    a checkpoint that cannot be read. Such a judge is trained anew, replacing it."""
+    if not (judge_dir / "checkpoint.npz").is_file():
+        return None
+    try:
+        _, _, meta, saved = _read_run_checkpoint(judge_dir)
+    except (CheckpointError, OSError, ValueError):
+        return None
+    if dataclasses.replace(saved, backend=judge_config.backend) != judge_config:
+        return None
+    return int(meta["epoch"])
 
 
 def judge_samples(
@@ -1100,7 +1181,8 @@ def evaluate_run(
                     f"{judge_dir}: the classifier that judges the samples stopped at epoch "
                     f"{judge_meta['epoch']} of {judge_run.config.epochs} (the run was stopped "
                     "while training it): sample_class_accuracy and classifier_test_accuracy "
-                    "are left out; resume the run with more epochs to train it again",
+                    "are left out; `rnncu train --resume "
+                    f"{judge_dir.parent} --epochs {run.epoch}` finishes it",
                     UserWarning,
                 )
                 return metrics

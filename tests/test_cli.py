@@ -453,6 +453,16 @@ def test_resume_already_done_says_so(
     elsewhere = tmp_path / "copies" / "copy"
     code = main(["train", "--resume", str(run), "--epochs", "1", "--out", str(elsewhere)])
     assert code == 0 and "nothing was trained" in capsys.readouterr().err
+    # stopped after its last checkpoint: the resume at that epoch writes the run's end
+    (run / "metrics.json").unlink()
+    (run / "curves.png").unlink()
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "nothing was trained" not in err, err
+    assert f"rnncu: the run in {run} was already at epoch 1, but had been stopped" in err, err
+    assert f"its end (metrics.json, the plots) is written now; run saved in {run}" in err, err
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert (run / "curves.png").stat().st_size > 0
     assert not (tmp_path / "copies").exists()
     # a directory that was there before stays
     elsewhere.mkdir(parents=True)

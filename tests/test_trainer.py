@@ -18,6 +18,7 @@ from rnncu import Linear, optim, tasks
 from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import load_digits
 from rnncu.trainer import (
+    JUDGE_NEWS,
     TrainConfig,
     TrainingDiverged,
     evaluate_run,
@@ -590,6 +591,160 @@ def test_resume_past_the_goal_trains_and_writes_nothing(tmp_path: Path, saved_ru
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     resumed = train(TrainConfig(epochs=2, backend="numpy"), resume=run, progress=False)
     assert resumed.epochs_trained == 1
+
+
+def without_times(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "train_seconds")}
+
+
+def test_resume_at_the_last_epoch_writes_an_end_that_is_missing(
+    tmp_path: Path, saved_run: Path
+) -> None:
+    """A run stopped after its last checkpoint (while metrics.json was written, say) had no
+    metrics.json, and resuming it at that epoch trained nothing and wrote nothing: only a
+    resume with more epochs wrote one. A metrics.json of an earlier call (fewer epochs) or one
+    that is not JSON counts as missing; one written elsewhere (--out) is not this run's end."""
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    written = json.loads((saved_run / "metrics.json").read_text())
+    for damage in ("remove", "earlier", "not json"):
+        if damage == "remove":
+            (run / "metrics.json").unlink()
+        elif damage == "earlier":
+            (run / "metrics.json").write_text(json.dumps(dict(written, epochs=0)))
+        else:
+            (run / "metrics.json").write_text('{"epochs": 1,')
+        checkpoint = (run / "checkpoint.npz").read_bytes()
+        result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False)
+        assert result.epochs_trained == 0 and result.end_written, damage
+        again = json.loads((run / "metrics.json").read_text())
+        assert without_times(again) == without_times(written), damage
+        assert (run / "curves.png").stat().st_size > 0 and (run / "confusion.png").exists()
+        assert (run / "checkpoint.npz").read_bytes() == checkpoint
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False)
+    assert result.epochs_trained == 0 and not result.end_written
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    (run / "metrics.json").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    result = train(
+        TrainConfig(epochs=1, backend="numpy"), resume=run, out_dir=elsewhere, progress=False
+    )
+    assert not result.end_written and not (run / "metrics.json").exists()
+    assert not elsewhere.exists() or not any(elsewhere.iterdir())
+
+
+def small_judge(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The judging classifier at 4 epochs of H = 16 (the recipe's 40 of H = 128 take long);
+    returns its optimizer steps per epoch on the digits."""
+    from rnncu import trainer
+
+    recipe = trainer.classifier_config
+    monkeypatch.setattr(
+        trainer,
+        "classifier_config",
+        lambda config: dataclasses.replace(recipe(config), epochs=4, hidden=16),
+    )
+    return 43  # ceil(1347 training images / 32)
+
+
+class CountedClassifierSteps:
+    """Counts SequenceClassifier.train_step calls (the judge's, in a generate run) and raises
+    KeyboardInterrupt at call ``stop_at``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stop_at: int | None = None) -> None:
+        self.calls = 0
+        self.stop_at = stop_at
+        original = tasks.SequenceClassifier.train_step
+
+        def counted(model, x, y):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            return original(model, x, y)
+
+        monkeypatch.setattr(tasks.SequenceClassifier, "train_step", counted)
+
+
+def test_a_generate_run_stopped_while_its_judge_trains_is_finished_at_its_last_epoch(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a generate run's judge trained (minutes on MNIST-size data, after the
+    run's last epoch) left the run's checkpoint, a judge cut short and no metrics.json; a
+    resume at that epoch trained nothing and wrote nothing, so only a resume with more epochs
+    (and a judge trained again from its start) gave the run its end. Now the resume at that
+    epoch goes on with the judge from its checkpoint and writes the end an uninterrupted run
+    writes."""
+    steps = small_judge(monkeypatch)
+    config = small(task="generate", epochs=1, hidden=8)
+    whole = train(config, data=digits, progress=False, out_dir=tmp_path / "whole", plots=False)
+    gen = tmp_path / "gen"
+    CountedClassifierSteps(monkeypatch, stop_at=2 * steps + 5)  # in the judge's third epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=digits, progress=False, out_dir=gen, plots=False)
+    assert load_checkpoint(gen)[1]["epoch"] == 1
+    assert load_checkpoint(gen / "classifier")[1]["epoch"] == 2
+    assert not (gen / "metrics.json").exists()
+    counted = CountedClassifierSteps(monkeypatch)
+    news: list[str] = []
+    result = train(
+        TrainConfig(epochs=1, backend="numpy"),
+        resume=gen,
+        data=digits,
+        progress=False,
+        plots=False,
+        log=news.append,
+    )
+    assert counted.calls == 2 * steps  # the judge's last two epochs, not all four
+    assert result.epochs_trained == 0 and result.end_written
+    assert any(line.startswith(f"{JUDGE_NEWS} (resuming ") for line in news), news
+    assert load_checkpoint(gen / "classifier")[1]["epoch"] == 4
+    saved = json.loads((gen / "metrics.json").read_text())
+    assert without_times(saved) == without_times(whole.metrics)
+    assert saved["sample_class_accuracy"] == whole.metrics["sample_class_accuracy"]
+    # the finished judge is the one evaluate uses now, without the cut-short warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert without_times(evaluate_run(gen, backend="numpy")) == without_times(saved)
+
+
+def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_recipe(
+    tmp_path: Path, digits, saved_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call that ended a generate run trained its judge from the start, though the judge
+    depends on the data, seed and dtype alone (minutes on MNIST-size data, for the same
+    weights). A saved judge of the recipe is used as it is; one that cannot be read, or of
+    another recipe, is trained anew in its place."""
+    steps = small_judge(monkeypatch)
+    gen = tmp_path / "gen"
+    first = train(
+        small(task="generate", epochs=1, hidden=8), data=digits, progress=False, out_dir=gen
+    )
+    judge = (gen / "classifier" / "checkpoint.npz").read_bytes()
+    judge_arrays = load_checkpoint(gen / "classifier")[0]
+    counted = CountedClassifierSteps(monkeypatch)
+    news: list[str] = []
+    resume = dict(resume=gen, data=digits, progress=False, plots=False, log=news.append)
+    second = train(TrainConfig(epochs=2, backend="numpy"), **resume)
+    assert second.epochs_trained == 1 and counted.calls == 0
+    assert f"the classifier that judges the samples is the one in {gen / 'classifier'}" in news
+    assert (gen / "classifier" / "checkpoint.npz").read_bytes() == judge
+    for key in ("classifier_test_accuracy", "samples_per_class"):
+        assert second.metrics[key] == first.metrics[key], key
+    assert json.loads((gen / "metrics.json").read_text())["epochs"] == 2
+
+    (gen / "classifier" / "checkpoint.npz").write_bytes(judge[: len(judge) // 2])
+    train(TrainConfig(epochs=3, backend="numpy"), **resume)
+    assert counted.calls == 4 * steps  # trained anew, from its first epoch
+    assert_same_bits(load_checkpoint(gen / "classifier")[0], judge_arrays)
+
+    shutil.rmtree(gen / "classifier")
+    shutil.copytree(saved_run, gen / "classifier")  # a classify run of another recipe (H = 8)
+    counted.calls = 0
+    fourth = train(TrainConfig(epochs=4, backend="numpy"), **resume)
+    assert counted.calls == 4 * steps
+    assert load_checkpoint(gen / "classifier")[1]["config"]["hidden"] == 16
+    assert fourth.metrics["classifier_test_accuracy"] == first.metrics["classifier_test_accuracy"]
 
 
 def write_digits_npz(path: Path, digits, labels_mod: int | None, shift: int = 0) -> None:
