@@ -587,9 +587,19 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
     if test_x is not None and test_y is not None:
         x_te = _scale_images(_as_images(read_idx(test_x), str(test_x)), str(test_x))
         y_te = _labels(read_idx(test_y), x_te.shape[0], str(test_y))
-        return _finish(directory.name, x, y, x_te, y_te, str(directory))
+        return _finish(_directory_label(directory), x, y, x_te, y_te, str(directory))
     x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(directory))
-    return _finish(directory.name, x_tr, y_tr, x_te, y_te, str(directory))
+    return _finish(_directory_label(directory), x_tr, y_tr, x_te, y_te, str(directory))
+
+
+def _directory_label(directory: Path) -> str:
+    """The name a dataset in ``directory`` goes by (in metrics and plot titles): its folder's,
+    found from the absolute path (``.`` and ``..`` have none of their own); torchvision's
+    ``MNIST/raw`` is ``MNIST``, not ``raw``."""
+    where = directory.resolve()
+    if where.name.lower() == "raw" and where.parent.name:
+        return where.parent.name
+    return where.name or str(where)  # the root of a file system: its own path
 
 
 def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:

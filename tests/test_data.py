@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import re
 import struct
 from pathlib import Path
@@ -143,6 +144,25 @@ def test_malformed_idx_names_the_file(tmp_path: Path, rng: np.random.Generator) 
     said = rf"no MNIST-format files \(expected .*\); {re.escape(str(empty / 'raw'))} has them$"
     with pytest.raises(FileNotFoundError, match=said):
         load_idx_dir(empty)
+
+
+def test_an_idx_directory_is_named_by_its_folder(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name in metrics and plot titles: torchvision's MNIST/raw was "raw" (every such run
+    alike), and a directory given as "." had the empty name."""
+    images, labels = small_images(rng)
+    for folder in (tmp_path / "FashionMNIST" / "raw", tmp_path / "mine", tmp_path / "Raw2"):
+        folder.mkdir(parents=True)
+        write_idx(folder / "train-images-idx3-ubyte", images)
+        write_idx(folder / "train-labels-idx1-ubyte", labels)
+    assert load_idx_dir(tmp_path / "FashionMNIST" / "raw").name == "FashionMNIST"
+    assert load_dataset(str(tmp_path / "FashionMNIST" / "raw") + os.sep).name == "FashionMNIST"
+    assert load_idx_dir(tmp_path / "Raw2").name == "Raw2"
+    monkeypatch.chdir(tmp_path / "mine")
+    assert load_idx_dir(".").name == "mine"
+    monkeypatch.chdir(tmp_path / "FashionMNIST" / "raw")
+    assert load_dataset(".").name == "FashionMNIST"
 
 
 def test_the_folder_named_for_idx_files_is_found_as_the_files_are(
