@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -166,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: only on a terminal)",
+        help="progress bar over the optimizer steps (default: only on a terminal); without "
+        "it, a line on stderr at each epoch's end",
     )
 
     ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
@@ -436,14 +439,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
                         f"with --resume {out} --epochs N, or replace it with --overwrite"
                     )
+            bar = args.progress if args.progress is not None else sys.stderr.isatty()
+            bar = bar and importlib.util.find_spec("tqdm") is not None
             with _blas_limit(args.threads):
                 result = train(
                     config,
                     out_dir=out,
                     resume=args.resume,
-                    progress=args.progress,
+                    progress=bar,
                     data=data,
-                    log=_show_judge_news,
+                    log=functools.partial(_show_news, epochs=not bar),
                 )
     except BaseException as exc:
         if made is not None:
@@ -475,12 +480,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_judge_news(message: str) -> None:
-    """The trainer's news of a generate run's judge, on stderr (its epoch lines are the
-    progress bar's; the judge's training is minutes on MNIST-size data, with no word)."""
-    from rnncu.trainer import JUDGE_NEWS
+def _show_news(message: str, epochs: bool) -> None:
+    """The trainer's news on stderr: that a generate run's judge trains (minutes on
+    MNIST-size data, after the run's own epochs) and, with ``epochs`` (no progress bar: a
+    log file, ``--no-progress``), the line of each epoch's end, the judge's too."""
+    from rnncu.trainer import EPOCH_NEWS, JUDGE_DIR, JUDGE_NEWS
 
-    if message.startswith(JUDGE_NEWS):
+    epoch_line = message.startswith((EPOCH_NEWS, f"{JUDGE_DIR}: {EPOCH_NEWS}"))
+    if message.startswith(JUDGE_NEWS) or (epochs and epoch_line):
         print(f"rnncu: {message}", file=sys.stderr, flush=True)
 
 

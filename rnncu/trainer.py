@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,21 +260,26 @@ class TrainResult:
     end_written: bool = False
 
 
-def _progress(total: int, initial: int, enabled: bool | None) -> Any:
-    """A tqdm bar over epochs on a terminal; a silent stand-in otherwise (or without tqdm)."""
+def _progress(total: int, initial: int, enabled: bool | None, desc: str) -> Any:
+    """A tqdm bar over a run's optimizer steps on a terminal (an epoch of pixel sequences on
+    MNIST-size data is minutes on a CPU: a bar over epochs stood still that long); a silent
+    stand-in otherwise (or without tqdm)."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if enabled:
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, initial=initial, unit="epoch", leave=True, file=sys.stderr)
+            return tqdm(
+                total=total, initial=initial, desc=desc, unit="step", leave=True, file=sys.stderr
+            )
         except ImportError:
             pass
 
     class _Quiet:
         def update(self, n: int = 1) -> None: ...
         def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
+        def set_description_str(self, *args: Any, **kwargs: Any) -> None: ...
         def close(self) -> None: ...
 
     return _Quiet()
@@ -389,7 +395,9 @@ class _Run:
         self.train_seconds = float(meta.get("train_seconds", 0.0))
 
     # -- one epoch ----------------------------------------------------------------------------
-    def run_epoch(self) -> dict[str, float]:
+    def run_epoch(self, on_step: Callable[[], Any] | None = None) -> dict[str, float]:
+        """One epoch of training; ``on_step`` (a progress bar's) is called after every
+        optimizer step, without waiting for the device."""
         config, xp = self.config, self.xp
         model, opt = self.model, self.optimizer
         model.train()
@@ -427,6 +435,8 @@ class _Run:
             loss_sum += loss * idx.shape[0]
             if correct is not None:
                 correct_sum += correct
+            if on_step is not None:
+                on_step()
         # the one host synchronisation of the epoch
         record = {"epoch": self.epoch + 1, "train_loss": float(loss_sum) / n, "lr": opt.lr}
         if isinstance(model, SequenceClassifier):
@@ -556,8 +566,10 @@ def train(
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
     trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
     is used (or resumed, if cut short) where it is of the recipe the run asks for.
-    ``progress`` shows a tqdm bar over the epochs (None: when stderr is a terminal); ``log``,
-    a callable taking one str, receives a line per epoch and the run's other news.
+    ``progress`` shows a tqdm bar over the run's optimizer steps (None: when stderr is a
+    terminal); ``log``, a callable taking one str, receives a line at each epoch's end
+    (beginning with :data:`EPOCH_NEWS`) and the run's other news (those of a generate run's
+    judge beginning with ``"classifier: "``).
 
     ``data``, an :class:`ImageDataset` (checked first, by
     :func:`rnncu.data.check_dataset`), is trained on instead of loading ``config.dataset``,
@@ -680,7 +692,10 @@ def _train(
     # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
     continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
     good_arrays = run.arrays()  # rollback target if the loss diverges
-    bar = _progress(config.epochs, run.epoch, progress)
+    steps = run.steps_per_epoch
+    bar = _progress(
+        config.epochs * steps, run.epoch * steps, progress, _epoch_desc(run.epoch, config.epochs)
+    )
     # whether out_dir holds another run that this one replaces: its files stay as they are
     # until this run's first checkpoint, so that a replacing run stopped before then (an
     # error, Ctrl-C, a diverging loss) leaves the old run whole instead of no run at all
@@ -691,8 +706,9 @@ def _train(
             if not replacing:
                 _write_json(out / "config.json", config.to_dict())
         while run.epoch < config.epochs:
+            bar.set_description_str(_epoch_desc(run.epoch, config.epochs), refresh=False)
             t0 = time.perf_counter()
-            record = run.run_epoch()
+            record = run.run_epoch(bar.update)
             seconds = time.perf_counter() - t0
             # A finite mean loss can still end with non-finite weights (the last update of the
             # epoch) or outputs: none of them may become the "last good" checkpoint.
@@ -749,9 +765,8 @@ def _train(
                     _write_json(out / "config.json", config.to_dict())
                     replacing = False
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
-            bar.set_postfix(_postfix(record), refresh=False)
-            bar.update(1)
-            log(_epoch_line(record))
+            bar.set_postfix(_postfix(record))
+            log(_epoch_line(record, config.epochs))
     except BaseException:
         if out is not None and not continued and not replacing and run.epoch == start_epoch:
             # no checkpoint of this run was written: its config alone would describe a run
@@ -816,6 +831,11 @@ def _finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(array).all())
 
 
+def _epoch_desc(done: int, epochs: int) -> str:
+    """The progress bar's description while epoch ``done + 1`` of ``epochs`` trains."""
+    return f"epoch {min(done + 1, epochs)}/{epochs}"
+
+
 def _postfix(record: dict[str, float]) -> dict[str, str]:
     keys = ("train_loss", "test_accuracy", "test_mse")
     return {
@@ -825,10 +845,17 @@ def _postfix(record: dict[str, float]) -> dict[str, str]:
     }
 
 
-def _epoch_line(record: dict[str, float]) -> str:
-    return "epoch " + " ".join(
-        f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+#: How ``train``'s ``log`` lines of an epoch's end begin: "epoch 3/40: train_loss=...".
+EPOCH_NEWS = "epoch "
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    figures = " ".join(
+        f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in record.items()
+        if k != "epoch"
     )
+    return f"{EPOCH_NEWS}{record['epoch']}/{epochs}: {figures}"
 
 
 def final_metrics(run: _Run) -> dict[str, Any]:
@@ -930,6 +957,7 @@ def _finish_generate(
         resume=resume,
         progress=progress,
         data=run.data,
+        log=lambda message: log(f"{JUDGE_DIR}: {message}"),
         plots=False,
     )
     images, labels, judged = judge_samples(run, judge.model)

@@ -65,12 +65,17 @@ def test_train_evaluate_resume(
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]
 
     assert main(["train", "--resume", str(out), "--epochs", "3"]) == 0
-    capsys.readouterr()
     assert load_checkpoint(out)[1]["epoch"] == 3
+    # no bar on a pipe: a line at each epoch's end instead; --progress asks for the bar
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[:2] for line in lines[:-1]] == [["rnncu", "epoch 3/3"]], lines
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--progress"]) == 0
+    shown = capsys.readouterr().err.replace("\r", "\n")
+    assert "rnncu: epoch" not in shown and "epoch 4/4: 100%" in shown, shown
     # the saved backend stays unless --backend asks for another
     assert json.loads((out / "config.json").read_text())["backend"] == "numpy"
     assert load_checkpoint(out)[1]["config"]["backend"] == "numpy"
-    assert main(["train", "--resume", str(out), "--epochs", "4", "--hidden", "8"]) == 2
+    assert main(["train", "--resume", str(out), "--epochs", "5", "--hidden", "8"]) == 2
     assert "only --epochs, --backend and --dataset (the same images, moved) may be given, not " \
         "--hidden" in capsys.readouterr().err  # fmt: skip
 
@@ -86,14 +91,25 @@ def test_generate_task_and_command(
         assert 0 <= metrics[key] <= 1, key
     assert (out / "samples.png").is_file() and (out / "classifier" / "checkpoint.npz").is_file()
     # the judge's training, longer than the run's own epochs on MNIST-size data, is said;
-    # the epochs' own lines are not (the progress bar's, on a terminal)
+    # with no progress bar (stderr is no terminal here) so is every epoch's end, the judge's
     judge_epochs = json.loads((out / "classifier" / "config.json").read_text())["epochs"]
     said = (
         f"rnncu: training the classifier that judges the samples ({judge_epochs} epochs of the "
-        f"classify-rows recipe, saved in {out / 'classifier'})\n"
+        f"classify-rows recipe, saved in {out / 'classifier'})"
     )
-    err = capsys.readouterr().err
-    assert err == said + f"run saved in {out}\n", err
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[2] == said and lines[-1] == f"run saved in {out}", lines
+    run_epochs = [line.split(": ")[1] for line in lines[:2]]
+    judge = [line.split(": ")[2] for line in lines[3:-1]]
+    assert run_epochs == ["epoch 1/2", "epoch 2/2"], lines
+    assert judge == [f"epoch {k}/{judge_epochs}" for k in range(1, judge_epochs + 1)], lines
+    history = load_checkpoint(out)[1]["history"]
+    assert lines[1] == (
+        f"rnncu: epoch 2/2: train_loss={history[1]['train_loss']:.5g} lr={history[1]['lr']:.5g} "
+        f"grad_norm={history[1]['grad_norm']:.5g} grad_norm_max="
+        f"{history[1]['grad_norm_max']:.5g} clipped={history[1]['clipped']:.5g} "
+        f"test_mse={history[1]['test_mse']:.5g} baseline_mse={history[1]['baseline_mse']:.5g}"
+    )
 
     png = tmp_path / "drawn.png"
     assert (

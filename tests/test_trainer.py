@@ -747,6 +747,28 @@ def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_reci
     assert fourth.metrics["classifier_test_accuracy"] == first.metrics["classifier_test_accuracy"]
 
 
+def test_the_progress_bar_counts_optimizer_steps(
+    tmp_path: Path, digits, capsys: pytest.CaptureFixture
+) -> None:
+    """The bar went by epochs: an epoch of pixel sequences on MNIST-size data (minutes on a
+    CPU) left it standing. It counts steps (22 an epoch here), from the resumed step on, with
+    the epoch in its description; the log gets a line at each epoch's end."""
+    out = tmp_path / "run"
+    news: list[str] = []
+    train(small(epochs=2), data=digits, progress=True, out_dir=out, plots=False, log=news.append)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("epoch 2/2: 100%") and "| 44/44 [" in bar and "step/s" in bar, bar
+    assert [line.split(":")[0] for line in news] == ["epoch 1/2", "epoch 2/2"], news
+    resumed = TrainConfig(epochs=3, backend="numpy")
+    train(resumed, resume=out, data=digits, progress=True, plots=False)
+    shown = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line]
+    assert shown[0].startswith("epoch 3/3:  67%") and "| 44/66 [" in shown[0], shown
+    assert shown[-1].startswith("epoch 3/3: 100%"), shown
+    assert "| 66/66 [" in shown[-1], shown
+    train(TrainConfig(epochs=4, backend="numpy"), resume=out, data=digits, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def write_digits_npz(path: Path, digits, labels_mod: int | None, shift: int = 0) -> None:
     y = digits.y_test if labels_mod is None else digits.y_test % labels_mod
     np.savez(path, x=digits.x_test, y=y + shift, x_test=digits.x_test[:50], y_test=y[:50] + shift)
