@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -168,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar over the optimizer steps (default: only on a terminal); without "
-        "it, a line on stderr at each epoch's end",
+        help="progress bar over the optimizer steps (default: only on a terminal)",
+    )
+    train.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="a line on stderr at each epoch's end (a generate run's judge's too), in place of "
+        "the progress bar: for a log file",
     )
 
     ev = sub.add_parser("evaluate", help="print the metrics of a saved run")
@@ -439,16 +444,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
                         f"with --resume {out} --epochs N, or replace it with --overwrite"
                     )
-            bar = args.progress if args.progress is not None else sys.stderr.isatty()
-            bar = bar and importlib.util.find_spec("tqdm") is not None
             with _blas_limit(args.threads):
                 result = train(
                     config,
                     out_dir=out,
                     resume=args.resume,
-                    progress=bar,
+                    progress=False if args.verbose else args.progress,
                     data=data,
-                    log=functools.partial(_show_news, epochs=not bar),
+                    log=functools.partial(_show_news, epochs=args.verbose),
                 )
     except BaseException as exc:
         if made is not None:
@@ -482,8 +485,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _show_news(message: str, epochs: bool) -> None:
     """The trainer's news on stderr: that a generate run's judge trains (minutes on
-    MNIST-size data, after the run's own epochs) and, with ``epochs`` (no progress bar: a
-    log file, ``--no-progress``), the line of each epoch's end, the judge's too."""
+    MNIST-size data, after the run's own epochs) and, with ``epochs`` (``--verbose``), the
+    line of each epoch's end, the judge's too."""
     from rnncu.trainer import EPOCH_NEWS, JUDGE_DIR, JUDGE_NEWS
 
     epoch_line = message.startswith((EPOCH_NEWS, f"{JUDGE_DIR}: {EPOCH_NEWS}"))

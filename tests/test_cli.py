@@ -66,16 +66,20 @@ def test_train_evaluate_resume(
 
     assert main(["train", "--resume", str(out), "--epochs", "3"]) == 0
     assert load_checkpoint(out)[1]["epoch"] == 3
-    # no bar on a pipe: a line at each epoch's end instead; --progress asks for the bar
-    lines = capsys.readouterr().err.splitlines()
-    assert [line.split(": ")[:2] for line in lines[:-1]] == [["rnncu", "epoch 3/3"]], lines
+    # quiet on a pipe but for where the run went; --progress asks for the bar, --verbose for a
+    # line at each epoch's end in its place
+    assert capsys.readouterr().err == f"run saved in {out}\n"
     assert main(["train", "--resume", str(out), "--epochs", "4", "--progress"]) == 0
     shown = capsys.readouterr().err.replace("\r", "\n")
     assert "rnncu: epoch" not in shown and "epoch 4/4: 100%" in shown, shown
+    assert main(["train", "--resume", str(out), "--epochs", "5", "--progress", "-v"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("rnncu: epoch 5/5: train_loss=") and len(lines) == 2, lines
+    assert lines[1] == f"run saved in {out}"
     # the saved backend stays unless --backend asks for another
     assert json.loads((out / "config.json").read_text())["backend"] == "numpy"
     assert load_checkpoint(out)[1]["config"]["backend"] == "numpy"
-    assert main(["train", "--resume", str(out), "--epochs", "5", "--hidden", "8"]) == 2
+    assert main(["train", "--resume", str(out), "--epochs", "6", "--hidden", "8"]) == 2
     assert "only --epochs, --backend and --dataset (the same images, moved) may be given, not " \
         "--hidden" in capsys.readouterr().err  # fmt: skip
 
@@ -84,14 +88,14 @@ def test_generate_task_and_command(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "gen"
-    code = main(["train", "--task", "generate", *SMALL, "--epochs", "2", "--out", str(out)])
-    assert code == 0
+    args = ["train", "--task", "generate", *SMALL, "--epochs", "2", "--out", str(out), "-v"]
+    assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test_mse", "baseline_mse", "sample_class_accuracy"):
         assert 0 <= metrics[key] <= 1, key
     assert (out / "samples.png").is_file() and (out / "classifier" / "checkpoint.npz").is_file()
     # the judge's training, longer than the run's own epochs on MNIST-size data, is said;
-    # with no progress bar (stderr is no terminal here) so is every epoch's end, the judge's
+    # with --verbose so is every epoch's end, the judge's too
     judge_epochs = json.loads((out / "classifier" / "config.json").read_text())["epochs"]
     said = (
         f"rnncu: training the classifier that judges the samples ({judge_epochs} epochs of the "
