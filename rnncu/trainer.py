@@ -792,7 +792,7 @@ def _finish_run(
     plots: bool,
 ) -> TrainResult:
     """The end of a trained run: its metrics (a generate run's judge and samples first), then
-    ``metrics.json`` and the plots in ``out``."""
+    the plots and ``metrics.json`` in ``out``."""
     metrics = final_metrics(run)
     result = TrainResult(
         config,
@@ -807,9 +807,11 @@ def _finish_run(
         _finish_generate(run, result, out, progress, log)
     result.metrics["wall_seconds"] = _seconds_since(started)
     if out is not None:
-        _write_json(out / "metrics.json", result.metrics)
+        # metrics.json last: it says the end is written (_end_is_written), so a run stopped
+        # while its plots were drawn gets them from a resume at its epoch
         if plots:
             _write_plots(run, result, out)
+        _write_json(out / "metrics.json", result.metrics)
     return result
 
 

@@ -634,6 +634,35 @@ def test_resume_at_the_last_epoch_writes_an_end_that_is_missing(
     assert not elsewhere.exists() or not any(elsewhere.iterdir())
 
 
+def test_a_run_stopped_while_its_plots_are_drawn_gets_them_from_a_resume_at_its_epoch(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its plots were drawn (after metrics.json), a run kept an earlier call's
+    curves.png beside the metrics of its last epoch, and the resume at that epoch took the
+    end as written: the plots stayed those of a shorter run for good."""
+    from rnncu import plots
+
+    out = tmp_path / "run"
+    train(small(epochs=1), data=digits, progress=False, out_dir=out)
+    curves = (out / "curves.png").read_bytes()
+    drawn = plots.plot_history
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_history", interrupted)
+    resume = dict(resume=out, data=digits, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(epochs=2, backend="numpy"), **resume)
+    assert load_checkpoint(out)[1]["epoch"] == 2
+    assert (out / "curves.png").read_bytes() == curves  # the first call's, of one epoch
+    monkeypatch.setattr(plots, "plot_history", drawn)
+    result = train(TrainConfig(epochs=2, backend="numpy"), **resume)
+    assert result.epochs_trained == 0 and result.end_written
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert (out / "curves.png").read_bytes() != curves
+
+
 def small_judge(monkeypatch: pytest.MonkeyPatch) -> int:
     """The judging classifier at 4 epochs of H = 16 (the recipe's 40 of H = 128 take long);
     returns its optimizer steps per epoch on the digits."""
