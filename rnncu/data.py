@@ -595,8 +595,9 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> ImageDataset:
 def _directory_label(directory: Path) -> str:
     """The name a dataset in ``directory`` goes by (in metrics and plot titles): its folder's,
     found from the absolute path (``.`` and ``..`` have none of their own); torchvision's
-    ``MNIST/raw`` is ``MNIST``, not ``raw``."""
-    where = directory.resolve()
+    ``MNIST/raw`` is ``MNIST``, not ``raw``. Links are not followed: a folder linked into
+    place goes by the link's name, the one given."""
+    where = Path(os.path.abspath(directory))
     if where.name.lower() == "raw" and where.parent.name:
         return where.parent.name
     return where.name or str(where)  # the root of a file system: its own path

@@ -165,6 +165,25 @@ def test_an_idx_directory_is_named_by_its_folder(
     assert load_dataset(".").name == "FashionMNIST"
 
 
+def test_an_idx_directory_through_a_link_is_named_by_the_link(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A dataset kept elsewhere and linked into place (~/data/MNIST -> a store's folder) went
+    by the link's name, the one the user gave; following the link named it by the store's
+    folder (a hash, say), and MNIST/raw as a link by the folder holding the target."""
+    images, labels = small_images(rng)
+    store = tmp_path / "store" / "3f9a1c"
+    store.mkdir(parents=True)
+    write_idx(store / "train-images-idx3-ubyte", images)
+    write_idx(store / "train-labels-idx1-ubyte", labels)
+    (tmp_path / "MNIST").symlink_to(store, target_is_directory=True)
+    assert load_idx_dir(tmp_path / "MNIST").name == "MNIST"
+    (tmp_path / "Fashion").mkdir()
+    (tmp_path / "Fashion" / "raw").symlink_to(store, target_is_directory=True)
+    assert load_idx_dir(tmp_path / "Fashion" / "raw").name == "Fashion"
+    assert load_dataset(str(tmp_path / "Fashion" / "raw") + os.sep).name == "Fashion"
+
+
 def test_the_folder_named_for_idx_files_is_found_as_the_files_are(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
