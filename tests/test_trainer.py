@@ -607,13 +607,15 @@ def test_resume_at_the_last_epoch_writes_an_end_that_is_missing(
     run = tmp_path / "run"
     shutil.copytree(saved_run, run)
     written = json.loads((saved_run / "metrics.json").read_text())
-    for damage in ("remove", "earlier", "not json"):
+    for damage in ("remove", "earlier", "not json", "not a dict"):
         if damage == "remove":
             (run / "metrics.json").unlink()
         elif damage == "earlier":
             (run / "metrics.json").write_text(json.dumps(dict(written, epochs=0)))
-        else:
+        elif damage == "not json":
             (run / "metrics.json").write_text('{"epochs": 1,')
+        else:
+            (run / "metrics.json").write_text("[1]")
         checkpoint = (run / "checkpoint.npz").read_bytes()
         result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False)
         assert result.epochs_trained == 0 and result.end_written, damage
@@ -632,6 +634,48 @@ def test_resume_at_the_last_epoch_writes_an_end_that_is_missing(
     )
     assert not result.end_written and not (run / "metrics.json").exists()
     assert not elsewhere.exists() or not any(elsewhere.iterdir())
+
+
+def test_the_end_written_at_the_last_epoch_is_that_epoch_s(
+    tmp_path: Path, saved_run: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end written by a resume at the run's epoch: its own directory under another
+    spelling (relative, a link) is still its own; --epochs below the run's epoch gives the end
+    of the run's epoch, an earlier call's metrics.json being judged against that epoch; the
+    images must be those the run was trained on; no out_dir, no end written."""
+    assert not train(small(epochs=1), data=digits, progress=False).end_written
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    written = json.loads((saved_run / "metrics.json").read_text())
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("run", "link", "run/"):
+        (run / "metrics.json").unlink()
+        result = train(
+            TrainConfig(epochs=1, backend="numpy"),
+            resume=run.absolute(),
+            out_dir=spelling,
+            progress=False,
+        )
+        assert result.end_written, spelling
+        assert without_times(json.loads((run / "metrics.json").read_text())) == without_times(
+            written
+        )
+
+    two = tmp_path / "two"
+    train(small(epochs=2, hidden=8), data=digits, progress=False, out_dir=two, plots=False)
+    ended = json.loads((two / "metrics.json").read_text())
+    (two / "metrics.json").write_text(json.dumps(dict(ended, epochs=1)))  # an earlier call's
+    result = train(TrainConfig(epochs=1, backend="numpy"), resume=two, progress=False)
+    assert result.end_written and result.epochs_trained == 0
+    assert result.config.epochs == 2 and result.metrics["epochs"] == 2
+    assert without_times(json.loads((two / "metrics.json").read_text())) == without_times(ended)
+
+    (run / "metrics.json").unlink()
+    fewer = dataclasses.replace(digits, x_train=digits.x_train[:600], y_train=digits.y_train[:600])
+    with pytest.raises(ValueError, match=r"has 600 training images .* not the images it was"):
+        train(TrainConfig(epochs=1, backend="numpy"), resume=run, data=fewer, progress=False)
+    assert not (run / "metrics.json").exists()
 
 
 def test_a_run_stopped_while_its_plots_are_drawn_gets_them_from_a_resume_at_its_epoch(
