@@ -805,6 +805,16 @@ def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_reci
     for key in ("classifier_test_accuracy", "samples_per_class"):
         assert second.metrics[key] == first.metrics[key], key
     assert json.loads((gen / "metrics.json").read_text())["epochs"] == 2
+    # the backend aside: a judge trained on the CPU serves a run resumed on the GPU
+    from rnncu import trainer
+
+    recipe = trainer.classifier_config(small(task="generate", epochs=1, hidden=8))
+    for backend in ("numpy", "auto", "cupy"):
+        on = dataclasses.replace(recipe, backend=backend)
+        assert trainer._saved_judge_epoch(gen / "classifier", on) == 4, backend
+    assert (
+        trainer._saved_judge_epoch(gen / "classifier", dataclasses.replace(recipe, seed=4)) is None
+    )
 
     (gen / "classifier" / "checkpoint.npz").write_bytes(judge[: len(judge) // 2])
     train(TrainConfig(epochs=3, backend="numpy"), **resume)
