@@ -1114,8 +1114,11 @@ def test_a_judge_cut_short_is_not_used_to_score_samples(
     said = (
         f"classifier: the classifier that judges the samples stopped at epoch 2 of {judge_epochs} "
     )
-    with pytest.warns(UserWarning, match=re.escape(said)):
+    with pytest.warns(UserWarning, match=re.escape(said)) as caught:
         metrics = evaluate_run(gen, backend="numpy")
+    # the command it gives resumes the run at its own epoch, which finishes the judge
+    hint = f"`rnncu train --resume {gen} --epochs 1` finishes it"
+    assert any(hint in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert "sample_class_accuracy" not in metrics and "classifier_test_accuracy" not in metrics
     assert metrics["epochs"] == 1 and metrics["test_mse"] > 0
 
