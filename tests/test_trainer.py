@@ -841,6 +841,10 @@ def test_the_progress_bar_counts_optimizer_steps(
     train(small(epochs=2), data=digits, progress=True, out_dir=out, plots=False, log=news.append)
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert bar.startswith("epoch 2/2: 100%") and "| 44/44 [" in bar and "step/s" in bar, bar
+    # the last epoch's figures beside it
+    last = load_checkpoint(out)[1]["history"][-1]
+    figures = f"loss={last['train_loss']:.4f}, accuracy={last['test_accuracy']:.4f}]"
+    assert bar.endswith(figures), bar
     assert [line.split(":")[0] for line in news] == ["epoch 1/2", "epoch 2/2"], news
     resumed = TrainConfig(epochs=3, backend="numpy")
     train(resumed, resume=out, data=digits, progress=True, plots=False)
