@@ -17,6 +17,7 @@ from zip_members import rewrite_member
 from rnncu.data import (
     MAX_CLASSES,
     ImageDataset,
+    _directory_label,
     check_dataset,
     load_dataset,
     load_digits,
@@ -163,6 +164,15 @@ def test_an_idx_directory_is_named_by_its_folder(
     assert load_idx_dir(".").name == "mine"
     monkeypatch.chdir(tmp_path / "FashionMNIST" / "raw")
     assert load_dataset(".").name == "FashionMNIST"
+    # with the test pair too, and raw in capitals
+    folder = tmp_path / "KMNIST" / "RAW"
+    folder.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    assert load_idx_dir(folder).name == "KMNIST"
+    # a folder at the root of a file system: its own name, and the root its path
+    assert _directory_label(Path("/raw")) == "raw" and _directory_label(Path("/")) == "/"
 
 
 def test_an_idx_directory_through_a_link_is_named_by_the_link(
