@@ -617,8 +617,13 @@ def test_resume_at_the_last_epoch_writes_an_end_that_is_missing(
         else:
             (run / "metrics.json").write_text("[1]")
         checkpoint = (run / "checkpoint.npz").read_bytes()
-        result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False)
+        news: list[str] = []
+        result = train(
+            TrainConfig(epochs=1, backend="numpy"), resume=run, progress=False, log=news.append
+        )
         assert result.epochs_trained == 0 and result.end_written, damage
+        assert f"{run}: no metrics.json of epoch 1 (the run was stopped after its last " \
+            "checkpoint): writing the run's end" in news, news  # fmt: skip
         again = json.loads((run / "metrics.json").read_text())
         assert without_times(again) == without_times(written), damage
         assert (run / "curves.png").stat().st_size > 0 and (run / "confusion.png").exists()
