@@ -214,6 +214,13 @@ def test_a_run_finds_its_dataset_from_anywhere(
     monkeypatch.chdir(tmp_path / "a")
     args = ["--task", "generate", *TINY, "--hidden", "8", "--dataset", "mine.npz"]
     assert main(["train", *args, "--out", "run", "--no-progress"]) == 0
+    # without --verbose a generate run still says that its judge trains, and only that
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 2 and said[1] == "run saved in run", said
+    assert said[0].startswith(
+        "rnncu: training the classifier that judges the samples (40 epochs of the classify-rows "
+        f"recipe, saved in {Path('run') / 'classifier'})"
+    ), said
     saved = json.loads((tmp_path / "a" / "run" / "config.json").read_text())["dataset"]
     assert saved == str(tmp_path / "a" / "mine.npz")
     monkeypatch.chdir(tmp_path)
