@@ -491,7 +491,11 @@ def _show_news(message: str, epochs: bool) -> None:
 
     epoch_line = message.startswith((EPOCH_NEWS, f"{JUDGE_DIR}: {EPOCH_NEWS}"))
     if message.startswith(JUDGE_NEWS) or (epochs and epoch_line):
-        print(f"rnncu: {message}", file=sys.stderr, flush=True)
+        # one write, the newline in it: print writes the text and its end apart, and a
+        # signal raised between the two (Ctrl-C, SIGTERM) left the line open, the CLI's
+        # "rnncu: interrupted" glued to it
+        sys.stderr.write(f"rnncu: {message}\n")
+        sys.stderr.flush()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

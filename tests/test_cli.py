@@ -998,3 +998,39 @@ def test_main_called_with_arguments_leaves_sigterm_alone() -> None:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, mine)
+
+
+def test_a_signal_right_after_an_epoch_line_leaves_that_line_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --verbose, Ctrl-C or SIGTERM landing as an epoch's line was written (a signal
+    is raised at the next check, which may follow the write of the line's text) cut it before
+    its newline, and the CLI's last word was glued to it: "... test_accuracy=0.98444rnncu:
+    terminated". A line goes out in one write, its newline with it."""
+
+    class SignalAfterTheFirstEpochLine:
+        def __init__(self) -> None:
+            self.text = ""
+            self.armed = True
+
+        def write(self, text: str) -> int:
+            self.text += text
+            if self.armed and "rnncu: epoch 1/" in self.text:
+                self.armed = False
+                raise KeyboardInterrupt  # as the signal handler raises it after this write
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    stream = SignalAfterTheFirstEpochLine()
+    monkeypatch.setattr(sys, "stderr", stream)
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "3", "--out", str(out), "-v"]) == 130
+    lines = stream.text.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rnncu: epoch 1/3: train_loss="), lines
+    assert lines[1] == "rnncu: interrupted", lines
+    assert load_checkpoint(out)[1]["epoch"] == 1
