@@ -1194,7 +1194,8 @@ def evaluate_run(
     saved judging classifier also ``sample_class_accuracy`` and the judge's own
     ``classifier_test_accuracy``, as training reports them. A judge whose training was cut
     short (the run stopped while training it) is not used: a warning says so, and those two
-    figures are left out."""
+    figures are left out; the same for a run that saved no judge (stopped in the judge's
+    first epoch)."""
     run, _ = load_run(path, backend, dataset)
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
@@ -1218,4 +1219,14 @@ def evaluate_run(
                 return metrics
             metrics.update(judge_samples(run, judge_run.model)[2])
             metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
+        else:
+            # the judge leaves nothing before its first checkpoint: a run stopped in its
+            # first epoch has no classifier/, and the figures are missing as for one cut short
+            warn_at_caller(
+                f"{judge_dir}: no classifier that judges the samples was saved (the run was "
+                "stopped in its first epoch): sample_class_accuracy and "
+                "classifier_test_accuracy are left out; `rnncu train --resume "
+                f"{judge_dir.parent} --epochs {run.epoch}` trains it",
+                UserWarning,
+            )
     return metrics

@@ -1132,6 +1132,32 @@ def test_a_judge_cut_short_is_not_used_to_score_samples(
     assert metrics["epochs"] == 1 and metrics["test_mse"] > 0
 
 
+def test_a_generate_run_stopped_before_its_judge_saved_an_epoch_is_evaluated_with_a_warning(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped in its judge's first epoch, a generate run keeps no classifier/ (the judge
+    leaves nothing before its first checkpoint): evaluate_run left sample_class_accuracy
+    and classifier_test_accuracy out without a word, where a judge cut short a few epochs
+    later is warned of. Both say so, and how to finish the run."""
+    steps = small_judge(monkeypatch)
+    gen = tmp_path / "gen"
+    CountedClassifierSteps(monkeypatch, stop_at=steps // 2)  # in the judge's first epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(small(task="generate", epochs=1, hidden=8), data=digits, progress=False,
+              out_dir=gen, plots=False)  # fmt: skip
+    monkeypatch.undo()
+    assert load_checkpoint(gen)[1]["epoch"] == 1 and not (gen / "classifier").exists()
+    said = (
+        f"{gen / 'classifier'}: no classifier that judges the samples was saved (the run was "
+        "stopped in its first epoch): sample_class_accuracy and "
+        f"classifier_test_accuracy are left out; `rnncu train --resume {gen} --epochs 1` "
+        "trains it"
+    )
+    with pytest.warns(UserWarning, match=re.escape(said)):
+        metrics = evaluate_run(gen, backend="numpy")
+    assert "sample_class_accuracy" not in metrics and metrics["epochs"] == 1
+
+
 def test_a_replacing_run_diverging_after_its_first_checkpoint_names_that_checkpoint(
     tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
