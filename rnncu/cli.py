@@ -422,9 +422,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise
             raise renamed from None
     out = args.out
-    made = None  # a default run directory made here: removed again if nothing went into it
+    # a default run directory made here (and runs/ where this made it): removed again if
+    # nothing went into it
+    made: list[str] = []
     if out is None and not args.resume:
-        out = made = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+        if not os.path.isdir("runs"):
+            made.append("runs")
+        out = _new_run_dir(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+        made.insert(0, out)
     try:
         with contextlib.ExitStack() as holding:
             # held from the check below to the run's end (the trainer's own hold nests in
@@ -454,9 +459,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     log=functools.partial(_show_news, epochs=args.verbose),
                 )
     except BaseException as exc:
-        if made is not None:
-            with contextlib.suppress(OSError):  # only if empty: e.g. a missing dataset
-                os.rmdir(made)
+        for directory in made:  # the run's first
+            try:
+                os.rmdir(directory)  # only if empty: e.g. a missing dataset
+            except OSError:
+                break
         if isinstance(exc, SavedDatasetNotFound):  # only a resumed run reads a saved config
             raise FileNotFoundError(f"{exc} (give its new place with --dataset)") from None
         # a field checked against the data once it is loaded (--augment) names its flag

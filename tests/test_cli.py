@@ -272,6 +272,13 @@ def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> N
     assert main(["train", *TINY, "--dataset", "absent.npz"]) == 2
     assert main(["train", *TINY, "--augment", "9"]) == 2
     assert os.listdir(tmp_path / "runs") == []
+    # and runs/ goes too where that run made it; one holding another run's files stays
+    os.rmdir(tmp_path / "runs")
+    assert main(["train", *TINY, "--augment", "9"]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["blocked"]
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    assert main(["train", *TINY, "--augment", "9"]) == 2
+    assert os.listdir(tmp_path / "runs") == ["old"]
 
 
 def test_paths_starting_with_a_tilde_are_in_the_home_directory(tmp_path: Path, monkeypatch) -> None:
