@@ -587,11 +587,26 @@ def train(
     :class:`rnncu.checkpoint.RunDirectoryInUse` at once instead of mixing its files with
     this run's (:func:`rnncu.checkpoint.run_directory`).
     """
+    return _held_train(config, out_dir, resume, progress, data, log, plots, "")
+
+
+def _held_train(
+    config: TrainConfig,
+    out_dir: str | Path | None,
+    resume: str | Path | None,
+    progress: bool | None,
+    data: ImageDataset | None,
+    log: Any,
+    plots: bool,
+    label: str,
+) -> TrainResult:
+    """:func:`train`, its progress bar's description beginning with ``label`` (a generate
+    run's judge: ``"classifier: "``)."""
     held = written_directory(out_dir, resume)
     if held is None:
-        return _train(config, out_dir, resume, progress, data, log, plots)
+        return _train(config, out_dir, resume, progress, data, log, plots, label)
     with run_directory(held, "out_dir" if out_dir is not None else "resume"):
-        return _train(config, out_dir, resume, progress, data, log, plots)
+        return _train(config, out_dir, resume, progress, data, log, plots, label)
 
 
 def written_directory(
@@ -616,6 +631,7 @@ def _train(
     data: ImageDataset | None,
     log: Any,
     plots: bool,
+    label: str,
 ) -> TrainResult:
     """:func:`train`, its run directory held."""
     started = time.perf_counter()
@@ -694,7 +710,10 @@ def _train(
     good_arrays = run.arrays()  # rollback target if the loss diverges
     steps = run.steps_per_epoch
     bar = _progress(
-        config.epochs * steps, run.epoch * steps, progress, _epoch_desc(run.epoch, config.epochs)
+        config.epochs * steps,
+        run.epoch * steps,
+        progress,
+        label + _epoch_desc(run.epoch, config.epochs),
     )
     # whether out_dir holds another run that this one replaces: its files stay as they are
     # until this run's first checkpoint, so that a replacing run stopped before then (an
@@ -706,7 +725,7 @@ def _train(
             if not replacing:
                 _write_json(out / "config.json", config.to_dict())
         while run.epoch < config.epochs:
-            bar.set_description_str(_epoch_desc(run.epoch, config.epochs), refresh=False)
+            bar.set_description_str(label + _epoch_desc(run.epoch, config.epochs), refresh=False)
             t0 = time.perf_counter()
             record = run.run_epoch(bar.update)
             seconds = time.perf_counter() - t0
@@ -953,14 +972,15 @@ def _finish_generate(
         else:
             log(f"the classifier that judges the samples is the one in {out / JUDGE_DIR}")
         resume = out / JUDGE_DIR
-    judge = train(
+    judge = _held_train(
         judge_config,
-        out_dir=None if out is None else out / JUDGE_DIR,
-        resume=resume,
-        progress=progress,
-        data=run.data,
-        log=lambda message: log(f"{JUDGE_DIR}: {message}"),
-        plots=False,
+        None if out is None else out / JUDGE_DIR,
+        resume,
+        progress,
+        run.data,
+        lambda message: log(f"{JUDGE_DIR}: {message}"),
+        False,  # plots
+        f"{JUDGE_DIR}: ",  # the bar's label: it follows the run's own, also "epoch k/E"
     )
     images, labels, judged = judge_samples(run, judge.model)
     result.metrics.update(judged)

@@ -861,6 +861,22 @@ def test_the_progress_bar_counts_optimizer_steps(
     assert capsys.readouterr().err == ""
 
 
+def test_the_judge_s_progress_bar_says_it_is_the_judge_s(
+    digits, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generate run's judge showed a bar of "epoch k/40" right after the run's "epoch k/2",
+    as if the run went on."""
+    steps = small_judge(monkeypatch)
+    train(small(task="generate", epochs=1, hidden=8), data=digits, progress=True, plots=False)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line]
+    run = [line for line in lines if line.startswith("epoch ")]
+    judge = [line for line in lines if line.startswith("classifier: epoch ")]
+    assert run and run[-1].startswith("epoch 1/1: 100%") and "| 22/22 [" in run[-1], lines
+    assert judge and judge[-1].startswith("classifier: epoch 4/4: 100%"), lines
+    assert f"| {4 * steps}/{4 * steps} [" in judge[-1], lines
+    assert len(run) + len(judge) == len(lines), lines
+
+
 def write_digits_npz(path: Path, digits, labels_mod: int | None, shift: int = 0) -> None:
     y = digits.y_test if labels_mod is None else digits.y_test % labels_mod
     np.savez(path, x=digits.x_test, y=y + shift, x_test=digits.x_test[:50], y_test=y[:50] + shift)
