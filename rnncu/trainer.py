@@ -591,22 +591,14 @@ def train(
 
 
 def _held_train(
-    config: TrainConfig,
-    out_dir: str | Path | None,
-    resume: str | Path | None,
-    progress: bool | None,
-    data: ImageDataset | None,
-    log: Any,
-    plots: bool,
-    label: str,
+    config: TrainConfig, out_dir: str | Path | None, resume: str | Path | None, *rest: Any
 ) -> TrainResult:
-    """:func:`train`, its progress bar's description beginning with ``label`` (a generate
-    run's judge: ``"classifier: "``)."""
+    """:func:`_train` (``rest``: its other arguments, the last the progress bar's label, a
+    generate run's judge's ``"classifier: "``) with the run directory held."""
     held = written_directory(out_dir, resume)
-    if held is None:
-        return _train(config, out_dir, resume, progress, data, log, plots, label)
-    with run_directory(held, "out_dir" if out_dir is not None else "resume"):
-        return _train(config, out_dir, resume, progress, data, log, plots, label)
+    where = "out_dir" if out_dir is not None else "resume"
+    with contextlib.nullcontext() if held is None else run_directory(held, where):
+        return _train(config, out_dir, resume, *rest)
 
 
 def written_directory(
