@@ -992,7 +992,7 @@ def _saved_judge_epoch(judge_dir: Path, judge_config: TrainConfig) -> int | None
         return None
     if dataclasses.replace(saved, backend=judge_config.backend) != judge_config:
         return None
-    return int(meta["epoch"])
+    return int(meta.get("epoch", 0))  # as _Run.restore reads it
 
 
 def judge_samples(
@@ -1213,16 +1213,16 @@ def evaluate_run(
     if isinstance(run.model, RowGenerator):
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
-            judge_run, judge_meta = load_run(judge_dir, backend, dataset)
+            judge_run, _ = load_run(judge_dir, backend, dataset)
             if not isinstance(judge_run.model, SequenceClassifier):
                 raise ValueError(
                     f"{judge_dir}: holds a {judge_run.config.task!r} run; the judge of a "
                     "generate run's samples is a classify run"
                 )
-            if judge_meta["epoch"] < judge_run.config.epochs:
+            if judge_run.epoch < judge_run.config.epochs:
                 warn_at_caller(
                     f"{judge_dir}: the classifier that judges the samples stopped at epoch "
-                    f"{judge_meta['epoch']} of {judge_run.config.epochs} (the run was stopped "
+                    f"{judge_run.epoch} of {judge_run.config.epochs} (the run was stopped "
                     "while training it): sample_class_accuracy and classifier_test_accuracy "
                     "are left out; `rnncu train --resume "
                     f"{judge_dir.parent} --epochs {run.epoch}` finishes it",
