@@ -350,8 +350,10 @@ class RNN(Module):
             Both of the layer's backend and dtype; gradients at padding steps are ignored.
 
         Returns:
-            ``(dx, dh0)`` shaped like ``x`` and ``h0``. Parameter gradients go to
-            ``self.grads`` (same names as ``params``), replacing earlier ones.
+            ``(dx, dh0)``: ``dx`` shaped like ``x``, ``dh0`` like ``h_n`` ((num_layers *
+            directions, B, H), or (num_layers * directions, H) unbatched; also where ``h0``
+            was None). Parameter gradients go to ``self.grads`` (same names as ``params``),
+            replacing earlier ones.
         """
         if self._cache is None:
             raise BackwardBeforeForwardError(
