@@ -34,7 +34,9 @@
 
 namespace rnncu {
 
-template <typename T, int BM, int BN, int TM, int TN>
+// A_IN: the values prefetched per element of the A slice: 1 forward (h_{t-1}), 2 backward (the
+// incoming gradient and h_t, from which dz is formed at the shared store).
+template <typename T, int BM, int BN, int TM, int TN, int A_IN = 1>
 struct StepTile {
   static_assert(BM % TM == 0 && BN % TN == 0, "micro-tile vs tile");
   static constexpr int kThreadsX = BN / TN;  // threads along H (output columns)
@@ -48,9 +50,10 @@ struct StepTile {
   // The K slice held in shared memory at a time: 16, so that a slice's FMAs (256 per thread)
   // outlast the L2 latency of the next slice's loads even with one warp per scheduler (a
   // 128-thread block alone on its SM); 8 where 16 would have each thread prefetch more than
-  // 12 32-bit words of the next slice (ptxas spilled).
+  // 12 32-bit words of the next slice (ptxas spilled: NVRTC 13.0, the one PyTorch's CUDA 13
+  // wheels pin, spilled the float 64 x 32 backward at 20 words, whose A slice is two inputs).
   static constexpr int kPrefetchWords =
-      (BM + BN) * 16 / kThreads * static_cast<int>(sizeof(T) / 4);
+      (A_IN * BM + BN) * 16 / kThreads * static_cast<int>(sizeof(T) / 4);
   static constexpr int kBK = kPrefetchWords <= 12 ? 16 : 8;
   static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
   static constexpr int A_PER = BM * kBK / kThreads;  // A-tile elements loaded per thread
@@ -60,9 +63,9 @@ struct StepTile {
 };
 
 // The block's shared tiles; aligned so that a fragment of 16 bytes is one load.
-template <typename T, int BM, int BN, int TM, int TN>
+template <typename T, int BM, int BN, int TM, int TN, int A_IN>
 struct __align__(16) StepShared {
-  using Tile = StepTile<T, BM, BN, TM, TN>;
+  using Tile = StepTile<T, BM, BN, TM, TN, A_IN>;
   T a[Tile::kBK][BM + Tile::kPad];  // a[k][m]: A[m0 + m, k0 + k]
   T w[Tile::kBK][BN + Tile::kPad];  // w[k][n]: W^T (fwd) / W (bwd) slice
 };
@@ -85,11 +88,11 @@ __device__ __forceinline__ void load_fragment(T (&dst)[N], const T* src) {
 }
 
 // acc += A^T W over one K slice of the shared tiles.
-template <typename T, int BM, int BN, int TM, int TN>
-__device__ __forceinline__ void multiply_slice(const StepShared<T, BM, BN, TM, TN>& s,
+template <typename T, int BM, int BN, int TM, int TN, int A_IN>
+__device__ __forceinline__ void multiply_slice(const StepShared<T, BM, BN, TM, TN, A_IN>& s,
                                                T (&acc)[TM][TN], int tx, int ty) {
 #pragma unroll
-  for (int kk = 0; kk < StepTile<T, BM, BN, TM, TN>::kBK; ++kk) {
+  for (int kk = 0; kk < StepTile<T, BM, BN, TM, TN, A_IN>::kBK; ++kk) {
     T a[TM];
     T w[TN];
     load_fragment<T, TM>(a, &s.a[kk][ty * TM]);
@@ -114,7 +117,7 @@ __global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN>::kThreads,
   using namespace rnncu;
   using Tile = StepTile<T, BM, BN, TM, TN>;
   constexpr int kBK = Tile::kBK;
-  __shared__ StepShared<T, BM, BN, TM, TN> tiles;  // w[k][n] = W[n0 + n, k0 + k]
+  __shared__ StepShared<T, BM, BN, TM, TN, 1> tiles;  // w[k][n] = W[n0 + n, k0 + k]
 
   const int tid = threadIdx.x;
   const int tx = tid % Tile::kThreadsX;
@@ -190,17 +193,17 @@ __global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN>::kThreads,
 // dh_in: dh_t (B, H), read only. h_t: states[t] (B, H). grad_states_t: grad_states[t] (B, H)
 // or nullptr (= 0). lengths: int32 (B,) or nullptr.
 template <typename T, int ACT, int BM, int BN, int TM, int TN>
-__global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN>::kThreads,
-                                  rnncu::StepTile<T, BM, BN, TM, TN>::kMinBlocks)
+__global__ void __launch_bounds__(rnncu::StepTile<T, BM, BN, TM, TN, 2>::kThreads,
+                                  rnncu::StepTile<T, BM, BN, TM, TN, 2>::kMinBlocks)
     rnn_step_backward(T* __restrict__ grad_z_t, T* __restrict__ dh_out,
                       const T* __restrict__ dh_in, const T* __restrict__ h_t,
                       const T* __restrict__ grad_states_t, const T* __restrict__ w_hh,
                       const int* __restrict__ lengths, int t, int batch, int hidden) {
   using namespace rnncu;
-  using Tile = StepTile<T, BM, BN, TM, TN>;
+  using Tile = StepTile<T, BM, BN, TM, TN, 2>;
   constexpr int kBK = Tile::kBK;
-  __shared__ StepShared<T, BM, BN, TM, TN> tiles;  // a[k][m] = dz_t[m0 + m, k0 + k],
-                                                   // w[k][n] = W[k0 + k, n0 + n]
+  __shared__ StepShared<T, BM, BN, TM, TN, 2> tiles;  // a[k][m] = dz_t[m0 + m, k0 + k],
+                                                      // w[k][n] = W[k0 + k, n0 + n]
 
   const int tid = threadIdx.x;
   const int tx = tid % Tile::kThreadsX;
