@@ -35,6 +35,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "that rnncu and the tests reach on the stand-in, for a check against real CuPy",
     )
     parser.addoption(
+        "--nvrtc-lib",
+        metavar="DIR",
+        help="load NVRTC from DIR (libnvrtc.so.13 and its libnvrtc-builtins) instead of the one "
+        "CuPy finds, to compile the kernels under another NVRTC release (.ci/run: 13.0, the one "
+        "PyTorch's CUDA 13 wheels pin)",
+    )
+    parser.addoption(
         "--no-memory-pool",
         action="store_true",
         help="allocate every CuPy array with its own cudaMalloc (CuPy's pools off), so that "
@@ -42,10 +49,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _load_nvrtc_from(directory: str) -> None:
+    """Load NVRTC from ``directory`` before CuPy does: CuPy then binds the library already
+    loaded under its name, and NVRTC finds its builtins, loaded first, the same way."""
+    import ctypes
+    from pathlib import Path
+
+    lib = Path(directory)
+    builtins = sorted(lib.glob("libnvrtc-builtins.so.*"))
+    if not (lib / "libnvrtc.so.13").is_file() or not builtins:
+        raise pytest.UsageError(
+            f"--nvrtc-lib {directory}: expected libnvrtc.so.13 and libnvrtc-builtins.so.* there"
+        )
+    import sys
+
+    if "cupy_backends.cuda.libs.nvrtc" in sys.modules:
+        raise pytest.UsageError("--nvrtc-lib: CuPy's NVRTC was loaded already")
+    for library in (builtins[0], lib / "libnvrtc.so.13"):
+        ctypes.CDLL(str(library.resolve()), mode=ctypes.RTLD_GLOBAL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--record-cupy-surface") and not config.getoption("--emulated-device"):
         raise pytest.UsageError("--record-cupy-surface records the emulated device's stand-in: "
                                 "add --emulated-device")  # fmt: skip
+    if config.getoption("--nvrtc-lib"):
+        _load_nvrtc_from(config.getoption("--nvrtc-lib"))
     if not config.getoption("--no-memory-pool"):
         return
     # Inside one pool block, an access past the end of an array still lands in memory the

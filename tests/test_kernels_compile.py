@@ -97,6 +97,23 @@ def test_read_source_remembers_headers_a_nested_include_inlined(tmp_path, monkey
 
 
 @needs_nvrtc
+def test_the_nvrtc_asked_for_is_the_one_compiling(request: pytest.FixtureRequest) -> None:
+    """With --nvrtc-lib DIR (.ci/run: NVRTC 13.0, which PyTorch's CUDA 13 wheels pin, and
+    which spilled a tile 13.5 did not), the compile tests must run on DIR's release, not on
+    the one CuPy would have found: its builtins' file name gives the release."""
+    from pathlib import Path
+
+    from cupy_backends.cuda.libs import nvrtc
+
+    directory = request.config.getoption("--nvrtc-lib")
+    if not directory:
+        pytest.skip("no --nvrtc-lib: the compile tests run on the NVRTC that CuPy finds")
+    (builtins,) = Path(directory).glob("libnvrtc-builtins.so.*")
+    release = tuple(int(part) for part in builtins.name.split(".so.")[1].split("."))
+    assert nvrtc.getVersion() == release[:2], (nvrtc.getVersion(), builtins)
+
+
+@needs_nvrtc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("filename", sorted(kernel_loader.all_name_expressions()))
 def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
