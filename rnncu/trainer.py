@@ -1231,9 +1231,10 @@ def evaluate_run(
                 return metrics
             metrics.update(judge_samples(run, judge_run.model)[2])
             metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
-        else:
+        elif run.epoch >= run.config.epochs:
             # the judge leaves nothing before its first checkpoint: a run stopped in its
             # first epoch has no classifier/, and the figures are missing as for one cut short
+            # (a run stopped in its own epochs has none yet either: its judge trains after them)
             warn_at_caller(
                 f"{judge_dir}: no classifier that judges the samples was saved (the run was "
                 "stopped in its first epoch): sample_class_accuracy and "

@@ -1194,6 +1194,37 @@ def test_a_generate_run_stopped_before_its_judge_saved_an_epoch_is_evaluated_wit
     assert "sample_class_accuracy" not in metrics and metrics["epochs"] == 1
 
 
+def test_a_generate_run_stopped_before_its_own_last_epoch_is_evaluated_without_a_judge_warning(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generate run stopped in its own epochs (epoch 1 of 2 saved) has no classifier/ yet,
+    its judge being trained after its last epoch: evaluate_run said its judge was "stopped in
+    its first epoch" and that `--resume ... --epochs 1` trains it, which would end the run
+    at 1 of its 2 epochs. Nothing is missing there that the run would have by now."""
+    original = tasks.RowGenerator.train_step
+    calls = 0
+
+    def interrupted(model, *args):
+        nonlocal calls
+        calls += 1
+        if calls == 30:  # 22 steps an epoch: in the second
+            raise KeyboardInterrupt
+        return original(model, *args)
+
+    monkeypatch.setattr(tasks.RowGenerator, "train_step", interrupted)
+    gen = tmp_path / "gen"
+    with pytest.raises(KeyboardInterrupt):
+        train(small(task="generate", epochs=2, hidden=8), data=digits, progress=False,
+              out_dir=gen, plots=False)  # fmt: skip
+    monkeypatch.undo()
+    assert calls == 30 and load_checkpoint(gen)[1]["epoch"] == 1
+    assert not (gen / "classifier").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = evaluate_run(gen, backend="numpy")
+    assert metrics["epochs"] == 1 and "sample_class_accuracy" not in metrics
+
+
 def test_a_replacing_run_diverging_after_its_first_checkpoint_names_that_checkpoint(
     tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
