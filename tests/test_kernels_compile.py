@@ -96,6 +96,25 @@ def test_read_source_remembers_headers_a_nested_include_inlined(tmp_path, monkey
     assert source.count('#line 1 "kernels/common.cuh"') == 1
 
 
+def test_nvrtc_lib_without_the_libraries_is_a_usage_error(tmp_path) -> None:
+    """--nvrtc-lib DIR naming a directory without libnvrtc.so.13 and its builtins stops the
+    session at once (pytest's usage error), instead of compiling on CuPy's own NVRTC."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "libnvrtc.so.13").write_bytes(b"")  # the builtins missing
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+         "--nvrtc-lib", str(tmp_path), str(tests / "test_kernels_compile.py")],
+        cwd=tests.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    said = f"--nvrtc-lib {tmp_path}: expected libnvrtc.so.13 and libnvrtc-builtins.so.* there"
+    assert said in done.stderr, done.stderr
+
+
 @needs_nvrtc
 def test_the_nvrtc_asked_for_is_the_one_compiling(request: pytest.FixtureRequest) -> None:
     """With --nvrtc-lib DIR (.ci/run: NVRTC 13.0, which PyTorch's CUDA 13 wheels pin, and

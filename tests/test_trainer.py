@@ -798,6 +798,9 @@ def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_reci
     first = train(
         small(task="generate", epochs=1, hidden=8), data=digits, progress=False, out_dir=gen
     )
+    # the run draws its plots; its judge, trained inside it, draws none of its own
+    assert (gen / "samples.png").is_file() and (gen / "curves.png").is_file()
+    assert not list((gen / "classifier").glob("*.png"))
     judge = (gen / "classifier" / "checkpoint.npz").read_bytes()
     judge_arrays = load_checkpoint(gen / "classifier")[0]
     counted = CountedClassifierSteps(monkeypatch)
@@ -1166,6 +1169,24 @@ def test_a_judge_cut_short_is_not_used_to_score_samples(
     assert any(hint in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert "sample_class_accuracy" not in metrics and "classifier_test_accuracy" not in metrics
     assert metrics["epochs"] == 1 and metrics["test_mse"] > 0
+
+
+def test_a_judge_stopped_in_its_last_epoch_is_not_used_either(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge saved one epoch short of its recipe (3 of 4) is cut short as much as one
+    saved at epoch 2: evaluate_run warns and leaves its figures out."""
+    steps = small_judge(monkeypatch)
+    gen = tmp_path / "gen"
+    CountedClassifierSteps(monkeypatch, stop_at=3 * steps + steps // 2)  # in its 4th epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(small(task="generate", epochs=1, hidden=8), data=digits, progress=False,
+              out_dir=gen, plots=False)  # fmt: skip
+    monkeypatch.undo()
+    assert load_checkpoint(gen / "classifier")[1]["epoch"] == 3
+    with pytest.warns(UserWarning, match="judges the samples stopped at epoch 3 of 4 "):
+        metrics = evaluate_run(gen, backend="numpy")
+    assert "sample_class_accuracy" not in metrics and "classifier_test_accuracy" not in metrics
 
 
 def test_a_generate_run_stopped_before_its_judge_saved_an_epoch_is_evaluated_with_a_warning(
