@@ -336,13 +336,20 @@ def _new_run_dir(stem: str) -> str:
     parent = Path(stem).parent
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"{parent} is a file, where runs without --out go; give --out")
-    parent.mkdir(parents=True, exist_ok=True)
     for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
-        try:
-            os.mkdir(stem + suffix)
-        except FileExistsError:
-            continue
-        return stem + suffix
+        # a run that made runs/ and failed removes it again (cli's clean-up): made anew here
+        # where it went between the two calls
+        for _ in range(100):
+            parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(stem + suffix)
+            except FileNotFoundError:
+                continue
+            except FileExistsError:
+                break
+            return stem + suffix
+        else:
+            raise FileNotFoundError(f"{parent}: removed as often as it was made; give --out")
     raise ValueError(f"{stem}: 999 runs already started in this second; give --out")
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,23 @@ def test_runs_without_out_get_a_directory_each(tmp_path: Path, monkeypatch) -> N
     made = [_new_run_dir(os.path.join("runs", "20261130-020000")) for _ in range(3)]
     assert made == [os.path.join("runs", "20261130-020000" + s) for s in ("", "-2", "-3")]
     assert all((tmp_path / m).is_dir() for m in made)
+    # another run that made runs/ and failed removes it again: between the parent's mkdir and
+    # the run's own, runs/ may go (FileNotFoundError escaped); it is made anew
+    real_mkdir = os.mkdir
+    removed = []
+
+    def mkdir_after_removal(path, *args, **kwargs):
+        if path == os.path.join("other", "x") and not removed:  # the run's own, not runs/'s
+            removed.append(path)
+            os.rmdir(tmp_path / "other")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_after_removal)
+    assert _new_run_dir(os.path.join("other", "x")) == os.path.join("other", "x")
+    assert removed == [os.path.join("other", "x")] and (tmp_path / "other" / "x").is_dir()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(tmp_path / "other")
     (tmp_path / "blocked").write_text("a file")
     with pytest.raises(ValueError, match="blocked is a file, where runs without --out go"):
         _new_run_dir(os.path.join("blocked", "x"))
