@@ -418,6 +418,28 @@ def test_info_without_cupy_says_why_and_shows_no_device(monkeypatch) -> None:
     assert "device: none" in lines, lines
 
 
+def test_info_names_the_nvrtc_release_without_compiling(monkeypatch) -> None:
+    """The NVRTC release decides the kernels' register use (13.0 spilled a tile 13.5 did
+    not): ``rnncu info --quick``, which gpu_check.sh runs, names it, or why there is none."""
+    from types import SimpleNamespace
+
+    from rnncu.backend import diagnostics
+
+    libs = pytest.importorskip("cupy_backends.cuda.libs")
+    monkeypatch.setattr(libs, "nvrtc", SimpleNamespace(getVersion=lambda: (13, 0)), raising=False)
+    info = diagnostics.collect_info(compile_kernels=False)
+    assert info["nvrtc"] == "13.0" and "kernels" not in info
+    assert "NVRTC: 13.0" in diagnostics.format_info(info).splitlines()
+
+    def missing() -> tuple[int, int]:
+        raise RuntimeError("libnvrtc.so.13: cannot open")
+
+    monkeypatch.setattr(libs, "nvrtc", SimpleNamespace(getVersion=missing))
+    info = diagnostics.collect_info(compile_kernels=True)
+    assert info["nvrtc"] == "unavailable: RuntimeError: libnvrtc.so.13: cannot open"
+    assert info["kernels"] == {"error": f"NVRTC {info['nvrtc']}"}
+
+
 def test_version_and_options_without_a_command(capsys) -> None:
     import rnncu
 

@@ -41,6 +41,7 @@ def collect_info(compile_kernels: bool = True) -> dict[str, Any]:
         info["cupy"] = cupy.__version__
     except Exception as exc:
         info["cupy"] = f"not importable: {type(exc).__name__}"
+    info["nvrtc"] = _nvrtc_release()
     arch = FALLBACK_ARCH
     if reason is None:
         try:
@@ -60,13 +61,22 @@ def collect_info(compile_kernels: bool = True) -> dict[str, Any]:
     return info
 
 
-def _compile_all(arch: str) -> dict[str, Any]:
+def _nvrtc_release() -> str:
+    """The NVRTC release CuPy compiles with ("13.0"), or why there is none. Its kernels'
+    register use differs between releases: 13.0, which PyTorch's CUDA 13 wheels pin, spilled
+    a step tile that 13.5 did not."""
     try:
         from cupy_backends.cuda.libs import nvrtc
 
-        nvrtc_version = ".".join(map(str, nvrtc.getVersion()))
+        return ".".join(map(str, nvrtc.getVersion()))
     except Exception as exc:
-        return {"error": f"NVRTC unavailable: {type(exc).__name__}: {exc}"}
+        return f"unavailable: {type(exc).__name__}: {exc}"
+
+
+def _compile_all(arch: str) -> dict[str, Any]:
+    nvrtc_version = _nvrtc_release()
+    if nvrtc_version.startswith("unavailable: "):
+        return {"error": f"NVRTC {nvrtc_version}"}
     from rnncu.backend import kernel_loader
 
     result: dict[str, Any] = {"arch": arch, "nvrtc": nvrtc_version, "files": {}}
@@ -157,6 +167,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"BLAS libraries: {_format_blas(info.get('blas'))}",
         f"cupy: {info.get('cupy')}"
         + ("" if info.get("cupy_available") else f"  (unavailable: {info.get('cupy_reason')})"),
+        f"NVRTC: {info.get('nvrtc')}",
     ]
     device = info.get("device")
     if isinstance(device, dict) and "error" not in device:
