@@ -671,15 +671,16 @@ def _train(
         _check_saved_images(data, saved_meta, file, config)
         data = _fit_saved_classes(data, saved_meta, file, config)
     run = _Run(config, data)
+    out = Path(out_dir) if out_dir is not None else None
+    # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
+    continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
     if saved_meta is not None:
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")
         if run.epoch >= config.epochs:
             log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
             done = dataclasses.replace(config, epochs=run.epoch)
-            out = Path(out_dir) if out_dir is not None else None
-            own = out is not None and out.resolve() == file.parent.resolve()
-            if out is None or not own or _end_is_written(out, run.epoch):
+            if out is None or not continued or _end_is_written(out, run.epoch):
                 # Nothing to do; rewriting config.json, metrics or plots (or retraining a
                 # generate run's judge) would only replace the run's files with those of a
                 # shorter run.
@@ -696,9 +697,6 @@ def _train(
             return _finish_run(run, done, out, started, 0, progress, log, plots)
         _check_saved_steps(run, file)
     start_epoch = run.epoch
-    out = Path(out_dir) if out_dir is not None else None
-    # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
-    continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
     good_arrays = run.arrays()  # rollback target if the loss diverges
     steps = run.steps_per_epoch
     bar = _progress(
