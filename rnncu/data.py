@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -42,6 +43,7 @@ __all__ = [
     "SEQ_VIEWS",
     "ImageDataset",
     "check_dataset",
+    "dataset_digest",
     "load_dataset",
     "load_digits",
     "load_idx_dir",
@@ -80,6 +82,19 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int]:
         """``(H, W)``: what sets the sequence shapes and must match a checkpoint's model."""
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
+
+
+def dataset_digest(data: ImageDataset) -> str:
+    """SHA-256 (hex) of a dataset's images and labels, both splits, with their shapes and
+    dtypes: what tells the images a run was trained on from others, whatever file, directory
+    or format they were loaded from (a moved dataset keeps its digest). The name, the source
+    and ``num_classes`` are not part of it. About 0.1 s for MNIST's 70,000 images."""
+    digest = hashlib.sha256()
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        array = np.ascontiguousarray(getattr(data, field))
+        digest.update(f"{field} {array.dtype.str} {array.shape};".encode())
+        digest.update(array.data.cast("B"))
+    return digest.hexdigest()
 
 
 def pixel_permutation(num_pixels: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from rnncu.data import (
     SEQ_VIEWS,
     ImageDataset,
     check_dataset,
+    dataset_digest,
     load_dataset,
     seq_shape,
     to_sequences,
@@ -345,12 +347,18 @@ class _Run:
         self.train_seconds = 0.0
 
     # -- state --------------------------------------------------------------------------------
+    @functools.cached_property
+    def data_digest(self) -> str:
+        """:func:`rnncu.data.dataset_digest` of the run's images, hashed once per run."""
+        return dataset_digest(self.data)
+
     def data_meta(self) -> dict[str, Any]:
         return {
             "name": self.data.name,
             "image_shape": list(self.data.image_shape),
             "num_classes": self.data.num_classes,
             "seq_shape": list(self.seq_shape),
+            "digest": self.data_digest,
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -690,12 +698,19 @@ def _train(
             # while metrics.json was written): the run is whole but its end is not, and no
             # resume with more epochs is needed to write it.
             _check_saved_steps(run, file)
+            _warn_if_other_images(run, saved_meta, file)
             log(
                 f"{out}: no metrics.json of epoch {run.epoch} (the run was stopped after its "
                 "last checkpoint): writing the run's end"
             )
+            if (done.dataset, done.backend) != (saved.dataset, saved.backend):
+                # a moved dataset or a chosen backend is saved, as a resume that trains saves
+                # them: evaluating or resuming the run later finds its images where they are
+                save_checkpoint(file, run.arrays(), dict(run.meta(), config=done.to_dict()))
+                _write_json(out / "config.json", done.to_dict())
             return _finish_run(run, done, out, started, 0, progress, log, plots)
         _check_saved_steps(run, file)
+        _warn_if_other_images(run, saved_meta, file)
     start_epoch = run.epoch
     good_arrays = run.arrays()  # rollback target if the loss diverges
     steps = run.steps_per_epoch
@@ -946,7 +961,9 @@ def _finish_generate(
     """Train the judging classifier (saved in ``out/classifier``), draw 10 samples per class
     and record ``sample_class_accuracy``; keep the samples for the grid plot."""
     judge_config = classifier_config(run.config)
-    saved_epoch = None if out is None else _saved_judge_epoch(out / JUDGE_DIR, judge_config)
+    saved_epoch = (
+        None if out is None else _saved_judge_epoch(out / JUDGE_DIR, judge_config, run.data_digest)
+    )
     if out is None or saved_epoch is None:
         where = "" if out is None else f", saved in {out / JUDGE_DIR}"
         log(f"{JUDGE_NEWS} ({judge_config.epochs} epochs of the classify-rows recipe{where})")
@@ -978,17 +995,28 @@ def _finish_generate(
     result.extra.update(samples=images, sample_labels=labels)
 
 
-def _saved_judge_epoch(judge_dir: Path, judge_config: TrainConfig) -> int | None:
+def _saved_judge_epoch(judge_dir: Path, judge_config: TrainConfig, digest: str) -> int | None:
     """The epoch of the judge saved in ``judge_dir`` where it is one of ``judge_config``'s
-    recipe (the backend aside), else None: none there, or another (its data moved, say), or
-    a checkpoint that cannot be read. Such a judge is trained anew, replacing it."""
+    recipe trained on the images of ``digest`` (:func:`rnncu.data.dataset_digest`), else
+    None: none there, or another (other images, another seed), or a checkpoint that cannot
+    be read. Such a judge is trained anew, replacing it. The backend and the dataset's path
+    are set aside: the same images moved need no new judge. A judge saved before digests
+    has only its path to name its images."""
     if not (judge_dir / "checkpoint.npz").is_file():
         return None
     try:
         _, _, meta, saved = _read_run_checkpoint(judge_dir)
     except (CheckpointError, OSError, ValueError):
         return None
-    if dataclasses.replace(saved, backend=judge_config.backend) != judge_config:
+    aside = dataclasses.replace(saved, backend=judge_config.backend, dataset=judge_config.dataset)
+    if aside != judge_config:
+        return None
+    saved_digest = meta.get("data", {}).get("digest")
+    if saved_digest is None:
+        same_images = saved.dataset == judge_config.dataset
+    else:
+        same_images = saved_digest == digest
+    if not same_images:
         return None
     return int(meta.get("epoch", 0))  # as _Run.restore reads it
 
@@ -1091,6 +1119,16 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
             f"{file}: metadata field 'data.num_classes': expected a positive integer, got "
             f"{_short(data['num_classes'])}"
         )
+    digest = data.get("digest", "0" * 64)
+    if not (
+        isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.digest': expected a SHA-256 hex digest (64 "
+            f"characters 0-9a-f), got {_short(digest)}"
+        )
 
 
 def _read_run_checkpoint(
@@ -1151,6 +1189,20 @@ def _check_saved_steps(run: _Run, file: Path) -> None:
         )
 
 
+def _warn_if_other_images(run: _Run, meta: dict[str, Any], file: Path) -> None:
+    """A resumed run whose images have the count and size of its own (so the step count
+    passed) but other contents goes on with them, which is no longer the run a straight
+    training gives; saying so costs nothing where the checkpoint holds a digest (older ones
+    do not)."""
+    saved = meta.get("data", {}).get("digest")
+    if saved is not None and saved != run.data_digest:
+        warn_at_caller(
+            f"{file}: the images of dataset {run.config.dataset!r} are not those the run was "
+            "trained on (the same count and size, other contents): the run goes on with them",
+            UserWarning,
+        )
+
+
 def _fit_saved_classes(
     data: ImageDataset, meta: dict[str, Any], file: Path, config: TrainConfig
 ) -> ImageDataset:
@@ -1177,15 +1229,24 @@ def load_run(
     The run is the trainer's internal state object (private: its attributes may change);
     what callers use is stable: ``config``, ``data`` (the :class:`ImageDataset`), ``model``,
     ``backend``, ``epoch`` and ``history``."""
+    return _load_run(path, backend, dataset)
+
+
+def _load_run(
+    path: str | Path,
+    backend: str | None,
+    dataset: str | None,
+    data: ImageDataset | None = None,
+) -> tuple[_Run, dict[str, Any]]:
+    """:func:`load_run`; ``data``, where given, is ``dataset`` loaded (a generate run's, for
+    its judge: the same images, not read twice)."""
     file, arrays, meta, config = _read_run_checkpoint(path)
     changes: dict[str, Any] = {
         k: v for k, v in (("backend", backend), ("dataset", dataset)) if v is not None
     }
     config = dataclasses.replace(config, **changes).validate()
-    if dataset is None:
-        data = _saved_dataset(config, file)
-    else:
-        data = load_dataset(config.dataset)
+    if data is None:
+        data = _saved_dataset(config, file) if dataset is None else load_dataset(config.dataset)
     _check_saved_images(data, meta, file, config)
     run = _Run(config, _fit_saved_classes(data, meta, file, config))
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
@@ -1211,7 +1272,9 @@ def evaluate_run(
     if isinstance(run.model, RowGenerator):
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
-            judge_run, _ = load_run(judge_dir, backend, dataset)
+            # judged on the generator's images: the judge's own saved path may be one they
+            # had before they moved (a judge is reused across such a move)
+            judge_run, _ = _load_run(judge_dir, backend, run.config.dataset, run.data)
             if not isinstance(judge_run.model, SequenceClassifier):
                 raise ValueError(
                     f"{judge_dir}: holds a {judge_run.config.task!r} run; the judge of a "

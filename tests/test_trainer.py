@@ -16,7 +16,7 @@ import pytest
 
 from rnncu import Linear, optim, tasks
 from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rnncu.data import load_digits
+from rnncu.data import dataset_digest, load_dataset, load_digits
 from rnncu.trainer import (
     JUDGE_NEWS,
     TrainConfig,
@@ -513,6 +513,8 @@ def saved_run(tmp_path_factory, digits) -> Path:
         ({"data": "x"}, "data"),
         ({"epoch": "five"}, "epoch"),
         ({"data": {"image_shape": 8}}, "data.image_shape"),  # was a TypeError traceback
+        ({"data": {"digest": "F" * 64}}, "data.digest"),
+        ({"data": {"digest": 5}}, "data.digest"),
     ],
 )
 def test_bad_metadata_names_file_and_field(tmp_path: Path, saved_run: Path, changes, field):
@@ -817,12 +819,22 @@ def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_reci
     from rnncu import trainer
 
     recipe = trainer.classifier_config(small(task="generate", epochs=1, hidden=8))
+    own = dataset_digest(digits)
     for backend in ("numpy", "auto", "cupy"):
         on = dataclasses.replace(recipe, backend=backend)
-        assert trainer._saved_judge_epoch(gen / "classifier", on) == 4, backend
-    assert (
-        trainer._saved_judge_epoch(gen / "classifier", dataclasses.replace(recipe, seed=4)) is None
-    )
+        assert trainer._saved_judge_epoch(gen / "classifier", on, own) == 4, backend
+    other_seed = dataclasses.replace(recipe, seed=4)
+    assert trainer._saved_judge_epoch(gen / "classifier", other_seed, own) is None
+    # other images: the digest, not the path, names them
+    assert trainer._saved_judge_epoch(gen / "classifier", recipe, "0" * 64) is None
+    # a judge saved before digests is named by its dataset's path alone
+    arrays, meta = load_checkpoint(gen / "classifier")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    meta["data"] = {k: v for k, v in meta["data"].items() if k != "digest"}
+    save_checkpoint(gen / "classifier" / "checkpoint.npz", arrays, meta)
+    assert trainer._saved_judge_epoch(gen / "classifier", recipe, "0" * 64) == 4
+    elsewhere = dataclasses.replace(recipe, dataset=str(tmp_path / "moved.npz"))
+    assert trainer._saved_judge_epoch(gen / "classifier", elsewhere, own) is None
 
     (gen / "classifier" / "checkpoint.npz").write_bytes(judge[: len(judge) // 2])
     train(TrainConfig(epochs=3, backend="numpy"), **resume)
@@ -897,7 +909,90 @@ def test_a_judge_checkpoint_without_an_epoch_field_counts_as_at_epoch_0(
     from rnncu.trainer import _saved_judge_epoch, classifier_config, load_run
 
     run, _ = load_run(gen, backend="numpy")
-    assert _saved_judge_epoch(gen / "classifier", classifier_config(run.config)) == 0
+    recipe = classifier_config(run.config)
+    assert _saved_judge_epoch(gen / "classifier", recipe, dataset_digest(digits)) == 0
+
+
+def save_split_digits(path: Path, digits) -> Path:
+    """The digits, split as they are, in a .npz file a run can name as its dataset."""
+    np.savez(path, x=digits.x_train, y=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
+    return path
+
+
+def test_a_generate_run_whose_dataset_moved_keeps_its_judge(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge was named by its dataset's path: a generate run resumed with its dataset
+    moved (another disk, another machine) trained the judge again from its start (minutes on
+    MNIST-size data, for the same weights), and evaluate then looked for the images at the
+    judge's old path. The images' digest names them now. Other images of the run's count and
+    size get a judge of their own, and the resume says they are not the run's."""
+    steps = small_judge(monkeypatch)
+    first_path = save_split_digits(tmp_path / "digits.npz", digits)
+    gen = tmp_path / "gen"
+    config = small(task="generate", epochs=1, hidden=8, dataset=str(first_path))
+    first = train(config, progress=False, out_dir=gen, plots=False)
+    judge = (gen / "classifier" / "checkpoint.npz").read_bytes()
+    assert load_checkpoint(gen)[1]["data"]["digest"] == dataset_digest(digits)
+    moved = tmp_path / "elsewhere" / "digits.npz"
+    moved.parent.mkdir()
+    first_path.rename(moved)
+    counted = CountedClassifierSteps(monkeypatch)
+    resume = dict(resume=gen, progress=False, plots=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = train(TrainConfig(epochs=2, backend="numpy"), data=load_dataset(moved), **resume)
+        assert second.epochs_trained == 1 and counted.calls == 0
+        assert (gen / "classifier" / "checkpoint.npz").read_bytes() == judge
+        assert (
+            second.metrics["classifier_test_accuracy"] == first.metrics["classifier_test_accuracy"]
+        )
+        assert load_checkpoint(gen)[1]["config"]["dataset"] == str(moved)
+        # the judge's own checkpoint still names the old path: evaluate judges with the run's
+        evaluated = evaluate_run(gen, backend="numpy")
+    assert without_times(evaluated) == without_times(second.metrics)
+
+    flipped = dataclasses.replace(
+        load_dataset(moved), x_train=np.ascontiguousarray(digits.x_train[:, :, ::-1])
+    )
+    with pytest.warns(UserWarning, match=r"are not those the run was trained on \(the same count"):
+        train(TrainConfig(epochs=3, backend="numpy"), data=flipped, **resume)
+    assert counted.calls == 4 * steps  # a judge of those images, from its first epoch
+    assert load_checkpoint(gen / "classifier")[1]["data"]["digest"] == dataset_digest(flipped)
+
+
+def test_a_resume_that_writes_a_run_s_end_saves_where_its_dataset_moved(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generate run stopped while its judge trained, resumed at its epoch with its dataset
+    moved, got its end written but kept the old path in its checkpoint and config.json, so
+    evaluating or resuming it later failed to find its images, and the judge cut short was
+    trained again from its start."""
+    steps = small_judge(monkeypatch)
+    first_path = save_split_digits(tmp_path / "digits.npz", digits)
+    gen = tmp_path / "gen"
+    config = small(task="generate", epochs=1, hidden=8, dataset=str(first_path))
+    CountedClassifierSteps(monkeypatch, stop_at=2 * steps + 5)  # in the judge's third epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False, out_dir=gen, plots=False)
+    assert not (gen / "metrics.json").exists()
+    weights_before = load_checkpoint(gen)[0]
+    moved = first_path.rename(tmp_path / "moved.npz")
+    counted = CountedClassifierSteps(monkeypatch)
+    result = train(
+        TrainConfig(epochs=1, backend="numpy"),
+        resume=gen,
+        data=load_dataset(moved),
+        progress=False,
+        plots=False,
+    )
+    assert result.end_written and result.epochs_trained == 0
+    assert counted.calls == 2 * steps  # the judge resumed at its third epoch
+    arrays, meta = load_checkpoint(gen)
+    assert meta["config"]["dataset"] == str(moved) and meta["epoch"] == 1
+    assert json.loads((gen / "config.json").read_text())["dataset"] == str(moved)
+    assert_same_bits(arrays, weights_before)
+    assert without_times(evaluate_run(gen, backend="numpy")) == without_times(result.metrics)
 
 
 def write_digits_npz(path: Path, digits, labels_mod: int | None, shift: int = 0) -> None:
