@@ -173,6 +173,7 @@ class RNN(Module):
                 f"got {x.ndim}-d {tuple(x.shape)}"
             )
         unbatched = x.ndim == 2
+        given = tuple(x.shape)  # as the caller passed it, before the time-major view
         if unbatched:
             x = x[:, None, :]
         elif self.batch_first:
@@ -181,7 +182,7 @@ class RNN(Module):
         if features != self.input_size:
             raise ValueError(
                 f"x: expected {self.input_size} features (input_size) in the last axis, "
-                f"got {features} (shape {tuple(x.shape)})"
+                f"got {features} (shape {given})"
             )
         if steps == 0:
             raise ValueError("x: the sequence is empty (0 time steps)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -434,3 +435,16 @@ def test_numpy_integer_sizes_are_kept_as_python_ints() -> None:
     sizes = (rnn.input_size, rnn.hidden_size, rnn.num_layers)
     assert sizes == (3, 4, 1) and all(type(size) is int for size in sizes)
     assert repr(rnn).startswith("RNN(3, 4, num_layers=1,")
+
+
+@pytest.mark.parametrize(
+    ("batch_first", "shape"), [(False, (6, 2, 5)), (True, (2, 6, 5)), (False, (6, 5))]
+)
+def test_wrong_feature_size_names_the_shape_given(
+    batch_first: bool, shape: tuple[int, ...]
+) -> None:
+    # the shape as the caller passed it, not the time-major view the layer makes of it
+    rnn = rnncu.RNN(4, 3, batch_first=batch_first, backend="numpy")
+    expected = re.escape(f"got 5 (shape {shape})")
+    with pytest.raises(ValueError, match=expected):
+        rnn(np.zeros(shape, dtype=np.float32))
