@@ -47,7 +47,7 @@ from rnncu.data import (
     to_sequences,
 )
 from rnncu.init import INIT_SCHEMES
-from rnncu.module import check_bool
+from rnncu.module import check_bool, resolve_dtype
 from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 
@@ -124,6 +124,11 @@ class TrainConfig:
         # NumPy integers and floats (a sweep's np.arange values) become Python ones, the
         # config being saved as JSON; a float32 keeps the decimal it was written as
         # (np.float32(1e-3) is 0.001, not 0.0010000000474974513). NumPy bools stay, refused.
+        # A NumPy dtype (np.float64, np.dtype("float32")) becomes its name, as the layers
+        # take it; anything else stays, for validate to name.
+        if self.dtype is not None and not isinstance(self.dtype, str):
+            with contextlib.suppress(TypeError):
+                self.dtype = resolve_dtype(self.dtype).name
         for name in (f.name for f in dataclasses.fields(self)):
             value = getattr(self, name)
             if isinstance(value, np.integer):
@@ -146,10 +151,9 @@ class TrainConfig:
             "dtype": ("float32", "float64"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:  # an array: no `in`
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(
                 f"dataset: expected 'digits', a directory of IDX files or a .npz path, got "
@@ -238,7 +242,8 @@ def make_config(**overrides: Any) -> TrainConfig:
     # relu keeps the orthogonal W_hh of the recipes: measured on pixel digits (60 epochs,
     # Adam), relu + orthogonal reaches 0.96 while relu + identity (IRNN, --init irnn) stays at
     # 0.10-0.30 for learning rates 1e-4 to 3e-4; IRNN is there for those who tune it.
-    values = {**RECIPES.get((task, seq), {}), **given}
+    recipe = RECIPES.get((task, seq), {}) if isinstance(task, str) and isinstance(seq, str) else {}
+    values = {**recipe, **given}  # a task or seq of another type: validate names it
     return TrainConfig(**values).validate()
 
 
@@ -909,10 +914,13 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             confusion_matrix=confusion.tolist(),
         )
     else:
+        baseline = evaluation["baseline_mse"]
         metrics.update(
             test_mse=evaluation["test_mse"],
-            baseline_mse=evaluation["baseline_mse"],
-            mse_ratio=evaluation["test_mse"] / evaluation["baseline_mse"],
+            baseline_mse=baseline,
+            # None (JSON null) where every test row equals the one above it (blank images):
+            # no ratio to that baseline exists, and a ZeroDivisionError came after training
+            mse_ratio=evaluation["test_mse"] / baseline if baseline > 0 else None,
         )
     return metrics
 

@@ -406,6 +406,22 @@ def test_config_takes_numpy_numbers_as_python_ones(tmp_path: Path, digits) -> No
     assert saved["hidden"] == 16 and saved["lr"] == 0.5 and saved["seed"] == 3
 
 
+def test_config_takes_numpy_dtypes_as_the_layers_do() -> None:
+    """RNN(dtype=np.float64) is a float64 layer, but make_config(dtype=np.float64) said
+    "dtype: expected one of float32, float64"; the config keeps the name (it is JSON)."""
+    for given, name in ((np.float64, "float64"), (np.dtype("float32"), "float32")):
+        assert make_config(dtype=given).dtype == name
+        built = TrainConfig(dtype=given)
+        assert built.dtype == name and json.loads(json.dumps(built.to_dict()))["dtype"] == name
+    for refused in (np.float16, np.int64, "f8", 5):
+        with pytest.raises(ValueError, match="^dtype: expected one of float32, float64, got "):
+            make_config(dtype=refused)
+    # an array where a name belongs was a TypeError (unhashable) or an ambiguous truth value
+    for name in ("task", "seq", "dtype", "init", "schedule"):
+        with pytest.raises(ValueError, match=f"^{name}: expected one of .*, got array"):
+            make_config(**{name: np.arange(2)})
+
+
 def test_a_step_schedule_that_never_steps_warns(tmp_path: Path, digits) -> None:
     """decay_epochs (default 40, the cosine's horizon) is the step interval: a 40-epoch run
     kept its rate, silently. A new run says so; a run trained in stages may step only in a
@@ -1366,3 +1382,27 @@ def test_a_replacing_run_diverging_after_its_first_checkpoint_names_that_checkpo
     meta = load_checkpoint(out)[1]
     assert meta["epoch"] == 1 and meta["config"]["seed"] == 4
     assert json.loads((out / "config.json").read_text())["seed"] == 4
+
+
+def test_a_generate_run_on_blank_images_has_no_mse_ratio(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blank images (every row a copy of the one above, row 0 of the zeros the model is fed)
+    give the copy-the-row-above baseline an MSE of 0: mse_ratio divided by it and raised
+    ZeroDivisionError after the whole run had trained, leaving no metrics.json. The ratio is
+    None (JSON null) there; the plots and evaluate still work."""
+    small_judge(monkeypatch)
+    labels = np.random.default_rng(5).permutation(np.arange(40) % 2)
+    blank = tmp_path / "blank.npz"
+    np.savez(blank, x=np.zeros((30, 4, 4), np.float32), y=labels[:30],
+             x_test=np.zeros((10, 4, 4), np.float32), y_test=labels[30:])  # fmt: skip
+    out = tmp_path / "gen"
+    result = train(small(task="generate", epochs=1, hidden=8, dataset=str(blank)), out_dir=out)
+    assert result.metrics["baseline_mse"] == 0.0 and result.metrics["test_mse"] > 0
+    assert result.metrics["mse_ratio"] is None
+    assert json.loads((out / "metrics.json").read_text())["mse_ratio"] is None
+    assert (out / "curves.png").is_file() and (out / "samples.png").is_file()
+    assert evaluate_run(out, backend="numpy")["mse_ratio"] is None
+    # images with a baseline keep their ratio
+    metrics = train(small(task="generate", epochs=1, hidden=8), data=digits, plots=False).metrics
+    assert metrics["mse_ratio"] == metrics["test_mse"] / metrics["baseline_mse"] > 0
