@@ -119,7 +119,9 @@ def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
     elif view == "permuted":
         seq = images.reshape(n, h * w)[:, pixel_permutation(h * w)].reshape(n, h * w, 1)
     else:
-        raise ValueError(f"seq view: expected one of {', '.join(SEQ_VIEWS)}, got {view!r}")
+        raise ValueError(
+            f"to_sequences: view: expected one of {', '.join(SEQ_VIEWS)}, got {view!r}"
+        )
     return np.ascontiguousarray(seq.transpose(1, 0, 2))
 
 
@@ -130,7 +132,7 @@ def seq_shape(image_shape: tuple[int, int], view: str) -> tuple[int, int]:
         return h, w
     if view in ("pixels", "permuted"):
         return h * w, 1
-    raise ValueError(f"seq view: expected one of {', '.join(SEQ_VIEWS)}, got {view!r}")
+    raise ValueError(f"seq_shape: view: expected one of {', '.join(SEQ_VIEWS)}, got {view!r}")
 
 
 def split_stratified(
@@ -470,7 +472,10 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
         )
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
-        raise ValueError(f"{path}: .npz lacks {' and '.join(missing)} (needs x and y)")
+        held = ", ".join(sorted(arrays)) or "no arrays"
+        raise ValueError(
+            f"{path}: .npz lacks {' and '.join(missing)} (needs x and y; it holds {held})"
+        )
     test_keys = [k for k in ("x_test", "y_test") if k in arrays]
     if len(test_keys) == 1:
         # one of the pair alone would otherwise be ignored for a random split

@@ -57,7 +57,13 @@ def _matrix_shape(function: str, shape: Any) -> tuple[int, int]:
 
 
 def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.ndarray:
-    """U(-bound, bound), float64, on the host."""
+    """U(-bound, bound), float64, on the host; ``shape`` a tuple of sizes (or one size)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or any(
+        isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in shape
+    ):  # NumPy's own errors ("negative dimensions are not allowed") name no argument
+        raise ValueError(f"torch_uniform: shape: expected sizes >= 0, got {shape!r}")
     bound = check_number("bound", bound, low=0.0, high_open=True)
     return _generator(rng).uniform(-bound, bound, size=shape)
 

@@ -25,6 +25,7 @@ from rnncu.data import (
     load_npz,
     pixel_permutation,
     read_idx,
+    seq_shape,
     split_stratified,
     to_sequences,
 )
@@ -59,8 +60,10 @@ def test_views_shapes_and_content(rng: np.random.Generator) -> None:
     perm = to_sequences(images, "permuted")
     order = pixel_permutation(20)
     np.testing.assert_array_equal(perm[:, 2, 0], images[2].ravel()[order])
-    with pytest.raises(ValueError, match="seq view"):
+    with pytest.raises(ValueError, match="^to_sequences: view: expected one of rows, pixels, pe"):
         to_sequences(images, "columns")
+    with pytest.raises(ValueError, match="^seq_shape: view: expected one of rows, pixels, perm"):
+        seq_shape((4, 5), "columns")
 
 
 def test_permutation_is_fixed() -> None:
@@ -247,8 +250,16 @@ def test_npz(tmp_path: Path, rng: np.random.Generator) -> None:
 def test_malformed_npz(tmp_path: Path) -> None:
     missing = tmp_path / "missing.npz"
     np.savez(missing, x=np.zeros((4, 3, 3)))
-    with pytest.raises(ValueError, match="missing.npz: .npz lacks y"):
+    with pytest.raises(
+        ValueError, match=r"missing.npz: .npz lacks y \(needs x and y; it holds x\)"
+    ):
         load_npz(missing)
+    renamed = tmp_path / "renamed.npz"
+    np.savez(renamed, images=np.ones((4, 3, 3)), labels=np.arange(4))
+    with pytest.raises(
+        ValueError, match=r"lacks x and y \(needs x and y; it holds images, labels\)"
+    ):
+        load_npz(renamed)
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(ValueError, match="corrupt.npz: cannot read"):

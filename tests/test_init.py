@@ -75,6 +75,9 @@ def test_init_linear_and_bad_scheme() -> None:
         (lambda: orthogonal((4, 2.5)), ValueError, r"orthogonal: shape: expected"),
         (lambda: identity((3, 0)), ValueError, r"identity: shape: expected"),
         (lambda: torch_uniform((2, 2), -1.0), ValueError, r"bound: expected a number in \[0, inf"),
+        (lambda: torch_uniform((-1, 2), 0.1), ValueError, r"torch_uniform: shape: expected siz"),
+        (lambda: torch_uniform(-3, 0.1), ValueError, r"torch_uniform: shape: expected sizes >="),
+        (lambda: torch_uniform("3", 0.1), ValueError, r"torch_uniform: shape: expected sizes"),
         (lambda: torch_uniform((2, 2), float("nan")), ValueError, r"bound: expected a number in"),
         (lambda: xavier_uniform((2, 2), rng=-1), ValueError, r"rng: expected None or a non-neg"),
         (lambda: orthogonal((2, 2), rng="a"), TypeError, r"rng: expected None or a non-negative"),
@@ -182,3 +185,9 @@ def test_linear_default_init_follows_torch_bounds() -> None:
     assert np.abs(weight).max() <= bound and np.abs(bias).max() <= bound
     assert weight.max() > 0.9 * bound and weight.min() < -0.9 * bound
     assert abs(weight.std() / (bound / math.sqrt(3)) - 1) < 0.15
+
+
+def test_torch_uniform_takes_one_size_as_numpy_does() -> None:
+    values = torch_uniform(5, 0.5, 7)
+    assert values.shape == (5,) and np.abs(values).max() <= 0.5 and np.unique(values).size == 5
+    np.testing.assert_array_equal(values, torch_uniform((5,), 0.5, 7))

@@ -447,4 +447,4 @@ def test_wrong_feature_size_names_the_shape_given(
     rnn = rnncu.RNN(4, 3, batch_first=batch_first, backend="numpy")
     expected = re.escape(f"got 5 (shape {shape})")
     with pytest.raises(ValueError, match=expected):
-        rnn(np.zeros(shape, dtype=np.float32))
+        rnn(np.random.default_rng(1).random(shape, dtype=np.float32))
