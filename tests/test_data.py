@@ -19,6 +19,7 @@ from rnncu.data import (
     ImageDataset,
     _directory_label,
     check_dataset,
+    dataset_digest,
     load_dataset,
     load_digits,
     load_idx_dir,
@@ -260,6 +261,10 @@ def test_malformed_npz(tmp_path: Path) -> None:
         ValueError, match=r"lacks x and y \(needs x and y; it holds images, labels\)"
     ):
         load_npz(renamed)
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)
+    with pytest.raises(ValueError, match=r"lacks x and y \(needs x and y; it holds no arrays\)"):
+        load_npz(empty)
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(ValueError, match="corrupt.npz: cannot read"):
@@ -822,3 +827,25 @@ def test_an_idx_copy_that_cannot_be_opened_is_named(
     )
     with pytest.raises(ValueError, match=said):
         load_idx_dir(tmp_path)
+
+
+def test_dataset_digest_covers_labels_shapes_and_dtypes(rng: np.random.Generator) -> None:
+    images = rng.random((12, 4, 6)).astype(np.float32)
+    labels = np.arange(12) % 3
+    data = ImageDataset("a", images[:8], labels[:8], images[8:], labels[8:], 3, "a.npz")
+    digest = dataset_digest(data)
+    assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+    # the name, the source, num_classes and the memory layout are not part of it
+    same = dataclasses.replace(
+        data, name="b", source=None, num_classes=5, x_train=np.asfortranarray(images[:8])
+    )
+    assert dataset_digest(same) == digest
+    # the labels are: a relabelled image is other data
+    relabelled = labels[:8].copy()
+    relabelled[0] = 2
+    assert dataset_digest(dataclasses.replace(data, y_train=relabelled)) != digest
+    assert dataset_digest(dataclasses.replace(data, y_test=labels[8:][::-1].copy())) != digest
+    # so are the shapes and dtypes: the same bytes as 4x6 or 6x4 images, or as int32
+    assert dataset_digest(dataclasses.replace(data, x_train=images[:8].reshape(8, 6, 4))) != digest
+    as_int = dataclasses.replace(data, x_test=images[8:].view(np.int32))
+    assert dataset_digest(as_int) != digest
