@@ -191,3 +191,17 @@ def test_torch_uniform_takes_one_size_as_numpy_does() -> None:
     values = torch_uniform(5, 0.5, 7)
     assert values.shape == (5,) and np.abs(values).max() <= 0.5 and np.unique(values).size == 5
     np.testing.assert_array_equal(values, torch_uniform((5,), 0.5, 7))
+
+
+def test_torch_uniform_takes_the_shapes_numpy_takes() -> None:
+    # a list, NumPy integers and a zero size are shapes NumPy's uniform takes
+    assert torch_uniform([2, 3], 0.5, 7).shape == (2, 3)
+    assert torch_uniform(np.int64(4), 0.5, 7).shape == (4,)
+    assert torch_uniform((np.int32(2), 3), 0.5, 7).shape == (2, 3)
+    assert torch_uniform((0, 3), 0.5, 7).shape == (0, 3)
+    # a bool is no size, alone or in a tuple, and the error shows it as given
+    for shape in ((True, 2), (2, False)):
+        with pytest.raises(ValueError, match=r"torch_uniform: shape: expected sizes >= 0, got \("):
+            torch_uniform(shape, 0.5)
+    with pytest.raises(ValueError, match=r"torch_uniform: shape: expected sizes >= 0, got True$"):
+        torch_uniform(True, 0.5)
