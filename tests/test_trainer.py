@@ -531,6 +531,7 @@ def saved_run(tmp_path_factory, digits) -> Path:
         ({"data": {"image_shape": 8}}, "data.image_shape"),  # was a TypeError traceback
         ({"data": {"digest": "F" * 64}}, "data.digest"),
         ({"data": {"digest": 5}}, "data.digest"),
+        ({"data": {"digest": "ab"}}, "data.digest"),  # hex, but not 64 characters
     ],
 )
 def test_bad_metadata_names_file_and_field(tmp_path: Path, saved_run: Path, changes, field):
@@ -1406,3 +1407,69 @@ def test_a_generate_run_on_blank_images_has_no_mse_ratio(
     # images with a baseline keep their ratio
     metrics = train(small(task="generate", epochs=1, hidden=8), data=digits, plots=False).metrics
     assert metrics["mse_ratio"] == metrics["test_mse"] / metrics["baseline_mse"] > 0
+
+
+def test_a_resume_that_writes_a_run_s_end_checks_its_images_and_saves_its_backend(
+    tmp_path: Path, saved_run: Path, digits
+) -> None:
+    """The resume that only writes a run's end (metrics.json missing) says, as one that
+    trains does, that the images are not the run's; it saves a backend chosen for it (and
+    rewrites nothing where none was); a checkpoint from before digests warns of nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    (run / "metrics.json").unlink()
+    checkpoint = (run / "checkpoint.npz").read_bytes()
+    flipped = dataclasses.replace(digits, x_train=np.ascontiguousarray(digits.x_train[:, :, ::-1]))
+    with pytest.warns(UserWarning, match=r"are not those the run was trained on \(the same count"):
+        result = train(TrainConfig(epochs=1, backend="numpy"), resume=run, data=flipped)
+    assert result.end_written and result.epochs_trained == 0
+    assert (run / "checkpoint.npz").read_bytes() == checkpoint  # nothing moved or chosen
+
+    (run / "metrics.json").unlink()
+    assert load_checkpoint(run)[1]["config"]["backend"] == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = train(TrainConfig(epochs=1, backend="auto"), resume=run, data=digits)
+    assert result.end_written and result.epochs_trained == 0
+    arrays, meta = load_checkpoint(run)
+    assert meta["config"]["backend"] == "auto" and meta["epoch"] == 1
+    assert json.loads((run / "config.json").read_text())["backend"] == "auto"
+    assert meta["data"]["digest"] == dataset_digest(digits)
+
+    # a checkpoint saved before digests: other images of its size go on without a word
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    meta["data"] = {k: v for k, v in meta["data"].items() if k != "digest"}
+    save_checkpoint(run / "checkpoint.npz", arrays, meta)
+    (run / "metrics.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = train(TrainConfig(epochs=1, backend="auto"), resume=run, data=flipped)
+    assert result.end_written and result.epochs_trained == 0
+
+
+def test_evaluate_judges_with_the_backend_it_is_given(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate_run's backend is the judge's too, not the one its checkpoint saved."""
+    from rnncu import trainer
+
+    small_judge(monkeypatch)
+    gen = tmp_path / "gen"
+    result = train(
+        small(task="generate", epochs=1, hidden=8), data=digits, out_dir=gen, plots=False
+    )
+    saved = load_checkpoint(gen / "classifier")[1]["config"]
+    assert saved["backend"] == "numpy"
+    rewrite_meta(gen / "classifier", config=dict(saved, backend="auto"))
+    loaded = []
+    load = trainer._load_run
+
+    def recorded(*args, **kwargs):
+        run, meta = load(*args, **kwargs)
+        loaded.append(run.config.backend)
+        return run, meta
+
+    monkeypatch.setattr(trainer, "_load_run", recorded)
+    metrics = evaluate_run(gen, backend="numpy")
+    assert loaded == ["numpy", "numpy"]  # the generator's and its judge's
+    assert without_times(metrics) == without_times(result.metrics)
