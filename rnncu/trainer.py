@@ -1274,20 +1274,36 @@ def evaluate_run(
     ``classifier_test_accuracy``, as training reports them. A judge whose training was cut
     short (the run stopped while training it) is not used: a warning says so, and those two
     figures are left out; the same for a run that saved no judge (stopped in the judge's
-    first epoch)."""
-    run, _ = load_run(path, backend, dataset)
+    first epoch). So is a judge trained on other images than the run's last training (a run
+    resumed on other images, stopped before the judge of those replaced the old one)."""
+    run, meta = load_run(path, backend, dataset)
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR
         if (judge_dir / "checkpoint.npz").exists():
             # judged on the generator's images: the judge's own saved path may be one they
             # had before they moved (a judge is reused across such a move)
-            judge_run, _ = _load_run(judge_dir, backend, run.config.dataset, run.data)
+            judge_run, judge_meta = _load_run(judge_dir, backend, run.config.dataset, run.data)
             if not isinstance(judge_run.model, SequenceClassifier):
                 raise ValueError(
                     f"{judge_dir}: holds a {judge_run.config.task!r} run; the judge of a "
                     "generate run's samples is a classify run"
                 )
+            # the images the run and its judge were trained on, as their checkpoints say
+            # (not those evaluated on, which ``dataset`` may change); none before digests
+            trained_on = meta.get("data", {}).get("digest")
+            judged_on = judge_meta.get("data", {}).get("digest")
+            if None not in (trained_on, judged_on) and trained_on != judged_on:
+                # training would not use it: _saved_judge_epoch trains a judge of the run's
+                warn_at_caller(
+                    f"{judge_dir}: the classifier that judges the samples was trained on other "
+                    "images than the run (the run was resumed on other images and stopped "
+                    "before their judge was saved): sample_class_accuracy and "
+                    "classifier_test_accuracy are left out; `rnncu train --resume "
+                    f"{judge_dir.parent} --epochs {run.epoch}` trains their judge",
+                    UserWarning,
+                )
+                return metrics
             if judge_run.epoch < judge_run.config.epochs:
                 warn_at_caller(
                     f"{judge_dir}: the classifier that judges the samples stopped at epoch "

@@ -1473,3 +1473,48 @@ def test_evaluate_judges_with_the_backend_it_is_given(
     metrics = evaluate_run(gen, backend="numpy")
     assert loaded == ["numpy", "numpy"]  # the generator's and its judge's
     assert without_times(metrics) == without_times(result.metrics)
+
+
+def test_evaluate_leaves_out_a_judge_of_other_images(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generate run resumed on other images of its size, stopped before the judge of those
+    was saved, keeps the judge of its old images in classifier/ (a replacing run leaves the
+    old one until its first checkpoint). Training would not use that judge (its digest is
+    not the run's), but evaluate_run scored the samples with it, without a word."""
+    steps = small_judge(monkeypatch)
+    path = save_split_digits(tmp_path / "digits.npz", digits)
+    gen = tmp_path / "gen"
+    config = small(task="generate", epochs=1, hidden=8, dataset=str(path))
+    train(config, progress=False, out_dir=gen, plots=False)
+    flipped = tmp_path / "flipped.npz"
+    np.savez(
+        flipped,
+        x=digits.x_train[:, :, ::-1],
+        y=digits.y_train,
+        x_test=digits.x_test[:, :, ::-1],
+        y_test=digits.y_test,
+    )
+    CountedClassifierSteps(monkeypatch, stop_at=5)  # in the new judge's first epoch
+    resume = dict(resume=gen, progress=False, plots=False)
+    with pytest.warns(UserWarning, match="are not those the run was trained on"):
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(epochs=2, backend="numpy"), data=load_dataset(flipped), **resume)
+    assert load_checkpoint(gen / "classifier")[1]["data"]["digest"] == dataset_digest(digits)
+    said = f"{gen / 'classifier'}: the classifier that judges the samples was trained on other "
+    with pytest.warns(UserWarning, match=re.escape(said)) as caught:
+        metrics = evaluate_run(gen, backend="numpy")
+    hint = f"`rnncu train --resume {gen} --epochs 2` trains their judge"
+    assert any(hint in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert "sample_class_accuracy" not in metrics and "classifier_test_accuracy" not in metrics
+    assert metrics["epochs"] == 2 and metrics["test_mse"] > 0
+
+    # the command it gives trains the judge of those images, which evaluate then uses
+    counted = CountedClassifierSteps(monkeypatch)
+    result = train(TrainConfig(epochs=2, backend="numpy"), **resume)
+    assert result.end_written and counted.calls == 4 * steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert without_times(evaluate_run(gen, backend="numpy")) == without_times(result.metrics)
+        # evaluated on other images (dataset=), the run's own judge judges, as before
+        assert "sample_class_accuracy" in evaluate_run(gen, backend="numpy", dataset=str(path))
