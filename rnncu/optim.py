@@ -400,7 +400,10 @@ def clip_grad_norm(modules: Iterable[Any], max_norm: float) -> Any:
 
     Returns the norm before clipping, on the device (a 0-d CuPy array; a NumPy scalar on
     the NumPy backend); the factor is applied on the device, so clipping never waits for the
-    device. A NaN norm leaves NaN gradients, which the trainer's loss check catches.
+    device. A NaN norm leaves NaN gradients, which the trainer's loss check catches. An
+    infinite one, as torch computes it, gives a factor of 0: in float32, finite gradients
+    whose squares sum past 3.4e38 (a norm above about 1.8e19) are zeroed, not scaled down;
+    float64 keeps such norms.
     """
     return _clip_grad_norm(modules, max_norm)[0]
 

@@ -206,6 +206,30 @@ def test_clip_grad_norm(rng: np.random.Generator) -> None:
         np.testing.assert_array_equal(a.grads[k], kept[k])
 
 
+def test_a_float32_norm_past_its_range_zeroes_the_gradients_as_torch_does(
+    rng: np.random.Generator,
+) -> None:
+    """Finite float32 gradients whose squares sum past 3.4e38 (a norm above about 1.8e19)
+    give an infinite norm, and clipping by it zeroes them: what torch's clip_grad_norm_ does,
+    documented in clip_grad_norm rather than left to be found."""
+    torch = pytest.importorskip("torch")
+    params, grads = make_problem(rng, np.float32)
+    huge = {k: (v * np.float32(1e20)).astype(np.float32) for k, v in grads[0].items()}
+    assert all(np.isfinite(g).all() for g in huge.values())
+    module = FakeModule(params)
+    module.grads = {k: v.copy() for k, v in huge.items()}
+    with np.errstate(over="ignore"):
+        norm = clip_grad_norm([module], 1.0)
+    assert np.isinf(norm)
+    tensors = [torch.tensor(params[k], requires_grad=True) for k in params]
+    for tensor, k in zip(tensors, params, strict=True):
+        tensor.grad = torch.tensor(huge[k])
+    assert torch.nn.utils.clip_grad_norm_(tensors, 1.0).isinf()
+    for tensor, k in zip(tensors, params, strict=True):
+        np.testing.assert_array_equal(module.grads[k], tensor.grad.numpy())
+        assert not module.grads[k].any(), k
+
+
 def test_grad_norm_reads_without_changing(rng: np.random.Generator) -> None:
     params, grads = make_problem(rng)
     a, b = FakeModule(params), FakeModule(params)
