@@ -115,10 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--dataset",
         type=_path,
-        help="'digits' (default), a directory of MNIST-format IDX "
-        "files (raw or .gz), or a .npz with x and y",
+        help="'digits' (default), 'moving-digits' (clips of 8 frames), a directory of "
+        "MNIST-format IDX files (raw or .gz), or a .npz with x and y (x of shape (N, T, H, W): "
+        "clips)",
     )
-    option("--seq", "sequence view of the images", choices=SEQ_VIEWS)
+    option(
+        "--seq",
+        "sequence view of the images (rows: for clips, a frame per step)",
+        choices=SEQ_VIEWS,
+    )
     option("--hidden", type=_positive_int)
     option("--layers", type=_positive_int)
     option("--nonlinearity", choices=("tanh", "relu"))
@@ -209,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--complete",
         type=_positive_int,
         metavar="K",
-        help="complete test images whose top K rows are given (default: draw whole images)",
+        help="complete test images whose top K rows (of clips: first K frames) are given "
+        "(default: draw whole images)",
     )
     gen.add_argument(
         "--noise",
@@ -554,6 +560,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnncu import plots
+    from rnncu.data import display_images
     from rnncu.tasks import RowGenerator
     from rnncu.trainer import SAMPLE_NOISE, SavedDatasetNotFound, load_run, sample_images
 
@@ -578,9 +585,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         noise = SAMPLE_NOISE if args.noise is None else args.noise
         height = run.data.image_shape[0]
         grid_rows = len(classes) * (2 if args.complete else 1)  # completions: originals above
-        pixels = plots.grid_pixels(grid_rows, args.per_class, run.data.image_shape)
+        pixels = plots.grid_pixels(grid_rows, args.per_class, run.data.display_shape)
         if pixels > plots.MAX_GRID_PIXELS:
-            fits = plots.grid_columns_within(grid_rows, run.data.image_shape)
+            fits = plots.grid_columns_within(grid_rows, run.data.display_shape)
             advice = f"at most {fits} here" if fits else "ask for fewer --classes"
             raise ValueError(
                 f"--per-class {args.per_class}: a grid of {grid_rows} rows of {args.per_class} "
@@ -590,7 +597,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         top = None
         if args.complete:
             if not 0 < args.complete < height:
-                raise ValueError(f"--complete: expected 1..{height - 1} rows, got {args.complete}")
+                raise ValueError(
+                    f"--complete: expected 1..{height - 1} {run.data.row_name}s, got "
+                    f"{args.complete}"
+                )
             absent = [c for c in classes if not np.any(run.data.y_test == c)]
             if absent:
                 which = "--classes" if args.classes else "--complete (the trained classes)"
@@ -615,12 +625,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 mine = labels == c
                 for block in (run.data.x_test[picks][mine], images[mine]):
                     rows += [block.astype(images.dtype), *[blank] * (args.per_class - len(block))]
-            plots.save_image_grid(np.concatenate(rows), args.out, ncols=args.per_class)
+            shown = display_images(np.concatenate(rows), run.data.frame_shape)
+            plots.save_image_grid(shown, args.out, ncols=args.per_class)
         else:
             images, labels = sample_images(
                 run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
             )
-            plots.save_image_grid(images, args.out, ncols=args.per_class)
+            shown = display_images(images, run.data.frame_shape)
+            plots.save_image_grid(shown, args.out, ncols=args.per_class)
     what = "completions (each row of originals above)" if args.complete else "images"
     print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0

@@ -9,9 +9,17 @@ labels (N,), already split into train and test. :func:`to_sequences` turns image
 * ``permuted``: the pixels under one fixed random permutation (:data:`PERMUTATION_SEED`),
   the same for every run, so models and checkpoints stay comparable.
 
+Clips (sequences of frames) are held as images whose rows are whole frames: a clip of T
+frames of H x W pixels is a (T, H*W) array, and the dataset's ``frame_shape`` is (H, W). So
+``rows`` reads a clip one frame per step (T steps of H*W), ``pixels`` one pixel per step
+(frame by frame, each in reading order), and every task works on clips as on images;
+:func:`display_images` lays a clip's frames side by side for the plots.
+
 Sources: ``digits`` (scikit-learn's 1797 8x8 digits, shipped with scikit-learn, split
-stratified 75/25 with random_state=0), MNIST-format IDX files (raw or .gz) and ``.npz`` files
-with ``x`` and ``y`` (optionally ``x_test`` and ``y_test``).
+stratified 75/25 with random_state=0), ``moving-digits`` (those digits, each moving across
+a 10x10 canvas for 8 frames, two clips a digit, from the same split), MNIST-format IDX files
+(raw or .gz) and ``.npz`` files with ``x`` and ``y`` (optionally ``x_test`` and ``y_test``); an
+``.npz`` whose ``x`` is (N, T, H, W) holds clips.
 
 Pixel values: integer images are 8-bit intensities and must lie in 0..255 (divided by 255);
 float images must already lie in [0, 1]; boolean images read as 0 and 1. Anything else (an
@@ -42,11 +50,14 @@ __all__ = [
     "PERMUTATION_SEED",
     "SEQ_VIEWS",
     "ImageDataset",
+    "BUILTIN_DATASETS",
     "check_dataset",
     "dataset_digest",
+    "display_images",
     "load_dataset",
     "load_digits",
     "load_idx_dir",
+    "load_moving_digits",
     "load_npz",
     "pixel_permutation",
     "read_idx",
@@ -57,11 +68,18 @@ __all__ = [
 SEQ_VIEWS = ("rows", "pixels", "permuted")
 #: the permuted view uses this seed for every run (fixed, not the training seed)
 PERMUTATION_SEED = 1234
+#: the datasets known by name, built without a file
+BUILTIN_DATASETS = ("digits", "moving-digits")
+#: the moving digits' starting places and directions come from this seed, the same every time
+MOVING_DIGITS_SEED = 2024
 
 
 @dataclass
 class ImageDataset:
-    """Train and test images (N, H, W) float32 in [0, 1] with int64 labels (N,)."""
+    """Train and test images (N, H, W) float32 in [0, 1] with int64 labels (N,).
+
+    For clips, ``frame_shape`` is a frame's (H, W) and each image is a clip (T, H*W): one
+    frame per row (see the module's notes)."""
 
     name: str
     x_train: np.ndarray
@@ -72,6 +90,8 @@ class ImageDataset:
     #: what it was loaded from: ``"digits"`` or the file or directory's path (None: built in
     #: memory); the name alone cannot tell scikit-learn's digits from a directory "digits"
     source: str | None = None
+    #: a frame's (H, W) where the images are clips (T, H*W); None for images
+    frame_shape: tuple[int, int] | None = None
 
     @property
     def trained_classes(self) -> list[int]:
@@ -80,8 +100,20 @@ class ImageDataset:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        """``(H, W)``: what sets the sequence shapes and must match a checkpoint's model."""
+        """``(H, W)``, for clips ``(T, H*W)``: what sets the sequence shapes and must match a
+        checkpoint's model."""
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
+
+    @property
+    def display_shape(self) -> tuple[int, int]:
+        """The (height, width) of an image as :func:`display_images` shows it: a clip's
+        frames side by side, one pixel apart."""
+        return display_shape(self.image_shape, self.frame_shape)
+
+    @property
+    def row_name(self) -> str:
+        """What one row of an image is: ``"row"``, or ``"frame"`` for clips (in messages)."""
+        return "row" if self.frame_shape is None else "frame"
 
 
 def dataset_digest(data: ImageDataset) -> str:
@@ -94,7 +126,37 @@ def dataset_digest(data: ImageDataset) -> str:
         array = np.ascontiguousarray(getattr(data, field))
         digest.update(f"{field} {array.dtype.str} {array.shape};".encode())
         digest.update(array.data.cast("B"))
+    if data.frame_shape is not None:  # images keep the digests they had before clips
+        digest.update("frame_shape {} {};".format(*data.frame_shape).encode())
     return digest.hexdigest()
+
+
+def display_shape(
+    image_shape: tuple[int, int], frame_shape: tuple[int, int] | None
+) -> tuple[int, int]:
+    """:func:`display_images`' (height, width) for images of ``image_shape``."""
+    if frame_shape is None:
+        return (int(image_shape[0]), int(image_shape[1]))
+    frames, (height, width) = int(image_shape[0]), frame_shape
+    return (int(height), frames * (int(width) + 1) - 1)
+
+
+def display_images(images: np.ndarray, frame_shape: tuple[int, int] | None) -> np.ndarray:
+    """Images (N, H, W) as they are shown: unchanged for images (``frame_shape`` None); clips
+    (N, T, H*W) become (N, H, T*(W+1)-1), their frames side by side in order with a grey
+    column (0.25) between two frames, so that a grid of clips reads a clip per cell."""
+    if frame_shape is None:
+        return images
+    n, frames, size = images.shape
+    height, width = frame_shape
+    if height * width != size:
+        raise ValueError(
+            f"display_images: frames of {height}x{width} pixels do not fill clips of {size} "
+            f"pixels a frame (images shape {images.shape})"
+        )
+    shown = np.full((n, height, frames, width + 1), 0.25, dtype=images.dtype)
+    shown[..., :width] = images.reshape(n, frames, height, width).transpose(0, 2, 1, 3)
+    return shown.reshape(n, height, frames * (width + 1))[:, :, :-1]
 
 
 def pixel_permutation(num_pixels: int) -> np.ndarray:
@@ -104,13 +166,19 @@ def pixel_permutation(num_pixels: int) -> np.ndarray:
 
 def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
     """Images (N, H, W), a NumPy array, -> time-major sequences (T, N, D), C-contiguous, same
-    dtype."""
+    dtype. Clips (N, T, H, W) are read as images (N, T, H*W): ``rows`` gives one frame per
+    step."""
     if not isinstance(images, np.ndarray):
         raise TypeError(
             f"to_sequences: images: expected a NumPy array (N, H, W), got {type_name(images)}"
         )
+    if images.ndim == 4:
+        images = images.reshape(*images.shape[:2], -1)
     if images.ndim != 3:
-        raise ValueError(f"to_sequences: expected images (N, H, W), got shape {images.shape}")
+        raise ValueError(
+            "to_sequences: expected images (N, H, W) or clips (N, T, H, W), got shape "
+            f"{images.shape}"
+        )
     n, h, w = images.shape
     if view == "rows":
         seq = images
@@ -193,6 +261,62 @@ def load_digits() -> ImageDataset:
     labels = raw.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = split_stratified(images, labels)
     return ImageDataset("digits", x_tr, y_tr, x_te, y_te, 10, source="digits")
+
+
+def load_moving_digits(frames: int = 8, canvas: int = 10, copies: int = 2) -> ImageDataset:
+    """Clips of scikit-learn's digits moving: ``"moving-digits"``, the built-in dataset of
+    clips (with the defaults).
+
+    Each 8x8 digit moves across a ``canvas`` x ``canvas`` canvas for ``frames`` frames, one
+    pixel a frame along one of the 8 directions (straight or diagonal), bouncing off the
+    canvas's edges; ``copies`` clips of each digit, each of its own starting place and
+    direction, drawn with :data:`MOVING_DIGITS_SEED` (the same every time). The label is the
+    digit. The digits are split as :func:`load_digits` splits them (stratified 75/25,
+    random_state=0), so a digit's clips all lie in one split: by default 2694 training and
+    900 test clips (8, 100) with ``frame_shape`` (10, 10).
+
+    The canvas sets how far the digits travel, and so how hard the task is: each place a
+    digit may take is one more a classifier must learn it in (benchmarks/RESULTS.md has the
+    default recipe's figures on larger canvases)."""
+    sides = {"frames": (frames, 1), "canvas": (canvas, 8), "copies": (copies, 1)}
+    for name, (value, least) in sides.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(
+                f"load_moving_digits: {name}: expected an integer >= {least}, got {value!r}"
+            )
+    digits = load_digits()
+    rng = np.random.default_rng(MOVING_DIGITS_SEED)
+    x_tr = _moving(digits.x_train, frames, canvas, copies, rng)
+    x_te = _moving(digits.x_test, frames, canvas, copies, rng)
+    y_tr, y_te = np.repeat(digits.y_train, copies), np.repeat(digits.y_test, copies)
+    built_in = (frames, canvas, copies) == (8, 10, 2)  # what the name "moving-digits" loads
+    return ImageDataset(
+        "moving-digits", x_tr, y_tr, x_te, y_te, 10,
+        source="moving-digits" if built_in else None, frame_shape=(int(canvas), int(canvas)),
+    )  # fmt: skip
+
+
+def _moving(
+    digits: np.ndarray, frames: int, canvas: int, copies: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Clips (N * copies, frames, canvas**2) of ``digits`` (N, 8, 8) moving (each digit's
+    ``copies`` clips in a row)."""
+    digits = np.repeat(digits, copies, axis=0)
+    n, size = digits.shape[0], digits.shape[1]
+    travel = canvas - size  # the largest offset a digit's top-left corner takes
+    place = rng.integers(0, travel + 1, size=(n, 2))
+    directions = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    step = directions[rng.integers(0, len(directions), size=n)]
+    clips = np.zeros((n, frames, canvas, canvas), dtype=np.float32)
+    for t in range(frames):
+        for i in range(n):
+            top, left = place[i]
+            clips[i, t, top : top + size, left : left + size] = digits[i]
+        ahead = place + step
+        bounce = (ahead < 0) | (ahead > travel)
+        step = np.where(bounce, -step, step)
+        place = place + step
+    return clips.reshape(n, frames, canvas * canvas)
 
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian dtype
@@ -292,6 +416,24 @@ def _outside_unit_range(x: np.ndarray) -> str | None:
     return None if low >= 0 and high <= 1 else f"{float(low)!r}..{float(high)!r}"
 
 
+def _as_images_or_clips(
+    x: np.ndarray, source: str, name: str
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """:func:`_as_images`, and clips: (N, T, H, W) or (N, T, H, W, 1) -> ((N, T, H*W),
+    (H, W)). A 4-D array whose last axis is 1 is images with a channel, as before clips."""
+    if x.ndim == 5 and x.shape[-1] == 1:
+        x = x[..., 0]
+    elif x.ndim != 4 or x.shape[-1] == 1:
+        return _as_images(x, source, name), None
+    n, frames, height, width = x.shape
+    if 0 in (frames, height, width):
+        raise ValueError(
+            f"{source}: clips of {frames} frames of {height}x{width} pixels in {name} (shape "
+            f"{x.shape}); expected at least one frame, row and column"
+        )
+    return x.reshape(n, frames, height * width), (height, width)
+
+
 def _as_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray:
     """(N, H, W), (N, H, W, 1) or (N, D) with D a perfect square -> (N, H, W)."""
     if x.ndim == 4 and x.shape[-1] == 1:
@@ -304,7 +446,10 @@ def _as_images(x: np.ndarray, source: str, name: str = "the file") -> np.ndarray
             )
         x = x.reshape(x.shape[0], side, side)
     if x.ndim != 3:
-        raise ValueError(f"{source}: expected images (N, H, W), got shape {x.shape} in {name}")
+        raise ValueError(
+            f"{source}: expected images (N, H, W) or clips (N, T, H, W), got shape {x.shape} "
+            f"in {name}"
+        )
     if x.shape[1] == 0 or x.shape[2] == 0:
         raise ValueError(
             f"{source}: images of {x.shape[1]}x{x.shape[2]} pixels in {name} (shape "
@@ -339,6 +484,11 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
     return y.astype(np.int64, copy=False)
 
 
+def _kind(frame_shape: tuple[int, int] | None) -> str:
+    """What a dataset of ``frame_shape`` holds, in words."""
+    return "images" if frame_shape is None else "clips of {}x{} frames".format(*frame_shape)
+
+
 def _finish(
     name: str,
     x_tr: np.ndarray,
@@ -346,7 +496,14 @@ def _finish(
     x_te: np.ndarray,
     y_te: np.ndarray,
     source: str,
+    frame_shape: tuple[int, int] | None = None,
+    test_frame_shape: tuple[int, int] | None = None,
 ) -> ImageDataset:
+    if frame_shape != test_frame_shape:
+        raise ValueError(
+            f"{source}: the training split holds {_kind(frame_shape)}, the test split "
+            f"{_kind(test_frame_shape)}"
+        )
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(
             f"{source}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ"
@@ -363,7 +520,9 @@ def _finish(
             "at least 2 classes"
         )
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return ImageDataset(name, x_tr, y_tr, x_te, y_te, num_classes, source=source)
+    return ImageDataset(
+        name, x_tr, y_tr, x_te, y_te, num_classes, source=source, frame_shape=frame_shape
+    )
 
 
 def check_dataset(data: Any, name: str = "data") -> ImageDataset:
@@ -371,7 +530,8 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
     new dataset whose labels are int64 (integral floats and other integer types converted).
 
     The rules: NumPy images (N, H, W) of a float dtype, finite and in [0, 1] (or bool), with
-    at least one image, row and column per split, the same (H, W) in both splits; labels (N,)
+    at least one image, row and column per split, the same (H, W) in both splits;
+    ``frame_shape`` None, or for clips (T, H*W) a frame's (H, W); labels (N,)
     matching the images' count, integers in [0, ``MAX_CLASSES``), at least two classes in
     training; ``num_classes`` an integer above every label and at most ``MAX_CLASSES``. A
     dataset built in memory gets no scaling: integer images are refused here (the file
@@ -413,6 +573,7 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
             f"{name}.y_train: the training labels hold a single class ({int(present[0])}); "
             "expected at least 2 classes"
         )
+    frame_shape = _checked_frame_shape(data.frame_shape, data.x_train.shape, name)
     largest = int(max(labels["y_train"].max(), labels["y_test"].max()))
     k = data.num_classes
     if (
@@ -425,13 +586,41 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
             f"the largest label, {largest}), got {k!r}"
         )
     return dataclasses.replace(
-        data, y_train=labels["y_train"], y_test=labels["y_test"], num_classes=int(k)
+        data,
+        y_train=labels["y_train"],
+        y_test=labels["y_test"],
+        num_classes=int(k),
+        frame_shape=frame_shape,
     )
+
+
+def _checked_frame_shape(
+    frame_shape: Any, shape: tuple[int, ...], name: str
+) -> tuple[int, int] | None:
+    """None, or ``frame_shape`` as a pair of Python ints whose product is a clip's row size
+    (``shape[2]``); else ValueError naming ``name.frame_shape``."""
+    if frame_shape is None:
+        return None
+    expected = f"None (images) or (H, W) with H * W = {shape[2]}, the pixels of a frame"
+    try:
+        height, width = frame_shape
+        pair = tuple(int(side) for side in (height, width) if _is_index(side))
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1 or pair[0] * pair[1] != shape[2]:
+        raise ValueError(f"{name}.frame_shape: expected {expected}, got {frame_shape!r}")
+    return (pair[0], pair[1])
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     """An ``.npz`` with ``x`` (images) and ``y`` (int labels); with ``x_test``/``y_test`` those
-    are the test split, else a stratified 75/25 split with random_state=0 is made."""
+    are the test split, else a stratified 75/25 split with random_state=0 is made. An ``x``
+    of shape (N, T, H, W) (or (N, T, H, W, 1)) holds clips of T frames: see the module's
+    notes."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -484,15 +673,16 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
             f"{path}: .npz has {test_keys[0]} but lacks {other} (give both for a test split, "
             "or neither for a stratified split of x and y)"
         )
-    x = _scale_images(_as_images(arrays["x"], str(path), "array 'x'"), str(path), "array 'x'")
+    x, frames = _as_images_or_clips(arrays["x"], str(path), "array 'x'")
+    x = _scale_images(x, str(path), "array 'x'")
     y = _labels(arrays["y"], x.shape[0], str(path), "array 'y'")
     if test_keys:
-        x_te = _as_images(arrays["x_test"], str(path), "array 'x_test'")
+        x_te, test_frames = _as_images_or_clips(arrays["x_test"], str(path), "array 'x_test'")
         x_te = _scale_images(x_te, str(path), "array 'x_test'")
         y_te = _labels(arrays["y_test"], x_te.shape[0], str(path), "array 'y_test'")
-        return _finish(path.name, x, y, x_te, y_te, str(path))
+        return _finish(path.name, x, y, x_te, y_te, str(path), frames, test_frames)
     x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(path))
-    return _finish(path.name, x_tr, y_tr, x_te, y_te, str(path))
+    return _finish(path.name, x_tr, y_tr, x_te, y_te, str(path), frames, frames)
 
 
 def _idx_names(stem: str) -> tuple[str, ...]:
@@ -624,21 +814,30 @@ def _directory_label(directory: Path) -> str:
 
 
 def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
-    """``"digits"``, a directory of MNIST-format IDX files, or a ``.npz`` file."""
+    """``"digits"``, ``"moving-digits"``, a directory of MNIST-format IDX files, or a
+    ``.npz`` file."""
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
-            f"dataset spec: expected 'digits', a directory of IDX files or a .npz path (str or "
-            f"path), got {type(spec).__name__} {spec!r}"
+            f"dataset spec: expected 'digits', 'moving-digits', a directory of IDX files or a .npz "
+            f"path (str or path), got {type(spec).__name__} {spec!r}"
         )
     if spec == "":
-        raise ValueError("dataset spec: expected 'digits', a directory of IDX files or a .npz")
+        raise ValueError(
+            "dataset spec: expected 'digits', 'moving-digits', a directory of IDX files or a .npz"
+        )
     if spec == "digits":
         return load_digits()
+    if spec == "moving-digits":
+        return load_moving_digits()
     path = Path(spec)
     if path.is_dir():
         return load_idx_dir(path)
     if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not path.exists():
-        raise FileNotFoundError(f"dataset {spec!r}: no such file or directory (or use 'digits')")
-    raise ValueError(f"dataset {spec!r}: expected 'digits', a directory of IDX files or a .npz")
+        raise FileNotFoundError(
+            f"dataset {spec!r}: no such file or directory (or use 'digits' or 'moving-digits')"
+        )
+    raise ValueError(
+        f"dataset {spec!r}: expected 'digits', 'moving-digits', a directory of IDX files or a .npz"
+    )

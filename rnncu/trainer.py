@@ -38,10 +38,12 @@ from rnncu.checkpoint import (
     save_checkpoint,
 )
 from rnncu.data import (
+    BUILTIN_DATASETS,
     SEQ_VIEWS,
     ImageDataset,
     check_dataset,
     dataset_digest,
+    display_images,
     load_dataset,
     seq_shape,
     to_sequences,
@@ -86,14 +88,15 @@ def _is_number(value: Any) -> bool:
 class TrainConfig:
     """Everything that defines a run (saved in ``config.json`` and in the checkpoint).
 
-    ``task`` "classify" or "generate"; ``dataset`` "digits", a directory of IDX files or a
-    ``.npz``; ``seq`` how an image becomes a sequence ("rows": T = height, D = width;
-    "pixels": T = height * width, D = 1). The learning rate starts at ``lr`` (after
-    ``warmup_epochs`` of linear warm-up) and follows ``schedule``: "exp" multiplies it by
-    ``lr_decay`` every epoch, "step" by ``lr_decay`` every ``decay_epochs``, "cosine" takes it
-    to 0 over ``decay_epochs`` (warm-up included), "constant" keeps it. ``clip`` limits the
-    global gradient norm (0: off); ``augment`` shifts each training image by up to that many
-    pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
+    ``task`` "classify" or "generate"; ``dataset`` "digits", "moving-digits" (clips), a
+    directory of IDX files or a ``.npz``; ``seq`` how an image becomes a sequence ("rows":
+    T = height, D = width, for clips a frame per step; "pixels": T = height * width, D = 1).
+    The learning rate starts at ``lr`` (after ``warmup_epochs`` of linear warm-up) and
+    follows ``schedule``: "exp" multiplies it by ``lr_decay`` every epoch, "step" by
+    ``lr_decay`` every ``decay_epochs``, "cosine" takes it to 0 over ``decay_epochs`` (warm-up
+    included), "constant" keeps it. ``clip`` limits the global gradient norm (0: off);
+    ``augment`` shifts each training image (each clip, all its frames alike) by up to that
+    many pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
     """
 
     task: str = "classify"
@@ -223,7 +226,7 @@ def dataset_name(dataset: str | os.PathLike[str]) -> str:
     resume and generate find it from any directory and after the run directory moved. A
     PathLike is always a path, even ``Path("digits")``; ``".."`` is kept, not resolved
     (through a link, ``link/..`` is not the directory holding it)."""
-    if isinstance(dataset, str) and dataset in ("digits", ""):
+    if isinstance(dataset, str) and dataset in (*BUILTIN_DATASETS, ""):
         return dataset  # "" is refused by the config's check, which names the field
     if isinstance(dataset, (str, os.PathLike)):
         return str(Path(dataset).absolute())
@@ -301,11 +304,12 @@ class _Run:
         self.config = config
         self.backend = get_backend(config.backend)
         self.data = data if data is not None else load_dataset(config.dataset)
-        height, width = self.data.image_shape
+        height, width = self.data.frame_shape or self.data.image_shape
         limit = (min(height, width) - 1) // 2
         if config.augment > limit:
+            what = "images" if self.data.frame_shape is None else "frames"
             raise ValueError(
-                f"augment: expected at most {limit} for {height}x{width} images (larger shifts "
+                f"augment: expected at most {limit} for {height}x{width} {what} (larger shifts "
                 f"move most of an image out of the frame), got {config.augment}"
             )
         self.seq_shape = seq_shape(self.data.image_shape, config.seq)
@@ -364,6 +368,12 @@ class _Run:
             "num_classes": self.data.num_classes,
             "seq_shape": list(self.seq_shape),
             "digest": self.data_digest,
+            # images keep the metadata they had before clips
+            **(
+                {}
+                if self.data.frame_shape is None
+                else {"frame_shape": list(self.data.frame_shape)}
+            ),
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -425,6 +435,7 @@ class _Run:
                 self.data.x_train,
                 config.augment,
                 np.random.default_rng([config.seed, 4, self.epoch]),
+                self.data.frame_shape,
             )
             x_train = self.backend.asarray(to_sequences(shifted, config.seq), self.x_train.dtype)
         loss_sum = xp.zeros((), dtype=np.float64)
@@ -493,18 +504,31 @@ def _norm_record(norms: np.ndarray, factors: np.ndarray | None) -> dict[str, flo
     return record
 
 
-def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+def shift_images(
+    images: np.ndarray,
+    max_shift: int,
+    rng: np.random.Generator,
+    frame_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Translate each image (N, H, W) by a random (dy, dx) in [-max_shift, max_shift]^2,
-    filling with zeros (the background)."""
-    n, h, w = images.shape
+    filling with zeros (the background). Clips (N, T, H*W) of ``frame_shape`` (H, W) move
+    every frame of a clip by the clip's one (dy, dx): the motion between frames is kept."""
+    n = images.shape[0]
     a = max_shift
-    padded = np.zeros((n, h + 2 * a, w + 2 * a), dtype=images.dtype)
-    padded[:, a : a + h, a : a + w] = images
     offsets = rng.integers(0, 2 * a + 1, size=(n, 2))
+    clips = images[:, None] if frame_shape is None else images.reshape(n, -1, *frame_shape)
+    _, frames, h, w = clips.shape
+    padded = np.zeros((n, frames, h + 2 * a, w + 2 * a), dtype=images.dtype)
+    padded[:, :, a : a + h, a : a + w] = clips
     rows = offsets[:, 0, None] + np.arange(h)[None, :]  # (N, H)
     cols = offsets[:, 1, None] + np.arange(w)[None, :]  # (N, W)
-    shifted: np.ndarray = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return shifted
+    shifted: np.ndarray = padded[
+        np.arange(n)[:, None, None, None],
+        np.arange(frames)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    return shifted.reshape(images.shape)
 
 
 #: What a run writes into its directory (``classifier/``: a generate run's judge, a run of
@@ -663,14 +687,14 @@ def _train(
         data is not None
         and out_dir is not None
         and saved_meta is None
-        and config.dataset == "digits"
-        and data.source != "digits"
+        and config.dataset in BUILTIN_DATASETS
+        and data.source != config.dataset
     ):
-        # the saved config would say digits, and evaluating or resuming the run would load
-        # scikit-learn's digits without a word
+        # the saved config would name a built-in dataset, and evaluating or resuming the run
+        # would load it without a word
         raise ValueError(
-            f"data: the dataset {data.name!r} is not scikit-learn's digits, but "
-            "config.dataset is 'digits'; give the "
+            f"data: the dataset {data.name!r} is not the built-in {config.dataset!r}, but "
+            f"config.dataset is {config.dataset!r}; give the "
             "config its path (make_config(dataset=...)), which is saved with the run and "
             "loaded to evaluate, resume or generate from it"
         )
@@ -1080,7 +1104,11 @@ def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
     if "confusion_matrix" in result.metrics:
         plots.plot_confusion(np.asarray(result.metrics["confusion_matrix"]), out / "confusion.png")
     if "samples" in result.extra:
-        plots.save_image_grid(result.extra["samples"], out / "samples.png", ncols=SAMPLES_PER_CLASS)
+        plots.save_image_grid(
+            display_images(result.extra["samples"], run.data.frame_shape),
+            out / "samples.png",
+            ncols=SAMPLES_PER_CLASS,
+        )
 
 
 def _short(value: Any) -> str:
@@ -1126,6 +1154,14 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{file}: metadata field 'data.num_classes': expected a positive integer, got "
             f"{_short(data['num_classes'])}"
+        )
+    frames = data.get("frame_shape", [1, 1])
+    if not (
+        isinstance(frames, list) and len(frames) == 2 and all(_is_int(v) and v >= 1 for v in frames)
+    ):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.frame_shape': expected [H, W] positive integers (a "
+            f"clip's frame), got {_short(frames)}"
         )
     digest = data.get("digest", "0" * 64)
     if not (
@@ -1179,6 +1215,20 @@ def _check_saved_images(
             f"dataset {config.dataset!r} has {data.image_shape[0]}x{data.image_shape[1]} "
             f"images, the model of {file} was trained on {saved[0]}x{saved[1]}"
         )
+    saved_frames = meta.get("data", {}).get("frame_shape")
+    frames = None if data.frame_shape is None else list(data.frame_shape)
+    if saved is not None and frames != saved_frames:
+        # clips of 8 frames of 12x12 and images of 8x144 make the same sequences: a model of
+        # one would read the other without a word
+        raise ValueError(
+            f"dataset {config.dataset!r} holds {_holds(frames)}, the model of {file} was "
+            f"trained on {_holds(saved_frames)}"
+        )
+
+
+def _holds(frame_shape: Any) -> str:
+    """What a dataset of ``frame_shape`` holds, in words."""
+    return "images" if frame_shape is None else "clips of {}x{} frames".format(*frame_shape)
 
 
 def _check_saved_steps(run: _Run, file: Path) -> None:

@@ -1063,13 +1063,13 @@ def test_data_of_another_name_needs_its_path_in_the_config(tmp_path: Path, digit
         x_test=1 - digits.x_test,
         source=None,  # built in memory
     )
-    match = r"data: the dataset 'inverted.npz' is not scikit-learn's digits, but config"
+    match = r"data: the dataset 'inverted.npz' is not the built-in 'digits', but config"
     with pytest.raises(ValueError, match=match):
         train(small(epochs=1), data=inverted, progress=False, out_dir=tmp_path / "a")
     assert not (tmp_path / "a").exists()
     # a directory named "digits" is not scikit-learn's either
     named_digits = dataclasses.replace(inverted, name="digits", source="/data/digits")
-    with pytest.raises(ValueError, match="data: the dataset 'digits' is not scikit-learn's"):
+    with pytest.raises(ValueError, match="data: the dataset 'digits' is not the built-in 'digits'"):
         train(small(epochs=1), data=named_digits, progress=False, out_dir=tmp_path / "a")
     # nothing saved, nothing to mislead
     assert train(small(epochs=1), data=inverted, progress=False).epochs_trained == 1

@@ -1,0 +1,342 @@
+"""Sequences of frames (clips): the built-in moving digits, clips in .npz files, their
+sequence views, display, augmentation, checkpoints, and the tasks and CLI on them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu import plots
+from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.cli import main
+from rnncu.data import (
+    ImageDataset,
+    check_dataset,
+    dataset_digest,
+    display_images,
+    load_dataset,
+    load_digits,
+    load_moving_digits,
+    load_npz,
+    to_sequences,
+)
+from rnncu.trainer import evaluate_run, load_run, make_config, shift_images, train
+
+
+@pytest.fixture(scope="module")
+def moving():
+    return load_moving_digits()
+
+
+def clip_npz(path: Path, rng: np.random.Generator, n: int = 60, frames: int = 5) -> Path:
+    """Clips (n, frames, 3, 4) of 8-bit pixels: class 0 brightens over its frames, class 1
+    darkens, so only the order of the frames tells them apart."""
+    ramp = np.linspace(0.2, 1.0, frames)
+    labels = np.arange(n) % 2
+    scale = np.where(labels[:, None] == 0, ramp, ramp[::-1])  # (n, frames)
+    texture = rng.uniform(0.5, 1.0, size=(n, 1, 3, 4))
+    x = np.round(255 * scale[:, :, None, None] * texture).astype(np.uint8)
+    np.savez(path, x=x, y=labels)
+    return path
+
+
+def small(**kw):
+    base = dict(backend="numpy", hidden=12, layers=1, epochs=2, batch_size=16, seed=1)
+    return make_config(**{**base, **kw})
+
+
+# -- the built-in moving digits --------------------------------------------------------------
+
+
+def test_moving_digits_are_the_digits_moving_a_pixel_a_frame(moving) -> None:
+    digits = load_digits()
+    assert moving.x_train.shape == (2 * 1347, 8, 100) and moving.x_test.shape == (2 * 450, 8, 100)
+    assert moving.x_train.dtype == np.float32 and moving.frame_shape == (10, 10)
+    assert moving.image_shape == (8, 100) and moving.source == "moving-digits"
+    # two clips of each digit, in the digits' own split
+    np.testing.assert_array_equal(moving.y_train, np.repeat(digits.y_train, 2))
+    np.testing.assert_array_equal(moving.y_test, np.repeat(digits.y_test, 2))
+    for clips, images in ((moving.x_train, digits.x_train), (moving.x_test, digits.x_test)):
+        frames = clips.reshape(-1, 2, 8, 10, 10)
+        for i in (0, 1, 17, len(images) - 1):
+            places = []
+            for copy in range(2):
+                for frame in frames[i, copy]:
+                    # each frame is the digit, whole, at some place on a blank canvas
+                    found = [
+                        (top, left)
+                        for top in range(3)
+                        for left in range(3)
+                        if np.array_equal(frame[top : top + 8, left : left + 8], images[i])
+                        and frame.sum() == pytest.approx(images[i].sum())
+                    ]
+                    assert found, (i, copy)
+                    places.append(found[0])
+            for copy in range(2):
+                path = np.array(places[8 * copy : 8 * copy + 8])
+                steps = np.diff(path, axis=0)
+                # a pixel a frame (or a bounce off an edge, which keeps the step's size)
+                assert np.abs(steps).max() <= 1 and (np.abs(steps).sum(axis=1) > 0).all()
+    # the same every time, and not the same clip twice for a digit
+    again = load_moving_digits()
+    np.testing.assert_array_equal(again.x_train, moving.x_train)
+    assert dataset_digest(again) == dataset_digest(moving)
+    first, second = moving.x_train[0::2], moving.x_train[1::2]
+    assert np.mean([not np.array_equal(a, b) for a, b in zip(first, second, strict=True)]) > 0.8
+
+
+def test_moving_digits_by_name_and_of_other_sizes() -> None:
+    other = load_moving_digits(frames=3, canvas=12, copies=1)
+    assert other.x_train.shape == (1347, 3, 144) and other.frame_shape == (12, 12)
+    # not what the name loads: a run trained on it must name its own file
+    assert other.source is None
+    assert load_dataset("moving-digits").x_test.shape == (900, 8, 100)
+    for kwargs, said in (
+        ({"canvas": 7}, "canvas: expected an integer >= 8, got 7"),
+        ({"frames": 0}, "frames: expected an integer >= 1, got 0"),
+        ({"copies": True}, "copies: expected an integer >= 1, got True"),
+        ({"copies": 1.5}, "copies: expected an integer >= 1, got 1.5"),
+    ):
+        with pytest.raises(ValueError, match="load_moving_digits: " + said):
+            load_moving_digits(**kwargs)
+
+
+# -- clips in files ----------------------------------------------------------------------------
+
+
+def test_npz_clips_load_as_rows_of_frames(tmp_path: Path, rng) -> None:
+    x = rng.integers(0, 256, size=(40, 6, 3, 5)).astype(np.uint8)
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "c.npz", x=x, y=y, x_test=x[:8, ..., None], y_test=y[:8])
+    data = load_npz(tmp_path / "c.npz")
+    assert data.frame_shape == (3, 5) and data.image_shape == (6, 15)
+    np.testing.assert_allclose(data.x_train, x.reshape(40, 6, 15) / 255.0, rtol=1e-6)
+    # (N, T, H, W, 1): a channel axis, as (N, H, W, 1) for images
+    np.testing.assert_array_equal(data.x_test, data.x_train[:8])
+    # without a test split: split stratified, each clip whole
+    np.savez(tmp_path / "s.npz", x=x, y=y)
+    split = load_npz(tmp_path / "s.npz")
+    assert split.x_train.shape == (30, 6, 15) and split.frame_shape == (3, 5)
+    # a trailing axis of 1 is still a channel of images, as it was before clips
+    np.savez(tmp_path / "i.npz", x=x[:, 0, :, :1], y=y)
+    assert load_npz(tmp_path / "i.npz").frame_shape is None
+
+
+def test_npz_clips_that_do_not_fit_are_refused(tmp_path: Path, rng) -> None:
+    x = rng.integers(0, 256, size=(20, 4, 3, 4)).astype(np.uint8)
+    y = np.arange(20) % 2
+    cases = {
+        # the same row size (12 pixels) for frames of 3x4 and of 4x3
+        "frames.npz": (x.reshape(20, 4, 4, 3), "the training split holds clips of 3x4 frames, "
+                       "the test split clips of 4x3 frames"),
+        "images.npz": (x[:, 0], "the training split holds clips of 3x4 frames, the test split "
+                       "images"),
+        "empty.npz": (x[:, :0], None),
+    }  # fmt: skip
+    for name, (test, said) in cases.items():
+        if said is None:
+            np.savez(tmp_path / name, x=test, y=y)
+            said = "clips of 0 frames of 3x4 pixels in array 'x' (shape (20, 0, 3, 4))"
+        else:
+            np.savez(tmp_path / name, x=x, y=y, x_test=test, y_test=y)
+        with pytest.raises(ValueError) as caught:
+            load_npz(tmp_path / name)
+        assert said in str(caught.value) and name in str(caught.value)
+    np.savez(tmp_path / "six.npz", x=x[..., None, None], y=y)
+    with pytest.raises(ValueError, match=r"or clips \(N, T, H, W\), got shape \(20, 4, 3, 4, 1, 1"):
+        load_npz(tmp_path / "six.npz")
+
+
+def test_check_dataset_takes_a_frame_shape_that_fills_the_rows(moving) -> None:
+    small_set = dataclasses.replace(
+        moving, x_train=moving.x_train[:40], y_train=moving.y_train[:40]
+    )
+    checked = check_dataset(dataclasses.replace(small_set, frame_shape=[np.int64(5), 20]))
+    assert checked.frame_shape == (5, 20) and type(checked.frame_shape[0]) is int
+    for bad in ((3, 30), (10,), (10, 10, 1), (True, 100), (10.0, 10), (0, 100), "10x10"):
+        with pytest.raises(ValueError, match=r"data\.frame_shape: expected None \(images\) or "
+                           r"\(H, W\) with H \* W = 100, the pixels of a frame, got"):  # fmt: skip
+            check_dataset(dataclasses.replace(small_set, frame_shape=bad))
+
+
+def test_the_digest_tells_clips_of_other_frames_apart(moving) -> None:
+    as_images = dataclasses.replace(moving, frame_shape=None)
+    other = dataclasses.replace(moving, frame_shape=(5, 20))
+    digests = {dataset_digest(d) for d in (moving, as_images, other)}
+    assert len(digests) == 3
+    # images hash as they did before clips: their four arrays and nothing else
+    expected = hashlib.sha256()
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        array = np.ascontiguousarray(getattr(as_images, field))
+        expected.update(f"{field} {array.dtype.str} {array.shape};".encode())
+        expected.update(array.tobytes())
+    assert dataset_digest(as_images) == expected.hexdigest()
+
+
+# -- views and display -------------------------------------------------------------------------
+
+
+def test_views_of_clips(rng) -> None:
+    clips = rng.random((5, 4, 2, 3)).astype(np.float32)
+    flat = clips.reshape(5, 4, 6)
+    rows = to_sequences(clips, "rows")
+    assert rows.shape == (4, 5, 6)
+    np.testing.assert_array_equal(rows, to_sequences(flat, "rows"))
+    np.testing.assert_array_equal(rows[2, 3], clips[3, 2].ravel())  # step 2 is frame 2
+    pixels = to_sequences(clips, "pixels")
+    assert pixels.shape == (24, 5, 1)
+    np.testing.assert_array_equal(pixels[:, 1, 0], clips[1].ravel())  # frame by frame
+    with pytest.raises(ValueError, match=r"images \(N, H, W\) or clips \(N, T, H, W\), got shape"):
+        to_sequences(clips[..., None], "rows")
+
+
+def test_display_lays_the_frames_of_a_clip_side_by_side(rng) -> None:
+    clips = rng.random((3, 4, 2 * 5)).astype(np.float32)
+    shown = display_images(clips, (2, 5))
+    assert shown.shape == (3, 2, 4 * 6 - 1) and shown.dtype == np.float32
+    for t in range(4):
+        np.testing.assert_array_equal(shown[:, :, 6 * t : 6 * t + 5], clips[:, t].reshape(3, 2, 5))
+    np.testing.assert_array_equal(shown[:, :, 5::6], 0.25)  # the columns between frames
+    images = rng.random((3, 4, 10))
+    assert display_images(images, None) is images
+    with pytest.raises(ValueError, match="frames of 3x3 pixels do not fill clips of 10 pixels"):
+        display_images(clips, (3, 3))
+
+
+# -- training on clips ---------------------------------------------------------------------------
+
+
+def test_augment_moves_each_clip_as_one(rng) -> None:
+    clips = rng.random((6, 4, 5 * 7)).astype(np.float32)
+    moved = shift_images(clips, 2, np.random.default_rng(9), (5, 7))
+    assert moved.shape == clips.shape
+    offsets = np.random.default_rng(9).integers(0, 5, size=(6, 2)) - 2
+    frames = clips.reshape(6, 4, 5, 7)
+    for i, (dy, dx) in enumerate(offsets):
+        padded = np.zeros((4, 5 + 4, 7 + 4), np.float32)
+        padded[:, 2:7, 2:9] = frames[i]  # every frame of the clip read through one window
+        expected = padded[:, 2 + dy : 7 + dy, 2 + dx : 9 + dx]
+        np.testing.assert_array_equal(moved[i].reshape(4, 5, 7), expected)
+    assert not np.array_equal(moved, clips)
+
+
+def test_augment_is_bounded_by_the_frame(moving) -> None:
+    data = dataclasses.replace(
+        moving, x_train=moving.x_train[:64], y_train=moving.y_train[:64], source=None
+    )
+    # 10x10 frames take shifts up to 4 (8 rows of 100 pixels as images would take 3)
+    result = train(small(augment=4, epochs=1), data=data, progress=False)
+    assert result.epochs_trained == 1
+    with pytest.raises(ValueError, match="augment: expected at most 4 for 10x10 frames"):
+        train(small(augment=5, epochs=1), data=data, progress=False)
+
+
+def test_a_classify_run_on_clips_learns_their_order_and_resumes_exactly(
+    tmp_path: Path, rng
+) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    config = small(dataset=path, epochs=30, lr=1e-2)
+    straight = train(config, out_dir=tmp_path / "straight", progress=False, plots=False)
+    # each frame alone is a texture of either class: only the order tells them apart
+    assert straight.metrics["test_accuracy"] == 1.0
+    _, meta = load_checkpoint(tmp_path / "straight")
+    assert meta["data"]["frame_shape"] == [3, 4] and meta["data"]["image_shape"] == [5, 12]
+    train(small(dataset=path, epochs=12, lr=1e-2), out_dir=tmp_path / "split", plots=False)
+    resumed = train(config, resume=tmp_path / "split", progress=False, plots=False)
+    for key, value in straight.model.state_dict().items():
+        assert value.tobytes() == resumed.model.state_dict()[key].tobytes(), key
+    assert evaluate_run(tmp_path / "straight")["test_accuracy"] == 1.0
+    run, _ = load_run(tmp_path / "straight")
+    assert run.data.frame_shape == (3, 4)
+
+
+def test_images_do_not_pass_for_the_clips_a_run_was_trained_on(tmp_path: Path, rng) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    train(small(dataset=path), out_dir=tmp_path / "run", progress=False, plots=False)
+    clips = load_npz(path)
+    # rows of 12 pixels, 5 of them: the sequences of the clips, as images of 5x12
+    images = dataclasses.replace(clips, frame_shape=None, source=None)
+    with pytest.raises(ValueError, match=r"holds images, the model of .* was trained on clips "
+                       r"of 3x4 frames"):  # fmt: skip
+        train(small(dataset=path, epochs=3), resume=tmp_path / "run", data=images, plots=False)
+    with np.load(path) as saved:
+        np.savez(tmp_path / "images.npz", x=saved["x"].reshape(60, 5, 12), y=saved["y"])
+    with pytest.raises(ValueError, match="holds images, the model of"):
+        load_run(tmp_path / "run", dataset=str(tmp_path / "images.npz"))
+
+
+def test_a_saved_frame_shape_is_checked(tmp_path: Path, rng) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    train(small(dataset=path, epochs=1), out_dir=tmp_path / "run", progress=False, plots=False)
+    arrays, meta = load_checkpoint(tmp_path / "run")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    for bad in ([3], [3, 0], [3, "4"], "3x4", [3.0, 4]):
+        meta["data"]["frame_shape"] = bad
+        save_checkpoint(tmp_path / "bad" / "checkpoint.npz", arrays, meta)
+        with pytest.raises(CheckpointError, match=r"'data\.frame_shape': expected \[H, W\]"):
+            load_run(tmp_path / "bad")
+
+
+def test_a_run_of_other_data_cannot_keep_the_built_in_name(moving) -> None:
+    other = dataclasses.replace(moving, source=None, name="mine")
+    with pytest.raises(ValueError, match="the dataset 'mine' is not the built-in 'moving-digits'"):
+        train(small(dataset="moving-digits"), data=other, out_dir="unused", progress=False)
+    assert make_config(dataset="moving-digits").dataset == "moving-digits"  # not a path
+
+
+def test_generate_on_clips_draws_and_completes_frames(
+    tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    out = tmp_path / "gen"
+    args = ["train", "--task", "generate", "--dataset", str(path), "--epochs", "3"]
+    args += ["--hidden", "12", "--batch-size", "16", "--backend", "numpy", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["sample_class_accuracy"] <= 1 and metrics["test_mse"] > 0
+    # the samples' grid: 2 classes of 10 clips, each 5 frames of 3x4 side by side
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size == ((10 * (5 * 5 - 1 + 1) + 1) * 4, (2 * (3 + 1) + 1) * 4)
+    grids: list[np.ndarray] = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    gen = ["generate", "--checkpoint", str(out), "--out", str(tmp_path / "c.png")]
+    assert main([*gen, "--complete", "2", "--classes", "1", "--per-class", "3"]) == 0
+    (grid,) = grids
+    assert grid.shape == (6, 3, 5 * 5 - 1)
+    data = load_npz(path)
+    first = data.x_test[np.flatnonzero(data.y_test == 1)[:3]]
+    np.testing.assert_array_equal(grid[:3], display_images(first, (3, 4)))  # the originals
+    # the completions keep the two frames given
+    np.testing.assert_array_equal(grid[3:, :, : 2 * 5], grid[:3, :, : 2 * 5])
+    capsys.readouterr()
+    assert main([*gen, "--complete", "5"]) == 2
+    assert "--complete: expected 1..4 frames, got 5" in capsys.readouterr().err
+
+
+def test_the_cli_trains_on_the_built_in_clips(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "moving-digits", "--epochs", "1", "--hidden", "16"]
+    assert main([*args, "--backend", "numpy", "--no-progress", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["dataset"] == "moving-digits" and metrics["dataset"] == "moving-digits"
+    assert metrics["num_train"] == 2694 and metrics["num_test"] == 900
+    assert 0.1 < metrics["test_accuracy"] <= 1
+    assert (out / "confusion.png").is_file()
+    # evaluating loads the built-in clips again, by name
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0
+
+
+def test_clip_dataset_in_memory_needs_its_frame_shape_to_be_clips(moving) -> None:
+    bare = ImageDataset("bare", moving.x_train, moving.y_train, moving.x_test, moving.y_test, 10)
+    # without a frame shape the same arrays are images of 8x100: rows of 100 pixels
+    assert bare.frame_shape is None and bare.display_shape == (8, 100)
+    assert moving.display_shape == (10, 8 * 11 - 1)
+    assert bare.row_name == "row" and moving.row_name == "frame"
