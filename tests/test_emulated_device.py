@@ -778,11 +778,18 @@ def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> No
 
 
 # ------------------------------------------------------------------------------- training
-@pytest.mark.parametrize(("task", "seq"), [("classify", "rows"), ("generate", "rows")])
-def test_training_matches_numpy(device, monkeypatch, task: str, seq: str) -> None:
+@pytest.mark.parametrize(
+    ("task", "seq", "dataset"),
+    [
+        ("classify", "rows", "digits"),
+        ("generate", "rows", "digits"),
+        ("generate", "rows", "moving-digits"),
+    ],
+)
+def test_training_matches_numpy(device, monkeypatch, task: str, seq: str, dataset: str) -> None:
     """Two epochs of the trainer (tests/test_train_gpu.py on a real device): float64 weights
     and metrics on the emulated device equal the NumPy backend's to rounding."""
-    results = train_on_both_backends(task, seq, monkeypatch)
+    results = train_on_both_backends(task, seq, monkeypatch, dataset)
     assert results["cupy"].model.backend.xp is device.module
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
 

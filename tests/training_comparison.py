@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 
-def train_on_both_backends(task: str, seq: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Train ``task`` on ``seq`` for two float64 epochs on each backend and assert that the
+def train_on_both_backends(
+    task: str, seq: str, monkeypatch: pytest.MonkeyPatch, dataset: str = "digits"
+) -> dict[str, Any]:
+    """Train ``task`` on ``seq`` of ``dataset`` (``moving-digits``: clips, 100 inputs a step)
+    for two float64 epochs on each backend and assert that the
     weights and metrics agree to rounding; returns ``{"numpy": result, "cupy": result}``. The
     classifier that judges generated samples gets one epoch at H = 16 (on both backends): its
     quality is not what is compared, and it keeps the run short."""
@@ -27,7 +30,14 @@ def train_on_both_backends(task: str, seq: str, monkeypatch: pytest.MonkeyPatch)
     results = {}
     for backend in ("numpy", "cupy"):
         config = make_config(
-            task=task, seq=seq, epochs=2, hidden=32, dtype="float64", backend=backend, seed=3
+            task=task,
+            seq=seq,
+            dataset=dataset,
+            epochs=2,
+            hidden=32,
+            dtype="float64",
+            backend=backend,
+            seed=3,
         )
         results[backend] = train(config, out_dir=None, progress=False, plots=False)
     weights_numpy = results["numpy"].model.state_dict()
