@@ -269,7 +269,8 @@ def load_moving_digits(frames: int = 8, canvas: int = 10, copies: int = 2) -> Im
 
     Each 8x8 digit moves across a ``canvas`` x ``canvas`` canvas for ``frames`` frames, one
     pixel a frame along one of the 8 directions (straight or diagonal), bouncing off the
-    canvas's edges; ``copies`` clips of each digit, each of its own starting place and
+    canvas's edges (on a canvas of 8, the digit's own size, it has no room and stays where
+    it is); ``copies`` clips of each digit, each of its own starting place and
     direction, drawn with :data:`MOVING_DIGITS_SEED` (the same every time). The label is the
     digit. The digits are split as :func:`load_digits` splits them (stratified 75/25,
     random_state=0), so a digit's clips all lie in one split: by default 2694 training and
@@ -315,7 +316,9 @@ def _moving(
         ahead = place + step
         bounce = (ahead < 0) | (ahead > travel)
         step = np.where(bounce, -step, step)
-        place = place + step
+        # turned around, a step stays on the canvas, except where there is no room either way
+        # (a canvas of the digit's own size): there the digit stays where it is
+        place = np.clip(place + step, 0, travel)
     return clips.reshape(n, frames, canvas * canvas)
 
 

@@ -106,6 +106,17 @@ def test_moving_digits_by_name_and_of_other_sizes() -> None:
             load_moving_digits(**kwargs)
 
 
+def test_moving_digits_on_the_smallest_canvas_stay_where_they_are() -> None:
+    # a canvas of 8, the least taken, is the digit's own size: no room to move either way
+    # (bouncing turned the step around and still left the canvas: a broadcasting error)
+    still = load_moving_digits(frames=3, canvas=8, copies=1)
+    digits = load_digits()
+    assert still.x_train.shape == (1347, 3, 64) and still.frame_shape == (8, 8)
+    for clips, images in ((still.x_train, digits.x_train), (still.x_test, digits.x_test)):
+        expected = np.repeat(images.reshape(-1, 1, 64), 3, axis=1)
+        np.testing.assert_array_equal(clips, expected)
+
+
 # -- clips in files ----------------------------------------------------------------------------
 
 
