@@ -172,8 +172,9 @@ def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
         raise TypeError(
             f"to_sequences: images: expected a NumPy array (N, H, W), got {type_name(images)}"
         )
-    if images.ndim == 4:
-        images = images.reshape(*images.shape[:2], -1)
+    if images.ndim == 4:  # the frame's size written out: -1 cannot be told from no clips
+        n, frames, height, width = images.shape
+        images = images.reshape(n, frames, height * width)
     if images.ndim != 3:
         raise ValueError(
             "to_sequences: expected images (N, H, W) or clips (N, T, H, W), got shape "

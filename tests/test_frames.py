@@ -206,6 +206,17 @@ def test_views_of_clips(rng) -> None:
         to_sequences(clips[..., None], "rows")
 
 
+@pytest.mark.parametrize("view", ["rows", "pixels", "permuted"])
+def test_views_of_empty_clips_are_empty_as_those_of_images(view: str) -> None:
+    # no clips, or clips of no frames: as for images (N, H, W) with a 0, sequences with a 0
+    # (a reshape with -1 could not tell the frame's size from no pixels)
+    for shape in ((0, 4, 2, 3), (5, 0, 2, 3)):
+        clips = np.zeros(shape, np.float32)
+        expected = to_sequences(clips.reshape(shape[0], shape[1], 6), view)
+        sequences = to_sequences(clips, view)
+        assert sequences.shape == expected.shape and sequences.dtype == np.float32
+
+
 def test_display_lays_the_frames_of_a_clip_side_by_side(rng) -> None:
     clips = rng.random((3, 4, 2 * 5)).astype(np.float32)
     shown = display_images(clips, (2, 5))
