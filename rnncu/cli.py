@@ -596,6 +596,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             )
         top = None
         if args.complete:
+            if height < 2:  # no range 1..H-1 to name: a single row (frame) has none after it
+                what = "images" if run.data.frame_shape is None else "clips"
+                raise ValueError(
+                    f"--complete: the run's {what} have a single {run.data.row_name}: none to "
+                    f"complete (draw whole {what} without --complete), got {args.complete}"
+                )
             if not 0 < args.complete < height:
                 raise ValueError(
                     f"--complete: expected 1..{height - 1} {run.data.row_name}s, got "

@@ -342,6 +342,23 @@ def test_generate_on_clips_draws_and_completes_frames(
     assert "--complete: expected 1..4 frames, got 5" in capsys.readouterr().err
 
 
+def test_completing_clips_of_a_single_frame_says_there_is_nothing_to_complete(
+    tmp_path: Path, rng, capsys: pytest.CaptureFixture
+) -> None:
+    path = clip_npz(tmp_path / "one.npz", rng, frames=1)
+    out = tmp_path / "gen"
+    args = ["train", "--task", "generate", "--dataset", str(path), "--epochs", "1"]
+    args += ["--hidden", "8", "--backend", "numpy", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    gen = ["generate", "--checkpoint", str(out), "--out", str(tmp_path / "c.png")]
+    assert main([*gen, "--per-class", "2"]) == 0  # whole clips are drawn
+    capsys.readouterr()
+    assert main([*gen, "--complete", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnncu: error: --complete: ") and "1..0" not in err  # no such range
+    assert "the run's clips have a single frame: none to complete" in err and "got 1" in err
+
+
 def test_the_cli_trains_on_the_built_in_clips(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train", "--dataset", "moving-digits", "--epochs", "1", "--hidden", "16"]
