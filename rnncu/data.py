@@ -147,8 +147,27 @@ def display_images(images: np.ndarray, frame_shape: tuple[int, int] | None) -> n
     column (0.25) between two frames, so that a grid of clips reads a clip per cell."""
     if frame_shape is None:
         return images
+    if not isinstance(images, np.ndarray):
+        raise TypeError(
+            "display_images: images: expected a NumPy array of clips (N, T, H*W), got "
+            f"{type_name(images)}"
+        )
+    if images.ndim != 3:
+        raise ValueError(
+            "display_images: images: expected clips (N, T, H*W), one frame a row, got shape "
+            f"{images.shape}"
+        )
     n, frames, size = images.shape
-    height, width = frame_shape
+    try:
+        height, width = frame_shape
+        pair = all(_is_index(side) and side >= 1 for side in (height, width))
+    except (TypeError, ValueError):
+        pair = False
+    if not pair:
+        raise ValueError(
+            f"display_images: frame_shape: expected None (images) or a frame's (H, W), got "
+            f"{frame_shape!r}"
+        )
     if height * width != size:
         raise ValueError(
             f"display_images: frames of {height}x{width} pixels do not fill clips of {size} "

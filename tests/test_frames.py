@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,22 @@ def test_display_lays_the_frames_of_a_clip_side_by_side(rng) -> None:
     assert display_images(images, None) is images
     with pytest.raises(ValueError, match="frames of 3x3 pixels do not fill clips of 10 pixels"):
         display_images(clips, (3, 3))
+
+
+def test_display_names_what_it_expected_of_clips_that_are_not_rows_of_frames(rng) -> None:
+    clips = rng.random((3, 4, 2, 5)).astype(np.float32)  # (N, T, H, W): as to_sequences takes
+    # these were "too many values to unpack", "'list' object has no attribute 'shape'",
+    # "negative dimensions are not allowed" and "cannot unpack non-iterable int object"
+    with pytest.raises(ValueError, match=r"display_images: images: expected clips \(N, T, H\*W\)"
+                       r", one frame a row, got shape \(3, 4, 2, 5\)"):  # fmt: skip
+        display_images(clips, (2, 5))
+    with pytest.raises(TypeError, match=r"display_images: images: expected a NumPy array of "
+                       r"clips \(N, T, H\*W\), got builtins\.list"):  # fmt: skip
+        display_images(clips.reshape(3, 4, 10).tolist(), (2, 5))
+    said = r"display_images: frame_shape: expected None \(images\) or a frame's \(H, W\), got "
+    for bad in ((-2, -5), 10, (2.0, 5), (True, 10)):
+        with pytest.raises(ValueError, match=said + re.escape(repr(bad))):
+            display_images(clips.reshape(3, 4, 10), bad)
 
 
 # -- training on clips ---------------------------------------------------------------------------
