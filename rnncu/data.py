@@ -144,7 +144,8 @@ def display_shape(
 def display_images(images: np.ndarray, frame_shape: tuple[int, int] | None) -> np.ndarray:
     """Images (N, H, W) as they are shown: unchanged for images (``frame_shape`` None); clips
     (N, T, H*W) become (N, H, T*(W+1)-1), their frames side by side in order with a grey
-    column (0.25) between two frames, so that a grid of clips reads a clip per cell."""
+    column (0.25) between two frames, so that a grid of clips reads a clip per cell (float
+    clips keep their dtype, others become float32)."""
     if frame_shape is None:
         return images
     if not isinstance(images, np.ndarray):
@@ -173,7 +174,9 @@ def display_images(images: np.ndarray, frame_shape: tuple[int, int] | None) -> n
             f"display_images: frames of {height}x{width} pixels do not fill clips of {size} "
             f"pixels a frame (images shape {images.shape})"
         )
-    shown = np.full((n, height, frames, width + 1), 0.25, dtype=images.dtype)
+    # float images keep their dtype; bool (or integer) ones hold no 0.25: float32 then
+    dtype = images.dtype if images.dtype.kind == "f" else np.dtype(np.float32)
+    shown = np.full((n, height, frames, width + 1), 0.25, dtype=dtype)
     shown[..., :width] = images.reshape(n, frames, height, width).transpose(0, 2, 1, 3)
     return shown.reshape(n, height, frames * (width + 1))[:, :, :-1]
 

@@ -231,6 +231,17 @@ def test_display_lays_the_frames_of_a_clip_side_by_side(rng) -> None:
         display_images(clips, (3, 3))
 
 
+def test_display_keeps_the_grey_column_between_the_frames_of_bool_clips(rng) -> None:
+    # bool clips are clips (check_dataset takes them): the grey 0.25 between two frames
+    # became True, a black column of ink as dark as the frames' own
+    clips = rng.random((3, 4, 10)) > 0.5
+    shown = display_images(clips, (2, 5))
+    assert shown.dtype == np.float32
+    np.testing.assert_array_equal(shown[:, :, 5::6], 0.25)
+    for t in range(4):
+        np.testing.assert_array_equal(shown[:, :, 6 * t : 6 * t + 5], clips[:, t].reshape(3, 2, 5))
+
+
 def test_display_names_what_it_expected_of_clips_that_are_not_rows_of_frames(rng) -> None:
     clips = rng.random((3, 4, 2, 5)).astype(np.float32)  # (N, T, H, W): as to_sequences takes
     # these were "too many values to unpack", "'list' object has no attribute 'shape'",
