@@ -159,8 +159,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(
-                f"dataset: expected 'digits', a directory of IDX files or a .npz path, got "
-                f"{self.dataset!r}"
+                "dataset: expected 'digits', 'moving-digits', a directory of IDX files or a "
+                f".npz path, got {self.dataset!r}"
             )
         for name in ("hidden", "layers", "epochs", "batch_size"):
             value = getattr(self, name)

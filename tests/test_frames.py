@@ -339,6 +339,13 @@ def test_a_run_of_other_data_cannot_keep_the_built_in_name(moving) -> None:
     assert make_config(dataset="moving-digits").dataset == "moving-digits"  # not a path
 
 
+def test_a_config_of_no_dataset_names_the_built_in_clips_among_what_it_takes() -> None:
+    for bad in ("", 5):
+        with pytest.raises(ValueError, match=r"^dataset: expected 'digits', 'moving-digits', a "
+                           r"directory of IDX files or a \.npz path, got"):  # fmt: skip
+            make_config(dataset=bad)
+
+
 def test_generate_on_clips_draws_and_completes_frames(
     tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
