@@ -1210,13 +1210,17 @@ def _check_saved_images(
     depends on it (an 8x8 dataset for a 12x20 run with --augment 5 said "augment: expected
     at most 3", and pixels of 20x12 images passed for 12x20 ones: the same sequence shape)."""
     saved = meta.get("data", {}).get("image_shape")
-    if saved is not None and list(data.image_shape) != list(saved):
-        raise ValueError(
-            f"dataset {config.dataset!r} has {data.image_shape[0]}x{data.image_shape[1]} "
-            f"images, the model of {file} was trained on {saved[0]}x{saved[1]}"
-        )
     saved_frames = meta.get("data", {}).get("frame_shape")
     frames = None if data.frame_shape is None else list(data.frame_shape)
+    if saved is not None and list(data.image_shape) != list(saved):
+        if frames is None and saved_frames is None:
+            trained_on = f"{saved[0]}x{saved[1]}"
+        else:  # clips named as clips: "8x100 images" were 8 frames of 10x10 as they are held
+            trained_on = _sized(saved, saved_frames)
+        raise ValueError(
+            f"dataset {config.dataset!r} has {_sized(data.image_shape, frames)}, the model of "
+            f"{file} was trained on {trained_on}"
+        )
     if saved is not None and frames != saved_frames:
         # clips of 8 frames of 12x12 and images of 8x144 make the same sequences: a model of
         # one would read the other without a word
@@ -1229,6 +1233,14 @@ def _check_saved_images(
 def _holds(frame_shape: Any) -> str:
     """What a dataset of ``frame_shape`` holds, in words."""
     return "images" if frame_shape is None else "clips of {}x{} frames".format(*frame_shape)
+
+
+def _sized(image_shape: Any, frame_shape: Any) -> str:
+    """What a dataset of ``image_shape`` and ``frame_shape`` holds, with its sizes, in words:
+    ``"8x8 images"``, ``"clips of 8 frames of 10x10"``."""
+    if frame_shape is None:
+        return "{}x{} images".format(*image_shape)
+    return "clips of {} frames of {}x{}".format(image_shape[0], *frame_shape)
 
 
 def _check_saved_steps(run: _Run, file: Path) -> None:

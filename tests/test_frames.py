@@ -320,6 +320,34 @@ def test_images_do_not_pass_for_the_clips_a_run_was_trained_on(tmp_path: Path, r
         load_run(tmp_path / "run", dataset=str(tmp_path / "images.npz"))
 
 
+def test_clips_of_another_size_are_named_as_clips(tmp_path: Path, rng) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)  # 5 frames of 3x4
+    train(small(dataset=path, epochs=1), out_dir=tmp_path / "run", progress=False, plots=False)
+    np.savez(tmp_path / "six.npz", x=np.zeros((20, 6, 3, 4), np.float32), y=np.arange(20) % 2)
+    np.savez(tmp_path / "images.npz", x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 2)
+    # these said "has 6x12 images" and "has 8x100 images, ... trained on 5x12": the rows of
+    # the clips as they are held, not what the files or the built-in set hold
+    for dataset, held in (
+        (tmp_path / "six.npz", "clips of 6 frames of 3x4"),
+        ("moving-digits", "clips of 8 frames of 10x10"),
+        (tmp_path / "images.npz", "8x8 images"),
+    ):
+        with pytest.raises(ValueError, match=f"has {held}, the model of .* was trained on clips of "
+                           "5 frames of 3x4$"):  # fmt: skip
+            load_run(tmp_path / "run", dataset=str(dataset))
+    with pytest.raises(ValueError, match="has clips of 6 frames of 3x4, the model of .* was "
+                       "trained on clips of 5 frames of 3x4$"):  # fmt: skip
+        train(small(epochs=2), resume=tmp_path / "run", data=load_npz(tmp_path / "six.npz"))
+    # images for images: as before clips; clips for images: named as clips
+    train(small(dataset=tmp_path / "images.npz", epochs=1), out_dir=tmp_path / "img", plots=False)
+    np.savez(tmp_path / "flat.npz", x=np.zeros((20, 6, 12), np.float32), y=np.arange(20) % 2)
+    with pytest.raises(ValueError, match=r"has 6x12 images, the model of .* was trained on 8x8$"):
+        load_run(tmp_path / "img", dataset=str(tmp_path / "flat.npz"))
+    with pytest.raises(ValueError, match=r"has clips of 5 frames of 3x4, the model of .* was "
+                       r"trained on 8x8 images$"):  # fmt: skip
+        load_run(tmp_path / "img", dataset=str(path))
+
+
 def test_a_saved_frame_shape_is_checked(tmp_path: Path, rng) -> None:
     path = clip_npz(tmp_path / "ramps.npz", rng)
     train(small(dataset=path, epochs=1), out_dir=tmp_path / "run", progress=False, plots=False)
