@@ -531,8 +531,14 @@ def _finish(
             f"{_kind(test_frame_shape)}"
         )
     if x_tr.shape[1:] != x_te.shape[1:]:
+        if frame_shape is None:
+            raise ValueError(
+                f"{source}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ"
+            )
+        # clips as the file holds them, (T, H, W), not as rows of frames
         raise ValueError(
-            f"{source}: train images {x_tr.shape[1:]} and test {x_te.shape[1:]} differ"
+            f"{source}: train clips {(x_tr.shape[1], *frame_shape)} and test "
+            f"{(x_te.shape[1], *frame_shape)} differ"
         )
     for split, images in (("training", x_tr), ("test", x_te)):
         if images.shape[0] == 0:

@@ -159,6 +159,12 @@ def test_npz_clips_that_do_not_fit_are_refused(tmp_path: Path, rng) -> None:
         with pytest.raises(ValueError) as caught:
             load_npz(tmp_path / name)
         assert said in str(caught.value) and name in str(caught.value)
+    # clips of other lengths: named as the file holds them (it said "train images (4, 12)
+    # and test (5, 12)", the rows they are held as)
+    np.savez(tmp_path / "long.npz", x=x, y=y, x_test=np.concatenate([x, x[:, :1]], 1), y_test=y)
+    with pytest.raises(ValueError, match=r"long\.npz: train clips \(4, 3, 4\) and test "
+                       r"\(5, 3, 4\) differ$"):  # fmt: skip
+        load_npz(tmp_path / "long.npz")
     np.savez(tmp_path / "six.npz", x=x[..., None, None], y=y)
     with pytest.raises(ValueError, match=r"or clips \(N, T, H, W\), got shape \(20, 4, 3, 4, 1, 1"):
         load_npz(tmp_path / "six.npz")
