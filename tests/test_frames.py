@@ -118,6 +118,29 @@ def test_moving_digits_on_the_smallest_canvas_stay_where_they_are() -> None:
         np.testing.assert_array_equal(clips, expected)
 
 
+def test_moving_digits_start_anywhere_and_bounce_off_the_edges() -> None:
+    digits = load_digits().x_train
+    travel = 3  # an 8x8 digit on an 11x11 canvas: its top-left corner takes 0..3
+    clips = load_moving_digits(frames=12, canvas=11, copies=1).x_train.reshape(-1, 12, 11, 11)
+    spots = [(top, left) for top in range(travel + 1) for left in range(travel + 1)]
+    placed = np.zeros((len(digits), len(spots), 11, 11), np.float32)
+    for k, (top, left) in enumerate(spots):
+        placed[:, k, top : top + 8, left : left + 8] = digits
+    # each frame is the digit at exactly one place on a blank canvas
+    match = (clips[:, :, None] == placed[:, None]).all(axis=(-2, -1))  # (N, frames, spots)
+    assert (match.sum(axis=-1) == 1).all()
+    places = np.array(spots)[match.argmax(axis=-1)]  # (N, frames, 2)
+    # every starting place is taken by some clip, the far edges included
+    assert {tuple(p) for p in places[:, 0]} == set(spots)
+    steps = np.diff(places, axis=1)  # (N, frames - 1, 2)
+    assert np.abs(steps).max() <= 1 and (np.abs(steps).sum(axis=-1) > 0).all()
+    # a step is kept until it would leave the canvas, and then reversed on that axis only
+    ahead = places[:, 1:-1] + steps[:, :-1]
+    leaves = (ahead < 0) | (ahead > travel)
+    np.testing.assert_array_equal(steps[:, 1:], np.where(leaves, -steps[:, :-1], steps[:, :-1]))
+    assert leaves.any(axis=(1, 2)).mean() > 0.5  # most clips bounce in 12 frames
+
+
 # -- clips in files ----------------------------------------------------------------------------
 
 
@@ -135,8 +158,9 @@ def test_npz_clips_load_as_rows_of_frames(tmp_path: Path, rng) -> None:
     split = load_npz(tmp_path / "s.npz")
     assert split.x_train.shape == (30, 6, 15) and split.frame_shape == (3, 5)
     # a trailing axis of 1 is still a channel of images, as it was before clips
-    np.savez(tmp_path / "i.npz", x=x[:, 0, :, :1], y=y)
-    assert load_npz(tmp_path / "i.npz").frame_shape is None
+    np.savez(tmp_path / "i.npz", x=x[:, 0, ..., None], y=y)
+    images = load_npz(tmp_path / "i.npz")
+    assert images.frame_shape is None and images.image_shape == (3, 5)
 
 
 def test_npz_clips_that_do_not_fit_are_refused(tmp_path: Path, rng) -> None:
@@ -165,6 +189,10 @@ def test_npz_clips_that_do_not_fit_are_refused(tmp_path: Path, rng) -> None:
     with pytest.raises(ValueError, match=r"long\.npz: train clips \(4, 3, 4\) and test "
                        r"\(5, 3, 4\) differ$"):  # fmt: skip
         load_npz(tmp_path / "long.npz")
+    # clips of 3 channels (RGB, say) are refused, not read as their first channel
+    np.savez(tmp_path / "rgb.npz", x=np.repeat(x[..., None], 3, axis=-1), y=y)
+    with pytest.raises(ValueError, match=r"or clips \(N, T, H, W\), got shape \(20, 4, 3, 4, 3\)"):
+        load_npz(tmp_path / "rgb.npz")
     np.savez(tmp_path / "six.npz", x=x[..., None, None], y=y)
     with pytest.raises(ValueError, match=r"or clips \(N, T, H, W\), got shape \(20, 4, 3, 4, 1, 1"):
         load_npz(tmp_path / "six.npz")
@@ -176,7 +204,8 @@ def test_check_dataset_takes_a_frame_shape_that_fills_the_rows(moving) -> None:
     )
     checked = check_dataset(dataclasses.replace(small_set, frame_shape=[np.int64(5), 20]))
     assert checked.frame_shape == (5, 20) and type(checked.frame_shape[0]) is int
-    for bad in ((3, 30), (10,), (10, 10, 1), (True, 100), (10.0, 10), (0, 100), "10x10"):
+    bad_shapes = ((3, 30), (10,), (10, 10, 1), (True, 100), (10.0, 10), (0, 100), (-10, -10))
+    for bad in (*bad_shapes, "10x10"):
         with pytest.raises(ValueError, match=r"data\.frame_shape: expected None \(images\) or "
                            r"\(H, W\) with H \* W = 100, the pixels of a frame, got"):  # fmt: skip
             check_dataset(dataclasses.replace(small_set, frame_shape=bad))
@@ -292,6 +321,45 @@ def test_augment_is_bounded_by_the_frame(moving) -> None:
         train(small(augment=5, epochs=1), data=data, progress=False)
 
 
+def test_training_with_augment_moves_the_frames_of_a_clip(
+    moving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rnncu import trainer
+
+    data = dataclasses.replace(
+        moving, x_train=moving.x_train[:64], y_train=moving.y_train[:64], source=None
+    )
+    moved: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def spy(images, max_shift, rng, frame_shape=None):
+        shifted = shift_images(images, max_shift, rng, frame_shape)
+        moved.append((images, shifted))
+        return shifted
+
+    monkeypatch.setattr(trainer, "shift_images", spy)
+    train(small(augment=2, epochs=1), data=data, progress=False)
+    ((images, shifted),) = moved
+    # each clip's frames move on the canvas, alike: not its rows of 100 pixels (the frames)
+    # shifted up or down, which would move the clip in time
+    frames, out = images.reshape(64, 8, 10, 10), shifted.reshape(64, 8, 10, 10)
+    for i in range(64):
+        fits = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(out[i], _shifted(frames[i], dy, dx))
+        ]
+        assert fits, i
+
+
+def _shifted(frames: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Frames (T, H, W) moved by (dy, dx), the background (0) filling in."""
+    t, h, w = frames.shape
+    padded = np.zeros((t, h + 4, w + 4), frames.dtype)
+    padded[:, 2 : 2 + h, 2 : 2 + w] = frames
+    return padded[:, 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
+
+
 def test_a_classify_run_on_clips_learns_their_order_and_resumes_exactly(
     tmp_path: Path, rng
 ) -> None:
@@ -380,6 +448,13 @@ def test_a_config_of_no_dataset_names_the_built_in_clips_among_what_it_takes() -
             make_config(dataset=bad)
 
 
+def test_a_run_of_the_built_in_clips_keeps_their_name(moving, tmp_path: Path) -> None:
+    # the built-in clips themselves, given as data, are what the name loads
+    train(small(dataset="moving-digits", epochs=1), data=moving, out_dir=tmp_path / "run",
+          progress=False, plots=False)  # fmt: skip
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "moving-digits"
+
+
 def test_generate_on_clips_draws_and_completes_frames(
     tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -426,6 +501,32 @@ def test_completing_clips_of_a_single_frame_says_there_is_nothing_to_complete(
     err = capsys.readouterr().err
     assert err.startswith("rnncu: error: --complete: ") and "1..0" not in err  # no such range
     assert "the run's clips have a single frame: none to complete" in err and "got 1" in err
+
+
+def test_generate_on_clips_lays_out_and_bounds_the_grid_by_the_frames(
+    tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    train(small(task="generate", dataset=path, epochs=1), out_dir=tmp_path / "run",
+          progress=False, plots=False)  # fmt: skip
+    # 5 frames of 3x4 shown side by side: 3x24, where the images (5, 12) would be 5x12
+    assert load_npz(path).display_shape == (3, 5 * 5 - 1)
+    grids: list[np.ndarray] = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    gen = ["generate", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "g.png")]
+    assert main([*gen, "--per-class", "3"]) == 0
+    (grid,) = grids
+    assert grid.shape == (2 * 3, 3, 5 * 5 - 1)
+    np.testing.assert_array_equal(grid[:, :, 4::5], 0.25)  # the columns between frames
+    # the grid's size is that of the frames laid out: 2 rows of 24856 clips of 3x24 would
+    # have (2 * 4 + 1) * 4 x (24856 * 25 + 1) * 4 pixels (at most 24855 a row fit); as
+    # images of 5x12 they would have fitted
+    capsys.readouterr()
+    assert main([*gen, "--per-class", "24856"]) == 2
+    err = capsys.readouterr().err
+    assert "have 89,481,744 pixels, more than image readers open" in err
+    assert "at most 24855 here" in err
+    assert len(grids) == 1
 
 
 def test_the_cli_trains_on_the_built_in_clips(tmp_path: Path) -> None:
