@@ -434,10 +434,11 @@ def test_a_saved_frame_shape_is_checked(tmp_path: Path, rng) -> None:
             load_run(tmp_path / "bad")
 
 
-def test_a_run_of_other_data_cannot_keep_the_built_in_name(moving) -> None:
+def test_a_run_of_other_data_cannot_keep_the_built_in_name(moving, tmp_path: Path) -> None:
     other = dataclasses.replace(moving, source=None, name="mine")
     with pytest.raises(ValueError, match="the dataset 'mine' is not the built-in 'moving-digits'"):
-        train(small(dataset="moving-digits"), data=other, out_dir="unused", progress=False)
+        train(small(dataset="moving-digits"), data=other, out_dir=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()  # nothing saved, nothing to mislead
     assert make_config(dataset="moving-digits").dataset == "moving-digits"  # not a path
 
 
