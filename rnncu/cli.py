@@ -585,9 +585,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         noise = SAMPLE_NOISE if args.noise is None else args.noise
         height = run.data.image_shape[0]
         grid_rows = len(classes) * (2 if args.complete else 1)  # completions: originals above
-        pixels = plots.grid_pixels(grid_rows, args.per_class, run.data.display_shape)
+        shape, pad = run.data.display_shape, run.data.display_pad
+        pixels = plots.grid_pixels(grid_rows, args.per_class, shape, pad=pad)
         if pixels > plots.MAX_GRID_PIXELS:
-            fits = plots.grid_columns_within(grid_rows, run.data.display_shape)
+            fits = plots.grid_columns_within(grid_rows, shape, pad=pad)
             advice = f"at most {fits} here" if fits else "ask for fewer --classes"
             raise ValueError(
                 f"--per-class {args.per_class}: a grid of {grid_rows} rows of {args.per_class} "
@@ -632,14 +633,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 for block in (run.data.x_test[picks][mine], images[mine]):
                     rows += [block.astype(images.dtype), *[blank] * (args.per_class - len(block))]
             shown = display_images(np.concatenate(rows), run.data.frame_shape)
-            plots.save_image_grid(shown, args.out, ncols=args.per_class)
+            plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
         else:
             images, labels = sample_images(
                 run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
             )
             shown = display_images(images, run.data.frame_shape)
-            plots.save_image_grid(shown, args.out, ncols=args.per_class)
-    what = "completions (each row of originals above)" if args.complete else "images"
+            plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
+    kind = "images" if run.data.frame_shape is None else "clips"
+    what = "completions (each row of originals above)" if args.complete else kind
     print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0
 

@@ -51,9 +51,11 @@ __all__ = [
     "SEQ_VIEWS",
     "ImageDataset",
     "BUILTIN_DATASETS",
+    "CLIP_GRID_PAD",
     "check_dataset",
     "dataset_digest",
     "display_images",
+    "display_shape",
     "load_dataset",
     "load_digits",
     "load_idx_dir",
@@ -70,6 +72,8 @@ SEQ_VIEWS = ("rows", "pixels", "permuted")
 PERMUTATION_SEED = 1234
 #: the datasets known by name, built without a file
 BUILTIN_DATASETS = ("digits", "moving-digits")
+#: the white border between clips in a grid, in pixels (1 between images)
+CLIP_GRID_PAD = 3
 #: the moving digits' starting places and directions come from this seed, the same every time
 MOVING_DIGITS_SEED = 2024
 
@@ -109,6 +113,13 @@ class ImageDataset:
         """The (height, width) of an image as :func:`display_images` shows it: a clip's
         frames side by side, one pixel apart."""
         return display_shape(self.image_shape, self.frame_shape)
+
+    @property
+    def display_pad(self) -> int:
+        """The white border around and between the images of a grid: wider between clips
+        (:data:`CLIP_GRID_PAD`) than the grey column between a clip's frames, which it would
+        otherwise look like."""
+        return 1 if self.frame_shape is None else CLIP_GRID_PAD
 
     @property
     def row_name(self) -> str:
@@ -583,7 +594,8 @@ def check_dataset(data: Any, name: str = "data") -> ImageDataset:
         where = f"{name}.{x_name}"
         if x.ndim != 3 or 0 in x.shape:
             raise ValueError(
-                f"{where}: expected images (N, H, W) with N, H, W >= 1, got shape {x.shape}"
+                f"{where}: expected images (N, H, W) with N, H, W >= 1 (clips: (N, T, H*W) with "
+                f"frame_shape (H, W)), got shape {x.shape}"
             )
         if x.dtype.kind not in "fb":
             hint = " (divide 8-bit intensities by 255)" if x.dtype.kind in "iu" else ""

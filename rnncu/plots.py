@@ -17,6 +17,7 @@ from rnncu.module import check_number
 from rnncu.module import describe_array as _describe
 
 __all__ = [
+    "GRID_SCALE",
     "MAX_GRID_PIXELS",
     "grid_columns_within",
     "grid_pixels",
@@ -195,10 +196,12 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
 
 #: Pillow's decompression-bomb threshold: readers built on it warn above it, and refuse twice it
 MAX_GRID_PIXELS = 89_478_485
+#: each pixel of an image is drawn as GRID_SCALE x GRID_SCALE pixels of a grid
+GRID_SCALE = 4
 
 
 def grid_pixels(
-    nrows: int, ncols: int, image_shape: tuple[int, int], pad: int = 1, scale: int = 4
+    nrows: int, ncols: int, image_shape: tuple[int, int], pad: int = 1, scale: int = GRID_SCALE
 ) -> int:
     """The pixel count of :func:`image_grid`'s output for ``nrows`` x ``ncols`` images of
     ``image_shape`` (H, W): known before any image is made."""
@@ -213,7 +216,7 @@ def _grid_shape(nrows: int, ncols: int, image_shape: tuple[int, int], pad: int) 
 
 
 def grid_columns_within(
-    nrows: int, image_shape: tuple[int, int], pad: int = 1, scale: int = 4
+    nrows: int, image_shape: tuple[int, int], pad: int = 1, scale: int = GRID_SCALE
 ) -> int:
     """The most columns a grid of ``nrows`` rows of ``image_shape`` images may have and stay
     within :data:`MAX_GRID_PIXELS` (0: not even one)."""
@@ -222,7 +225,7 @@ def grid_columns_within(
     return max(0, (widest // scale - pad) // (image_shape[1] + pad))
 
 
-def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> np.ndarray:
+def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = GRID_SCALE) -> np.ndarray:
     """Tile images (N, H, W) in [0, 1] into one ((rows*(H+pad)+pad)*scale,
     (ncols*(W+pad)+pad)*scale) array (a white border of ``pad`` pixels around and between the
     images, ink dark on white), each pixel repeated ``scale`` times so 8x8 digits stay
@@ -245,12 +248,16 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 1, scale: int = 4) -> 
 
 
 def save_image_grid(
-    images: np.ndarray, path: str | os.PathLike[str], ncols: int = 10, scale: int = 4
+    images: np.ndarray,
+    path: str | os.PathLike[str],
+    ncols: int = 10,
+    scale: int = GRID_SCALE,
+    pad: int = 1,
 ) -> Path:
     """Write :func:`image_grid` of images (N, H, W) as a greyscale PNG to ``path`` (a
     ``.png`` file); returns the path."""
     path = _png_path(path)
-    grid = image_grid(images, ncols, scale=scale)
+    grid = image_grid(images, ncols, pad=pad, scale=scale)
     plt = _pyplot()
     import io
 

@@ -863,7 +863,7 @@ def _finish_run(
         # metrics.json last: it says the end is written (_end_is_written), so a run stopped
         # while its plots were drawn gets them from a resume at its epoch
         if plots:
-            _write_plots(run, result, out)
+            _write_plots(run, result, out, log)
         _write_json(out / "metrics.json", result.metrics)
     return result
 
@@ -1092,7 +1092,7 @@ def sample_metrics(
     }
 
 
-def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
+def _write_plots(run: _Run, result: TrainResult, out: Path, log: Any) -> None:
     from rnncu import plots
 
     plots.plot_history(
@@ -1104,11 +1104,42 @@ def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
     if "confusion_matrix" in result.metrics:
         plots.plot_confusion(np.asarray(result.metrics["confusion_matrix"]), out / "confusion.png")
     if "samples" in result.extra:
-        plots.save_image_grid(
-            display_images(result.extra["samples"], run.data.frame_shape),
-            out / "samples.png",
-            ncols=SAMPLES_PER_CLASS,
-        )
+        shown = display_images(result.extra["samples"], run.data.frame_shape)
+        nrows = len(shown) // SAMPLES_PER_CLASS
+        pad = run.data.display_pad
+        layout = samples_layout(nrows, run.data.display_shape, pad)
+        if layout is None:
+            log(
+                f"samples.png left out: even one sample of each of {nrows} classes, at one "
+                f"pixel a pixel, makes a grid of more than {plots.MAX_GRID_PIXELS:,} pixels, "
+                "which image readers refuse (rnncu generate --classes draws some of them)"
+            )
+            return
+        ncols, scale = layout
+        if (ncols, scale) != (SAMPLES_PER_CLASS, plots.GRID_SCALE):
+            log(
+                f"samples.png shows {ncols} of the {SAMPLES_PER_CLASS} samples of each class "
+                f"at {scale} pixel(s) a pixel: the whole grid would have more than "
+                f"{plots.MAX_GRID_PIXELS:,} pixels, which image readers refuse"
+            )
+        keep = np.arange(len(shown)) % SAMPLES_PER_CLASS < ncols  # each class's first ncols
+        plots.save_image_grid(shown[keep], out / "samples.png", ncols=ncols, scale=scale, pad=pad)
+
+
+def samples_layout(nrows: int, shape: tuple[int, int], pad: int = 1) -> tuple[int, int] | None:
+    """``(ncols, scale)`` of the samples' grid, ``nrows`` classes of :data:`SAMPLES_PER_CLASS`
+    images of ``shape`` as shown, ``pad`` apart: every sample at the plots' scale where the
+    grid stays within what image readers open (:data:`rnncu.plots.MAX_GRID_PIXELS`), else at
+    a smaller scale, else fewer samples a class at one pixel a pixel; None where not even one
+    fits."""
+    from rnncu import plots
+
+    for scale in range(plots.GRID_SCALE, 0, -1):
+        pixels = plots.grid_pixels(nrows, SAMPLES_PER_CLASS, shape, pad=pad, scale=scale)
+        if pixels <= plots.MAX_GRID_PIXELS:
+            return SAMPLES_PER_CLASS, scale
+    fits = plots.grid_columns_within(nrows, shape, pad=pad, scale=1)
+    return (fits, 1) if fits else None
 
 
 def _short(value: Any) -> str:
@@ -1162,6 +1193,12 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{file}: metadata field 'data.frame_shape': expected [H, W] positive integers (a "
             f"clip's frame), got {_short(frames)}"
+        )
+    row = data.get("image_shape", [1, frames[0] * frames[1]])[1]
+    if "frame_shape" in data and frames[0] * frames[1] != row:
+        raise CheckpointError(
+            f"{file}: metadata field 'data.frame_shape': frames of {frames[0]}x{frames[1]} "
+            f"pixels do not fill the clip's rows of {row} ('data.image_shape')"
         )
     digest = data.get("digest", "0" * 64)
     if not (

@@ -26,7 +26,15 @@ from rnncu.data import (
     load_npz,
     to_sequences,
 )
-from rnncu.trainer import evaluate_run, load_run, make_config, shift_images, train
+from rnncu.trainer import (
+    SAMPLES_PER_CLASS,
+    evaluate_run,
+    load_run,
+    make_config,
+    samples_layout,
+    shift_images,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -432,6 +440,60 @@ def test_a_saved_frame_shape_is_checked(tmp_path: Path, rng) -> None:
         save_checkpoint(tmp_path / "bad" / "checkpoint.npz", arrays, meta)
         with pytest.raises(CheckpointError, match=r"'data\.frame_shape': expected \[H, W\]"):
             load_run(tmp_path / "bad")
+    # a frame that does not fill the rows the clips are held in: a damaged pair
+    meta["data"]["frame_shape"] = [4, 4]
+    save_checkpoint(tmp_path / "bad" / "checkpoint.npz", arrays, meta)
+    with pytest.raises(CheckpointError, match=r"frames of 4x4 pixels do not fill the clip's rows "
+                       r"of 12 \('data\.image_shape'\)"):  # fmt: skip
+        load_run(tmp_path / "bad")
+    # a checkpoint without the field is of images (as every one before clips)
+    del meta["data"]["frame_shape"]
+    save_checkpoint(tmp_path / "bad" / "checkpoint.npz", arrays, meta)
+    with pytest.raises(ValueError, match=r"holds clips of .*trained on images"):
+        load_run(tmp_path / "bad")
+
+
+def test_samples_grid_stays_within_what_image_readers_open() -> None:
+    # every sample at the plots' scale where the grid fits
+    assert samples_layout(10, (8, 8)) == (SAMPLES_PER_CLASS, plots.GRID_SCALE)
+    limit = plots.MAX_GRID_PIXELS
+    for nrows, shape, pad in ((40, (64, 1279), 3), (999, (28, 28), 1), (3, (10, 250000), 3)):
+        layout = samples_layout(nrows, shape, pad)
+        assert layout is not None
+        ncols, scale = layout
+        assert plots.grid_pixels(nrows, ncols, shape, pad=pad, scale=scale) <= limit
+        if ncols == SAMPLES_PER_CLASS:  # the largest scale that fits
+            if scale < plots.GRID_SCALE:
+                assert plots.grid_pixels(nrows, ncols, shape, pad=pad, scale=scale + 1) > limit
+        else:  # at one pixel a pixel, the most samples that fit
+            assert scale == 1
+            assert plots.grid_pixels(nrows, ncols + 1, shape, pad=pad, scale=1) > limit
+    assert samples_layout(999, (28, 28)) == (SAMPLES_PER_CLASS, 3)  # MNIST-size, 999 classes
+    assert samples_layout(3, (10, 250000), 3) == (8, 1)
+    assert samples_layout(1, (10, 10**8)) is None
+
+
+def test_a_generate_run_draws_fewer_samples_rather_than_an_unreadable_grid(
+    tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = clip_npz(tmp_path / "ramps.npz", rng)
+    # 2 classes of 10 clips of 3x24, 3 apart: 15 x 273 pixels at one pixel a pixel
+    monkeypatch.setattr(plots, "MAX_GRID_PIXELS", 15 * (4 * 27 + 3))
+    news: list[str] = []
+    config = small(task="generate", dataset=path, epochs=1)
+    train(config, out_dir=tmp_path / "run", progress=False, log=news.append)
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "samples.png") as grid:
+        assert grid.size == (4 * 27 + 3, 15)  # 4 clips a class, at one pixel a pixel
+    assert any("samples.png shows 4 of the 10 samples of each class at 1 pixel(s)" in n
+               for n in news), news  # fmt: skip
+    monkeypatch.setattr(plots, "MAX_GRID_PIXELS", 100)
+    news.clear()
+    train(config, out_dir=tmp_path / "none", progress=False, log=news.append)
+    assert not (tmp_path / "none" / "samples.png").exists()
+    assert (tmp_path / "none" / "metrics.json").is_file()
+    assert any("samples.png left out: even one sample of each of 2 classes" in n for n in news)
 
 
 def test_a_run_of_other_data_cannot_keep_the_built_in_name(moving, tmp_path: Path) -> None:
@@ -470,7 +532,8 @@ def test_generate_on_clips_draws_and_completes_frames(
     from PIL import Image
 
     with Image.open(out / "samples.png") as grid:
-        assert grid.size == ((10 * (5 * 5 - 1 + 1) + 1) * 4, (2 * (3 + 1) + 1) * 4)
+        # clips 3 pixels apart (CLIP_GRID_PAD), wider than the 1 between their frames
+        assert grid.size == ((10 * (5 * 5 - 1 + 3) + 3) * 4, (2 * (3 + 3) + 3) * 4)
     grids: list[np.ndarray] = []
     monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
     gen = ["generate", "--checkpoint", str(out), "--out", str(tmp_path / "c.png")]
@@ -485,6 +548,17 @@ def test_generate_on_clips_draws_and_completes_frames(
     capsys.readouterr()
     assert main([*gen, "--complete", "5"]) == 2
     assert "--complete: expected 1..4 frames, got 5" in capsys.readouterr().err
+    assert main([*gen, "--per-class", "2"]) == 0
+    assert "wrote 4 clips for classes [0, 1] to" in capsys.readouterr().out
+
+
+def test_check_dataset_names_the_form_clips_take_in_memory(moving) -> None:
+    clips = moving.x_train[:40].reshape(40, 8, 10, 10)  # as a file holds them
+    data = dataclasses.replace(moving, x_train=clips, y_train=moving.y_train[:40])
+    with pytest.raises(ValueError, match=r"data\.x_train: expected images \(N, H, W\) with N, H, "
+                       r"W >= 1 \(clips: \(N, T, H\*W\) with frame_shape \(H, W\)\), got shape "
+                       r"\(40, 8, 10, 10\)"):  # fmt: skip
+        check_dataset(data)
 
 
 def test_completing_clips_of_a_single_frame_says_there_is_nothing_to_complete(
@@ -519,14 +593,14 @@ def test_generate_on_clips_lays_out_and_bounds_the_grid_by_the_frames(
     (grid,) = grids
     assert grid.shape == (2 * 3, 3, 5 * 5 - 1)
     np.testing.assert_array_equal(grid[:, :, 4::5], 0.25)  # the columns between frames
-    # the grid's size is that of the frames laid out: 2 rows of 24856 clips of 3x24 would
-    # have (2 * 4 + 1) * 4 x (24856 * 25 + 1) * 4 pixels (at most 24855 a row fit); as
-    # images of 5x12 they would have fitted
+    # the grid's size is that of the frames laid out, 3 pixels apart: 2 rows of 13809 clips
+    # of 3x24 would have (2 * 6 + 3) * 4 x (13809 * 27 + 3) * 4 pixels (at most 13808 a row
+    # fit); as images of 5x12 they would have fitted
     capsys.readouterr()
-    assert main([*gen, "--per-class", "24856"]) == 2
+    assert main([*gen, "--per-class", "13809"]) == 2
     err = capsys.readouterr().err
-    assert "have 89,481,744 pixels, more than image readers open" in err
-    assert "at most 24855 here" in err
+    assert "have 89,483,040 pixels, more than image readers open" in err
+    assert "at most 13808 here" in err
     assert len(grids) == 1
 
 
