@@ -863,7 +863,7 @@ def _finish_run(
         # metrics.json last: it says the end is written (_end_is_written), so a run stopped
         # while its plots were drawn gets them from a resume at its epoch
         if plots:
-            _write_plots(run, result, out, log)
+            _write_plots(run, result, out)
         _write_json(out / "metrics.json", result.metrics)
     return result
 
@@ -1092,7 +1092,7 @@ def sample_metrics(
     }
 
 
-def _write_plots(run: _Run, result: TrainResult, out: Path, log: Any) -> None:
+def _write_plots(run: _Run, result: TrainResult, out: Path) -> None:
     from rnncu import plots
 
     plots.plot_history(
@@ -1108,19 +1108,22 @@ def _write_plots(run: _Run, result: TrainResult, out: Path, log: Any) -> None:
         nrows = len(shown) // SAMPLES_PER_CLASS
         pad = run.data.display_pad
         layout = samples_layout(nrows, run.data.display_shape, pad)
+        # a warning, not news: the command line shows it, and so does Python
         if layout is None:
-            log(
-                f"samples.png left out: even one sample of each of {nrows} classes, at one "
-                f"pixel a pixel, makes a grid of more than {plots.MAX_GRID_PIXELS:,} pixels, "
-                "which image readers refuse (rnncu generate --classes draws some of them)"
+            warn_at_caller(
+                f"{out / 'samples.png'} left out: even one sample of each of {nrows} classes, "
+                f"at one pixel a pixel, makes a grid of more than {plots.MAX_GRID_PIXELS:,} "
+                "pixels, which image readers refuse (rnncu generate --classes draws some)",
+                UserWarning,
             )
             return
         ncols, scale = layout
         if (ncols, scale) != (SAMPLES_PER_CLASS, plots.GRID_SCALE):
-            log(
-                f"samples.png shows {ncols} of the {SAMPLES_PER_CLASS} samples of each class "
-                f"at {scale} pixel(s) a pixel: the whole grid would have more than "
-                f"{plots.MAX_GRID_PIXELS:,} pixels, which image readers refuse"
+            warn_at_caller(
+                f"{out / 'samples.png'} shows {ncols} of the {SAMPLES_PER_CLASS} samples of "
+                f"each class at {scale} pixel(s) a pixel: the whole grid would have more than "
+                f"{plots.MAX_GRID_PIXELS:,} pixels, which image readers refuse",
+                UserWarning,
             )
         keep = np.arange(len(shown)) % SAMPLES_PER_CLASS < ncols  # each class's first ncols
         plots.save_image_grid(shown[keep], out / "samples.png", ncols=ncols, scale=scale, pad=pad)
