@@ -598,7 +598,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         top = None
         if args.complete:
             if height < 2:  # no range 1..H-1 to name: a single row (frame) has none after it
-                what = "images" if run.data.frame_shape is None else "clips"
+                what = run.data.items_name
                 raise ValueError(
                     f"--complete: the run's {what} have a single {run.data.row_name}: none to "
                     f"complete (draw whole {what} without --complete), got {args.complete}"
@@ -640,8 +640,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             )
             shown = display_images(images, run.data.frame_shape)
             plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
-    kind = "images" if run.data.frame_shape is None else "clips"
-    what = "completions (each row of originals above)" if args.complete else kind
+    what = "completions (each row of originals above)" if args.complete else run.data.items_name
     print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0
 

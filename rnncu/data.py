@@ -122,6 +122,11 @@ class ImageDataset:
         return 1 if self.frame_shape is None else CLIP_GRID_PAD
 
     @property
+    def items_name(self) -> str:
+        """What its items are: ``"images"``, or ``"clips"`` (in messages)."""
+        return "images" if self.frame_shape is None else "clips"
+
+    @property
     def row_name(self) -> str:
         """What one row of an image is: ``"row"``, or ``"frame"`` for clips (in messages)."""
         return "row" if self.frame_shape is None else "frame"
@@ -521,8 +526,9 @@ def _labels(y: np.ndarray, n: int, source: str, name: str = "the file") -> np.nd
     return y.astype(np.int64, copy=False)
 
 
-def _kind(frame_shape: tuple[int, int] | None) -> str:
-    """What a dataset of ``frame_shape`` holds, in words."""
+def contents(frame_shape: tuple[int, int] | list[int] | None) -> str:
+    """What a dataset of ``frame_shape`` holds, in words (messages): ``"images"`` or
+    ``"clips of 10x10 frames"``."""
     return "images" if frame_shape is None else "clips of {}x{} frames".format(*frame_shape)
 
 
@@ -538,8 +544,8 @@ def _finish(
 ) -> ImageDataset:
     if frame_shape != test_frame_shape:
         raise ValueError(
-            f"{source}: the training split holds {_kind(frame_shape)}, the test split "
-            f"{_kind(test_frame_shape)}"
+            f"{source}: the training split holds {contents(frame_shape)}, the test split "
+            f"{contents(test_frame_shape)}"
         )
     if x_tr.shape[1:] != x_te.shape[1:]:
         if frame_shape is None:

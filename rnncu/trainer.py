@@ -42,6 +42,7 @@ from rnncu.data import (
     SEQ_VIEWS,
     ImageDataset,
     check_dataset,
+    contents,
     dataset_digest,
     display_images,
     load_dataset,
@@ -1265,14 +1266,9 @@ def _check_saved_images(
         # clips of 8 frames of 12x12 and images of 8x144 make the same sequences: a model of
         # one would read the other without a word
         raise ValueError(
-            f"dataset {config.dataset!r} holds {_holds(frames)}, the model of {file} was "
-            f"trained on {_holds(saved_frames)}"
+            f"dataset {config.dataset!r} holds {contents(frames)}, the model of {file} was "
+            f"trained on {contents(saved_frames)}"
         )
-
-
-def _holds(frame_shape: Any) -> str:
-    """What a dataset of ``frame_shape`` holds, in words."""
-    return "images" if frame_shape is None else "clips of {}x{} frames".format(*frame_shape)
 
 
 def _sized(image_shape: Any, frame_shape: Any) -> str:
