@@ -250,6 +250,11 @@ class Module:
         """``(name, array)`` for every parameter, in a fixed order."""
         yield from self.params.items()
 
+    def parameters(self) -> Iterator[Any]:
+        """Every parameter array (the backend's, not a copy), in :meth:`named_parameters`'
+        order. The optimisers take modules, whose ``grads`` they read, not these arrays."""
+        yield from self.params.values()
+
     def num_parameters(self) -> int:
         """The number of scalar parameters."""
         return int(sum(p.size for p in self.params.values()))

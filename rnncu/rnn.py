@@ -190,17 +190,17 @@ class RNN(Module):
             raise ValueError("x: the batch is empty (0 sequences)")
         return x, unbatched
 
-    def _check_h0(self, h0: Any, batch: int, unbatched: bool) -> list[Any]:
+    def _check_h0(self, h0: Any, batch: int, unbatched: bool, name: str = "h0") -> list[Any]:
         states = self.num_layers * self.num_directions
         xp = self.backend.xp
         if h0 is None:
             zeros = xp.zeros((batch, self.hidden_size), dtype=self.dtype)
             return [zeros] * states
-        h0 = self._check_input("h0", h0)
+        h0 = self._check_input(name, h0)
         expected = (states, self.hidden_size) if unbatched else (states, batch, self.hidden_size)
         if tuple(h0.shape) != expected:
             raise ValueError(
-                f"h0: expected shape {expected} (num_layers * num_directions, "
+                f"{name}: expected shape {expected} (num_layers * num_directions, "
                 f"{'' if unbatched else 'batch, '}hidden_size), got {tuple(h0.shape)}"
             )
         if unbatched:
@@ -237,13 +237,13 @@ class RNN(Module):
 
     # -- forward ----------------------------------------------------------------------------
     def __call__(
-        self, x: Array, h0: Array | None = None, lengths: Any = None
+        self, x: Array, h0: Array | None = None, lengths: Any = None, *, hx: Array | None = None
     ) -> tuple[Array, Array]:
         """``forward(x, h0, lengths)``: ``(out, h_n)``, see :meth:`forward`."""
-        return self.forward(x, h0, lengths)
+        return self.forward(x, h0, lengths, hx=hx)
 
     def forward(
-        self, x: Array, h0: Array | None = None, lengths: Any = None
+        self, x: Array, h0: Array | None = None, lengths: Any = None, *, hx: Array | None = None
     ) -> tuple[Array, Array]:
         """Run the network over a sequence.
 
@@ -256,6 +256,7 @@ class RNN(Module):
                 ``t >= lengths[b]`` are padding. A row of length 0 has no step in this call
                 (a sequence that ended in an earlier chunk): its state passes through,
                 ``h_n = h0``, and its output is zero.
+            hx: torch's name for ``h0``, by keyword; give one of the two.
 
         Returns:
             Arrays of the layer's backend and dtype.
@@ -270,7 +271,15 @@ class RNN(Module):
         xp = self.backend.xp
         x, unbatched = self._check_sequence(x)
         steps, batch, _ = x.shape
-        h0_list = self._check_h0(h0, batch, unbatched)
+        if hx is not None:
+            if h0 is not None:
+                raise TypeError(
+                    "hx: the initial state was given twice, as h0 and as hx (torch's name for "
+                    "it); give one"
+                )
+            h0_list = self._check_h0(hx, batch, unbatched, "hx")
+        else:
+            h0_list = self._check_h0(h0, batch, unbatched)
         lengths_dev = self._check_lengths(lengths, steps, batch, unbatched)
         valid = None
         layer_input = xp.ascontiguousarray(x).reshape(steps * batch, -1)

@@ -106,6 +106,15 @@ def test_h0_wrong_shape(rnn: rnncu.RNN) -> None:
         rnn(_x(3, 4), _x(2, 1, 3))
 
 
+def test_hx_is_checked_under_its_own_name(rnn: rnncu.RNN) -> None:
+    with pytest.raises(ValueError, match=r"hx: expected shape \(2, 2, 3\) .*got \(1, 2, 3\)"):
+        rnn(_x(3, 2, 4), hx=_x(1, 2, 3))
+    with pytest.raises(TypeError, match=r"hx: expected dtype float32 .*got float64"):
+        rnn.forward(_x(3, 2, 4), hx=_x(2, 2, 3, dtype="float64"))
+    with pytest.raises(TypeError, match=r"hx: the initial state was given twice, as h0 and as hx"):
+        rnn(_x(3, 2, 4), _x(2, 2, 3), hx=_x(2, 2, 3))
+
+
 def test_backward_before_forward(rnn: rnncu.RNN) -> None:
     with pytest.raises(BackwardBeforeForwardError, match=r"backward: no forward pass"):
         rnn.backward(_x(3, 2, 3))

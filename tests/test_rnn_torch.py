@@ -71,6 +71,28 @@ def test_matches_torch(rng: np.random.Generator, config: dict, with_lengths: boo
         assert_close(ours.grads[name], param.grad.numpy(), 1e-11, 1e-12, name)
 
 
+def test_hx_keyword_and_parameters_follow_torch(rng: np.random.Generator) -> None:
+    """torch's keyword for the initial state gives what h0 gives, and parameters() yields the
+    arrays themselves in torch's order."""
+    config = {"num_layers": 2, "bidirectional": True}
+    model, ours = _torch_rnn(config, 3, 5, rng)
+    x = rng.standard_normal((6, 4, 3))
+    h0 = rng.standard_normal((4, 4, 5))
+    out_t, hn_t = model(torch.tensor(x), hx=torch.tensor(h0))
+    out, h_n = ours(x, hx=h0)
+    assert_close(out, out_t.detach().numpy(), 1e-12, 1e-13, "out")
+    assert_close(h_n, hn_t.detach().numpy(), 1e-12, 1e-13, "h_n")
+    out_h0, _ = ours.forward(x, h0)
+    np.testing.assert_array_equal(out, out_h0)
+    ours_params = list(ours.parameters())
+    torch_params = [p.detach().numpy() for p in model.parameters()]
+    assert len(ours_params) == len(torch_params) == 16  # 2 layers, 2 directions, 4 each
+    for mine, theirs in zip(ours_params, torch_params, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert all(p is ours.params[name] for p, name in zip(ours_params, ours.params, strict=True))
+    assert sum(p.size for p in ours_params) == ours.num_parameters()
+
+
 def test_linear_matches_torch(rng: np.random.Generator) -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4, dtype=torch.float64)
