@@ -146,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         "random shifts of up to this many pixels per training image and epoch",
         type=_nonneg_int,
     )
+    option(
+        "--val-fraction",
+        "share of the training split held out (stratified, the same images for every seed) "
+        "and evaluated every epoch; at most 0.5",
+        type=_nonneg_float,
+    )
+    option(
+        "--patience",
+        "end the run once the validation loss (generate: MSE) has not improved for this many "
+        "epochs (0: train every epoch); needs a validation split",
+        type=_nonneg_int,
+    )
     option("--seed", type=_nonneg_int)
     train.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     option("--dtype", choices=("float32", "float64"))
@@ -400,6 +412,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed",
         "backend",
         "dtype",
+        "val_fraction",
+        "patience",
     )
     given = {f: getattr(args, f, None) for f in fields}
     given["backend"] = _backend(args.backend, None)
@@ -492,6 +506,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"plots) is written now; run saved in {result.out_dir}",
             file=sys.stderr,
         )
+    elif args.resume and result.epochs_trained == 0 and result.metrics.get("stopped_early"):
+        print(
+            f"rnncu: the run in {args.resume} stopped early at epoch {result.config.epochs} "
+            f"(its validation figure stopped improving, patience "
+            f"{result.config.patience}): nothing was trained",
+            file=sys.stderr,
+        )
     elif args.resume and result.epochs_trained == 0:
         print(
             f"rnncu: the run in {args.resume} is already at epoch {result.config.epochs} "
@@ -507,10 +528,10 @@ def _show_news(message: str, epochs: bool) -> None:
     """The trainer's news on stderr: that a generate run's judge trains (minutes on
     MNIST-size data, after the run's own epochs) and, with ``epochs`` (``--verbose``), the
     line of each epoch's end, the judge's too."""
-    from rnncu.trainer import EPOCH_NEWS, JUDGE_DIR, JUDGE_NEWS
+    from rnncu.trainer import EARLY_STOP_NEWS, EPOCH_NEWS, JUDGE_DIR, JUDGE_NEWS
 
     epoch_line = message.startswith((EPOCH_NEWS, f"{JUDGE_DIR}: {EPOCH_NEWS}"))
-    if message.startswith(JUDGE_NEWS) or (epochs and epoch_line):
+    if message.startswith((JUDGE_NEWS, EARLY_STOP_NEWS)) or (epochs and epoch_line):
         # one write, the newline in it: print writes the text and its end apart, and a
         # signal raised between the two (Ctrl-C, SIGTERM) left the line open, the CLI's
         # "rnncu: interrupted" glued to it

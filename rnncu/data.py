@@ -49,6 +49,7 @@ from rnncu.backend import type_name
 __all__ = [
     "PERMUTATION_SEED",
     "SEQ_VIEWS",
+    "VALIDATION_SEED",
     "ImageDataset",
     "BUILTIN_DATASETS",
     "CLIP_GRID_PAD",
@@ -65,6 +66,7 @@ __all__ = [
     "read_idx",
     "split_stratified",
     "to_sequences",
+    "validation_split",
 ]
 
 SEQ_VIEWS = ("rows", "pixels", "permuted")
@@ -278,6 +280,53 @@ def split_stratified(
         raise ValueError(
             f"{name}: cannot split {y.shape[0]} images of {len(classes)} classes stratified ({exc})"
         ) from None
+
+
+#: the validation split is drawn with this seed for every run (fixed, not the training seed),
+#: so runs of several seeds are compared on the same validation images
+VALIDATION_SEED = 0
+
+
+def validation_split(
+    data: ImageDataset, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``fraction`` (in (0, 0.5]) of ``data``'s training split held out, stratified, with
+    :data:`VALIDATION_SEED`: ``(x_train, x_val, y_train, y_val)``. Every class of the training
+    split keeps at least one training image; a split that cannot be made (a class of one
+    image, fewer validation images than classes) raises ValueError naming ``val_fraction``.
+
+    Images that are copies of one another (the two clips of a digit in ``moving-digits``, an
+    augmented set) may fall on both sides: validation figures then flatter the model."""
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)) or not (
+        0 < fraction <= 0.5
+    ):
+        raise ValueError(f"val_fraction: expected a number in (0, 0.5], got {fraction!r}")
+    labels = data.y_train
+    n = labels.shape[0]
+    classes, counts = np.unique(labels, return_counts=True)
+    held = math.ceil(fraction * n)  # as scikit-learn rounds a fractional test_size
+    where = f"the training split of {data.name!r} ({n} images of {len(classes)} classes)"
+    if counts.min() < 2:
+        fewest = int(np.argmin(counts))
+        raise ValueError(
+            f"val_fraction: {where} has one image of class {classes[fewest]}; a stratified "
+            "validation split needs at least 2 of each class"
+        )
+    if held < len(classes):
+        raise ValueError(
+            f"val_fraction: {fraction} of {where} holds out {held} images, fewer than the "
+            f"{len(classes)} classes; a stratified validation split needs one of each at least"
+        )
+    x_tr, x_val, y_tr, y_val = split_stratified(
+        data.x_train, labels, test_size=fraction, random_state=VALIDATION_SEED, name=where
+    )
+    missing = np.setdiff1d(classes, y_tr)
+    if missing.size:  # not seen with fraction <= 0.5 and 2 images a class; kept as a guard
+        raise ValueError(
+            f"val_fraction: {fraction} of {where} leaves no training image of class "
+            f"{int(missing[0])}"
+        )
+    return x_tr, x_val, y_tr, y_val
 
 
 def _sklearn() -> Any:

@@ -99,11 +99,11 @@ def plot_history(
     title: str = "",
     clip: float = 0.0,
 ) -> None:
-    """Loss curves (train and test) and, where recorded, accuracy or test MSE per epoch; where
-    the history holds gradient norms (the trainer's ``grad_norm``, ``grad_norm_max``), a third
-    panel of them, with the clipping limit ``clip`` (0: none) as a line. ``path`` names a
-    ``.png`` file. A key missing from some records (an epoch saved by an older version) is a
-    gap in its curve."""
+    """Loss curves (train, test and, where recorded, validation) and accuracy or test MSE per
+    epoch (validation too, where recorded); where the history holds gradient norms (the
+    trainer's ``grad_norm``, ``grad_norm_max``), a third panel of them, with the clipping
+    limit ``clip`` (0: none) as a line. ``path`` names a ``.png`` file. A key missing from
+    some records (an epoch saved by an older version) is a gap in its curve."""
     history = _check_history(history)
     path = _png_path(path)
     clip = check_number("clip", clip, low=0.0, high_open=True)
@@ -125,6 +125,8 @@ def plot_history(
     ax1.plot(epochs, curve("train_loss"), label="train")
     if recorded("test_loss"):
         ax1.plot(epochs, curve("test_loss"), label="test")
+    if recorded("val_loss"):
+        ax1.plot(epochs, curve("val_loss"), label="validation")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_yscale("log")
@@ -132,9 +134,13 @@ def plot_history(
     if second == "test_accuracy":
         ax2.plot(epochs, curve("train_accuracy"), label="train")
         ax2.plot(epochs, curve("test_accuracy"), label="test")
+        if recorded("val_accuracy"):
+            ax2.plot(epochs, curve("val_accuracy"), label="validation")
         ax2.set_ylabel("accuracy")
     else:
         ax2.plot(epochs, curve("test_mse"), label="model")
+        if recorded("val_mse"):
+            ax2.plot(epochs, curve("val_mse"), label="model, validation")
         ax2.plot(epochs, curve("baseline_mse"), "--", label="copy row above")
         ax2.set_ylabel("test next-row MSE")
     ax2.set_xlabel("epoch")

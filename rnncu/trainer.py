@@ -48,6 +48,7 @@ from rnncu.data import (
     load_dataset,
     seq_shape,
     to_sequences,
+    validation_split,
 )
 from rnncu.init import INIT_SCHEMES
 from rnncu.module import check_bool, resolve_dtype
@@ -98,6 +99,11 @@ class TrainConfig:
     included), "constant" keeps it. ``clip`` limits the global gradient norm (0: off);
     ``augment`` shifts each training image (each clip, all its frames alike) by up to that
     many pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
+
+    ``val_fraction`` holds that share of the training split out of training (stratified, the
+    same images for every seed) and evaluates it every epoch; ``patience`` (with a
+    validation split) ends the run once the validation loss (classify) or MSE (generate) has
+    not improved for that many epochs. The test split is evaluated every epoch either way.
     """
 
     task: str = "classify"
@@ -120,6 +126,8 @@ class TrainConfig:
     seed: int = 0
     backend: str | None = "auto"  # None only to resume: the saved run's backend
     dtype: str = "float32"
+    val_fraction: float = 0.0  # share of the training split held out for validation
+    patience: int = 0  # epochs without a better validation figure before the run ends; 0: off
 
     def __post_init__(self) -> None:
         self._plain_numbers()
@@ -174,7 +182,7 @@ class TrainConfig:
         # a factor above 1 would make the rate grow every epoch (exp) or interval (step)
         if not (_is_number(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
-        for name in ("augment", "seed"):  # the image size bounds augment: see _Run
+        for name in ("augment", "seed", "patience"):  # the image size bounds augment: _Run
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
@@ -182,6 +190,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if not (_is_number(self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION):
+            # above a half, a class of two images could leave none to train on
+            raise ValueError(
+                f"val_fraction: expected a number in [0, {MAX_VAL_FRACTION}], got "
+                f"{self.val_fraction!r}"
+            )
+        if self.patience > 0 and self.val_fraction == 0:
+            raise ValueError(
+                f"patience: stopping early needs a validation split (val_fraction > 0, "
+                f"--val-fraction), got patience {self.patience} without one"
+            )
         if self.schedule == "cosine" and self.warmup_epochs >= self.decay_epochs:
             raise ValueError(
                 f"warmup_epochs: expected less than decay_epochs ({self.decay_epochs}), the "
@@ -206,6 +225,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config: unknown fields {unknown}")
         return cls(**data).validate()
+
+
+#: The largest share of a training split that ``val_fraction`` may hold out.
+MAX_VAL_FRACTION = 0.5
 
 
 # Recipes measured on digits with the NumPy backend (see benchmarks/RESULTS.md): rows are
@@ -316,9 +339,21 @@ class _Run:
         self.seq_shape = seq_shape(self.data.image_shape, config.seq)
         xp = self.backend.xp
         dtype = np.dtype(config.dtype)
-        self.x_train = self.backend.asarray(to_sequences(self.data.x_train, config.seq), dtype)
+        # the images trained on: the training split, less the validation images
+        self.train_images, self.train_labels = self.data.x_train, self.data.y_train
+        self.x_val: Any = None  # (T, N_val, D) on the device, with a validation split
+        self.y_val: Any = None
+        self.num_val = 0
+        if config.val_fraction > 0:
+            self.train_images, val_images, self.train_labels, val_labels = validation_split(
+                self.data, config.val_fraction
+            )
+            self.x_val = self.backend.asarray(to_sequences(val_images, config.seq), dtype)
+            self.y_val = self.backend.asarray(val_labels, np.int64)
+            self.num_val = int(val_labels.shape[0])
+        self.x_train = self.backend.asarray(to_sequences(self.train_images, config.seq), dtype)
         self.x_test = self.backend.asarray(to_sequences(self.data.x_test, config.seq), dtype)
-        self.y_train = self.backend.asarray(self.data.y_train, np.int64)
+        self.y_train = self.backend.asarray(self.train_labels, np.int64)
         self.y_test = self.backend.asarray(self.data.y_test, np.int64)
         self.xp = xp
         self.model = build_model(
@@ -334,7 +369,7 @@ class _Run:
             self.backend,
         )
         self.optimizer = Adam(self.model.modules, lr=config.lr, weight_decay=config.weight_decay)
-        n = self.data.x_train.shape[0]
+        n = self.train_images.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
         try:
             self.schedule = make_schedule(
@@ -433,7 +468,7 @@ class _Run:
             # Shifts are drawn and applied on the host (one copy to the device per epoch), so
             # both backends see identical images.
             shifted = shift_images(
-                self.data.x_train,
+                self.train_images,
                 config.augment,
                 np.random.default_rng([config.seed, 4, self.epoch]),
                 self.data.frame_shape,
@@ -475,16 +510,52 @@ class _Run:
         return record
 
     def evaluate(self) -> dict[str, Any]:
+        """The test figures and, with a validation split, the validation ones (``val_``)."""
         self.model.eval()
+        figures: dict[str, Any]
         if isinstance(self.model, SequenceClassifier):
             res = self.model.evaluate(self.x_test, self.y_test)
-            return {
+            figures = {
                 "test_loss": res["loss"],
                 "test_accuracy": res["accuracy"],
                 "predictions": res["predictions"],
             }
+            if self.x_val is not None:
+                val = self.model.evaluate(self.x_val, self.y_val)
+                figures.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            return figures
         res = self.model.evaluate(self.x_test, self.y_test)
-        return {"test_mse": res["mse"], "baseline_mse": res["baseline_mse"]}
+        figures = {"test_mse": res["mse"], "baseline_mse": res["baseline_mse"]}
+        if self.x_val is not None:
+            figures["val_mse"] = self.model.evaluate(self.x_val, self.y_val)["mse"]
+        return figures
+
+    @property
+    def monitored(self) -> str:
+        """The validation figure that ``patience`` watches (lower is better)."""
+        return "val_loss" if isinstance(self.model, SequenceClassifier) else "val_mse"
+
+    def best_epoch(self) -> int | None:
+        """The first epoch of the lowest validation figure in the history; None without a
+        validation split (or before the first epoch)."""
+        figures = [(r.get(self.monitored), r["epoch"]) for r in self.history]
+        kept = [(value, epoch) for value, epoch in figures if value is not None]
+        if self.config.val_fraction == 0 or not kept:
+            return None
+        return int(min(kept, key=lambda item: item[0])[1])
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether ``patience`` epochs have passed since the best validation figure: the run
+        has ended, short of ``config.epochs``."""
+        best = self.best_epoch()
+        patience = self.config.patience
+        return patience > 0 and best is not None and self.epoch - best >= patience
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has trained all it will: its epochs, or until it stopped early."""
+        return self.epoch >= self.config.epochs or self.stopped_early
 
 
 def _norm_record(norms: np.ndarray, factors: np.ndarray | None) -> dict[str, float]:
@@ -599,7 +670,11 @@ def train(
     gets its end written (``end_written``), else nothing is. If an epoch ends with a NaN or
     infinite training loss, weight or test loss (test MSE), the model is rolled back to the
     last good epoch and :class:`TrainingDiverged` is raised; the checkpoint on disk is that
-    last good epoch's.
+    last good epoch's. With ``config.patience`` the run ends (``log``: a line beginning with
+    :data:`EARLY_STOP_NEWS`) after the epoch that makes ``patience`` epochs without a lower
+    validation figure; its model is that epoch's, and the metrics name the best epoch
+    (``best_epoch``). A resume of such a run trains nothing more: its history decides, as it
+    did.
     The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
     trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
@@ -715,8 +790,11 @@ def _train(
     if saved_meta is not None:
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")
-        if run.epoch >= config.epochs:
-            log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
+        if run.finished:
+            if run.epoch >= config.epochs:
+                log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
+            else:
+                log(f"{file}: the run stopped early at epoch {run.epoch} ({_early_news(run)})")
             done = dataclasses.replace(config, epochs=run.epoch)
             if out is None or not continued or _end_is_written(out, run.epoch):
                 # Nothing to do; rewriting config.json, metrics or plots (or retraining a
@@ -821,6 +899,11 @@ def _train(
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
+            if run.stopped_early:
+                log(
+                    f"{EARLY_STOP_NEWS} at epoch {run.epoch} of {config.epochs}: {_early_news(run)}"
+                )
+                break
     except BaseException:
         if out is not None and not continued and not replacing and run.epoch == start_epoch:
             # no checkpoint of this run was written: its config alone would describe a run
@@ -833,6 +916,16 @@ def _train(
         bar.close()
 
     return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
+
+
+def _early_news(run: _Run) -> str:
+    """Why a run stopped early, in words."""
+    best = run.best_epoch()
+    assert best is not None  # only a run with a validation figure stops early
+    return (
+        f"{run.monitored} has not improved since epoch {best} for {run.epoch - best} epochs, "
+        f"patience {run.config.patience}"
+    )
 
 
 def _finish_run(
@@ -893,7 +986,7 @@ def _epoch_desc(done: int, epochs: int) -> str:
 
 
 def _postfix(record: dict[str, float]) -> dict[str, str]:
-    keys = ("train_loss", "test_accuracy", "test_mse")
+    keys = ("train_loss", "test_accuracy", "test_mse", "val_accuracy", "val_mse")
     return {
         k.replace("test_", "").replace("train_", ""): f"{record[k]:.4f}"
         for k in keys
@@ -903,6 +996,8 @@ def _postfix(record: dict[str, float]) -> dict[str, str]:
 
 #: How ``train``'s ``log`` lines of an epoch's end begin: "epoch 3/40: train_loss=...".
 EPOCH_NEWS = "epoch "
+#: How the news of a run ended by ``patience`` begins: the CLI shows it
+EARLY_STOP_NEWS = "stopped early"
 
 
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
@@ -924,9 +1019,23 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         "epochs": run.epoch,
         "backend": run.backend.name,
         "train_seconds": round(run.train_seconds, 3),
-        "num_train": int(run.data.x_train.shape[0]),
+        "num_train": int(run.train_images.shape[0]),
         "num_test": int(run.data.x_test.shape[0]),
     }
+    if run.x_val is not None:
+        best = run.best_epoch()
+        metrics.update(
+            num_val=run.num_val,
+            # the epoch of the lowest validation loss or MSE, and that figure (the metrics
+            # are those of the last epoch's model, not of that one)
+            best_epoch=best,
+            **{
+                f"best_{run.monitored}": None
+                if best is None
+                else run.history[[r["epoch"] for r in run.history].index(best)][run.monitored]
+            },
+            stopped_early=run.stopped_early,
+        )
     if isinstance(run.model, SequenceClassifier):
         preds = evaluation["predictions"]
         labels = run.data.y_test
@@ -938,6 +1047,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             test_loss=evaluation["test_loss"],
             confusion_matrix=confusion.tolist(),
         )
+        if run.x_val is not None:
+            metrics.update(val_accuracy=evaluation["val_accuracy"], val_loss=evaluation["val_loss"])
     else:
         baseline = evaluation["baseline_mse"]
         metrics.update(
@@ -947,6 +1058,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             # no ratio to that baseline exists, and a ZeroDivisionError came after training
             mse_ratio=evaluation["test_mse"] / baseline if baseline > 0 else None,
         )
+        if run.x_val is not None:
+            metrics["val_mse"] = evaluation["val_mse"]
     return metrics
 
 
@@ -1286,9 +1399,10 @@ def _check_saved_steps(run: _Run, file: Path) -> None:
     make the learning-rate schedule, a function of steps per epoch, jump."""
     expected = run.epoch * run.steps_per_epoch
     if run.optimizer.step_count != expected:
-        n = run.data.x_train.shape[0]
+        n = run.train_images.shape[0]
+        held = "" if run.x_val is None else f" besides the {run.num_val} held out to validate"
         raise ValueError(
-            f"dataset {run.config.dataset!r} has {n} training images ({run.steps_per_epoch} "
+            f"dataset {run.config.dataset!r} has {n} training images{held} ({run.steps_per_epoch} "
             f"steps per epoch in batches of {run.config.batch_size}), but the run of {file} "
             f"took {run.optimizer.step_count} steps in {run.epoch} epochs: not the images it "
             "was trained on"
@@ -1414,7 +1528,7 @@ def evaluate_run(
                 return metrics
             metrics.update(judge_samples(run, judge_run.model)[2])
             metrics["classifier_test_accuracy"] = judge_run.evaluate()["test_accuracy"]
-        elif run.epoch >= run.config.epochs:
+        elif run.finished:
             # the judge leaves nothing before its first checkpoint: a run stopped in its
             # first epoch has no classifier/, and the figures are missing as for one cut short
             # (a run stopped in its own epochs has none yet either: its judge trains after them)

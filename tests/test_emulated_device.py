@@ -779,17 +779,20 @@ def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> No
 
 # ------------------------------------------------------------------------------- training
 @pytest.mark.parametrize(
-    ("task", "seq", "dataset"),
+    ("task", "seq", "dataset", "fields"),
     [
-        ("classify", "rows", "digits"),
-        ("generate", "rows", "digits"),
-        ("generate", "rows", "moving-digits"),
+        ("classify", "rows", "digits", {}),
+        ("generate", "rows", "digits", {}),
+        ("generate", "rows", "moving-digits", {}),
+        ("classify", "rows", "digits", {"val_fraction": 0.2, "patience": 1}),
     ],
 )
-def test_training_matches_numpy(device, monkeypatch, task: str, seq: str, dataset: str) -> None:
+def test_training_matches_numpy(
+    device, monkeypatch, task: str, seq: str, dataset: str, fields: dict
+) -> None:
     """Two epochs of the trainer (tests/test_train_gpu.py on a real device): float64 weights
     and metrics on the emulated device equal the NumPy backend's to rounding."""
-    results = train_on_both_backends(task, seq, monkeypatch, dataset)
+    results = train_on_both_backends(task, seq, monkeypatch, dataset, **fields)
     assert results["cupy"].model.backend.xp is device.module
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
 

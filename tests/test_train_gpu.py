@@ -9,16 +9,21 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize(
-    ("task", "seq", "dataset"),
+    ("task", "seq", "dataset", "fields"),
     [
-        ("classify", "rows", "digits"),
-        ("classify", "pixels", "digits"),
-        ("generate", "rows", "digits"),
-        ("generate", "rows", "moving-digits"),  # clips: a frame of 100 pixels a step
+        ("classify", "rows", "digits", {}),
+        ("classify", "pixels", "digits", {}),
+        ("generate", "rows", "digits", {}),
+        ("generate", "rows", "moving-digits", {}),  # clips: a frame of 100 pixels a step
+        ("classify", "rows", "digits", {"val_fraction": 0.2, "patience": 1}),
+        ("generate", "rows", "digits", {"val_fraction": 0.2}),
     ],
 )
 def test_two_epochs_match_numpy(
-    task: str, seq: str, dataset: str, monkeypatch: pytest.MonkeyPatch
+    task: str, seq: str, dataset: str, fields: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = train_on_both_backends(task, seq, monkeypatch, dataset)
+    results = train_on_both_backends(task, seq, monkeypatch, dataset, **fields)
     assert results["cupy"].model.backend.name == "cupy"
+    if fields:
+        for backend in ("numpy", "cupy"):
+            assert results[backend].metrics["num_val"] == 270, backend

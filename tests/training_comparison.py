@@ -11,11 +11,16 @@ import pytest
 
 
 def train_on_both_backends(
-    task: str, seq: str, monkeypatch: pytest.MonkeyPatch, dataset: str = "digits"
+    task: str,
+    seq: str,
+    monkeypatch: pytest.MonkeyPatch,
+    dataset: str = "digits",
+    **fields: Any,
 ) -> dict[str, Any]:
     """Train ``task`` on ``seq`` of ``dataset`` (``moving-digits``: clips, 100 inputs a step)
-    for two float64 epochs on each backend and assert that the
-    weights and metrics agree to rounding; returns ``{"numpy": result, "cupy": result}``. The
+    for two float64 epochs on each backend, with the config's other ``fields`` (a validation
+    split), and assert that the weights and metrics agree to rounding; returns
+    ``{"numpy": result, "cupy": result}``. The
     classifier that judges generated samples gets one epoch at H = 16 (on both backends): its
     quality is not what is compared, and it keeps the run short."""
     from rnncu import trainer
@@ -38,6 +43,7 @@ def train_on_both_backends(
             dtype="float64",
             backend=backend,
             seed=3,
+            **fields,
         )
         results[backend] = train(config, out_dir=None, progress=False, plots=False)
     weights_numpy = results["numpy"].model.state_dict()
@@ -50,7 +56,7 @@ def train_on_both_backends(
     # Still 1000 times below float32's resolution: a float32 slip anywhere shows.
     for name, value in weights_numpy.items():
         np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-8, atol=1e-10, err_msg=name)
-    for key in ("test_mse", "baseline_mse"):
+    for key in ("test_mse", "baseline_mse", "val_mse", "val_loss", "test_loss"):
         if key in results["numpy"].metrics:
             assert results["cupy"].metrics[key] == pytest.approx(
                 results["numpy"].metrics[key], rel=1e-8, abs=1e-12
@@ -59,6 +65,8 @@ def train_on_both_backends(
     judged = {}
     if "test_accuracy" in results["numpy"].metrics:
         judged["test_accuracy"] = results["numpy"].metrics["num_test"]
+    if "val_accuracy" in results["numpy"].metrics:
+        judged["val_accuracy"] = results["numpy"].metrics["num_val"]
     if "samples" in results["numpy"].extra:
         judged["sample_class_accuracy"] = len(results["numpy"].extra["samples"])
     for key, count in judged.items():

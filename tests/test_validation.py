@@ -1,0 +1,352 @@
+"""A validation split held out of the training images (``val_fraction``), and the early stop
+that watches it (``patience``): the split, what is trained on, the figures recorded, the stop,
+resuming a stopped run, the command line and the plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu import plots
+from rnncu.checkpoint import load_checkpoint
+from rnncu.cli import main
+from rnncu.data import VALIDATION_SEED, ImageDataset, load_digits, to_sequences, validation_split
+from rnncu.trainer import (
+    EARLY_STOP_NEWS,
+    JUDGE_DIR,
+    TrainConfig,
+    _Run,
+    classifier_config,
+    evaluate_run,
+    load_run,
+    make_config,
+    train,
+)
+
+SMALL = ["--hidden", "16", "--layers", "1", "--batch-size", "64", "--backend", "numpy"]
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return load_digits()
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(backend="numpy", hidden=16, layers=1, epochs=2, batch_size=64, seed=3)
+    return make_config(**{**base, **kw})
+
+
+def stopping(**kw) -> TrainConfig:
+    """A recipe whose validation loss stops falling within a few epochs on digits (measured:
+    the 12th epoch ends it, the 10th being the best)."""
+    base = dict(hidden=32, lr=0.01, epochs=30, val_fraction=0.2, patience=2)
+    return small(**{**base, **kw})
+
+
+def rows_of(images: np.ndarray) -> set[bytes]:
+    return {image.tobytes() for image in images}
+
+
+# -- the split ------------------------------------------------------------------------------
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+def test_the_split_is_stratified_disjoint_and_whole(digits: ImageDataset, fraction: float) -> None:
+    x_tr, x_val, y_tr, y_val = validation_split(digits, fraction)
+    n = digits.y_train.shape[0]
+    assert y_val.shape[0] == math.ceil(fraction * n) and y_tr.shape[0] + y_val.shape[0] == n
+    assert x_tr.shape[1:] == x_val.shape[1:] == digits.x_train.shape[1:]
+    # every training image lands on exactly one side, with its own label
+    assert not rows_of(x_tr) & rows_of(x_val)
+    assert rows_of(x_tr) | rows_of(x_val) == rows_of(digits.x_train)
+    label_of = {img.tobytes(): y for img, y in zip(digits.x_train, digits.y_train, strict=True)}
+    for images, labels in ((x_tr, y_tr), (x_val, y_val)):
+        assert [label_of[img.tobytes()] for img in images] == labels.tolist()
+    # stratified: each class's share of the validation images is its share of the split
+    whole = np.bincount(digits.y_train) / n
+    held = np.bincount(y_val, minlength=10) / y_val.shape[0]
+    assert np.abs(held - whole).max() < 2 / y_val.shape[0] + 1e-12
+    again = validation_split(digits, fraction)
+    for first, second in zip((x_tr, x_val, y_tr, y_val), again, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_the_split_is_the_same_for_every_training_seed(digits: ImageDataset) -> None:
+    held = []
+    for seed in (0, 7):
+        run = _Run(small(seed=seed, epochs=1, val_fraction=0.3), digits)
+        held.append((run.backend.to_numpy(run.x_val), run.backend.to_numpy(run.y_val)))
+    np.testing.assert_array_equal(held[0][0], held[1][0])
+    np.testing.assert_array_equal(held[0][1], held[1][1])
+    _, x_val, _, y_val = validation_split(digits, 0.3)
+    np.testing.assert_array_equal(held[0][0], to_sequences(x_val, "rows"))
+    np.testing.assert_array_equal(held[0][1], y_val)
+    assert VALIDATION_SEED == 0
+
+
+def _tiny(labels: list[int]) -> ImageDataset:
+    rng = np.random.default_rng(5)
+    y = np.asarray(labels, dtype=np.int64)
+    x = rng.random((y.shape[0], 4, 4), dtype=np.float32)
+    return ImageDataset("tiny", x, y, x[:2].copy(), y[:2].copy(), int(y.max()) + 1)
+
+
+@pytest.mark.parametrize(
+    "labels, fraction, message",
+    [
+        ([0, 0, 1, 1, 2], 0.4, r"val_fraction: the training split of 'tiny' \(5 images of 3 "
+         r"classes\) has one image of class 2; a stratified validation split needs at least 2"),
+        ([0, 0, 1, 1, 2, 2], 0.2, r"val_fraction: 0.2 of the training split of 'tiny' \(6 images "
+         r"of 3 classes\) holds out 2 images, fewer than the 3 classes"),
+        ([0, 0, 1, 1], 0.6, r"val_fraction: expected a number in \(0, 0.5\], got 0.6"),
+        ([0, 0, 1, 1], 0, r"val_fraction: expected a number in \(0, 0.5\], got 0"),
+        ([0, 0, 1, 1], True, r"val_fraction: expected a number in \(0, 0.5\], got True"),
+    ],
+)  # fmt: skip
+def test_a_split_that_cannot_be_made_names_val_fraction(
+    labels: list[int], fraction: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        validation_split(_tiny(labels), fraction)
+
+
+def test_the_trainer_reports_a_split_that_cannot_be_made() -> None:
+    with pytest.raises(ValueError, match=r"val_fraction: .* has one image of class 2"):
+        train(small(val_fraction=0.4), data=_tiny([0, 0, 1, 1, 2]), progress=False)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"val_fraction": 0.51}, r"val_fraction: expected a number in \[0, 0.5\], got 0.51"),
+        ({"val_fraction": -0.1}, r"val_fraction: expected a number in \[0, 0.5\], got -0.1"),
+        ({"val_fraction": float("nan")}, r"val_fraction: expected a number in \[0, 0.5\], got nan"),
+        ({"val_fraction": "0.1"}, r"val_fraction: expected a number in \[0, 0.5\], got '0.1'"),
+        ({"val_fraction": True}, r"val_fraction: expected a number in \[0, 0.5\], got True"),
+        ({"patience": -1}, r"patience: expected an integer >= 0, got -1"),
+        ({"patience": 2.0}, r"patience: expected an integer >= 0, got 2.0"),
+        ({"patience": 3}, r"patience: stopping early needs a validation split \(val_fraction > 0"),
+    ],
+)  # fmt: skip
+def test_config_checks_the_new_fields(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(backend="numpy", **fields)
+
+
+def test_numpy_numbers_become_plain_ones() -> None:
+    config = make_config(backend="numpy", val_fraction=np.float32(0.2), patience=np.int64(4))
+    assert config.val_fraction == 0.2 and type(config.val_fraction) is float
+    assert config.patience == 4 and type(config.patience) is int
+    assert json.loads(json.dumps(config.to_dict()))["val_fraction"] == 0.2
+
+
+# -- training with a validation split --------------------------------------------------------
+def test_training_leaves_the_validation_images_out(digits: ImageDataset) -> None:
+    config = small(val_fraction=0.25, epochs=2)
+    result = train(config, data=digits, progress=False)
+    x_tr, x_val, y_tr, y_val = validation_split(digits, 0.25)
+    m = result.metrics
+    assert (m["num_train"], m["num_val"], m["num_test"]) == (y_tr.shape[0], y_val.shape[0], 450)
+    # an epoch is the training images alone, in batches of 64
+    run = _Run(config, digits)
+    assert run.steps_per_epoch == math.ceil(y_tr.shape[0] / 64) < math.ceil(1347 / 64)
+    np.testing.assert_array_equal(run.backend.to_numpy(run.x_train), to_sequences(x_tr, "rows"))
+    # the figures are those of the model on the held-out images, every epoch
+    model = result.model.eval()
+    val = model.evaluate(to_sequences(x_val, "rows"), y_val)
+    assert m["val_loss"] == pytest.approx(val["loss"], rel=1e-12)
+    assert m["val_accuracy"] == val["accuracy"] and 0.3 < val["accuracy"] <= 1
+    assert result.history[-1]["val_loss"] == m["val_loss"]
+    assert all({"val_loss", "val_accuracy", "test_loss"} <= set(r) for r in result.history)
+    assert m["best_epoch"] in (1, 2) and m["stopped_early"] is False
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert m["best_epoch"] == best["epoch"] and m["best_val_loss"] == best["val_loss"]
+
+
+def test_without_a_split_nothing_changes(digits: ImageDataset) -> None:
+    result = train(small(), data=digits, progress=False)
+    assert result.metrics["num_train"] == 1347
+    for key in ("num_val", "val_loss", "val_accuracy", "best_epoch", "stopped_early"):
+        assert key not in result.metrics
+    assert not any(k.startswith("val_") for r in result.history for k in r)
+
+
+def test_a_generate_run_validates_its_mse(digits: ImageDataset) -> None:
+    config = small(task="generate", val_fraction=0.1, epochs=2)
+    result = train(config, data=digits, progress=False)
+    m = result.metrics
+    _, x_val, _, y_val = validation_split(digits, 0.1)
+    mse = result.model.eval().evaluate(to_sequences(x_val, "rows"), y_val)["mse"]
+    assert m["val_mse"] == pytest.approx(mse, rel=1e-12) and 0 < mse < 1
+    assert m["best_val_mse"] == min(r["val_mse"] for r in result.history)
+    assert "val_loss" not in m and "val_accuracy" not in m
+    # the samples' judge is the classify recipe on the whole training split, as before
+    assert classifier_config(config).val_fraction == 0
+
+
+# -- the early stop ---------------------------------------------------------------------------
+def test_patience_ends_the_run_after_that_many_epochs_without_progress(
+    digits: ImageDataset,
+) -> None:
+    news: list[str] = []
+    result = train(stopping(), data=digits, progress=False, log=news.append)
+    m, history = result.metrics, result.history
+    losses = [r["val_loss"] for r in history]
+    end, best = m["epochs"], m["best_epoch"]
+    assert m["stopped_early"] is True and end < 30 and len(history) == end
+    assert best == 1 + int(np.argmin(losses)) and end - best == 2
+    # no earlier epoch met the rule: every epoch before the end was within 2 of its best
+    for k in range(1, end):
+        assert k - (1 + int(np.argmin(losses[:k]))) < 2
+    assert news[-1] == (
+        f"{EARLY_STOP_NEWS} at epoch {end} of 30: val_loss has not improved since epoch "
+        f"{best} for 2 epochs, patience 2"
+    )
+    # without patience the same run goes on, the same up to the stop
+    longer = train(stopping(patience=0, epochs=end + 2), data=digits, progress=False)
+    assert [r["val_loss"] for r in longer.history[:end]] == losses
+    assert longer.metrics["epochs"] == end + 2 and longer.metrics["stopped_early"] is False
+
+
+def test_a_stopped_run_resumed_trains_nothing_and_stops_where_a_straight_one_does(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    straight = train(stopping(), data=digits, progress=False, out_dir=tmp_path / "s", plots=False)
+    end = straight.metrics["epochs"]
+    # 3 epochs, then resumed to 30: stops at the straight run's epoch, with its weights
+    train(stopping(epochs=3), data=digits, progress=False, out_dir=tmp_path / "r", plots=False)
+    resumed = train(stopping(), data=digits, progress=False, resume=tmp_path / "r", plots=False)
+    assert resumed.metrics["epochs"] == end and resumed.epochs_trained == end - 3
+    for name, value in straight.model.state_dict().items():
+        assert value.tobytes() == resumed.model.state_dict()[name].tobytes(), name
+    assert resumed.history == straight.history
+    # resumed again with more epochs: nothing is trained, the files stay as they were
+    before = (tmp_path / "r" / "checkpoint.npz").read_bytes()
+    news: list[str] = []
+    again = train(
+        stopping(epochs=40), data=digits, progress=False, resume=tmp_path / "r", log=news.append
+    )
+    assert again.epochs_trained == 0 and again.metrics["stopped_early"] is True
+    assert again.metrics["epochs"] == end and again.end_written is False
+    assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == before
+    assert any(f"the run stopped early at epoch {end}" in line for line in news), news
+    # its end is written where the run was stopped before writing it
+    (tmp_path / "r" / "metrics.json").unlink()
+    ended = train(stopping(epochs=40), data=digits, progress=False, resume=tmp_path / "r")
+    assert ended.end_written and ended.epochs_trained == 0
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["epochs"] == end and saved["stopped_early"] is True
+
+
+def test_evaluate_gives_the_run_s_validation_figures(tmp_path: Path, digits: ImageDataset) -> None:
+    result = train(stopping(), data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
+    evaluated = evaluate_run(tmp_path / "run")
+    for key in ("val_loss", "val_accuracy", "num_val", "best_epoch", "best_val_loss"):
+        assert evaluated[key] == result.metrics[key], key
+    assert evaluated["stopped_early"] is True
+    run, _ = load_run(tmp_path / "run")
+    assert run.finished and run.epoch < run.config.epochs
+
+
+def test_a_generate_run_stopped_early_without_its_judge_warns(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """A run that stopped early is finished: evaluating it without a judge says the judge is
+    missing, as for a run that trained every epoch."""
+    config = small(task="generate", epochs=30, lr=0.03, schedule="constant", val_fraction=0.2,
+                   patience=1, hidden=32)  # fmt: skip
+    result = train(config, data=digits, progress=False, out_dir=tmp_path / "g", plots=False)
+    assert result.metrics["stopped_early"] is True and result.metrics["epochs"] < 30
+    assert "sample_class_accuracy" in result.metrics
+    for path in sorted((tmp_path / "g" / JUDGE_DIR).rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (tmp_path / "g" / JUDGE_DIR).rmdir()
+    with pytest.warns(UserWarning, match=r"no classifier that judges the samples was saved"):
+        metrics = evaluate_run(tmp_path / "g")
+    assert "sample_class_accuracy" not in metrics
+
+
+def test_a_resume_on_other_images_names_the_held_out_ones(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    train(small(val_fraction=0.2), data=digits, progress=False, out_dir=tmp_path / "run",
+          plots=False)  # fmt: skip
+    fewer = dataclasses.replace(
+        digits, x_train=digits.x_train[:-100], y_train=digits.y_train[:-100], source=None
+    )
+    with pytest.raises(ValueError, match=r"has 997 training images besides the 250 held "
+                       r"out to validate \(16 steps per epoch"):  # fmt: skip
+        train(small(val_fraction=0.2, epochs=3), data=fewer, progress=False,
+              resume=tmp_path / "run")  # fmt: skip
+
+
+# -- command line and plots -------------------------------------------------------------------
+def test_cli_trains_with_a_split_and_says_it_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["--hidden", "32", "--lr", "0.01", "--epochs", "30", "--val-fraction", "0.2"]
+    code = main(["train", *SMALL, *args, "--patience", "2", "--seed", "3", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["stopped_early"] is True and printed["num_val"] == 270
+    assert f"rnncu: {EARLY_STOP_NEWS} at epoch {printed['epochs']} of 30" in captured.err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["val_fraction"], config["patience"]) == (0.2, 2)
+    _, meta = load_checkpoint(out)
+    assert meta["config"]["patience"] == 2
+    assert main(["train", "--resume", str(out), "--epochs", "40"]) == 0
+    err = capsys.readouterr().err
+    assert f"stopped early at epoch {printed['epochs']}" in err and "nothing was trained" in err
+    # the split is the run's: a resume cannot change it
+    assert main(["train", "--resume", str(out), "--epochs", "40", "--val-fraction", "0.1"]) == 2
+    assert "not --val-fraction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--val-fraction", "0.7"], r"--val-fraction: expected a number in [0, 0.5], got 0.7"),
+        (["--patience", "3"], "--patience: stopping early needs a validation split"),
+        (["--val-fraction", "-1"], "--val-fraction: expected a number >= 0"),
+    ],
+)
+def test_cli_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    assert main(["train", *SMALL, *args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_history_plot_draws_the_validation_curves(tmp_path: Path, monkeypatch) -> None:
+    saved, figures = plots._save, []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or saved(fig, path))
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "val_loss": 1.1 / e,
+         "train_accuracy": 0.5, "test_accuracy": 0.4, "val_accuracy": 0.45}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    plots.plot_history(history, tmp_path / "c.png")
+    generate = [
+        {"epoch": e, "train_loss": 1.0 / e, "test_mse": 0.2 / e, "baseline_mse": 0.3,
+         "val_mse": 0.25 / e}
+        for e in (1, 2)
+    ]  # fmt: skip
+    plots.plot_history(generate, tmp_path / "g.png")
+    loss, accuracy = figures[0].axes[:2]
+    labels = {line.get_label(): list(line.get_ydata()) for line in loss.lines}
+    assert labels["validation"] == pytest.approx([1.1, 0.55, 1.1 / 3])
+    accuracy_lines = {line.get_label(): list(line.get_ydata()) for line in accuracy.lines}
+    assert accuracy_lines["validation"] == [0.45] * 3
+    mse_lines = {line.get_label(): list(line.get_ydata()) for line in figures[1].axes[1].lines}
+    assert mse_lines["model, validation"] == pytest.approx([0.25, 0.125])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_history(history[:1], tmp_path / "one.png")  # one epoch: no warning
