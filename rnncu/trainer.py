@@ -29,6 +29,7 @@ import numpy as np
 from rnncu._warnings import warn_at_caller
 from rnncu.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     atomic_write_text,
     check_arrays,
     check_out_dir,
@@ -607,9 +608,12 @@ def shift_images(
 #: its own). A new run in a directory that held one removes them when it saves its first
 #: checkpoint (not before: a run stopped before then would leave no run at all): left behind,
 #: an old generate run's samples and judge sat beside a new classify run.
-RUN_FILES = ("checkpoint.npz", "config.json", "metrics.json", "curves.png", "confusion.png",
-             "samples.png")  # fmt: skip
+RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "metrics.json", "curves.png",
+             "confusion.png", "samples.png")  # fmt: skip
 JUDGE_DIR = "classifier"
+#: A run with a validation split keeps the checkpoint of its best epoch (the lowest validation
+#: loss or MSE so far) under this name beside its last one: the model an early stop is for.
+BEST_NAME = "best.npz"
 
 
 def _clear_run_files(out: Path) -> None:
@@ -787,6 +791,13 @@ def _train(
     out = Path(out_dir) if out_dir is not None else None
     # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
     continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
+    if continued and file.name == BEST_NAME:
+        # training on from the best epoch there would write its later epochs over the run's
+        raise ValueError(
+            f"resume: {file} is the checkpoint of the best epoch of the run in {file.parent}; "
+            "continuing it there would replace that run's later epochs: give it another "
+            "out_dir (--out)"
+        )
     if saved_meta is not None:
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")
@@ -897,6 +908,11 @@ def _train(
                     _write_json(out / "config.json", config.to_dict())
                     replacing = False
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
+                if run.best_epoch() == run.epoch:
+                    save_checkpoint(out / BEST_NAME, good_arrays, run.meta())
+                elif saved_meta is not None and not continued and run.epoch == start_epoch + 1:
+                    # resumed into another directory with its best epoch behind it
+                    _carry_best(file.parent / BEST_NAME, out / BEST_NAME, run.best_epoch())
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
             if run.stopped_early:
@@ -916,6 +932,22 @@ def _train(
         bar.close()
 
     return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
+
+
+def _carry_best(source: Path, target: Path, best: int | None) -> None:
+    """Copy the best epoch's checkpoint of a resumed run (``source``) to the directory it is
+    continued in, where it holds that epoch (``best``); else there is none to carry (a run
+    without a validation split, a file removed or of another epoch), and the new directory
+    gets one at its next best epoch."""
+    if best is None or not source.is_file():
+        return
+    try:
+        data = source.read_bytes()
+        _, meta = load_checkpoint(source)
+    except (OSError, CheckpointError):
+        return
+    if meta.get("epoch") == best:
+        atomic_write_bytes(target, data)
 
 
 def _early_news(run: _Run) -> str:

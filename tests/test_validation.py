@@ -18,6 +18,7 @@ from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
 from rnncu.data import VALIDATION_SEED, ImageDataset, load_digits, to_sequences, validation_split
 from rnncu.trainer import (
+    BEST_NAME,
     EARLY_STOP_NEWS,
     JUDGE_DIR,
     TrainConfig,
@@ -350,3 +351,89 @@ def test_history_plot_draws_the_validation_curves(tmp_path: Path, monkeypatch) -
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plots.plot_history(history[:1], tmp_path / "one.png")  # one epoch: no warning
+
+
+# -- the best epoch's checkpoint -------------------------------------------------------------
+def test_the_best_epoch_s_checkpoint_is_kept_beside_the_last(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    out = tmp_path / "run"
+    result = train(stopping(), data=digits, progress=False, out_dir=out, plots=False)
+    best, end = result.metrics["best_epoch"], result.metrics["epochs"]
+    assert best < end
+    arrays, meta = load_checkpoint(out / BEST_NAME)
+    assert meta["epoch"] == best and len(meta["history"]) == best
+    # the weights of a run trained straight to that epoch
+    upto = train(stopping(epochs=best), data=digits, progress=False)
+    for name, value in upto.model.state_dict().items():
+        assert arrays[f"model.{name}"].tobytes() == value.tobytes(), name
+    # evaluated, it gives the test figures its epoch recorded
+    evaluated = evaluate_run(out / BEST_NAME)
+    assert evaluated["epochs"] == best and evaluated["stopped_early"] is False
+    assert evaluated["test_accuracy"] == result.history[best - 1]["test_accuracy"]
+    assert evaluated["val_loss"] == pytest.approx(result.history[best - 1]["val_loss"], rel=1e-12)
+    # a run without a validation split keeps none
+    train(small(), data=digits, progress=False, out_dir=tmp_path / "plain", plots=False)
+    assert not (tmp_path / "plain" / BEST_NAME).exists()
+
+
+def test_a_best_checkpoint_goes_on_elsewhere_only(tmp_path: Path, digits: ImageDataset) -> None:
+    out = tmp_path / "run"
+    result = train(stopping(), data=digits, progress=False, out_dir=out, plots=False)
+    best, end = result.metrics["best_epoch"], result.metrics["epochs"]
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", BEST_NAME)}
+    with pytest.raises(ValueError, match=r"resume: .*best.npz is the checkpoint of the best epoch"
+                       r" of the run in .*; continuing it there would replace"):  # fmt: skip
+        train(stopping(), data=digits, progress=False, resume=out / BEST_NAME)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    # into another directory it trains on from its epoch, as the straight run did, and the
+    # new directory gets the best epoch's checkpoint at once, though no later epoch beats it
+    other = tmp_path / "other"
+    again = train(stopping(), data=digits, progress=False, resume=out / BEST_NAME,
+                  out_dir=other, plots=False)  # fmt: skip
+    assert again.epochs_trained == end - best and again.metrics["epochs"] == end
+    assert (other / BEST_NAME).read_bytes() == before[BEST_NAME]
+    assert again.history == result.history
+
+
+def test_a_run_resumed_elsewhere_carries_its_best_checkpoint(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    first = tmp_path / "first"
+    straight = train(stopping(), data=digits, progress=False)
+    best = straight.metrics["best_epoch"]
+    train(stopping(epochs=best + 1), data=digits, progress=False, out_dir=first, plots=False)
+    moved = tmp_path / "moved"
+    resumed = train(stopping(), data=digits, progress=False, resume=first, out_dir=moved,
+                    plots=False)  # fmt: skip
+    assert resumed.metrics["best_epoch"] == best
+    assert (moved / BEST_NAME).read_bytes() == (first / BEST_NAME).read_bytes()
+    # a stale or missing one is not carried: the new directory has none until a new best
+    (first / BEST_NAME).unlink()
+    gone = tmp_path / "gone"
+    train(stopping(), data=digits, progress=False, resume=first, out_dir=gone, plots=False)
+    assert not (gone / BEST_NAME).exists()
+
+
+def test_a_replacing_run_removes_the_old_best_checkpoint(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    out = tmp_path / "run"
+    train(small(val_fraction=0.2), data=digits, progress=False, out_dir=out, plots=False)
+    assert (out / BEST_NAME).exists()
+    train(small(), data=digits, progress=False, out_dir=out, plots=False)
+    assert not (out / BEST_NAME).exists()
+
+
+def test_cli_evaluates_and_refuses_the_best_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["--hidden", "32", "--lr", "0.01", "--epochs", "30", "--val-fraction", "0.2"]
+    assert main(["train", *SMALL, *args, "--patience", "2", "--seed", "3", "--out", str(out)]) == 0
+    best = json.loads(capsys.readouterr().out)["best_epoch"]
+    assert main(["evaluate", "--checkpoint", str(out / BEST_NAME)]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == best
+    assert main(["train", "--resume", str(out / BEST_NAME), "--epochs", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "is the checkpoint of the best epoch" in err and "give it another out_dir" in err
