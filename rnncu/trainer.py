@@ -915,11 +915,17 @@ def _train(
                     _carry_best(file.parent / BEST_NAME, out / BEST_NAME, run.best_epoch())
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
-            if run.stopped_early:
+            if run.stopped_early and run.epoch < config.epochs:
                 log(
                     f"{EARLY_STOP_NEWS} at epoch {run.epoch} of {config.epochs}: {_early_news(run)}"
                 )
                 break
+            if run.stopped_early:
+                # its last epoch anyway; said, as a resume for more epochs will train none
+                log(
+                    f"{EARLY_STOP_NEWS} at epoch {run.epoch}, the last of {config.epochs}: "
+                    f"{_early_news(run)}; a resume for more epochs trains none"
+                )
     except BaseException:
         if out is not None and not continued and not replacing and run.epoch == start_epoch:
             # no checkpoint of this run was written: its config alone would describe a run

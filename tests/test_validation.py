@@ -437,3 +437,13 @@ def test_cli_evaluates_and_refuses_the_best_checkpoint(
     assert main(["train", "--resume", str(out / BEST_NAME), "--epochs", "40"]) == 2
     err = capsys.readouterr().err
     assert "is the checkpoint of the best epoch" in err and "give it another out_dir" in err
+
+
+def test_patience_running_out_at_the_last_epoch_is_said(digits: ImageDataset) -> None:
+    straight = train(stopping(), data=digits, progress=False)
+    end = straight.metrics["epochs"]
+    news: list[str] = []
+    last = train(stopping(epochs=end), data=digits, progress=False, log=news.append)
+    assert last.metrics["stopped_early"] is True and last.metrics["epochs"] == end
+    assert news[-1].startswith(f"{EARLY_STOP_NEWS} at epoch {end}, the last of {end}: val_loss")
+    assert news[-1].endswith("; a resume for more epochs trains none")
