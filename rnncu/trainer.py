@@ -323,7 +323,12 @@ def _progress(total: int, initial: int, enabled: bool | None, desc: str) -> Any:
 class _Run:
     """One training run's state: data on the device, model, optimizer, schedule, history."""
 
-    def __init__(self, config: TrainConfig, data: ImageDataset | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, data: ImageDataset | None = None, split_optional: bool = False
+    ) -> None:
+        """``split_optional``: a validation split that cannot be made of ``data`` (a saved run
+        loaded with other images, to evaluate or generate) is left out, ``val_problem`` saying
+        why, instead of raising ValueError; training needs it."""
         from rnncu.backend import get_backend
 
         self.config = config
@@ -345,10 +350,17 @@ class _Run:
         self.x_val: Any = None  # (T, N_val, D) on the device, with a validation split
         self.y_val: Any = None
         self.num_val = 0
+        self.val_problem: str | None = None  # why no validation split was made, where asked
+        split = None
         if config.val_fraction > 0:
-            self.train_images, val_images, self.train_labels, val_labels = validation_split(
-                self.data, config.val_fraction
-            )
+            try:
+                split = validation_split(self.data, config.val_fraction)
+            except ValueError as exc:
+                if not split_optional:
+                    raise
+                self.val_problem = str(exc)
+        if split is not None:
+            self.train_images, val_images, self.train_labels, val_labels = split
             self.x_val = self.backend.asarray(to_sequences(val_images, config.seq), dtype)
             self.y_val = self.backend.asarray(val_labels, np.int64)
             self.num_val = int(val_labels.shape[0])
@@ -1061,9 +1073,10 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         "num_test": int(run.data.x_test.shape[0]),
     }
     if run.x_val is not None:
+        metrics["num_val"] = run.num_val
+    if run.config.val_fraction > 0:  # the saved history's, whatever images are evaluated
         best = run.best_epoch()
         metrics.update(
-            num_val=run.num_val,
             # the epoch of the lowest validation loss or MSE, and that figure (the metrics
             # are those of the last epoch's model, not of that one)
             best_epoch=best,
@@ -1482,7 +1495,10 @@ def load_run(
     path: str | Path, backend: str | None = None, dataset: str | None = None
 ) -> tuple[_Run, dict[str, Any]]:
     """Rebuild a saved run (model weights restored) from a run directory or checkpoint file.
-    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``.
+    ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``. Where the run's
+    validation split (``val_fraction``) cannot be made of ``dataset``'s images (other images,
+    too few of a class), the run has none (``x_val`` None, ``val_problem`` saying why): the
+    model still evaluates on their test split and generates.
 
     The run is the trainer's internal state object (private: its attributes may change);
     what callers use is stable: ``config``, ``data`` (the :class:`ImageDataset`), ``model``,
@@ -1506,7 +1522,7 @@ def _load_run(
     if data is None:
         data = _saved_dataset(config, file) if dataset is None else load_dataset(config.dataset)
     _check_saved_images(data, meta, file, config)
-    run = _Run(config, _fit_saved_classes(data, meta, file, config))
+    run = _Run(config, _fit_saved_classes(data, meta, file, config), split_optional=True)
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
         raise ValueError(
             f"dataset {config.dataset!r} has sequences {run.seq_shape}, the checkpoint was "
@@ -1527,6 +1543,13 @@ def evaluate_run(
     first epoch). So is a judge trained on other images than the run's last training (a run
     resumed on other images, stopped before the judge of those replaced the old one)."""
     run, meta = load_run(path, backend, dataset)
+    if run.val_problem is not None:
+        warn_at_caller(
+            f"dataset {run.config.dataset!r}: the run's validation split cannot be made of its "
+            f"images ({run.val_problem}): the validation figures (num_val, val_...) are left "
+            "out",
+            UserWarning,
+        )
     metrics = final_metrics(run)
     if isinstance(run.model, RowGenerator):
         judge_dir = resolve_checkpoint(path).parent / JUDGE_DIR

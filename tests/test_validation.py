@@ -447,3 +447,37 @@ def test_patience_running_out_at_the_last_epoch_is_said(digits: ImageDataset) ->
     assert last.metrics["stopped_early"] is True and last.metrics["epochs"] == end
     assert news[-1].startswith(f"{EARLY_STOP_NEWS} at epoch {end}, the last of {end}: val_loss")
     assert news[-1].endswith("; a resume for more epochs trains none")
+
+
+def test_evaluate_and_generate_on_images_the_split_cannot_be_made_of(
+    tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    """Evaluating (or generating from) a run on other images needs no validation split of
+    them: one that cannot be made leaves the validation figures out, with a warning, where
+    it stopped the command with a val_fraction error the user never typed."""
+    result = train(small(val_fraction=0.2), data=digits, progress=False, out_dir=tmp_path / "r",
+                   plots=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+    other = tmp_path / "other.npz"  # 0.2 of 30 images holds out 6, fewer than the 10 classes
+    x, x_test = rng.random((30, 8, 8), dtype=np.float32), rng.random((20, 8, 8), dtype=np.float32)
+    np.savez(other, x=x, y=np.arange(10).repeat(3), x_test=x_test, y_test=np.arange(10).repeat(2))
+    with pytest.warns(UserWarning, match=r"validation split cannot be made of its images "
+                      r"\(val_fraction: 0.2 of the training split of 'other.npz'"):  # fmt: skip
+        metrics = evaluate_run(tmp_path / "r", dataset=str(other))
+    assert metrics["num_test"] == 20 and metrics["num_train"] == 30
+    for key in ("num_val", "val_loss", "val_accuracy"):
+        assert key not in metrics, key
+    # what the saved history says stays: it is the run's, not the images'
+    for key in ("best_epoch", "best_val_loss", "stopped_early"):
+        assert metrics[key] == result.metrics[key], key
+    run, _ = load_run(tmp_path / "r", dataset=str(other))  # what rnncu generate loads
+    assert (
+        run.x_val is None
+        and run.num_val == 0
+        and "fewer than the 10 classes" in str(run.val_problem)
+    )
+    with pytest.warns(UserWarning, match="the validation figures .* are left out"):
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "r"), "--dataset", str(other)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_test"] == 20
+    # the run's own images are split as in training
+    assert load_run(tmp_path / "r")[0].num_val == result.metrics["num_val"]
