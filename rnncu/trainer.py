@@ -684,13 +684,13 @@ def train(
     from the argument; resumed in its own directory at the epoch it has, a run whose
     ``metrics.json`` is missing or an earlier call's (stopped after its last checkpoint)
     gets its end written (``end_written``), else nothing is. If an epoch ends with a NaN or
-    infinite training loss, weight or test loss (test MSE), the model is rolled back to the
-    last good epoch and :class:`TrainingDiverged` is raised; the checkpoint on disk is that
-    last good epoch's. With ``config.patience`` the run ends (``log``: a line beginning with
-    :data:`EARLY_STOP_NEWS`) after the epoch that makes ``patience`` epochs without a lower
-    validation figure; its model is that epoch's, and the metrics name the best epoch
-    (``best_epoch``). A resume of such a run trains nothing more: its history decides, as it
-    did.
+    infinite training loss, weight, test loss (test MSE) or validation loss (MSE), the model
+    is rolled back to the last good epoch and :class:`TrainingDiverged` is raised; the
+    checkpoint on disk is that last good epoch's. With ``config.patience`` the run ends
+    (``log``: a line beginning with :data:`EARLY_STOP_NEWS`) after the epoch that makes
+    ``patience`` epochs without a lower validation figure; its model is that epoch's, and
+    the metrics name the best epoch (``best_epoch``). A resume of such a run trains nothing
+    more: its history decides, as it did.
     The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
     trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
@@ -879,8 +879,12 @@ def _train(
                 else:
                     evaluation = run.evaluate()
                     loss_key = "test_loss" if "test_loss" in evaluation else "test_mse"
-                    if not math.isfinite(evaluation[loss_key]):
-                        problem = f"{loss_key} became {evaluation[loss_key]}"
+                    # the validation figure too: the checkpoint's history (JSON) cannot hold
+                    # a NaN, and the early stop compares it
+                    for key in (loss_key, run.monitored):
+                        if key in evaluation and not math.isfinite(evaluation[key]):
+                            problem = f"{key} became {evaluation[key]}"
+                            break
             if problem is not None:
                 run.model.load_state_dict(
                     {

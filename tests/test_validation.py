@@ -22,6 +22,7 @@ from rnncu.trainer import (
     EARLY_STOP_NEWS,
     JUDGE_DIR,
     TrainConfig,
+    TrainingDiverged,
     _Run,
     classifier_config,
     evaluate_run,
@@ -481,3 +482,26 @@ def test_evaluate_and_generate_on_images_the_split_cannot_be_made_of(
     assert json.loads(capsys.readouterr().out)["num_test"] == 20
     # the run's own images are split as in training
     assert load_run(tmp_path / "r")[0].num_val == result.metrics["num_val"]
+
+
+def test_a_non_finite_validation_loss_is_a_diverged_run(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validation figure that overflows (the test one still finite) rolls the run back as a
+    test loss does: it was appended to the history, whose checkpoint (JSON) cannot hold it,
+    and the run ended with a bare "checkpoint metadata ... is not finite" ValueError."""
+    evaluate = _Run.evaluate
+
+    def overflowing(run: _Run) -> dict:
+        figures = evaluate(run)
+        if run.epoch == 1:  # the second epoch's
+            figures["val_loss"] = math.inf
+        return figures
+
+    monkeypatch.setattr(_Run, "evaluate", overflowing)
+    with pytest.raises(TrainingDiverged, match=r"val_loss became inf in epoch 2; the last good "
+                       r"checkpoint \(epoch 1\) is kept"):  # fmt: skip
+        train(small(val_fraction=0.2, epochs=3), data=digits, progress=False,
+              out_dir=tmp_path / "run", plots=False)  # fmt: skip
+    _, meta = load_checkpoint(tmp_path / "run")
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1
