@@ -93,6 +93,20 @@ def test_hx_keyword_and_parameters_follow_torch(rng: np.random.Generator) -> Non
     assert sum(p.size for p in ours_params) == ours.num_parameters()
 
 
+def test_hx_keyword_with_an_unbatched_sequence_follows_torch(rng: np.random.Generator) -> None:
+    """An unbatched (T, D) sequence takes an unbatched (layers * directions, H) hx, as torch's
+    does, and gives what the same state given as h0 gives."""
+    model, ours = _torch_rnn({"num_layers": 2, "bidirectional": True}, 3, 5, rng)
+    x = rng.standard_normal((6, 3))
+    h0 = rng.standard_normal((4, 5))
+    out_t, hn_t = model(torch.tensor(x), hx=torch.tensor(h0))
+    out, h_n = ours(x, hx=h0)
+    assert out.shape == (6, 10) and h_n.shape == (4, 5)
+    assert_close(out, out_t.detach().numpy(), 1e-12, 1e-13, "out")
+    assert_close(h_n, hn_t.detach().numpy(), 1e-12, 1e-13, "h_n")
+    np.testing.assert_array_equal(h_n, ours(x, h0)[1])
+
+
 def test_linear_matches_torch(rng: np.random.Generator) -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4, dtype=torch.float64)
