@@ -13,16 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnncu import plots
+from rnncu import plots, trainer
 from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
-from rnncu.data import VALIDATION_SEED, ImageDataset, load_digits, to_sequences, validation_split
+from rnncu.data import (
+    VALIDATION_SEED,
+    ImageDataset,
+    load_digits,
+    split_stratified,
+    to_sequences,
+    validation_split,
+)
 from rnncu.trainer import (
     BEST_NAME,
     EARLY_STOP_NEWS,
     JUDGE_DIR,
     TrainConfig,
     TrainingDiverged,
+    _postfix,
     _Run,
     classifier_config,
     evaluate_run,
@@ -88,6 +96,12 @@ def test_the_split_is_the_same_for_every_training_seed(digits: ImageDataset) -> 
     np.testing.assert_array_equal(held[0][0], to_sequences(x_val, "rows"))
     np.testing.assert_array_equal(held[0][1], y_val)
     assert VALIDATION_SEED == 0
+    # drawn with that seed, so that a run saved by another version resumes on its own split
+    drawn = split_stratified(
+        digits.x_train, digits.y_train, test_size=0.3, random_state=VALIDATION_SEED
+    )
+    for first, second in zip(validation_split(digits, 0.3), drawn, strict=True):
+        np.testing.assert_array_equal(first, second)
 
 
 def _tiny(labels: list[int]) -> ImageDataset:
@@ -102,6 +116,8 @@ def _tiny(labels: list[int]) -> ImageDataset:
     [
         ([0, 0, 1, 1, 2], 0.4, r"val_fraction: the training split of 'tiny' \(5 images of 3 "
          r"classes\) has one image of class 2; a stratified validation split needs at least 2"),
+        ([0, 0, 1, 1, 3], 0.4, r"val_fraction: the training split of 'tiny' \(5 images of 3 "
+         r"classes\) has one image of class 3; a stratified validation split needs at least 2"),
         ([0, 0, 1, 1, 2, 2], 0.2, r"val_fraction: 0.2 of the training split of 'tiny' \(6 images "
          r"of 3 classes\) holds out 2 images, fewer than the 3 classes"),
         ([0, 0, 1, 1], 0.6, r"val_fraction: expected a number in \(0, 0.5\], got 0.6"),
@@ -114,6 +130,14 @@ def test_a_split_that_cannot_be_made_names_val_fraction(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         validation_split(_tiny(labels), fraction)
+
+
+def test_a_split_of_one_validation_image_a_class_can_be_made() -> None:
+    """The fewest images a split may hold out is one of each class: 2 of 4 images of 2
+    classes."""
+    x_tr, x_val, y_tr, y_val = validation_split(_tiny([0, 0, 1, 1]), 0.5)
+    assert sorted(y_val.tolist()) == sorted(y_tr.tolist()) == [0, 1]
+    assert x_tr.shape == x_val.shape == (2, 4, 4)
 
 
 def test_the_trainer_reports_a_split_that_cannot_be_made() -> None:
@@ -137,6 +161,13 @@ def test_the_trainer_reports_a_split_that_cannot_be_made() -> None:
 def test_config_checks_the_new_fields(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_config(backend="numpy", **fields)
+
+
+def test_config_takes_the_largest_val_fraction() -> None:
+    """0.5, the most --val-fraction says it takes, is taken."""
+    config = make_config(backend="numpy", val_fraction=0.5, patience=1)
+    assert (config.val_fraction, config.patience) == (0.5, 1)
+    assert TrainConfig.from_dict(config.to_dict()).val_fraction == 0.5
 
 
 def test_numpy_numbers_become_plain_ones() -> None:
@@ -167,6 +198,21 @@ def test_training_leaves_the_validation_images_out(digits: ImageDataset) -> None
     assert m["best_epoch"] in (1, 2) and m["stopped_early"] is False
     best = min(result.history, key=lambda r: r["val_loss"])
     assert m["best_epoch"] == best["epoch"] and m["best_val_loss"] == best["val_loss"]
+
+
+def test_augment_shifts_the_training_images_alone(digits: ImageDataset, monkeypatch) -> None:
+    """With a validation split, each epoch's shifted images are the training images less
+    the validation ones, in their order (their labels are y_train's)."""
+    shifted: list[np.ndarray] = []
+    shift = trainer.shift_images
+    monkeypatch.setattr(
+        trainer, "shift_images", lambda images, *a: shifted.append(images) or shift(images, *a)
+    )
+    result = train(small(val_fraction=0.2, augment=1, epochs=1), data=digits, progress=False)
+    x_tr, _, y_tr, _ = validation_split(digits, 0.2)
+    assert len(shifted) == 1
+    np.testing.assert_array_equal(shifted[0], x_tr)
+    assert result.metrics["num_train"] == y_tr.shape[0]
 
 
 def test_without_a_split_nothing_changes(digits: ImageDataset) -> None:
@@ -201,6 +247,7 @@ def test_patience_ends_the_run_after_that_many_epochs_without_progress(
     end, best = m["epochs"], m["best_epoch"]
     assert m["stopped_early"] is True and end < 30 and len(history) == end
     assert best == 1 + int(np.argmin(losses)) and end - best == 2
+    assert m["best_val_loss"] == losses[best - 1] == min(losses)
     # no earlier epoch met the rule: every epoch before the end was within 2 of its best
     for k in range(1, end):
         assert k - (1 + int(np.argmin(losses[:k]))) < 2
@@ -212,6 +259,17 @@ def test_patience_ends_the_run_after_that_many_epochs_without_progress(
     longer = train(stopping(patience=0, epochs=end + 2), data=digits, progress=False)
     assert [r["val_loss"] for r in longer.history[:end]] == losses
     assert longer.metrics["epochs"] == end + 2 and longer.metrics["stopped_early"] is False
+
+
+def test_a_tie_is_no_improvement(digits: ImageDataset) -> None:
+    """The best epoch is the first of equal lowest figures, and patience counts from it: an
+    epoch that only matches the best does not improve on it."""
+    run = _Run(small(val_fraction=0.2, patience=2, epochs=10), digits)
+    run.history = [{"epoch": e, "val_loss": v} for e, v in enumerate([0.9, 0.5, 0.5, 0.5], 1)]
+    run.epoch = 4
+    assert run.best_epoch() == 2 and run.stopped_early and run.finished
+    run.history[3]["val_loss"] = 0.4
+    assert run.best_epoch() == 4 and not run.stopped_early
 
 
 def test_a_stopped_run_resumed_trains_nothing_and_stops_where_a_straight_one_does(
@@ -304,10 +362,18 @@ def test_cli_trains_with_a_split_and_says_it_stopped(
     assert meta["config"]["patience"] == 2
     assert main(["train", "--resume", str(out), "--epochs", "40"]) == 0
     err = capsys.readouterr().err
-    assert f"stopped early at epoch {printed['epochs']}" in err and "nothing was trained" in err
+    assert f"stopped early at epoch {printed['epochs']}" in err
+    assert "patience 2): nothing was trained" in err
     # the split is the run's: a resume cannot change it
     assert main(["train", "--resume", str(out), "--epochs", "40", "--val-fraction", "0.1"]) == 2
     assert "not --val-fraction" in capsys.readouterr().err
+
+
+def test_the_progress_bar_shows_the_validation_figures() -> None:
+    record = {"epoch": 1, "train_loss": 0.5, "test_accuracy": 0.8, "val_accuracy": 0.75}
+    assert _postfix(record) == {"loss": "0.5000", "accuracy": "0.8000", "val_accuracy": "0.7500"}
+    mse = _postfix({"epoch": 1, "train_loss": 0.5, "test_mse": 0.02, "val_mse": 0.03})
+    assert mse == {"loss": "0.5000", "mse": "0.0200", "val_mse": "0.0300"}
 
 
 @pytest.mark.parametrize(
