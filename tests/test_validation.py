@@ -319,9 +319,15 @@ def test_a_generate_run_stopped_early_without_its_judge_warns(
     missing, as for a run that trained every epoch."""
     config = small(task="generate", epochs=30, lr=0.03, schedule="constant", val_fraction=0.2,
                    patience=1, hidden=32)  # fmt: skip
-    result = train(config, data=digits, progress=False, out_dir=tmp_path / "g", plots=False)
-    assert result.metrics["stopped_early"] is True and result.metrics["epochs"] < 30
-    assert "sample_class_accuracy" in result.metrics
+    news: list[str] = []
+    result = train(config, data=digits, progress=False, out_dir=tmp_path / "g", plots=False,
+                   log=news.append)  # fmt: skip
+    m = result.metrics
+    assert m["stopped_early"] is True and m["epochs"] < 30
+    assert "sample_class_accuracy" in m
+    # the news names the figure watched: the MSE, a generate run having no val_loss
+    stop = f"{EARLY_STOP_NEWS} at epoch {m['epochs']} of 30: val_mse has not improved since "
+    assert any(line.startswith(stop) for line in news), news
     for path in sorted((tmp_path / "g" / JUDGE_DIR).rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     (tmp_path / "g" / JUDGE_DIR).rmdir()
