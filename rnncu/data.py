@@ -294,9 +294,17 @@ def validation_split(
     :data:`VALIDATION_SEED`: ``(x_train, x_val, y_train, y_val)``. Every class of the training
     split keeps at least one training image; a split that cannot be made (a class of one
     image, fewer validation images than classes) raises ValueError naming ``val_fraction``.
+    A NumPy ``fraction`` is taken as :class:`~rnncu.trainer.TrainConfig` takes it.
 
     Images that are copies of one another (the two clips of a digit in ``moving-digits``, an
     augmented set) may fall on both sides: validation figures then flatter the model."""
+    if isinstance(fraction, np.integer):
+        fraction = int(fraction)
+    elif isinstance(fraction, np.floating):
+        # as TrainConfig takes it: a float32 keeps the decimal it was written as, so that the
+        # split is the one a run of that val_fraction trains on
+        short = fraction.dtype.itemsize < 8 and np.isfinite(fraction)
+        fraction = float(str(fraction)) if short else float(fraction)
     if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)) or not (
         0 < fraction <= 0.5
     ):

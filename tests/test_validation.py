@@ -140,6 +140,19 @@ def test_a_split_of_one_validation_image_a_class_can_be_made() -> None:
     assert x_tr.shape == x_val.shape == (2, 4, 4)
 
 
+def test_numpy_fractions_split_as_plain_ones(digits: ImageDataset) -> None:
+    """A NumPy number (a sweep's) is a fraction as TrainConfig takes it: np.float32(0.2) holds
+    out the images a run of val_fraction 0.2 validates on."""
+    plain = validation_split(digits, 0.2)
+    for fraction in (np.float32(0.2), np.float64(0.2)):
+        for first, second in zip(validation_split(digits, fraction), plain, strict=True):
+            np.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match=r"expected a number in \(0, 0.5\], got 0.6$"):
+        validation_split(digits, np.float32(0.6))
+    with pytest.raises(ValueError, match=r"expected a number in \(0, 0.5\], got np.True_"):
+        validation_split(digits, np.bool_(True))
+
+
 def test_the_trainer_reports_a_split_that_cannot_be_made() -> None:
     with pytest.raises(ValueError, match=r"val_fraction: .* has one image of class 2"):
         train(small(val_fraction=0.4), data=_tiny([0, 0, 1, 1, 2]), progress=False)
