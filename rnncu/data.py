@@ -322,7 +322,8 @@ def validation_split(
         )
     if held < len(classes):
         raise ValueError(
-            f"val_fraction: {fraction} of {where} holds out {held} images, fewer than the "
+            f"val_fraction: {fraction} of {where} holds out {held} "
+            f"{'image' if held == 1 else 'images'}, fewer than the "
             f"{len(classes)} classes; a stratified validation split needs one of each at least"
         )
     x_tr, x_val, y_tr, y_val = split_stratified(

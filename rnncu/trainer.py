@@ -287,7 +287,8 @@ class TrainResult:
     metrics: dict[str, Any]
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: epochs this call trained: 0 when a resumed run was already at ``config.epochs``
+    #: epochs this call trained: 0 when a resumed run was already at ``config.epochs``, or had
+    #: stopped early (``patience``)
     epochs_trained: int = 0
     #: whether this call wrote the run's end (``metrics.json``, the plots, a generate run's
     #: judge) into ``out_dir``: also with no epoch trained, for a run stopped after its last
@@ -324,11 +325,16 @@ class _Run:
     """One training run's state: data on the device, model, optimizer, schedule, history."""
 
     def __init__(
-        self, config: TrainConfig, data: ImageDataset | None = None, split_optional: bool = False
+        self,
+        config: TrainConfig,
+        data: ImageDataset | None = None,
+        split_optional: bool = False,
+        no_split: str | None = None,
     ) -> None:
         """``split_optional``: a validation split that cannot be made of ``data`` (a saved run
         loaded with other images, to evaluate or generate) is left out, ``val_problem`` saying
-        why, instead of raising ValueError; training needs it."""
+        why, instead of raising ValueError; training needs it. ``no_split``: why none is made
+        at all (``val_problem``), where one would be no validation of the run's."""
         from rnncu.backend import get_backend
 
         self.config = config
@@ -352,7 +358,9 @@ class _Run:
         self.num_val = 0
         self.val_problem: str | None = None  # why no validation split was made, where asked
         split = None
-        if config.val_fraction > 0:
+        if config.val_fraction > 0 and no_split is not None:
+            self.val_problem = no_split
+        elif config.val_fraction > 0:
             try:
                 split = validation_split(self.data, config.val_fraction)
             except ValueError as exc:
@@ -560,7 +568,8 @@ class _Run:
     @property
     def stopped_early(self) -> bool:
         """Whether ``patience`` epochs have passed since the best validation figure: the run
-        has ended, short of ``config.epochs``."""
+        has ended there, short of ``config.epochs`` or at it (a resume for more trains
+        none)."""
         best = self.best_epoch()
         patience = self.config.patience
         return patience > 0 and best is not None and self.epoch - best >= patience
@@ -972,12 +981,16 @@ def _carry_best(source: Path, target: Path, best: int | None) -> None:
         atomic_write_bytes(target, data)
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def _early_news(run: _Run) -> str:
     """Why a run stopped early, in words."""
     best = run.best_epoch()
     assert best is not None  # only a run with a validation figure stops early
     return (
-        f"{run.monitored} has not improved since epoch {best} for {run.epoch - best} epochs, "
+        f"{run.monitored} has not improved since epoch {best} for {_epochs(run.epoch - best)}, "
         f"patience {run.config.patience}"
     )
 
@@ -1500,9 +1513,11 @@ def load_run(
 ) -> tuple[_Run, dict[str, Any]]:
     """Rebuild a saved run (model weights restored) from a run directory or checkpoint file.
     ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``. Where the run's
-    validation split (``val_fraction``) cannot be made of ``dataset``'s images (other images,
-    too few of a class), the run has none (``x_val`` None, ``val_problem`` saying why): the
-    model still evaluates on their test split and generates.
+    validation split (``val_fraction``) cannot be made of ``dataset``'s images (too few of a
+    class), or they are not the run's (their digest differs from the saved one: a share of
+    them would be no validation of the run), the run has none (``x_val`` None,
+    ``val_problem`` saying why): the model still evaluates on their test split and
+    generates. The run's own images moved keep their split.
 
     The run is the trainer's internal state object (private: its attributes may change);
     what callers use is stable: ``config``, ``data`` (the :class:`ImageDataset`), ``model``,
@@ -1526,7 +1541,15 @@ def _load_run(
     if data is None:
         data = _saved_dataset(config, file) if dataset is None else load_dataset(config.dataset)
     _check_saved_images(data, meta, file, config)
-    run = _Run(config, _fit_saved_classes(data, meta, file, config), split_optional=True)
+    data = _fit_saved_classes(data, meta, file, config)
+    no_split = None
+    saved_digest = meta.get("data", {}).get("digest")
+    if dataset is not None and config.val_fraction > 0 and saved_digest is not None:
+        # a share held out of other images is no validation of this run: the figures would
+        # pass for its own
+        if dataset_digest(data) != saved_digest:
+            no_split = "they are not the images the run was trained on"
+    run = _Run(config, data, split_optional=True, no_split=no_split)
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
         raise ValueError(
             f"dataset {config.dataset!r} has sequences {run.seq_shape}, the checkpoint was "

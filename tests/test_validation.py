@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rnncu import plots, trainer
-from rnncu.checkpoint import load_checkpoint
+from rnncu.checkpoint import RESERVED_META, load_checkpoint, save_checkpoint
 from rnncu.cli import main
 from rnncu.data import (
     VALIDATION_SEED,
@@ -120,6 +120,8 @@ def _tiny(labels: list[int]) -> ImageDataset:
          r"classes\) has one image of class 3; a stratified validation split needs at least 2"),
         ([0, 0, 1, 1, 2, 2], 0.2, r"val_fraction: 0.2 of the training split of 'tiny' \(6 images "
          r"of 3 classes\) holds out 2 images, fewer than the 3 classes"),
+        ([0, 0, 1, 1], 0.25, r"val_fraction: 0.25 of the training split of 'tiny' \(4 images "
+         r"of 2 classes\) holds out 1 image, fewer than the 2 classes"),
         ([0, 0, 1, 1], 0.6, r"val_fraction: expected a number in \(0, 0.5\], got 0.6"),
         ([0, 0, 1, 1], 0, r"val_fraction: expected a number in \(0, 0.5\], got 0"),
         ([0, 0, 1, 1], True, r"val_fraction: expected a number in \(0, 0.5\], got True"),
@@ -341,6 +343,8 @@ def test_a_generate_run_stopped_early_without_its_judge_warns(
     # the news names the figure watched: the MSE, a generate run having no val_loss
     stop = f"{EARLY_STOP_NEWS} at epoch {m['epochs']} of 30: val_mse has not improved since "
     assert any(line.startswith(stop) for line in news), news
+    (said,) = [line for line in news if line.startswith(stop)]
+    assert said.endswith(f"epoch {m['best_epoch']} for 1 epoch, patience 1"), said
     for path in sorted((tmp_path / "g" / JUDGE_DIR).rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     (tmp_path / "g" / JUDGE_DIR).rmdir()
@@ -547,6 +551,12 @@ def test_evaluate_and_generate_on_images_the_split_cannot_be_made_of(
     other = tmp_path / "other.npz"  # 0.2 of 30 images holds out 6, fewer than the 10 classes
     x, x_test = rng.random((30, 8, 8), dtype=np.float32), rng.random((20, 8, 8), dtype=np.float32)
     np.savez(other, x=x, y=np.arange(10).repeat(3), x_test=x_test, y_test=np.arange(10).repeat(2))
+    # other images are not split at all (the next test); a checkpoint without a digest of its
+    # images cannot tell, and the split is tried
+    arrays, meta = load_checkpoint(tmp_path / "r")
+    del meta["data"]["digest"]
+    save_checkpoint(tmp_path / "r" / "checkpoint.npz", arrays,
+                    {k: v for k, v in meta.items() if k not in RESERVED_META})  # fmt: skip
     with pytest.warns(UserWarning, match=r"validation split cannot be made of its images "
                       r"\(val_fraction: 0.2 of the training split of 'other.npz'"):  # fmt: skip
         metrics = evaluate_run(tmp_path / "r", dataset=str(other))
@@ -590,3 +600,29 @@ def test_a_non_finite_validation_loss_is_a_diverged_run(
               out_dir=tmp_path / "run", plots=False)  # fmt: skip
     _, meta = load_checkpoint(tmp_path / "run")
     assert meta["epoch"] == 1 and len(meta["history"]) == 1
+
+
+def test_evaluate_on_other_images_leaves_their_validation_figures_out(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """A share held out of other images (one that can be split) is no validation of the run:
+    evaluating on them leaves it out, with a warning; the run's own images, moved, keep it."""
+    result = train(small(val_fraction=0.2), data=digits, progress=False, out_dir=tmp_path / "r",
+                   plots=False)  # fmt: skip
+    moved = tmp_path / "moved.npz"
+    np.savez(moved, x=digits.x_train, y=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = evaluate_run(tmp_path / "r", dataset=str(moved))
+    for key in ("num_val", "val_loss", "val_accuracy", "test_accuracy"):
+        assert same[key] == pytest.approx(result.metrics[key], rel=1e-6), key
+    other = tmp_path / "other.npz"
+    np.savez(other, x=digits.x_train[::-1], y=digits.y_train[::-1], x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"validation split cannot be made of its images \(they "
+                      r"are not the images the run was trained on\)"):  # fmt: skip
+        metrics = evaluate_run(tmp_path / "r", dataset=str(other))
+    for key in ("num_val", "val_loss", "val_accuracy"):
+        assert key not in metrics, key
+    assert metrics["best_epoch"] == result.metrics["best_epoch"]
+    assert metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
