@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -357,6 +358,9 @@ class _Run:
         self.y_val: Any = None
         self.num_val = 0
         self.val_problem: str | None = None  # why no validation split was made, where asked
+        # SHA-256 of the validation images and labels: what the split drew (scikit-learn's
+        # stratified split) is checked on resume, the counts alone passing for the same
+        self.val_digest: str | None = None
         split = None
         if config.val_fraction > 0 and no_split is not None:
             self.val_problem = no_split
@@ -372,6 +376,7 @@ class _Run:
             self.x_val = self.backend.asarray(to_sequences(val_images, config.seq), dtype)
             self.y_val = self.backend.asarray(val_labels, np.int64)
             self.num_val = int(val_labels.shape[0])
+            self.val_digest = _split_digest(val_images, val_labels)
         self.x_train = self.backend.asarray(to_sequences(self.train_images, config.seq), dtype)
         self.x_test = self.backend.asarray(to_sequences(self.data.x_test, config.seq), dtype)
         self.y_train = self.backend.asarray(self.train_labels, np.int64)
@@ -425,6 +430,7 @@ class _Run:
             "num_classes": self.data.num_classes,
             "seq_shape": list(self.seq_shape),
             "digest": self.data_digest,
+            **({} if self.val_digest is None else {"val_digest": self.val_digest}),
             # images keep the metadata they had before clips
             **(
                 {}
@@ -1481,7 +1487,8 @@ def _warn_if_other_images(run: _Run, meta: dict[str, Any], file: Path) -> None:
     """A resumed run whose images have the count and size of its own (so the step count
     passed) but other contents goes on with them, which is no longer the run a straight
     training gives; saying so costs nothing where the checkpoint holds a digest (older ones
-    do not)."""
+    do not). The same for a validation split that drew other images of the same images (a
+    scikit-learn whose stratified split changed)."""
     saved = meta.get("data", {}).get("digest")
     if saved is not None and saved != run.data_digest:
         warn_at_caller(
@@ -1489,6 +1496,26 @@ def _warn_if_other_images(run: _Run, meta: dict[str, Any], file: Path) -> None:
             "trained on (the same count and size, other contents): the run goes on with them",
             UserWarning,
         )
+        return
+    saved_split = meta.get("data", {}).get("val_digest")
+    if saved_split is not None and run.val_digest is not None and saved_split != run.val_digest:
+        warn_at_caller(
+            f"{file}: the validation split of dataset {run.config.dataset!r} holds other "
+            "images than the run's (its images are the same: another version of "
+            "scikit-learn's stratified split?): the run goes on with this split, training on "
+            "some images it validated on before",
+            UserWarning,
+        )
+
+
+def _split_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 (hex) of a validation split's images and labels, in their order."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str} {array.shape};".encode())
+        digest.update(array.data.cast("B"))
+    return digest.hexdigest()
 
 
 def _fit_saved_classes(

@@ -626,3 +626,36 @@ def test_evaluate_on_other_images_leaves_their_validation_figures_out(
         assert key not in metrics, key
     assert metrics["best_epoch"] == result.metrics["best_epoch"]
     assert metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
+
+
+def test_a_resume_whose_split_drew_other_images_warns(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split is scikit-learn's: one of another version could draw other validation images
+    of the same images, with the same counts, which the step count cannot tell."""
+    out = tmp_path / "run"
+    first = train(small(val_fraction=0.2), data=digits, progress=False, out_dir=out, plots=False)
+    _, meta = load_checkpoint(out)
+    x_tr, x_val, y_tr, y_val = validation_split(digits, 0.2)
+    import hashlib
+
+    expected = hashlib.sha256()
+    for array in (x_val, y_val):
+        expected.update(f"{array.dtype.str} {array.shape};".encode())
+        expected.update(np.ascontiguousarray(array).tobytes())
+    assert (
+        meta["data"]["val_digest"] == expected.hexdigest() == _Run(first.config, digits).val_digest
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(small(val_fraction=0.2, epochs=3), data=digits, progress=False, resume=out,
+              plots=False)  # fmt: skip
+    monkeypatch.setattr("rnncu.data.VALIDATION_SEED", 1)
+    with pytest.warns(UserWarning, match=r"the validation split of dataset 'digits' holds other "
+                      r"images than the run's"):  # fmt: skip
+        resumed = train(small(val_fraction=0.2, epochs=4), data=digits, progress=False,
+                        resume=out, plots=False)  # fmt: skip
+    assert resumed.epochs_trained == 1
+    # a run without a split saves no digest of one
+    train(small(), data=digits, progress=False, out_dir=tmp_path / "plain", plots=False)
+    assert "val_digest" not in load_checkpoint(tmp_path / "plain")[1]["data"]
