@@ -29,6 +29,7 @@ import numpy as np
 
 from rnncu._warnings import warn_at_caller
 from rnncu.checkpoint import (
+    RESERVED_META,
     CheckpointError,
     atomic_write_bytes,
     atomic_write_text,
@@ -943,7 +944,7 @@ def _train(
                     save_checkpoint(out / BEST_NAME, good_arrays, run.meta())
                 elif saved_meta is not None and not continued and run.epoch == start_epoch + 1:
                     # resumed into another directory with its best epoch behind it
-                    _carry_best(file.parent / BEST_NAME, out / BEST_NAME, run.best_epoch())
+                    _carry_best(file.parent / BEST_NAME, out / BEST_NAME, run.best_epoch(), config)
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
             if run.stopped_early and run.epoch < config.epochs:
@@ -971,20 +972,29 @@ def _train(
     return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
 
 
-def _carry_best(source: Path, target: Path, best: int | None) -> None:
+def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfig) -> None:
     """Copy the best epoch's checkpoint of a resumed run (``source``) to the directory it is
     continued in, where it holds that epoch (``best``); else there is none to carry (a run
     without a validation split, a file removed or of another epoch), and the new directory
-    gets one at its next best epoch."""
+    gets one at its next best epoch. The copy names the dataset and backend of the resumed
+    run's ``config`` (its images moved, another device asked for), as the new
+    ``checkpoint.npz`` does: evaluating or resuming it loads the images where they are now."""
     if best is None or not source.is_file():
         return
     try:
         data = source.read_bytes()
-        _, meta = load_checkpoint(source)
+        arrays, meta = load_checkpoint(source)
     except (OSError, CheckpointError):
         return
-    if meta.get("epoch") == best:
+    if meta.get("epoch") != best:
+        return
+    saved = meta.get("config", {})
+    now = dict(saved, dataset=config.dataset, backend=config.backend)
+    if now == saved:
         atomic_write_bytes(target, data)
+    else:
+        kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+        save_checkpoint(target, arrays, dict(kept, config=now))
 
 
 def _epochs(count: int) -> str:

@@ -19,6 +19,7 @@ from rnncu.cli import main
 from rnncu.data import (
     VALIDATION_SEED,
     ImageDataset,
+    load_dataset,
     load_digits,
     split_stratified,
     to_sequences,
@@ -503,6 +504,32 @@ def test_a_run_resumed_elsewhere_carries_its_best_checkpoint(
     gone = tmp_path / "gone"
     train(stopping(), data=digits, progress=False, resume=first, out_dir=gone, plots=False)
     assert not (gone / BEST_NAME).exists()
+
+
+def test_a_carried_best_checkpoint_names_where_the_images_moved(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """A run resumed elsewhere on its images moved (--dataset) saves their new place in its
+    checkpoint: the best epoch's carried beside it named the old one, and evaluating or
+    resuming it failed with "no such file" though the run's own checkpoint worked."""
+    before, after = tmp_path / "before.npz", tmp_path / "after.npz"
+    np.savez(before, x=digits.x_train, y=digits.y_train, x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    best = train(stopping(), data=digits, progress=False).metrics["best_epoch"]
+    first = tmp_path / "first"
+    train(stopping(dataset=str(before), epochs=best + 1), progress=False, out_dir=first,
+          plots=False)  # fmt: skip
+    before.rename(after)
+    moved = tmp_path / "moved"
+    resumed = train(stopping(), data=load_dataset(str(after)), progress=False, resume=first,
+                    out_dir=moved, plots=False)  # fmt: skip
+    assert resumed.metrics["best_epoch"] == best and resumed.epochs_trained == 1
+    arrays, meta = load_checkpoint(moved / BEST_NAME)
+    assert meta["config"]["dataset"] == load_checkpoint(moved)[1]["config"]["dataset"]
+    assert meta["epoch"] == best
+    first_arrays = load_checkpoint(first / BEST_NAME)[0]
+    assert all(arrays[k].tobytes() == first_arrays[k].tobytes() for k in first_arrays)
+    assert evaluate_run(moved / BEST_NAME)["epochs"] == best
 
 
 def test_a_replacing_run_removes_the_old_best_checkpoint(
