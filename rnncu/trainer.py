@@ -846,6 +846,11 @@ def _train(
             # resume with more epochs is needed to write it.
             _check_saved_steps(run, file)
             _warn_if_other_images(run, saved_meta, file)
+            if run.best_epoch() == run.epoch and not _holds_epoch(out / BEST_NAME, run.epoch):
+                # stopped between its last checkpoint and the best.npz of that epoch
+                save_checkpoint(
+                    out / BEST_NAME, run.arrays(), dict(run.meta(), config=done.to_dict())
+                )
             log(
                 f"{out}: no metrics.json of epoch {run.epoch} (the run was stopped after its "
                 "last checkpoint): writing the run's end"
@@ -860,6 +865,11 @@ def _train(
         _warn_if_other_images(run, saved_meta, file)
     start_epoch = run.epoch
     good_arrays = run.arrays()  # rollback target if the loss diverges
+    # the resumed checkpoint, written as best.npz where it is the best epoch's and none is
+    # (its history copied: the run's own grows with every epoch)
+    resumed = (
+        None if saved_meta is None else (good_arrays, dict(run.meta(), history=list(run.history)))
+    )
     steps = run.steps_per_epoch
     bar = _progress(
         config.epochs * steps,
@@ -942,9 +952,21 @@ def _train(
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
                 if run.best_epoch() == run.epoch:
                     save_checkpoint(out / BEST_NAME, good_arrays, run.meta())
-                elif saved_meta is not None and not continued and run.epoch == start_epoch + 1:
-                    # resumed into another directory with its best epoch behind it
-                    _carry_best(file.parent / BEST_NAME, out / BEST_NAME, run.best_epoch(), config)
+                elif resumed is not None and run.epoch == start_epoch + 1:
+                    # resumed with its best epoch behind it: carried from the run's directory
+                    # into another, or else the resumed checkpoint itself where it is that
+                    # epoch's (a run saved without best.npz, a checkpoint copied alone, a run
+                    # stopped between writing its checkpoint and its best.npz)
+                    best = run.best_epoch()
+                    if continued:
+                        has_best = _holds_epoch(out / BEST_NAME, best)
+                    else:
+                        has_best = _carry_best(
+                            file.parent / BEST_NAME, out / BEST_NAME, best, config
+                        )
+                    if not has_best and best == start_epoch:
+                        save_checkpoint(out / BEST_NAME, *resumed)
+                    resumed = None
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
             if run.stopped_early and run.epoch < config.epochs:
@@ -972,22 +994,22 @@ def _train(
     return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
 
 
-def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfig) -> None:
+def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfig) -> bool:
     """Copy the best epoch's checkpoint of a resumed run (``source``) to the directory it is
-    continued in, where it holds that epoch (``best``); else there is none to carry (a run
-    without a validation split, a file removed or of another epoch), and the new directory
-    gets one at its next best epoch. The copy names the dataset and backend of the resumed
-    run's ``config`` (its images moved, another device asked for), as the new
-    ``checkpoint.npz`` does: evaluating or resuming it loads the images where they are now."""
+    continued in, where it holds that epoch (``best``), and say whether it did; else there is
+    none to carry (a run without a validation split, a file removed or of another epoch). The
+    copy names the dataset and backend of the resumed run's ``config`` (its images moved,
+    another device asked for), as the new ``checkpoint.npz`` does: evaluating or resuming it
+    loads the images where they are now."""
     if best is None or not source.is_file():
-        return
+        return False
     try:
         data = source.read_bytes()
         arrays, meta = load_checkpoint(source)
     except (OSError, CheckpointError):
-        return
+        return False
     if meta.get("epoch") != best:
-        return
+        return False
     saved = meta.get("config", {})
     now = dict(saved, dataset=config.dataset, backend=config.backend)
     if now == saved:
@@ -995,6 +1017,15 @@ def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfi
     else:
         kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
         save_checkpoint(target, arrays, dict(kept, config=now))
+    return True
+
+
+def _holds_epoch(path: Path, epoch: int | None) -> bool:
+    """Whether ``path`` is a readable checkpoint of ``epoch``."""
+    try:
+        return path.is_file() and load_checkpoint(path)[1].get("epoch") == epoch
+    except (OSError, CheckpointError):
+        return False
 
 
 def _epochs(count: int) -> str:

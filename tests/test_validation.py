@@ -532,6 +532,40 @@ def test_a_carried_best_checkpoint_names_where_the_images_moved(
     assert evaluate_run(moved / BEST_NAME)["epochs"] == best
 
 
+def test_a_resumed_checkpoint_of_the_best_epoch_is_kept_as_best_checkpoint(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """Where the resumed checkpoint is itself the best epoch's and no best.npz holds it (a run
+    saved before best.npz, a checkpoint copied alone, a run stopped between writing its
+    checkpoint and its best.npz), it is the best.npz: the run had none, elsewhere or in its
+    own directory, though metrics.json named that best epoch."""
+    best = train(stopping(), data=digits, progress=False).metrics["best_epoch"]
+    first = tmp_path / "first"
+    train(stopping(epochs=best), data=digits, progress=False, out_dir=first, plots=False)
+    (first / BEST_NAME).unlink()
+    weights = {k: v for k, v in load_checkpoint(first)[0].items() if k.startswith("model.")}
+    other = tmp_path / "other"
+    elsewhere = train(stopping(), data=digits, progress=False, resume=first, out_dir=other,
+                      plots=False)  # fmt: skip
+    assert elsewhere.metrics["best_epoch"] == best and elsewhere.epochs_trained > 0
+    for directory in (other, first):
+        if directory == first:  # its own directory, resumed for one epoch more
+            train(stopping(epochs=best + 1), data=digits, progress=False, resume=first,
+                  plots=False)  # fmt: skip
+        arrays, meta = load_checkpoint(directory / BEST_NAME)
+        assert meta["epoch"] == best and len(meta["history"]) == best, directory
+        assert all(arrays[k].tobytes() == v.tobytes() for k, v in weights.items()), directory
+    # stopped after its last checkpoint, the best epoch's, before its best.npz: the resume
+    # that writes its end writes that too
+    third = tmp_path / "third"
+    train(stopping(epochs=best), data=digits, progress=False, out_dir=third, plots=False)
+    (third / BEST_NAME).unlink()
+    (third / "metrics.json").unlink()
+    ended = train(stopping(epochs=best), data=digits, progress=False, resume=third, plots=False)
+    assert ended.end_written and ended.epochs_trained == 0
+    assert load_checkpoint(third / BEST_NAME)[1]["epoch"] == best
+
+
 def test_a_replacing_run_removes_the_old_best_checkpoint(
     tmp_path: Path, digits: ImageDataset
 ) -> None:
