@@ -383,6 +383,7 @@ def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint, run_directory
     from rnncu.trainer import (
+        BEST_NAME,
         SavedDatasetNotFound,
         TrainConfig,
         dataset_name,
@@ -468,10 +469,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 holding.enter_context(run_directory(written, name))
             if out is not None:
                 saved = Path(out) / CHECKPOINT_NAME
-                resumed = (
-                    args.resume and resolve_checkpoint(args.resume).resolve() == saved.resolve()
-                )
-                if saved.exists() and not resumed and not args.overwrite:
+                source = resolve_checkpoint(args.resume).resolve() if args.resume else None
+                resumed = source == saved.resolve()
+                # its own best epoch's: train refuses it, --overwrite or not
+                own_best = source == saved.resolve().parent / BEST_NAME
+                if saved.exists() and not resumed and not own_best and not args.overwrite:
                     raise ValueError(
                         f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
                         f"with --resume {out} --epochs N, or replace it with --overwrite"

@@ -788,6 +788,15 @@ def _train(
         config = dataclasses.replace(saved, epochs=config.epochs, backend=backend)
         if out_dir is None:
             out_dir = file.parent  # the run's own directory, as written_directory finds it
+        if file.name == BEST_NAME and Path(out_dir).resolve() == file.parent.resolve():
+            # training on from the best epoch there would write its later epochs over the
+            # run's; said before its images or backend are looked for (a moved dataset's "no
+            # such file" sent the user after --dataset, to be refused then)
+            raise ValueError(
+                f"resume: {file} is the checkpoint of the best epoch of the run in "
+                f"{file.parent}; continuing it there would replace that run's later epochs: "
+                "give it another out_dir (--out)"
+            )
     config.validate()
     if saved_meta is None and config.schedule == "step":
         _warn_if_the_rate_never_steps(config)
@@ -819,13 +828,6 @@ def _train(
     out = Path(out_dir) if out_dir is not None else None
     # whether out_dir is the resumed run's own directory, whose checkpoint the run goes on
     continued = out is not None and resume is not None and out.resolve() == file.parent.resolve()
-    if continued and file.name == BEST_NAME:
-        # training on from the best epoch there would write its later epochs over the run's
-        raise ValueError(
-            f"resume: {file} is the checkpoint of the best epoch of the run in {file.parent}; "
-            "continuing it there would replace that run's later epochs: give it another "
-            "out_dir (--out)"
-        )
     if saved_meta is not None:
         run.restore(file, arrays, saved_meta)
         log(f"resumed {file} at epoch {run.epoch}")

@@ -487,6 +487,23 @@ def test_a_best_checkpoint_goes_on_elsewhere_only(tmp_path: Path, digits: ImageD
     assert again.history == result.history
 
 
+def test_a_best_checkpoint_is_refused_in_its_own_directory_before_its_images_are_sought(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """Its images moved, the refusal came after "no such file ... give its new place with
+    --dataset": the user who gave it was refused then."""
+    images = tmp_path / "images.npz"
+    np.savez(images, x=digits.x_train, y=digits.y_train, x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    out = tmp_path / "run"
+    train(small(val_fraction=0.2, dataset=str(images)), progress=False, out_dir=out, plots=False)
+    images.unlink()
+    with pytest.raises(ValueError, match=r"resume: .*best.npz is the checkpoint of the best"):
+        train(small(), progress=False, resume=out / BEST_NAME)
+    with pytest.raises(ValueError, match=r"resume: .*best.npz is the checkpoint of the best"):
+        train(small(), progress=False, resume=out / BEST_NAME, out_dir=out)
+
+
 def test_a_run_resumed_elsewhere_carries_its_best_checkpoint(
     tmp_path: Path, digits: ImageDataset
 ) -> None:
@@ -588,6 +605,12 @@ def test_cli_evaluates_and_refuses_the_best_checkpoint(
     assert main(["train", "--resume", str(out / BEST_NAME), "--epochs", "40"]) == 2
     err = capsys.readouterr().err
     assert "is the checkpoint of the best epoch" in err and "give it another out_dir" in err
+    # --out its own directory: refused as such, not sent to --overwrite (refused too)
+    for extra in ([], ["--overwrite"]):
+        resume = ["train", "--resume", str(out / BEST_NAME), "--epochs", "40", "--out", str(out)]
+        assert main([*resume, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is the checkpoint of the best epoch" in err and "--overwrite" not in err, extra
 
 
 def test_patience_running_out_at_the_last_epoch_is_said(digits: ImageDataset) -> None:
