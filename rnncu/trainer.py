@@ -848,7 +848,8 @@ def _train(
             # resume with more epochs is needed to write it.
             _check_saved_steps(run, file)
             _warn_if_other_images(run, saved_meta, file)
-            if run.best_epoch() == run.epoch and not _holds_epoch(out / BEST_NAME, run.epoch):
+            has_best = _carry_best(out / BEST_NAME, out / BEST_NAME, run.best_epoch(), done)
+            if not has_best and run.best_epoch() == run.epoch:
                 # stopped between its last checkpoint and the best.npz of that epoch
                 save_checkpoint(
                     out / BEST_NAME, run.arrays(), dict(run.meta(), config=done.to_dict())
@@ -956,16 +957,12 @@ def _train(
                     save_checkpoint(out / BEST_NAME, good_arrays, run.meta())
                 elif resumed is not None and run.epoch == start_epoch + 1:
                     # resumed with its best epoch behind it: carried from the run's directory
-                    # into another, or else the resumed checkpoint itself where it is that
-                    # epoch's (a run saved without best.npz, a checkpoint copied alone, a run
-                    # stopped between writing its checkpoint and its best.npz)
+                    # into another (in its own, renamed where its images moved), or else the
+                    # resumed checkpoint itself where it is that epoch's (a run saved without
+                    # best.npz, a checkpoint copied alone, a run stopped between writing its
+                    # checkpoint and its best.npz)
                     best = run.best_epoch()
-                    if continued:
-                        has_best = _holds_epoch(out / BEST_NAME, best)
-                    else:
-                        has_best = _carry_best(
-                            file.parent / BEST_NAME, out / BEST_NAME, best, config
-                        )
+                    has_best = _carry_best(file.parent / BEST_NAME, out / BEST_NAME, best, config)
                     if not has_best and best == start_epoch:
                         save_checkpoint(out / BEST_NAME, *resumed)
                     resumed = None
@@ -998,11 +995,12 @@ def _train(
 
 def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfig) -> bool:
     """Copy the best epoch's checkpoint of a resumed run (``source``) to the directory it is
-    continued in, where it holds that epoch (``best``), and say whether it did; else there is
-    none to carry (a run without a validation split, a file removed or of another epoch). The
-    copy names the dataset and backend of the resumed run's ``config`` (its images moved,
-    another device asked for), as the new ``checkpoint.npz`` does: evaluating or resuming it
-    loads the images where they are now."""
+    continued in (``target``; the same file in its own directory), where it holds that epoch
+    (``best``), and say whether it did; else there is none to carry (a run without a
+    validation split, a file removed or of another epoch). The copy names the dataset and
+    backend of the resumed run's ``config`` (its images moved, another device asked for), as
+    the new ``checkpoint.npz`` does: evaluating or resuming it loads the images where they
+    are now."""
     if best is None or not source.is_file():
         return False
     try:
@@ -1015,19 +1013,12 @@ def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfi
     saved = meta.get("config", {})
     now = dict(saved, dataset=config.dataset, backend=config.backend)
     if now == saved:
-        atomic_write_bytes(target, data)
+        if source.resolve() != target.resolve():
+            atomic_write_bytes(target, data)
     else:
         kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
         save_checkpoint(target, arrays, dict(kept, config=now))
     return True
-
-
-def _holds_epoch(path: Path, epoch: int | None) -> bool:
-    """Whether ``path`` is a readable checkpoint of ``epoch``."""
-    try:
-        return path.is_file() and load_checkpoint(path)[1].get("epoch") == epoch
-    except (OSError, CheckpointError):
-        return False
 
 
 def _epochs(count: int) -> str:

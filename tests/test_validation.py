@@ -583,6 +583,35 @@ def test_a_resumed_checkpoint_of_the_best_epoch_is_kept_as_best_checkpoint(
     assert load_checkpoint(third / BEST_NAME)[1]["epoch"] == best
 
 
+def test_a_run_resumed_in_its_own_directory_renames_its_best_checkpoint_s_images(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """Resumed in its own directory on its images moved, a run's checkpoint.npz names their
+    new place: its best.npz named the old one, and evaluating it said "no such file"."""
+    before, after = tmp_path / "before.npz", tmp_path / "after.npz"
+    np.savez(before, x=digits.x_train, y=digits.y_train, x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    best = train(stopping(), data=digits, progress=False).metrics["best_epoch"]
+    out, ended = tmp_path / "run", tmp_path / "ended"
+    train(stopping(dataset=str(before), epochs=best + 1), progress=False, out_dir=out,
+          plots=False)  # fmt: skip
+    # stopped after its last checkpoint (the best epoch's): the resume writes its end
+    train(stopping(dataset=str(before), epochs=best), progress=False, out_dir=ended, plots=False)
+    (ended / "metrics.json").unlink()
+    before.rename(after)
+    moved = load_dataset(str(after))
+    resumed = train(stopping(epochs=best + 2), data=moved, progress=False, resume=out,
+                    plots=False)  # fmt: skip
+    assert resumed.epochs_trained == 1
+    done = train(stopping(epochs=best), data=moved, progress=False, resume=ended, plots=False)
+    assert done.end_written and done.epochs_trained == 0
+    for directory in (out, ended):
+        meta = load_checkpoint(directory / BEST_NAME)[1]
+        assert meta["epoch"] == best, directory
+        assert meta["config"]["dataset"] == str(after), directory
+        assert evaluate_run(directory / BEST_NAME)["epochs"] == best
+
+
 def test_a_replacing_run_removes_the_old_best_checkpoint(
     tmp_path: Path, digits: ImageDataset
 ) -> None:
