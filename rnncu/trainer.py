@@ -1576,7 +1576,8 @@ def load_run(
     ``backend``/``dataset`` override the saved ones. Returns ``(run, meta)``. Where the run's
     validation split (``val_fraction``) cannot be made of ``dataset``'s images (too few of a
     class), or they are not the run's (their digest differs from the saved one: a share of
-    them would be no validation of the run), the run has none (``x_val`` None,
+    them would be no validation of the run; also the saved dataset's, where its path holds
+    other images now), the run has none (``x_val`` None,
     ``val_problem`` saying why): the model still evaluates on their test split and
     generates. The run's own images moved keep their split.
 
@@ -1605,9 +1606,9 @@ def _load_run(
     data = _fit_saved_classes(data, meta, file, config)
     no_split = None
     saved_digest = meta.get("data", {}).get("digest")
-    if dataset is not None and config.val_fraction > 0 and saved_digest is not None:
+    if config.val_fraction > 0 and saved_digest is not None:
         # a share held out of other images is no validation of this run: the figures would
-        # pass for its own
+        # pass for its own (also where the saved dataset's path holds other images now)
         if dataset_digest(data) != saved_digest:
             no_split = "they are not the images the run was trained on"
     run = _Run(config, data, split_optional=True, no_split=no_split)

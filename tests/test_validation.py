@@ -739,6 +739,19 @@ def test_evaluate_on_other_images_leaves_their_validation_figures_out(
         assert key not in metrics, key
     assert metrics["best_epoch"] == result.metrics["best_epoch"]
     assert metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
+    # the same where the run's own dataset path holds other images now: no --dataset given
+    # (mutation audit: the check was made for --dataset alone, and the split of the new
+    # images passed for the run's validation without a word)
+    replaced = tmp_path / "replaced.npz"
+    np.savez(replaced, x=digits.x_train, y=digits.y_train, x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    train(small(val_fraction=0.2, dataset=str(replaced)), progress=False,
+          out_dir=tmp_path / "own", plots=False)  # fmt: skip
+    replaced.write_bytes(other.read_bytes())
+    with pytest.warns(UserWarning, match=r"validation split cannot be made of its images \(they "
+                      r"are not the images the run was trained on\)"):  # fmt: skip
+        metrics = evaluate_run(tmp_path / "own")
+    assert "num_val" not in metrics and "val_loss" not in metrics
 
 
 def test_a_resume_whose_split_drew_other_images_warns(
