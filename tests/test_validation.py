@@ -439,6 +439,12 @@ def test_history_plot_draws_the_validation_curves(tmp_path: Path, monkeypatch) -
     assert accuracy_lines["validation"] == [0.45] * 3
     mse_lines = {line.get_label(): list(line.get_ydata()) for line in figures[1].axes[1].lines}
     assert mse_lines["model, validation"] == pytest.approx([0.25, 0.125])
+    # the panel's label says it draws the validation MSE beside the test split's, and only
+    # where it does (mutation audit: the label of the other case survived)
+    assert figures[1].axes[1].get_ylabel() == "next-row MSE (test; validation where drawn)"
+    plots.plot_history([{k: v for k, v in r.items() if k != "val_mse"} for r in generate],
+                       tmp_path / "plain.png")  # fmt: skip
+    assert figures[2].axes[1].get_ylabel() == "test next-row MSE"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plots.plot_history(history[:1], tmp_path / "one.png")  # one epoch: no warning
@@ -612,6 +618,28 @@ def test_a_run_resumed_in_its_own_directory_renames_its_best_checkpoint_s_images
         assert evaluate_run(directory / BEST_NAME)["epochs"] == best
 
 
+@pytest.mark.parametrize("kind", ["stale", "unreadable"])
+def test_a_stale_or_unreadable_best_checkpoint_is_not_carried(
+    tmp_path: Path, digits: ImageDataset, kind: str
+) -> None:
+    """A best.npz of another epoch than the history's best, or one that cannot be read, is
+    left behind by a resume elsewhere (no error): the new directory has none until a new best
+    (mutation audit: copying it whatever its epoch, or letting a CheckpointError out,
+    survived)."""
+    best = train(stopping(), data=digits, progress=False).metrics["best_epoch"]
+    first = tmp_path / "first"
+    train(stopping(epochs=best + 1), data=digits, progress=False, out_dir=first, plots=False)
+    if kind == "stale":  # the last epoch's, not the best's
+        (first / BEST_NAME).write_bytes((first / "checkpoint.npz").read_bytes())
+    else:
+        (first / BEST_NAME).write_bytes(b"not a checkpoint")
+    other = tmp_path / "other"
+    resumed = train(stopping(), data=digits, progress=False, resume=first, out_dir=other,
+                    plots=False)  # fmt: skip
+    assert resumed.metrics["best_epoch"] == best and resumed.epochs_trained > 0
+    assert not (other / BEST_NAME).exists()
+
+
 def test_a_replacing_run_removes_the_old_best_checkpoint(
     tmp_path: Path, digits: ImageDataset
 ) -> None:
@@ -782,6 +810,17 @@ def test_a_resume_whose_split_drew_other_images_warns(
         resumed = train(small(val_fraction=0.2, epochs=4), data=digits, progress=False,
                         resume=out, plots=False)  # fmt: skip
     assert resumed.epochs_trained == 1
+    # other images (the same count) are said once, as such: their split is another too, which
+    # goes without saying (mutation audit: a second warning, of the split, survived)
+    monkeypatch.undo()
+    other = dataclasses.replace(digits, x_train=digits.x_train[::-1], y_train=digits.y_train[::-1],
+                                source=None)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(small(val_fraction=0.2, epochs=5), data=other, progress=False, resume=out,
+              plots=False)  # fmt: skip
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(said) == 1 and "are not those the run was trained on" in said[0], said
     # a run without a split saves no digest of one
     train(small(), data=digits, progress=False, out_dir=tmp_path / "plain", plots=False)
     assert "val_digest" not in load_checkpoint(tmp_path / "plain")[1]["data"]
