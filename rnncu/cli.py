@@ -383,7 +383,6 @@ def _flag_named(exc: ValueError, given: dict[str, Any]) -> ValueError | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnncu.checkpoint import CHECKPOINT_NAME, resolve_checkpoint, run_directory
     from rnncu.trainer import (
-        BEST_NAME,
         SavedDatasetNotFound,
         TrainConfig,
         dataset_name,
@@ -471,9 +470,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 saved = Path(out) / CHECKPOINT_NAME
                 source = resolve_checkpoint(args.resume).resolve() if args.resume else None
                 resumed = source == saved.resolve()
-                # its own best epoch's: train refuses it, --overwrite or not
-                own_best = source == saved.resolve().parent / BEST_NAME
-                if saved.exists() and not resumed and not own_best and not args.overwrite:
+                # another checkpoint of the run there (its best epoch's): train refuses it,
+                # --overwrite or not
+                beside = source is not None and source.parent == saved.resolve().parent
+                if saved.exists() and not resumed and not beside and not args.overwrite:
                     raise ValueError(
                         f"--out {out}: already holds a run ({CHECKPOINT_NAME}); continue it "
                         f"with --resume {out} --epochs N, or replace it with --overwrite"

@@ -29,6 +29,7 @@ import numpy as np
 
 from rnncu._warnings import warn_at_caller
 from rnncu.checkpoint import (
+    CHECKPOINT_NAME,
     RESERVED_META,
     CheckpointError,
     atomic_write_bytes,
@@ -788,14 +789,24 @@ def _train(
         config = dataclasses.replace(saved, epochs=config.epochs, backend=backend)
         if out_dir is None:
             out_dir = file.parent  # the run's own directory, as written_directory finds it
-        if file.name == BEST_NAME and Path(out_dir).resolve() == file.parent.resolve():
-            # training on from the best epoch there would write its later epochs over the
-            # run's; said before its images or backend are looked for (a moved dataset's "no
-            # such file" sent the user after --dataset, to be refused then)
+        own = file.parent / CHECKPOINT_NAME
+        if (
+            file.name != CHECKPOINT_NAME
+            and Path(out_dir).resolve() == file.parent.resolve()
+            and own.exists()
+        ):
+            # training on from another checkpoint there (the best epoch's, an earlier one
+            # copied aside) would write over the run saved in it; said before its images or
+            # backend are looked for (a moved dataset's "no such file" sent the user after
+            # --dataset, to be refused then)
+            what = (
+                f"the checkpoint of the best epoch of the run in {file.parent}"
+                if file.name == BEST_NAME
+                else f"not the checkpoint of the run in {file.parent} ({CHECKPOINT_NAME})"
+            )
             raise ValueError(
-                f"resume: {file} is the checkpoint of the best epoch of the run in "
-                f"{file.parent}; continuing it there would replace that run's later epochs: "
-                "give it another out_dir (--out)"
+                f"resume: {file} is {what}; continuing it there would replace that run's "
+                "later epochs: give it another out_dir (--out)"
             )
     config.validate()
     if saved_meta is None and config.schedule == "step":
@@ -1612,6 +1623,12 @@ def _load_run(
         if dataset_digest(data) != saved_digest:
             no_split = "they are not the images the run was trained on"
     run = _Run(config, data, split_optional=True, no_split=no_split)
+    saved_split = meta.get("data", {}).get("val_digest")
+    if run.val_digest is not None and saved_split not in (None, run.val_digest):
+        # the run's images, split otherwise (another scikit-learn): some of these it trained on
+        run.x_val = run.y_val = None
+        run.num_val, run.val_digest = 0, None
+        run.val_problem = "the split draws other images of them than the run's did"
     if list(run.seq_shape) != list(meta.get("data", {}).get("seq_shape", run.seq_shape)):
         raise ValueError(
             f"dataset {config.dataset!r} has sequences {run.seq_shape}, the checkpoint was "

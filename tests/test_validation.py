@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -824,3 +825,53 @@ def test_a_resume_whose_split_drew_other_images_warns(
     # a run without a split saves no digest of one
     train(small(), data=digits, progress=False, out_dir=tmp_path / "plain", plots=False)
     assert "val_digest" not in load_checkpoint(tmp_path / "plain")[1]["data"]
+
+
+def test_another_checkpoint_resumed_beside_the_run_is_refused(
+    tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    """Any checkpoint of a run but its own ``checkpoint.npz`` (an earlier one copied aside),
+    resumed in the run's directory, would write over the run: refused, as ``best.npz`` is; a
+    ``best.npz`` alone in a directory holding no run goes on there."""
+    out = tmp_path / "run"
+    train(small(epochs=1), data=digits, progress=False, out_dir=out, plots=False)
+    shutil.copy(out / "checkpoint.npz", out / "epoch1.npz")
+    train(small(epochs=3), data=digits, progress=False, resume=out, plots=False)
+    before = (out / "checkpoint.npz").read_bytes()
+    refused = r"resume: .*epoch1.npz is not the checkpoint of the run in .* \(checkpoint.npz\)"
+    with pytest.raises(ValueError, match=refused + "; continuing it there would replace"):
+        train(small(epochs=3), data=digits, progress=False, resume=out / "epoch1.npz")
+    assert main(["train", "--resume", str(out / "epoch1.npz"), "--epochs", "3"]) == 2
+    assert "is not the checkpoint of the run in" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").read_bytes() == before
+    # elsewhere it trains on from its epoch
+    again = train(small(epochs=3), data=digits, progress=False, resume=out / "epoch1.npz",
+                  out_dir=tmp_path / "again", plots=False)  # fmt: skip
+    assert again.epochs_trained == 2
+    # a best epoch's checkpoint alone, in a directory of no run, goes on in it
+    stopped = train(stopping(), data=digits, progress=False, out_dir=tmp_path / "s", plots=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "s" / BEST_NAME, alone / BEST_NAME)
+    resumed = train(stopping(), data=digits, progress=False, resume=alone / BEST_NAME,
+                    plots=False)  # fmt: skip
+    assert resumed.metrics["epochs"] == stopped.metrics["epochs"]
+    assert (alone / "checkpoint.npz").exists()
+    assert (alone / BEST_NAME).read_bytes() == (tmp_path / "s" / BEST_NAME).read_bytes()
+
+
+def test_evaluate_leaves_out_a_split_of_other_images_than_the_run_s(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own images split otherwise (a scikit-learn whose stratified split changed)
+    hold images it trained on: evaluating leaves those figures out, with a warning."""
+    result = train(small(val_fraction=0.2), data=digits, progress=False, out_dir=tmp_path / "r",
+                   plots=False)  # fmt: skip
+    monkeypatch.setattr("rnncu.data.VALIDATION_SEED", 1)
+    with pytest.warns(UserWarning, match=r"validation split cannot be made of its images \(the "
+                      r"split draws other images of them than the run's did\)"):  # fmt: skip
+        metrics = evaluate_run(tmp_path / "r")
+    for key in ("num_val", "val_loss", "val_accuracy"):
+        assert key not in metrics, key
+    assert metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
+    assert metrics["best_epoch"] == result.metrics["best_epoch"]
