@@ -875,3 +875,23 @@ def test_evaluate_leaves_out_a_split_of_other_images_than_the_run_s(
         assert key not in metrics, key
     assert metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"], rel=1e-6)
     assert metrics["best_epoch"] == result.metrics["best_epoch"]
+
+
+def test_the_readme_s_validation_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "val_fraction" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RNNCU_BACKEND", "numpy")
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    metrics = namespace["result"].metrics
+    assert capsys.readouterr().out.split() == [
+        str(metrics["best_epoch"]),
+        str(metrics["stopped_early"]),
+    ]
+    assert namespace["best"]["epochs"] == metrics["best_epoch"]
+    assert (tmp_path / "runs" / "val" / "best.npz").is_file()
