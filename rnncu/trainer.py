@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -51,6 +50,7 @@ from rnncu.data import (
     display_images,
     load_dataset,
     seq_shape,
+    split_digest,
     to_sequences,
     validation_split,
 )
@@ -378,7 +378,7 @@ class _Run:
             self.x_val = self.backend.asarray(to_sequences(val_images, config.seq), dtype)
             self.y_val = self.backend.asarray(val_labels, np.int64)
             self.num_val = int(val_labels.shape[0])
-            self.val_digest = _split_digest(val_images, val_labels)
+            self.val_digest = split_digest(val_images, val_labels)
         self.x_train = self.backend.asarray(to_sequences(self.train_images, config.seq), dtype)
         self.x_test = self.backend.asarray(to_sequences(self.data.x_test, config.seq), dtype)
         self.y_train = self.backend.asarray(self.train_labels, np.int64)
@@ -979,12 +979,11 @@ def _train(
                     resumed = None
             bar.set_postfix(_postfix(record))
             log(_epoch_line(record, config.epochs))
-            if run.stopped_early and run.epoch < config.epochs:
-                log(
-                    f"{EARLY_STOP_NEWS} at epoch {run.epoch} of {config.epochs}: {_early_news(run)}"
-                )
-                break
             if run.stopped_early:
+                if run.epoch < config.epochs:
+                    why = _early_news(run)
+                    log(f"{EARLY_STOP_NEWS} at epoch {run.epoch} of {config.epochs}: {why}")
+                    break
                 # its last epoch anyway; said, as a resume for more epochs will train none
                 log(
                     f"{EARLY_STOP_NEWS} at epoch {run.epoch}, the last of {config.epochs}: "
@@ -1551,16 +1550,6 @@ def _warn_if_other_images(run: _Run, meta: dict[str, Any], file: Path) -> None:
             "some images it validated on before",
             UserWarning,
         )
-
-
-def _split_digest(images: np.ndarray, labels: np.ndarray) -> str:
-    """SHA-256 (hex) of a validation split's images and labels, in their order."""
-    digest = hashlib.sha256()
-    for array in (images, labels):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str} {array.shape};".encode())
-        digest.update(array.data.cast("B"))
-    return digest.hexdigest()
 
 
 def _fit_saved_classes(
