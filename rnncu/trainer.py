@@ -706,8 +706,9 @@ def train(
     checkpoint on disk is that last good epoch's. With ``config.patience`` the run ends
     (``log``: a line beginning with :data:`EARLY_STOP_NEWS`) after the epoch that makes
     ``patience`` epochs without a lower validation figure; its model is that epoch's, and
-    the metrics name the best epoch (``best_epoch``). A resume of such a run trains nothing
-    more: its history decides, as it did.
+    the metrics name the best epoch (``best_epoch``), with its test figures
+    (:data:`BEST_TEST_FIGURES`, ``best_`` before each: those of ``best.npz``). A resume of
+    such a run trains nothing more: its history decides, as it did.
     The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
     trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
@@ -1126,6 +1127,10 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
     return f"{EPOCH_NEWS}{record['epoch']}/{epochs}: {figures}"
 
 
+#: The test figures of the best epoch (``best_`` and these, in the metrics) by task
+BEST_TEST_FIGURES = {"classify": ("test_accuracy", "test_loss"), "generate": ("test_mse",)}
+
+
 def final_metrics(run: _Run) -> dict[str, Any]:
     """The metrics of the run's model now, on the test split."""
     evaluation = run.evaluate()
@@ -1143,15 +1148,14 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         metrics["num_val"] = run.num_val
     if run.config.val_fraction > 0:  # the saved history's, whatever images are evaluated
         best = run.best_epoch()
+        record = {} if best is None else run.history[[r["epoch"] for r in run.history].index(best)]
+        # the epoch of the lowest validation loss or MSE, that figure, and the test figures
+        # that epoch recorded: those of best.npz, the model the split selects (the others
+        # are the last epoch's model's)
+        recorded = (run.monitored, *BEST_TEST_FIGURES[run.config.task])
         metrics.update(
-            # the epoch of the lowest validation loss or MSE, and that figure (the metrics
-            # are those of the last epoch's model, not of that one)
             best_epoch=best,
-            **{
-                f"best_{run.monitored}": None
-                if best is None
-                else run.history[[r["epoch"] for r in run.history].index(best)][run.monitored]
-            },
+            **{f"best_{key}": record.get(key) for key in recorded},
             stopped_early=run.stopped_early,
         )
     if isinstance(run.model, SequenceClassifier):

@@ -237,6 +237,7 @@ def test_without_a_split_nothing_changes(digits: ImageDataset) -> None:
     assert result.metrics["num_train"] == 1347
     for key in ("num_val", "val_loss", "val_accuracy", "best_epoch", "stopped_early"):
         assert key not in result.metrics
+    assert not any(k.startswith("best_") for k in result.metrics)
     assert not any(k.startswith("val_") for r in result.history for k in r)
 
 
@@ -248,6 +249,8 @@ def test_a_generate_run_validates_its_mse(digits: ImageDataset) -> None:
     mse = result.model.eval().evaluate(to_sequences(x_val, "rows"), y_val)["mse"]
     assert m["val_mse"] == pytest.approx(mse, rel=1e-12) and 0 < mse < 1
     assert m["best_val_mse"] == min(r["val_mse"] for r in result.history)
+    best = result.history[m["best_epoch"] - 1]
+    assert m["best_test_mse"] == best["test_mse"] and "best_test_accuracy" not in m
     assert "val_loss" not in m and "val_accuracy" not in m
     # the samples' judge is the classify recipe on the whole training split, as before
     assert classifier_config(config).val_fraction == 0
@@ -265,6 +268,10 @@ def test_patience_ends_the_run_after_that_many_epochs_without_progress(
     assert m["stopped_early"] is True and end < 30 and len(history) == end
     assert best == 1 + int(np.argmin(losses)) and end - best == 2
     assert m["best_val_loss"] == losses[best - 1] == min(losses)
+    # the test figures of the best epoch's model, as that epoch recorded them
+    assert m["best_test_accuracy"] == history[best - 1]["test_accuracy"]
+    assert m["best_test_loss"] == history[best - 1]["test_loss"]
+    assert m["best_test_loss"] != m["test_loss"]
     # no earlier epoch met the rule: every epoch before the end was within 2 of its best
     for k in range(1, end):
         assert k - (1 + int(np.argmin(losses[:k]))) < 2
@@ -322,7 +329,8 @@ def test_a_stopped_run_resumed_trains_nothing_and_stops_where_a_straight_one_doe
 def test_evaluate_gives_the_run_s_validation_figures(tmp_path: Path, digits: ImageDataset) -> None:
     result = train(stopping(), data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
     evaluated = evaluate_run(tmp_path / "run")
-    for key in ("val_loss", "val_accuracy", "num_val", "best_epoch", "best_val_loss"):
+    for key in ("val_loss", "val_accuracy", "num_val", "best_epoch", "best_val_loss",
+                "best_test_accuracy", "best_test_loss"):  # fmt: skip
         assert evaluated[key] == result.metrics[key], key
     assert evaluated["stopped_early"] is True
     run, _ = load_run(tmp_path / "run")
@@ -470,6 +478,9 @@ def test_the_best_epoch_s_checkpoint_is_kept_beside_the_last(
     assert evaluated["epochs"] == best and evaluated["stopped_early"] is False
     assert evaluated["test_accuracy"] == result.history[best - 1]["test_accuracy"]
     assert evaluated["val_loss"] == pytest.approx(result.history[best - 1]["val_loss"], rel=1e-12)
+    # which the run's metrics give: the test figures of the model the split selects
+    assert result.metrics["best_test_accuracy"] == evaluated["test_accuracy"]
+    assert result.metrics["best_test_loss"] == pytest.approx(evaluated["test_loss"], rel=1e-12)
     # a run without a validation split keeps none
     train(small(), data=digits, progress=False, out_dir=tmp_path / "plain", plots=False)
     assert not (tmp_path / "plain" / BEST_NAME).exists()
@@ -706,7 +717,7 @@ def test_evaluate_and_generate_on_images_the_split_cannot_be_made_of(
     for key in ("num_val", "val_loss", "val_accuracy"):
         assert key not in metrics, key
     # what the saved history says stays: it is the run's, not the images'
-    for key in ("best_epoch", "best_val_loss", "stopped_early"):
+    for key in ("best_epoch", "best_val_loss", "best_test_accuracy", "stopped_early"):
         assert metrics[key] == result.metrics[key], key
     run, _ = load_run(tmp_path / "r", dataset=str(other))  # what rnncu generate loads
     assert (
@@ -891,7 +902,8 @@ def test_the_readme_s_validation_example_runs(
     metrics = namespace["result"].metrics
     assert capsys.readouterr().out.split() == [
         str(metrics["best_epoch"]),
-        str(metrics["stopped_early"]),
+        str(metrics["best_test_accuracy"]),
     ]
     assert namespace["best"]["epochs"] == metrics["best_epoch"]
+    assert namespace["best"]["test_accuracy"] == metrics["best_test_accuracy"]
     assert (tmp_path / "runs" / "val" / "best.npz").is_file()
