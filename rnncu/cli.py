@@ -503,21 +503,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(result.metrics)
     if args.resume and result.epochs_trained == 0 and result.end_written:
         print(
-            f"rnncu: the run in {args.resume} was already at epoch {result.config.epochs}, "
+            f"rnncu: the run in {args.resume} was already at epoch {result.metrics['epochs']}, "
             "but had been stopped after its last checkpoint: its end (metrics.json, the "
             f"plots) is written now; run saved in {result.out_dir}",
             file=sys.stderr,
         )
     elif args.resume and result.epochs_trained == 0 and result.metrics.get("stopped_early"):
         print(
-            f"rnncu: the run in {args.resume} stopped early at epoch {result.config.epochs} "
+            f"rnncu: the run in {args.resume} stopped early at epoch {result.metrics['epochs']} "
             f"(its validation figure stopped improving, patience "
             f"{result.config.patience}): nothing was trained",
             file=sys.stderr,
         )
     elif args.resume and result.epochs_trained == 0:
         print(
-            f"rnncu: the run in {args.resume} is already at epoch {result.config.epochs} "
+            f"rnncu: the run in {args.resume} is already at epoch {result.metrics['epochs']} "
             f">= --epochs {args.epochs}: nothing was trained (ask for more epochs)",
             file=sys.stderr,
         )

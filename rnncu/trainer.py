@@ -848,7 +848,10 @@ def _train(
                 log(f"{file}: the run is already at epoch {run.epoch} >= {config.epochs}")
             else:
                 log(f"{file}: the run stopped early at epoch {run.epoch} ({_early_news(run)})")
-            done = dataclasses.replace(config, epochs=run.epoch)
+            # the run's epochs, not this call's; of a run that stopped early, those it was
+            # asked for, as the call that trained it returned them (and its config.json says)
+            epochs = saved.epochs if run.stopped_early else run.epoch
+            done = dataclasses.replace(config, epochs=max(epochs, run.epoch))
             if out is None or not continued or _end_is_written(out, run.epoch):
                 # Nothing to do; rewriting config.json, metrics or plots (or retraining a
                 # generate run's judge) would only replace the run's files with those of a

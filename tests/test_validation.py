@@ -316,12 +316,16 @@ def test_a_stopped_run_resumed_trains_nothing_and_stops_where_a_straight_one_doe
     )
     assert again.epochs_trained == 0 and again.metrics["stopped_early"] is True
     assert again.metrics["epochs"] == end and again.end_written is False
+    # its config is the run's, as the straight run returned it: the 30 epochs it was asked
+    # for (it was the stop epoch, where a fresh run gave the asked-for count), not this call's
+    assert again.config == straight.config and again.config.epochs == 30
     assert (tmp_path / "r" / "checkpoint.npz").read_bytes() == before
     assert any(f"the run stopped early at epoch {end}" in line for line in news), news
     # its end is written where the run was stopped before writing it
     (tmp_path / "r" / "metrics.json").unlink()
     ended = train(stopping(epochs=40), data=digits, progress=False, resume=tmp_path / "r")
     assert ended.end_written and ended.epochs_trained == 0
+    assert ended.config.epochs == 30
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["epochs"] == end and saved["stopped_early"] is True
 
