@@ -785,6 +785,7 @@ def test_optimizer_refuses_a_host_gradient_of_a_device_module(device, rng) -> No
         ("generate", "rows", "digits", {}),
         ("generate", "rows", "moving-digits", {}),
         ("classify", "rows", "digits", {"val_fraction": 0.2, "patience": 1}),
+        ("generate", "rows", "digits", {"val_fraction": 0.2}),
     ],
 )
 def test_training_matches_numpy(

@@ -56,7 +56,10 @@ def train_on_both_backends(
     # Still 1000 times below float32's resolution: a float32 slip anywhere shows.
     for name, value in weights_numpy.items():
         np.testing.assert_allclose(weights_cupy[name], value, rtol=1e-8, atol=1e-10, err_msg=name)
-    for key in ("test_mse", "baseline_mse", "val_mse", "val_loss", "test_loss"):
+    # the best epoch (a split's) is the same, and so are the figures it recorded
+    assert results["cupy"].metrics.get("best_epoch") == results["numpy"].metrics.get("best_epoch")
+    for key in ("test_mse", "baseline_mse", "val_mse", "val_loss", "test_loss", "best_val_loss",
+                "best_val_mse", "best_test_loss", "best_test_mse"):  # fmt: skip
         if key in results["numpy"].metrics:
             assert results["cupy"].metrics[key] == pytest.approx(
                 results["numpy"].metrics[key], rel=1e-8, abs=1e-12
@@ -65,6 +68,8 @@ def train_on_both_backends(
     judged = {}
     if "test_accuracy" in results["numpy"].metrics:
         judged["test_accuracy"] = results["numpy"].metrics["num_test"]
+    if "best_test_accuracy" in results["numpy"].metrics:
+        judged["best_test_accuracy"] = results["numpy"].metrics["num_test"]
     if "val_accuracy" in results["numpy"].metrics:
         judged["val_accuracy"] = results["numpy"].metrics["num_val"]
     if "samples" in results["numpy"].extra:
