@@ -93,6 +93,16 @@ def test_the_sources_are_ruff_clean(command: tuple[str, ...]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _clean_copy(target: Path) -> Path:
+    """The checkout copied to ``target`` without what builds and tools leave in it."""
+    import shutil
+
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs",
+    ))  # fmt: skip
+    return target
+
+
 def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> None:
     """Built as a user would get it: the wheel holds kernels/ as rnncu/kernels, and from an
     installed (non-editable) copy the loader reads the sources from there."""
@@ -101,8 +111,11 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     import zipfile
 
     _skip_without_setuptools("the wheel")
+    # from a copy without build/: an earlier build's build/lib would be packed again, and
+    # hide a file gone from the package
+    source = _clean_copy(tmp_path / "source")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path / "dist")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -117,8 +130,12 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
         )
         metadata = archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA")))
         licenses = [n for n in archive.namelist() if "/licenses/" in n]
+        typed = "rnncu/py.typed" in archive.namelist()
         archive.extractall(tmp_path / "site")
     assert shipped == sources
+    # PEP 561's marker (setuptools ships it by itself): without it, type checkers ignore an
+    # installed package's hints
+    assert typed, "no rnncu/py.typed: type checkers would ignore the package's hints"
     # An SPDX expression and the licence text: the TOML-table form is deprecated in setuptools
     # and stops building in 2027.
     assert "License-Expression: MIT" in metadata.decode(), metadata.decode()[:800]
@@ -142,7 +159,6 @@ def test_sdist_holds_the_whole_source(tmp_path: Path) -> None:
     """The sdist is what packagers rebuild and test from: it carries the package, the kernel
     sources, and everything the tests, the benchmarks and CI read (conftest and the test
     helpers, benchmarks/, scripts/gpu_check.sh, .ci/run), not only the test_*.py files."""
-    import shutil
     import subprocess
     import sys
     import tarfile
@@ -150,10 +166,7 @@ def test_sdist_holds_the_whole_source(tmp_path: Path) -> None:
     _skip_without_setuptools("the sdist")
     # From a copy without rnncu.egg-info: setuptools adds the files an earlier build's
     # SOURCES.txt lists, which would hide a MANIFEST.in that misses them.
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs",
-    ))  # fmt: skip
+    source = _clean_copy(tmp_path / "source")
     script = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
     build = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],
