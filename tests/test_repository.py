@@ -139,6 +139,10 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path: Path) -> No
     # An SPDX expression and the licence text: the TOML-table form is deprecated in setuptools
     # and stops building in 2027.
     assert "License-Expression: MIT" in metadata.decode(), metadata.decode()[:800]
+    # the version the package reports is the one it is published under
+    import rnncu
+
+    assert f"\nVersion: {rnncu.__version__}\n" in metadata.decode(), metadata.decode()[:800]
     assert [n.split("/")[-1] for n in licenses] == ["LICENSE"]
     probe = subprocess.run(
         [sys.executable, "-c",
