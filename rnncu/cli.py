@@ -244,6 +244,46 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
     _common(gen)
 
+    pred = sub.add_parser(
+        "predict",
+        help="recognise images with a classify run: each one's class and its probability",
+    )
+    pred.add_argument(
+        "--checkpoint",
+        type=_path,
+        required=True,
+        help="run directory or checkpoint file (best.npz too) of a classify run",
+    )
+    pred.add_argument(
+        "images",
+        type=_path,
+        nargs="+",
+        metavar="FILE",
+        help=".png (one image; colour is read as its luminance), or .npy / .npz (x) arrays: an "
+        "image (H, W) or a stack (N, H, W), integers 0..255 or floats in [0, 1]; a run of "
+        "clips takes clips (T, H, W) or (N, T, H, W)",
+    )
+    pred.add_argument(
+        "--resize",
+        action="store_true",
+        help="resample images (frames) of another size to the run's, by area averaging "
+        "(default: another size is an error)",
+    )
+    pred.add_argument(
+        "--invert",
+        action="store_true",
+        help="take 1 - x: for dark ink on a light ground (the built-in datasets are light on dark)",
+    )
+    pred.add_argument(
+        "--top",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="the K likeliest classes listed per image (default 3)",
+    )
+    pred.add_argument("--backend", choices=("auto", "numpy", "cupy"), help=BACKEND_HELP)
+    _common(pred)
+
     info = sub.add_parser("info", help="versions, backends, devices and kernel compile checks")
     info.add_argument(
         "--quick",
@@ -668,6 +708,47 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rnncu.data import read_images
+    from rnncu.trainer import load_model, predict_images
+
+    with _blas_limit(args.threads):
+        saved = load_model(args.checkpoint, backend=_backend(args.backend, None))
+        if saved.config.task != "classify":
+            raise ValueError(
+                f"--checkpoint {args.checkpoint}: holds a {saved.config.task!r} run; predict "
+                "recognises images with a classify run"
+            )
+        # every file read (and checked) before any is predicted: a bad last file fails at once
+        stacks = [
+            read_images(name, saved.image_shape, saved.frame_shape, args.resize, args.invert)
+            for name in args.images
+        ]
+        result = predict_images(saved, np.concatenate(stacks))
+    probabilities = result["probabilities"]
+    top = min(args.top, probabilities.shape[1])
+    records = []
+    row = 0
+    for name, stack in zip(args.images, stacks, strict=True):
+        for index in range(stack.shape[0]):
+            p = probabilities[row]
+            likeliest = np.argsort(-p, kind="stable")[:top]
+            records.append(
+                {
+                    "file": name,
+                    "index": index,
+                    "class": int(result["classes"][row]),
+                    "probability": float(p[result["classes"][row]]),
+                    "top": [{"class": int(k), "probability": float(p[k])} for k in likeliest],
+                }
+            )
+            row += 1
+    print(json.dumps({"checkpoint": str(saved.file), "predictions": records}, indent=2))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from rnncu.backend import diagnostics
 
@@ -751,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _cmd_train,
             "evaluate": _cmd_evaluate,
             "generate": _cmd_generate,
+            "predict": _cmd_predict,
             "info": _cmd_info,
             "precompile": _cmd_precompile,
         }[args.command]

@@ -53,6 +53,7 @@ __all__ = [
     "ImageDataset",
     "BUILTIN_DATASETS",
     "CLIP_GRID_PAD",
+    "IMAGE_FILE_SUFFIXES",
     "check_dataset",
     "dataset_digest",
     "display_images",
@@ -64,6 +65,8 @@ __all__ = [
     "load_npz",
     "pixel_permutation",
     "read_idx",
+    "read_images",
+    "resample",
     "split_digest",
     "split_stratified",
     "to_sequences",
@@ -744,43 +747,7 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     of shape (N, T, H, W) (or (N, T, H, W, 1)) holds clips of T frames: see the module's
     notes."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with open(path, "rb"):  # is_zipfile below would take an unreadable file for corrupt
-            pass
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read .npz ({exc.strerror or exc})") from None
-    if not zipfile.is_zipfile(path):
-        # np.load would take other bytes for a pickle and suggest loading it unsafely
-        raise ValueError(
-            f"{path}: cannot read .npz: not a zip archive of arrays (truncated, corrupt or "
-            "another kind of file; pickles are never loaded)"
-        )
-    arrays = {}
-    objects = None  # the first entry that holds Python objects
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
-                try:
-                    value = npz[key]
-                except ValueError as exc:
-                    if "pickle" not in str(exc):
-                        raise
-                    objects = key
-                    break
-                if not isinstance(value, np.ndarray):
-                    # a member without the .npy header comes back as its raw bytes
-                    raise ValueError(f"array {key!r} is not an array (no .npy header)")
-                arrays[key] = value
-    except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
-        raise ValueError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from None
-    if objects is not None:
-        # NumPy's own message suggests allow_pickle=True, which would run the file's code
-        raise ValueError(
-            f"{path}: not a valid .npz of arrays: {objects!r} holds Python objects (object "
-            "arrays are refused: loading them would unpickle)"
-        )
+    arrays = _npz_arrays(path)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         held = ", ".join(sorted(arrays)) or "no arrays"
@@ -805,6 +772,49 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
         return _finish(path.name, x, y, x_te, y_te, str(path), frames, test_frames)
     x_tr, x_te, y_tr, y_te = split_stratified(x, y, name=str(path))
     return _finish(path.name, x_tr, y_tr, x_te, y_te, str(path), frames, frames)
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``; FileNotFoundError, or ValueError naming the
+    file where it cannot be read as arrays (pickles are never loaded)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, "rb"):  # is_zipfile below would take an unreadable file for corrupt
+            pass
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read .npz ({exc.strerror or exc})") from None
+    if not zipfile.is_zipfile(path):
+        # np.load would take other bytes for a pickle and suggest loading it unsafely
+        raise ValueError(
+            f"{path}: cannot read .npz: not a zip archive of arrays (truncated, corrupt or "
+            "another kind of file; pickles are never loaded)"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    objects = None  # the first entry that holds Python objects
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                try:
+                    value = npz[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    objects = key
+                    break
+                if not isinstance(value, np.ndarray):
+                    # a member without the .npy header comes back as its raw bytes
+                    raise ValueError(f"array {key!r} is not an array (no .npy header)")
+                arrays[key] = value
+    except Exception as exc:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, ...
+        raise ValueError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from None
+    if objects is not None:
+        # NumPy's own message suggests allow_pickle=True, which would run the file's code
+        raise ValueError(
+            f"{path}: not a valid .npz of arrays: {objects!r} holds Python objects (object "
+            "arrays are refused: loading them would unpickle)"
+        )
+    return arrays
 
 
 def _idx_names(stem: str) -> tuple[str, ...]:
@@ -963,3 +973,168 @@ def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
     raise ValueError(
         f"dataset {spec!r}: expected 'digits', 'moving-digits', a directory of IDX files or a .npz"
     )
+
+
+#: the files :func:`read_images` reads: one PNG image, or NumPy arrays of images (or clips)
+IMAGE_FILE_SUFFIXES = (".png", ".npy", ".npz")
+#: ITU-R BT.601 luma weights: a colour PNG is recognised by its luminance
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def read_images(
+    path: str | os.PathLike[str],
+    image_shape: tuple[int, int],
+    frame_shape: tuple[int, int] | None = None,
+    resize: bool = False,
+    invert: bool = False,
+) -> np.ndarray:
+    """Images to recognise, read from a file as a model trained on ``image_shape`` images
+    takes them: float32 in [0, 1], (N, H, W); for a model of clips (``frame_shape`` (h, w),
+    ``image_shape`` (T, h*w)), clips (N, T, h*w), as datasets hold them.
+
+    * ``.png``: one image (not clips). Grey as it is, colour by its luminance
+      (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque (a transparent ground has no
+      intensity to read: flatten it first).
+    * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
+      or (N, T, h, w). Pixels as datasets take them: integers 0..255, floats in [0, 1], or
+      bool.
+
+    Images (frames) of another size than the model's are an error, or with ``resize``
+    resampled to it by area averaging (each pixel the mean of the pixels it covers).
+    ``invert`` takes ``1 - x``: the built-in datasets hold light ink on a dark ground, a
+    drawing is often the reverse. ValueError names the file and what was expected."""
+    path = Path(path)
+    where = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_FILE_SUFFIXES:
+        raise ValueError(
+            f"{where}: expected a {', '.join(IMAGE_FILE_SUFFIXES)} file, got {path.name!r}"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{where}: no such file")
+    height, width = frame_shape or image_shape
+    if suffix == ".png":
+        if frame_shape is not None:
+            raise ValueError(
+                f"{where}: the model reads clips of {image_shape[0]} frames of "
+                f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a PNG"
+            )
+        x = _png_luminance(path)[None]
+    else:
+        x = _image_array(path, suffix)
+        rank = 3 if frame_shape is None else 4
+        if x.ndim == rank - 1:
+            x = x[None]
+        if x.ndim != rank:
+            expected = "(H, W) or (N, H, W)" if frame_shape is None else "(T, H, W) or (N, T, H, W)"
+            what = "images" if frame_shape is None else f"clips of {image_shape[0]} frames"
+            raise ValueError(
+                f"{where}: expected {what} {expected}, got an array of shape {x.shape}"
+            )
+        if frame_shape is not None and x.shape[1] != image_shape[0]:
+            raise ValueError(
+                f"{where}: clips of {x.shape[1]} frames (shape {x.shape}), the model was "
+                f"trained on clips of {image_shape[0]}"
+            )
+        if 0 in x.shape:
+            raise ValueError(f"{where}: no images (shape {x.shape})")
+        x = _scale_images(x, where, "its images")
+    if x.shape[-2:] != (height, width):
+        got = f"{x.shape[-2]}x{x.shape[-1]}"
+        what = "images" if frame_shape is None else "frames"
+        if not resize:
+            raise ValueError(
+                f"{where}: {what} of {got} pixels, the model was trained on {height}x{width} "
+                "(resize them first, or resample with resize=True, --resize)"
+            )
+        x = resample(x, (height, width))
+    if invert:
+        x = 1 - x
+    if frame_shape is not None:
+        x = x.reshape(x.shape[0], x.shape[1], height * width)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _png_luminance(path: Path) -> np.ndarray:
+    """A PNG's pixels as one grey (H, W) float32 array in [0, 1]."""
+    try:
+        from matplotlib import image as mpimg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("matplotlib reads PNG files: pip install 'rnncu[train]'") from exc
+    try:
+        pixels = np.asarray(mpimg.imread(path, format="png"))
+    except Exception as exc:  # a truncated or foreign file: PIL's and libpng's own errors
+        raise ValueError(f"{path}: cannot read PNG ({type(exc).__name__}: {exc})") from None
+    if pixels.dtype.kind == "u":  # 8- or 16-bit integers from some readers
+        pixels = pixels / np.iinfo(pixels.dtype).max
+    pixels = pixels.astype(np.float32)
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):  # grey or colour with alpha
+        if (pixels[..., -1] < 1).any():
+            raise ValueError(
+                f"{path}: the PNG has transparent pixels, whose intensity is that of whatever "
+                "lies beneath: flatten it onto its ground first"
+            )
+        pixels = pixels[..., :-1]
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim == 3:
+        # in float64, rounded to float32: grey written as colour keeps its values exactly
+        luma = np.asarray(LUMA_WEIGHTS, dtype=np.float64)
+        pixels = np.clip(pixels[..., :3] @ luma, 0, 1).astype(np.float32)
+    if pixels.ndim != 2:
+        raise ValueError(f"{path}: expected a grey or colour image, got pixels {pixels.shape}")
+    return pixels
+
+
+def _image_array(path: Path, suffix: str) -> np.ndarray:
+    """The array of a ``.npy`` file, or the ``x`` of an ``.npz``."""
+    if suffix == ".npz":
+        arrays = _npz_arrays(path)
+        if "x" not in arrays:
+            held = ", ".join(sorted(arrays)) or "no arrays"
+            raise ValueError(f"{path}: .npz lacks x, the images (it holds {held})")
+        return arrays["x"]
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(6)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read .npy ({exc.strerror or exc})") from None
+    if magic.startswith(b"PK"):
+        raise ValueError(f"{path}: an .npz archive, not a .npy file: name it .npz")
+    if magic != b"\x93NUMPY":
+        # np.load would take other bytes for a pickle (and suggest loading it unsafely)
+        raise ValueError(f"{path}: not a .npy file (truncated, corrupt or another kind of file)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ValueError(
+                f"{path}: the .npy holds Python objects (refused: loading them would unpickle)"
+            ) from None
+        raise ValueError(f"{path}: cannot read .npy ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot read .npy ({type(exc).__name__}: {exc})") from None
+    array: np.ndarray = x
+    return array
+
+
+def resample(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Images (..., H, W) resampled to ``shape`` (h, w) by area averaging: each new pixel is
+    the mean of the old ones it covers, weighted by the overlap (a 2x2 block of equal pixels
+    gives that value exactly; enlarging repeats pixels). float32."""
+    rows = _area_weights(images.shape[-2], shape[0])
+    cols = _area_weights(images.shape[-1], shape[1])
+    out = np.einsum("ij,...jk,lk->...il", rows, images.astype(np.float64), cols)
+    resampled: np.ndarray = np.clip(out, 0, 1).astype(np.float32)
+    return resampled
+
+
+def _area_weights(size: int, new_size: int) -> np.ndarray:
+    """(new_size, size): row i averages the old pixels that new pixel i covers."""
+    scale = size / new_size
+    low = np.arange(new_size)[:, None] * scale
+    high = low + scale
+    old = np.arange(size)[None, :]
+    overlap = np.clip(np.minimum(high, old + 1) - np.maximum(low, old), 0, None)
+    weights: np.ndarray = overlap / overlap.sum(axis=1, keepdims=True)
+    return weights

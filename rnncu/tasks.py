@@ -227,6 +227,21 @@ class SequenceClassifier(_TaskModel):
             "predictions": predictions,
         }
 
+    def predict_proba(self, x: Any, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities (N, C) on the host, float64, for sequences x (T, N, D): the
+        softmax of the logits, taken in float64 (so its argmax is the logits', as
+        :meth:`predict` gives it, for float32 models too)."""
+        n, batch_size = _check_split("predict_proba", "x", x, batch_size)
+        xp = self.backend.xp
+        logits = xp.concatenate(
+            [self.forward(x[:, s : s + batch_size]) for s in range(0, n, batch_size)]
+        )
+        scores = self.backend.to_numpy(logits).astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        probabilities: np.ndarray = np.exp(scores)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return probabilities
+
     def predict(self, x: Any, batch_size: int = 512) -> np.ndarray:
         """Predicted classes (N,) on the host for sequences x (T, N, D)."""
         n, batch_size = _check_split("predict", "x", x, batch_size)

@@ -44,6 +44,7 @@ from rnncu.data import (
     BUILTIN_DATASETS,
     SEQ_VIEWS,
     ImageDataset,
+    _scale_images,
     check_dataset,
     contents,
     dataset_digest,
@@ -65,8 +66,10 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "TrainResult",
+    "load_model",
     "load_run",
     "make_config",
+    "predict_images",
     "train",
 ]
 
@@ -384,18 +387,7 @@ class _Run:
         self.y_train = self.backend.asarray(self.train_labels, np.int64)
         self.y_test = self.backend.asarray(self.data.y_test, np.int64)
         self.xp = xp
-        self.model = build_model(
-            config.task,
-            self.seq_shape,
-            self.data.num_classes,
-            config.hidden,
-            config.layers,
-            config.nonlinearity,
-            config.init,
-            config.seed,
-            config.dtype,
-            self.backend,
-        )
+        self.model = _config_model(config, self.seq_shape, self.data.num_classes, self.backend)
         self.optimizer = Adam(self.model.modules, lr=config.lr, weight_decay=config.weight_decay)
         n = self.train_images.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
@@ -460,11 +452,7 @@ class _Run:
         """Weights, optimizer state, epoch and history from a checkpoint (its metadata checked
         by :func:`_read_run_checkpoint`); CheckpointError naming ``file`` if they do not fit."""
         dtype = np.dtype(self.config.dtype)
-        params = check_arrays(file, arrays, self.model.param_shapes(), prefix="model.", dtype=dtype)
-        try:
-            self.model.load_state_dict(params)
-        except ValueError as exc:
-            raise CheckpointError(f"{file}: {exc}") from None
+        _restore_weights(self.model, file, arrays, dtype)
         optim = {k[len("optim.") :]: v for k, v in arrays.items() if k.startswith("optim.")}
         for key, value in optim.items():
             # the optimizer would cast its state to the weights' dtype; a run's own file
@@ -1703,3 +1691,122 @@ def evaluate_run(
                 UserWarning,
             )
     return metrics
+
+
+def _config_model(
+    config: TrainConfig, sequence: tuple[int, int], num_classes: int, backend: Any
+) -> SequenceClassifier | RowGenerator:
+    """The model ``config`` describes, for sequences of ``sequence`` = (T, D)."""
+    return build_model(
+        config.task,
+        sequence,
+        num_classes,
+        config.hidden,
+        config.layers,
+        config.nonlinearity,
+        config.init,
+        config.seed,
+        config.dtype,
+        backend,
+    )
+
+
+def _restore_weights(model: Any, file: Path, arrays: dict[str, np.ndarray], dtype: Any) -> None:
+    """The model's weights from a checkpoint's ``model.`` arrays; CheckpointError naming
+    ``file`` where they do not fit."""
+    params = check_arrays(file, arrays, model.param_shapes(), prefix="model.", dtype=dtype)
+    try:
+        model.load_state_dict(params)
+    except ValueError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+
+
+@dataclass
+class SavedModel:
+    """A saved run's model, rebuilt from its checkpoint alone (no dataset is read)."""
+
+    #: a :class:`rnncu.tasks.SequenceClassifier` or :class:`rnncu.tasks.RowGenerator`, its
+    #: weights restored, in eval mode
+    model: SequenceClassifier | RowGenerator
+    config: TrainConfig
+    #: the images it was trained on: (H, W); for clips (T, h*w), ``frame_shape`` (h, w)
+    image_shape: tuple[int, int]
+    frame_shape: tuple[int, int] | None
+    num_classes: int
+    file: Path
+
+
+def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
+    """The model of the run saved at ``path`` (a run directory or checkpoint file, ``best.npz``
+    too), on ``backend`` (None: the saved one), without its dataset: for recognising new
+    images (:func:`predict_images`). CheckpointError where the file is not a run's, or
+    lacks what rebuilding the model needs."""
+    file, arrays, meta, config = _read_run_checkpoint(path)
+    if backend is not None:
+        config = dataclasses.replace(config, backend=backend).validate()
+    data = meta.get("data", {})
+    missing = [key for key in ("image_shape", "num_classes", "seq_shape") if key not in data]
+    if missing:
+        raise CheckpointError(
+            f"{file}: metadata field 'data' lacks {', '.join(missing)}: the model cannot be "
+            "rebuilt without its dataset (rnncu evaluate --dataset, load_run)"
+        )
+    image_shape = (int(data["image_shape"][0]), int(data["image_shape"][1]))
+    frames = data.get("frame_shape")
+    frame_shape = None if frames is None else (int(frames[0]), int(frames[1]))
+    sequence = seq_shape(image_shape, config.seq)
+    if list(sequence) != list(data["seq_shape"]):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.seq_shape': {data['seq_shape']} is not the "
+            f"{config.seq!r} view of {image_shape[0]}x{image_shape[1]} images {list(sequence)}"
+        )
+    from rnncu.backend import get_backend
+
+    model = _config_model(config, sequence, int(data["num_classes"]), get_backend(config.backend))
+    _restore_weights(model, file, arrays, np.dtype(config.dtype))
+    model.eval()
+    return SavedModel(model, config, image_shape, frame_shape, int(data["num_classes"]), file)
+
+
+def predict_images(
+    path: str | Path | SavedModel,
+    images: Any,
+    backend: str | None = None,
+    batch_size: int = 512,
+) -> dict[str, np.ndarray]:
+    """Recognise ``images`` with the classify run saved at ``path`` (or a
+    :class:`SavedModel`). ``images``: a NumPy array (N, H, W) of the run's image size, one
+    (H, W), or for a run of clips (N, T, h, w) / (N, T, h*w); pixels as datasets take them
+    (integers 0..255, floats in [0, 1], bool). Returns host arrays: ``classes`` (N,) int64 and
+    ``probabilities`` (N, C) float64 (the softmax; ``classes`` is its argmax). Files are read
+    by :func:`rnncu.data.read_images`, which also resizes."""
+    saved = path if isinstance(path, SavedModel) else load_model(path, backend)
+    if not isinstance(saved.model, SequenceClassifier):
+        raise ValueError(
+            f"{saved.file}: holds a {saved.config.task!r} run; recognising images takes a "
+            "classify run"
+        )
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"images: expected a NumPy array, got {type(images).__name__}")
+    height, width = saved.image_shape
+    shape = tuple(images.shape)
+    if saved.frame_shape is None:
+        form = f"(N, {height}, {width}) or one image ({height}, {width})"
+        if shape == (height, width):
+            images = images[None]
+    else:
+        h, w = saved.frame_shape
+        form = f"(N, {height}, {h}, {w}), (N, {height}, {h * w}) or one clip ({height}, {h}, {w})"
+        if shape == (height, h, w):
+            images = images[None]
+        if images.ndim == 4 and tuple(images.shape[1:]) == (height, h, w):
+            images = images.reshape(images.shape[0], height, width)
+    if tuple(images.shape[1:]) != (height, width) or images.shape[0] == 0:
+        raise ValueError(
+            f"images: expected {form}, the size the model was trained on, got shape {shape} "
+            "(rnncu.data.read_images resizes files)"
+        )
+    scaled = _scale_images(images, "images", "the array")
+    x = saved.model.backend.asarray(to_sequences(scaled, saved.config.seq), saved.config.dtype)
+    probabilities = saved.model.predict_proba(x, batch_size)
+    return {"classes": probabilities.argmax(axis=1), "probabilities": probabilities}

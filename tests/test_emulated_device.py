@@ -23,7 +23,7 @@ from device_limits import H200
 from emulated_cupy import EmulatedDevice, SurfaceRecorder
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 from rnn_reference import assert_same_nans, recurrence_cases, with_nans
-from training_comparison import train_on_both_backends
+from training_comparison import predict_on_both_backends, train_on_both_backends
 
 from rnncu.backend import kernel_loader, persistent
 from rnncu.backend.cupy_backend import (
@@ -795,6 +795,15 @@ def test_training_matches_numpy(
     and metrics on the emulated device equal the NumPy backend's to rounding."""
     results = train_on_both_backends(task, seq, monkeypatch, dataset, **fields)
     assert results["cupy"].model.backend.xp is device.module
+    assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
+
+
+@pytest.mark.parametrize(("dtype", "seq"), [("float64", "rows"), ("float32", "pixels")])
+def test_predictions_match_numpy(device, tmp_path, dtype: str, seq: str) -> None:
+    """tests/test_train_gpu.py's predictions on the emulated device: a saved run loaded on
+    the CuPy backend recognises the test images as the NumPy backend does."""
+    results = predict_on_both_backends(tmp_path / "run", dtype, seq)
+    assert isinstance(results["cupy"]["probabilities"], np.ndarray)  # host arrays
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from training_comparison import train_on_both_backends
+from training_comparison import predict_on_both_backends, train_on_both_backends
 
 pytestmark = pytest.mark.gpu
 
@@ -27,3 +27,9 @@ def test_two_epochs_match_numpy(
     if fields:
         for backend in ("numpy", "cupy"):
             assert results[backend].metrics["num_val"] == 270, backend
+
+
+@pytest.mark.parametrize(("dtype", "seq"), [("float64", "rows"), ("float32", "pixels")])
+def test_predictions_match_numpy(tmp_path, dtype: str, seq: str) -> None:
+    """A saved classify run loaded on the GPU recognises images as on the CPU."""
+    predict_on_both_backends(tmp_path / "run", dtype, seq)

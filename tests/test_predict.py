@@ -1,0 +1,403 @@
+"""Recognising new images with a saved classify run: the model rebuilt from its checkpoint
+alone (``load_model``), ``predict_images`` against the trainer's own evaluation, image files
+read as the model takes them (``read_images``: PNG, .npy, .npz; resize, invert), clips, the
+command line, and the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.cli import main
+from rnncu.data import (
+    ImageDataset,
+    load_digits,
+    load_moving_digits,
+    read_images,
+    resample,
+    to_sequences,
+)
+from rnncu.trainer import (
+    BEST_NAME,
+    evaluate_run,
+    load_model,
+    load_run,
+    make_config,
+    predict_images,
+    train,
+)
+
+pytest.importorskip("matplotlib")
+from matplotlib import image as mpimg  # noqa: E402
+
+
+def small(**kw) -> dict:
+    base = dict(backend="numpy", hidden=16, layers=1, epochs=2, batch_size=64, seed=3)
+    return {**base, **kw}
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, digits: ImageDataset) -> Path:
+    """A classify run on digits, with a validation split (so a best.npz)."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    train(make_config(**small(val_fraction=0.1, epochs=3)), data=digits, progress=False,
+          out_dir=out, plots=False)  # fmt: skip
+    return out
+
+
+# -- the model and its predictions ----------------------------------------------------------
+def test_predictions_are_the_trainer_s_own(run_dir: Path, digits: ImageDataset) -> None:
+    """On the run's test images: the classes evaluate counts as right or wrong, and
+    probabilities whose argmax they are; the model is rebuilt without reading the dataset."""
+    run, _ = load_run(run_dir)
+    expected = run.model.predict(run.x_test)
+    result = predict_images(run_dir, digits.x_test)
+    assert result["classes"].dtype == np.int64 and result["classes"].shape == (450,)
+    np.testing.assert_array_equal(result["classes"], expected)
+    probabilities = result["probabilities"]
+    assert probabilities.shape == (450, 10) and probabilities.dtype == np.float64
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-12)
+    assert (probabilities > 0).all()
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), result["classes"])
+    accuracy = np.mean(result["classes"] == digits.y_test)
+    assert accuracy == evaluate_run(run_dir)["test_accuracy"]
+    # the softmax of the model's logits
+    logits = run.model.forward(run.x_test)  # one batch, as predict_images took them
+    exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities, exp / exp.sum(axis=1, keepdims=True),
+                               rtol=1e-12)  # fmt: skip
+
+
+def test_load_model_needs_no_dataset(run_dir: Path, tmp_path: Path, digits: ImageDataset) -> None:
+    saved = load_model(run_dir)
+    assert saved.image_shape == (8, 8) and saved.frame_shape is None
+    assert saved.num_classes == 10 and saved.config.task == "classify"
+    assert saved.file == run_dir / "checkpoint.npz"
+    assert not saved.model.rnn.training and not saved.model.head.training
+    # a run whose dataset path is gone still predicts (evaluate would need --dataset)
+    images = tmp_path / "images.npz"
+    np.savez(images, x=digits.x_train, y=digits.y_train, x_test=digits.x_test,
+             y_test=digits.y_test)  # fmt: skip
+    moved = tmp_path / "moved"
+    train(make_config(**small(dataset=str(images), epochs=1)), progress=False, out_dir=moved,
+          plots=False)  # fmt: skip
+    images.unlink()
+    one = predict_images(moved, digits.x_test[0])
+    assert one["classes"].shape == (1,) and one["probabilities"].shape == (1, 10)
+    # the best epoch's checkpoint too, and a model loaded once for many calls
+    best = load_model(run_dir / BEST_NAME)
+    assert best.file == run_dir / BEST_NAME
+    np.testing.assert_array_equal(
+        predict_images(best, digits.x_test)["classes"],
+        load_run(run_dir / BEST_NAME)[0].model.predict(load_run(run_dir)[0].x_test),
+    )
+
+
+def test_images_as_datasets_take_them(run_dir: Path, digits: ImageDataset) -> None:
+    """8-bit integers are intensities, bools 0 and 1, one image (H, W) a stack of one."""
+    saved = load_model(run_dir)
+    as_bytes = np.round(digits.x_test[:20] * 255).astype(np.uint8)
+    from_bytes = predict_images(saved, as_bytes)["probabilities"]
+    np.testing.assert_array_equal(
+        from_bytes, predict_images(saved, as_bytes.astype(np.float32) / 255)["probabilities"]
+    )
+    binary = digits.x_test[:20] > 0.5
+    np.testing.assert_array_equal(
+        predict_images(saved, binary)["probabilities"],
+        predict_images(saved, binary.astype(np.float32))["probabilities"],
+    )
+    one = predict_images(saved, digits.x_test[3])["probabilities"]
+    np.testing.assert_array_equal(one, predict_images(saved, digits.x_test[3:4])["probabilities"])
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((2, 8, 9), np.float32), r"images: expected \(N, 8, 8\) or one image \(8, 8\), "
+         r"the size the model was trained on, got shape \(2, 8, 9\)"),
+        (np.zeros((0, 8, 8), np.float32), r"got shape \(0, 8, 8\)"),
+        (np.zeros((64,), np.float32), r"got shape \(64,\)"),
+        (np.full((1, 8, 8), np.nan, np.float32), r"images: float images must lie in \[0, 1\], "
+         r"the array holds NaN or inf"),
+        (np.full((1, 8, 8), 2.0), r"float images must lie in \[0, 1\], found 2.0..2.0"),
+        (np.full((1, 8, 8), 300, np.int32), r"integer images must lie in 0..255"),
+    ],
+)  # fmt: skip
+def test_bad_images_are_named(run_dir: Path, images: np.ndarray, message: str) -> None:
+    saved = load_model(run_dir)
+    with pytest.raises(ValueError, match=message):
+        predict_images(saved, images)
+
+
+def test_a_list_is_not_taken_for_an_array(run_dir: Path) -> None:
+    with pytest.raises(TypeError, match=r"images: expected a NumPy array, got list"):
+        predict_images(run_dir, [[0.0] * 8] * 8)
+
+
+def test_a_generate_run_recognises_nothing(tmp_path: Path, digits: ImageDataset,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    from rnncu import trainer
+
+    monkeypatch.setattr(trainer, "classifier_config",
+                        lambda c: make_config(**small(epochs=1)))  # fmt: skip
+    train(make_config(**small(task="generate", epochs=1)), data=digits, progress=False,
+          out_dir=tmp_path / "g", plots=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds a 'generate' run; recognising images takes a "
+                       "classify run"):  # fmt: skip
+        predict_images(tmp_path / "g", digits.x_test)
+    # said before the files are looked for (x.npy does not exist)
+    assert main(["predict", "--checkpoint", str(tmp_path / "g"), "x.npy"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rnncu: error: --checkpoint {tmp_path / 'g'}: holds a 'generate' run; predict "
+        "recognises images with a classify run"
+    )
+
+
+def test_a_checkpoint_without_its_data_fields_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    arrays, meta = load_checkpoint(run_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    del kept["data"]["num_classes"]
+    save_checkpoint(tmp_path / "bare.npz", arrays, kept)
+    with pytest.raises(CheckpointError, match=r"bare.npz: metadata field 'data' lacks "
+                       "num_classes: the model cannot be rebuilt"):  # fmt: skip
+        load_model(tmp_path / "bare.npz")
+    _, meta = load_checkpoint(run_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["data"]["seq_shape"] = [64, 1]  # pixels, in a rows run
+    save_checkpoint(tmp_path / "other.npz", arrays, kept)
+    with pytest.raises(CheckpointError, match=r"'data.seq_shape': \[64, 1\] is not the 'rows' "
+                       r"view of 8x8 images \[8, 8\]"):  # fmt: skip
+        load_model(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("seq", ["pixels", "permuted"])
+def test_every_view_reads_the_images_as_it_was_trained(
+    tmp_path: Path, digits: ImageDataset, seq: str
+) -> None:
+    out = tmp_path / seq
+    train(make_config(**small(seq=seq, epochs=1)), data=digits, progress=False, out_dir=out,
+          plots=False)  # fmt: skip
+    run, _ = load_run(out)
+    np.testing.assert_array_equal(
+        predict_images(out, digits.x_test)["classes"], run.model.predict(run.x_test)
+    )
+
+
+def test_clips_are_recognised_as_the_run_was_trained(tmp_path: Path) -> None:
+    clips = load_moving_digits()
+    out = tmp_path / "clips"
+    train(make_config(**small(dataset="moving-digits", epochs=1)), data=clips, progress=False,
+          out_dir=out, plots=False)  # fmt: skip
+    saved = load_model(out)
+    assert saved.frame_shape == (10, 10) and saved.image_shape == (8, 100)
+    run, _ = load_run(out)
+    expected = run.model.predict(run.x_test)
+    held = clips.x_test  # (N, 8, 100), as datasets hold clips
+    np.testing.assert_array_equal(predict_images(saved, held)["classes"], expected)
+    framed = held.reshape(-1, 8, 10, 10)
+    np.testing.assert_array_equal(predict_images(saved, framed)["classes"], expected)
+    one = predict_images(saved, framed[7])
+    assert one["classes"].tolist() == [expected[7]]
+    # from files: a .npy of clips (N, T, H, W) and one clip (T, H, W)
+    np.save(tmp_path / "clips.npy", framed[:5])
+    np.testing.assert_array_equal(
+        read_images(tmp_path / "clips.npy", saved.image_shape, saved.frame_shape), held[:5]
+    )
+    np.save(tmp_path / "one.npy", framed[0])
+    assert read_images(tmp_path / "one.npy", (8, 100), (10, 10)).shape == (1, 8, 100)
+    np.save(tmp_path / "short.npy", framed[:2, :5])
+    with pytest.raises(ValueError, match=r"short.npy: clips of 5 frames .* trained on clips of 8"):
+        read_images(tmp_path / "short.npy", (8, 100), (10, 10))
+    mpimg.imsave(tmp_path / "frame.png", np.stack([framed[0, 0]] * 3, axis=-1))
+    with pytest.raises(ValueError, match=r"frame.png: the model reads clips of 8 frames of "
+                       r"10x10: give them as .npy or .npz arrays"):  # fmt: skip
+        read_images(tmp_path / "frame.png", (8, 100), (10, 10))
+    # frames of another size, resampled frame by frame
+    big = np.kron(framed[:3], np.ones((1, 1, 2, 2), np.float32))
+    np.save(tmp_path / "big.npy", big)
+    np.testing.assert_array_equal(
+        read_images(tmp_path / "big.npy", (8, 100), (10, 10), resize=True), held[:3]
+    )
+    with pytest.raises(ValueError, match=r"big.npy: frames of 20x20 pixels, the model was "
+                       "trained on 10x10"):  # fmt: skip
+        read_images(tmp_path / "big.npy", (8, 100), (10, 10))
+
+
+# -- files --------------------------------------------------------------------------------------
+def test_png_grey_written_as_colour_reads_exactly(tmp_path: Path, digits: ImageDataset) -> None:
+    image = np.round(digits.x_test[0] * 255).astype(np.uint8)
+    mpimg.imsave(tmp_path / "grey.png", np.stack([image] * 3, axis=-1))  # RGBA, opaque
+    read = read_images(tmp_path / "grey.png", (8, 8))
+    assert read.shape == (1, 8, 8) and read.dtype == np.float32
+    np.testing.assert_array_equal(read[0], image.astype(np.float32) / 255)
+
+
+def test_png_colour_reads_as_its_luminance(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mpimg.imsave(tmp_path / "colour.png", rgb)
+    read = read_images(tmp_path / "colour.png", (8, 8))[0]
+    expected = (rgb / 255) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(read, expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(read, rgb[..., 0] / 255)
+
+
+def test_png_with_transparent_pixels_is_refused(tmp_path: Path) -> None:
+    rgba = np.ones((8, 8, 4), np.float32)
+    rgba[2, 3, 3] = 0.5
+    mpimg.imsave(tmp_path / "clear.png", rgba)
+    with pytest.raises(ValueError, match=r"clear.png: the PNG has transparent pixels"):
+        read_images(tmp_path / "clear.png", (8, 8))
+
+
+def test_a_broken_png_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ValueError, match=r"broken.png: cannot read PNG"):
+        read_images(tmp_path / "broken.png", (8, 8))
+
+
+def test_arrays_from_npy_and_npz(tmp_path: Path, digits: ImageDataset) -> None:
+    np.save(tmp_path / "one.npy", digits.x_test[0])
+    np.save(tmp_path / "many.npy", digits.x_test[:5])
+    np.savez(tmp_path / "many.npz", x=np.round(digits.x_test[:5] * 255).astype(np.uint8))
+    assert read_images(tmp_path / "one.npy", (8, 8)).shape == (1, 8, 8)
+    np.testing.assert_array_equal(read_images(tmp_path / "many.npy", (8, 8)), digits.x_test[:5])
+    np.testing.assert_allclose(read_images(tmp_path / "many.npz", (8, 8)), digits.x_test[:5],
+                               atol=0.5 / 255)  # fmt: skip
+    np.savez(tmp_path / "nox.npz", images=digits.x_test[:5])
+    with pytest.raises(ValueError, match=r"nox.npz: .npz lacks x, the images \(it holds images\)"):
+        read_images(tmp_path / "nox.npz", (8, 8))
+    np.save(tmp_path / "objects.npy", np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match=r"objects.npy: the .npy holds Python objects"):
+        read_images(tmp_path / "objects.npy", (8, 8))
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"junk.npy: not a .npy file \(truncated, corrupt or "
+                       r"another kind of file\)"):  # fmt: skip
+        read_images(tmp_path / "junk.npy", (8, 8))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "many.npy").read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut.npy: cannot read .npy"):
+        read_images(tmp_path / "cut.npy", (8, 8))
+    (tmp_path / "zipped.npy").write_bytes((tmp_path / "many.npz").read_bytes())
+    with pytest.raises(ValueError, match=r"zipped.npy: an .npz archive, not a .npy file: name "
+                       r"it .npz"):  # fmt: skip
+        read_images(tmp_path / "zipped.npy", (8, 8))
+    np.save(tmp_path / "flat.npy", digits.x_test[:5].reshape(5, 64))
+    # (5, 64) reads as one image of 5x64 pixels: refused for its size
+    with pytest.raises(ValueError, match=r"flat.npy: images of 5x64 pixels, the model was "
+                       r"trained on 8x8"):  # fmt: skip
+        read_images(tmp_path / "flat.npy", (8, 8))
+    np.save(tmp_path / "deep.npy", digits.x_test[:5, None])
+    with pytest.raises(ValueError, match=r"deep.npy: expected images \(H, W\) or \(N, H, W\), "
+                       r"got an array of shape \(5, 1, 8, 8\)"):  # fmt: skip
+        read_images(tmp_path / "deep.npy", (8, 8))
+    with pytest.raises(ValueError, match=r"x.jpg: expected a .png, .npy, .npz file, got 'x.jpg'"):
+        read_images(tmp_path / "x.jpg", (8, 8))
+    with pytest.raises(FileNotFoundError, match=r"gone.npy: no such file"):
+        read_images(tmp_path / "gone.npy", (8, 8))
+
+
+def test_resize_and_invert(tmp_path: Path, digits: ImageDataset) -> None:
+    image = digits.x_test[4]
+    big = np.kron(image, np.ones((4, 4), np.float32))  # 32x32, each pixel a 4x4 block
+    mpimg.imsave(tmp_path / "big.png", big, cmap="gray", vmin=0, vmax=1)
+    with pytest.raises(ValueError, match=r"big.png: images of 32x32 pixels, the model was "
+                       r"trained on 8x8 \(resize them first, or resample with resize=True, "
+                       r"--resize\)"):  # fmt: skip
+        read_images(tmp_path / "big.png", (8, 8))
+    np.save(tmp_path / "big.npy", big)
+    np.testing.assert_array_equal(read_images(tmp_path / "big.npy", (8, 8), resize=True)[0], image)
+    # the PNG's 8-bit grey (through a colour map) lands within a step of it
+    from_png = read_images(tmp_path / "big.png", (8, 8), resize=True)[0]
+    np.testing.assert_allclose(from_png, image, atol=1.5 / 255)
+    dark_on_light = 1 - image
+    np.save(tmp_path / "drawn.npy", dark_on_light)
+    np.testing.assert_allclose(read_images(tmp_path / "drawn.npy", (8, 8), invert=True)[0], image,
+                               atol=1e-7)  # fmt: skip
+
+
+def test_resample_averages_areas(rng: np.random.Generator) -> None:
+    x = rng.random((3, 6, 9), dtype=np.float32)
+    # to a third: each pixel the mean of a 3x3 block; back up: the blocks repeated
+    small_ = resample(x, (2, 3))
+    np.testing.assert_allclose(small_, x.reshape(3, 2, 3, 3, 3).mean(axis=(2, 4)), rtol=1e-6)
+    np.testing.assert_array_equal(resample(small_, (6, 9)), np.kron(small_, np.ones((3, 3))))
+    # a size that divides unevenly keeps the mean of the image (each old pixel weighs alike)
+    odd = resample(x, (4, 7))
+    np.testing.assert_allclose(odd.mean(axis=(1, 2)), x.mean(axis=(1, 2)), rtol=1e-5)
+    assert resample(x, (6, 9)).tobytes() == x.tobytes()
+
+
+# -- the command line -----------------------------------------------------------------------
+def test_the_command_line_lists_each_image_s_classes(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "three.npy", digits.x_test[:3])
+    image = np.round(digits.x_test[3] * 255).astype(np.uint8)
+    mpimg.imsave(tmp_path / "one.png", np.stack([image] * 3, axis=-1))
+    code = main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "three.npy"),
+                 str(tmp_path / "one.png"), "--top", "2", "--backend", "numpy"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["checkpoint"] == str(run_dir / "checkpoint.npz")
+    records = printed["predictions"]
+    assert [(r["file"], r["index"]) for r in records] == [
+        (str(tmp_path / "three.npy"), 0),
+        (str(tmp_path / "three.npy"), 1),
+        (str(tmp_path / "three.npy"), 2),
+        (str(tmp_path / "one.png"), 0),
+    ]
+    expected = predict_images(run_dir, np.concatenate([digits.x_test[:3], image[None] / 255]))
+    for record, cls, p in zip(records, expected["classes"], expected["probabilities"],
+                              strict=True):  # fmt: skip
+        assert record["class"] == cls and record["probability"] == p[cls]
+        assert len(record["top"]) == 2 and record["top"][0] == {"class": cls,
+                                                                "probability": p[cls]}  # fmt: skip
+        second = record["top"][1]
+        assert second["probability"] == np.sort(p)[-2] and second["class"] != cls
+    # more classes asked for than there are: all of them
+    main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "three.npy"), "--top", "50"])
+    assert len(json.loads(capsys.readouterr().out)["predictions"][0]["top"]) == 10
+
+
+def test_the_command_line_s_errors_are_one_line(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "good.npy", digits.x_test[:3])
+    np.save(tmp_path / "big.npy", np.kron(digits.x_test[:2], np.ones((2, 2), np.float32)))
+    # a bad file anywhere fails before anything is printed
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "good.npy"),
+                 str(tmp_path / "big.npy")]) == 2  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip() == (
+        f"rnncu: error: {tmp_path / 'big.npy'}: images of 16x16 pixels, the model was trained "
+        "on 8x8 (resize them first, or resample with resize=True, --resize)"
+    )
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "big.npy"),
+                 "--resize"]) == 0  # fmt: skip
+    assert len(json.loads(capsys.readouterr().out)["predictions"]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "good.npy")]) == 2
+    )
+    assert "rnncu: error:" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(run_dir)]) == 2  # no image given
+    assert "the following arguments are required: FILE" in capsys.readouterr().err
+
+
+def test_to_sequences_of_what_read_images_gives_is_what_training_reads(
+    digits: ImageDataset, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "t.npy", digits.x_test)
+    np.testing.assert_array_equal(
+        to_sequences(read_images(tmp_path / "t.npy", (8, 8)), "rows"),
+        to_sequences(digits.x_test, "rows"),
+    )
