@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=".png (one image; colour is read as its luminance), or .npy / .npz (x) arrays: an "
         "image (H, W) or a stack (N, H, W), integers 0..255 or floats in [0, 1]; a run of "
-        "clips takes clips (T, H, W) or (N, T, H, W)",
+        "clips takes clips (T, H, W) or (N, T, H, W), or (N, T, H*W) as datasets hold them",
     )
     pred.add_argument(
         "--resize",

@@ -996,8 +996,9 @@ def read_images(
       (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque (a transparent ground has no
       intensity to read: flatten it first).
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
-      or (N, T, h, w). Pixels as datasets take them: integers 0..255, floats in [0, 1], or
-      bool.
+      or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
+      integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
+      last (H, W, C) are refused, not taken for images of another size.
 
     Images (frames) of another size than the model's are an error, or with ``resize``
     resampled to it by area averaging (each pixel the mean of the pixels it covers).
@@ -1022,23 +1023,26 @@ def read_images(
         x = _png_luminance(path)[None]
     else:
         x = _image_array(path, suffix)
+        held = tuple(x.shape)  # as the file holds it: what messages quote
         rank = 3 if frame_shape is None else 4
-        if x.ndim == rank - 1:
+        _refuse_misread_layout(x, where, image_shape, frame_shape)
+        if frame_shape is not None and x.ndim == 3 and held[1:] == image_shape:
+            # clips (N, T, h*w), as datasets hold them (and predict_images takes them)
+            x = x.reshape(held[0], image_shape[0], height, width)
+        elif x.ndim == rank - 1:
             x = x[None]
         if x.ndim != rank:
             expected = "(H, W) or (N, H, W)" if frame_shape is None else "(T, H, W) or (N, T, H, W)"
             what = "images" if frame_shape is None else f"clips of {image_shape[0]} frames"
-            raise ValueError(
-                f"{where}: expected {what} {expected}, got an array of shape {x.shape}"
-            )
+            raise ValueError(f"{where}: expected {what} {expected}, got an array of shape {held}")
         if frame_shape is not None and x.shape[1] != image_shape[0]:
             raise ValueError(
-                f"{where}: clips of {x.shape[1]} frames (shape {x.shape}), the model was "
+                f"{where}: clips of {x.shape[1]} frames (shape {held}), the model was "
                 f"trained on clips of {image_shape[0]}"
             )
         if 0 in x.shape:
-            raise ValueError(f"{where}: no images (shape {x.shape})")
-        x = _scale_images(x, where, "its images")
+            raise ValueError(f"{where}: no images (shape {held})")
+        x = _scale_images(x, where, "the array")
     if x.shape[-2:] != (height, width):
         got = f"{x.shape[-2]}x{x.shape[-1]}"
         what = "images" if frame_shape is None else "frames"
@@ -1053,6 +1057,37 @@ def read_images(
     if frame_shape is not None:
         x = x.reshape(x.shape[0], x.shape[1], height * width)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _refuse_misread_layout(
+    x: np.ndarray,
+    where: str,
+    image_shape: tuple[int, int],
+    frame_shape: tuple[int, int] | None,
+) -> None:
+    """ValueError for arrays laid out otherwise than :func:`read_images` reads them, where
+    reading them anyway would take them for images (frames) of another size: with resizing,
+    wrong pixels, recognised without a word. Flat images (N, H*W) would read as one image of
+    N x H*W pixels, and an image with its colour channels last (H, W, C), or clips with
+    them (T, h, w, C), as images (frames) C pixels wide."""
+    height, width = frame_shape or image_shape
+    held = tuple(x.shape)
+    if frame_shape is None and x.ndim == 2 and held != image_shape:
+        if height > 1 and held[1] == height * width:
+            raise ValueError(
+                f"{where}: an array of shape {held} would read as one image of "
+                f"{held[0]}x{held[1]} pixels: flat images? give them as (N, {height}, {width}) "
+                f"(x.reshape(-1, {height}, {width}))"
+            )
+    rank = 3 if frame_shape is None else 4
+    if x.ndim == rank and held[-1] in (1, 3, 4) and held[-1] != width:
+        what = "images" if frame_shape is None else "frames"
+        expected = "(H, W) or (N, H, W)" if frame_shape is None else "(T, H, W) or (N, T, H, W)"
+        raise ValueError(
+            f"{where}: an array of shape {held} would read as {what} of {held[-2]}x{held[-1]} "
+            f"pixels: is its last axis colour channels? give grey {what} {expected} (a colour "
+            "image as a .png)"
+        )
 
 
 def _png_luminance(path: Path) -> np.ndarray:

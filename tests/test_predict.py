@@ -291,9 +291,10 @@ def test_arrays_from_npy_and_npz(tmp_path: Path, digits: ImageDataset) -> None:
                        r"it .npz"):  # fmt: skip
         read_images(tmp_path / "zipped.npy", (8, 8))
     np.save(tmp_path / "flat.npy", digits.x_test[:5].reshape(5, 64))
-    # (5, 64) reads as one image of 5x64 pixels: refused for its size
-    with pytest.raises(ValueError, match=r"flat.npy: images of 5x64 pixels, the model was "
-                       r"trained on 8x8"):  # fmt: skip
+    # (5, 64) would read as one image of 5x64 pixels: refused as flat images, not for its size
+    # (--resize would otherwise make one image of them)
+    flat = r"flat.npy: an array of shape \(5, 64\) would read as one image of 5x64 pixels: flat"
+    with pytest.raises(ValueError, match=flat + r" images\? give them as \(N, 8, 8\)"):
         read_images(tmp_path / "flat.npy", (8, 8))
     np.save(tmp_path / "deep.npy", digits.x_test[:5, None])
     with pytest.raises(ValueError, match=r"deep.npy: expected images \(H, W\) or \(N, H, W\), "
@@ -303,6 +304,59 @@ def test_arrays_from_npy_and_npz(tmp_path: Path, digits: ImageDataset) -> None:
         read_images(tmp_path / "x.jpg", (8, 8))
     with pytest.raises(FileNotFoundError, match=r"gone.npy: no such file"):
         read_images(tmp_path / "gone.npy", (8, 8))
+
+
+@pytest.mark.parametrize("resize", [False, True])
+def test_arrays_laid_out_otherwise_are_not_taken_for_other_sizes(
+    tmp_path: Path, digits: ImageDataset, resize: bool
+) -> None:
+    """Flat images (N, H*W) would read as one image of N x H*W pixels, colour channels last
+    (H, W, C) as H images C pixels wide: refused, with --resize too (which would otherwise
+    recognise wrong pixels without a word), not sent to --resize by the size message."""
+    np.savez(tmp_path / "flat.npz", x=digits.x_test[:5].reshape(5, 64), y=digits.y_test[:5])
+    with pytest.raises(ValueError, match=r"flat.npz: an array of shape \(5, 64\) would read as "
+                       r"one image of 5x64 pixels: flat images\? give them as \(N, 8, 8\) "
+                       r"\(x.reshape\(-1, 8, 8\)\)"):  # fmt: skip
+        read_images(tmp_path / "flat.npz", (8, 8), resize=resize)
+    for channels in (1, 3, 4):
+        np.save(tmp_path / "hwc.npy", np.stack([digits.x_test[0]] * channels, axis=-1))
+        message = (
+            rf"hwc.npy: an array of shape \(8, 8, {channels}\) would read as images of "
+            rf"8x{channels} pixels: is its last axis colour channels\? give grey images "
+            r"\(H, W\) or \(N, H, W\)"
+        )
+        with pytest.raises(ValueError, match=message):
+            read_images(tmp_path / "hwc.npy", (8, 8), resize=resize)
+    frames = load_moving_digits().x_test[:2].reshape(2, 8, 10, 10)
+    np.save(tmp_path / "tchw.npy", np.stack([frames[0]] * 3, axis=-1))
+    message = (
+        r"tchw.npy: an array of shape \(8, 10, 10, 3\) would read as frames of 10x3 pixels: is "
+        r"its last axis colour channels\?"
+    )
+    with pytest.raises(ValueError, match=message):
+        read_images(tmp_path / "tchw.npy", (8, 100), (10, 10), resize=resize)
+    # images as wide as a channel axis would be, for a model of such images, are images
+    np.save(tmp_path / "narrow.npy", np.zeros((5, 8, 3), np.float32))
+    assert read_images(tmp_path / "narrow.npy", (8, 3), resize=resize).shape == (5, 8, 3)
+
+
+def test_clips_as_datasets_hold_them_are_read_as_clips(tmp_path: Path) -> None:
+    """(N, T, h*w), as datasets hold clips (and predict_images takes them), is N clips, also
+    where N == T (it read as one clip of T frames of T x h*w pixels, which --resize
+    recognised as one clip of wrong pixels); messages quote the file's own shape."""
+    held = load_moving_digits().x_test
+    for n in (5, 8):
+        np.save(tmp_path / "held.npy", held[:n])
+        for resize in (False, True):
+            read = read_images(tmp_path / "held.npy", (8, 100), (10, 10), resize=resize)
+            np.testing.assert_array_equal(read, held[:n])
+    np.save(tmp_path / "images.npy", held[:4, 0].reshape(4, 10, 10))
+    with pytest.raises(ValueError, match=r"images.npy: clips of 4 frames \(shape \(4, 10, 10\)\), "
+                       r"the model was trained on clips of 8"):  # fmt: skip
+        read_images(tmp_path / "images.npy", (8, 100), (10, 10))
+    np.save(tmp_path / "none.npy", np.zeros((0, 8), np.float32))
+    with pytest.raises(ValueError, match=r"none.npy: no images \(shape \(0, 8\)\)"):
+        read_images(tmp_path / "none.npy", (8, 8), resize=True)
 
 
 def test_resize_and_invert(tmp_path: Path, digits: ImageDataset) -> None:
