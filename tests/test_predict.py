@@ -257,6 +257,37 @@ def test_png_with_transparent_pixels_is_refused(tmp_path: Path) -> None:
     mpimg.imsave(tmp_path / "clear.png", rgba)
     with pytest.raises(ValueError, match=r"clear.png: the PNG has transparent pixels"):
         read_images(tmp_path / "clear.png", (8, 8))
+    # any alpha short of opaque, 254 of 255 too
+    nearly = np.full((8, 8, 4), 255, np.uint8)
+    nearly[5, 1, 3] = 254
+    mpimg.imsave(tmp_path / "nearly.png", nearly)
+    with pytest.raises(ValueError, match=r"nearly.png: the PNG has transparent pixels"):
+        read_images(tmp_path / "nearly.png", (8, 8))
+
+
+def test_png_read_as_integers_is_scaled_by_its_bit_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that gives 16-bit (or 8-bit) integers: intensities over the depth's maximum."""
+    grey = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    (tmp_path / "deep.png").write_bytes(b"")  # read by the stand-in below
+    monkeypatch.setattr(mpimg, "imread", lambda path, format=None: grey)
+    np.testing.assert_allclose(read_images(tmp_path / "deep.png", (8, 8))[0], grey / 65535,
+                               rtol=1e-6)  # fmt: skip
+    monkeypatch.setattr(mpimg, "imread", lambda path, format=None: (grey // 1000).astype(np.uint8))
+    np.testing.assert_allclose(read_images(tmp_path / "deep.png", (8, 8))[0],
+                               (grey // 1000) / 255, rtol=1e-6)  # fmt: skip
+
+
+def test_suffixes_are_read_in_any_case(tmp_path: Path, digits: ImageDataset) -> None:
+    image = np.round(digits.x_test[0] * 255).astype(np.uint8)
+    mpimg.imsave(tmp_path / "SCAN.PNG", np.stack([image] * 3, axis=-1))
+    np.testing.assert_array_equal(
+        read_images(tmp_path / "SCAN.PNG", (8, 8))[0], image / np.float32(255)
+    )
+    np.save(tmp_path / "a.npy", digits.x_test[:2])
+    (tmp_path / "a.npy").rename(tmp_path / "A.NPY")
+    np.testing.assert_array_equal(read_images(tmp_path / "A.NPY", (8, 8)), digits.x_test[:2])
 
 
 def test_a_broken_png_is_named(tmp_path: Path) -> None:
@@ -357,6 +388,30 @@ def test_clips_as_datasets_hold_them_are_read_as_clips(tmp_path: Path) -> None:
     np.save(tmp_path / "none.npy", np.zeros((0, 8), np.float32))
     with pytest.raises(ValueError, match=r"none.npy: no images \(shape \(0, 8\)\)"):
         read_images(tmp_path / "none.npy", (8, 8), resize=True)
+
+
+@pytest.mark.parametrize("shape", [(9, 8), (8, 9), (7, 8), (8, 7)])
+def test_another_height_or_width_alone_is_another_size(
+    tmp_path: Path, shape: tuple[int, int]
+) -> None:
+    np.save(tmp_path / "odd.npy", np.zeros((2, *shape), np.float32))
+    with pytest.raises(ValueError, match=rf"odd.npy: images of {shape[0]}x{shape[1]} pixels, "
+                       "the model was trained on 8x8"):  # fmt: skip
+        read_images(tmp_path / "odd.npy", (8, 8))
+    assert read_images(tmp_path / "odd.npy", (8, 8), resize=True).shape == (2, 8, 8)
+    np.save(tmp_path / "odd.npy", np.zeros((2, 8, *shape), np.float32))
+    with pytest.raises(ValueError, match=rf"odd.npy: frames of {shape[0]}x{shape[1]} pixels, "
+                       "the model was trained on 8x8"):  # fmt: skip
+        read_images(tmp_path / "odd.npy", (8, 64), (8, 8))
+
+
+def test_a_file_of_no_images_is_named(tmp_path: Path) -> None:
+    np.save(tmp_path / "none.npy", np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"none.npy: no images \(shape \(0, 8, 8\)\)"):
+        read_images(tmp_path / "none.npy", (8, 8))
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 10, 10), np.float32))
+    with pytest.raises(ValueError, match=r"none.npz: no images \(shape \(0, 8, 10, 10\)\)"):
+        read_images(tmp_path / "none.npz", (8, 100), (10, 10))
 
 
 def test_resize_and_invert(tmp_path: Path, digits: ImageDataset) -> None:
