@@ -180,17 +180,60 @@ def test_a_checkpoint_without_its_data_fields_is_refused(run_dir: Path, tmp_path
         load_model(tmp_path / "other.npz")
 
 
-@pytest.mark.parametrize("seq", ["pixels", "permuted"])
+@pytest.mark.parametrize(
+    ("seq", "dtype"), [("pixels", "float32"), ("permuted", "float32"), ("rows", "float64")]
+)
 def test_every_view_reads_the_images_as_it_was_trained(
-    tmp_path: Path, digits: ImageDataset, seq: str
+    tmp_path: Path, digits: ImageDataset, seq: str, dtype: str
 ) -> None:
     out = tmp_path / seq
-    train(make_config(**small(seq=seq, epochs=1)), data=digits, progress=False, out_dir=out,
-          plots=False)  # fmt: skip
+    train(make_config(**small(seq=seq, dtype=dtype, epochs=1)), data=digits, progress=False,
+          out_dir=out, plots=False)  # fmt: skip
     run, _ = load_run(out)
     np.testing.assert_array_equal(
         predict_images(out, digits.x_test)["classes"], run.model.predict(run.x_test)
     )
+
+
+def test_a_saved_backend_is_overridden(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    """A run saved with backend 'cupy' (trained on a GPU) recognises on the backend asked
+    for: load_model's, predict_images' and the command's --backend."""
+    arrays, meta = load_checkpoint(run_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["config"]["backend"] = "cupy"
+    save_checkpoint(tmp_path / "gpu.npz", arrays, kept)
+    expected = predict_images(run_dir, digits.x_test[:5])
+    saved = load_model(tmp_path / "gpu.npz", backend="numpy")
+    assert saved.model.backend.name == "numpy" and saved.config.backend == "numpy"
+    result = predict_images(tmp_path / "gpu.npz", digits.x_test[:5], backend="numpy")
+    np.testing.assert_array_equal(result["probabilities"], expected["probabilities"])
+    np.save(tmp_path / "five.npy", digits.x_test[:5])
+    argv = ["predict", "--checkpoint", str(tmp_path / "gpu.npz"), str(tmp_path / "five.npy")]
+    assert main([*argv, "--backend", "numpy"]) == 0
+    printed = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["class"] for r in printed] == expected["classes"].tolist()
+
+
+def test_batches_give_the_probabilities_of_one(run_dir: Path, digits: ImageDataset) -> None:
+    saved = load_model(run_dir)
+    whole = predict_images(saved, digits.x_test)["probabilities"]
+    batched = predict_images(saved, digits.x_test, batch_size=7)["probabilities"]
+    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive integer, got 0"):
+        predict_images(saved, digits.x_test, batch_size=0)
+
+
+def test_probabilities_of_large_logits_are_finite(run_dir: Path, digits: ImageDataset) -> None:
+    """The softmax is taken of the logits less their maximum: exp of a logit past ~709
+    overflows float64, and inf / inf would be NaN."""
+    saved = load_model(run_dir)
+    saved.model.head.params["bias"][3] += 1000
+    result = predict_images(saved, digits.x_test[:5])
+    assert np.isfinite(result["probabilities"]).all()
+    assert result["classes"].tolist() == [3] * 5
+    np.testing.assert_array_equal(result["probabilities"][:, 3], 1)
 
 
 def test_clips_are_recognised_as_the_run_was_trained(tmp_path: Path) -> None:
