@@ -993,8 +993,9 @@ def read_images(
     ``image_shape`` (T, h*w)), clips (N, T, h*w), as datasets hold them.
 
     * ``.png``: one image (not clips). Grey as it is, colour by its luminance
-      (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque (a transparent ground has no
-      intensity to read: flatten it first).
+      (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque, and a grey or colour one may
+      not name a transparent colour (a transparent ground has no intensity to read: flatten
+      it first).
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1110,6 +1111,13 @@ def _png_luminance(path: Path) -> np.ndarray:
                 "lies beneath: flatten it onto its ground first"
             )
         pixels = pixels[..., :-1]
+    elif _png_colour_key(path):
+        # the reader ignores such a key (a palette's it applies, as alpha): the pixels of that
+        # colour would read as its intensity
+        raise ValueError(
+            f"{path}: the PNG names a transparent colour (a tRNS chunk), whose pixels' "
+            "intensity is that of whatever lies beneath: flatten it onto its ground first"
+        )
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim == 3:
@@ -1119,6 +1127,26 @@ def _png_luminance(path: Path) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"{path}: expected a grey or colour image, got pixels {pixels.shape}")
     return pixels
+
+
+def _png_colour_key(path: Path) -> bool:
+    """Whether a grey or colour PNG without alpha (colour types 0 and 2) has a tRNS chunk,
+    which makes the pixels of one colour transparent. Read from the chunks before the image
+    data, where the format puts it."""
+    with open(path, "rb") as file:
+        file.read(8)  # the signature, which the reader has checked
+        colour_type = None
+        while len(head := file.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            body = file.read(length)
+            file.read(4)  # its CRC
+            if kind == b"IHDR" and len(body) >= 10:
+                colour_type = body[9]
+            elif kind == b"tRNS":
+                return colour_type in (0, 2)
+            elif kind in (b"IDAT", b"IEND"):
+                break
+    return False
 
 
 def _image_array(path: Path, suffix: str) -> np.ndarray:

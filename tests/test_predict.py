@@ -308,6 +308,50 @@ def test_png_with_transparent_pixels_is_refused(tmp_path: Path) -> None:
         read_images(tmp_path / "nearly.png", (8, 8))
 
 
+def _png_16bit(path: Path, pixels: np.ndarray, key: tuple[int, ...]) -> None:
+    """A PNG of 16-bit grey (H, W) or RGB (H, W, 3) ``pixels`` whose tRNS chunk makes the
+    colour ``key`` transparent (Pillow writes no 16-bit colour)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    height, width = pixels.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 16, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"tRNS", struct.pack(f">{len(key)}H", *key))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_png_with_a_transparent_colour_key_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
+    """Grey and colour PNGs without alpha mark the pixels of one colour transparent by a tRNS
+    chunk, which the reader ignores: those pixels read as the colour's intensity, and such a
+    file was recognised (the helpers' audit). A palette's key the reader applies (alpha)."""
+    from PIL import Image
+
+    image = np.round(digits.x_test[0] * 255).astype(np.uint8)  # 0 (its ground) and more
+    Image.fromarray(image).save(tmp_path / "grey.png", transparency=0)
+    Image.fromarray(np.stack([image] * 3, axis=-1)).save(tmp_path / "rgb.png",
+                                                          transparency=(0, 0, 0))  # fmt: skip
+    deep = image.astype(np.uint16) * 257
+    _png_16bit(tmp_path / "grey16.png", deep, (0,))
+    _png_16bit(tmp_path / "rgb16.png", np.stack([deep] * 3, axis=-1), (0, 0, 0))
+    Image.fromarray(image > 127).save(tmp_path / "bilevel.png", transparency=1)
+    palette = Image.fromarray(image).convert("P")
+    palette.save(tmp_path / "palette.png", transparency=0)
+    for name in ("grey.png", "rgb.png", "grey16.png", "rgb16.png", "bilevel.png", "palette.png"):
+        with pytest.raises(ValueError, match=rf"{name}: the PNG (has transparent pixels|names a "
+                           r"transparent colour \(a tRNS chunk\))"):  # fmt: skip
+            read_images(tmp_path / name, (8, 8))
+    # without the chunk, the same pixels read as they are
+    Image.fromarray(image).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(read_images(tmp_path / "plain.png", (8, 8))[0],
+                                  image / np.float32(255))  # fmt: skip
+
+
 def test_png_read_as_integers_is_scaled_by_its_bit_depth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
