@@ -1779,7 +1779,14 @@ def predict_images(
     (H, W), or for a run of clips (N, T, h, w) / (N, T, h*w); pixels as datasets take them
     (integers 0..255, floats in [0, 1], bool). Returns host arrays: ``classes`` (N,) int64 and
     ``probabilities`` (N, C) float64 (the softmax; ``classes`` is its argmax). Files are read
-    by :func:`rnncu.data.read_images`, which also resizes."""
+    by :func:`rnncu.data.read_images`, which also resizes. ``backend`` (None: the saved one)
+    is for a ``path``; a :class:`SavedModel` is on the backend it was loaded on."""
+    if isinstance(path, SavedModel) and backend is not None:
+        # the model's arrays already live on its backend: this one would be ignored
+        raise ValueError(
+            f"backend: {backend!r} given with a loaded model (on {path.model.backend.name}); "
+            "load_model(path, backend=...) chooses it"
+        )
     saved = path if isinstance(path, SavedModel) else load_model(path, backend)
     if not isinstance(saved.model, SequenceClassifier):
         raise ValueError(

@@ -216,6 +216,14 @@ def test_a_saved_backend_is_overridden(
     assert [r["class"] for r in printed] == expected["classes"].tolist()
 
 
+def test_a_loaded_model_keeps_its_backend(run_dir: Path, digits: ImageDataset) -> None:
+    """A backend given with a loaded model would be ignored without a word: refused."""
+    saved = load_model(run_dir, backend="numpy")
+    with pytest.raises(ValueError, match=r"backend: 'cupy' given with a loaded model \(on "
+                       r"numpy\); load_model\(path, backend=...\) chooses it"):  # fmt: skip
+        predict_images(saved, digits.x_test[:2], backend="cupy")
+
+
 def test_batches_give_the_probabilities_of_one(run_dir: Path, digits: ImageDataset) -> None:
     saved = load_model(run_dir)
     whole = predict_images(saved, digits.x_test)["probabilities"]
