@@ -63,9 +63,11 @@ from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
 __all__ = [
     "RECIPES",
     "SavedDatasetNotFound",
+    "SavedModel",
     "TrainConfig",
     "TrainingDiverged",
     "TrainResult",
+    "evaluate_run",
     "load_model",
     "load_run",
     "make_config",
