@@ -227,15 +227,19 @@ class SequenceClassifier(_TaskModel):
             "predictions": predictions,
         }
 
+    def logits(self, x: Any, batch_size: int = 512, where: str = "logits") -> Array:
+        """Logits (N, C), on the device, for sequences x (T, N, D), in batches (``where``
+        names the caller in errors)."""
+        n, batch_size = _check_split(where, "x", x, batch_size)
+        return self.backend.xp.concatenate(
+            [self.forward(x[:, s : s + batch_size]) for s in range(0, n, batch_size)]
+        )
+
     def predict_proba(self, x: Any, batch_size: int = 512) -> np.ndarray:
         """Class probabilities (N, C) on the host, float64, for sequences x (T, N, D): the
         softmax of the logits, taken in float64 (so its argmax is the logits', as
         :meth:`predict` gives it, for float32 models too)."""
-        n, batch_size = _check_split("predict_proba", "x", x, batch_size)
-        xp = self.backend.xp
-        logits = xp.concatenate(
-            [self.forward(x[:, s : s + batch_size]) for s in range(0, n, batch_size)]
-        )
+        logits = self.logits(x, batch_size, "predict_proba")
         scores = self.backend.to_numpy(logits).astype(np.float64)
         scores -= scores.max(axis=1, keepdims=True)
         probabilities: np.ndarray = np.exp(scores)
@@ -244,13 +248,8 @@ class SequenceClassifier(_TaskModel):
 
     def predict(self, x: Any, batch_size: int = 512) -> np.ndarray:
         """Predicted classes (N,) on the host for sequences x (T, N, D)."""
-        n, batch_size = _check_split("predict", "x", x, batch_size)
-        xp = self.backend.xp
-        preds = [
-            xp.argmax(self.forward(x[:, s : s + batch_size]), axis=1)
-            for s in range(0, n, batch_size)
-        ]
-        predictions: np.ndarray = self.backend.to_numpy(xp.concatenate(preds))
+        logits = self.logits(x, batch_size, "predict")
+        predictions: np.ndarray = self.backend.to_numpy(self.backend.xp.argmax(logits, axis=1))
         return predictions
 
 

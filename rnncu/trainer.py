@@ -1734,8 +1734,12 @@ class SavedModel:
     #: the images it was trained on: (H, W); for clips (T, h*w), ``frame_shape`` (h, w)
     image_shape: tuple[int, int]
     frame_shape: tuple[int, int] | None
-    num_classes: int
     file: Path
+
+    @property
+    def num_classes(self) -> int:
+        """The classes the model tells apart (generates)."""
+        return int(self.model.num_classes)
 
 
 def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
@@ -1767,7 +1771,7 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
     model = _config_model(config, sequence, int(data["num_classes"]), get_backend(config.backend))
     _restore_weights(model, file, arrays, np.dtype(config.dtype))
     model.eval()
-    return SavedModel(model, config, image_shape, frame_shape, int(data["num_classes"]), file)
+    return SavedModel(model, config, image_shape, frame_shape, file)
 
 
 def predict_images(
