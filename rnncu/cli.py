@@ -246,13 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser(
         "predict",
-        help="recognise images with a classify run: each one's class and its probability",
+        help="recognise images with a classify run (or a generate run: the class under which "
+        "it predicts an image's rows best): each one's class and its probability",
     )
     pred.add_argument(
         "--checkpoint",
         type=_path,
         required=True,
-        help="run directory or checkpoint file (best.npz too) of a classify run",
+        help="run directory or checkpoint file (best.npz too) of a classify or generate run",
     )
     pred.add_argument(
         "images",
@@ -716,11 +717,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     with _blas_limit(args.threads):
         saved = load_model(args.checkpoint, backend=_backend(args.backend, None))
-        if saved.config.task != "classify":
-            raise ValueError(
-                f"--checkpoint {args.checkpoint}: holds a {saved.config.task!r} run; predict "
-                "recognises images with a classify run"
-            )
         # every file read (and checked) before any is predicted: a bad last file fails at once
         stacks = [
             read_images(name, saved.image_shape, saved.frame_shape, args.resize, args.invert)
@@ -728,20 +724,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         ]
         result = predict_images(saved, np.concatenate(stacks))
     probabilities = result["probabilities"]
-    top = min(args.top, probabilities.shape[1])
+    # A generate run's classes are ranked by their errors, which still tell apart those whose
+    # probabilities underflow to 0; the classes it was not trained on (inf) are left out
+    # (JSON has no infinity).
+    errors = result.get("mse")
+    order = -probabilities if errors is None else errors
+    candidates = probabilities.shape[1] if errors is None else int((errors[0] != np.inf).sum())
+    top = min(args.top, candidates)
+
+    def figures(row: int, k: int) -> dict[str, Any]:
+        found = {"class": int(k), "probability": float(probabilities[row, k])}
+        if errors is not None:
+            found["mse"] = float(errors[row, k])
+        return found
+
     records = []
     row = 0
     for name, stack in zip(args.images, stacks, strict=True):
         for index in range(stack.shape[0]):
-            p = probabilities[row]
-            likeliest = np.argsort(-p, kind="stable")[:top]
+            likeliest = np.argsort(order[row], kind="stable")[:top]
+            chosen = figures(row, result["classes"][row])
             records.append(
                 {
                     "file": name,
                     "index": index,
-                    "class": int(result["classes"][row]),
-                    "probability": float(p[result["classes"][row]]),
-                    "top": [{"class": int(k), "probability": float(p[k])} for k in likeliest],
+                    **chosen,
+                    "top": [figures(row, k) for k in likeliest],
                 }
             )
             row += 1

@@ -33,7 +33,14 @@ from rnncu.module import (
 )
 from rnncu.rnn import RNN
 
-__all__ = ["TASKS", "RowGenerator", "SequenceClassifier", "build_model", "generator_inputs"]
+__all__ = [
+    "TASKS",
+    "RowGenerator",
+    "SequenceClassifier",
+    "build_model",
+    "class_posterior",
+    "generator_inputs",
+]
 
 TASKS = ("classify", "generate")
 
@@ -334,6 +341,75 @@ class RowGenerator(_TaskModel):
         count = rows.size
         return {"mse": float(sq_sum) / count, "baseline_mse": float(base_sum) / count}
 
+    def class_mse(self, rows: Any, classes: Any = None, batch_size: int = 512) -> np.ndarray:
+        """Each sequence's next-row MSE under each class: rows (T, N, W) -> host float64
+        (N, C), the mean over its T*W pixels of the squared error of the teacher-forced
+        prediction given that class's one-hot. Classes left out of ``classes`` (a sequence of
+        class indices; None: all) are +inf, so that they never win. The class under which
+        the generator best predicts an image's rows is its guess at the image's class
+        (:meth:`predict`). ``batch_size`` bounds the sequences (copies included) per forward
+        pass."""
+        n, batch_size = _check_split("class_mse", "rows", rows, batch_size)
+        if rows.shape[2] != self.width:
+            raise ValueError(
+                f"class_mse: rows: expected (T, N, {self.width}), rows of the model's width, "
+                f"got {describe_array(rows)}"
+            )
+        candidates = self._candidates("class_mse", classes)
+        xp = self.backend.xp
+        count = len(candidates)
+        # each sequence is run once per candidate class, its copies side by side in a batch
+        chunk = max(1, batch_size // count)
+        tiled_labels = self.backend.asarray(np.tile(candidates, min(chunk, n)))
+        sums = []
+        for start in range(0, n, chunk):
+            rb = rows[:, start : start + chunk]
+            copies = xp.repeat(rb, count, axis=1)
+            diff = self.forward(copies, tiled_labels[: copies.shape[1]]) - copies
+            squared = diff.astype(np.float64) ** 2
+            sums.append(xp.sum(squared, axis=(0, 2)).reshape(rb.shape[1], count))
+        errors = np.full((n, self.num_classes), np.inf)
+        pixels = rows.shape[0] * rows.shape[2]
+        errors[:, candidates] = self.backend.to_numpy(xp.concatenate(sums)) / pixels
+        return errors
+
+    def predict(self, rows: Any, classes: Any = None, batch_size: int = 512) -> np.ndarray:
+        """The generator as a classifier: for sequences rows (T, N, W), the class (N,) on the
+        host, among ``classes`` (None: all), under which it predicts each one's rows with
+        the lowest MSE (:meth:`class_mse`)."""
+        predictions: np.ndarray = self.class_mse(rows, classes, batch_size).argmin(axis=1)
+        return predictions
+
+    def predict_proba(
+        self, rows: Any, noise_variance: float, classes: Any = None, batch_size: int = 512
+    ) -> np.ndarray:
+        """Class probabilities (N, C) on the host, float64, for sequences rows (T, N, W): the
+        posterior of a uniform prior over ``classes`` (None: all; the rest get 0) when each
+        pixel is the model's prediction plus Gaussian noise of variance ``noise_variance``
+        (the training MSE is its maximum-likelihood estimate), i.e. the softmax of
+        ``-T*W*class_mse / (2 * noise_variance)``. Pixels are not independent, so these
+        probabilities are overconfident; their argmax is :meth:`predict`'s."""
+        variance = check_number(
+            "predict_proba: noise_variance", noise_variance, low=0.0, low_open=True, high_open=True
+        )
+        errors = self.class_mse(rows, classes, batch_size)
+        return class_posterior(errors, rows.shape[0] * rows.shape[2], variance)
+
+    def _candidates(self, where: str, classes: Any) -> np.ndarray:
+        """``classes`` as distinct int64 class indices (None: all of the model's)."""
+        if classes is None:
+            return np.arange(self.num_classes)
+        picked = np.asarray(classes)
+        if picked.ndim != 1 or picked.size == 0:
+            raise ValueError(
+                f"{where}: classes: expected a non-empty sequence of class indices, got "
+                f"{describe_array(picked)}"
+            )
+        check_class_labels(f"{where}: classes", picked, picked.size, self.num_classes)
+        if np.unique(picked).size != picked.size:
+            raise ValueError(f"{where}: classes: expected distinct classes, got {picked.tolist()}")
+        return picked.astype(np.int64)
+
     def sample(
         self,
         labels: np.ndarray,
@@ -422,6 +498,18 @@ class RowGenerator(_TaskModel):
             if was_training:
                 self.train()
         return np.ascontiguousarray(self.backend.to_numpy(images).transpose(1, 0, 2))
+
+
+def class_posterior(errors: np.ndarray, pixels: int, noise_variance: float) -> np.ndarray:
+    """Class probabilities (N, C) float64 from a generator's :meth:`RowGenerator.class_mse`
+    ``errors`` (N, C) over images of ``pixels`` pixels: the softmax of ``-pixels * errors /
+    (2 * noise_variance)`` (a Gaussian likelihood per pixel, a uniform prior over the classes
+    whose error is finite)."""
+    scores = -np.asarray(errors, dtype=np.float64) * (pixels / (2.0 * noise_variance))
+    scores -= scores.max(axis=1, keepdims=True)
+    probabilities: np.ndarray = np.exp(scores)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 def build_model(

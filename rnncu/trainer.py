@@ -58,7 +58,7 @@ from rnncu.data import (
 from rnncu.init import INIT_SCHEMES
 from rnncu.module import check_bool, resolve_dtype
 from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
-from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model
+from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model, class_posterior
 
 __all__ = [
     "RECIPES",
@@ -424,6 +424,8 @@ class _Run:
             "name": self.data.name,
             "image_shape": list(self.data.image_shape),
             "num_classes": self.data.num_classes,
+            # what a generate run's model can tell apart without its dataset (rnncu predict)
+            "trained_classes": self.data.trained_classes,
             "seq_shape": list(self.seq_shape),
             "digest": self.data_digest,
             **({} if self.val_digest is None else {"val_digest": self.val_digest}),
@@ -1173,6 +1175,9 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             # no ratio to that baseline exists, and a ZeroDivisionError came after training
             mse_ratio=evaluation["test_mse"] / baseline if baseline > 0 else None,
         )
+        # the generator as a classifier: the class under which it predicts a test image best
+        recognised = run.model.predict(run.x_test, run.data.trained_classes)
+        metrics["test_recognition_accuracy"] = float(np.mean(recognised == run.data.y_test))
         if run.x_val is not None:
             metrics["val_mse"] = evaluation["val_mse"]
     return metrics
@@ -1417,6 +1422,18 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{file}: metadata field 'data.num_classes': expected a positive integer, got "
             f"{_short(data['num_classes'])}"
+        )
+    classes = data.get("trained_classes", [0])
+    limit = data.get("num_classes", math.inf)
+    if not (
+        isinstance(classes, list)
+        and classes
+        and all(_is_int(c) and 0 <= c < limit for c in classes)
+        and classes == sorted(set(classes))
+    ):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.trained_classes': expected distinct ascending class "
+            f"indices in [0, num_classes), got {_short(classes)}"
         )
     frames = data.get("frame_shape", [1, 1])
     if not (
@@ -1735,6 +1752,11 @@ class SavedModel:
     image_shape: tuple[int, int]
     frame_shape: tuple[int, int] | None
     file: Path
+    #: the classes its training labels held (a checkpoint older than this field: all)
+    trained_classes: tuple[int, ...] = ()
+    #: the training loss of the checkpoint's epoch (a generate run's: the per-pixel MSE, its
+    #: estimate of the noise variance when it recognises images); None where unrecorded
+    train_loss: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -1768,10 +1790,15 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
         )
     from rnncu.backend import get_backend
 
-    model = _config_model(config, sequence, int(data["num_classes"]), get_backend(config.backend))
+    num_classes = int(data["num_classes"])
+    model = _config_model(config, sequence, num_classes, get_backend(config.backend))
     _restore_weights(model, file, arrays, np.dtype(config.dtype))
     model.eval()
-    return SavedModel(model, config, image_shape, frame_shape, file)
+    trained = tuple(int(c) for c in data.get("trained_classes", range(num_classes)))
+    epoch = meta.get("epoch")
+    records = [r for r in meta.get("history", []) if r["epoch"] == epoch]
+    train_loss = float(records[-1]["train_loss"]) if records else None
+    return SavedModel(model, config, image_shape, frame_shape, file, trained, train_loss)
 
 
 def predict_images(
@@ -1780,13 +1807,23 @@ def predict_images(
     backend: str | None = None,
     batch_size: int = 512,
 ) -> dict[str, np.ndarray]:
-    """Recognise ``images`` with the classify run saved at ``path`` (or a
-    :class:`SavedModel`). ``images``: a NumPy array (N, H, W) of the run's image size, one
-    (H, W), or for a run of clips (N, T, h, w) / (N, T, h*w); pixels as datasets take them
-    (integers 0..255, floats in [0, 1], bool). Returns host arrays: ``classes`` (N,) int64 and
-    ``probabilities`` (N, C) float64 (the softmax; ``classes`` is its argmax). Files are read
-    by :func:`rnncu.data.read_images`, which also resizes. ``backend`` (None: the saved one)
-    is for a ``path``; a :class:`SavedModel` is on the backend it was loaded on."""
+    """Recognise ``images`` with the run saved at ``path`` (or a :class:`SavedModel`).
+    ``images``: a NumPy array (N, H, W) of the run's image size, one (H, W), or for a run of
+    clips (N, T, h, w) / (N, T, h*w); pixels as datasets take them (integers 0..255, floats in
+    [0, 1], bool). Returns host arrays: ``classes`` (N,) int64 and ``probabilities`` (N, C)
+    float64.
+
+    A classify run gives the softmax of its logits (``classes`` is its argmax). A generate
+    run recognises an image by the class under which it predicts the image's rows best:
+    ``mse`` (N, C) is each image's next-row MSE under each class the run trained on (inf for
+    the others, :meth:`rnncu.tasks.RowGenerator.class_mse`), ``classes`` its argmin, and
+    ``probabilities`` the posterior of a Gaussian noise per pixel whose variance is the
+    training MSE the checkpoint's epoch recorded (:func:`rnncu.tasks.class_posterior`;
+    overconfident, as pixels are not independent).
+
+    Files are read by :func:`rnncu.data.read_images`, which also resizes. ``backend`` (None:
+    the saved one) is for a ``path``; a :class:`SavedModel` is on the backend it was loaded
+    on."""
     if isinstance(path, SavedModel) and backend is not None:
         # the model's arrays already live on its backend: this one would be ignored
         raise ValueError(
@@ -1794,10 +1831,13 @@ def predict_images(
             "load_model(path, backend=...) chooses it"
         )
     saved = path if isinstance(path, SavedModel) else load_model(path, backend)
-    if not isinstance(saved.model, SequenceClassifier):
+    variance = saved.train_loss
+    if isinstance(saved.model, RowGenerator) and not (
+        variance is not None and math.isfinite(variance) and variance > 0
+    ):
         raise ValueError(
-            f"{saved.file}: holds a {saved.config.task!r} run; recognising images takes a "
-            "classify run"
+            f"{saved.file}: records no positive training MSE for its epoch, which a generate "
+            f"run's recognition takes as its noise variance (got {variance})"
         )
     if not isinstance(images, np.ndarray):
         raise TypeError(f"images: expected a NumPy array, got {type(images).__name__}")
@@ -1821,5 +1861,13 @@ def predict_images(
         )
     scaled = _scale_images(images, "images", "the array")
     x = saved.model.backend.asarray(to_sequences(scaled, saved.config.seq), saved.config.dtype)
-    probabilities = saved.model.predict_proba(x, batch_size)
-    return {"classes": probabilities.argmax(axis=1), "probabilities": probabilities}
+    if isinstance(saved.model, SequenceClassifier):
+        probabilities = saved.model.predict_proba(x, batch_size)
+        return {"classes": probabilities.argmax(axis=1), "probabilities": probabilities}
+    assert variance is not None  # checked above, before any image was read
+    errors = saved.model.class_mse(x, saved.trained_classes or None, batch_size)
+    return {
+        "classes": errors.argmin(axis=1),
+        "probabilities": class_posterior(errors, x.shape[0] * x.shape[2], variance),
+        "mse": errors,
+    }

@@ -798,11 +798,15 @@ def test_training_matches_numpy(
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
 
 
-@pytest.mark.parametrize(("dtype", "seq"), [("float64", "rows"), ("float32", "pixels")])
-def test_predictions_match_numpy(device, tmp_path, dtype: str, seq: str) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "seq", "task"),
+    [("float64", "rows", "classify"), ("float32", "pixels", "classify"),
+     ("float32", "rows", "generate")],
+)  # fmt: skip
+def test_predictions_match_numpy(device, tmp_path, dtype: str, seq: str, task: str) -> None:
     """tests/test_train_gpu.py's predictions on the emulated device: a saved run loaded on
     the CuPy backend recognises the test images as the NumPy backend does."""
-    results = predict_on_both_backends(tmp_path / "run", dtype, seq)
+    results = predict_on_both_backends(tmp_path / "run", dtype, seq, task)
     assert isinstance(results["cupy"]["probabilities"], np.ndarray)  # host arrays
     assert device.launches(persistent.BATCH_KERNEL_FILE) > 0
 

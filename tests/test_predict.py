@@ -1,4 +1,5 @@
-"""Recognising new images with a saved classify run: the model rebuilt from its checkpoint
+"""Recognising new images with a saved classify run (a generate run's recognition:
+tests/test_generative_recognition.py): the model rebuilt from its checkpoint
 alone (``load_model``), ``predict_images`` against the trainer's own evaluation, image files
 read as the model takes them (``read_images``: PNG, .npy, .npz; resize, invert), clips, the
 command line, and the errors."""
@@ -141,26 +142,6 @@ def test_bad_images_are_named(run_dir: Path, images: np.ndarray, message: str) -
 def test_a_list_is_not_taken_for_an_array(run_dir: Path) -> None:
     with pytest.raises(TypeError, match=r"images: expected a NumPy array, got list"):
         predict_images(run_dir, [[0.0] * 8] * 8)
-
-
-def test_a_generate_run_recognises_nothing(tmp_path: Path, digits: ImageDataset,
-                                           monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    from rnncu import trainer
-
-    monkeypatch.setattr(trainer, "classifier_config",
-                        lambda c: make_config(**small(epochs=1)))  # fmt: skip
-    train(make_config(**small(task="generate", epochs=1)), data=digits, progress=False,
-          out_dir=tmp_path / "g", plots=False)  # fmt: skip
-    with pytest.raises(ValueError, match=r"holds a 'generate' run; recognising images takes a "
-                       "classify run"):  # fmt: skip
-        predict_images(tmp_path / "g", digits.x_test)
-    # said before the files are looked for (x.npy does not exist)
-    assert main(["predict", "--checkpoint", str(tmp_path / "g"), "x.npy"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"rnncu: error: --checkpoint {tmp_path / 'g'}: holds a 'generate' run; predict "
-        "recognises images with a classify run"
-    )
 
 
 def test_a_checkpoint_without_its_data_fields_is_refused(run_dir: Path, tmp_path: Path) -> None:

@@ -29,7 +29,11 @@ def test_two_epochs_match_numpy(
             assert results[backend].metrics["num_val"] == 270, backend
 
 
-@pytest.mark.parametrize(("dtype", "seq"), [("float64", "rows"), ("float32", "pixels")])
-def test_predictions_match_numpy(tmp_path, dtype: str, seq: str) -> None:
-    """A saved classify run loaded on the GPU recognises images as on the CPU."""
-    predict_on_both_backends(tmp_path / "run", dtype, seq)
+@pytest.mark.parametrize(
+    ("dtype", "seq", "task"),
+    [("float64", "rows", "classify"), ("float32", "pixels", "classify"),
+     ("float32", "rows", "generate")],
+)  # fmt: skip
+def test_predictions_match_numpy(tmp_path, dtype: str, seq: str, task: str) -> None:
+    """A saved run loaded on the GPU recognises images as on the CPU."""
+    predict_on_both_backends(tmp_path / "run", dtype, seq, task)

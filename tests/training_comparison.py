@@ -72,6 +72,8 @@ def train_on_both_backends(
         judged["best_test_accuracy"] = results["numpy"].metrics["num_test"]
     if "val_accuracy" in results["numpy"].metrics:
         judged["val_accuracy"] = results["numpy"].metrics["num_val"]
+    if "test_recognition_accuracy" in results["numpy"].metrics:
+        judged["test_recognition_accuracy"] = results["numpy"].metrics["num_test"]
     if "samples" in results["numpy"].extra:
         judged["sample_class_accuracy"] = len(results["numpy"].extra["samples"])
     for key, count in judged.items():
@@ -80,18 +82,29 @@ def train_on_both_backends(
     return results
 
 
-def predict_on_both_backends(out_dir: Any, dtype: str, seq: str = "rows") -> dict[str, Any]:
-    """A classify run trained (one epoch) and saved on the NumPy backend, then loaded on each
+def predict_on_both_backends(
+    out_dir: Any, dtype: str, seq: str = "rows", task: str = "classify"
+) -> dict[str, Any]:
+    """A ``task`` run trained (one epoch) and saved on the NumPy backend, then loaded on each
     backend (``rnncu.trainer.load_model``) to recognise the digits' test images: the
-    probabilities agree to rounding (float64 1e-10, float32 1e-5 relative), the classes
-    wherever the two likeliest are not a near tie. Returns ``{"numpy": ..., "cupy": ...}``,
-    the results of ``predict_images``."""
+    probabilities (a generate run's: its per-class errors) agree to rounding (float64 1e-10,
+    float32 1e-5 relative), the classes wherever the two likeliest are not a near tie.
+    Returns ``{"numpy": ..., "cupy": ...}``, the results of ``predict_images``."""
+    from rnncu import trainer
     from rnncu.data import load_digits
+    from rnncu.tasks import class_posterior
     from rnncu.trainer import load_model, make_config, predict_images, train
 
     digits = load_digits()
-    config = make_config(backend="numpy", hidden=32, epochs=1, dtype=dtype, seq=seq, seed=5)
-    train(config, data=digits, out_dir=out_dir, progress=False, plots=False)
+    config = make_config(
+        backend="numpy", hidden=32, epochs=1, dtype=dtype, seq=seq, seed=5, task=task
+    )
+    judge_config = trainer.classifier_config
+    with pytest.MonkeyPatch.context() as patch:
+        # a generate run's judge: one small epoch, as it is not what is compared
+        patch.setattr(trainer, "classifier_config", lambda c: dataclasses.replace(
+            judge_config(c), epochs=1, hidden=16))  # fmt: skip
+        train(config, data=digits, out_dir=out_dir, progress=False, plots=False)
     results = {}
     for backend in ("numpy", "cupy"):
         saved = load_model(out_dir, backend=backend)
@@ -100,9 +113,19 @@ def predict_on_both_backends(out_dir: Any, dtype: str, seq: str = "rows") -> dic
     rtol = 1e-10 if dtype == "float64" else 1e-5
     numpy_p, cupy_p = results["numpy"]["probabilities"], results["cupy"]["probabilities"]
     assert numpy_p.shape == cupy_p.shape == (450, 10)
-    np.testing.assert_allclose(cupy_p, numpy_p, rtol=rtol, atol=rtol * 1e-3)
-    top2 = np.sort(numpy_p, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 10 * rtol
+    if task == "classify":
+        np.testing.assert_allclose(cupy_p, numpy_p, rtol=rtol, atol=rtol * 1e-3)
+        scores = numpy_p
+    else:
+        # the errors agree to rounding; the probabilities are the host's function of them
+        # (exp of -64 * mse / (2 var) amplifies a float32 rounding 30-fold)
+        numpy_e, cupy_e = results["numpy"]["mse"], results["cupy"]["mse"]
+        np.testing.assert_allclose(cupy_e, numpy_e, rtol=rtol)
+        variance = load_model(out_dir).train_loss
+        np.testing.assert_array_equal(cupy_p, class_posterior(cupy_e, 64, variance))
+        scores = -numpy_e
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 10 * rtol  # both figures are below 1
     assert clear.sum() > 400
     np.testing.assert_array_equal(
         results["cupy"]["classes"][clear], results["numpy"]["classes"][clear]

@@ -1,0 +1,338 @@
+"""A generate run as a classifier: the class under which its class-conditional generator
+predicts an image's rows best. ``RowGenerator.class_mse`` against each class's teacher-forced
+MSE computed one class at a time, the posterior against a Gaussian likelihood written out,
+the run's ``test_recognition_accuracy``, ``predict_images`` and ``rnncu predict`` on a
+generate run, the classes a run was trained on (labels with gaps), and the errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.cli import main
+from rnncu.data import ImageDataset, load_digits, to_sequences
+from rnncu.tasks import RowGenerator, class_posterior
+from rnncu.trainer import (
+    evaluate_run,
+    load_model,
+    load_run,
+    make_config,
+    predict_images,
+    train,
+)
+
+
+def small(**kw) -> dict:
+    base = dict(backend="numpy", task="generate", hidden=16, epochs=2, batch_size=64, seed=3)
+    return {**base, **kw}
+
+
+@pytest.fixture(autouse=True)
+def small_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generate run's judge (the classifier of its samples): one epoch at H = 8, as it is
+    not what these tests look at."""
+    from rnncu import trainer
+
+    recipe = trainer.classifier_config
+    monkeypatch.setattr(trainer, "classifier_config",
+                        lambda c: dataclasses.replace(recipe(c), epochs=1, hidden=8))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def gen_dir(tmp_path_factory: pytest.TempPathFactory, digits: ImageDataset) -> Path:
+    """A generate run on digits: four epochs of a small model."""
+    from rnncu import trainer
+
+    recipe = trainer.classifier_config
+    out = tmp_path_factory.mktemp("generative") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "classifier_config",
+                      lambda c: dataclasses.replace(recipe(c), epochs=1, hidden=8))  # fmt: skip
+        train(make_config(**small(epochs=4, lr=0.05)), data=digits, progress=False,
+              out_dir=out, plots=False)  # fmt: skip
+    return out
+
+
+def _one_class_at_a_time(model: RowGenerator, rows: np.ndarray) -> np.ndarray:
+    steps, n, width = rows.shape
+    errors = np.empty((n, model.num_classes))
+    for c in range(model.num_classes):
+        predicted = model.forward(rows, np.full(n, c))
+        errors[:, c] = ((predicted - rows) ** 2).sum(axis=(0, 2)) / (steps * width)
+    return errors
+
+
+# -- the model ------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_size", [1, 7, 33, 512])
+def test_class_mse_is_each_class_s_next_row_mse(rng: np.random.Generator, batch_size: int) -> None:
+    """Sizes odd on every axis; the copies of a batch are the same sequences, so every
+    batching gives each class's own error."""
+    model = RowGenerator(5, 7, 4, dtype="float64", backend="numpy", seed=int(rng.integers(99)))
+    rows = rng.uniform(0, 1, (7, 33, 5))
+    expected = _one_class_at_a_time(model, rows)
+    errors = model.class_mse(rows, batch_size=batch_size)
+    assert errors.shape == (33, 4) and errors.dtype == np.float64
+    np.testing.assert_allclose(errors, expected, rtol=1e-12)
+    assert len({tuple(row) for row in np.round(errors, 6)}) > 1  # not one value copied
+    np.testing.assert_array_equal(model.predict(rows, batch_size=batch_size),
+                                  expected.argmin(axis=1))  # fmt: skip
+
+
+def test_classes_left_out_never_win(rng: np.random.Generator) -> None:
+    model = RowGenerator(6, 9, 5, dtype="float64", backend="numpy", seed=int(rng.integers(99)))
+    rows = rng.uniform(0, 1, (4, 12, 6))
+    every = model.class_mse(rows)
+    some = model.class_mse(rows, classes=[4, 1])  # in any order
+    np.testing.assert_array_equal(np.isinf(some).any(axis=0), [True, False, True, True, False])
+    np.testing.assert_allclose(some[:, [1, 4]], every[:, [1, 4]], rtol=1e-12)
+    picked = model.predict(rows, classes=(1, 4))
+    np.testing.assert_array_equal(picked, np.where(every[:, 1] <= every[:, 4], 1, 4))
+    p = model.predict_proba(rows, 0.05, classes=[1, 4])
+    assert (p[:, [0, 2, 3]] == 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-12)
+
+
+def test_the_posterior_is_a_gaussian_likelihood_s(rng: np.random.Generator) -> None:
+    """Written out: log N(x | prediction, var) summed over the pixels, a uniform prior,
+    normalised over the classes."""
+    model = RowGenerator(3, 5, 4, dtype="float64", backend="numpy", seed=int(rng.integers(99)))
+    rows = rng.uniform(0, 1, (7, 9, 3))
+    variance = 0.8
+    log_likelihood = np.empty((9, 4))
+    for c in range(4):
+        predicted = model.forward(rows, np.full(9, c))
+        log_density = -0.5 * np.log(2 * np.pi * variance) - (rows - predicted) ** 2 / (
+            2 * variance)  # fmt: skip
+        log_likelihood[:, c] = log_density.sum(axis=(0, 2))
+    expected = np.exp(log_likelihood - log_likelihood.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    p = model.predict_proba(rows, variance)
+    np.testing.assert_allclose(p, expected, rtol=1e-10)
+    assert 0.05 < p.max(axis=1).min() and p.min() > 0  # a variance where none is 0 or 1
+    np.testing.assert_array_equal(p.argmax(axis=1), model.predict(rows))
+    # far apart: the exponent underflows for the losers, never to NaN
+    sharp = class_posterior(np.array([[0.0, 1.0, np.inf], [2.0, 1e300, 1.5]]), 64, 1e-6)
+    np.testing.assert_array_equal(sharp, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_float32_errors_are_summed_in_float64(rng: np.random.Generator) -> None:
+    weights = RowGenerator(8, 16, 3, dtype="float64", backend="numpy", seed=2).state_dict()
+    single = RowGenerator(8, 16, 3, dtype="float32", backend="numpy", seed=2)
+    single.load_state_dict({k: v.astype(np.float32) for k, v in weights.items()})
+    double = RowGenerator(8, 16, 3, dtype="float64", backend="numpy", seed=2)
+    double.load_state_dict(weights)
+    rows = rng.uniform(0, 1, (8, 40, 8))
+    errors = single.class_mse(rows.astype(np.float32))
+    assert errors.dtype == np.float64
+    np.testing.assert_allclose(errors, double.class_mse(rows), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("classes", "error", "message"),
+    [
+        ([], ValueError, r"class_mse: classes: expected a non-empty sequence of class indices"),
+        ([[0, 1]], ValueError, r"class_mse: classes: expected a non-empty sequence"),
+        (
+            [0, 4],
+            ValueError,
+            r"class_mse: classes: expected class indices in \[0, 4\), got "
+            r"values in \[0, 4\]",
+        ),  # fmt: skip
+        ([-1], ValueError, r"class_mse: classes: expected class indices in \[0, 4\)"),
+        (
+            [0.0, 1.0],
+            TypeError,
+            r"class_mse: classes: expected integer class indices, got "
+            "dtype float64",
+        ),  # fmt: skip
+        ([2, 1, 2], ValueError, r"class_mse: classes: expected distinct classes, got \[2, 1, 2\]"),
+    ],
+)
+def test_bad_classes_are_named(classes: list, error: type, message: str) -> None:
+    model = RowGenerator(5, 7, 4, dtype="float64", backend="numpy")
+    rows = np.full((3, 2, 5), 0.5)
+    with pytest.raises(error, match=message):
+        model.class_mse(rows, classes=classes)
+
+
+def test_bad_rows_and_variances_are_named() -> None:
+    model = RowGenerator(5, 7, 4, dtype="float64", backend="numpy")
+    rows = np.full((3, 2, 5), 0.5)
+    with pytest.raises(ValueError, match=r"class_mse: rows: expected \(T, N, 5\), rows of the "
+                       r"model's width, got .*\(3, 2, 6\)"):  # fmt: skip
+        model.class_mse(np.full((3, 2, 6), 0.5))
+    with pytest.raises(ValueError, match=r"class_mse: rows: expected \(T, N, D\)"):
+        model.predict(rows[0])
+    with pytest.raises(ValueError, match=r"class_mse: batch_size"):
+        model.class_mse(rows, batch_size=0)
+    for bad in (0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"predict_proba: noise_variance: expected a number "
+                           r"in \(0, inf\)"):  # fmt: skip
+            model.predict_proba(rows, bad)
+    with pytest.raises(TypeError, match=r"predict_proba: noise_variance: expected a number"):
+        model.predict_proba(rows, True)
+
+
+# -- a trained run --------------------------------------------------------------------------
+def test_the_run_reports_how_well_its_generator_recognises(
+    gen_dir: Path, digits: ImageDataset
+) -> None:
+    run, _ = load_run(gen_dir)
+    expected = np.mean(run.model.predict(run.x_test, list(range(10))) == digits.y_test)
+    metrics = json.loads((gen_dir / "metrics.json").read_text())
+    assert metrics["test_recognition_accuracy"] == expected
+    assert evaluate_run(gen_dir)["test_recognition_accuracy"] == expected
+    # four small epochs: below the recipe's 0.96, far above chance (0.1, sd 0.014 on 450)
+    assert expected > 0.5
+
+
+def test_predict_images_of_a_generate_run(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    _, meta = load_checkpoint(gen_dir)
+    assert meta["data"]["trained_classes"] == list(range(10))
+    saved = load_model(gen_dir)
+    assert saved.trained_classes == tuple(range(10))
+    last = [r for r in meta["history"] if r["epoch"] == meta["epoch"]][0]
+    assert saved.train_loss == last["train_loss"]
+    result = predict_images(saved, digits.x_test)
+    x = to_sequences(digits.x_test, "rows")
+    errors = saved.model.class_mse(x)
+    np.testing.assert_array_equal(result["mse"], errors)
+    np.testing.assert_array_equal(result["classes"], errors.argmin(axis=1))
+    np.testing.assert_array_equal(result["probabilities"],
+                                  class_posterior(errors, 64, last["train_loss"]))  # fmt: skip
+    assert result["classes"].dtype == np.int64
+    # the record of the checkpoint's own epoch, not the history's last
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["epoch"] = 2
+    save_checkpoint(tmp_path / "second.npz", arrays, kept)
+    second = [r for r in meta["history"] if r["epoch"] == 2][0]["train_loss"]
+    assert load_model(tmp_path / "second.npz").train_loss == second != saved.train_loss
+
+
+def test_classes_a_run_never_saw_are_not_guessed(
+    tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    """Labels {1, 4, 6}: seven outputs, three of them trained; the four others' one-hot
+    inputs kept their initial weights, and are never a guess."""
+
+    def only(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.isin(y, [1, 4, 6])
+        return x[keep], y[keep]
+
+    x_train, y_train = only(digits.x_train, digits.y_train)
+    x_test, y_test = only(digits.x_test, digits.y_test)
+    np.savez(tmp_path / "gaps.npz", x=x_train, y=y_train, x_test=x_test, y_test=y_test)
+    out = tmp_path / "gaps"
+    config = make_config(**small(epochs=3, dataset=str(tmp_path / "gaps.npz")))
+    result = train(config, progress=False, out_dir=out, plots=False)
+    assert load_checkpoint(out)[1]["data"]["trained_classes"] == [1, 4, 6]
+    saved = load_model(out)
+    assert saved.trained_classes == (1, 4, 6) and saved.num_classes == 7
+    assert saved.num_classes == 7  # the largest label + 1
+    found = predict_images(saved, x_test)
+    assert set(found["classes"].tolist()) <= {1, 4, 6}
+    assert np.isinf(found["mse"][:, [0, 2, 3, 5]]).all()
+    assert (found["probabilities"][:, [0, 2, 3, 5]] == 0).all()
+    # an untrained class can predict the rows better: it is not a candidate, so not guessed
+    every = saved.model.class_mse(to_sequences(x_test, "rows"))
+    np.testing.assert_array_equal(found["mse"][:, [1, 4, 6]], every[:, [1, 4, 6]])
+    accuracy = np.mean(found["classes"] == y_test)
+    assert result.metrics["test_recognition_accuracy"] == accuracy
+    # the command line lists the trained classes only, and writes valid JSON (no Infinity)
+    np.save(tmp_path / "four.npy", x_test[:4])
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "four.npy"),
+                 "--top", "5"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "Infinity" not in text
+    records = json.loads(text)["predictions"]
+    for row, record in enumerate(records):
+        assert [t["class"] for t in record["top"]] == sorted(
+            [1, 4, 6], key=lambda k: found["mse"][row, k])  # fmt: skip
+        assert record["class"] == found["classes"][row] == record["top"][0]["class"]
+        assert record["mse"] == found["mse"][row, record["class"]]
+
+
+def test_an_older_checkpoint_takes_every_class(gen_dir: Path, tmp_path: Path,
+                                               digits: ImageDataset) -> None:  # fmt: skip
+    """Written before runs recorded their classes: every class is a candidate."""
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    del kept["data"]["trained_classes"]
+    save_checkpoint(tmp_path / "old.npz", arrays, kept)
+    saved = load_model(tmp_path / "old.npz")
+    assert saved.trained_classes == tuple(range(10))
+    np.testing.assert_array_equal(predict_images(saved, digits.x_test[:50])["mse"],
+                                  predict_images(gen_dir, digits.x_test[:50])["mse"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "classes",
+    ["4", [], [0, 10], [3, 3], [5, 2], [True], [1.0]],
+)
+def test_a_corrupt_class_list_is_refused(gen_dir: Path, tmp_path: Path, classes: object) -> None:
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["data"]["trained_classes"] = classes
+    save_checkpoint(tmp_path / "bad.npz", arrays, kept)
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad.npz: metadata field 'data.trained_classes':"
+        r" expected distinct ascending class indices in \[0, num_classes\)",
+    ):
+        load_model(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("loss", [None, 0.0])
+def test_a_run_without_a_training_mse_is_named(
+    gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture,
+    loss: float | None,
+) -> None:  # fmt: skip
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    if loss is None:
+        kept["history"] = [r for r in kept["history"] if r["epoch"] != kept["epoch"]]
+    else:
+        kept["history"][-1]["train_loss"] = loss
+    save_checkpoint(tmp_path / "bare.npz", arrays, kept)
+    with pytest.raises(ValueError, match=r"bare.npz: records no positive training MSE for its "
+                       rf"epoch, which a generate run's recognition takes as its noise variance "
+                       rf"\(got {loss}\)"):  # fmt: skip
+        predict_images(tmp_path / "bare.npz", digits.x_test[:3])
+    np.save(tmp_path / "x.npy", digits.x_test[:3])
+    assert main(["predict", "--checkpoint", str(tmp_path / "bare.npz"),
+                 str(tmp_path / "x.npy")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rnncu: error: ") and "records no positive training MSE" in err
+    assert "\n" not in err
+
+
+def test_the_command_line_on_a_generate_run(
+    gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "three.npy", digits.x_test[:3])
+    assert main(["predict", "--checkpoint", str(gen_dir), str(tmp_path / "three.npy"),
+                 "--top", "2"]) == 0  # fmt: skip
+    records = json.loads(capsys.readouterr().out)["predictions"]
+    expected = predict_images(gen_dir, digits.x_test[:3])
+    for row, record in enumerate(records):
+        cls = int(expected["classes"][row])
+        figures = {"class": cls, "probability": expected["probabilities"][row, cls],
+                   "mse": expected["mse"][row, cls]}  # fmt: skip
+        assert {k: record[k] for k in figures} == figures
+        assert record["top"][0] == figures and len(record["top"]) == 2
+        second = record["top"][1]
+        assert second["mse"] == np.sort(expected["mse"][row])[1] >= figures["mse"]
