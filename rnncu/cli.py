@@ -276,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="take 1 - x: for dark ink on a light ground (the built-in datasets are light on dark)",
     )
     pred.add_argument(
+        "--center",
+        action="store_true",
+        help="crop each image to its ink and frame it as the run's training images are: "
+        "scaled to their ink's size, its centre of mass on theirs (images of any size; for "
+        "drawings not framed like them)",
+    )
+    pred.add_argument(
         "--top",
         type=_positive_int,
         default=3,
@@ -717,9 +724,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     with _blas_limit(args.threads):
         saved = load_model(args.checkpoint, backend=_backend(args.backend, None))
+        framing = None
+        if args.center:
+            if saved.frame_shape is not None:
+                raise ValueError(
+                    f"--center: {saved.file} reads clips, whose frames move: --center frames images"
+                )
+            if saved.framing is None:
+                raise ValueError(
+                    f"--center: {saved.file} does not record where its training images hold "
+                    "their ink (a checkpoint older than that record): train the run again"
+                )
+            framing = saved.framing
         # every file read (and checked) before any is predicted: a bad last file fails at once
         stacks = [
-            read_images(name, saved.image_shape, saved.frame_shape, args.resize, args.invert)
+            read_images(
+                name, saved.image_shape, saved.frame_shape, args.resize, args.invert, framing
+            )
             for name in args.images
         ]
         result = predict_images(saved, np.concatenate(stacks))

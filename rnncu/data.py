@@ -54,10 +54,14 @@ __all__ = [
     "BUILTIN_DATASETS",
     "CLIP_GRID_PAD",
     "IMAGE_FILE_SUFFIXES",
+    "INK_THRESHOLD",
+    "Framing",
     "check_dataset",
     "dataset_digest",
     "display_images",
     "display_shape",
+    "frame_images",
+    "image_framing",
     "load_dataset",
     "load_digits",
     "load_idx_dir",
@@ -987,6 +991,7 @@ def read_images(
     frame_shape: tuple[int, int] | None = None,
     resize: bool = False,
     invert: bool = False,
+    framing: Framing | None = None,
 ) -> np.ndarray:
     """Images to recognise, read from a file as a model trained on ``image_shape`` images
     takes them: float32 in [0, 1], (N, H, W); for a model of clips (``frame_shape`` (h, w),
@@ -1004,7 +1009,10 @@ def read_images(
     Images (frames) of another size than the model's are an error, or with ``resize``
     resampled to it by area averaging (each pixel the mean of the pixels it covers).
     ``invert`` takes ``1 - x``: the built-in datasets hold light ink on a dark ground, a
-    drawing is often the reverse. ValueError names the file and what was expected."""
+    drawing is often the reverse. ``framing`` (images only; a model's
+    :attr:`rnncu.trainer.SavedModel.framing`) crops each image, of any size, to its ink and
+    frames it as the training images are (:func:`frame_images`, after ``invert``).
+    ValueError names the file and what was expected."""
     path = Path(path)
     where = str(path)
     suffix = path.suffix.lower()
@@ -1015,6 +1023,11 @@ def read_images(
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file")
     height, width = frame_shape or image_shape
+    if framing is not None and frame_shape is not None:
+        raise ValueError(
+            f"{where}: framing crops images to their ink; the model reads clips, whose frames "
+            "move (give them as they are)"
+        )
     if suffix == ".png":
         if frame_shape is not None:
             raise ValueError(
@@ -1044,6 +1057,8 @@ def read_images(
         if 0 in x.shape:
             raise ValueError(f"{where}: no images (shape {held})")
         x = _scale_images(x, where, "the array")
+    if framing is not None:
+        return frame_images(1 - x if invert else x, (height, width), framing)
     if x.shape[-2:] != (height, width):
         got = f"{x.shape[-2]}x{x.shape[-1]}"
         what = "images" if frame_shape is None else "frames"
@@ -1179,6 +1194,88 @@ def _image_array(path: Path, suffix: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot read .npy ({type(exc).__name__}: {exc})") from None
     array: np.ndarray = x
     return array
+
+
+#: a pixel is ink where it reaches this share of its image's brightest pixel (framing)
+INK_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where a dataset's images hold their ink (light on a dark ground): ``extent``, the
+    median over the images of the ink's bounding box's larger side as a share of the
+    image's (the box's height over H or its width over W, whichever is larger), and
+    ``center`` (y, x), the mean of their centres of mass, in pixels. Measured by
+    :func:`image_framing`; :func:`frame_images` frames other images so."""
+
+    extent: float
+    center: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"extent": self.extent, "center": list(self.center)}
+
+
+def _ink_boxes(images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per image (N, H, W): the first and last rows and columns holding ink, and whether
+    it is blank (no pixel above 0)."""
+    peak = images.max(axis=(1, 2))
+    blank = ~(peak > 0)
+    ink = images >= (INK_THRESHOLD * peak)[:, None, None]
+    rows, cols = ink.any(axis=2), ink.any(axis=1)
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    bottom = images.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+    right = images.shape[2] - 1 - cols[:, ::-1].argmax(axis=1)
+    return top, bottom, left, right, blank
+
+
+def _center_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of each image (N, H, W) of positive sum, in pixels."""
+    mass = images.sum(axis=(1, 2), dtype=np.float64)
+    y = images.sum(axis=2, dtype=np.float64) @ np.arange(images.shape[1]) / mass
+    x = images.sum(axis=1, dtype=np.float64) @ np.arange(images.shape[2]) / mass
+    return y, x
+
+
+def image_framing(images: np.ndarray) -> Framing:
+    """The :class:`Framing` of images (N, H, W) in [0, 1], light ink on a dark ground; blank
+    images are left out (ValueError where every one is blank)."""
+    if getattr(images, "ndim", None) != 3:
+        got = getattr(images, "shape", type_name(images))
+        raise ValueError(f"images: expected (N, H, W), got {got}")
+    top, bottom, left, right, blank = _ink_boxes(images)
+    inked = ~blank
+    if not inked.any():
+        raise ValueError("images: every image is blank: there is no ink to frame")
+    height, width = images.shape[1:]
+    sides = np.maximum((bottom - top + 1) / height, (right - left + 1) / width)
+    y, x = _center_of_mass(images[inked])
+    return Framing(float(np.median(sides[inked])), (float(y.mean()), float(x.mean())))
+
+
+def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -> np.ndarray:
+    """Images (N, h, w) in [0, 1], light ink on a dark ground, framed as ``framing`` says
+    the training images are: each cropped to its ink (the pixels of at least
+    :data:`INK_THRESHOLD` of its brightest), resampled by area averaging, its aspect kept, so
+    that its larger side spans ``framing.extent`` of the image's, and placed on a dark
+    image of ``shape`` (H, W) with its centre of mass on the whole pixel nearest
+    ``framing.center`` that keeps it inside (the way MNIST frames its digits, with the
+    training images' own figures). A blank image stays blank. float32 (N, H, W)."""
+    height, width = shape
+    framed = np.zeros((images.shape[0], height, width), dtype=np.float32)
+    top, bottom, left, right, blank = _ink_boxes(images)
+    for i in np.flatnonzero(~blank):
+        crop = images[i, top[i] : bottom[i] + 1, left[i] : right[i] + 1]
+        scale = framing.extent / max(crop.shape[0] / height, crop.shape[1] / width)
+        size = (
+            min(height, max(1, round(crop.shape[0] * scale))),
+            min(width, max(1, round(crop.shape[1] * scale))),
+        )
+        piece = resample(crop, size)
+        y, x = _center_of_mass(piece[None])
+        row = int(np.clip(round(framing.center[0] - y[0]), 0, height - size[0]))
+        col = int(np.clip(round(framing.center[1] - x[0]), 0, width - size[1]))
+        framed[i, row : row + size[0], col : col + size[1]] = piece
+    return framed
 
 
 def resample(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -43,12 +43,14 @@ from rnncu.checkpoint import (
 from rnncu.data import (
     BUILTIN_DATASETS,
     SEQ_VIEWS,
+    Framing,
     ImageDataset,
     _scale_images,
     check_dataset,
     contents,
     dataset_digest,
     display_images,
+    image_framing,
     load_dataset,
     seq_shape,
     split_digest,
@@ -419,7 +421,19 @@ class _Run:
         """:func:`rnncu.data.dataset_digest` of the run's images, hashed once per run."""
         return dataset_digest(self.data)
 
+    @functools.cached_property
+    def data_framing(self) -> Framing | None:
+        """:func:`rnncu.data.image_framing` of the training images (None for clips, or where
+        every image is blank): how ``rnncu predict --center`` frames new images."""
+        if self.data.frame_shape is not None:
+            return None
+        try:
+            return image_framing(self.data.x_train)
+        except ValueError:
+            return None
+
     def data_meta(self) -> dict[str, Any]:
+        framing = self.data_framing
         return {
             "name": self.data.name,
             "image_shape": list(self.data.image_shape),
@@ -428,6 +442,7 @@ class _Run:
             "trained_classes": self.data.trained_classes,
             "seq_shape": list(self.seq_shape),
             "digest": self.data_digest,
+            **({} if framing is None else {"framing": framing.to_dict()}),
             **({} if self.val_digest is None else {"val_digest": self.val_digest}),
             # images keep the metadata they had before clips
             **(
@@ -1435,6 +1450,20 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
             f"{file}: metadata field 'data.trained_classes': expected distinct ascending class "
             f"indices in [0, num_classes), got {_short(classes)}"
         )
+    framing = data.get("framing", {"extent": 1.0, "center": [0.0, 0.0]})
+    if not (
+        isinstance(framing, dict)
+        and set(framing) == {"extent", "center"}
+        and _is_number(framing["extent"])
+        and 0 < framing["extent"] <= 1
+        and isinstance(framing["center"], list)
+        and len(framing["center"]) == 2
+        and all(_is_number(v) and math.isfinite(v) for v in framing["center"])
+    ):
+        raise CheckpointError(
+            f"{file}: metadata field 'data.framing': expected {{'extent': a number in (0, 1], "
+            f"'center': [y, x] numbers}}, got {_short(framing)}"
+        )
     frames = data.get("frame_shape", [1, 1])
     if not (
         isinstance(frames, list) and len(frames) == 2 and all(_is_int(v) and v >= 1 for v in frames)
@@ -1757,6 +1786,9 @@ class SavedModel:
     #: the training loss of the checkpoint's epoch (a generate run's: the per-pixel MSE, its
     #: estimate of the noise variance when it recognises images); None where unrecorded
     train_loss: float | None = None
+    #: where its training images hold their ink (:func:`rnncu.data.frame_images`); None for
+    #: clips and for checkpoints older than this field
+    framing: Framing | None = None
 
     @property
     def num_classes(self) -> int:
@@ -1798,7 +1830,12 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
     epoch = meta.get("epoch")
     records = [r for r in meta.get("history", []) if r["epoch"] == epoch]
     train_loss = float(records[-1]["train_loss"]) if records else None
-    return SavedModel(model, config, image_shape, frame_shape, file, trained, train_loss)
+    saved_framing = data.get("framing")
+    framing = None
+    if saved_framing is not None:
+        center = saved_framing["center"]
+        framing = Framing(float(saved_framing["extent"]), (float(center[0]), float(center[1])))
+    return SavedModel(model, config, image_shape, frame_shape, file, trained, train_loss, framing)
 
 
 def predict_images(
