@@ -414,6 +414,9 @@ class _Run:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
+        # the classes the model was trained on: a saved run's are its checkpoint's
+        # (:meth:`restore`), whatever images it is evaluated on
+        self.trained_classes: list[int] = self.data.trained_classes
 
     # -- state --------------------------------------------------------------------------------
     @functools.cached_property
@@ -439,7 +442,7 @@ class _Run:
             "image_shape": list(self.data.image_shape),
             "num_classes": self.data.num_classes,
             # what a generate run's model can tell apart without its dataset (rnncu predict)
-            "trained_classes": self.data.trained_classes,
+            "trained_classes": self.trained_classes,
             "seq_shape": list(self.seq_shape),
             "digest": self.data_digest,
             **({} if framing is None else {"framing": framing.to_dict()}),
@@ -488,6 +491,13 @@ class _Run:
         self.epoch = int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         self.train_seconds = float(meta.get("train_seconds", 0.0))
+        saved = meta.get("data", {})
+        if "trained_classes" in saved:
+            self.trained_classes = list(saved["trained_classes"])
+        elif saved.get("digest") != self.data_digest:
+            # older than the field, and other images (or no digest to tell): every class,
+            # as load_model takes such a checkpoint
+            self.trained_classes = list(range(self.model.num_classes))
 
     # -- one epoch ----------------------------------------------------------------------------
     def run_epoch(self, on_step: Callable[[], Any] | None = None) -> dict[str, float]:
@@ -888,6 +898,8 @@ def _train(
             return _finish_run(run, done, out, started, 0, progress, log, plots)
         _check_saved_steps(run, file)
         _warn_if_other_images(run, saved_meta, file)
+        # trained on these images too from now on (other ones, where the warning said so)
+        run.trained_classes = sorted({*run.trained_classes, *run.data.trained_classes})
     start_epoch = run.epoch
     good_arrays = run.arrays()  # rollback target if the loss diverges
     # the resumed checkpoint, written as best.npz where it is the best epoch's and none is
@@ -1191,7 +1203,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             mse_ratio=evaluation["test_mse"] / baseline if baseline > 0 else None,
         )
         # the generator as a classifier: the class under which it predicts a test image best
-        recognised = run.model.predict(run.x_test, run.data.trained_classes)
+        # among the classes it was trained on (a saved run's, whatever images it evaluates)
+        recognised = run.model.predict(run.x_test, run.trained_classes)
         metrics["test_recognition_accuracy"] = float(np.mean(recognised == run.data.y_test))
         if run.x_val is not None:
             metrics["val_mse"] = evaluation["val_mse"]

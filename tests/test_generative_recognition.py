@@ -16,7 +16,7 @@ import pytest
 
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.cli import main
-from rnncu.data import ImageDataset, load_digits, to_sequences
+from rnncu.data import ImageDataset, load_dataset, load_digits, to_sequences
 from rnncu.tasks import RowGenerator, class_posterior
 from rnncu.trainer import (
     evaluate_run,
@@ -336,3 +336,35 @@ def test_the_command_line_on_a_generate_run(
         assert record["top"][0] == figures and len(record["top"]) == 2
         second = record["top"][1]
         assert second["mse"] == np.sort(expected["mse"][row])[1] >= figures["mse"]
+
+
+def test_another_dataset_is_recognised_among_the_run_s_classes(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    """``evaluate --dataset OTHER``: the candidates are the classes the run was trained on
+    (its checkpoint's), not those OTHER's training labels hold (here three of the ten), which
+    would make the recognition a three-way choice."""
+    train_kept = np.isin(digits.y_train, [1, 4, 6])
+    test_kept = np.isin(digits.y_test, [1, 4, 6])
+    x_test, y_test = digits.x_test[test_kept], digits.y_test[test_kept]
+    np.savez(tmp_path / "some.npz", x=digits.x_train[train_kept], y=digits.y_train[train_kept],
+             x_test=x_test, y_test=y_test)  # fmt: skip
+    metrics = evaluate_run(gen_dir, dataset=str(tmp_path / "some.npz"))
+    expected = np.mean(predict_images(gen_dir, x_test)["classes"] == y_test)
+    assert metrics["test_recognition_accuracy"] == expected
+
+
+def test_a_resumed_run_keeps_the_classes_it_was_trained_on(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    """Resumed on other images (as many: the steps agree) whose labels lack class 9: the
+    run was trained on it all the same, and its checkpoint still says so."""
+    np.savez(tmp_path / "nine.npz", x=digits.x_train, y=np.where(digits.y_train == 9, 8,
+             digits.y_train), x_test=digits.x_test, y_test=digits.y_test)  # fmt: skip
+    relabelled = load_dataset(str(tmp_path / "nine.npz"))
+    assert relabelled.trained_classes == list(range(9))
+    with pytest.warns(UserWarning, match="not those the run was trained on"):
+        train(make_config(epochs=5), resume=gen_dir, data=relabelled, out_dir=tmp_path / "on",
+              progress=False, plots=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "on")[1]["data"]["trained_classes"] == list(range(10))
+    assert load_model(tmp_path / "on").trained_classes == tuple(range(10))
