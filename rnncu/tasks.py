@@ -355,6 +355,12 @@ class RowGenerator(_TaskModel):
                 f"class_mse: rows: expected (T, N, {self.width}), rows of the model's width, "
                 f"got {describe_array(rows)}"
             )
+        if rows.shape[0] == 0:
+            raise ValueError(
+                f"class_mse: rows: the sequences are empty (T = 0, shape {rows.shape})"
+            )
+        # the model's backend and dtype, named as the caller knows them (not the RNN's "x")
+        self.rnn._check_input("class_mse: rows", rows)
         candidates = self._candidates("class_mse", classes)
         xp = self.backend.xp
         count = len(candidates)

@@ -174,6 +174,13 @@ def test_bad_rows_and_variances_are_named() -> None:
         model.class_mse(np.full((3, 2, 6), 0.5))
     with pytest.raises(ValueError, match=r"class_mse: rows: expected \(T, N, D\)"):
         model.predict(rows[0])
+    with pytest.raises(ValueError, match=r"class_mse: rows: the sequences are empty \(T = 0"):
+        model.class_mse(rows[:0])
+    # named as the caller gave them, not as the RNN inside calls them ("x")
+    for other in (rows.astype(np.float32), (rows * 255).astype(np.uint8)):
+        with pytest.raises(TypeError, match=r"class_mse: rows: expected dtype float64 \(the "
+                           rf"parameters' dtype\), got {other.dtype}"):  # fmt: skip
+            model.predict(other)
     with pytest.raises(ValueError, match=r"class_mse: batch_size"):
         model.class_mse(rows, batch_size=0)
     for bad in (0, -1.0, math.inf, math.nan):
