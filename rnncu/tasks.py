@@ -511,9 +511,32 @@ def class_posterior(errors: np.ndarray, pixels: int, noise_variance: float) -> n
     ``errors`` (N, C) over images of ``pixels`` pixels: the softmax of ``-pixels * errors /
     (2 * noise_variance)`` (a Gaussian likelihood per pixel, a uniform prior over the classes
     whose error is finite)."""
-    scores = -np.asarray(errors, dtype=np.float64) * (pixels / (2.0 * noise_variance))
-    scores -= scores.max(axis=1, keepdims=True)
-    probabilities: np.ndarray = np.exp(scores)
+    try:
+        table: np.ndarray | None = np.asarray(errors, dtype=np.float64)
+    except (TypeError, ValueError):
+        table = None
+    if table is None or table.ndim != 2 or 0 in table.shape:
+        raise ValueError(
+            f"class_posterior: errors: expected a non-empty (N, C) array of per-class "
+            f"errors, got {describe_array(errors)}"
+        )
+    errors = table
+    if np.isnan(errors).any() or not np.isfinite(errors).any(axis=1).all():
+        raise ValueError(
+            "class_posterior: errors: expected numbers with a finite one in every row (inf: a "
+            "class left out), got NaN or a row of infinities"
+        )
+    pixels = check_positive_int("class_posterior: pixels", pixels)
+    variance = check_number(
+        "class_posterior: noise_variance", noise_variance, low=0.0, low_open=True, high_open=True
+    )
+    # each class's error above the row's least: the likeliest class scores 0 exactly, and the
+    # others' scores only underflow (exp 0), never overflow to -inf - -inf (NaN)
+    excess = errors - errors.min(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = excess * (np.float64(pixels) / (2.0 * np.float64(variance)))
+    scores[excess == 0] = 0.0  # 0 * inf, where the variance is so small its factor overflows
+    probabilities: np.ndarray = np.exp(-scores)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     return probabilities
 

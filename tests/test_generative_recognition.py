@@ -126,6 +126,36 @@ def test_the_posterior_is_a_gaussian_likelihood_s(rng: np.random.Generator) -> N
     np.testing.assert_array_equal(sharp, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+def test_the_posterior_of_errors_far_apart_or_a_tiny_variance_is_no_nan() -> None:
+    """Errors times pixels / (2 var) past float64's range: the likeliest class still gets 1
+    (it was NaN for every class, -inf - -inf)."""
+    np.testing.assert_array_equal(class_posterior(np.array([[1e305, 2e305]]), 64, 1e-6),
+                                  [[1.0, 0.0]])  # fmt: skip
+    np.testing.assert_array_equal(class_posterior(np.array([[0.1, 0.2, np.inf]]), 64, 5e-324),
+                                  [[1.0, 0.0, 0.0]])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ((np.array([0.1, 0.2]), 64, 1.0), ValueError, r"errors: expected a non-empty \(N, C\)"),
+        ((np.zeros((2, 0)), 64, 1.0), ValueError, r"errors: expected a non-empty \(N, C\)"),
+        ((np.array([[0.1, np.nan]]), 64, 1.0), ValueError, r"errors: expected numbers with a "
+         r"finite one in every row"),
+        ((np.array([[np.inf, np.inf]]), 64, 1.0), ValueError, r"errors: .*a row of infinities"),
+        ((np.zeros((1, 2)), 0, 1.0), ValueError, r"pixels: expected a positive integer, got 0"),
+        ((np.zeros((1, 2)), 64, 0.0), ValueError, r"noise_variance: expected a number in \(0, "
+         r"inf\), got 0.0"),
+        ((np.zeros((1, 2)), 64, -1.0), ValueError, r"noise_variance: .*got -1.0"),
+    ],
+)  # fmt: skip
+def test_bad_posterior_arguments_are_named(args: tuple, error: type, message: str) -> None:
+    """A negative variance made the worst class the likeliest, a zero one a bare
+    ZeroDivisionError, a row without a finite error NaN."""
+    with pytest.raises(error, match="class_posterior: " + message):
+        class_posterior(*args)
+
+
 def test_float32_errors_are_summed_in_float64(rng: np.random.Generator) -> None:
     weights = RowGenerator(8, 16, 3, dtype="float64", backend="numpy", seed=2).state_dict()
     single = RowGenerator(8, 16, 3, dtype="float32", backend="numpy", seed=2)
