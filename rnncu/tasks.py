@@ -348,7 +348,8 @@ class RowGenerator(_TaskModel):
         class indices; None: all) are +inf, so that they never win. The class under which
         the generator best predicts an image's rows is its guess at the image's class
         (:meth:`predict`). ``batch_size`` bounds the sequences (copies included) per forward
-        pass."""
+        pass, though a pass holds at least one sequence's copies (one per class in
+        ``classes``), more than a ``batch_size`` below their count."""
         n, batch_size = _check_split("class_mse", "rows", rows, batch_size)
         if rows.shape[2] != self.width:
             raise ValueError(
