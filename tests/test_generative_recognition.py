@@ -81,7 +81,12 @@ def test_class_mse_is_each_class_s_next_row_mse(rng: np.random.Generator, batch_
     model = RowGenerator(5, 7, 4, dtype="float64", backend="numpy", seed=int(rng.integers(99)))
     rows = rng.uniform(0, 1, (7, 33, 5))
     expected = _one_class_at_a_time(model, rows)
+    passes: list[int] = []
+    forward = model.forward
+    model.forward = lambda r, labels: passes.append(r.shape[1]) or forward(r, labels)  # type: ignore[method-assign]
     errors = model.class_mse(rows, batch_size=batch_size)
+    # batch_size bounds a pass, but for one sequence's four copies, which go together
+    assert sum(passes) == 33 * 4 and max(passes) <= max(batch_size, 4)
     assert errors.shape == (33, 4) and errors.dtype == np.float64
     np.testing.assert_allclose(errors, expected, rtol=1e-12)
     assert len({tuple(row) for row in np.round(errors, 6)}) > 1  # not one value copied
@@ -166,6 +171,12 @@ def test_float32_errors_are_summed_in_float64(rng: np.random.Generator) -> None:
     errors = single.class_mse(rows.astype(np.float32))
     assert errors.dtype == np.float64
     np.testing.assert_allclose(errors, double.class_mse(rows), rtol=1e-5)
+    # the float32 predictions' errors squared and summed in float64, not squared in float32
+    ref = np.empty((40, 3))
+    for c in range(3):
+        diff = single.forward(rows.astype(np.float32), np.full(40, c)) - rows.astype(np.float32)
+        ref[:, c] = (diff.astype(np.float64) ** 2).sum(axis=(0, 2)) / 64
+    np.testing.assert_allclose(errors, ref, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -405,3 +416,76 @@ def test_a_resumed_run_keeps_the_classes_it_was_trained_on(
               progress=False, plots=False)  # fmt: skip
     assert load_checkpoint(tmp_path / "on")[1]["data"]["trained_classes"] == list(range(10))
     assert load_model(tmp_path / "on").trained_classes == tuple(range(10))
+
+
+def test_a_resumed_run_adds_the_classes_it_trains_on(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    """A checkpoint that says it never saw class 9, resumed on the digits (all ten): the
+    classes it trains on from then on are added to its own."""
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["data"]["trained_classes"] = list(range(9))
+    save_checkpoint(tmp_path / "nine.npz", arrays, kept)
+    assert load_model(tmp_path / "nine.npz").trained_classes == tuple(range(9))
+    train(make_config(epochs=5), resume=tmp_path / "nine.npz", data=digits,
+          out_dir=tmp_path / "on", progress=False, plots=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "on")[1]["data"]["trained_classes"] == list(range(10))
+
+
+def test_a_run_recognises_among_the_classes_its_checkpoint_names(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    """evaluate_run takes the candidates from the checkpoint (here edited to three of the
+    ten), as predict_images does, not every class of the model."""
+    arrays, meta = load_checkpoint(gen_dir)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    kept["data"]["trained_classes"] = [1, 4, 6]
+    save_checkpoint(tmp_path / "three.npz", arrays, kept)
+    three = np.mean(predict_images(tmp_path / "three.npz", digits.x_test)["classes"]
+                    == digits.y_test)  # fmt: skip
+    assert three != np.mean(predict_images(gen_dir, digits.x_test)["classes"] == digits.y_test)
+    with pytest.warns(UserWarning, match="no classifier that judges the samples"):
+        metrics = evaluate_run(tmp_path / "three.npz")  # copied without its judge
+    assert metrics["test_recognition_accuracy"] == three
+
+
+def test_an_older_run_on_its_own_images_takes_their_classes(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    """A checkpoint without trained_classes resumed on the images it was trained on (the
+    digest says so): their classes, the gaps left out, not every class of the model."""
+    keep = np.isin(digits.y_train, [1, 4, 6])
+    kept_test = np.isin(digits.y_test, [1, 4, 6])
+    np.savez(tmp_path / "gaps.npz", x=digits.x_train[keep], y=digits.y_train[keep],
+             x_test=digits.x_test[kept_test], y_test=digits.y_test[kept_test])  # fmt: skip
+    config = make_config(**small(epochs=1, dataset=str(tmp_path / "gaps.npz")))
+    train(config, progress=False, out_dir=tmp_path / "gaps", plots=False)
+    arrays, meta = load_checkpoint(tmp_path / "gaps")
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    del kept["data"]["trained_classes"]
+    save_checkpoint(tmp_path / "old.npz", arrays, kept)
+    train(make_config(epochs=2), resume=tmp_path / "old.npz", out_dir=tmp_path / "on",
+          progress=False, plots=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "on")[1]["data"]["trained_classes"] == [1, 4, 6]
+
+
+def test_the_command_line_ranks_a_generate_run_s_classes_by_their_errors(
+    gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Probabilities that underflow to 0 tie; their errors still rank them (by index, class
+    1 would come before class 2)."""
+    from rnncu import trainer
+
+    found = {
+        "classes": np.array([0]),
+        "probabilities": np.array([[1.0, 0.0, 0.0, 0.0]]),
+        "mse": np.array([[0.01, 9.0, 3.0, np.inf]]),
+    }
+    monkeypatch.setattr(trainer, "predict_images", lambda saved, images: found)
+    np.save(tmp_path / "one.npy", digits.x_test[:1])
+    assert main(["predict", "--checkpoint", str(gen_dir), str(tmp_path / "one.npy"),
+                 "--top", "4"]) == 0  # fmt: skip
+    (record,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert [t["class"] for t in record["top"]] == [0, 2, 1]
