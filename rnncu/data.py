@@ -1211,8 +1211,54 @@ class Framing:
     extent: float
     center: tuple[float, float]
 
+    def __post_init__(self) -> None:
+        # checked as a checkpoint's data.framing is: an extent of 0 or above 1 would frame
+        # images as specks or cut them; stored as floats, as to_dict writes them
+        extent, center = self.extent, self.center
+        if not (_is_real(extent) and 0 < extent <= 1):
+            raise ValueError(
+                f"extent: expected a number in (0, 1] (a share of the image's side), got {extent!r}"
+            )
+        if not (
+            isinstance(center, (tuple, list))
+            and len(center) == 2
+            and all(_is_real(v) and math.isfinite(v) for v in center)
+        ):
+            raise ValueError(
+                f"center: expected (y, x), two finite numbers (pixels), got {center!r}"
+            )
+        object.__setattr__(self, "extent", float(extent))
+        object.__setattr__(self, "center", (float(center[0]), float(center[1])))
+
     def to_dict(self) -> dict[str, Any]:
         return {"extent": self.extent, "center": list(self.center)}
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (a NumPy one too), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _check_ink_images(images: Any) -> None:
+    """ValueError unless ``images`` is (N, H, W) of pixels in [0, 1] (or bool), H, W >= 1:
+    outside [0, 1] (8-bit integers, negative values) or NaN, the ink's box and mass would be
+    wrong, or a whole image taken for blank, without a word."""
+    if getattr(images, "ndim", None) != 3:
+        got = getattr(images, "shape", type_name(images))
+        raise ValueError(f"images: expected (N, H, W), got {got}")
+    if 0 in images.shape[1:]:
+        raise ValueError(
+            f"images: expected images of at least 1x1 pixels, got shape {images.shape}"
+        )
+    if images.dtype.kind not in "biuf":
+        raise ValueError(f"images: expected pixels in [0, 1], got dtype {images.dtype}")
+    outside = _outside_unit_range(images)
+    if outside:
+        raise ValueError(
+            f"images: expected pixels in [0, 1] (light ink on a dark ground), found {outside}"
+        )
 
 
 def _ink_boxes(images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -1239,9 +1285,9 @@ def _center_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def image_framing(images: np.ndarray) -> Framing:
     """The :class:`Framing` of images (N, H, W) in [0, 1], light ink on a dark ground; blank
     images are left out (ValueError where every one is blank)."""
-    if getattr(images, "ndim", None) != 3:
-        got = getattr(images, "shape", type_name(images))
-        raise ValueError(f"images: expected (N, H, W), got {got}")
+    _check_ink_images(images)
+    if not images.shape[0]:
+        raise ValueError(f"images: no images (shape {images.shape}): there is no ink to frame")
     top, bottom, left, right, blank = _ink_boxes(images)
     inked = ~blank
     if not inked.any():
@@ -1260,7 +1306,16 @@ def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -
     image of ``shape`` (H, W) with its centre of mass on the whole pixel nearest
     ``framing.center`` that keeps it inside (the way MNIST frames its digits, with the
     training images' own figures). A blank image stays blank. float32 (N, H, W)."""
-    height, width = shape
+    _check_ink_images(images)
+    if not (
+        isinstance(shape, (tuple, list))
+        and len(shape) == 2
+        and all(_is_real(v) and v == int(v) and v >= 1 for v in shape)
+    ):
+        raise ValueError(f"shape: expected (H, W), two positive integers, got {shape!r}")
+    if not isinstance(framing, Framing):
+        raise ValueError(f"framing: expected a Framing, got {type_name(framing)}")
+    height, width = int(shape[0]), int(shape[1])
     framed = np.zeros((images.shape[0], height, width), dtype=np.float32)
     top, bottom, left, right, blank = _ink_boxes(images)
     for i in np.flatnonzero(~blank):

@@ -213,3 +213,46 @@ def test_the_command_line_s_framing_errors(
     assert main(["predict", "--checkpoint", str(tmp_path / "clips"), str(tmp_path / "clip.npy"),
                  "--center"]) == 2  # fmt: skip
     assert "--center: " in capsys.readouterr().err
+
+
+def test_bad_images_shapes_and_framings_are_named() -> None:
+    """Pixels outside [0, 1] or NaN would move the ink's box and mass (8-bit integers read
+    as saturated ink, an image holding NaN as blank) without a word; a framing's extent of 0
+    or above 1 would frame images as specks or cut them."""
+    framing = Framing(0.5, (2.0, 2.0))
+    nan = np.zeros((1, 5, 5))
+    nan[0, 1, 1], nan[0, 2, 2] = 1, np.nan
+    eight_bit = np.full((1, 5, 5), 200, dtype=np.uint8)
+    for call in (image_framing, lambda x: frame_images(x, (5, 5), framing)):
+        with pytest.raises(ValueError, match=r"images: expected pixels in \[0, 1\].*NaN or inf"):
+            call(nan)
+        with pytest.raises(ValueError, match=r"images: expected pixels in \[0, 1\].*0\.0\.\.200"):
+            call(eight_bit)
+        with pytest.raises(ValueError, match=r"images: expected pixels in .*-0\.5\.\.-0\.5"):
+            call(np.full((1, 5, 5), -0.5))
+        with pytest.raises(ValueError, match=r"images: expected \(N, H, W\), got \(5, 5\)"):
+            call(np.zeros((5, 5)))
+        with pytest.raises(ValueError, match=r"images: expected images of at least 1x1"):
+            call(np.zeros((1, 0, 5)))
+    with pytest.raises(ValueError, match=r"images: no images \(shape \(0, 5, 5\)\)"):
+        image_framing(np.zeros((0, 5, 5)))
+    assert frame_images(np.zeros((0, 5, 5)), (3, 4), framing).shape == (0, 3, 4)
+    # bool pixels are 0 and 1
+    ink = np.zeros((1, 6, 6), dtype=bool)
+    ink[0, 1:4, 2:5] = True
+    np.testing.assert_array_equal(
+        frame_images(ink, (6, 6), framing), frame_images(ink.astype(np.float32), (6, 6), framing)
+    )
+    for shape in ((0, 5), (5,), (5.5, 5), "55"):
+        with pytest.raises(ValueError, match=r"shape: expected \(H, W\), two positive integers"):
+            frame_images(np.ones((1, 5, 5)), shape, framing)  # type: ignore[arg-type]
+    for extent in (0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match=r"extent: expected a number in \(0, 1\]"):
+            Framing(extent, (1.0, 1.0))
+    for center in ((1.0,), (1.0, float("inf")), (1.0, "a"), 3.0):
+        with pytest.raises(ValueError, match=r"center: expected \(y, x\), two finite numbers"):
+            Framing(0.5, center)  # type: ignore[arg-type]
+    # NumPy numbers and a list are taken, and kept as Python floats (to_dict is JSON)
+    kept = Framing(np.float32(0.5), [np.int64(2), np.float32(2.5)])  # type: ignore[arg-type]
+    assert kept == Framing(0.5, (2.0, 2.5)) and type(kept.extent) is float
+    assert json.loads(json.dumps(kept.to_dict())) == {"extent": 0.5, "center": [2.0, 2.5]}
