@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="crop each image to its ink and frame it as the run's training images are: "
         "scaled to their ink's size, its centre of mass on theirs (images of any size; for "
-        "drawings not framed like them)",
+        "drawings not framed like them; not with --resize, which it does itself)",
     )
     pred.add_argument(
         "--top",
@@ -722,6 +722,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from rnncu.data import read_images
     from rnncu.trainer import load_model, predict_images
 
+    if args.center and args.resize:
+        # read_images ignores resize where it frames: the flag would do nothing, unsaid
+        raise ValueError(
+            "--center resamples each image to the run's size itself: --resize is not needed "
+            "with it (give one of them)"
+        )
     with _blas_limit(args.threads):
         saved = load_model(args.checkpoint, backend=_backend(args.backend, None))
         framing = None

@@ -1011,7 +1011,8 @@ def read_images(
     ``invert`` takes ``1 - x``: the built-in datasets hold light ink on a dark ground, a
     drawing is often the reverse. ``framing`` (images only; a model's
     :attr:`rnncu.trainer.SavedModel.framing`) crops each image, of any size, to its ink and
-    frames it as the training images are (:func:`frame_images`, after ``invert``).
+    frames it as the training images are (:func:`frame_images`, after ``invert``;
+    ``resize`` is then not used: framing resamples).
     ValueError names the file and what was expected."""
     path = Path(path)
     where = str(path)

@@ -256,3 +256,16 @@ def test_bad_images_shapes_and_framings_are_named() -> None:
     kept = Framing(np.float32(0.5), [np.int64(2), np.float32(2.5)])  # type: ignore[arg-type]
     assert kept == Framing(0.5, (2.0, 2.5)) and type(kept.extent) is float
     assert json.loads(json.dumps(kept.to_dict())) == {"extent": 0.5, "center": [2.0, 2.5]}
+
+
+def test_center_with_resize_is_refused(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    """--center resamples itself: a --resize beside it would do nothing, without a word."""
+    np.save(tmp_path / "x.npy", digits.x_test[:2])
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "x.npy"), "--center",
+                 "--resize"]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        "rnncu: error: --center resamples each image to the run's size itself: --resize is "
+        "not needed with it (give one of them)"
+    )
