@@ -212,7 +212,9 @@ def test_the_command_line_s_framing_errors(
     np.save(tmp_path / "clip.npy", clips.x_test[:1])
     assert main(["predict", "--checkpoint", str(tmp_path / "clips"), str(tmp_path / "clip.npy"),
                  "--center"]) == 2  # fmt: skip
-    assert "--center: " in capsys.readouterr().err
+    assert "--center: " in (err := capsys.readouterr().err)
+    # said as what it is, not as a checkpoint older than the record (clips record none)
+    assert "reads clips, whose frames move: --center frames images" in err
 
 
 def test_bad_images_shapes_and_framings_are_named() -> None:
@@ -269,3 +271,48 @@ def test_center_with_resize_is_refused(
         "rnncu: error: --center resamples each image to the run's size itself: --resize is "
         "not needed with it (give one of them)"
     )
+
+
+def test_ink_reaches_the_threshold() -> None:
+    """A pixel of exactly INK_THRESHOLD of the brightest is ink (at least a tenth)."""
+    image = np.zeros((1, 10, 10), dtype=np.float32)
+    image[0, 4:6, 4:6] = 1.0
+    image[0, 9, 9] = INK_THRESHOLD  # the box: rows and columns 4..9
+    assert image_framing(image).extent == pytest.approx(0.6)
+    framed = frame_images(image, (10, 10), Framing(0.3, (4.5, 4.5)))
+    assert np.count_nonzero(framed[0] == 1) == 1  # the crop 6 x 6 to 3 x 3: one of four lit
+
+
+def test_the_centre_of_mass_not_the_box_s_lands_on_the_centre(rng: np.random.Generator) -> None:
+    """Ink of uneven weight: the framed image's centre of mass lies within half a pixel of
+    the framing's centre (its box's centre would not)."""
+    framing = Framing(0.5, (10.3, 9.6))
+    images = np.zeros((30, 25, 30), dtype=np.float32)
+    for image in images:
+        h, w = rng.integers(2, 10, size=2)
+        row, col = rng.integers(0, 25 - h), rng.integers(0, 30 - w)
+        image[row : row + h, col : col + w] = rng.uniform(0.2, 1, (h, w)) ** 4
+    framed = frame_images(images, (20, 20), framing)
+    for image in framed:
+        y, x = _mass_center(image)
+        assert abs(y - 10.3) <= 0.5 + 1e-9 and abs(x - 9.6) <= 0.5 + 1e-9
+
+
+def test_the_scaled_sides_are_rounded() -> None:
+    """A 4 x 3 crop scaled by 0.9 * 10 / 4 = 2.25: 9 x 6.75, rounded to 9 x 7 (not cut to
+    9 x 6); a 3 x 4 one to 7 x 9."""
+    image = np.zeros((2, 12, 12), dtype=np.float32)
+    image[0, 2:6, 5:8] = 1.0
+    image[1] = image[0].T
+    framed = frame_images(image, (10, 10), Framing(0.9, (4.5, 4.5)))
+    for one, sides in zip(framed, ((9, 7), (7, 9)), strict=True):
+        rows, cols = np.nonzero(one > 0.5)
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == sides
+
+
+def test_the_framing_is_of_the_whole_training_split(digits: ImageDataset, tmp_path: Path) -> None:
+    """Validation images included, as the run's digest is: the record does not depend on
+    how the split was drawn, and they are images of the same kind."""
+    config = make_config(backend="numpy", hidden=8, epochs=1, val_fraction=0.2, seed=3)
+    train(config, data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
+    assert load_model(tmp_path / "run").framing == image_framing(digits.x_train)
