@@ -1303,10 +1303,17 @@ def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -
     """Images (N, h, w) in [0, 1], light ink on a dark ground, framed as ``framing`` says
     the training images are: each cropped to its ink (the pixels of at least
     :data:`INK_THRESHOLD` of its brightest), resampled by area averaging, its aspect kept, so
-    that its larger side spans ``framing.extent`` of the image's, and placed on a dark
-    image of ``shape`` (H, W) with its centre of mass on the whole pixel nearest
+    that its larger share of the image's side (its height over H or its width over W,
+    whichever is larger; its larger side where H == W) is ``framing.extent``, and placed on
+    a dark image of ``shape`` (H, W) with its centre of mass on the whole pixel nearest
     ``framing.center`` that keeps it inside (the way MNIST frames its digits, with the
-    training images' own figures). A blank image stays blank. float32 (N, H, W)."""
+    training images' own figures). A blank image stays blank. float32 (N, H, W).
+
+    ``shape`` is that of the images ``framing`` was measured on (its centre is in their
+    pixels). The ground must be dark: a ground of a tenth of the ink's brightness or more
+    is ink, and nothing is cropped. Intensities are kept, not stretched: thin strokes on a
+    large image shrunk to a small one come out faint (a 3-pixel pen on 280x280, framed
+    into 8x8: a peak of about 0.2)."""
     _check_ink_images(images)
     if not (
         isinstance(shape, (tuple, list))
