@@ -1206,11 +1206,13 @@ class Framing:
     """Where a dataset's images hold their ink (light on a dark ground): ``extent``, the
     median over the images of the ink's bounding box's larger side as a share of the
     image's (the box's height over H or its width over W, whichever is larger), and
-    ``center`` (y, x), the mean of their centres of mass, in pixels. Measured by
-    :func:`image_framing`; :func:`frame_images` frames other images so."""
+    ``center`` (y, x), the mean of their centres of mass, in pixels, and ``peak``, the
+    median of their brightest pixels. Measured by :func:`image_framing`;
+    :func:`frame_images` frames other images so."""
 
     extent: float
     center: tuple[float, float]
+    peak: float = 1.0
 
     def __post_init__(self) -> None:
         # checked as a checkpoint's data.framing is: an extent of 0 or above 1 would frame
@@ -1228,11 +1230,17 @@ class Framing:
             raise ValueError(
                 f"center: expected (y, x), two finite numbers (pixels), got {center!r}"
             )
+        if not (_is_real(self.peak) and 0 < self.peak <= 1):
+            raise ValueError(
+                f"peak: expected a number in (0, 1] (the brightest pixel's intensity), got "
+                f"{self.peak!r}"
+            )
         object.__setattr__(self, "extent", float(extent))
         object.__setattr__(self, "center", (float(center[0]), float(center[1])))
+        object.__setattr__(self, "peak", float(self.peak))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"extent": self.extent, "center": list(self.center)}
+        return {"extent": self.extent, "center": list(self.center), "peak": self.peak}
 
 
 def _is_real(value: Any) -> bool:
@@ -1296,7 +1304,8 @@ def image_framing(images: np.ndarray) -> Framing:
     height, width = images.shape[1:]
     sides = np.maximum((bottom - top + 1) / height, (right - left + 1) / width)
     y, x = _center_of_mass(images[inked])
-    return Framing(float(np.median(sides[inked])), (float(y.mean()), float(x.mean())))
+    peak = float(np.median(images[inked].max(axis=(1, 2))))
+    return Framing(float(np.median(sides[inked])), (float(y.mean()), float(x.mean())), peak)
 
 
 def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -> np.ndarray:
@@ -1311,9 +1320,10 @@ def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -
 
     ``shape`` is that of the images ``framing`` was measured on (its centre is in their
     pixels). The ground must be dark: a ground of a tenth of the ink's brightness or more
-    is ink, and nothing is cropped. Intensities are kept, not stretched: thin strokes on a
-    large image shrunk to a small one come out faint (a 3-pixel pen on 280x280, framed
-    into 8x8: a peak of about 0.2)."""
+    is ink, and nothing is cropped. Intensities are scaled so that each image's brightest
+    pixel is ``framing.peak``: thin strokes on a large image shrunk to a small one would
+    otherwise come out faint (a 3-pixel pen on 280x280, framed into 8x8: a peak of about
+    0.2)."""
     _check_ink_images(images)
     if not (
         isinstance(shape, (tuple, list))
@@ -1334,6 +1344,9 @@ def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -
             min(width, max(1, round(crop.shape[1] * scale))),
         )
         piece = resample(crop, size)
+        # thin strokes drawn large come out faint once shrunk: the training images' contrast
+        piece *= np.float32(framing.peak / piece.max())
+        np.minimum(piece, 1, out=piece)  # a rounding above 1 where the peak is 1
         y, x = _center_of_mass(piece[None])
         row = int(np.clip(round(framing.center[0] - y[0]), 0, height - size[0]))
         col = int(np.clip(round(framing.center[1] - x[0]), 0, width - size[1]))

@@ -1463,19 +1463,21 @@ def _check_run_meta(file: Path, meta: dict[str, Any]) -> None:
             f"{file}: metadata field 'data.trained_classes': expected distinct ascending class "
             f"indices in [0, num_classes), got {_short(classes)}"
         )
-    framing = data.get("framing", {"extent": 1.0, "center": [0.0, 0.0]})
+    framing = data.get("framing", {"extent": 1.0, "center": [0.0, 0.0], "peak": 1.0})
     if not (
         isinstance(framing, dict)
-        and set(framing) == {"extent", "center"}
+        and set(framing) == {"extent", "center", "peak"}
         and _is_number(framing["extent"])
         and 0 < framing["extent"] <= 1
+        and _is_number(framing["peak"])
+        and 0 < framing["peak"] <= 1
         and isinstance(framing["center"], list)
         and len(framing["center"]) == 2
         and all(_is_number(v) and math.isfinite(v) for v in framing["center"])
     ):
         raise CheckpointError(
             f"{file}: metadata field 'data.framing': expected {{'extent': a number in (0, 1], "
-            f"'center': [y, x] numbers}}, got {_short(framing)}"
+            f"'center': [y, x] numbers, 'peak': a number in (0, 1]}}, got {_short(framing)}"
         )
     frames = data.get("frame_shape", [1, 1])
     if not (
@@ -1847,7 +1849,11 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
     framing = None
     if saved_framing is not None:
         center = saved_framing["center"]
-        framing = Framing(float(saved_framing["extent"]), (float(center[0]), float(center[1])))
+        framing = Framing(
+            float(saved_framing["extent"]),
+            (float(center[0]), float(center[1])),
+            float(saved_framing["peak"]),
+        )
     return SavedModel(model, config, image_shape, frame_shape, file, trained, train_loss, framing)
 
 

@@ -111,7 +111,7 @@ def test_the_ink_stays_inside_and_faint_pixels_are_not_ink() -> None:
     image[0, 3:9, 3:9] = 0.8
     image[0, 0, 11] = 0.8 * INK_THRESHOLD * 0.9  # faint: outside the crop, so dropped
     # a centre in the corner: the ink is pushed as far as it goes, not cut
-    framed = frame_images(image, (6, 6), Framing(0.5, (0.0, 5.0)))
+    framed = frame_images(image, (6, 6), Framing(0.5, (0.0, 5.0), peak=0.8))
     expected = np.zeros((6, 6), dtype=np.float32)
     expected[0:3, 3:6] = 0.8
     np.testing.assert_allclose(framed[0], expected, rtol=1e-6)
@@ -141,17 +141,25 @@ def test_read_images_frames_a_drawing(tmp_path: Path, digits: ImageDataset) -> N
 def test_the_run_records_its_framing(run_dir: Path, digits: ImageDataset, tmp_path: Path) -> None:
     framing = image_framing(digits.x_train)
     _, meta = load_checkpoint(run_dir)
-    assert meta["data"]["framing"] == {"extent": framing.extent, "center": list(framing.center)}
+    assert meta["data"]["framing"] == {
+        "extent": framing.extent,
+        "center": list(framing.center),
+        "peak": framing.peak,
+    }
     assert load_model(run_dir).framing == framing
     arrays, meta = load_checkpoint(run_dir)
     kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
     del kept["data"]["framing"]
     save_checkpoint(tmp_path / "old.npz", arrays, kept)
     assert load_model(tmp_path / "old.npz").framing is None
-    for bad in ({"extent": 0, "center": [1, 1]}, {"extent": 1.5, "center": [1, 1]},
-                {"extent": 1, "center": [1]}, {"extent": 1, "center": [1, "a"]},
-                {"extent": True, "center": [1, 1]}, [1, 2],
-                {"extent": 1, "center": [1, 1], "more": 0}):  # fmt: skip
+    for bad in ({"extent": 0, "center": [1, 1], "peak": 1},
+                {"extent": 1.5, "center": [1, 1], "peak": 1},
+                {"extent": 1, "center": [1], "peak": 1},
+                {"extent": 1, "center": [1, "a"], "peak": 1},
+                {"extent": True, "center": [1, 1], "peak": 1}, [1, 2],
+                {"extent": 1, "center": [1, 1]}, {"extent": 1, "center": [1, 1], "peak": 0},
+                {"extent": 1, "center": [1, 1], "peak": 1.5},
+                {"extent": 1, "center": [1, 1], "peak": 1, "more": 0}):  # fmt: skip
         kept["data"]["framing"] = bad
         save_checkpoint(tmp_path / "bad.npz", arrays, kept)
         with pytest.raises(CheckpointError, match=r"bad.npz: metadata field 'data.framing': "
@@ -257,7 +265,14 @@ def test_bad_images_shapes_and_framings_are_named() -> None:
     # NumPy numbers and a list are taken, and kept as Python floats (to_dict is JSON)
     kept = Framing(np.float32(0.5), [np.int64(2), np.float32(2.5)])  # type: ignore[arg-type]
     assert kept == Framing(0.5, (2.0, 2.5)) and type(kept.extent) is float
-    assert json.loads(json.dumps(kept.to_dict())) == {"extent": 0.5, "center": [2.0, 2.5]}
+    assert json.loads(json.dumps(kept.to_dict())) == {
+        "extent": 0.5,
+        "center": [2.0, 2.5],
+        "peak": 1.0,
+    }
+    for peak in (0, -0.5, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match=r"peak: expected a number in \(0, 1\]"):
+            Framing(0.5, (1.0, 1.0), peak)
 
 
 def test_center_with_resize_is_refused(
@@ -316,3 +331,21 @@ def test_the_framing_is_of_the_whole_training_split(digits: ImageDataset, tmp_pa
     config = make_config(backend="numpy", hidden=8, epochs=1, val_fraction=0.2, seed=3)
     train(config, data=digits, progress=False, out_dir=tmp_path / "run", plots=False)
     assert load_model(tmp_path / "run").framing == image_framing(digits.x_train)
+
+
+def test_faint_ink_is_brought_to_the_training_images_contrast(
+    digits: ImageDataset, rng: np.random.Generator
+) -> None:
+    """Thin strokes drawn large come out faint once shrunk: each framed image's brightest
+    pixel is the training images' median brightest (``peak``), measured by image_framing."""
+    framing = image_framing(digits.x_train)
+    assert framing.peak == float(np.median(digits.x_train.max(axis=(1, 2))))
+    images = digits.x_test[:30]
+    framed = frame_images(images, (8, 8), framing)
+    np.testing.assert_allclose(frame_images(images * 0.2, (8, 8), framing), framed, rtol=1e-5)
+    np.testing.assert_allclose(framed.max(axis=(1, 2)), framing.peak, rtol=1e-6)
+    dim = Framing(framing.extent, framing.center, peak=0.5)
+    np.testing.assert_allclose(frame_images(images, (8, 8), dim).max(axis=(1, 2)), 0.5,
+                               rtol=1e-6)  # fmt: skip
+    some = rng.uniform(0, 1, (5, 9, 7)).astype(np.float32)
+    assert frame_images(some, (8, 8), framing).max() <= 1
