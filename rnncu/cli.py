@@ -739,7 +739,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if saved.framing is None:
                 raise ValueError(
                     f"--center: {saved.file} does not record where its training images hold "
-                    "their ink (a checkpoint older than that record): train the run again"
+                    "their ink (a checkpoint older than that record, or a run of blank images): "
+                    "train it again, or on (train --resume with more --epochs writes it)"
                 )
             framing = saved.framing
         # every file read (and checked) before any is predicted: a bad last file fails at once

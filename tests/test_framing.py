@@ -212,7 +212,8 @@ def test_the_command_line_s_framing_errors(
                  "--center"]) == 2  # fmt: skip
     assert capsys.readouterr().err.strip() == (
         f"rnncu: error: --center: {tmp_path / 'old.npz'} does not record where its training "
-        "images hold their ink (a checkpoint older than that record): train the run again"
+        "images hold their ink (a checkpoint older than that record, or a run of blank "
+        "images): train it again, or on (train --resume with more --epochs writes it)"
     )
     clips = load_moving_digits()
     train(make_config(backend="numpy", hidden=8, epochs=1, dataset="moving-digits"),
@@ -349,3 +350,22 @@ def test_faint_ink_is_brought_to_the_training_images_contrast(
                                rtol=1e-6)  # fmt: skip
     some = rng.uniform(0, 1, (5, 9, 7)).astype(np.float32)
     assert frame_images(some, (8, 8), framing).max() <= 1
+
+
+def test_a_resume_that_trains_writes_an_older_run_s_framing(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset
+) -> None:
+    """What the command line's message for an older checkpoint advises."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    arrays, meta = load_checkpoint(old)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    del kept["data"]["framing"]
+    save_checkpoint(old / "checkpoint.npz", arrays, kept)
+    assert load_model(old).framing is None
+    config = make_config(backend="numpy", hidden=16, epochs=meta["epoch"] + 1, batch_size=64,
+                         seed=3)  # fmt: skip
+    train(config, data=digits, progress=False, out_dir=old, resume=old, plots=False)
+    assert load_model(old).framing == image_framing(digits.x_train)
