@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         "drawings not framed like them; not with --resize, which it does itself)",
     )
     pred.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json (default; for programs) or table (a line per image, for reading)",
+    )
+    pred.add_argument(
         "--top",
         type=_positive_int,
         default=3,
@@ -781,8 +787,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 }
             )
             row += 1
-    print(json.dumps({"checkpoint": str(saved.file), "predictions": records}, indent=2))
+    if args.format == "table":
+        print(_predictions_table(records, errors is not None))
+    else:
+        print(json.dumps({"checkpoint": str(saved.file), "predictions": records}, indent=2))
     return 0
+
+
+def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
+    """``rnncu predict --format table``: a line per image, columns aligned, its likeliest
+    classes last (a generate run's with their errors)."""
+
+    def likely(found: dict[str, Any]) -> str:
+        if generate:
+            return f"{found['class']} ({found['probability']:.4f}, mse {found['mse']:.4f})"
+        return f"{found['class']} ({found['probability']:.4f})"
+
+    header = ["file", "index", "class", "probability", *(["mse"] if generate else []), "top"]
+    rows = [
+        [
+            str(r["file"]),
+            str(r["index"]),
+            str(r["class"]),
+            f"{r['probability']:.4f}",
+            *([f"{r['mse']:.4f}"] if generate else []),
+            ", ".join(likely(t) for t in r["top"]),
+        ]
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)), row[-1]])
+        for row in [header, *rows]
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -489,3 +489,24 @@ def test_the_command_line_ranks_a_generate_run_s_classes_by_their_errors(
                  "--top", "4"]) == 0  # fmt: skip
     (record,) = json.loads(capsys.readouterr().out)["predictions"]
     assert [t["class"] for t in record["top"]] == [0, 2, 1]
+
+
+def test_the_command_line_s_table_of_a_generate_run(
+    gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "two.npy", digits.x_test[:2])
+    command = ["predict", "--checkpoint", str(gen_dir), str(tmp_path / "two.npy"), "--top", "2"]
+    assert main(command) == 0
+    records = json.loads(capsys.readouterr().out)["predictions"]
+    assert main([*command, "--format", "table"]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert lines[0].split() == ["file", "index", "class", "probability", "mse", "top"]
+    for line, record in zip(lines[1:], records, strict=True):
+        assert line.split()[2:5] == [
+            str(record["class"]),
+            f"{record['probability']:.4f}",
+            f"{record['mse']:.4f}",
+        ]
+        assert line.endswith(", ".join(
+            f"{t['class']} ({t['probability']:.4f}, mse {t['mse']:.4f})" for t in record["top"]
+        ))  # fmt: skip

@@ -586,3 +586,27 @@ def test_to_sequences_of_what_read_images_gives_is_what_training_reads(
         to_sequences(read_images(tmp_path / "t.npy", (8, 8)), "rows"),
         to_sequences(digits.x_test, "rows"),
     )
+
+
+def test_the_command_line_s_table_is_the_json_s_figures(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    np.save(tmp_path / "four.npy", digits.x_test[:4])
+    command = ["predict", "--checkpoint", str(run_dir), str(tmp_path / "four.npy"), "--top", "2"]
+    assert main(command) == 0
+    records = json.loads(capsys.readouterr().out)["predictions"]
+    assert main([*command, "--format", "table"]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert lines[0].split() == ["file", "index", "class", "probability", "top"]
+    assert len(lines) == 5
+    for line, record in zip(lines[1:], records, strict=True):
+        assert line.split()[:4] == [
+            str(tmp_path / "four.npy"),
+            str(record["index"]),
+            str(record["class"]),
+            f"{record['probability']:.4f}",
+        ]
+        listed = ", ".join(f"{t['class']} ({t['probability']:.4f})" for t in record["top"])
+        assert line.endswith(listed)
+        # the columns line up: each starts where the header's does
+        assert line.index(f" {record['class']} ") + 1 == lines[0].index("class")
