@@ -1343,7 +1343,9 @@ def frame_images(images: np.ndarray, shape: tuple[int, int], framing: Framing) -
             min(height, max(1, round(crop.shape[0] * scale))),
             min(width, max(1, round(crop.shape[1] * scale))),
         )
-        piece = resample(crop, size)
+        # the crop's brightest brought to 1 first, in float64: ink fainter than float32's
+        # least number (1e-300, say, ink all the same) would resample to 0, then 0 / 0
+        piece = resample(crop / np.float64(crop.max()), size)
         # thin strokes drawn large come out faint once shrunk: the training images' contrast
         piece *= np.float32(framing.peak / piece.max())
         np.minimum(piece, 1, out=piece)  # a rounding above 1 where the peak is 1

@@ -352,6 +352,19 @@ def test_faint_ink_is_brought_to_the_training_images_contrast(
     assert frame_images(some, (8, 8), framing).max() <= 1
 
 
+def test_ink_too_faint_for_float32_is_framed_all_the_same(digits: ImageDataset) -> None:
+    """Ink below float32's least number (float64 images, or a drawing scaled down) is ink:
+    framed at the training images' contrast like the same drawing at full strength, not a
+    division of 0 by 0 (NaN, then a bare "cannot convert float NaN to integer")."""
+    framing = image_framing(digits.x_train)
+    images = digits.x_test[:30].astype(np.float64)
+    framed = frame_images(images, (8, 8), framing)
+    for scale in (1e-300, 1e-40):
+        np.testing.assert_allclose(
+            frame_images(images * scale, (8, 8), framing), framed, rtol=1e-5, atol=1e-7
+        )
+
+
 def test_a_resume_that_trains_writes_an_older_run_s_framing(
     run_dir: Path, tmp_path: Path, digits: ImageDataset
 ) -> None:
