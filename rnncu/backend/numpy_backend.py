@@ -237,7 +237,7 @@ class NumpyBackend(Backend):
 # - AVX-512 on Zen 4 (AMD EPYC, which runs a 512-bit operation as two halves; the recurrence
 #   alone, two runs, OpenBLAS's own kernels): at 2^19 1.05 to 1.41, T 40 / B 16 / H 1024
 #   (2^24) 1.02 to 1.18, pixeldigits (2^21) 0.86 to 1.03 in four runs (in a layer, bounds of
-#   2^21 and 2^20 timed alike), rowmnist 0.82 to 1.13, from 2^24 at B >= 64 0.67 to 0.83. The
+#   2^21 and 2^20 timed alike), rowmnist 0.82 to 1.13, from 2^24 at B >= 64 0.67 to 0.82. The
 #   same rule; there the AVX2 build runs the whole recurrence as fast as the AVX-512 one.
 # Only two cores were measured: BLAS's threads scale with the cores where one thread does not.
 SMALL_BATCH = 32
