@@ -1,5 +1,5 @@
-"""The ``rnncu`` command line: ``train`` (the default), ``evaluate``, ``generate``, ``info``,
-``precompile``.
+"""The ``rnncu`` command line: ``train`` (the default), ``evaluate``, ``generate``,
+``predict``, ``info``, ``precompile``.
 
 Errors caused by input (bad arguments, missing or foreign files, an unavailable backend, a
 diverged run, out of memory) print ``rnncu: error: <one line>`` to stderr and return a
