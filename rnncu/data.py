@@ -980,7 +980,9 @@ def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
 
 
 #: the files :func:`read_images` reads: one PNG image, or NumPy arrays of images (or clips)
-IMAGE_FILE_SUFFIXES = (".png", ".npy", ".npz")
+IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".npz")
+#: the suffixes of a picture, one image each (the others hold arrays)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: ITU-R BT.601 luma weights: a colour PNG is recognised by its luminance
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -1001,6 +1003,8 @@ def read_images(
       (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque, and a grey or colour one may
       not name a transparent colour (a transparent ground has no intensity to read: flatten
       it first).
+    * ``.jpg``, ``.jpeg``: one image, read by Pillow as it decodes it, grey or colour by its
+      luminance, turned upright as its EXIF orientation says.
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1029,13 +1033,14 @@ def read_images(
             f"{where}: framing crops images to their ink; the model reads clips, whose frames "
             "move (give them as they are)"
         )
-    if suffix == ".png":
+    if suffix in PICTURE_SUFFIXES:
+        kind = "PNG" if suffix == ".png" else "JPEG"
         if frame_shape is not None:
             raise ValueError(
                 f"{where}: the model reads clips of {image_shape[0]} frames of "
-                f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a PNG"
+                f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a {kind}"
             )
-        x = _png_luminance(path)[None]
+        x = (_png_luminance(path) if kind == "PNG" else _jpeg_luminance(path))[None]
     else:
         x = _image_array(path, suffix)
         held = tuple(x.shape)  # as the file holds it: what messages quote
@@ -1143,6 +1148,29 @@ def _png_luminance(path: Path) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"{path}: expected a grey or colour image, got pixels {pixels.shape}")
     return pixels
+
+
+def _jpeg_luminance(path: Path) -> np.ndarray:
+    """A JPEG's pixels as one grey (H, W) float32 array in [0, 1], turned upright as its EXIF
+    orientation says (a phone's photo is stored as the sensor saw it)."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Pillow reads JPEG files: pip install 'rnncu[train]'") from exc
+    try:
+        with Image.open(path) as opened:
+            kind = opened.format
+            image = ImageOps.exif_transpose(opened) if kind == "JPEG" else None
+            if image is not None and image.mode != "L":
+                image = image.convert("RGB")  # colour (RGB, CMYK, YCbCr): by its luminance
+            pixels = None if image is None else np.asarray(image, dtype=np.float64) / 255
+    except Exception as exc:  # a truncated or foreign file: Pillow's own errors
+        raise ValueError(f"{path}: cannot read JPEG ({type(exc).__name__}: {exc})") from None
+    if pixels is None:
+        raise ValueError(f"{path}: not a JPEG file (its bytes are a {kind} image)")
+    if pixels.ndim == 3:
+        pixels = np.clip(pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float64), 0, 1)
+    return pixels.astype(np.float32)
 
 
 def _png_colour_key(path: Path) -> bool:

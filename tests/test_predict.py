@@ -407,8 +407,9 @@ def test_arrays_from_npy_and_npz(tmp_path: Path, digits: ImageDataset) -> None:
     with pytest.raises(ValueError, match=r"deep.npy: expected images \(H, W\) or \(N, H, W\), "
                        r"got an array of shape \(5, 1, 8, 8\)"):  # fmt: skip
         read_images(tmp_path / "deep.npy", (8, 8))
-    with pytest.raises(ValueError, match=r"x.jpg: expected a .png, .npy, .npz file, got 'x.jpg'"):
-        read_images(tmp_path / "x.jpg", (8, 8))
+    with pytest.raises(ValueError, match=r"x.gif: expected a .png, .jpg, .jpeg, .npy, .npz "
+                       "file, got 'x.gif'"):  # fmt: skip
+        read_images(tmp_path / "x.gif", (8, 8))
     with pytest.raises(FileNotFoundError, match=r"gone.npy: no such file"):
         read_images(tmp_path / "gone.npy", (8, 8))
 
@@ -610,3 +611,71 @@ def test_the_command_line_s_table_is_the_json_s_figures(
         assert line.endswith(listed)
         # the columns line up: each starts where the header's does
         assert line.index(f" {record['class']} ") + 1 == lines[0].index("class")
+
+
+# -- JPEG -----------------------------------------------------------------------------------
+def test_jpeg_grey_and_colour_read_as_pillow_decodes_them(
+    tmp_path: Path, digits: ImageDataset, rng: np.random.Generator
+) -> None:
+    from PIL import Image
+
+    grey = np.round(digits.x_test[5] * 255).astype(np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "grey.jpg", quality=95)
+    decoded = np.asarray(Image.open(tmp_path / "grey.jpg"), dtype=np.float64) / 255
+    read = read_images(tmp_path / "grey.jpg", (8, 8))
+    assert read.shape == (1, 8, 8) and read.dtype == np.float32
+    np.testing.assert_array_equal(read[0], decoded.astype(np.float32))
+    assert np.abs(read[0] - digits.x_test[5]).max() < 0.1  # lossy, but the digit's
+    colour = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(colour, "RGB").save(tmp_path / "colour.JPEG", quality=95)
+    rgb = np.asarray(Image.open(tmp_path / "colour.JPEG"), dtype=np.float64) / 255
+    expected = (rgb @ np.array([0.299, 0.587, 0.114])).astype(np.float32)
+    np.testing.assert_allclose(read_images(tmp_path / "colour.JPEG", (8, 8))[0], expected,
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_jpeg_is_turned_upright_as_its_exif_says(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Orientation 6: the stored pixels are to be turned 90 degrees clockwise."""
+    from PIL import Image
+
+    stored = rng.integers(0, 256, (8, 12), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored, "L").save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    decoded = np.asarray(Image.open(tmp_path / "phone.jpg"), dtype=np.float64) / 255
+    read = read_images(tmp_path / "phone.jpg", (12, 8))
+    np.testing.assert_array_equal(read[0], np.rot90(decoded, k=-1).astype(np.float32))
+
+
+def test_a_bad_jpeg_is_named(tmp_path: Path, digits: ImageDataset) -> None:
+    from PIL import Image
+
+    image = np.round(digits.x_test[0] * 255).astype(np.uint8)
+    Image.fromarray(image, "L").save(tmp_path / "png.jpg", format="PNG")
+    with pytest.raises(ValueError, match=r"png.jpg: not a JPEG file \(its bytes are a PNG image\)"):
+        read_images(tmp_path / "png.jpg", (8, 8))
+    Image.fromarray(image, "L").save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:60])
+    with pytest.raises(ValueError, match=r"cut.jpg: cannot read JPEG \("):
+        read_images(tmp_path / "cut.jpg", (8, 8))
+    clips_only = r"give them as .npy or .npz arrays \(N, T, H, W\), not a JPEG"
+    with pytest.raises(ValueError, match=r"whole.jpg: the model reads clips of 8 frames of "
+                       r"10x10: " + clips_only):  # fmt: skip
+        read_images(tmp_path / "whole.jpg", (8, 100), (10, 10))
+
+
+def test_the_command_line_reads_jpeg(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    canvas = np.full((40, 40), 255, dtype=np.uint8)  # dark ink on white, off centre
+    canvas[3:35, 6:38] = 255 - np.round(np.kron(digits.x_test[9], np.ones((4, 4))) * 255)
+    Image.fromarray(canvas, "L").save(tmp_path / "drawing.jpg", quality=95)
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "drawing.jpg"),
+                 "--center", "--invert"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)["predictions"][0]
+    saved = load_model(run_dir)
+    assert saved.framing is not None
+    framed = read_images(tmp_path / "drawing.jpg", (8, 8), invert=True, framing=saved.framing)
+    assert record["class"] == int(predict_images(saved, framed)["classes"][0])
