@@ -979,11 +979,12 @@ def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
     )
 
 
-#: the files :func:`read_images` reads: one PNG image, or NumPy arrays of images (or clips)
+#: the files :func:`read_images` reads: one PNG or JPEG image, or NumPy arrays of images (or
+#: clips)
 IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".npz")
 #: the suffixes of a picture, one image each (the others hold arrays)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-#: ITU-R BT.601 luma weights: a colour PNG is recognised by its luminance
+#: ITU-R BT.601 luma weights: a colour PNG or JPEG is recognised by its luminance
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
