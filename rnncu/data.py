@@ -1005,7 +1005,8 @@ def read_images(
       not name a transparent colour (a transparent ground has no intensity to read: flatten
       it first).
     * ``.jpg``, ``.jpeg``: one image, read by Pillow as it decodes it, grey or colour by its
-      luminance, turned upright as its EXIF orientation says.
+      luminance, turned upright as its EXIF orientation says (an MPO, a JPEG with more
+      pictures after it as phones write, by its first).
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1153,25 +1154,50 @@ def _png_luminance(path: Path) -> np.ndarray:
 
 def _jpeg_luminance(path: Path) -> np.ndarray:
     """A JPEG's pixels as one grey (H, W) float32 array in [0, 1], turned upright as its EXIF
-    orientation says (a phone's photo is stored as the sensor saw it)."""
+    orientation says (a phone's photo is stored as the sensor saw it). An MPO (a JPEG with
+    more pictures after it, as phones write a depth or gain map) is read by its first."""
     try:
-        from PIL import Image, ImageOps
+        from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("Pillow reads JPEG files: pip install 'rnncu[train]'") from exc
     try:
         with Image.open(path) as opened:
             kind = opened.format
-            image = ImageOps.exif_transpose(opened) if kind == "JPEG" else None
+            image = opened if kind in ("JPEG", "MPO") else None
             if image is not None and image.mode != "L":
                 image = image.convert("RGB")  # colour (RGB, CMYK, YCbCr): by its luminance
             pixels = None if image is None else np.asarray(image, dtype=np.float64) / 255
+            orientation = None if image is None else _exif_orientation(opened)
     except Exception as exc:  # a truncated or foreign file: Pillow's own errors
         raise ValueError(f"{path}: cannot read JPEG ({type(exc).__name__}: {exc})") from None
     if pixels is None:
         raise ValueError(f"{path}: not a JPEG file (its bytes are a {kind} image)")
     if pixels.ndim == 3:
         pixels = np.clip(pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float64), 0, 1)
-    return pixels.astype(np.float32)
+    return np.ascontiguousarray(_upright(pixels, orientation), dtype=np.float32)
+
+
+def _exif_orientation(image: Any) -> object:
+    """The EXIF orientation of a Pillow image, or None where its EXIF cannot be parsed: the
+    pixels are then taken as stored (Pillow's ``ImageOps.exif_transpose`` writes the EXIF
+    back, and fails on a tag it cannot write though the pixels decode)."""
+    try:
+        return image.getexif().get(0x0112)
+    except Exception:  # a malformed EXIF block: nothing to turn the image by
+        return None
+
+
+def _upright(pixels: np.ndarray, orientation: object) -> np.ndarray:
+    """``pixels`` (H, W) as they are to be seen, by an EXIF orientation (1 to 8; any other
+    value, or None, leaves them as stored), as Pillow's ``ImageOps.exif_transpose`` turns
+    them."""
+    # 5 to 8 are stored on their side (5 and 7 mirrored too), 2 to 4 mirrored or turned round
+    upright: np.ndarray = pixels.T if orientation in (5, 6, 7, 8) else pixels
+    if orientation in (2, 3, 6, 7):  # then left to right
+        upright = upright[:, ::-1]
+    if orientation in (3, 4, 7, 8):  # then top to bottom
+        upright = upright[::-1]
+    return upright
 
 
 def _png_colour_key(path: Path) -> bool:

@@ -647,6 +647,84 @@ def test_jpeg_is_turned_upright_as_its_exif_says(tmp_path: Path, rng: np.random.
     np.testing.assert_array_equal(read[0], np.rot90(decoded, k=-1).astype(np.float32))
 
 
+@pytest.mark.parametrize("orientation", range(10))
+def test_jpeg_is_turned_as_pillow_turns_each_exif_orientation(
+    tmp_path: Path, rng: np.random.Generator, orientation: int
+) -> None:
+    """Mirrored, turned, or both (2 to 8), as ImageOps.exif_transpose turns them; 1 and the
+    values EXIF does not define leave the pixels as stored."""
+    from PIL import Image, ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rng.integers(0, 256, (6, 9), dtype=np.uint8), "L").save(
+        tmp_path / "o.jpg", quality=95, exif=exif
+    )
+    with Image.open(tmp_path / "o.jpg") as opened:
+        upright = np.asarray(ImageOps.exif_transpose(opened), dtype=np.float64) / 255
+    read = read_images(tmp_path / "o.jpg", upright.shape)
+    np.testing.assert_array_equal(read[0], upright.astype(np.float32))
+
+
+def test_a_jpeg_with_an_exif_tag_pillow_cannot_write_back_is_read(tmp_path: Path) -> None:
+    """HalftoneHints (0x0141, two integers) held as text, as a camera may write it: Pillow's
+    exif_transpose fails writing the EXIF back; the pixels decode, and are turned."""
+    from PIL import Image
+
+    stored = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0110] = "Model"  # ASCII, renamed below to the tag that takes two integers
+    Image.fromarray(stored, "L").save(tmp_path / "w.jpg", quality=95, exif=exif)
+    data = (tmp_path / "w.jpg").read_bytes()
+    start = data.index(b"Exif\0\0")
+    renamed = data[start:].replace(b"\x01\x10\x00\x02", b"\x01\x41\x00\x02", 1)
+    assert renamed != data[start:]
+    (tmp_path / "odd.jpg").write_bytes(data[:start] + renamed)
+    with Image.open(tmp_path / "w.jpg") as opened:
+        decoded = np.asarray(opened, dtype=np.float64) / 255
+    read = read_images(tmp_path / "odd.jpg", (8, 6))
+    np.testing.assert_array_equal(read[0], np.rot90(decoded, k=-1).astype(np.float32))
+
+
+def test_a_cmyk_jpeg_reads_as_its_luminance(tmp_path: Path, digits: ImageDataset) -> None:
+    """An Adobe (inverted) CMYK JPEG, as print software writes: by its RGB's luminance."""
+    from PIL import Image
+
+    grey = np.round(digits.x_test[3] * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB").convert("CMYK").save(
+        tmp_path / "print.jpg", quality=95
+    )
+    with Image.open(tmp_path / "print.jpg") as opened:
+        assert opened.mode == "CMYK"
+        rgb = np.asarray(opened.convert("RGB"), dtype=np.float64) / 255
+    expected = (rgb @ np.array([0.299, 0.587, 0.114])).astype(np.float32)
+    read = read_images(tmp_path / "print.jpg", (8, 8))
+    np.testing.assert_allclose(read[0], expected, rtol=1e-6)
+    assert np.abs(read[0] - digits.x_test[3]).max() < 0.1
+
+
+def test_an_mpo_jpeg_reads_as_its_first_picture(tmp_path: Path, digits: ImageDataset) -> None:
+    """A phone's photo with a second picture (a depth or gain map) after it: Pillow names it
+    MPO; its first picture is the photo."""
+    from PIL import Image
+
+    Image.init()
+    if "MPO" not in Image.SAVE:
+        pytest.skip("this Pillow writes no MPO (9.3 and later do)")
+    first = np.round(digits.x_test[2] * 255).astype(np.uint8)
+    Image.fromarray(first, "L").convert("RGB").save(
+        tmp_path / "phone.jpg", format="MPO", save_all=True, quality=95,
+        append_images=[Image.fromarray(255 - first, "L").convert("RGB")],
+    )  # fmt: skip
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        assert opened.format == "MPO"
+        rgb = np.asarray(opened.convert("RGB"), dtype=np.float64) / 255
+    expected = (rgb @ np.array([0.299, 0.587, 0.114])).astype(np.float32)
+    np.testing.assert_allclose(read_images(tmp_path / "phone.jpg", (8, 8))[0], expected,
+                               rtol=1e-6)  # fmt: skip
+
+
 def test_a_bad_jpeg_is_named(tmp_path: Path, digits: ImageDataset) -> None:
     from PIL import Image
 
