@@ -807,7 +807,7 @@ def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
     header = ["file", "index", "class", "probability", *(["mse"] if generate else []), "top"]
     rows = [
         [
-            str(r["file"]),
+            _printable(str(r["file"])),
             str(r["index"]),
             str(r["class"]),
             f"{r['probability']:.4f}",
@@ -816,10 +816,30 @@ def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
         ]
         for r in records
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    widths = [max(_columns(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return "\n".join(
-        "  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)), row[-1]])
+        "  ".join(
+            [*(c + " " * (w - _columns(c)) for c, w in zip(row[:-1], widths, strict=True)), row[-1]]
+        )
         for row in [header, *rows]
+    )
+
+
+def _printable(text: str) -> str:
+    """``text`` with what a terminal would not show as one character escaped as Python
+    writes it: a newline or tab in a file's name would break the table's line, and a byte of
+    a name not in the file system's encoding (a lone surrogate) could not be printed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _columns(text: str) -> int:
+    """The terminal columns ``text`` takes: East Asian wide characters two, combining
+    marks none."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
     )
 
 

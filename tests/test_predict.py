@@ -757,3 +757,24 @@ def test_the_command_line_reads_jpeg(
     assert saved.framing is not None
     framed = read_images(tmp_path / "drawing.jpg", (8, 8), invert=True, framing=saved.framing)
     assert record["class"] == int(predict_images(saved, framed)["classes"][0])
+
+
+def test_the_table_keeps_a_line_per_image_whatever_the_files_are_named() -> None:
+    """A newline or tab in a name, a byte not in the file system's encoding (a lone surrogate,
+    which strict UTF-8 cannot print) escaped; wide characters taking two columns."""
+    from rnncu.cli import _predictions_table
+
+    def record(name: str, index: int) -> dict:
+        top = [{"class": 3, "probability": 0.5, "mse": 0.25}]
+        return {"file": Path(name), "index": index, **top[0], "top": top}
+
+    names = ["new\nline.npy", "bad\udcff.npy", "数字.npy", "e\u0301.npy"]
+    table = _predictions_table([record(n, i) for i, n in enumerate(names)], generate=True)
+    table.encode("utf-8")  # strict: printable on any UTF-8 terminal
+    assert table.split("\n") == [
+        "file           index  class  probability  mse     top",
+        "new\\nline.npy  0      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
+        "bad\\udcff.npy  1      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
+        "数字.npy       2      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
+        "e\u0301.npy          3      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
+    ]
