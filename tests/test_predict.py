@@ -687,6 +687,28 @@ def test_a_jpeg_with_an_exif_tag_pillow_cannot_write_back_is_read(tmp_path: Path
     np.testing.assert_array_equal(read[0], np.rot90(decoded, k=-1).astype(np.float32))
 
 
+def test_a_jpeg_whose_exif_pillow_cannot_parse_is_read_as_stored(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older Pillow raises on some malformed EXIF blocks (this one warns): the pixels,
+    which decode, as they are stored, not 'cannot read JPEG'."""
+    from PIL import Image
+
+    stored = rng.integers(0, 256, (6, 9), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored, "L").save(tmp_path / "s.jpg", quality=95, exif=exif)
+    with Image.open(tmp_path / "s.jpg") as opened:
+        decoded = np.asarray(opened, dtype=np.float64) / 255
+
+    def unparsable(self: object) -> None:
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr(Image.Image, "getexif", unparsable)
+    read = read_images(tmp_path / "s.jpg", (6, 9))
+    np.testing.assert_array_equal(read[0], decoded.astype(np.float32))
+
+
 def test_a_cmyk_jpeg_reads_as_its_luminance(tmp_path: Path, digits: ImageDataset) -> None:
     """An Adobe (inverted) CMYK JPEG, as print software writes: by its RGB's luminance."""
     from PIL import Image
