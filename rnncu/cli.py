@@ -260,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_path,
         nargs="+",
         metavar="FILE",
-        help=".png or .jpg / .jpeg (one image; colour is read as its luminance; a JPEG turned "
-        "upright as its EXIF says), or .npy / .npz (x) arrays: an "
+        help=".png, .jpg / .jpeg, .bmp, .gif, .webp, .tif / .tiff (one image; colour is read "
+        "as its luminance; turned upright as its EXIF says), or .npy / .npz (x) arrays: an "
         "image (H, W) or a stack (N, H, W), integers 0..255 or floats in [0, 1]; a run of "
         "clips takes clips (T, H, W) or (N, T, H, W), or (N, T, H*W) as datasets hold them",
     )

@@ -979,12 +979,14 @@ def load_dataset(spec: str | os.PathLike[str] = "digits") -> ImageDataset:
     )
 
 
-#: the files :func:`read_images` reads: one PNG or JPEG image, or NumPy arrays of images (or
-#: clips)
-IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".npz")
+#: the files :func:`read_images` reads: one picture (PNG, JPEG, BMP, GIF, WebP, TIFF), or
+#: NumPy arrays of images (or clips)
+IMAGE_FILE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".npy", ".npz"
+)  # fmt: skip
 #: the suffixes of a picture, one image each (the others hold arrays)
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-#: ITU-R BT.601 luma weights: a colour PNG or JPEG is recognised by its luminance
+PICTURE_SUFFIXES = IMAGE_FILE_SUFFIXES[:-2]
+#: ITU-R BT.601 luma weights: a colour picture is recognised by its luminance
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
@@ -1004,9 +1006,11 @@ def read_images(
       (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque, and a grey or colour one may
       not name a transparent colour (a transparent ground has no intensity to read: flatten
       it first).
-    * ``.jpg``, ``.jpeg``: one image, read by Pillow as it decodes it, grey or colour by its
-      luminance, turned upright as its EXIF orientation says (an MPO, a JPEG with more
-      pictures after it as phones write, by its first).
+    * ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``, ``.tiff``: one image,
+      read by Pillow as it decodes it, grey (16-bit grey too) or colour by its luminance,
+      turned upright as its EXIF orientation says (an MPO, a JPEG with more pictures after
+      it as phones write, by its first). Transparent pixels, more than one frame, and
+      pixels of unknown range (32-bit integers, floats) are refused.
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1036,13 +1040,13 @@ def read_images(
             "move (give them as they are)"
         )
     if suffix in PICTURE_SUFFIXES:
-        kind = "PNG" if suffix == ".png" else "JPEG"
+        kind = "PNG" if suffix == ".png" else PILLOW_KINDS[suffix][0]
         if frame_shape is not None:
             raise ValueError(
                 f"{where}: the model reads clips of {image_shape[0]} frames of "
                 f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a {kind}"
             )
-        x = (_png_luminance(path) if kind == "PNG" else _jpeg_luminance(path))[None]
+        x = (_png_luminance(path) if kind == "PNG" else _pillow_luminance(path, suffix))[None]
     else:
         x = _image_array(path, suffix)
         held = tuple(x.shape)  # as the file holds it: what messages quote
@@ -1152,26 +1156,68 @@ def _png_luminance(path: Path) -> np.ndarray:
     return pixels
 
 
-def _jpeg_luminance(path: Path) -> np.ndarray:
-    """A JPEG's pixels as one grey (H, W) float32 array in [0, 1], turned upright as its EXIF
-    orientation says (a phone's photo is stored as the sensor saw it). An MPO (a JPEG with
-    more pictures after it, as phones write a depth or gain map) is read by its first."""
+#: the pictures Pillow reads, by suffix: the kind named in messages, and the formats Pillow
+#: may report for it (an MPO is a JPEG with more pictures after it, as phones write)
+PILLOW_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    ".jpg": ("JPEG", ("JPEG", "MPO")),
+    ".jpeg": ("JPEG", ("JPEG", "MPO")),
+    ".bmp": ("BMP", ("BMP", "DIB")),
+    ".gif": ("GIF", ("GIF",)),
+    ".webp": ("WebP", ("WEBP",)),
+    ".tif": ("TIFF", ("TIFF",)),
+    ".tiff": ("TIFF", ("TIFF",)),
+}
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
+    """A picture Pillow reads (JPEG, BMP, GIF, WebP, TIFF) as one grey (H, W) float32 array
+    in [0, 1], turned upright as its EXIF orientation says (a phone's photo is stored as the
+    sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
+    transparent pixel, more than one frame (an animation, pages), or pixels of unknown range
+    (32-bit integers, floats) are refused. An MPO is read by its first picture."""
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("Pillow reads JPEG files: pip install 'rnncu[train]'") from exc
+        raise ImportError("Pillow reads JPEG, BMP, GIF, WebP and TIFF files: pip install "
+                          "'rnncu[train]'") from exc  # fmt: skip
+    kind, formats = PILLOW_KINDS[suffix]
+    pixels = None
+    problem = None
     try:
-        with Image.open(path) as opened:
-            kind = opened.format
-            image = opened if kind in ("JPEG", "MPO") else None
-            if image is not None and image.mode != "L":
-                image = image.convert("RGB")  # colour (RGB, CMYK, YCbCr): by its luminance
-            pixels = None if image is None else np.asarray(image, dtype=np.float64) / 255
-            orientation = None if image is None else _exif_orientation(opened)
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if image.format not in formats:
+                problem = f"not a {kind} file (its bytes are a {image.format} image)"
+            elif frames > 1 and image.format != "MPO":
+                problem = (
+                    f"the {kind} holds {frames} frames (an animation or pages): give one image"
+                )
+            elif image.mode in _SIXTEEN_BIT_GREY:
+                pixels = np.asarray(image, dtype=np.float64) / 65535
+            elif image.mode in ("I", "F"):
+                problem = (
+                    f"pixels of mode {image.mode} (32-bit integers or floats), whose range is "
+                    "not known: save it with 8- or 16-bit pixels"
+                )
+            elif (image.mode in _ALPHA_MODES or "transparency" in image.info) and (
+                np.asarray(image.convert("RGBA"))[..., 3] < 255
+            ).any():
+                problem = (
+                    f"the {kind} has transparent pixels, whose intensity is that of whatever "
+                    "lies beneath: flatten it onto its ground first"
+                )
+            else:
+                # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
+                grey = image.mode in ("L", "1")
+                plain = image.convert("L" if grey else "RGB")
+                pixels = np.asarray(plain, dtype=np.float64) / 255
+            orientation = _exif_orientation(image)
     except Exception as exc:  # a truncated or foreign file: Pillow's own errors
-        raise ValueError(f"{path}: cannot read JPEG ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: cannot read {kind} ({type(exc).__name__}: {exc})") from None
     if pixels is None:
-        raise ValueError(f"{path}: not a JPEG file (its bytes are a {kind} image)")
+        raise ValueError(f"{path}: {problem}")
     if pixels.ndim == 3:
         pixels = np.clip(pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float64), 0, 1)
     return np.ascontiguousarray(_upright(pixels, orientation), dtype=np.float32)

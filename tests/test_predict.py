@@ -407,9 +407,9 @@ def test_arrays_from_npy_and_npz(tmp_path: Path, digits: ImageDataset) -> None:
     with pytest.raises(ValueError, match=r"deep.npy: expected images \(H, W\) or \(N, H, W\), "
                        r"got an array of shape \(5, 1, 8, 8\)"):  # fmt: skip
         read_images(tmp_path / "deep.npy", (8, 8))
-    with pytest.raises(ValueError, match=r"x.gif: expected a .png, .jpg, .jpeg, .npy, .npz "
-                       "file, got 'x.gif'"):  # fmt: skip
-        read_images(tmp_path / "x.gif", (8, 8))
+    with pytest.raises(ValueError, match=r"x.svg: expected a .png, .jpg, .jpeg, .bmp, .gif, "
+                       r".webp, .tif, .tiff, .npy, .npz file, got 'x.svg'"):  # fmt: skip
+        read_images(tmp_path / "x.svg", (8, 8))
     with pytest.raises(FileNotFoundError, match=r"gone.npy: no such file"):
         read_images(tmp_path / "gone.npy", (8, 8))
 
@@ -800,3 +800,69 @@ def test_the_table_keeps_a_line_per_image_whatever_the_files_are_named() -> None
         "数字.npy       2      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
         "e\u0301.npy          3      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
     ]
+
+
+# -- other pictures Pillow reads ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "save"),
+    [("grey.bmp", {}), ("grey.gif", {}), ("grey.webp", {"lossless": True}),
+     ("grey.tif", {}), ("grey.TIFF", {"compression": "tiff_lzw"})],
+)  # fmt: skip
+def test_lossless_pictures_read_exactly(
+    tmp_path: Path, digits: ImageDataset, name: str, save: dict
+) -> None:
+    from PIL import Image
+
+    image = np.round(digits.x_test[11] * 255).astype(np.uint8)
+    Image.fromarray(image, "L").save(tmp_path / name, **save)
+    read = read_images(tmp_path / name, (8, 8))
+    np.testing.assert_array_equal(read[0], (image / 255).astype(np.float32))
+    colour = np.stack([image] * 3, axis=-1)  # grey written as colour: the same values
+    Image.fromarray(colour, "RGB").save(tmp_path / f"colour-{name}", **save)
+    np.testing.assert_array_equal(read_images(tmp_path / f"colour-{name}", (8, 8)), read)
+
+
+def test_sixteen_bit_grey_tiff_is_scaled_by_its_depth(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    from PIL import Image
+
+    deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.tif")  # mode I;16
+    np.testing.assert_allclose(read_images(tmp_path / "deep.tif", (8, 8))[0], deep / 65535,
+                               rtol=1e-6)  # fmt: skip
+    Image.fromarray(rng.uniform(0, 1, (8, 8)).astype(np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match=r"f.tif: pixels of mode F \(32-bit integers or "
+                       r"floats\), whose range is not known"):  # fmt: skip
+        read_images(tmp_path / "f.tif", (8, 8))
+
+
+def test_transparent_or_animated_pictures_are_refused(tmp_path: Path, digits: ImageDataset) -> None:
+    from PIL import Image
+
+    image = np.round(digits.x_test[2] * 255).astype(np.uint8)
+    opaque = np.dstack([image] * 3 + [np.full((8, 8), 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.webp", lossless=True)
+    np.testing.assert_array_equal(read_images(tmp_path / "opaque.webp", (8, 8))[0],
+                                  (image / 255).astype(np.float32))  # fmt: skip
+    holed = opaque.copy()
+    holed[3, 4, 3] = 0
+    Image.fromarray(holed, "RGBA").save(tmp_path / "holed.webp", lossless=True)
+    with pytest.raises(ValueError, match=r"holed.webp: the WebP has transparent pixels"):
+        read_images(tmp_path / "holed.webp", (8, 8))
+    # a GIF whose palette names a transparent index, used by one pixel
+    keyed = Image.fromarray(image, "L").convert("P")
+    keyed.save(tmp_path / "keyed.gif", transparency=int(np.asarray(keyed)[0, 0]))
+    with pytest.raises(ValueError, match=r"keyed.gif: the GIF has transparent pixels"):
+        read_images(tmp_path / "keyed.gif", (8, 8))
+    frames = [Image.fromarray(image, "L"), Image.fromarray(255 - image, "L")]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match=r"moving.gif: the GIF holds 2 frames \(an animation "
+                       r"or pages\): give one image"):  # fmt: skip
+        read_images(tmp_path / "moving.gif", (8, 8))
+    Image.fromarray(image, "L").save(tmp_path / "png.bmp", format="PNG")
+    with pytest.raises(ValueError, match=r"png.bmp: not a BMP file \(its bytes are a PNG image\)"):
+        read_images(tmp_path / "png.bmp", (8, 8))
+    (tmp_path / "cut.tif").write_bytes(b"II*\x00" + b"\x00" * 4)
+    with pytest.raises(ValueError, match=r"cut.tif: cannot read TIFF \("):
+        read_images(tmp_path / "cut.tif", (8, 8))
