@@ -1196,6 +1196,9 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                 )
             elif image.mode in _SIXTEEN_BIT_GREY:
                 pixels = np.asarray(image, dtype=np.float64) / 65535
+                if image.format == "TIFF" and image.tag_v2.get(0x0106) == 0:
+                    # WhiteIsZero: Pillow inverts 1- to 8-bit grey so, 16-bit not
+                    pixels = 1 - pixels
             elif image.mode in ("I", "F"):
                 problem = (
                     f"pixels of mode {image.mode} (32-bit integers or floats), whose range is "

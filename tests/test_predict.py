@@ -866,3 +866,39 @@ def test_transparent_or_animated_pictures_are_refused(tmp_path: Path, digits: Im
     (tmp_path / "cut.tif").write_bytes(b"II*\x00" + b"\x00" * 4)
     with pytest.raises(ValueError, match=r"cut.tif: cannot read TIFF \("):
         read_images(tmp_path / "cut.tif", (8, 8))
+
+
+def _tiff(path: Path, pixels: np.ndarray, photometric: int, order: str = "<") -> None:
+    """An uncompressed one-strip grey TIFF of ``pixels`` (H, W), written as they are (8- or
+    16-bit; ``order`` the byte order), with the photometric interpretation given (0:
+    WhiteIsZero, 1: BlackIsZero)."""
+    import struct
+
+    height, width = pixels.shape
+    data = pixels.astype(f"{order}u{pixels.dtype.itemsize}").tobytes()
+    tags = [(256, 3, width), (257, 3, height), (258, 3, 8 * pixels.dtype.itemsize),
+            (259, 3, 1), (262, 3, photometric), (273, 4, 8 + 2 + 9 * 12 + 4), (277, 3, 1),
+            (278, 3, height), (279, 4, len(data))]  # fmt: skip
+    ifd = struct.pack(f"{order}H", len(tags))
+    for tag, kind, value in tags:
+        ifd += struct.pack(f"{order}HHI" + ("H2x" if kind == 3 else "I"), tag, kind, 1, value)
+    head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(f"{order}I", 8)
+    path.write_bytes(head + ifd + struct.pack(f"{order}I", 0) + data)
+
+
+def test_sixteen_bit_tiff_white_is_zero_is_read_as_seen(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A grey TIFF whose photometric interpretation says 0 is white: Pillow inverts 1- to
+    8-bit pixels so, but gives 16-bit ones as stored (they read as their negative)."""
+    deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    _tiff(tmp_path / "black.tif", deep, photometric=1)
+    _tiff(tmp_path / "white.tif", 65535 - deep, photometric=0)
+    black = read_images(tmp_path / "black.tif", (8, 8))
+    np.testing.assert_allclose(black[0], deep / 65535, rtol=1e-6)
+    np.testing.assert_allclose(read_images(tmp_path / "white.tif", (8, 8)), black, atol=1e-7)
+    shallow = rng.integers(0, 256, (8, 8), dtype=np.uint8)  # as Pillow reads it itself
+    _tiff(tmp_path / "black8.tif", shallow, photometric=1)
+    _tiff(tmp_path / "white8.tif", 255 - shallow, photometric=0)
+    np.testing.assert_array_equal(read_images(tmp_path / "white8.tif", (8, 8)),
+                                  read_images(tmp_path / "black8.tif", (8, 8)))  # fmt: skip
