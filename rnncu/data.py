@@ -1010,7 +1010,7 @@ def read_images(
       read by Pillow as it decodes it, grey (16-bit grey too) or colour by its luminance,
       turned upright as its EXIF orientation says (an MPO, a JPEG with more pictures after
       it as phones write, by its first). Transparent pixels, more than one frame, and
-      pixels of unknown range (32-bit integers, floats) are refused.
+      pixels of unknown range (signed or 32-bit integers, floats) are refused.
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1176,7 +1176,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
     in [0, 1], turned upright as its EXIF orientation says (a phone's photo is stored as the
     sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
     transparent pixel, more than one frame (an animation, pages), or pixels of unknown range
-    (32-bit integers, floats) are refused. An MPO is read by its first picture."""
+    (signed or 32-bit integers, floats) are refused. An MPO is read by its first picture."""
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -1201,8 +1201,8 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                     pixels = 1 - pixels
             elif image.mode in ("I", "F"):
                 problem = (
-                    f"pixels of mode {image.mode} (32-bit integers or floats), whose range is "
-                    "not known: save it with 8- or 16-bit pixels"
+                    f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
+                    "whose range is not known: save it with unsigned 8- or 16-bit pixels"
                 )
             elif (image.mode in _ALPHA_MODES or "transparency" in image.info) and (
                 np.asarray(image.convert("RGBA"))[..., 3] < 255

@@ -832,8 +832,8 @@ def test_sixteen_bit_grey_tiff_is_scaled_by_its_depth(
     np.testing.assert_allclose(read_images(tmp_path / "deep.tif", (8, 8))[0], deep / 65535,
                                rtol=1e-6)  # fmt: skip
     Image.fromarray(rng.uniform(0, 1, (8, 8)).astype(np.float32)).save(tmp_path / "f.tif")
-    with pytest.raises(ValueError, match=r"f.tif: pixels of mode F \(32-bit integers or "
-                       r"floats\), whose range is not known"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"f.tif: pixels of mode F \(signed or 32-bit "
+                       r"integers, or floats\), whose range is not known"):  # fmt: skip
         read_images(tmp_path / "f.tif", (8, 8))
 
 
@@ -868,17 +868,20 @@ def test_transparent_or_animated_pictures_are_refused(tmp_path: Path, digits: Im
         read_images(tmp_path / "cut.tif", (8, 8))
 
 
-def _tiff(path: Path, pixels: np.ndarray, photometric: int, order: str = "<") -> None:
+def _tiff(
+    path: Path, pixels: np.ndarray, photometric: int, order: str = "<", signed: bool = False
+) -> None:
     """An uncompressed one-strip grey TIFF of ``pixels`` (H, W), written as they are (8- or
     16-bit; ``order`` the byte order), with the photometric interpretation given (0:
-    WhiteIsZero, 1: BlackIsZero)."""
+    WhiteIsZero, 1: BlackIsZero); ``signed``: their SampleFormat says signed integers."""
     import struct
 
     height, width = pixels.shape
     data = pixels.astype(f"{order}u{pixels.dtype.itemsize}").tobytes()
+    count = 10 if signed else 9
     tags = [(256, 3, width), (257, 3, height), (258, 3, 8 * pixels.dtype.itemsize),
-            (259, 3, 1), (262, 3, photometric), (273, 4, 8 + 2 + 9 * 12 + 4), (277, 3, 1),
-            (278, 3, height), (279, 4, len(data))]  # fmt: skip
+            (259, 3, 1), (262, 3, photometric), (273, 4, 8 + 2 + count * 12 + 4), (277, 3, 1),
+            (278, 3, height), (279, 4, len(data)), (339, 3, 2)][:count]  # fmt: skip
     ifd = struct.pack(f"{order}H", len(tags))
     for tag, kind, value in tags:
         ifd += struct.pack(f"{order}HHI" + ("H2x" if kind == 3 else "I"), tag, kind, 1, value)
@@ -902,3 +905,16 @@ def test_sixteen_bit_tiff_white_is_zero_is_read_as_seen(
     _tiff(tmp_path / "white8.tif", 255 - shallow, photometric=0)
     np.testing.assert_array_equal(read_images(tmp_path / "white8.tif", (8, 8)),
                                   read_images(tmp_path / "black8.tif", (8, 8)))  # fmt: skip
+
+
+def test_signed_or_wide_integer_tiff_is_refused_as_what_it_holds(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Pillow reads signed 16-bit pixels as mode I, as it reads 32-bit ones: the message
+    says so, not that the file holds 32-bit integers or floats."""
+    _tiff(tmp_path / "signed.tif", rng.integers(0, 30000, (8, 8), dtype=np.uint16), 1,
+          signed=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"signed.tif: pixels of mode I \(signed or 32-bit "
+                       r"integers, or floats\), whose range is not known: save it with "
+                       r"unsigned 8- or 16-bit pixels"):  # fmt: skip
+        read_images(tmp_path / "signed.tif", (8, 8))
