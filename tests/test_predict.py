@@ -918,3 +918,43 @@ def test_signed_or_wide_integer_tiff_is_refused_as_what_it_holds(
                        r"integers, or floats\), whose range is not known: save it with "
                        r"unsigned 8- or 16-bit pixels"):  # fmt: skip
         read_images(tmp_path / "signed.tif", (8, 8))
+
+
+def test_pictures_are_read_in_either_byte_order_and_turned_by_their_own_tags(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """16-bit grey stored big-endian (mode I;16B) as little-endian; a TIFF's Orientation tag
+    and a WebP's EXIF turn the image as a JPEG's EXIF does."""
+    from PIL import Image
+
+    deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    _tiff(tmp_path / "big.tif", deep, 1, order=">")
+    _tiff(tmp_path / "little.tif", deep, 1)
+    np.testing.assert_array_equal(read_images(tmp_path / "big.tif", (8, 8)),
+                                  read_images(tmp_path / "little.tif", (8, 8)))  # fmt: skip
+    image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    upright = np.rot90(image, -1)  # orientation 6: stored turned a quarter anticlockwise
+    Image.fromarray(image, "L").save(tmp_path / "turned.tif", tiffinfo={0x0112: 6})
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image, "L").save(tmp_path / "turned.webp", lossless=True, exif=exif)
+    for name in ("turned.tif", "turned.webp"):
+        np.testing.assert_array_equal(read_images(tmp_path / name, (8, 8))[0],
+                                      (upright / 255).astype(np.float32))  # fmt: skip
+
+
+def test_grey_with_alpha_is_read_where_opaque_and_refused_where_not(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """An LA TIFF: all alpha 255 is opaque (its grey read exactly); 254 is not."""
+    from PIL import Image
+
+    image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    alpha = np.full((8, 8), 255, np.uint8)
+    Image.fromarray(np.dstack([image, alpha]), "LA").save(tmp_path / "opaque.tif")
+    np.testing.assert_array_equal(read_images(tmp_path / "opaque.tif", (8, 8))[0],
+                                  (image / 255).astype(np.float32))  # fmt: skip
+    alpha[5, 1] = 254
+    Image.fromarray(np.dstack([image, alpha]), "LA").save(tmp_path / "faint.tif")
+    with pytest.raises(ValueError, match=r"faint.tif: the TIFF has transparent pixels"):
+        read_images(tmp_path / "faint.tif", (8, 8))
