@@ -789,15 +789,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
             row += 1
     if args.format == "table":
-        print(_predictions_table(records, errors is not None))
+        print(_predictions_table(records, errors is not None, sys.stdout.encoding or "utf-8"))
     else:
         print(json.dumps({"checkpoint": str(saved.file), "predictions": records}, indent=2))
     return 0
 
 
-def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
+def _predictions_table(
+    records: list[dict[str, Any]], generate: bool, encoding: str = "utf-8"
+) -> str:
     """``rnncu predict --format table``: a line per image, columns aligned, its likeliest
-    classes last (a generate run's with their errors)."""
+    classes last (a generate run's with their errors); what of the files' names ``encoding``
+    cannot write escaped."""
 
     def likely(found: dict[str, Any]) -> str:
         if generate:
@@ -807,7 +810,7 @@ def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
     header = ["file", "index", "class", "probability", *(["mse"] if generate else []), "top"]
     rows = [
         [
-            _printable(str(r["file"])),
+            _printable(str(r["file"]), encoding),
             str(r["index"]),
             str(r["class"]),
             f"{r['probability']:.4f}",
@@ -825,11 +828,22 @@ def _predictions_table(records: list[dict[str, Any]], generate: bool) -> str:
     )
 
 
-def _printable(text: str) -> str:
+def _printable(text: str, encoding: str = "utf-8") -> str:
     """``text`` with what a terminal would not show as one character escaped as Python
     writes it: a newline or tab in a file's name would break the table's line, and a byte of
-    a name not in the file system's encoding (a lone surrogate) could not be printed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    a name not in the file system's encoding (a lone surrogate), or a character ``encoding``
+    lacks (any but ASCII where the locale is C), could not be printed."""
+
+    def shown(c: str) -> str:
+        if not c.isprintable():
+            return repr(c)[1:-1]
+        try:
+            c.encode(encoding)
+        except UnicodeEncodeError:
+            return c.encode("ascii", "backslashreplace").decode("ascii")
+        return c
+
+    return "".join(shown(c) for c in text)
 
 
 def _columns(text: str) -> int:

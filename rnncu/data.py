@@ -37,6 +37,7 @@ import hashlib
 import math
 import os
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from rnncu._warnings import warn_at_caller
 from rnncu.backend import type_name
 
 __all__ = [
@@ -1002,15 +1004,15 @@ def read_images(
     takes them: float32 in [0, 1], (N, H, W); for a model of clips (``frame_shape`` (h, w),
     ``image_shape`` (T, h*w)), clips (N, T, h*w), as datasets hold them.
 
-    * ``.png``: one image (not clips). Grey as it is, colour by its luminance
-      (:data:`LUMA_WEIGHTS`); an alpha channel must be opaque, and a grey or colour one may
-      not name a transparent colour (a transparent ground has no intensity to read: flatten
-      it first).
-    * ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``, ``.tiff``: one image,
-      read by Pillow as it decodes it, grey (16-bit grey too) or colour by its luminance,
-      turned upright as its EXIF orientation says (an MPO, a JPEG with more pictures after
-      it as phones write, by its first). Transparent pixels, more than one frame, and
-      pixels of unknown range (signed or 32-bit integers, floats) are refused.
+    * ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``, ``.tiff``: one
+      image (not clips), read by Pillow as it decodes it, grey (16-bit grey too) or colour
+      by its luminance (:data:`LUMA_WEIGHTS`), turned upright as its EXIF orientation says
+      (an MPO, a JPEG with more pictures after it as phones write, by its first).
+      Transparent pixels (a transparent ground has no intensity to read: flatten it first;
+      a PNG's colour key counts where a pixel has that colour), more than one frame (a
+      TIFF's reduced-resolution copies after its picture, thumbnails, are no matter), pixels
+      of unknown range (signed or 32-bit integers, floats), and bytes of another kind than
+      the suffix says are refused.
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1040,13 +1042,13 @@ def read_images(
             "move (give them as they are)"
         )
     if suffix in PICTURE_SUFFIXES:
-        kind = "PNG" if suffix == ".png" else PILLOW_KINDS[suffix][0]
+        kind = PILLOW_KINDS[suffix][0]
         if frame_shape is not None:
             raise ValueError(
                 f"{where}: the model reads clips of {image_shape[0]} frames of "
                 f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a {kind}"
             )
-        x = (_png_luminance(path) if kind == "PNG" else _pillow_luminance(path, suffix))[None]
+        x = _pillow_luminance(path, suffix)[None]
     else:
         x = _image_array(path, suffix)
         held = tuple(x.shape)  # as the file holds it: what messages quote
@@ -1118,47 +1120,10 @@ def _refuse_misread_layout(
         )
 
 
-def _png_luminance(path: Path) -> np.ndarray:
-    """A PNG's pixels as one grey (H, W) float32 array in [0, 1]."""
-    try:
-        from matplotlib import image as mpimg
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("matplotlib reads PNG files: pip install 'rnncu[train]'") from exc
-    try:
-        pixels = np.asarray(mpimg.imread(path, format="png"))
-    except Exception as exc:  # a truncated or foreign file: PIL's and libpng's own errors
-        raise ValueError(f"{path}: cannot read PNG ({type(exc).__name__}: {exc})") from None
-    if pixels.dtype.kind == "u":  # 8- or 16-bit integers from some readers
-        pixels = pixels / np.iinfo(pixels.dtype).max
-    pixels = pixels.astype(np.float32)
-    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):  # grey or colour with alpha
-        if (pixels[..., -1] < 1).any():
-            raise ValueError(
-                f"{path}: the PNG has transparent pixels, whose intensity is that of whatever "
-                "lies beneath: flatten it onto its ground first"
-            )
-        pixels = pixels[..., :-1]
-    elif _png_colour_key(path):
-        # the reader ignores such a key (a palette's it applies, as alpha): the pixels of that
-        # colour would read as its intensity
-        raise ValueError(
-            f"{path}: the PNG names a transparent colour (a tRNS chunk), whose pixels' "
-            "intensity is that of whatever lies beneath: flatten it onto its ground first"
-        )
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[..., 0]
-    if pixels.ndim == 3:
-        # in float64, rounded to float32: grey written as colour keeps its values exactly
-        luma = np.asarray(LUMA_WEIGHTS, dtype=np.float64)
-        pixels = np.clip(pixels[..., :3] @ luma, 0, 1).astype(np.float32)
-    if pixels.ndim != 2:
-        raise ValueError(f"{path}: expected a grey or colour image, got pixels {pixels.shape}")
-    return pixels
-
-
 #: the pictures Pillow reads, by suffix: the kind named in messages, and the formats Pillow
 #: may report for it (an MPO is a JPEG with more pictures after it, as phones write)
 PILLOW_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    ".png": ("PNG", ("PNG",)),
     ".jpg": ("JPEG", ("JPEG", "MPO")),
     ".jpeg": ("JPEG", ("JPEG", "MPO")),
     ".bmp": ("BMP", ("BMP", "DIB")),
@@ -1169,61 +1134,151 @@ PILLOW_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: pixels converted to luminance at a time: a photo's colour in float64 whole would take 24
+#: bytes a pixel
+_LUMINANCE_CHUNK = 1 << 20
 
 
 def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
-    """A picture Pillow reads (JPEG, BMP, GIF, WebP, TIFF) as one grey (H, W) float32 array
-    in [0, 1], turned upright as its EXIF orientation says (a phone's photo is stored as the
-    sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
+    """A picture Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF) as one grey (H, W) float32
+    array in [0, 1], turned upright as its EXIF orientation says (a phone's photo is stored as
+    the sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
     transparent pixel, more than one frame (an animation, pages), or pixels of unknown range
-    (signed or 32-bit integers, floats) are refused. An MPO is read by its first picture."""
+    (signed or 32-bit integers, floats) are refused. An MPO is read by its first picture.
+    Pillow's warning of a decompression bomb is given again naming the file; a MemoryError
+    is left as it is (the picture is readable, this machine short of memory)."""
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("Pillow reads JPEG, BMP, GIF, WebP and TIFF files: pip install "
+        raise ImportError("Pillow reads PNG, JPEG, BMP, GIF, WebP and TIFF files: pip install "
                           "'rnncu[train]'") from exc  # fmt: skip
     kind, formats = PILLOW_KINDS[suffix]
     pixels = None
     problem = None
-    try:
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            if image.format not in formats:
-                problem = f"not a {kind} file (its bytes are a {image.format} image)"
-            elif frames > 1 and image.format != "MPO":
-                problem = (
-                    f"the {kind} holds {frames} frames (an animation or pages): give one image"
-                )
-            elif image.mode in _SIXTEEN_BIT_GREY:
-                pixels = np.asarray(image, dtype=np.float64) / 65535
-                if image.format == "TIFF" and image.tag_v2.get(0x0106) == 0:
-                    # WhiteIsZero: Pillow inverts 1- to 8-bit grey so, 16-bit not
-                    pixels = 1 - pixels
-            elif image.mode in ("I", "F"):
-                problem = (
-                    f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
-                    "whose range is not known: save it with unsigned 8- or 16-bit pixels"
-                )
-            elif (image.mode in _ALPHA_MODES or "transparency" in image.info) and (
-                np.asarray(image.convert("RGBA"))[..., 3] < 255
-            ).any():
-                problem = (
-                    f"the {kind} has transparent pixels, whose intensity is that of whatever "
-                    "lies beneath: flatten it onto its ground first"
-                )
-            else:
-                # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
-                grey = image.mode in ("L", "1")
-                plain = image.convert("L" if grey else "RGB")
-                pixels = np.asarray(plain, dtype=np.float64) / 255
-            orientation = _exif_orientation(image)
-    except Exception as exc:  # a truncated or foreign file: Pillow's own errors
-        raise ValueError(f"{path}: cannot read {kind} ({type(exc).__name__}: {exc})") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1 and image.format == "TIFF" and _reduced_copies_after(image):
+                    frames = 1  # a scanner's thumbnails after the picture: read the picture
+                header = _png_header(path) if image.format == "PNG" else None
+                if image.format not in formats:
+                    problem = f"not a {kind} file (its bytes are a {image.format} image)"
+                elif frames > 1 and image.format != "MPO":
+                    problem = (
+                        f"the {kind} holds {frames} frames (an animation or pages): give one image"
+                    )
+                elif image.mode in _SIXTEEN_BIT_GREY or (
+                    image.format == "PNG" and image.mode == "I"  # 16-bit grey, older Pillow
+                ):
+                    deep = np.asarray(image)
+                    if _has_transparent_pixels(image, header, deep):
+                        problem = _transparent_problem(kind)
+                    else:
+                        pixels = deep / 65535
+                        if image.format == "TIFF" and image.tag_v2.get(0x0106) == 0:
+                            # WhiteIsZero: Pillow inverts 1- to 8-bit grey so, 16-bit not
+                            pixels = 1 - pixels
+                elif image.mode in ("I", "F"):
+                    problem = (
+                        f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
+                        "whose range is not known: save it with unsigned 8- or 16-bit pixels"
+                    )
+                elif header == (16, 2) and "transparency" in image.info:
+                    # Pillow reads 16-bit colour at 8 bits and compares the key's low bytes
+                    # with them: which pixels have the key is not known
+                    problem = (
+                        "the PNG names a transparent colour of 16-bit colour (a tRNS chunk), "
+                        "which is read at 8 bits, where its pixels cannot be told apart: "
+                        "flatten it onto its ground first"
+                    )
+                elif _has_transparent_pixels(image, header, None):
+                    problem = _transparent_problem(kind)
+                else:
+                    # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
+                    grey = image.mode in ("L", "1")
+                    pixels = np.asarray(image.convert("L" if grey else "RGB"))
+                orientation = _exif_orientation(image)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a truncated or foreign file: Pillow's own errors
+            message = f"{path}: cannot read {kind} ({type(exc).__name__}: {exc})"
+            raise ValueError(message) from None
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            warn_at_caller(f"{path}: {warning.message}", warning.category)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if pixels is None:
         raise ValueError(f"{path}: {problem}")
-    if pixels.ndim == 3:
-        pixels = np.clip(pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float64), 0, 1)
-    return np.ascontiguousarray(_upright(pixels, orientation), dtype=np.float32)
+    return np.ascontiguousarray(_upright(_luminance(pixels), orientation), dtype=np.float32)
+
+
+def _reduced_copies_after(image: Any) -> bool:
+    """Whether every page of a TIFF after its first is a reduced-resolution copy (its
+    NewSubfileType has bit 0 set, and not bit 2, a transparency mask), such as the thumbnail a
+    scanner or camera stores after the picture. Leaves the image at its first page."""
+    try:
+        for page in range(1, image.n_frames):
+            image.seek(page)
+            if image.tag_v2.get(0x00FE, 0) & 0b101 != 0b001:
+                return False
+        return True
+    finally:
+        image.seek(0)
+
+
+def _transparent_problem(kind: str) -> str:
+    return (
+        f"the {kind} has transparent pixels, whose intensity is that of whatever lies "
+        "beneath: flatten it onto its ground first"
+    )
+
+
+def _has_transparent_pixels(
+    image: Any, header: tuple[int, int] | None, deep: np.ndarray | None
+) -> bool:
+    """Whether a Pillow image has a pixel less than opaque: by its alpha, a palette's
+    transparent entries, or the one colour a grey or colour PNG names transparent (a tRNS
+    chunk: only the pixels of that colour are, so a key no pixel has is no matter). ``deep``:
+    16-bit grey pixels, which Pillow compares with the key only after clipping them to 8
+    bits. ``header``: a PNG's bit depth and colour type (:func:`_png_header`), else None."""
+    key = image.info.get("transparency")
+    if deep is not None:
+        return isinstance(key, int) and bool((deep == key).any())
+    if image.mode not in _ALPHA_MODES and key is None:
+        return False
+    if header in ((2, 0), (4, 0)) and isinstance(key, int):
+        # grey of 2 or 4 bits is scaled to 8, its key not: scale it too
+        scaled = key * (255 // (2 ** header[0] - 1))
+        return bool((np.asarray(image) == scaled).any())
+    return bool((np.asarray(image.convert("RGBA"))[..., 3] < 255).any())
+
+
+def _png_header(path: Path) -> tuple[int, int]:
+    """A PNG's bit depth and colour type, from its header (IHDR, the first chunk by the
+    format's rule, as Pillow checks)."""
+    with open(path, "rb") as file:
+        header = file.read(26)[24:26]
+    return (header[0], header[1]) if len(header) == 2 else (0, 0)
+
+
+def _luminance(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels (uint8) or float ones in [0, 1], grey (H, W) or colour (H, W, 3), as grey
+    float32 in [0, 1]; colour by :data:`LUMA_WEIGHTS`, in float64 a slice of rows at a time
+    (grey written as colour keeps its values exactly)."""
+    scale = 255 if pixels.dtype == np.uint8 else 1
+    if pixels.ndim == 2:
+        return (pixels / scale).astype(np.float32)
+    grey = np.empty(pixels.shape[:2], np.float32)
+    luma = np.asarray(LUMA_WEIGHTS, dtype=np.float64)
+    rows = max(1, _LUMINANCE_CHUNK // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], rows):
+        grey[top : top + rows] = np.clip((pixels[top : top + rows] / scale) @ luma, 0, 1)
+    return grey
 
 
 def _exif_orientation(image: Any) -> object:
@@ -1247,26 +1302,6 @@ def _upright(pixels: np.ndarray, orientation: object) -> np.ndarray:
     if orientation in (3, 4, 7, 8):  # then top to bottom
         upright = upright[::-1]
     return upright
-
-
-def _png_colour_key(path: Path) -> bool:
-    """Whether a grey or colour PNG without alpha (colour types 0 and 2) has a tRNS chunk,
-    which makes the pixels of one colour transparent. Read from the chunks before the image
-    data, where the format puts it."""
-    with open(path, "rb") as file:
-        file.read(8)  # the signature, which the reader has checked
-        colour_type = None
-        while len(head := file.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", head)
-            body = file.read(length)
-            file.read(4)  # its CRC
-            if kind == b"IHDR" and len(body) >= 10:
-                colour_type = body[9]
-            elif kind == b"tRNS":
-                return colour_type in (0, 2)
-            elif kind in (b"IDAT", b"IEND"):
-                break
-    return False
 
 
 def _image_array(path: Path, suffix: str) -> np.ndarray:

@@ -297,64 +297,6 @@ def test_png_with_transparent_pixels_is_refused(tmp_path: Path) -> None:
         read_images(tmp_path / "nearly.png", (8, 8))
 
 
-def _png_16bit(path: Path, pixels: np.ndarray, key: tuple[int, ...]) -> None:
-    """A PNG of 16-bit grey (H, W) or RGB (H, W, 3) ``pixels`` whose tRNS chunk makes the
-    colour ``key`` transparent (Pillow writes no 16-bit colour)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    height, width = pixels.shape[:2]
-    header = struct.pack(">IIBBBBB", width, height, 16, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"tRNS", struct.pack(f">{len(key)}H", *key))
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
-
-
-def test_png_with_a_transparent_colour_key_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
-    """Grey and colour PNGs without alpha mark the pixels of one colour transparent by a tRNS
-    chunk, which the reader ignores: those pixels read as the colour's intensity, and such a
-    file was recognised (the helpers' audit). A palette's key the reader applies (alpha)."""
-    from PIL import Image
-
-    image = np.round(digits.x_test[0] * 255).astype(np.uint8)  # 0 (its ground) and more
-    Image.fromarray(image).save(tmp_path / "grey.png", transparency=0)
-    Image.fromarray(np.stack([image] * 3, axis=-1)).save(tmp_path / "rgb.png",
-                                                          transparency=(0, 0, 0))  # fmt: skip
-    deep = image.astype(np.uint16) * 257
-    _png_16bit(tmp_path / "grey16.png", deep, (0,))
-    _png_16bit(tmp_path / "rgb16.png", np.stack([deep] * 3, axis=-1), (0, 0, 0))
-    Image.fromarray(image > 127).save(tmp_path / "bilevel.png", transparency=1)
-    palette = Image.fromarray(image).convert("P")
-    palette.save(tmp_path / "palette.png", transparency=0)
-    for name in ("grey.png", "rgb.png", "grey16.png", "rgb16.png", "bilevel.png", "palette.png"):
-        with pytest.raises(ValueError, match=rf"{name}: the PNG (has transparent pixels|names a "
-                           r"transparent colour \(a tRNS chunk\))"):  # fmt: skip
-            read_images(tmp_path / name, (8, 8))
-    # without the chunk, the same pixels read as they are
-    Image.fromarray(image).save(tmp_path / "plain.png")
-    np.testing.assert_array_equal(read_images(tmp_path / "plain.png", (8, 8))[0],
-                                  image / np.float32(255))  # fmt: skip
-
-
-def test_png_read_as_integers_is_scaled_by_its_bit_depth(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reader that gives 16-bit (or 8-bit) integers: intensities over the depth's maximum."""
-    grey = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
-    (tmp_path / "deep.png").write_bytes(b"")  # read by the stand-in below
-    monkeypatch.setattr(mpimg, "imread", lambda path, format=None: grey)
-    np.testing.assert_allclose(read_images(tmp_path / "deep.png", (8, 8))[0], grey / 65535,
-                               rtol=1e-6)  # fmt: skip
-    monkeypatch.setattr(mpimg, "imread", lambda path, format=None: (grey // 1000).astype(np.uint8))
-    np.testing.assert_allclose(read_images(tmp_path / "deep.png", (8, 8))[0],
-                               (grey // 1000) / 255, rtol=1e-6)  # fmt: skip
-
-
 def test_suffixes_are_read_in_any_case(tmp_path: Path, digits: ImageDataset) -> None:
     image = np.round(digits.x_test[0] * 255).astype(np.uint8)
     mpimg.imsave(tmp_path / "SCAN.PNG", np.stack([image] * 3, axis=-1))
@@ -800,6 +742,37 @@ def test_the_table_keeps_a_line_per_image_whatever_the_files_are_named() -> None
         "数字.npy       2      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
         "e\u0301.npy          3      3      0.5000       0.2500  3 (0.5000, mse 0.2500)",
     ]
+
+
+def test_the_table_escapes_what_the_output_s_encoding_lacks(
+    run_dir: Path, tmp_path: Path, digits: ImageDataset
+) -> None:
+    """On an output that writes ASCII only (PYTHONIOENCODING=ascii, a C locale without UTF-8
+    mode) a name of other characters is escaped, not a UnicodeEncodeError; its columns are
+    counted as escaped."""
+    import os
+    import subprocess
+    import sys
+
+    from rnncu.cli import _predictions_table
+
+    top = [{"class": 3, "probability": 0.5}]
+    records = [{"file": Path(n), "index": 0, **top[0], "top": top} for n in ("数字.npy", "a.npy")]
+    assert _predictions_table(records, generate=False, encoding="ascii").split("\n") == [
+        "file              index  class  probability  top",
+        "\\u6570\\u5b57.npy  0      3      0.5000       3 (0.5000)",
+        "a.npy             0      3      0.5000       3 (0.5000)",
+    ]
+    np.save(tmp_path / "数字.npy", digits.x_test[:1])
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "rnncu", "predict", "--checkpoint", str(run_dir),
+         str(tmp_path / "数字.npy"), "--format", "table"],
+        capture_output=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    lines = done.stdout.decode("ascii").splitlines()
+    assert len(lines) == 2 and "\\u6570\\u5b57.npy  0  " in lines[1]
 
 
 # -- other pictures Pillow reads ------------------------------------------------------------
