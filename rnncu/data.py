@@ -1251,10 +1251,12 @@ def _has_transparent_pixels(
         return isinstance(key, int) and bool((deep == key).any())
     if image.mode not in _ALPHA_MODES and key is None:
         return False
-    if header in ((2, 0), (4, 0)) and isinstance(key, int):
-        # grey of 2 or 4 bits is scaled to 8, its key not: scale it too
-        scaled = key * (255 // (2 ** header[0] - 1))
-        return bool((np.asarray(image) == scaled).any())
+    if header in ((1, 0), (2, 0), (4, 0)) and isinstance(key, int):
+        # grey of 1, 2 or 4 bits is scaled to 8, its key not (Pillow 13 gives a bilevel key
+        # as 0 or 255 and applies it, 11.0 did neither): scale it here
+        depth = header[0]
+        scaled = (255 if key else 0) if depth == 1 else key * (255 // (2**depth - 1))
+        return bool((np.asarray(image.convert("L")) == scaled).any())
     return bool((np.asarray(image.convert("RGBA"))[..., 3] < 255).any())
 
 
