@@ -1162,7 +1162,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1 and image.format == "TIFF" and _reduced_copies_after(image):
                     frames = 1  # a scanner's thumbnails after the picture: read the picture
-                header = _png_header(path) if image.format == "PNG" else None
+                rawmode = _png_rawmode(image) if image.format == "PNG" else None
                 if image.format not in formats:
                     problem = f"not a {kind} file (its bytes are a {image.format} image)"
                 elif frames > 1 and image.format != "MPO":
@@ -1173,7 +1173,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                     image.format == "PNG" and image.mode == "I"  # 16-bit grey, older Pillow
                 ):
                     deep = np.asarray(image)
-                    if _has_transparent_pixels(image, header, deep):
+                    if _has_transparent_pixels(image, rawmode, deep):
                         problem = _transparent_problem(kind)
                     else:
                         pixels = deep / 65535
@@ -1185,7 +1185,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                         f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
                         "whose range is not known: save it with unsigned 8- or 16-bit pixels"
                     )
-                elif header == (16, 2) and "transparency" in image.info:
+                elif rawmode == "RGB;16B" and "transparency" in image.info:
                     # Pillow reads 16-bit colour at 8 bits and compares the key's low bytes
                     # with them: which pixels have the key is not known
                     problem = (
@@ -1193,7 +1193,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                         "which is read at 8 bits, where its pixels cannot be told apart: "
                         "flatten it onto its ground first"
                     )
-                elif _has_transparent_pixels(image, header, None):
+                elif _has_transparent_pixels(image, rawmode, None):
                     problem = _transparent_problem(kind)
                 else:
                     # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
@@ -1238,34 +1238,33 @@ def _transparent_problem(kind: str) -> str:
     )
 
 
-def _has_transparent_pixels(
-    image: Any, header: tuple[int, int] | None, deep: np.ndarray | None
-) -> bool:
+def _has_transparent_pixels(image: Any, rawmode: str | None, deep: np.ndarray | None) -> bool:
     """Whether a Pillow image has a pixel less than opaque: by its alpha, a palette's
     transparent entries, or the one colour a grey or colour PNG names transparent (a tRNS
     chunk: only the pixels of that colour are, so a key no pixel has is no matter). ``deep``:
     16-bit grey pixels, which Pillow compares with the key only after clipping them to 8
-    bits. ``header``: a PNG's bit depth and colour type (:func:`_png_header`), else None."""
+    bits. ``rawmode``: how Pillow decodes a PNG's pixels (:func:`_png_rawmode`), else None."""
     key = image.info.get("transparency")
     if deep is not None:
         return isinstance(key, int) and bool((deep == key).any())
     if image.mode not in _ALPHA_MODES and key is None:
         return False
-    if header in ((1, 0), (2, 0), (4, 0)) and isinstance(key, int):
+    if rawmode in ("1", "L;2", "L;4") and isinstance(key, int):
         # grey of 1, 2 or 4 bits is scaled to 8, its key not (Pillow 13 gives a bilevel key
         # as 0 or 255 and applies it, 11.0 did neither): scale it here
-        depth = header[0]
+        depth = 1 if rawmode == "1" else int(rawmode[2:])
         scaled = (255 if key else 0) if depth == 1 else key * (255 // (2**depth - 1))
         return bool((np.asarray(image.convert("L")) == scaled).any())
     return bool((np.asarray(image.convert("RGBA"))[..., 3] < 255).any())
 
 
-def _png_header(path: Path) -> tuple[int, int]:
-    """A PNG's bit depth and colour type, from its header (IHDR, the first chunk by the
-    format's rule, as Pillow checks)."""
-    with open(path, "rb") as file:
-        header = file.read(26)[24:26]
-    return (header[0], header[1]) if len(header) == 2 else (0, 0)
+def _png_rawmode(image: Any) -> str | None:
+    """How Pillow decodes a PNG's pixels, as it read them from the header (``L;2``: 2-bit
+    grey, ``RGB;16B``: 16-bit colour, ...), before they are decoded. Not the file's bytes 24
+    and 25, where the header is only if it is the first chunk: Pillow reads a PNG whose
+    header comes after another chunk."""
+    tile = getattr(image, "tile", None)
+    return tile[0][3] if tile and isinstance(tile[0][3], str) else None
 
 
 def _luminance(pixels: np.ndarray) -> np.ndarray:

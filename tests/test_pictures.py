@@ -25,11 +25,14 @@ def digit() -> np.ndarray:
     return np.round(load_digits().x_test[0] * 255).astype(np.uint8)
 
 
-def _raw_png(path: Path, pixels: np.ndarray, depth: int, key: tuple[int, ...] | None) -> None:
+def _raw_png(
+    path: Path, pixels: np.ndarray, depth: int, key: tuple[int, ...] | None, first: bytes = b""
+) -> None:
     """A PNG of grey (H, W) or RGB (H, W, 3) ``pixels`` at bit ``depth`` (1, 2, 4, 8 or 16;
     below 8 grey only, packed as the format packs it), with a tRNS chunk making the colour
-    ``key`` transparent. Written by hand: Pillow writes neither 16-bit colour nor a key on
-    grey of 2 or 4 bits."""
+    ``key`` transparent, and a private chunk of body ``first`` before its header where that is
+    not empty. Written by hand: Pillow writes neither 16-bit colour nor a key on grey of 2 or 4
+    bits."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (
@@ -50,7 +53,8 @@ def _raw_png(path: Path, pixels: np.ndarray, depth: int, key: tuple[int, ...] | 
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     trns = b"" if key is None else chunk(b"tRNS", struct.pack(f">{len(key)}H", *key))
     image_data = zlib.compress(b"".join(b"\x00" + row for row in rows))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + trns
+    before = chunk(b"prVt", first) if first else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + before + chunk(b"IHDR", header) + trns
                      + chunk(b"IDAT", image_data) + chunk(b"IEND", b""))  # fmt: skip
 
 
@@ -106,6 +110,22 @@ def test_a_sixteen_bit_colour_png_with_a_key_is_refused(tmp_path: Path, digit: n
     _raw_png(tmp_path / "plain.png", deep, 16, None)
     np.testing.assert_array_equal(read_images(tmp_path / "plain.png", (8, 8))[0],
                                   (digit / 255).astype(np.float32))  # fmt: skip
+
+
+def test_a_png_s_depth_is_the_one_pillow_decodes_by(tmp_path: Path, digit: np.ndarray) -> None:
+    """Pillow reads a PNG whose header is not its first chunk (the format's rule, which it does
+    not check): the depth that judges a colour key is the one it decodes by, not bytes 24 and
+    25 of the file, here the private chunk's (16-bit colour, which would take the 4-bit grey
+    for 16-bit colour, its key for Pillow's to compare)."""
+    levels = np.round(digit / 255 * 15).astype(np.uint16)
+    _raw_png(tmp_path / "grey.png", levels, 4, (15,), first=bytes(8) + bytes([16, 2]))
+    with pytest.raises(ValueError, match=r"grey.png: the PNG has transparent pixels"):
+        read_images(tmp_path / "grey.png", (8, 8))
+    deep = np.stack([digit.astype(np.uint16) * 257] * 3, axis=-1)
+    _raw_png(tmp_path / "colour.png", deep, 16, (1, 2, 3), first=bytes(8) + bytes([8, 2]))
+    with pytest.raises(ValueError, match=r"colour.png: the PNG names a transparent colour of "
+                       r"16-bit colour"):  # fmt: skip
+        read_images(tmp_path / "colour.png", (8, 8))
 
 
 def test_a_palette_png_s_transparent_entries_count_where_used(
