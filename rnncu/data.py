@@ -1155,8 +1155,10 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
     kind, formats = PILLOW_KINDS[suffix]
     pixels = None
     problem = None
+    # the filters as they are, not "always" for the bomb's warning: Pillow's guard, that
+    # warning filtered as an error, then refuses a bomb before decoding it; and each file still
+    # warns, entering catch_warnings forgetting which warnings were given at a place
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as image:
                 frames = getattr(image, "n_frames", 1)

@@ -204,6 +204,28 @@ def test_a_decompression_bomb_warning_names_the_file(
         read_images(tmp_path / "big.png", (8, 8))
 
 
+def test_a_decompression_bomb_warning_made_an_error_refuses_before_decoding(
+    tmp_path: Path, digit: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's documented guard, its warning filtered as an error, stops the reading before
+    the pixels are decoded (what a bomb costs): refused as a file that cannot be read, not
+    raised once the picture has been decoded."""
+    from PIL import ImageFile
+
+    Image.fromarray(digit).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1) or load(self))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(
+            ValueError, match=r"big.png: cannot read PNG \(DecompressionBombWarning"
+        ):
+            read_images(tmp_path / "big.png", (8, 8))
+    assert decoded == []
+
+
 def test_running_out_of_memory_is_not_taken_for_a_bad_file(
     tmp_path: Path, digit: np.ndarray, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
