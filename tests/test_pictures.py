@@ -183,11 +183,15 @@ def test_a_decompression_bomb_warning_names_the_file(
     tmp_path: Path, digit: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pillow warns of a picture past its pixel limit (and refuses one past twice it) without
-    naming the file; given again with its name. Other warnings pass as they came."""
+    naming the file; given again with its name, at the caller's line. Other warnings pass as
+    they came, from where they were given."""
     Image.fromarray(digit).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 64 pixels: past it, not twice
-    with pytest.warns(Image.DecompressionBombWarning, match=r"big.png: Image size \(64 pixels\)"):
+    with pytest.warns(
+        Image.DecompressionBombWarning, match=r"big.png: Image size \(64 pixels\)"
+    ) as given:
         read = read_images(tmp_path / "big.png", (8, 8))
+    assert [w.filename for w in given] == [__file__]  # the caller's line, not rnncu's
     np.testing.assert_array_equal(read[0], (digit / 255).astype(np.float32))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 31)
     with pytest.raises(ValueError, match=r"big.png: cannot read PNG \(DecompressionBombError"):
@@ -200,8 +204,9 @@ def test_a_decompression_bomb_warning_names_the_file(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "convert", convert_with_a_warning)
-    with pytest.warns(UserWarning, match=r"^a warning of Pillow's own$"):
+    with pytest.warns(UserWarning, match=r"^a warning of Pillow's own$") as given:
         read_images(tmp_path / "big.png", (8, 8))
+    assert [w.filename for w in given] == [rnncu_data.__file__]  # where it was given
 
 
 def test_a_decompression_bomb_warning_made_an_error_refuses_before_decoding(
