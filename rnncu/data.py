@@ -1145,7 +1145,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
     the sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
     transparent pixel, more than one frame (an animation, pages), or pixels of unknown range
     (signed or 32-bit integers, floats) are refused. An MPO is read by its first picture.
-    Pillow's warning of a decompression bomb is given again naming the file; a MemoryError
+    Pillow's warnings (of a decompression bomb, say) are given again naming the file; a MemoryError
     is left as it is (the picture is readable, this machine short of memory)."""
     try:
         from PIL import Image
@@ -1207,13 +1207,12 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
         except Exception as exc:  # a truncated or foreign file: Pillow's own errors
             message = f"{path}: cannot read {kind} ({type(exc).__name__}: {exc})"
             raise ValueError(message) from None
+    # Pillow's warnings (a decompression bomb, corrupt EXIF, ...) name no file: given again
+    # naming it. Each file's are its own (catching them also resets Python's record of what
+    # it has shown, so a warning shown once per place would come again for every file, as
+    # the same unnamed line).
     for warning in caught:
-        if issubclass(warning.category, Image.DecompressionBombWarning):
-            warn_at_caller(f"{path}: {warning.message}", warning.category)
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+        warn_at_caller(f"{path}: {warning.message}", warning.category)
     if pixels is None:
         raise ValueError(f"{path}: {problem}")
     return np.ascontiguousarray(_upright(_luminance(pixels), orientation), dtype=np.float32)

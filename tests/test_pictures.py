@@ -183,8 +183,8 @@ def test_a_decompression_bomb_warning_names_the_file(
     tmp_path: Path, digit: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pillow warns of a picture past its pixel limit (and refuses one past twice it) without
-    naming the file; given again with its name, at the caller's line. Other warnings pass as
-    they came, from where they were given."""
+    naming the file; given again with its name, at the caller's line, as are its other
+    warnings."""
     Image.fromarray(digit).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 64 pixels: past it, not twice
     with pytest.warns(
@@ -204,9 +204,18 @@ def test_a_decompression_bomb_warning_names_the_file(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "convert", convert_with_a_warning)
-    with pytest.warns(UserWarning, match=r"^a warning of Pillow's own$") as given:
+    with pytest.warns(UserWarning, match=r"big.png: a warning of Pillow's own$") as given:
         read_images(tmp_path / "big.png", (8, 8))
-    assert [w.filename for w in given] == [rnncu_data.__file__]  # where it was given
+    assert [w.filename for w in given] == [__file__]
+    # each file's warnings its own, a file read again warned of again
+    Image.fromarray(digit).save(tmp_path / "other.png")
+    with warnings.catch_warnings(record=True) as given:
+        warnings.simplefilter("default")
+        for name in ("big.png", "other.png", "big.png"):
+            read_images(tmp_path / name, (8, 8))
+    assert [str(w.message).rsplit("/", 1)[-1] for w in given] == [
+        f"{name}: a warning of Pillow's own" for name in ("big.png", "other.png", "big.png")
+    ]
 
 
 def test_a_decompression_bomb_warning_made_an_error_refuses_before_decoding(
