@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiff_files import write_grey_tiff
 
 from rnncu import data as rnncu_data
 from rnncu.data import load_digits, read_images
@@ -277,29 +278,6 @@ def test_colour_is_converted_a_slice_of_rows_at_a_time_to_the_same_bits(
         np.testing.assert_array_equal(read_images(tmp_path / "colour.png", (37, 29)), whole)
 
 
-def _grey_tiff_pages(path: Path, pages: list[tuple[np.ndarray, int | None]]) -> None:
-    """A little-endian TIFF of 8-bit grey pages (pixels (H, W), NewSubfileType or None),
-    uncompressed, one strip each. Written by hand: older Pillow writes no tag per page."""
-    blob = bytearray(b"II*\x00\x00\x00\x00\x00")
-    link = 4  # where the offset of the next page's directory goes
-    for pixels, subfile_type in pages:
-        height, width = pixels.shape
-        strip = len(blob)
-        blob += pixels.astype(np.uint8).tobytes()
-        blob += b"\x00" * (len(blob) % 2)  # directories start on a word boundary
-        tags = {256: width, 257: height, 258: 8, 259: 1, 262: 1, 273: strip, 277: 1,
-                278: height, 279: pixels.size}  # fmt: skip
-        if subfile_type is not None:
-            tags[254] = subfile_type
-        blob[link : link + 4] = struct.pack("<I", len(blob))
-        blob += struct.pack("<H", len(tags))
-        for tag in sorted(tags):  # each a LONG (type 4), one value
-            blob += struct.pack("<HHII", tag, 4, 1, tags[tag])
-        link = len(blob)
-        blob += b"\x00\x00\x00\x00"  # no next page, until one is written
-    path.write_bytes(bytes(blob))
-
-
 @pytest.mark.parametrize(
     ("subfile_type", "read"),
     [(1, True), (None, False), (2, False), (5, False)],
@@ -312,7 +290,7 @@ def test_a_tiff_s_thumbnail_after_its_picture_is_no_matter(
     NewSubfileType bit 0): the picture is read. Another picture, a page of a document, or a
     transparency mask (bit 2) makes it more than one image: refused."""
     thumbnail = digit.reshape(4, 2, 4, 2).mean(axis=(1, 3)).astype(np.uint8)
-    _grey_tiff_pages(tmp_path / "scan.tif", [(digit, None), (thumbnail, subfile_type)])
+    write_grey_tiff(tmp_path / "scan.tif", [(digit, None), (thumbnail, subfile_type)])
     with Image.open(tmp_path / "scan.tif") as image:
         assert image.n_frames == 2
         image.seek(1)

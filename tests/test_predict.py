@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiff_files import write_grey_tiff
 
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.cli import main
@@ -841,41 +842,20 @@ def test_transparent_or_animated_pictures_are_refused(tmp_path: Path, digits: Im
         read_images(tmp_path / "cut.tif", (8, 8))
 
 
-def _tiff(
-    path: Path, pixels: np.ndarray, photometric: int, order: str = "<", signed: bool = False
-) -> None:
-    """An uncompressed one-strip grey TIFF of ``pixels`` (H, W), written as they are (8- or
-    16-bit; ``order`` the byte order), with the photometric interpretation given (0:
-    WhiteIsZero, 1: BlackIsZero); ``signed``: their SampleFormat says signed integers."""
-    import struct
-
-    height, width = pixels.shape
-    data = pixels.astype(f"{order}u{pixels.dtype.itemsize}").tobytes()
-    count = 10 if signed else 9
-    tags = [(256, 3, width), (257, 3, height), (258, 3, 8 * pixels.dtype.itemsize),
-            (259, 3, 1), (262, 3, photometric), (273, 4, 8 + 2 + count * 12 + 4), (277, 3, 1),
-            (278, 3, height), (279, 4, len(data)), (339, 3, 2)][:count]  # fmt: skip
-    ifd = struct.pack(f"{order}H", len(tags))
-    for tag, kind, value in tags:
-        ifd += struct.pack(f"{order}HHI" + ("H2x" if kind == 3 else "I"), tag, kind, 1, value)
-    head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(f"{order}I", 8)
-    path.write_bytes(head + ifd + struct.pack(f"{order}I", 0) + data)
-
-
 def test_sixteen_bit_tiff_white_is_zero_is_read_as_seen(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
     """A grey TIFF whose photometric interpretation says 0 is white: Pillow inverts 1- to
     8-bit pixels so, but gives 16-bit ones as stored (they read as their negative)."""
     deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
-    _tiff(tmp_path / "black.tif", deep, photometric=1)
-    _tiff(tmp_path / "white.tif", 65535 - deep, photometric=0)
+    write_grey_tiff(tmp_path / "black.tif", [(deep, None)], photometric=1)
+    write_grey_tiff(tmp_path / "white.tif", [(65535 - deep, None)], photometric=0)
     black = read_images(tmp_path / "black.tif", (8, 8))
     np.testing.assert_allclose(black[0], deep / 65535, rtol=1e-6)
     np.testing.assert_allclose(read_images(tmp_path / "white.tif", (8, 8)), black, atol=1e-7)
     shallow = rng.integers(0, 256, (8, 8), dtype=np.uint8)  # as Pillow reads it itself
-    _tiff(tmp_path / "black8.tif", shallow, photometric=1)
-    _tiff(tmp_path / "white8.tif", 255 - shallow, photometric=0)
+    write_grey_tiff(tmp_path / "black8.tif", [(shallow, None)], photometric=1)
+    write_grey_tiff(tmp_path / "white8.tif", [(255 - shallow, None)], photometric=0)
     np.testing.assert_array_equal(read_images(tmp_path / "white8.tif", (8, 8)),
                                   read_images(tmp_path / "black8.tif", (8, 8)))  # fmt: skip
 
@@ -885,8 +865,8 @@ def test_signed_or_wide_integer_tiff_is_refused_as_what_it_holds(
 ) -> None:
     """Pillow reads signed 16-bit pixels as mode I, as it reads 32-bit ones: the message
     says so, not that the file holds 32-bit integers or floats."""
-    _tiff(tmp_path / "signed.tif", rng.integers(0, 30000, (8, 8), dtype=np.uint16), 1,
-          signed=True)  # fmt: skip
+    signed = rng.integers(0, 30000, (8, 8), dtype=np.uint16)
+    write_grey_tiff(tmp_path / "signed.tif", [(signed, None)], signed=True)
     with pytest.raises(ValueError, match=r"signed.tif: pixels of mode I \(signed or 32-bit "
                        r"integers, or floats\), whose range is not known: save it with "
                        r"unsigned 8- or 16-bit pixels"):  # fmt: skip
@@ -901,8 +881,8 @@ def test_pictures_are_read_in_either_byte_order_and_turned_by_their_own_tags(
     from PIL import Image
 
     deep = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
-    _tiff(tmp_path / "big.tif", deep, 1, order=">")
-    _tiff(tmp_path / "little.tif", deep, 1)
+    write_grey_tiff(tmp_path / "big.tif", [(deep, None)], order=">")
+    write_grey_tiff(tmp_path / "little.tif", [(deep, None)])
     np.testing.assert_array_equal(read_images(tmp_path / "big.tif", (8, 8)),
                                   read_images(tmp_path / "little.tif", (8, 8)))  # fmt: skip
     image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
