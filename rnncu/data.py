@@ -1175,7 +1175,9 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                     image.format == "PNG" and image.mode == "I"  # 16-bit grey, older Pillow
                 ):
                     deep = np.asarray(image)
-                    if _has_transparent_pixels(image, rawmode, deep):
+                    # the key compared here: Pillow compares it with the pixels clipped to 8 bits
+                    key = image.info.get("transparency")
+                    if isinstance(key, int) and (deep == key).any():
                         problem = _transparent_problem(kind)
                     else:
                         pixels = deep / 65535
@@ -1195,7 +1197,7 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                         "which is read at 8 bits, where its pixels cannot be told apart: "
                         "flatten it onto its ground first"
                     )
-                elif _has_transparent_pixels(image, rawmode, None):
+                elif _has_transparent_pixels(image, rawmode):
                     problem = _transparent_problem(kind)
                 else:
                     # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
@@ -1239,15 +1241,13 @@ def _transparent_problem(kind: str) -> str:
     )
 
 
-def _has_transparent_pixels(image: Any, rawmode: str | None, deep: np.ndarray | None) -> bool:
-    """Whether a Pillow image has a pixel less than opaque: by its alpha, a palette's
-    transparent entries, or the one colour a grey or colour PNG names transparent (a tRNS
-    chunk: only the pixels of that colour are, so a key no pixel has is no matter). ``deep``:
-    16-bit grey pixels, which Pillow compares with the key only after clipping them to 8
-    bits. ``rawmode``: how Pillow decodes a PNG's pixels (:func:`_png_rawmode`), else None."""
+def _has_transparent_pixels(image: Any, rawmode: str | None) -> bool:
+    """Whether a Pillow image of at most 8 bits a channel has a pixel less than opaque: by
+    its alpha, a palette's transparent entries, or the one colour a grey or colour PNG names
+    transparent (a tRNS chunk: only the pixels of that colour are, so a key no pixel has is
+    no matter). ``rawmode``: how Pillow decodes a PNG's pixels (:func:`_png_rawmode`), else
+    None."""
     key = image.info.get("transparency")
-    if deep is not None:
-        return isinstance(key, int) and bool((deep == key).any())
     if image.mode not in _ALPHA_MODES and key is None:
         return False
     if rawmode in ("1", "L;2", "L;4") and isinstance(key, int):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from predict_output import predictions_and_table
 
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.cli import main
@@ -505,11 +506,9 @@ def test_the_command_line_s_table_of_a_generate_run(
 ) -> None:
     np.save(tmp_path / "two.npy", digits.x_test[:2])
     command = ["predict", "--checkpoint", str(gen_dir), str(tmp_path / "two.npy"), "--top", "2"]
-    assert main(command) == 0
-    records = json.loads(capsys.readouterr().out)["predictions"]
-    assert main([*command, "--format", "table"]) == 0
-    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    records, lines = predictions_and_table(command, capsys)
     assert lines[0].split() == ["file", "index", "class", "probability", "mse", "top"]
+    assert len(records) == 2
     for line, record in zip(lines[1:], records, strict=True):
         assert line.split()[2:5] == [
             str(record["class"]),
