@@ -31,12 +31,15 @@ __all__ = [
     "Adam",
     "ConstantLR",
     "CosineLR",
+    "OPTIMIZERS",
     "ExponentialLR",
     "Optimizer",
+    "RMSprop",
     "Schedule",
     "StepLR",
     "clip_grad_norm",
     "grad_norm",
+    "make_optimizer",
     "make_schedule",
 ]
 
@@ -86,6 +89,9 @@ class Optimizer:
 
     #: names of the per-parameter state arrays this optimizer keeps
     state_kinds: tuple[str, ...] = ()
+    #: the state kinds that are means of squares: a negative value loaded into one would
+    #: give the square root of a negative number
+    squared_kinds: tuple[str, ...] = ()
 
     def __init__(self, modules: Iterable[Any], lr: float) -> None:
         self.modules = _module_list("optimizer", modules)
@@ -172,12 +178,12 @@ class Optimizer:
                 )
             xp = self._xp(param)
             slot = xp.asarray(value, dtype=param.dtype).copy()
-            # Adam's second moment is a mean of squares: a negative one would give sqrt(<0)
-            lowest = 0.0 if kind == "exp_avg_sq" else -math.inf
+            squared = kind in self.squared_kinds
+            lowest = 0.0 if squared else -math.inf
             if not bool(xp.all(xp.isfinite(slot) & (slot >= lowest))):
                 raise ValueError(
                     f"optimizer state: {full_key!r} holds NaN, infinite"
-                    + (" or negative" if kind == "exp_avg_sq" else "")
+                    + (" or negative" if squared else "")
                     + " values"
                 )
             new[kind][key] = slot
@@ -259,6 +265,7 @@ class Adam(Optimizer):
     """
 
     state_kinds = ("exp_avg", "exp_avg_sq")
+    squared_kinds = ("exp_avg_sq",)
 
     def __init__(
         self,
@@ -354,6 +361,80 @@ class SGD(Optimizer):
                     buf += grad
                 grad = grad + self.momentum * buf if self.nesterov else buf
             param -= self.lr * grad
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Tieleman & Hinton), written as ``torch.optim.RMSprop`` does:
+
+        s = alpha s + (1 - alpha) g^2;   d = sqrt(s) + eps
+        p -= lr * g / d                       (momentum 0)
+        buf = momentum * buf + g / d;   p -= lr * buf     (momentum > 0)
+
+    ``centered=True`` divides by an estimate of the gradient's standard deviation instead of
+    its root mean square: ``a = alpha a + (1 - alpha) g``, ``d = sqrt(s - a^2) + eps``.
+    ``weight_decay`` adds ``weight_decay * p`` to the gradient (L2). There is no bias
+    correction: the first steps divide by ``sqrt(1 - alpha)`` of the gradient's size, so they
+    are about ten times ``lr`` at the default ``alpha``, as in torch.
+    """
+
+    state_kinds = ("square_avg", "momentum_buffer", "grad_avg")
+    squared_kinds = ("square_avg",)
+
+    def __init__(
+        self,
+        modules: Iterable[Any],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        super().__init__(modules, lr)
+        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0, high_open=True)
+        # eps = 0 divides 0 by 0 where a gradient has been zero at every step
+        self.eps = check_number("eps", eps, low=0.0, low_open=True, high_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, low=0.0, high_open=True)
+        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.centered = check_bool("centered", centered)
+
+    def _kinds_after_a_step(self) -> tuple[str, ...]:
+        return (
+            ("square_avg",)
+            + (("momentum_buffer",) if self.momentum else ())
+            + (("grad_avg",) if self.centered else ())
+        )
+
+    def step(self) -> None:
+        """One RMSprop update of every parameter from its gradient."""
+        params = _params(self.modules)
+        self.step_count += 1
+        alpha = self.alpha
+        for key, param, grad in params:
+            xp = self._xp(param)
+            if self.weight_decay:
+                grad = grad + self.weight_decay * param
+            square_avg = self._state("square_avg", key, param)
+            square_avg *= alpha
+            square_avg += (1 - alpha) * (grad * grad)
+            if self.centered:
+                grad_avg = self._state("grad_avg", key, param)
+                grad_avg *= alpha
+                grad_avg += (1 - alpha) * grad
+                # s - a^2 >= 0 exactly (a mean of squares against the square of the mean, with
+                # the same weights summing to below 1), but rounding can take it just below
+                # 0, whose square root is NaN; torch takes that NaN, the floor here does not
+                avg = xp.sqrt(xp.maximum(square_avg - grad_avg * grad_avg, 0))
+            else:
+                avg = xp.sqrt(square_avg)
+            avg += self.eps
+            if self.momentum:
+                buf = self._state("momentum_buffer", key, param)
+                buf *= self.momentum
+                buf += grad / avg
+                param -= self.lr * buf
+            else:
+                param -= self.lr * (grad / avg)
 
 
 def grad_norm(modules: Iterable[Any]) -> Any:
@@ -573,3 +654,32 @@ def make_schedule(
     if name == "constant":
         return ConstantLR(base_lr, steps_per_epoch, warmup_epochs)
     raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
+
+
+#: the optimizers :func:`make_optimizer` builds by name (the trainer's ``--optimizer``)
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
+def make_optimizer(
+    name: str,
+    modules: Iterable[Any],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+) -> Optimizer:
+    """Build an optimizer by name over ``modules``: ``adam`` (:class:`Adam`), ``rmsprop``
+    (:class:`RMSprop`) or ``sgd`` (:class:`SGD`), with ``weight_decay`` as L2 (added to the
+    gradient) and, for RMSprop and SGD, ``momentum``; their other settings are their
+    defaults (torch's). Adam refuses a momentum, which it would otherwise ignore."""
+    if name == "adam":
+        if momentum:
+            raise ValueError(
+                f"momentum: Adam takes none (its moments are its betas), got {momentum}"
+            )
+        return Adam(modules, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return RMSprop(modules, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    if name == "sgd":
+        return SGD(modules, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")

@@ -321,6 +321,18 @@ def _asarray(array: Any, dtype: Any = None, order: Any = None) -> DeviceArray:
     return np.array(array, dtype=dtype, order=order or "K", copy=True).view(DeviceArray)
 
 
+def _array(
+    array: Any, dtype: Any = None, copy: Any = True, order: Any = "K", ndmin: int = 0
+) -> DeviceArray:
+    """``cupy.array``: a copy unless ``copy`` is False or None (``cupy.asarray`` hands a device
+    array of the right dtype back as it is; ``cupy.array`` does not)."""
+    if not copy:
+        held = _asarray(array, dtype=dtype, order=None if order == "K" else order)
+        return held.reshape((1,) * (ndmin - held.ndim) + held.shape) if held.ndim < ndmin else held
+    source = array.view(np.ndarray) if isinstance(array, DeviceArray) else array
+    return np.array(source, dtype=dtype, order=order, copy=True, ndmin=ndmin).view(DeviceArray)
+
+
 def _asnumpy(array: Any) -> np.ndarray:
     if isinstance(array, DeviceArray):
         return array.get()
@@ -338,7 +350,7 @@ def make_module() -> types.ModuleType:
     module.__version__ = "emulated"
     module.ndarray = DeviceArray
     module.asarray = _asarray
-    module.array = _asarray
+    module.array = _array
     module.asnumpy = _asnumpy
     module.empty = _poisoned
     module.empty_like = _empty_like
