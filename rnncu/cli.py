@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     from rnncu.data import SEQ_VIEWS
     from rnncu.init import INIT_SCHEMES
-    from rnncu.optim import SCHEDULES
+    from rnncu.optim import OPTIMIZERS, SCHEDULES
 
     parser = _Parser(
         prog="rnncu",
@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
     )
     option("--warmup-epochs", type=_nonneg_float)
-    option("--weight-decay", type=_nonneg_float)
+    option("--weight-decay", "L2 penalty, added to the gradient", type=_nonneg_float)
+    option("--optimizer", choices=OPTIMIZERS)
+    option("--momentum", "of rmsprop and sgd (Adam has none)", type=_nonneg_float)
     option("--clip", "global gradient-norm limit (0: off)", type=_nonneg_float)
     option(
         "--augment",
@@ -462,6 +464,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "decay_epochs",
         "warmup_epochs",
         "weight_decay",
+        "optimizer",
+        "momentum",
         "clip",
         "augment",
         "seed",

@@ -59,7 +59,14 @@ from rnncu.data import (
 )
 from rnncu.init import INIT_SCHEMES
 from rnncu.module import check_bool, resolve_dtype
-from rnncu.optim import SCHEDULES, Adam, _clip_grad_norm, grad_norm, make_schedule
+from rnncu.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    _clip_grad_norm,
+    grad_norm,
+    make_optimizer,
+    make_schedule,
+)
 from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model, class_posterior
 
 __all__ = [
@@ -110,6 +117,8 @@ class TrainConfig:
     included), "constant" keeps it. ``clip`` limits the global gradient norm (0: off);
     ``augment`` shifts each training image (each clip, all its frames alike) by up to that
     many pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
+    ``optimizer`` "adam" (:class:`~rnncu.optim.Adam`), "rmsprop" or "sgd", each with
+    ``weight_decay`` as L2; ``momentum`` is that of RMSprop or SGD (Adam has its betas).
 
     ``val_fraction`` holds that share of the training split out of training (stratified, the
     same images for every seed) and evaluates it every epoch; ``patience`` (with a
@@ -132,6 +141,8 @@ class TrainConfig:
     decay_epochs: float = 40.0  # horizon of "cosine" (warm-up included), interval of "step"
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.0  # of rmsprop and sgd
     clip: float = 1.0
     augment: int = 0  # random shifts of up to this many pixels per training image and epoch
     seed: int = 0
@@ -170,6 +181,7 @@ class TrainConfig:
             "nonlinearity": ("tanh", "relu"),
             "init": INIT_SCHEMES,
             "schedule": SCHEDULES,
+            "optimizer": tuple(OPTIMIZERS),
             "backend": ("auto", "numpy", "cupy"),
             "dtype": ("float32", "float64"),
         }
@@ -201,6 +213,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum: expected a number in [0, 1), got {self.momentum!r}")
+        if self.momentum and self.optimizer == "adam":
+            # silently ignored, it would look like a setting that had no effect
+            raise ValueError(
+                f"momentum: Adam takes none (its moments are its betas), got {self.momentum}; "
+                "momentum is that of --optimizer rmsprop or sgd"
+            )
         if not (_is_number(self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION):
             # above a half, a class of two images could leave none to train on
             raise ValueError(
@@ -392,7 +412,13 @@ class _Run:
         self.y_test = self.backend.asarray(self.data.y_test, np.int64)
         self.xp = xp
         self.model = _config_model(config, self.seq_shape, self.data.num_classes, self.backend)
-        self.optimizer = Adam(self.model.modules, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(
+            config.optimizer,
+            self.model.modules,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
         n = self.train_images.shape[0]
         self.steps_per_epoch = math.ceil(n / config.batch_size)
         try:

@@ -551,6 +551,8 @@ def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--lr-decay", "5"], "--lr-decay: expected a number in (0, 1]"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0"),
         (["--task", "generate", "--seq", "pixels"], "--seq: the generate task"),
+        (["--momentum", "0.9"], "--momentum: Adam takes none (its moments are its betas), got 0.9"),
+        (["--optimizer", "sgd", "--momentum", "1"], "--momentum: expected a number in [0, 1)"),
         # checked once the images are loaded, inside train(), not by make_config
         (["--augment", "4"], "--augment: expected at most 3 for 8x8 images"),
         (
@@ -572,6 +574,24 @@ def test_flags_are_named_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     ):
         flag = argv[argv.index("") - 1] if "" in argv else "--out"
         one_line_error(main(argv), capsys, f"argument {flag}: expected a path, got an empty")
+
+
+def test_train_with_another_optimizer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--optimizer`` and ``--momentum`` reach the run: its config and its checkpoint's state
+    say so; a resume keeps them and refuses them given again."""
+    out = tmp_path / "run"
+    flags = ["--optimizer", "rmsprop", "--momentum", "0.5", "--lr", "1e-3"]
+    assert main(["train", *TINY, *flags, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["optimizer"], config["momentum"], config["lr"]) == ("rmsprop", 0.5, 1e-3)
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as npz:
+        kinds = {name.split(".")[1] for name in npz.files if name.startswith("optim.")}
+    assert kinds == {"step", "square_avg", "momentum_buffer"}
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert load_checkpoint(out)[1]["config"]["optimizer"] == "rmsprop"
+    capsys.readouterr()
+    code = main(["train", "--resume", str(out), "--epochs", "3", "--optimizer", "adam"])
+    one_line_error(code, capsys, "may be given, not --optimizer")
 
 
 def test_out_of_memory_is_one_line(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rnncu import Linear, optim, tasks
-from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import dataset_digest, load_dataset, load_digits
 from rnncu.trainer import (
     JUDGE_NEWS,
@@ -89,6 +89,66 @@ def test_resume_2_plus_2_equals_4(tmp_path: Path, digits) -> None:
     b, meta = load_checkpoint(tmp_path / "split")
     assert meta["epoch"] == 4 and len(meta["history"]) == 4
     assert_same_bits(a, b)  # optimizer moments and step count too
+
+
+@pytest.mark.parametrize(
+    ("settings", "state"),
+    [
+        ({"optimizer": "rmsprop", "momentum": 0.5, "lr": 1e-3}, {"square_avg", "momentum_buffer"}),
+        ({"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, {"momentum_buffer"}),
+        ({"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-3}, set()),
+    ],
+    ids=["rmsprop", "sgd-momentum", "sgd"],
+)
+def test_a_run_trains_with_the_optimizer_it_names_and_resumes_it_exactly(
+    tmp_path: Path, digits, settings: dict, state: set
+) -> None:
+    """Its state is the one that optimizer keeps (saved and resumed with the run), and its
+    weights differ from Adam's run from the same start."""
+    straight = train(small(epochs=3, **settings), data=digits, progress=False, plots=False)
+    train(small(epochs=1, **settings), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    assert meta["config"]["optimizer"] == settings["optimizer"]
+    kinds = {k.split(".")[1] for k in arrays if k.startswith("optim.") and k != "optim.step"}
+    assert kinds == state
+    resumed = train(
+        TrainConfig(epochs=3, backend="numpy"),
+        resume=tmp_path,
+        data=digits,
+        progress=False,
+        plots=False,
+    )
+    assert resumed.config.optimizer == settings["optimizer"]
+    assert_same_bits(weights(straight), weights(resumed))
+    adam = train(small(epochs=3, lr=settings["lr"]), data=digits, progress=False, plots=False)
+    assert weights(adam)["head.weight"].tobytes() != weights(straight)["head.weight"].tobytes()
+    assert np.isfinite(straight.history[-1]["train_loss"])
+
+
+def test_a_run_saved_before_the_optimizer_was_a_setting_resumes_with_adam(
+    tmp_path: Path, digits
+) -> None:
+    """Its config has no ``optimizer`` or ``momentum``: it trained with Adam, as it goes on."""
+    train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    for name in ("optimizer", "momentum"):
+        del meta["config"][name]
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, kept)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k not in ("optimizer", "momentum")})
+    )
+    resumed = train(
+        TrainConfig(epochs=2, backend="numpy"),
+        resume=tmp_path,
+        data=digits,
+        progress=False,
+        plots=False,
+    )
+    assert resumed.config.optimizer == "adam" and resumed.epochs_trained == 1
+    straight = train(small(epochs=2), data=digits, progress=False, plots=False)
+    assert_same_bits(weights(straight), weights(resumed))
 
 
 def test_resume_refuses_a_training_split_of_another_size(tmp_path: Path, digits) -> None:
@@ -347,6 +407,16 @@ def test_config_validation_and_recipes() -> None:
         make_config(lr=float("nan"))
     with pytest.raises(ValueError, match="unknown fields"):
         TrainConfig.from_dict({"colour": "red"})
+    assert make_config().optimizer == "adam" and make_config().momentum == 0
+    with pytest.raises(
+        ValueError, match=r"^optimizer: expected one of adam, rmsprop, sgd, got 'ad"
+    ):
+        make_config(optimizer="adamw")
+    with pytest.raises(ValueError, match=r"^momentum: expected a number in \[0, 1\), got 1.0"):
+        make_config(optimizer="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match=r"^momentum: Adam takes none .* got 0.9; momentum is th"):
+        make_config(momentum=0.9)
+    assert make_config(optimizer="rmsprop", momentum=0.9).momentum == 0.9
 
 
 def test_config_rejects_bools_bad_seeds_and_growing_decay(digits) -> None:
