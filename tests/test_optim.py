@@ -20,6 +20,7 @@ from rnncu.optim import (
     StepLR,
     clip_grad_norm,
     grad_norm,
+    make_optimizer,
     make_schedule,
 )
 
@@ -286,6 +287,37 @@ def test_centered_rmsprop_stays_finite_where_rounding_takes_the_variance_below_z
     assert (s - a * a < 0).any()  # the case this test is about arose
     assert np.isfinite(module.params["w"]).all()
     assert module.params["w"].dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "momentum", "expected"),
+    [
+        ("adam", Adam, 0.0, {"betas": (0.9, 0.999), "eps": 1e-8, "decoupled": False}),
+        ("rmsprop", RMSprop, 0.3, {"alpha": 0.99, "eps": 1e-8, "centered": False}),
+        ("sgd", SGD, 0.3, {"nesterov": False}),
+    ],
+)
+def test_make_optimizer_passes_its_settings_on(name, cls, momentum, expected) -> None:
+    """The trainer's ``--optimizer``: the class named, with ``lr``, ``weight_decay`` and
+    ``momentum`` as given and torch's defaults for the rest (a setting dropped on the way,
+    weight decay say, would train without it and pass every run-level test)."""
+    opt = make_optimizer(name, [FakeModule({"w": np.ones(3)})], lr=0.2, weight_decay=0.1,
+                         momentum=momentum)  # fmt: skip
+    assert type(opt) is cls
+    assert (opt.lr, opt.weight_decay) == (0.2, 0.1)
+    assert getattr(opt, "momentum", 0.0) == momentum
+    for attribute, value in expected.items():
+        assert getattr(opt, attribute) == value, attribute
+
+
+def test_make_optimizer_refuses_what_it_cannot_build() -> None:
+    modules = [FakeModule({"w": np.ones(3)})]
+    with pytest.raises(ValueError, match=r"^momentum: Adam takes none .*got 0.5"):
+        make_optimizer("adam", modules, lr=0.1, momentum=0.5)
+    with pytest.raises(
+        ValueError, match=r"^optimizer: expected one of adam, rmsprop, sgd, got 'adamw'"
+    ):
+        make_optimizer("adamw", modules, lr=0.1)
 
 
 def test_clip_grad_norm(rng: np.random.Generator) -> None:
