@@ -109,6 +109,14 @@ class Optimizer:
         """The state kinds that every parameter holds once a step has been taken."""
         return self.state_kinds
 
+    def _settings(self) -> str:
+        """The optimizer and the settings that decide its state, for messages."""
+        momentum = getattr(self, "momentum", None)
+        centered = " centered" if getattr(self, "centered", False) else ""
+        return type(self).__name__ + (
+            "" if momentum is None else f" (momentum {momentum}{centered})"
+        )
+
     def _state(self, kind: str, key: str, param: Any) -> Any:
         slot = self.state[kind].get(key)
         if slot is None:
@@ -131,7 +139,8 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict` output. Every state array must match a parameter in
         name and shape (it is cast to the parameter's dtype, as torch does); a mismatch raises
-        ValueError naming the key (TypeError for an array that is not floating), as does
+        ValueError naming the key (TypeError for an array that is not floating), as do a
+        kind of state these settings do not keep (momentum buffers where momentum is 0) and
         state missing after a step (``step`` > 0): the
         moments would restart from zero and the run would not continue as saved. (Stricter
         than torch, which starts missing state afresh: load into the optimizer the state was
@@ -155,14 +164,21 @@ class Optimizer:
             )
         params = {key: param for key, param, _ in _params_nograd(self.modules)}
         new: dict[str, dict[str, Any]] = {kind: {} for kind in self.state_kinds}
+        # the kinds these settings keep: a momentum buffer loaded into SGD or RMSprop without
+        # momentum (state of another optimizer's settings) would be carried along unused
+        kept = self._kinds_after_a_step()
         for full_key, value in state.items():
             if full_key == "step":
                 continue
             if not isinstance(full_key, str):
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r} (not a str)")
             kind, _, key = full_key.partition(".")
-            if kind not in new or key not in params:
-                raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
+            if kind not in kept or key not in params:
+                keeps = ", ".join(map(repr, kept)) or "none"
+                raise ValueError(
+                    f"optimizer state: unexpected entry {full_key!r}"
+                    + ("" if kind in kept else f" (the state {self._settings()} keeps: {keeps})")
+                )
             param = params[key]
             array = is_array(value)
             if not array or value.dtype.kind != "f":

@@ -513,7 +513,13 @@ class _Run:
         try:
             self.optimizer.load_state_dict(optim)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{file}: {exc}") from None
+            # state of another optimizer (a config edited, or another run's state) reads as
+            # entries unexpected or missing: the config's choice named with them
+            config = self.config
+            raise CheckpointError(
+                f"{file}: {exc}; its config names optimizer {config.optimizer!r}, momentum "
+                f"{config.momentum}"
+            ) from None
         self.epoch = int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         self.train_seconds = float(meta.get("train_seconds", 0.0))

@@ -438,6 +438,31 @@ def test_rmsprop_state_round_trip_is_exact(rng: np.random.Generator, settings: d
         opt2.load_state_dict({**state, "grad_avg.0.b": -np.abs(state["grad_avg.0.b"])})
 
 
+@pytest.mark.parametrize(
+    ("build", "keeps"),
+    [
+        (lambda m: SGD(m, lr=0.1), "none"),
+        (lambda m: RMSprop(m, lr=0.1), "'square_avg'"),
+    ],
+    ids=["sgd", "rmsprop"],
+)
+def test_state_of_a_momentum_the_settings_lack_is_refused(rng, build, keeps: str) -> None:
+    """Momentum buffers saved with momentum > 0, loaded where momentum is 0: not carried along
+    unused (and saved again) as if the state fitted, but named."""
+    module = FakeModule({"w": rng.standard_normal(3)})
+    module.grads = {"w": rng.standard_normal(3)}
+    with_momentum = SGD([module], lr=0.1, momentum=0.9)
+    with_momentum.step()
+    state = with_momentum.state_dict()
+    if keeps != "none":
+        state["square_avg.0.w"] = np.ones(3)
+    with pytest.raises(
+        ValueError,
+        match=rf"entry 'momentum_buffer.0.w' \(the state .*momentum 0.0\) keeps: {keeps}",
+    ):
+        build([FakeModule({"w": np.ones(3)})]).load_state_dict(state)
+
+
 def test_state_without_moments_is_complete_where_none_are_kept(rng: np.random.Generator) -> None:
     module = FakeModule({"w": rng.standard_normal(3)})
     module.grads = {"w": rng.standard_normal(3)}

@@ -151,6 +151,48 @@ def test_a_run_saved_before_the_optimizer_was_a_setting_resumes_with_adam(
     assert_same_bits(weights(straight), weights(resumed))
 
 
+@pytest.mark.parametrize(
+    ("settings", "edit", "message"),
+    [
+        (
+            {"optimizer": "rmsprop", "momentum": 0.5, "lr": 1e-3},
+            {"optimizer": "adam", "momentum": 0.0},
+            r"unexpected entry 'square_avg.0.weight_ih_l0' \(the state Adam keeps: 'exp_avg', "
+            r"'exp_avg_sq'\); its config names optimizer 'adam', momentum 0.0$",
+        ),
+        (
+            {"optimizer": "sgd", "lr": 0.05},
+            {"optimizer": "adam"},
+            r"missing 'exp_avg.0.weight_ih_l0' and \d+ more at step \d+ .*; its config names "
+            r"optimizer 'adam', momentum 0.0$",
+        ),
+        (
+            {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05},
+            {"momentum": 0.0},
+            r"unexpected entry 'momentum_buffer.0.weight_ih_l0' \(the state SGD \(momentum "
+            r"0.0\) keeps: none\); its config names optimizer 'sgd', momentum 0.0$",
+        ),
+    ],
+    ids=["rmsprop-as-adam", "sgd-as-adam", "momentum-dropped"],
+)
+def test_a_config_whose_optimizer_is_not_its_states_is_refused_naming_both(
+    tmp_path: Path, digits, settings: dict, edit: dict, message: str
+) -> None:
+    """A checkpoint whose config was edited to another optimizer (or momentum) than its state
+    was saved by: resume and evaluate name the file, the entry and the config's optimizer."""
+    train(small(epochs=1, **settings), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    meta["config"].update(edit)
+    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, kept)
+    file = re.escape(str(tmp_path / "checkpoint.npz"))
+    with pytest.raises(CheckpointError, match=rf"^{file}: optimizer state: {message}"):
+        train(TrainConfig(epochs=2, backend="numpy"), resume=tmp_path, data=digits,
+              progress=False, plots=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match=rf"^{file}: optimizer state: {message}"):
+        load_run(tmp_path)
+
+
 def test_resume_refuses_a_training_split_of_another_size(tmp_path: Path, digits) -> None:
     # Resuming on other images (a --dataset that is not the run's, moved) made the schedule,
     # a function of steps per epoch, jump: 2 epochs of 22 steps read as 44 / 8 = 5.5 epochs.
