@@ -322,10 +322,32 @@ def _asarray(array: Any, dtype: Any = None, order: Any = None) -> DeviceArray:
 
 
 def _array(
-    array: Any, dtype: Any = None, copy: Any = True, order: Any = "K", ndmin: int = 0
+    array: Any,
+    dtype: Any = None,
+    copy: Any = True,
+    order: Any = "K",
+    subok: bool = False,
+    ndmin: int = 0,
+    *,
+    blocking: bool = False,
 ) -> DeviceArray:
-    """``cupy.array``: a copy unless ``copy`` is False or None (``cupy.asarray`` hands a device
-    array of the right dtype back as it is; ``cupy.array`` does not)."""
+    """``cupy.array`` (CuPy 14's signature): a copy where ``copy`` is True; where it is None,
+    a copy only where needed (``cupy.asarray`` hands a device array of the right dtype back
+    as it is; ``cupy.array`` by default does not); where it is False, never: ValueError where
+    one is needed (a host array, another dtype or order), as in CuPy 14 and NumPy 2."""
+    if subok:
+        raise NotImplementedError("emulated cupy: subok=True (CuPy does not support it)")
+    if copy is False:
+        layout = {"C": "C_CONTIGUOUS", "F": "F_CONTIGUOUS"}.get(order)
+        if (
+            not isinstance(array, DeviceArray)
+            or (dtype is not None and np.dtype(dtype) != array.dtype)
+            or (layout is not None and not array.flags[layout])
+        ):
+            raise ValueError(
+                "emulated cupy: unable to avoid copy while creating an array as requested "
+                "(copy=False never copies in CuPy 14; copy=None copies where needed)"
+            )
     if not copy:
         held = _asarray(array, dtype=dtype, order=None if order == "K" else order)
         return held.reshape((1,) * (ndmin - held.ndim) + held.shape) if held.ndim < ndmin else held

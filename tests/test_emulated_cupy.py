@@ -68,6 +68,29 @@ def test_host_and_device_memory_are_separate(cupy) -> None:
         np.testing.assert_array_equal(copy, -1.0)
 
 
+def test_array_copies_as_cupy_14_does(cupy) -> None:
+    """``cupy.array``: copy=True copies a device array; None hands it back where no copy is
+    needed; False never copies and refuses where one would be needed (NumPy 2's meaning,
+    taken by CuPy 14: a stand-in copying there would pass code that fails on a GPU)."""
+    on_device = cupy.asarray(np.arange(6.0).reshape(2, 3))
+    copied = cupy.array(on_device, dtype=np.float64, copy=True)
+    copied[...] = 0
+    assert on_device[0, 1] == 1.0
+    assert cupy.array(on_device, copy=None) is on_device
+    assert cupy.array(on_device, copy=False) is on_device
+    assert cupy.array(on_device, copy=False, ndmin=3).shape == (1, 2, 3)
+    for needs_a_copy in (
+        lambda: cupy.array(np.ones(3), copy=False),  # host to device
+        lambda: cupy.array(on_device, dtype=np.float32, copy=False),
+        lambda: cupy.array(on_device.T, order="C", copy=False),
+    ):
+        with pytest.raises(ValueError, match="unable to avoid copy"):
+            needs_a_copy()
+    assert cupy.array(on_device, dtype=np.float32, copy=None).dtype == np.float32
+    with pytest.raises(NotImplementedError, match="subok"):
+        cupy.array(on_device, np.float64, True, "K", 2)  # CuPy's fifth is subok, not ndmin
+
+
 def test_host_arrays_do_not_mix_with_device_arrays(cupy) -> None:
     """CuPy raises TypeError for a NumPy array in a device operation; the stand-in (a NumPy
     subclass underneath) must too, or host data leaking into device code would pass here."""
