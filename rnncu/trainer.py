@@ -516,10 +516,12 @@ class _Run:
             # state of another optimizer (a config edited, or another run's state) reads as
             # entries unexpected or missing: the config's choice named with them
             config = self.config
-            raise CheckpointError(
-                f"{file}: {exc}; its config names optimizer {config.optimizer!r}, momentum "
-                f"{config.momentum}"
-            ) from None
+            named = (
+                f"; its config names optimizer {config.optimizer!r}, momentum {config.momentum}"
+                if "unexpected entry" in str(exc) or "missing" in str(exc)
+                else ""
+            )
+            raise CheckpointError(f"{file}: {exc}{named}") from None
         self.epoch = int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         self.train_seconds = float(meta.get("train_seconds", 0.0))

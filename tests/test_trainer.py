@@ -193,6 +193,21 @@ def test_a_config_whose_optimizer_is_not_its_states_is_refused_naming_both(
         load_run(tmp_path)
 
 
+def test_damaged_optimizer_state_is_named_without_the_config_s_optimizer(
+    tmp_path: Path, digits
+) -> None:
+    """The config's optimizer is named where the state is another optimizer's (above), not
+    where an entry of the right kind is damaged: it would point away from the damage."""
+    train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path, plots=False)
+    arrays, meta = load_checkpoint(tmp_path)
+    arrays["optim.exp_avg_sq.0.weight_ih_l0"][0, 0] = np.nan
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, {k: v for k, v in meta.items()
+                                                          if k not in RESERVED_META})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"state: 'exp_avg_sq.0.weight_ih_l0' holds NaN, "
+                       r"infinite or negative values$"):  # fmt: skip
+        load_run(tmp_path)
+
+
 def test_resume_refuses_a_training_split_of_another_size(tmp_path: Path, digits) -> None:
     # Resuming on other images (a --dataset that is not the run's, moved) made the schedule,
     # a function of steps per epoch, jump: 2 epochs of 22 steps read as 44 / 8 = 5.5 epochs.
