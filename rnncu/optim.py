@@ -673,7 +673,7 @@ def make_schedule(
 
 
 #: the optimizers :func:`make_optimizer` builds by name (the trainer's ``--optimizer``)
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
 
 def make_optimizer(
@@ -684,16 +684,18 @@ def make_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
 ) -> Optimizer:
-    """Build an optimizer by name over ``modules``: ``adam`` (:class:`Adam`), ``rmsprop``
-    (:class:`RMSprop`) or ``sgd`` (:class:`SGD`), with ``weight_decay`` as L2 (added to the
-    gradient) and, for RMSprop and SGD, ``momentum``; their other settings are their
-    defaults (torch's). Adam refuses a momentum, which it would otherwise ignore."""
-    if name == "adam":
+    """Build an optimizer by name over ``modules``: ``adam`` (:class:`Adam`, ``weight_decay``
+    added to the gradient, L2), ``adamw`` (:class:`Adam` with ``decoupled=True``: the weights
+    shrink by ``lr * weight_decay`` each step, torch's AdamW), ``rmsprop`` (:class:`RMSprop`)
+    or ``sgd`` (:class:`SGD`), these two with ``weight_decay`` as L2 and with ``momentum``.
+    Their other settings are their defaults (torch's; AdamW's ``weight_decay`` is the one
+    given, not torch's 0.01). Adam refuses a momentum, which it would otherwise ignore."""
+    if name in ("adam", "adamw"):
         if momentum:
             raise ValueError(
                 f"momentum: Adam takes none (its moments are its betas), got {momentum}"
             )
-        return Adam(modules, lr=lr, weight_decay=weight_decay)
+        return Adam(modules, lr=lr, weight_decay=weight_decay, decoupled=name == "adamw")
     if name == "rmsprop":
         return RMSprop(modules, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "sgd":

@@ -117,8 +117,9 @@ class TrainConfig:
     included), "constant" keeps it. ``clip`` limits the global gradient norm (0: off);
     ``augment`` shifts each training image (each clip, all its frames alike) by up to that
     many pixels per epoch; ``backend`` "auto" takes the GPU where one is present.
-    ``optimizer`` "adam" (:class:`~rnncu.optim.Adam`), "rmsprop" or "sgd", each with
-    ``weight_decay`` as L2; ``momentum`` is that of RMSprop or SGD (Adam has its betas).
+    ``optimizer`` "adam" (:class:`~rnncu.optim.Adam`), "adamw" (its weight decay decoupled),
+    "rmsprop" or "sgd" (:func:`~rnncu.optim.make_optimizer`), each with ``weight_decay``;
+    ``momentum`` is that of RMSprop or SGD (Adam has its betas).
 
     ``val_fraction`` holds that share of the training split out of training (stratified, the
     same images for every seed) and evaluates it every epoch; ``patience`` (with a
@@ -215,7 +216,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum: expected a number in [0, 1), got {self.momentum!r}")
-        if self.momentum and self.optimizer == "adam":
+        if self.momentum and self.optimizer in ("adam", "adamw"):
             # silently ignored, it would look like a setting that had no effect
             raise ValueError(
                 f"momentum: Adam takes none (its moments are its betas), got {self.momentum}; "

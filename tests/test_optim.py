@@ -195,6 +195,16 @@ def test_each_module_once() -> None:
         clip_grad_norm([module, module], 1.0)  # the norm would count it twice
 
 
+def test_adamw_matches_torch(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    settings = {"lr": 0.02, "betas": (0.8, 0.99), "weight_decay": 0.3}
+    assert_steps_match_torch(
+        rng,
+        lambda m: Adam(m, decoupled=True, **settings),
+        lambda p: torch.optim.AdamW(p, **settings),
+    )
+
+
 def test_sgd_matches_torch(rng: np.random.Generator) -> None:
     torch = pytest.importorskip("torch")
     settings = {"lr": 0.05, "momentum": 0.9, "nesterov": True}
@@ -293,6 +303,7 @@ def test_centered_rmsprop_stays_finite_where_rounding_takes_the_variance_below_z
     ("name", "cls", "momentum", "expected"),
     [
         ("adam", Adam, 0.0, {"betas": (0.9, 0.999), "eps": 1e-8, "decoupled": False}),
+        ("adamw", Adam, 0.0, {"betas": (0.9, 0.999), "eps": 1e-8, "decoupled": True}),
         ("rmsprop", RMSprop, 0.3, {"alpha": 0.99, "eps": 1e-8, "centered": False}),
         ("sgd", SGD, 0.3, {"nesterov": False}),
     ],
@@ -314,10 +325,12 @@ def test_make_optimizer_refuses_what_it_cannot_build() -> None:
     modules = [FakeModule({"w": np.ones(3)})]
     with pytest.raises(ValueError, match=r"^momentum: Adam takes none .*got 0.5"):
         make_optimizer("adam", modules, lr=0.1, momentum=0.5)
+    with pytest.raises(ValueError, match=r"^momentum: Adam takes none .*got 0.5"):
+        make_optimizer("adamw", modules, lr=0.1, momentum=0.5)
     with pytest.raises(
-        ValueError, match=r"^optimizer: expected one of adam, rmsprop, sgd, got 'adamw'"
+        ValueError, match=r"^optimizer: expected one of adam, adamw, rmsprop, sgd, got 'adag"
     ):
-        make_optimizer("adamw", modules, lr=0.1)
+        make_optimizer("adagrad", modules, lr=0.1)
 
 
 def test_clip_grad_norm(rng: np.random.Generator) -> None:

@@ -97,14 +97,15 @@ def test_resume_2_plus_2_equals_4(tmp_path: Path, digits) -> None:
         ({"optimizer": "rmsprop", "momentum": 0.5, "lr": 1e-3}, {"square_avg", "momentum_buffer"}),
         ({"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}, {"momentum_buffer"}),
         ({"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-3}, set()),
+        ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1}, {"exp_avg", "exp_avg_sq"}),
     ],
-    ids=["rmsprop", "sgd-momentum", "sgd"],
+    ids=["rmsprop", "sgd-momentum", "sgd", "adamw"],
 )
 def test_a_run_trains_with_the_optimizer_it_names_and_resumes_it_exactly(
     tmp_path: Path, digits, settings: dict, state: set
 ) -> None:
     """Its state is the one that optimizer keeps (saved and resumed with the run), and its
-    weights differ from Adam's run from the same start."""
+    weights differ from those of Adam's run from the same start with the same settings."""
     straight = train(small(epochs=3, **settings), data=digits, progress=False, plots=False)
     train(small(epochs=1, **settings), data=digits, progress=False, out_dir=tmp_path, plots=False)
     arrays, meta = load_checkpoint(tmp_path)
@@ -120,7 +121,10 @@ def test_a_run_trains_with_the_optimizer_it_names_and_resumes_it_exactly(
     )
     assert resumed.config.optimizer == settings["optimizer"]
     assert_same_bits(weights(straight), weights(resumed))
-    adam = train(small(epochs=3, lr=settings["lr"]), data=digits, progress=False, plots=False)
+    # Adam with the same rate and weight decay (L2, where AdamW's is decoupled)
+    decay = settings.get("weight_decay", 0.0)
+    adam = train(small(epochs=3, lr=settings["lr"], weight_decay=decay), data=digits,
+                 progress=False, plots=False)  # fmt: skip
     assert weights(adam)["head.weight"].tobytes() != weights(straight)["head.weight"].tobytes()
     assert np.isfinite(straight.history[-1]["train_loss"])
 
@@ -466,9 +470,11 @@ def test_config_validation_and_recipes() -> None:
         TrainConfig.from_dict({"colour": "red"})
     assert make_config().optimizer == "adam" and make_config().momentum == 0
     with pytest.raises(
-        ValueError, match=r"^optimizer: expected one of adam, rmsprop, sgd, got 'ad"
+        ValueError, match=r"^optimizer: expected one of adam, adamw, rmsprop, sgd, got 'adag"
     ):
-        make_config(optimizer="adamw")
+        make_config(optimizer="adagrad")
+    with pytest.raises(ValueError, match=r"^momentum: Adam takes none"):
+        make_config(optimizer="adamw", momentum=0.5)
     with pytest.raises(ValueError, match=r"^momentum: expected a number in \[0, 1\), got 1.0"):
         make_config(optimizer="sgd", momentum=1.0)
     with pytest.raises(ValueError, match=r"^momentum: Adam takes none .* got 0.9; momentum is th"):
