@@ -223,14 +223,17 @@ def display_images(images: np.ndarray, frame_shape: tuple[int, int] | None) -> n
 
 
 def pixel_permutation(num_pixels: int) -> np.ndarray:
-    """The fixed permutation of the ``permuted`` view (depends only on the pixel count)."""
+    """The fixed permutation of the ``permuted`` view (depends only on the pixel count): an
+    int64 array (num_pixels,) of the indices 0..num_pixels-1, pixel t of a permuted sequence
+    being pixel ``perm[t]`` of the image in reading order."""
     return np.random.default_rng(PERMUTATION_SEED).permutation(num_pixels)
 
 
 def to_sequences(images: np.ndarray, view: str = "rows") -> np.ndarray:
     """Images (N, H, W), a NumPy array, -> time-major sequences (T, N, D), C-contiguous, same
-    dtype. Clips (N, T, H, W) are read as images (N, T, H*W): ``rows`` gives one frame per
-    step."""
+    dtype: (H, N, W) for ``view`` ``"rows"``, (H*W, N, 1) for ``"pixels"`` and ``"permuted"``
+    (:data:`SEQ_VIEWS`). Clips (N, T, H, W) are read as images (N, T, H*W): ``rows`` gives
+    one frame per step, (T, N, H*W)."""
     if not isinstance(images, np.ndarray):
         raise TypeError(
             f"to_sequences: images: expected a NumPy array (N, H, W), got {type_name(images)}"
@@ -455,7 +458,9 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (raw, or gzip-compressed when it ends in ``.gz``) into a native-order
-    array. A malformed file raises ValueError naming the file and what is wrong."""
+    array of the header's shape and data type: (N, rows, cols) uint8 for MNIST's images,
+    (N,) uint8 for its labels. A malformed file raises ValueError naming the file and what is
+    wrong."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"read_idx: path: expected a str or path, got {type(path).__name__}")
     path = Path(path)
@@ -1381,6 +1386,8 @@ class Framing:
         object.__setattr__(self, "peak", float(self.peak))
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"extent": float, "center": [y, x], "peak": float}``, plain JSON types: what a
+        checkpoint's ``data.framing`` holds (``Framing(**d)`` rebuilds it)."""
         return {"extent": self.extent, "center": list(self.center), "peak": self.peak}
 
 

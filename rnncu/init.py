@@ -56,8 +56,11 @@ def _matrix_shape(function: str, shape: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.ndarray:
-    """U(-bound, bound), float64, on the host; ``shape`` a tuple of sizes (or one size)."""
+def torch_uniform(
+    shape: int | tuple[int, ...], bound: float, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
+    """U(-bound, bound), float64, on the host, of ``shape`` (a tuple of sizes, or one size for
+    (n,)). ``rng``: a NumPy Generator (drawn from), a seed, or None (fresh entropy)."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
     if not isinstance(shape, (tuple, list)) or any(
@@ -68,18 +71,24 @@ def torch_uniform(shape: tuple[int, ...], bound: float, rng: Any = None) -> np.n
     return _generator(rng).uniform(-bound, bound, size=shape)
 
 
-def xavier_uniform(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
-    """Glorot uniform for a (fan_out, fan_in) weight: U(-a, a), a = gain sqrt(6/(in+out))."""
+def xavier_uniform(
+    shape: tuple[int, int], gain: float = 1.0, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
+    """Glorot uniform for a (fan_out, fan_in) weight: U(-a, a), a = gain sqrt(6/(in+out));
+    float64 of ``shape``, on the host. ``rng`` as in :func:`torch_uniform`."""
     fan_out, fan_in = _matrix_shape("xavier_uniform", shape)
     gain = check_number("gain", gain, low=0.0, high_open=True)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return _generator(rng).uniform(-bound, bound, size=shape)
 
 
-def orthogonal(shape: tuple[int, int], gain: float = 1.0, rng: Any = None) -> np.ndarray:
+def orthogonal(
+    shape: tuple[int, int], gain: float = 1.0, rng: np.random.Generator | int | None = None
+) -> np.ndarray:
     """A (rows, cols) matrix with orthonormal rows or columns (whichever are fewer), from the
     QR decomposition of a Gaussian matrix with the sign of R's diagonal folded in, so the
-    result is uniformly (Haar) distributed, as ``torch.nn.init.orthogonal_``."""
+    result is uniformly (Haar) distributed, as ``torch.nn.init.orthogonal_``; times
+    ``gain``, float64 on the host. ``rng`` as in :func:`torch_uniform`."""
     rows, cols = _matrix_shape("orthogonal", shape)
     gain = _finite("gain", gain)
     flat = _generator(rng).standard_normal((max(rows, cols), min(rows, cols)))

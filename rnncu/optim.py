@@ -136,7 +136,7 @@ class Optimizer:
                 out[f"{kind}.{key}"] = _to_host(arr)
         return out
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output. Every state array must match a parameter in
         name and shape (it is cast to the parameter's dtype, as torch does); a mismatch raises
         ValueError naming the key (TypeError for an array that is not floating), as do a

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rnncu.backend import Array
+from rnncu.backend import Array, Backend
 from rnncu.init import init_linear, init_rnn
 from rnncu.linear import Linear
 from rnncu.losses import mse_loss, softmax_cross_entropy
@@ -174,7 +174,12 @@ def _check_split(
 
 
 class SequenceClassifier(_TaskModel):
-    """RNN over (T, B, D) sequences, Linear head on the final state -> logits (B, C)."""
+    """RNN over (T, B, D) sequences, Linear head on the final state -> logits (B, C).
+
+    ``input_size`` is D and ``num_classes`` C; ``hidden`` and ``layers`` size the RNN,
+    ``nonlinearity`` ``"tanh"`` or ``"relu"``, ``init`` one of :data:`rnncu.init.INIT_SCHEMES`
+    (``"torch"``: torch's defaults for both layers, else the scheme for the RNN and Glorot
+    for the head); ``seed``, ``dtype`` and ``backend`` as for :class:`rnncu.RNN`."""
 
     def __init__(
         self,
@@ -186,7 +191,7 @@ class SequenceClassifier(_TaskModel):
         init: str = "torch",
         seed: int | None = 0,
         dtype: Any = "float32",
-        backend: Any = None,
+        backend: str | Backend | None = None,
     ) -> None:
         self.num_classes = check_positive_int("num_classes", num_classes)
         _make_layers(
@@ -279,7 +284,11 @@ def generator_inputs(rows: Array, labels: Array, num_classes: int) -> Array:
 
 
 class RowGenerator(_TaskModel):
-    """Class-conditional next-row model: inputs (T, B, W + C) -> predicted rows (T, B, W)."""
+    """Class-conditional next-row model: rows (T, B, W) and labels (B,) -> predicted rows
+    (T, B, W), the RNN reading (T, B, W + C) (:func:`generator_inputs`).
+
+    ``width`` is W and ``num_classes`` C; the other arguments as for
+    :class:`SequenceClassifier`."""
 
     def __init__(
         self,
@@ -291,7 +300,7 @@ class RowGenerator(_TaskModel):
         init: str = "torch",
         seed: int | None = 0,
         dtype: Any = "float32",
-        backend: Any = None,
+        backend: str | Backend | None = None,
     ) -> None:
         self.width = check_positive_int("width", width)
         self.num_classes = check_positive_int("num_classes", num_classes)
@@ -552,7 +561,7 @@ def build_model(
     init: str,
     seed: int | None,
     dtype: Any = "float32",
-    backend: Any = None,
+    backend: str | Backend | None = None,
 ) -> SequenceClassifier | RowGenerator:
     """The model of ``task`` for sequences of ``seq_shape`` = (T, D)."""
     try:

@@ -110,7 +110,8 @@ class TrainConfig:
 
     ``task`` "classify" or "generate"; ``dataset`` "digits", "moving-digits" (clips), a
     directory of IDX files or a ``.npz``; ``seq`` how an image becomes a sequence ("rows":
-    T = height, D = width, for clips a frame per step; "pixels": T = height * width, D = 1).
+    T = height, D = width, for clips a frame per step; "pixels": T = height * width, D = 1;
+    "permuted": the pixels in a fixed random order, as :func:`rnncu.data.to_sequences`).
     The learning rate starts at ``lr`` (after ``warmup_epochs`` of linear warm-up) and
     follows ``schedule``: "exp" multiplies it by ``lr_decay`` every epoch, "step" by
     ``lr_decay`` every ``decay_epochs``, "cosine" takes it to 0 over ``decay_epochs`` (warm-up
@@ -311,12 +312,15 @@ class TrainResult:
     """What :func:`train` returns."""
 
     config: TrainConfig
+    #: the trained :class:`rnncu.tasks.SequenceClassifier` or :class:`rnncu.tasks.RowGenerator`
     model: Any
     #: one record per epoch: ``epoch``, ``train_loss``, ``lr``, ``grad_norm`` and
     #: ``grad_norm_max`` (before clipping), ``clipped`` (with clipping), the test figures
     history: list[dict[str, float]]
     metrics: dict[str, Any]
     out_dir: Path | None = None
+    #: a generate run's samples: ``samples`` (n, H, W) host images in [0, 1] and
+    #: ``sample_labels`` (n,) their classes; empty for a classify run
     extra: dict[str, Any] = field(default_factory=dict)
     #: epochs this call trained: 0 when a resumed run was already at ``config.epochs``, or had
     #: stopped early (``patience``)
@@ -1900,9 +1904,9 @@ def predict_images(
 ) -> dict[str, np.ndarray]:
     """Recognise ``images`` with the run saved at ``path`` (or a :class:`SavedModel`).
     ``images``: a NumPy array (N, H, W) of the run's image size, one (H, W), or for a run of
-    clips (N, T, h, w) / (N, T, h*w); pixels as datasets take them (integers 0..255, floats in
-    [0, 1], bool). Returns host arrays: ``classes`` (N,) int64 and ``probabilities`` (N, C)
-    float64.
+    clips (N, T, h, w) / (N, T, h*w), or one clip (T, h, w); pixels as datasets take them
+    (integers 0..255, floats in [0, 1], bool). Returns host arrays: ``classes`` (N,) int64
+    and ``probabilities`` (N, C) float64.
 
     A classify run gives the softmax of its logits (``classes`` is its argmax). A generate
     run recognises an image by the class under which it predicts the image's rows best:
