@@ -36,7 +36,9 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "Schedule",
+    "StateKindError",
     "StepLR",
+    "check_momentum",
     "clip_grad_norm",
     "grad_norm",
     "make_optimizer",
@@ -82,6 +84,19 @@ def _params(modules: Sequence[Any]) -> list[tuple[str, Any, Any]]:
                 )
             out.append((f"{index}.{name}", param, grad))
     return out
+
+
+class StateKindError(ValueError):
+    """Optimizer state of other kinds than the optimizer's settings keep (entries it does not
+    keep, or kinds it keeps missing after a step): most likely another optimizer's state, or
+    the same one's under other settings (a momentum)."""
+
+
+def check_momentum(optimizer: str, momentum: float) -> None:
+    """ValueError for a momentum given to Adam or AdamW (``optimizer`` as
+    :func:`make_optimizer` names them), which would ignore it: a setting without effect."""
+    if momentum and optimizer in ("adam", "adamw"):
+        raise ValueError(f"momentum: Adam takes none (its moments are its betas), got {momentum}")
 
 
 class Optimizer:
@@ -173,12 +188,14 @@ class Optimizer:
             if not isinstance(full_key, str):
                 raise ValueError(f"optimizer state: unexpected entry {full_key!r} (not a str)")
             kind, _, key = full_key.partition(".")
-            if kind not in kept or key not in params:
+            if kind not in kept:
                 keeps = ", ".join(map(repr, kept)) or "none"
-                raise ValueError(
-                    f"optimizer state: unexpected entry {full_key!r}"
-                    + ("" if kind in kept else f" (the state {self._settings()} keeps: {keeps})")
+                raise StateKindError(
+                    f"optimizer state: unexpected entry {full_key!r} (the state "
+                    f"{self._settings()} keeps: {keeps})"
                 )
+            if key not in params:
+                raise ValueError(f"optimizer state: unexpected entry {full_key!r}")
             param = params[key]
             array = is_array(value)
             if not array or value.dtype.kind != "f":
@@ -212,7 +229,7 @@ class Optimizer:
             ]
             if missing:
                 more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-                raise ValueError(
+                raise StateKindError(
                     f"optimizer state: missing {missing[0]!r}{more} at step {int(step)} (the "
                     "state of every parameter is saved after a step)"
                 )
@@ -690,11 +707,8 @@ def make_optimizer(
     or ``sgd`` (:class:`SGD`), these two with ``weight_decay`` as L2 and with ``momentum``.
     Their other settings are their defaults (torch's; AdamW's ``weight_decay`` is the one
     given, not torch's 0.01). Adam refuses a momentum, which it would otherwise ignore."""
+    check_momentum(name, momentum)
     if name in ("adam", "adamw"):
-        if momentum:
-            raise ValueError(
-                f"momentum: Adam takes none (its moments are its betas), got {momentum}"
-            )
         return Adam(modules, lr=lr, weight_decay=weight_decay, decoupled=name == "adamw")
     if name == "rmsprop":
         return RMSprop(modules, lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -62,7 +62,9 @@ from rnncu.module import check_bool, resolve_dtype
 from rnncu.optim import (
     OPTIMIZERS,
     SCHEDULES,
+    StateKindError,
     _clip_grad_norm,
+    check_momentum,
     grad_norm,
     make_optimizer,
     make_schedule,
@@ -183,7 +185,7 @@ class TrainConfig:
             "nonlinearity": ("tanh", "relu"),
             "init": INIT_SCHEMES,
             "schedule": SCHEDULES,
-            "optimizer": tuple(OPTIMIZERS),
+            "optimizer": OPTIMIZERS,
             "backend": ("auto", "numpy", "cupy"),
             "dtype": ("float32", "float64"),
         }
@@ -217,12 +219,10 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum: expected a number in [0, 1), got {self.momentum!r}")
-        if self.momentum and self.optimizer in ("adam", "adamw"):
-            # silently ignored, it would look like a setting that had no effect
-            raise ValueError(
-                f"momentum: Adam takes none (its moments are its betas), got {self.momentum}; "
-                "momentum is that of --optimizer rmsprop or sgd"
-            )
+        try:
+            check_momentum(self.optimizer, self.momentum)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; momentum is that of --optimizer rmsprop or sgd") from None
         if not (_is_number(self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION):
             # above a half, a class of two images could leave none to train on
             raise ValueError(
@@ -517,16 +517,16 @@ class _Run:
                 )
         try:
             self.optimizer.load_state_dict(optim)
-        except (TypeError, ValueError) as exc:
-            # state of another optimizer (a config edited, or another run's state) reads as
-            # entries unexpected or missing: the config's choice named with them
+        except StateKindError as exc:
+            # state of another optimizer (a config edited, or another run's state): the
+            # config's choice named with it
             config = self.config
-            named = (
-                f"; its config names optimizer {config.optimizer!r}, momentum {config.momentum}"
-                if "unexpected entry" in str(exc) or "missing" in str(exc)
-                else ""
-            )
-            raise CheckpointError(f"{file}: {exc}{named}") from None
+            raise CheckpointError(
+                f"{file}: {exc}; its config names optimizer {config.optimizer!r}, momentum "
+                f"{config.momentum}"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{file}: {exc}") from None
         self.epoch = int(meta.get("epoch", 0))
         self.history = list(meta.get("history", []))
         self.train_seconds = float(meta.get("train_seconds", 0.0))
