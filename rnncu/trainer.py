@@ -769,6 +769,9 @@ def train(
     generate run's judge), where ``train_seconds`` adds up the epochs of every call that
     trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
     is used (or resumed, if cut short) where it is of the recipe the run asks for.
+    A run that ends having learnt nothing (a classifier no better than always answering the
+    test split's commonest class, a generator no better than copying the row above) warns
+    (UserWarning), naming ``out_dir`` (a judge: ``"classifier: "``) and what to try.
     ``progress`` shows a tqdm bar over the run's optimizer steps (None: when stderr is a
     terminal); ``log``, a callable taking one str, receives a line at each epoch's end
     (beginning with :data:`EPOCH_NEWS`) and the run's other news (those of a generate run's
@@ -934,7 +937,7 @@ def _train(
                 # them: evaluating or resuming the run later finds its images where they are
                 save_checkpoint(file, run.arrays(), dict(run.meta(), config=done.to_dict()))
                 _write_json(out / "config.json", done.to_dict())
-            return _finish_run(run, done, out, started, 0, progress, log, plots)
+            return _finish_run(run, done, out, started, 0, progress, log, plots, label)
         _check_saved_steps(run, file)
         _warn_if_other_images(run, saved_meta, file)
         # trained on these images too from now on (other ones, where the warning said so)
@@ -1062,7 +1065,9 @@ def _train(
     finally:
         bar.close()
 
-    return _finish_run(run, config, out, started, run.epoch - start_epoch, progress, log, plots)
+    return _finish_run(
+        run, config, out, started, run.epoch - start_epoch, progress, log, plots, label
+    )
 
 
 def _carry_best(source: Path, target: Path, best: int | None, config: TrainConfig) -> bool:
@@ -1116,10 +1121,16 @@ def _finish_run(
     progress: bool | None,
     log: Any,
     plots: bool,
+    label: str,
 ) -> TrainResult:
     """The end of a trained run: its metrics (a generate run's judge and samples first), then
-    the plots and ``metrics.json`` in ``out``."""
+    the plots and ``metrics.json`` in ``out``. ``label`` names a generate run's judge."""
     metrics = final_metrics(run)
+    where = f"{out}: " if out is not None else label
+    if isinstance(run.model, SequenceClassifier):
+        _warn_if_no_better_than_a_constant(run, metrics["test_accuracy"], where)
+    else:
+        _warn_if_no_better_than_copying(run, metrics["test_mse"], metrics["baseline_mse"], where)
     result = TrainResult(
         config,
         run.model,
@@ -1139,6 +1150,54 @@ def _finish_run(
             _write_plots(run, result, out)
         _write_json(out / "metrics.json", result.metrics)
     return result
+
+
+#: What the warnings of a run that learnt nothing suggest: a rate too high stays at chance on
+#: long sequences (the pixels recipe's 2e-3 on 800-step clips) and with momentum (RMSprop's
+#: 0.9 at Adam's 3e-3), one too low or too few epochs barely move the weights.
+NOT_LEARNING_HINT = (
+    "Try another learning rate (lr, --lr; long sequences and momentum want lower ones), more "
+    "epochs, or gradient clipping (clip, --clip)"
+)
+
+
+def _warn_if_no_better_than_a_constant(run: _Run, accuracy: float, where: str) -> None:
+    """A classifier that ends where always answering one class would, within two standard
+    errors of that answer's accuracy on the test split (a binomial's, at its share): the
+    run learnt nothing it can use, which its figures alone do not say (a rate too high for
+    long sequences leaves the loss at the labels' entropy, epoch after epoch). A warning,
+    not an error: the run and its files are whole. Not where the test split holds one class,
+    which a constant answer gets right. ``where`` starts the message: the run's directory, or
+    a generate run's judge's label."""
+    labels = np.asarray(run.data.y_test)
+    counts = np.bincount(labels)
+    if labels.size == 0 or np.count_nonzero(counts) < 2:
+        return
+    commonest = int(np.argmax(counts))
+    share = counts[commonest] / labels.size
+    if accuracy > share + 2 * math.sqrt(share * (1 - share) / labels.size):
+        return
+    correct = round(accuracy * labels.size)
+    warn_at_caller(
+        f"{where}test accuracy {accuracy:.2%} ({correct} of {labels.size}) is no better than "
+        f"always answering class {commonest}, the test split's commonest ({share:.2%} of it): "
+        f"the model learnt little or nothing. {NOT_LEARNING_HINT}",
+        UserWarning,
+    )
+
+
+def _warn_if_no_better_than_copying(run: _Run, mse: float, baseline: float, where: str) -> None:
+    """A generator whose next-row MSE on the test split is no lower than copying each row
+    from the one above (each frame from the one before) has learnt nothing it can use: the
+    generate task's counterpart of :func:`_warn_if_no_better_than_a_constant`."""
+    if mse < baseline:
+        return
+    rows = "row from the row above" if run.data.frame_shape is None else "frame from the one before"
+    warn_at_caller(
+        f"{where}test MSE {mse:.4g} is no better than copying each {rows} ({baseline:.4g}): "
+        f"the model learnt little or nothing. {NOT_LEARNING_HINT}",
+        UserWarning,
+    )
 
 
 def _end_is_written(out: Path, epoch: int) -> bool:

@@ -16,7 +16,7 @@ import pytest
 
 from rnncu import Linear, optim, tasks
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
-from rnncu.data import dataset_digest, load_dataset, load_digits
+from rnncu.data import ImageDataset, dataset_digest, load_dataset, load_digits
 from rnncu.trainer import (
     JUDGE_NEWS,
     TrainConfig,
@@ -582,6 +582,103 @@ def test_a_step_schedule_that_never_steps_warns(tmp_path: Path, digits) -> None:
     assert again.epochs_trained == 0
 
 
+def blank_images(digits, value: float = 0.5) -> ImageDataset:
+    """Digits' labels on images that all hold the same grey: nothing to learn from."""
+    return ImageDataset(
+        "blank",
+        np.full_like(digits.x_train[:300], value),
+        digits.y_train[:300],
+        np.full_like(digits.x_test[:100], value),
+        digits.y_test[:100],
+        digits.num_classes,
+    )
+
+
+def test_a_classifier_no_better_than_a_constant_answer_warns(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ends at chance said nothing of it: its figures alone (a loss at the labels'
+    entropy, 10 % on ten classes) were all there was, the long clips of `--seq pixels` at the
+    pixels recipe's rate, or RMSprop with momentum at Adam's, among the cases measured. Images
+    that carry nothing leave the classifier one answer for all, so it warns whatever the
+    weights."""
+    data = blank_images(digits)
+    counts = np.bincount(data.y_test)
+    commonest, share = int(np.argmax(counts)), counts.max() / data.y_test.size
+    file = tmp_path / "blank.npz"  # a run with a directory saves where its data came from
+    np.savez(file, x=data.x_train, y=data.y_train, x_test=data.x_test, y_test=data.y_test)
+    config = small(hidden=8, epochs=1, dataset=str(file))
+    with pytest.warns(UserWarning) as caught:
+        result = train(config, progress=False, plots=False, out_dir=tmp_path / "run")
+    accuracy = result.metrics["test_accuracy"]
+    assert accuracy <= share  # one answer for every image: at most the commonest class's share
+    messages = [str(w.message) for w in caught if "no better than" in str(w.message)]
+    assert messages == [
+        f"{tmp_path / 'run'}: test accuracy {accuracy:.2%} ({round(accuracy * 100)} of 100) is "
+        f"no better than always answering class {commonest}, the test split's commonest "
+        f"({share:.2%} of it): the model learnt little or nothing. Try another learning rate "
+        "(lr, --lr; long sequences and momentum want lower ones), more epochs, or gradient "
+        "clipping (clip, --clip)"
+    ]
+    assert (tmp_path / "run" / "metrics.json").is_file()  # a warning: the run is whole
+    # without a directory, the message starts with the figures
+    with pytest.warns(UserWarning, match=r"^test accuracy \d+\.\d\d% \(\d+ of 100\) is no better"):
+        train(small(hidden=8, epochs=1), data=data, progress=False)
+    # a generate run's judge names itself: its figures are not the run's own
+    small_judge(monkeypatch)
+    with pytest.warns(UserWarning, match=r"^classifier: test accuracy .* is no better than"):
+        train(small(task="generate", hidden=8, epochs=1), data=data, progress=False)
+
+
+def test_a_classifier_that_learnt_or_a_test_split_of_one_class_does_not_warn(digits) -> None:
+    """The bound is two binomial standard errors above the commonest class's share: 15.6 %
+    on the 450 test digits (10.2 % their commonest class) is above it. A test split of one
+    class is passed over: a constant answer gets it all right, so no accuracy is below it."""
+    one_class = dataclasses.replace(
+        digits, x_test=digits.x_test[:50], y_test=np.full(50, 3, dtype=digits.y_test.dtype)
+    )
+    for data in (digits, one_class):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = train(small(hidden=8, epochs=1), data=data, progress=False, plots=False)
+        share = np.bincount(data.y_test).max() / data.y_test.size
+        bound = share + 2 * np.sqrt(share * (1 - share) / data.y_test.size)
+        assert result.metrics["test_accuracy"] > bound or share == 1, result.metrics
+
+
+def test_a_generator_no_better_than_copying_the_row_above_warns(
+    digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generate task's counterpart: a next-row MSE no lower than the copy-the-row-above
+    baseline's. A rate of 1e-5 for one epoch leaves the generator far above it; three
+    epochs of H = 32 at the recipe's rate bring it well below, without a word."""
+    from types import SimpleNamespace
+
+    from rnncu import trainer
+
+    small_judge(monkeypatch)
+    with pytest.warns(UserWarning) as caught:
+        result = train(small(task="generate", epochs=1, hidden=8, lr=1e-5), data=digits,
+                       progress=False, plots=False)  # fmt: skip
+    mse, baseline = result.metrics["test_mse"], result.metrics["baseline_mse"]
+    assert mse >= baseline
+    messages = [str(w.message) for w in caught if "no better than" in str(w.message)]
+    assert messages == [
+        f"test MSE {mse:.4g} is no better than copying each row from the row above "
+        f"({baseline:.4g}): the model learnt little or nothing. {trainer.NOT_LEARNING_HINT}"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = train(small(task="generate", epochs=3, hidden=32), data=digits,
+                       progress=False, plots=False)  # fmt: skip
+    assert result.metrics["test_mse"] < 0.8 * result.metrics["baseline_mse"], result.metrics
+    # clips are predicted a frame at a time
+    clips = SimpleNamespace(data=SimpleNamespace(frame_shape=(12, 12)))
+    with pytest.warns(UserWarning, match=r"^run: test MSE 0\.2 is no better than copying each "
+                      r"frame from the one before \(0\.1\):"):  # fmt: skip
+        trainer._warn_if_no_better_than_copying(clips, 0.2, 0.1, "run: ")
+
+
 def test_history_records_the_gradient_norms(tmp_path: Path, digits) -> None:
     """Exploding or vanishing gradients (the seed's hard part) made visible: each epoch's
     mean and largest global gradient norm before clipping, and the share of steps clipped."""
@@ -1103,6 +1200,9 @@ def test_a_generate_run_whose_dataset_moved_keeps_its_judge(
     resume = dict(resume=gen, progress=False, plots=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # a generator of 2 epochs of H = 8 is no better than copying the row above, and says
+        # so; what must not warn here is the images' check
+        warnings.filterwarnings("ignore", "^.* is no better than copying each", UserWarning)
         second = train(TrainConfig(epochs=2, backend="numpy"), data=load_dataset(moved), **resume)
         assert second.epochs_trained == 1 and counted.calls == 0
         assert (gen / "classifier" / "checkpoint.npz").read_bytes() == judge
