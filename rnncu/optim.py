@@ -125,12 +125,9 @@ class Optimizer:
         return self.state_kinds
 
     def _settings(self) -> str:
-        """The optimizer and the settings that decide its state, for messages."""
-        momentum = getattr(self, "momentum", None)
-        centered = " centered" if getattr(self, "centered", False) else ""
-        return type(self).__name__ + (
-            "" if momentum is None else f" (momentum {momentum}{centered})"
-        )
+        """The optimizer and the settings that decide its state, for messages (a subclass
+        whose state depends on its settings names them)."""
+        return type(self).__name__
 
     def _state(self, kind: str, key: str, param: Any) -> Any:
         slot = self.state[kind].get(key)
@@ -375,6 +372,9 @@ class SGD(Optimizer):
     def _kinds_after_a_step(self) -> tuple[str, ...]:
         return self.state_kinds if self.momentum else ()
 
+    def _settings(self) -> str:
+        return f"SGD (momentum {self.momentum})"
+
     def step(self) -> None:
         """One SGD update of every parameter from its gradient."""
         params = _params(self.modules)
@@ -437,6 +437,9 @@ class RMSprop(Optimizer):
             + (("momentum_buffer",) if self.momentum else ())
             + (("grad_avg",) if self.centered else ())
         )
+
+    def _settings(self) -> str:
+        return f"RMSprop (momentum {self.momentum}{' centered' if self.centered else ''})"
 
     def step(self) -> None:
         """One RMSprop update of every parameter from its gradient."""
