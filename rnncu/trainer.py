@@ -12,8 +12,10 @@ device and read once at the end of each epoch.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -693,8 +695,8 @@ def shift_images(
 #: its own). A new run in a directory that held one removes them when it saves its first
 #: checkpoint (not before: a run stopped before then would leave no run at all): left behind,
 #: an old generate run's samples and judge sat beside a new classify run.
-RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "metrics.json", "curves.png",
-             "confusion.png", "samples.png")  # fmt: skip
+RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "metrics.json", "history.csv",
+             "curves.png", "confusion.png", "samples.png")  # fmt: skip
 JUDGE_DIR = "classifier"
 #: A run with a validation split keeps the checkpoint of its best epoch (the lowest validation
 #: loss or MSE so far) under this name beside its last one: the model an early stop is for.
@@ -714,6 +716,40 @@ def _clear_run_files(out: Path) -> None:
     if len(directories) > 1:
         with contextlib.suppress(OSError):
             judge.rmdir()  # only when nothing else is in it
+
+
+#: The run's per-epoch records as a table, written with ``metrics.json`` at the run's end.
+HISTORY_NAME = "history.csv"
+#: The columns of :func:`history_csv` in this order where a record has them; others follow,
+#: sorted.
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "val_mse", "test_loss", "test_accuracy", "test_mse", "baseline_mse",
+                   "grad_norm", "grad_norm_max", "clipped")  # fmt: skip
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """The per-epoch records (a run's ``history``) as CSV: a header, then one line an epoch.
+    Columns are :data:`HISTORY_COLUMNS` that a record holds, then any other keys, sorted; a
+    figure a record lacks (a gradient norm that overflowed, say) is an empty cell. Floats are
+    written in full (``repr``: they read back as the same numbers)."""
+    keys = {key for record in history for key in record}
+    columns = [key for key in HISTORY_COLUMNS if key in keys]
+    columns += sorted(keys - set(columns))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in history:
+        writer.writerow([_csv_cell(record[key]) if key in record else "" for key in columns])
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    # by type, not repr alone: a NumPy scalar's repr is "np.float64(0.5)" in NumPy 2
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -1148,6 +1184,7 @@ def _finish_run(
         # while its plots were drawn gets them from a resume at its epoch
         if plots:
             _write_plots(run, result, out)
+        atomic_write_text(out / HISTORY_NAME, history_csv(run.history))
         _write_json(out / "metrics.json", result.metrics)
     return result
 

@@ -3,6 +3,7 @@ checkpoint, config validation, and (slow) the default recipe's accuracy goal."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -18,10 +19,12 @@ from rnncu import Linear, optim, tasks
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import ImageDataset, dataset_digest, load_dataset, load_digits
 from rnncu.trainer import (
+    HISTORY_COLUMNS,
     JUDGE_NEWS,
     TrainConfig,
     TrainingDiverged,
     evaluate_run,
+    history_csv,
     judge_samples,
     load_run,
     make_config,
@@ -33,6 +36,10 @@ from rnncu.trainer import (
 @pytest.fixture(scope="module")
 def digits():
     return load_digits()
+
+
+#: what a run without plots leaves in its directory once its end is written
+RUN_END_FILES = ["checkpoint.npz", "config.json", "history.csv", "metrics.json"]
 
 
 def small(**kw) -> TrainConfig:
@@ -357,7 +364,7 @@ def test_a_resumed_run_diverging_elsewhere_names_the_checkpoint_it_left_alone(
     said = f"in epoch 2; the last good checkpoint (epoch 1) is kept in {spelled / 'checkpoint.npz'}"
     with pytest.raises(TrainingDiverged, match=re.escape(said)):
         train(small(epochs=3), resume=file, out_dir=spelled, data=digits, progress=False)
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "config.json", "metrics.json"]
+    assert sorted(os.listdir(tmp_path / "run")) == RUN_END_FILES
     assert load_checkpoint(file)[1]["epoch"] == 1
 
 
@@ -369,7 +376,7 @@ def test_a_run_resumed_from_its_checkpoint_file_goes_on_in_its_directory(
     result = train(small(epochs=2), resume=file, data=digits, progress=False, plots=False)
     assert result.out_dir == tmp_path / "run" and result.epochs_trained == 1
     assert load_checkpoint(file)[1]["epoch"] == 2
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "config.json", "metrics.json"]
+    assert sorted(os.listdir(tmp_path / "run")) == RUN_END_FILES
 
 
 def test_resume_rejects_foreign_checkpoint(tmp_path: Path, digits) -> None:
@@ -677,6 +684,40 @@ def test_a_generator_no_better_than_copying_the_row_above_warns(
     with pytest.warns(UserWarning, match=r"^run: test MSE 0\.2 is no better than copying each "
                       r"frame from the one before \(0\.1\):"):  # fmt: skip
         trainer._warn_if_no_better_than_copying(clips, 0.2, 0.1, "run: ")
+
+
+def test_the_run_s_history_is_also_a_csv_table(tmp_path: Path, digits) -> None:
+    """The per-epoch figures lived only in the checkpoint's JSON entry (or ``TrainResult``):
+    ``history.csv``, written with ``metrics.json`` at the run's end, holds a row an epoch
+    that reads back as the history's own numbers, and a resume writes it again, whole."""
+    out = tmp_path / "run"
+    config = small(epochs=2, val_fraction=0.1, clip=1.0)
+    first = train(config, data=digits, progress=False, out_dir=out, plots=False)
+
+    def rows() -> list[dict[str, float]]:
+        with (out / "history.csv").open(newline="") as file:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+
+    assert rows() == first.history  # epoch 1 == 1.0: every figure to the bit
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "lr", "train_loss", "train_accuracy"]
+    assert header == [key for key in HISTORY_COLUMNS if key in first.history[0]]
+    resumed = train(dataclasses.replace(config, epochs=3), resume=out, data=digits,
+                    progress=False, plots=False)  # fmt: skip
+    assert rows() == resumed.history and [row["epoch"] for row in rows()] == [1, 2, 3]
+
+
+def test_history_csv_leaves_a_figure_a_record_lacks_empty() -> None:
+    """A gradient norm that overflowed is left out of its epoch's record: an empty cell. Keys
+    outside the known columns follow them, sorted; NumPy scalars are written as numbers."""
+    history = [
+        {"epoch": 1, "zeta": 2.0, "train_loss": np.float32(0.5), "lr": 0.1, "alpha": 3},
+        {"epoch": np.int64(2), "train_loss": 0.25, "grad_norm": 1e-300, "lr": 0.1},
+    ]
+    assert history_csv(history) == (
+        "epoch,lr,train_loss,grad_norm,alpha,zeta\n1,0.1,0.5,,3,2.0\n2,0.1,0.25,1e-300,,\n"
+    )
+    assert history_csv([]) == "\n"
 
 
 def test_history_records_the_gradient_norms(tmp_path: Path, digits) -> None:
@@ -1481,12 +1522,7 @@ def test_a_replacing_run_stopped_before_its_first_checkpoint_keeps_the_old_run(
     # a replacing run that saves a checkpoint replaces the old run's files, its own config too
     monkeypatch.undo()
     train(small(epochs=1, seed=4), data=digits, progress=False, out_dir=out, plots=False)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.npz",
-        "config.json",
-        "metrics.json",
-        "notes.txt",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_END_FILES, "notes.txt"])
     assert json.loads((out / "config.json").read_text())["seed"] == 4
     assert load_checkpoint(out)[1]["config"]["seed"] == 4
 
