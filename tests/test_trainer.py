@@ -653,6 +653,36 @@ def test_a_classifier_that_learnt_or_a_test_split_of_one_class_does_not_warn(dig
         assert result.metrics["test_accuracy"] > bound or share == 1, result.metrics
 
 
+def test_the_bound_of_a_constant_answer(recwarn: pytest.WarningsRecorder) -> None:
+    """The bound itself, off a run: two binomial standard errors above the commonest class's
+    share, 60 % for 100 images half of class 0 (at it warns, above it not; a third standard
+    error would reach 65 %). Where the bound reaches 100 % no accuracy is above it and
+    nothing is said: 4 images of two classes told 100 % it was no better than 50 %."""
+    from types import SimpleNamespace
+
+    from rnncu import trainer
+
+    def said(labels: list[int], accuracy: float) -> list[str]:
+        recwarn.clear()
+        run = SimpleNamespace(data=SimpleNamespace(y_test=np.asarray(labels, dtype=np.int64)))
+        trainer._warn_if_no_better_than_a_constant(run, accuracy, "run: ")
+        return [str(w.message) for w in recwarn]
+
+    half = [0] * 50 + [1] * 50
+    assert said(half, 0.61) == []
+    for accuracy in (0.6, 0.58, 0.29):
+        (message,) = said(half, accuracy)
+        assert message.startswith(
+            f"run: test accuracy {accuracy:.2%} ({round(accuracy * 100)} of 100) is no better "
+            "than always answering class 0, the test split's commonest (50.00% of it):"
+        ), message
+    # labels with gaps, up to 999: the class is named as the labels have it
+    (message,) = said([999] * 60 + [3] * 40, 0.6)
+    assert "always answering class 999, the test split's commonest (60.00% of it)" in message
+    assert said([3] * 50, 0.0) == []  # one class: a constant answer gets it all right
+    assert said([0, 1, 1, 0], 1.0) == said([0, 1, 1, 0], 0.5) == []  # too few to tell
+
+
 def test_a_generator_no_better_than_copying_the_row_above_warns(
     digits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
