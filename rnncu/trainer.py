@@ -1229,8 +1229,10 @@ def _warn_if_no_better_than_a_constant(run: _Run, accuracy: float, where: str) -
 def _warn_if_no_better_than_copying(run: _Run, mse: float, baseline: float, where: str) -> None:
     """A generator whose next-row MSE on the test split is no lower than copying each row
     from the one above (each frame from the one before) has learnt nothing it can use: the
-    generate task's counterpart of :func:`_warn_if_no_better_than_a_constant`."""
-    if mse < baseline:
+    generate task's counterpart of :func:`_warn_if_no_better_than_a_constant`. Not where
+    that baseline is 0 (every test row the one above it, as in blank images): no MSE is lower,
+    as no accuracy beats a constant answer on a test split of one class."""
+    if mse < baseline or baseline <= 0:
         return
     rows = "row from the row above" if run.data.frame_shape is None else "frame from the one before"
     warn_at_caller(

@@ -714,6 +714,14 @@ def test_a_generator_no_better_than_copying_the_row_above_warns(
     with pytest.warns(UserWarning, match=r"^run: test MSE 0\.2 is no better than copying each "
                       r"frame from the one before \(0\.1\):"):  # fmt: skip
         trainer._warn_if_no_better_than_copying(clips, 0.2, 0.1, "run: ")
+    rows = SimpleNamespace(data=SimpleNamespace(frame_shape=None))
+    with pytest.warns(UserWarning, match=r"^test MSE 0\.1 is no better than copying"):
+        trainer._warn_if_no_better_than_copying(rows, 0.1, 0.1, "")  # as good is no better
+    # where the baseline is 0 (all-black images: each row the one above it), no MSE is below it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer._warn_if_no_better_than_copying(rows, 0.004, 0.0, "")
+        trainer._warn_if_no_better_than_copying(rows, 0.0, 0.0, "")
 
 
 def test_the_run_s_history_is_also_a_csv_table(tmp_path: Path, digits) -> None:
