@@ -628,6 +628,12 @@ def test_a_classifier_no_better_than_a_constant_answer_warns(
         "clipping (clip, --clip)"
     ]
     assert (tmp_path / "run" / "metrics.json").is_file()  # a warning: the run is whole
+    # a run stopped after its last checkpoint gets its end written by a resume, and the warning
+    (tmp_path / "run" / "metrics.json").unlink()
+    with pytest.warns(UserWarning) as caught:
+        again = train(config, resume=tmp_path / "run", progress=False, plots=False)
+    assert again.epochs_trained == 0 and again.end_written
+    assert [str(w.message) for w in caught if "no better than" in str(w.message)] == messages
     # without a directory, the message starts with the figures
     with pytest.warns(UserWarning, match=r"^test accuracy \d+\.\d\d% \(\d+ of 100\) is no better"):
         train(small(hidden=8, epochs=1), data=data, progress=False)
