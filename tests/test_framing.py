@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from saved_runs import resave_checkpoint
 
 from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.cli import main
@@ -203,10 +204,7 @@ def test_the_command_line_centres(
 def test_the_command_line_s_framing_errors(
     run_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture
 ) -> None:
-    arrays, meta = load_checkpoint(run_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    del kept["data"]["framing"]
-    save_checkpoint(tmp_path / "old.npz", arrays, kept)
+    resave_checkpoint(run_dir, tmp_path / "old.npz", lambda _, meta: meta["data"].pop("framing"))
     np.save(tmp_path / "x.npy", digits.x_test[:2])
     assert main(["predict", "--checkpoint", str(tmp_path / "old.npz"), str(tmp_path / "x.npy"),
                  "--center"]) == 2  # fmt: skip
@@ -373,12 +371,10 @@ def test_a_resume_that_trains_writes_an_older_run_s_framing(
 
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
-    arrays, meta = load_checkpoint(old)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    del kept["data"]["framing"]
-    save_checkpoint(old / "checkpoint.npz", arrays, kept)
+    resave_checkpoint(old, old / "checkpoint.npz", lambda _, meta: meta["data"].pop("framing"))
     assert load_model(old).framing is None
-    config = make_config(backend="numpy", hidden=16, epochs=meta["epoch"] + 1, batch_size=64,
+    epoch = load_checkpoint(old)[1]["epoch"]
+    config = make_config(backend="numpy", hidden=16, epochs=epoch + 1, batch_size=64,
                          seed=3)  # fmt: skip
     train(config, data=digits, progress=False, out_dir=old, resume=old, plots=False)
     assert load_model(old).framing == image_framing(digits.x_train)

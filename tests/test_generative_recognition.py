@@ -10,12 +10,14 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from predict_output import predictions_and_table
+from saved_runs import resave_checkpoint
 
-from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.checkpoint import CheckpointError, load_checkpoint
 from rnncu.cli import main
 from rnncu.data import ImageDataset, load_dataset, load_digits, to_sequences
 from rnncu.tasks import RowGenerator, class_posterior
@@ -265,10 +267,7 @@ def test_predict_images_of_a_generate_run(
                                   class_posterior(errors, 64, last["train_loss"]))  # fmt: skip
     assert result["classes"].dtype == np.int64
     # the record of the checkpoint's own epoch, not the history's last
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["epoch"] = 2
-    save_checkpoint(tmp_path / "second.npz", arrays, kept)
+    resave_checkpoint(gen_dir, tmp_path / "second.npz", lambda _, meta: meta.update(epoch=2))
     second = [r for r in meta["history"] if r["epoch"] == 2][0]["train_loss"]
     assert load_model(tmp_path / "second.npz").train_loss == second != saved.train_loss
 
@@ -327,10 +326,9 @@ def test_classes_a_run_never_saw_are_not_guessed(
 def test_an_older_checkpoint_takes_every_class(gen_dir: Path, tmp_path: Path,
                                                digits: ImageDataset) -> None:  # fmt: skip
     """Written before runs recorded their classes: every class is a candidate."""
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    del kept["data"]["trained_classes"]
-    save_checkpoint(tmp_path / "old.npz", arrays, kept)
+    resave_checkpoint(
+        gen_dir, tmp_path / "old.npz", lambda _, meta: meta["data"].pop("trained_classes")
+    )
     saved = load_model(tmp_path / "old.npz")
     assert saved.trained_classes == tuple(range(10))
     np.testing.assert_array_equal(predict_images(saved, digits.x_test[:50])["mse"],
@@ -342,10 +340,9 @@ def test_an_older_checkpoint_takes_every_class(gen_dir: Path, tmp_path: Path,
     ["4", [], [0, 10], [3, 3], [5, 2], [True], [1.0]],
 )
 def test_a_corrupt_class_list_is_refused(gen_dir: Path, tmp_path: Path, classes: object) -> None:
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["data"]["trained_classes"] = classes
-    save_checkpoint(tmp_path / "bad.npz", arrays, kept)
+    resave_checkpoint(
+        gen_dir, tmp_path / "bad.npz", lambda _, meta: meta["data"].update(trained_classes=classes)
+    )
     with pytest.raises(
         CheckpointError,
         match=r"bad.npz: metadata field 'data.trained_classes':"
@@ -359,13 +356,13 @@ def test_a_run_without_a_training_mse_is_named(
     gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture,
     loss: float | None,
 ) -> None:  # fmt: skip
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    if loss is None:
-        kept["history"] = [r for r in kept["history"] if r["epoch"] != kept["epoch"]]
-    else:
-        kept["history"][-1]["train_loss"] = loss
-    save_checkpoint(tmp_path / "bare.npz", arrays, kept)
+    def drop_the_loss(_: object, meta: dict[str, Any]) -> None:
+        if loss is None:
+            meta["history"] = [r for r in meta["history"] if r["epoch"] != meta["epoch"]]
+        else:
+            meta["history"][-1]["train_loss"] = loss
+
+    resave_checkpoint(gen_dir, tmp_path / "bare.npz", drop_the_loss)
     with pytest.raises(ValueError, match=r"bare.npz: records no positive training MSE for its "
                        rf"epoch, which a generate run's recognition takes as its noise variance "
                        rf"\(got {loss}\)"):  # fmt: skip
@@ -433,10 +430,11 @@ def test_a_resumed_run_adds_the_classes_it_trains_on(
 ) -> None:
     """A checkpoint that says it never saw class 9, resumed on the digits (all ten): the
     classes it trains on from then on are added to its own."""
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["data"]["trained_classes"] = list(range(9))
-    save_checkpoint(tmp_path / "nine.npz", arrays, kept)
+    resave_checkpoint(
+        gen_dir,
+        tmp_path / "nine.npz",
+        lambda _, meta: meta["data"].update(trained_classes=list(range(9))),
+    )
     assert load_model(tmp_path / "nine.npz").trained_classes == tuple(range(9))
     train(make_config(epochs=5), resume=tmp_path / "nine.npz", data=digits,
           out_dir=tmp_path / "on", progress=False, plots=False)  # fmt: skip
@@ -448,10 +446,11 @@ def test_a_run_recognises_among_the_classes_its_checkpoint_names(
 ) -> None:
     """evaluate_run takes the candidates from the checkpoint (here edited to three of the
     ten), as predict_images does, not every class of the model."""
-    arrays, meta = load_checkpoint(gen_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["data"]["trained_classes"] = [1, 4, 6]
-    save_checkpoint(tmp_path / "three.npz", arrays, kept)
+    resave_checkpoint(
+        gen_dir,
+        tmp_path / "three.npz",
+        lambda _, meta: meta["data"].update(trained_classes=[1, 4, 6]),
+    )
     three = np.mean(predict_images(tmp_path / "three.npz", digits.x_test)["classes"]
                     == digits.y_test)  # fmt: skip
     assert three != np.mean(predict_images(gen_dir, digits.x_test)["classes"] == digits.y_test)
@@ -471,10 +470,9 @@ def test_an_older_run_on_its_own_images_takes_their_classes(
              x_test=digits.x_test[kept_test], y_test=digits.y_test[kept_test])  # fmt: skip
     config = make_config(**small(epochs=1, dataset=str(tmp_path / "gaps.npz")))
     train(config, progress=False, out_dir=tmp_path / "gaps", plots=False)
-    arrays, meta = load_checkpoint(tmp_path / "gaps")
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    del kept["data"]["trained_classes"]
-    save_checkpoint(tmp_path / "old.npz", arrays, kept)
+    resave_checkpoint(
+        tmp_path / "gaps", tmp_path / "old.npz", lambda _, meta: meta["data"].pop("trained_classes")
+    )
     train(make_config(epochs=2), resume=tmp_path / "old.npz", out_dir=tmp_path / "on",
           progress=False, plots=False)  # fmt: skip
     assert load_checkpoint(tmp_path / "on")[1]["data"]["trained_classes"] == [1, 4, 6]

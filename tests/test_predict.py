@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from predict_output import predictions_and_table
+from saved_runs import resave_checkpoint
 from tiff_files import write_grey_tiff
 
-from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.checkpoint import CheckpointError
 from rnncu.cli import main
 from rnncu.data import (
     ImageDataset,
@@ -147,17 +148,16 @@ def test_a_list_is_not_taken_for_an_array(run_dir: Path) -> None:
 
 
 def test_a_checkpoint_without_its_data_fields_is_refused(run_dir: Path, tmp_path: Path) -> None:
-    arrays, meta = load_checkpoint(run_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    del kept["data"]["num_classes"]
-    save_checkpoint(tmp_path / "bare.npz", arrays, kept)
+    resave_checkpoint(
+        run_dir, tmp_path / "bare.npz", lambda _, meta: meta["data"].pop("num_classes")
+    )
     with pytest.raises(CheckpointError, match=r"bare.npz: metadata field 'data' lacks "
                        "num_classes: the model cannot be rebuilt"):  # fmt: skip
         load_model(tmp_path / "bare.npz")
-    _, meta = load_checkpoint(run_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["data"]["seq_shape"] = [64, 1]  # pixels, in a rows run
-    save_checkpoint(tmp_path / "other.npz", arrays, kept)
+    # a seq_shape of pixels, in a rows run
+    resave_checkpoint(
+        run_dir, tmp_path / "other.npz", lambda _, meta: meta["data"].update(seq_shape=[64, 1])
+    )
     with pytest.raises(CheckpointError, match=r"'data.seq_shape': \[64, 1\] is not the 'rows' "
                        r"view of 8x8 images \[8, 8\]"):  # fmt: skip
         load_model(tmp_path / "other.npz")
@@ -183,10 +183,9 @@ def test_a_saved_backend_is_overridden(
 ) -> None:
     """A run saved with backend 'cupy' (trained on a GPU) recognises on the backend asked
     for: load_model's, predict_images' and the command's --backend."""
-    arrays, meta = load_checkpoint(run_dir)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    kept["config"]["backend"] = "cupy"
-    save_checkpoint(tmp_path / "gpu.npz", arrays, kept)
+    resave_checkpoint(
+        run_dir, tmp_path / "gpu.npz", lambda _, meta: meta["config"].update(backend="cupy")
+    )
     expected = predict_images(run_dir, digits.x_test[:5])
     saved = load_model(tmp_path / "gpu.npz", backend="numpy")
     assert saved.model.backend.name == "numpy" and saved.config.backend == "numpy"

@@ -11,12 +11,14 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from saved_runs import resave_checkpoint
 
 from rnncu import Linear, optim, tasks
-from rnncu.checkpoint import RESERVED_META, CheckpointError, load_checkpoint, save_checkpoint
+from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.data import ImageDataset, dataset_digest, load_dataset, load_digits
 from rnncu.trainer import (
     HISTORY_COLUMNS,
@@ -141,11 +143,12 @@ def test_a_run_saved_before_the_optimizer_was_a_setting_resumes_with_adam(
 ) -> None:
     """Its config has no ``optimizer`` or ``momentum``: it trained with Adam, as it goes on."""
     train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path, plots=False)
-    arrays, meta = load_checkpoint(tmp_path)
-    for name in ("optimizer", "momentum"):
-        del meta["config"][name]
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    save_checkpoint(tmp_path / "checkpoint.npz", arrays, kept)
+
+    def drop_the_optimizer(_: object, meta: dict[str, Any]) -> None:
+        for name in ("optimizer", "momentum"):
+            del meta["config"][name]
+
+    resave_checkpoint(tmp_path, tmp_path / "checkpoint.npz", drop_the_optimizer)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(
         json.dumps({k: v for k, v in config.items() if k not in ("optimizer", "momentum")})
@@ -192,10 +195,9 @@ def test_a_config_whose_optimizer_is_not_its_states_is_refused_naming_both(
     """A checkpoint whose config was edited to another optimizer (or momentum) than its state
     was saved by: resume and evaluate name the file, the entry and the config's optimizer."""
     train(small(epochs=1, **settings), data=digits, progress=False, out_dir=tmp_path, plots=False)
-    arrays, meta = load_checkpoint(tmp_path)
-    meta["config"].update(edit)
-    kept = {k: v for k, v in meta.items() if k not in RESERVED_META}
-    save_checkpoint(tmp_path / "checkpoint.npz", arrays, kept)
+    resave_checkpoint(
+        tmp_path, tmp_path / "checkpoint.npz", lambda _, meta: meta["config"].update(edit)
+    )
     file = re.escape(str(tmp_path / "checkpoint.npz"))
     with pytest.raises(CheckpointError, match=rf"^{file}: optimizer state: {message}"):
         train(TrainConfig(epochs=2, backend="numpy"), resume=tmp_path, data=digits,
@@ -210,10 +212,11 @@ def test_damaged_optimizer_state_is_named_without_the_config_s_optimizer(
     """The config's optimizer is named where the state is another optimizer's (above), not
     where an entry of the right kind is damaged: it would point away from the damage."""
     train(small(epochs=1), data=digits, progress=False, out_dir=tmp_path, plots=False)
-    arrays, meta = load_checkpoint(tmp_path)
-    arrays["optim.exp_avg_sq.0.weight_ih_l0"][0, 0] = np.nan
-    save_checkpoint(tmp_path / "checkpoint.npz", arrays, {k: v for k, v in meta.items()
-                                                          if k not in RESERVED_META})  # fmt: skip
+
+    def damage(arrays: dict[str, np.ndarray], _: object) -> None:
+        arrays["optim.exp_avg_sq.0.weight_ih_l0"][0, 0] = np.nan
+
+    resave_checkpoint(tmp_path, tmp_path / "checkpoint.npz", damage)
     with pytest.raises(CheckpointError, match=r"state: 'exp_avg_sq.0.weight_ih_l0' holds NaN, "
                        r"infinite or negative values$"):  # fmt: skip
         load_run(tmp_path)
@@ -391,14 +394,10 @@ def test_resume_rejects_foreign_checkpoint(tmp_path: Path, digits) -> None:
         plots=False,
     )
     # a checkpoint whose weights do not fit the saved config
-    arrays, meta = load_checkpoint(tmp_path / "run")
-    arrays["model.rnn.weight_hh_l0"] = np.zeros((3, 3), np.float32)
-    from rnncu.checkpoint import save_checkpoint
-
-    save_checkpoint(
+    resave_checkpoint(
+        tmp_path / "run",
         tmp_path / "run" / "checkpoint.npz",
-        arrays,
-        {k: v for k, v in meta.items() if k not in ("format", "version")},
+        lambda arrays, _: arrays.update({"model.rnn.weight_hh_l0": np.zeros((3, 3), np.float32)}),
     )
     with pytest.raises(CheckpointError, match="weight_hh_l0.*shape"):
         train(small(epochs=2), resume=tmp_path / "run", data=digits, progress=False)
@@ -437,8 +436,6 @@ def test_resume_and_evaluate_refuse_a_damaged_run(
     tmp_path: Path, saved_run: Path, digits, damage, message
 ) -> None:
     arrays, meta = load_checkpoint(saved_run)
-    from rnncu.checkpoint import save_checkpoint
-
     save_checkpoint(
         tmp_path / "checkpoint.npz",
         damage(arrays),
@@ -825,9 +822,7 @@ def test_clipped_counts_the_steps_clipping_scaled() -> None:
 
 
 def rewrite_meta(run_dir: Path, **changes) -> None:
-    arrays, meta = load_checkpoint(run_dir)
-    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
-    save_checkpoint(run_dir / "checkpoint.npz", arrays, {**meta, **changes})
+    resave_checkpoint(run_dir, run_dir / "checkpoint.npz", lambda _, meta: meta.update(changes))
 
 
 @pytest.fixture(scope="module")
@@ -1172,10 +1167,11 @@ def test_a_resumed_generate_run_keeps_its_judge_unless_it_is_not_one_of_the_reci
     # other images: the digest, not the path, names them
     assert trainer._saved_judge_epoch(gen / "classifier", recipe, "0" * 64) is None
     # a judge saved before digests is named by its dataset's path alone
-    arrays, meta = load_checkpoint(gen / "classifier")
-    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
-    meta["data"] = {k: v for k, v in meta["data"].items() if k != "digest"}
-    save_checkpoint(gen / "classifier" / "checkpoint.npz", arrays, meta)
+    resave_checkpoint(
+        gen / "classifier",
+        gen / "classifier" / "checkpoint.npz",
+        lambda _, meta: meta["data"].pop("digest"),
+    )
     assert trainer._saved_judge_epoch(gen / "classifier", recipe, "0" * 64) == 4
     elsewhere = dataclasses.replace(recipe, dataset=str(tmp_path / "moved.npz"))
     assert trainer._saved_judge_epoch(gen / "classifier", elsewhere, own) is None
@@ -1244,9 +1240,9 @@ def test_a_judge_checkpoint_without_an_epoch_field_counts_as_at_epoch_0(
     small_judge(monkeypatch)
     gen = tmp_path / "gen"
     train(small(task="generate", epochs=1, hidden=8), data=digits, progress=False, out_dir=gen)
-    arrays, meta = load_checkpoint(gen / "classifier")
-    kept = {k: v for k, v in meta.items() if k not in ("epoch", "format", "version")}
-    save_checkpoint(gen / "classifier" / "checkpoint.npz", arrays, kept)
+    resave_checkpoint(
+        gen / "classifier", gen / "classifier" / "checkpoint.npz", lambda _, meta: meta.pop("epoch")
+    )
     with pytest.warns(UserWarning, match="stopped at epoch 0 of 4"):
         metrics = evaluate_run(gen, backend="numpy")
     assert "sample_class_accuracy" not in metrics
@@ -1749,15 +1745,13 @@ def test_a_resume_that_writes_a_run_s_end_checks_its_images_and_saves_its_backen
         warnings.simplefilter("error")
         result = train(TrainConfig(epochs=1, backend="auto"), resume=run, data=digits)
     assert result.end_written and result.epochs_trained == 0
-    arrays, meta = load_checkpoint(run)
+    meta = load_checkpoint(run)[1]
     assert meta["config"]["backend"] == "auto" and meta["epoch"] == 1
     assert json.loads((run / "config.json").read_text())["backend"] == "auto"
     assert meta["data"]["digest"] == dataset_digest(digits)
 
     # a checkpoint saved before digests: other images of its size go on without a word
-    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
-    meta["data"] = {k: v for k, v in meta["data"].items() if k != "digest"}
-    save_checkpoint(run / "checkpoint.npz", arrays, meta)
+    resave_checkpoint(run, run / "checkpoint.npz", lambda _, meta: meta["data"].pop("digest"))
     (run / "metrics.json").unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

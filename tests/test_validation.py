@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from saved_runs import resave_checkpoint
 
 from rnncu import plots, trainer
-from rnncu.checkpoint import RESERVED_META, load_checkpoint, save_checkpoint
+from rnncu.checkpoint import load_checkpoint
 from rnncu.cli import main
 from rnncu.data import (
     VALIDATION_SEED,
@@ -711,10 +712,11 @@ def test_evaluate_and_generate_on_images_the_split_cannot_be_made_of(
     np.savez(other, x=x, y=np.arange(10).repeat(3), x_test=x_test, y_test=np.arange(10).repeat(2))
     # other images are not split at all (the next test); a checkpoint without a digest of its
     # images cannot tell, and the split is tried
-    arrays, meta = load_checkpoint(tmp_path / "r")
-    del meta["data"]["digest"]
-    save_checkpoint(tmp_path / "r" / "checkpoint.npz", arrays,
-                    {k: v for k, v in meta.items() if k not in RESERVED_META})  # fmt: skip
+    resave_checkpoint(
+        tmp_path / "r",
+        tmp_path / "r" / "checkpoint.npz",
+        lambda _, meta: meta["data"].pop("digest"),
+    )
     with pytest.warns(UserWarning, match=r"validation split cannot be made of its images "
                       r"\(val_fraction: 0.2 of the training split of 'other.npz'"):  # fmt: skip
         metrics = evaluate_run(tmp_path / "r", dataset=str(other))
