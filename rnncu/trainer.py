@@ -1189,13 +1189,15 @@ def _finish_run(
     return result
 
 
-#: What the warnings of a run that learnt nothing suggest: a rate too high stays at chance on
-#: long sequences (the pixels recipe's 2e-3 on 800-step clips) and with momentum (RMSprop's
-#: 0.9 at Adam's 3e-3), one too low or too few epochs barely move the weights.
-NOT_LEARNING_HINT = (
-    "Try another learning rate (lr, --lr; long sequences and momentum want lower ones), more "
-    "epochs, or gradient clipping (clip, --clip)"
-)
+def not_learning_hint(config: TrainConfig) -> str:
+    """What the warnings of a run that learnt nothing suggest: a rate too high stays at chance
+    on long sequences (the pixels recipe's 2e-3 on 800-step clips) and with momentum
+    (RMSprop's 0.9 at Adam's 3e-3), one too low or too few epochs barely move the weights;
+    gradient clipping where the run had none (the recipes clip at 1.0)."""
+    hint = "Try another learning rate (lr, --lr; long sequences and momentum want lower ones)"
+    if config.clip > 0:
+        return f"{hint} or more epochs"
+    return f"{hint}, more epochs, or gradient clipping (clip, --clip)"
 
 
 def _warn_if_no_better_than_a_constant(run: _Run, accuracy: float, where: str) -> None:
@@ -1221,7 +1223,7 @@ def _warn_if_no_better_than_a_constant(run: _Run, accuracy: float, where: str) -
     warn_at_caller(
         f"{where}test accuracy {accuracy:.2%} ({correct} of {labels.size}) is no better than "
         f"always answering class {commonest}, the test split's commonest ({share:.2%} of it): "
-        f"the model learnt little or nothing. {NOT_LEARNING_HINT}",
+        f"the model learnt little or nothing. {not_learning_hint(run.config)}",
         UserWarning,
     )
 
@@ -1237,7 +1239,7 @@ def _warn_if_no_better_than_copying(run: _Run, mse: float, baseline: float, wher
     rows = "row from the row above" if run.data.frame_shape is None else "frame from the one before"
     warn_at_caller(
         f"{where}test MSE {mse:.4g} is no better than copying each {rows} ({baseline:.4g}): "
-        f"the model learnt little or nothing. {NOT_LEARNING_HINT}",
+        f"the model learnt little or nothing. {not_learning_hint(run.config)}",
         UserWarning,
     )
 

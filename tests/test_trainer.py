@@ -606,6 +606,8 @@ def test_a_classifier_no_better_than_a_constant_answer_warns(
     pixels recipe's rate, or RMSprop with momentum at Adam's, among the cases measured. Images
     that carry nothing leave the classifier one answer for all, so it warns whatever the
     weights."""
+    from rnncu import trainer
+
     data = blank_images(digits)
     counts = np.bincount(data.y_test)
     commonest, share = int(np.argmax(counts)), counts.max() / data.y_test.size
@@ -621,9 +623,12 @@ def test_a_classifier_no_better_than_a_constant_answer_warns(
         f"{tmp_path / 'run'}: test accuracy {accuracy:.2%} ({round(accuracy * 100)} of 100) is "
         f"no better than always answering class {commonest}, the test split's commonest "
         f"({share:.2%} of it): the model learnt little or nothing. Try another learning rate "
-        "(lr, --lr; long sequences and momentum want lower ones), more epochs, or gradient "
-        "clipping (clip, --clip)"
+        "(lr, --lr; long sequences and momentum want lower ones) or more epochs"
     ]
+    assert config.clip == 1.0  # clipping is suggested only to a run without it:
+    assert trainer.not_learning_hint(dataclasses.replace(config, clip=0.0)).endswith(
+        ", more epochs, or gradient clipping (clip, --clip)"
+    )
     assert (tmp_path / "run" / "metrics.json").is_file()  # a warning: the run is whole
     # a run stopped after its last checkpoint gets its end written by a resume, and the warning
     (tmp_path / "run" / "metrics.json").unlink()
@@ -667,7 +672,8 @@ def test_the_bound_of_a_constant_answer(recwarn: pytest.WarningsRecorder) -> Non
 
     def said(labels: list[int], accuracy: float) -> list[str]:
         recwarn.clear()
-        run = SimpleNamespace(data=SimpleNamespace(y_test=np.asarray(labels, dtype=np.int64)))
+        labelled = SimpleNamespace(y_test=np.asarray(labels, dtype=np.int64))
+        run = SimpleNamespace(data=labelled, config=small())
         trainer._warn_if_no_better_than_a_constant(run, accuracy, "run: ")
         return [str(w.message) for w in recwarn]
 
@@ -705,7 +711,8 @@ def test_a_generator_no_better_than_copying_the_row_above_warns(
     messages = [str(w.message) for w in caught if "no better than" in str(w.message)]
     assert messages == [
         f"test MSE {mse:.4g} is no better than copying each row from the row above "
-        f"({baseline:.4g}): the model learnt little or nothing. {trainer.NOT_LEARNING_HINT}"
+        f"({baseline:.4g}): the model learnt little or nothing. "
+        + trainer.not_learning_hint(result.config)
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -713,11 +720,11 @@ def test_a_generator_no_better_than_copying_the_row_above_warns(
                        progress=False, plots=False)  # fmt: skip
     assert result.metrics["test_mse"] < 0.8 * result.metrics["baseline_mse"], result.metrics
     # clips are predicted a frame at a time
-    clips = SimpleNamespace(data=SimpleNamespace(frame_shape=(12, 12)))
+    clips = SimpleNamespace(data=SimpleNamespace(frame_shape=(12, 12)), config=small())
     with pytest.warns(UserWarning, match=r"^run: test MSE 0\.2 is no better than copying each "
                       r"frame from the one before \(0\.1\):"):  # fmt: skip
         trainer._warn_if_no_better_than_copying(clips, 0.2, 0.1, "run: ")
-    rows = SimpleNamespace(data=SimpleNamespace(frame_shape=None))
+    rows = SimpleNamespace(data=SimpleNamespace(frame_shape=None), config=small())
     with pytest.warns(UserWarning, match=r"^test MSE 0\.1 is no better than copying"):
         trainer._warn_if_no_better_than_copying(rows, 0.1, 0.1, "")  # as good is no better
     # where the baseline is 0 (all-black images: each row the one above it), no MSE is below it
