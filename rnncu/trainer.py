@@ -1162,11 +1162,6 @@ def _finish_run(
     """The end of a trained run: its metrics (a generate run's judge and samples first), then
     the plots and ``metrics.json`` in ``out``. ``label`` names a generate run's judge."""
     metrics = final_metrics(run)
-    where = f"{out}: " if out is not None else label
-    if isinstance(run.model, SequenceClassifier):
-        _warn_if_no_better_than_a_constant(run, metrics["test_accuracy"], where)
-    else:
-        _warn_if_no_better_than_copying(run, metrics["test_mse"], metrics["baseline_mse"], where)
     result = TrainResult(
         config,
         run.model,
@@ -1186,6 +1181,12 @@ def _finish_run(
             _write_plots(run, result, out)
         atomic_write_text(out / HISTORY_NAME, history_csv(run.history))
         _write_json(out / "metrics.json", result.metrics)
+    # last, the run's files written: a warnings filter that makes them errors loses nothing
+    where = f"{out}: " if out is not None else label
+    if isinstance(run.model, SequenceClassifier):
+        _warn_if_no_better_than_a_constant(run, metrics["test_accuracy"], where)
+    else:
+        _warn_if_no_better_than_copying(run, metrics["test_mse"], metrics["baseline_mse"], where)
     return result
 
 

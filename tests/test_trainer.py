@@ -636,6 +636,12 @@ def test_a_classifier_no_better_than_a_constant_answer_warns(
         again = train(config, resume=tmp_path / "run", progress=False, plots=False)
     assert again.epochs_trained == 0 and again.end_written
     assert [str(w.message) for w in caught if "no better than" in str(w.message)] == messages
+    # warnings made errors: the warning comes after the run's files, so none is lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="is no better than always answering class"):
+            train(config, progress=False, plots=False, out_dir=tmp_path / "strict")
+    assert sorted(os.listdir(tmp_path / "strict")) == RUN_END_FILES
     # without a directory, the message starts with the figures
     with pytest.warns(UserWarning, match=r"^test accuracy \d+\.\d\d% \(\d+ of 100\) is no better"):
         train(small(hidden=8, epochs=1), data=data, progress=False)
