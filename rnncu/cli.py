@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=".png, .jpg / .jpeg, .bmp, .gif, .webp, .tif / .tiff (one image; colour is read "
         "as its luminance; turned upright as its EXIF says), or .npy / .npz (x) arrays: an "
         "image (H, W) or a stack (N, H, W), integers 0..255 or floats in [0, 1]; a run of "
-        "clips takes clips (T, H, W) or (N, T, H, W), or (N, T, H*W) as datasets hold them",
+        "clips takes clips (T, H, W) or (N, T, H, W), or (N, T, H*W) as datasets hold them, "
+        "or one clip as an animated .gif / .png / .webp or a .tif of T frames",
     )
     pred.add_argument(
         "--resize",

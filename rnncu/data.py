@@ -1010,14 +1010,16 @@ def read_images(
     ``image_shape`` (T, h*w)), clips (N, T, h*w), as datasets hold them.
 
     * ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``, ``.tiff``: one
-      image (not clips), read by Pillow as it decodes it, grey (16-bit grey too) or colour
+      image, read by Pillow as it decodes it, grey (16-bit grey too) or colour
       by its luminance (:data:`LUMA_WEIGHTS`), turned upright as its EXIF orientation says
       (an MPO, a JPEG with more pictures after it as phones write, by its first).
       Transparent pixels (a transparent ground has no intensity to read: flatten it first;
       a PNG's colour key counts where a pixel has that colour), more than one frame (a
       TIFF's reduced-resolution copies after its picture, thumbnails, are no matter), pixels
       of unknown range (signed or 32-bit integers, floats), and bytes of another kind than
-      the suffix says are refused.
+      the suffix says are refused. For a model of clips of T frames: one clip, an
+      animation (GIF, PNG, WebP) or a TIFF's pages, of exactly T frames of one size, each
+      read as a picture is (an animation's frames as Pillow composes them).
     * ``.npy``, or ``.npz`` with ``x``: one image (H, W) or a stack (N, H, W); clips (T, h, w)
       or (N, T, h, w), or (N, T, h*w) as datasets hold them. Pixels as datasets take them:
       integers 0..255, floats in [0, 1], or bool. Flat images (N, H*W) and colour channels
@@ -1047,13 +1049,8 @@ def read_images(
             "move (give them as they are)"
         )
     if suffix in PICTURE_SUFFIXES:
-        kind = PILLOW_KINDS[suffix][0]
-        if frame_shape is not None:
-            raise ValueError(
-                f"{where}: the model reads clips of {image_shape[0]} frames of "
-                f"{height}x{width}: give them as .npy or .npz arrays (N, T, H, W), not a {kind}"
-            )
-        x = _pillow_luminance(path, suffix)[None]
+        # a clip: an animation (or a TIFF's pages) of the model's frames
+        x = _pillow_luminance(path, suffix, None if frame_shape is None else image_shape[0])[None]
     else:
         x = _image_array(path, suffix)
         held = tuple(x.shape)  # as the file holds it: what messages quote
@@ -1144,12 +1141,16 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _LUMINANCE_CHUNK = 1 << 20
 
 
-def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
+def _pillow_luminance(path: Path, suffix: str, frames_wanted: int | None = None) -> np.ndarray:
     """A picture Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF) as one grey (H, W) float32
     array in [0, 1], turned upright as its EXIF orientation says (a phone's photo is stored as
     the sensor saw it). Grey as it is (16-bit grey by 65535), colour by its luminance; a
     transparent pixel, more than one frame (an animation, pages), or pixels of unknown range
     (signed or 32-bit integers, floats) are refused. An MPO is read by its first picture.
+    With ``frames_wanted`` (T, a model of clips): an animation (GIF, PNG, WebP) or the pages
+    of a TIFF, of exactly T frames of one size, as one clip (T, H, W), each frame read as a
+    picture is (as Pillow composes it, for an animation), turned as the first frame's EXIF
+    says; another count of frames is refused.
     Pillow's warnings (of a decompression bomb, say) are given again naming the file; a MemoryError
     is left as it is (the picture is readable, this machine short of memory)."""
     try:
@@ -1158,8 +1159,9 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
         raise ImportError("Pillow reads PNG, JPEG, BMP, GIF, WebP and TIFF files: pip install "
                           "'rnncu[train]'") from exc  # fmt: skip
     kind, formats = PILLOW_KINDS[suffix]
-    pixels = None
+    stack: list[np.ndarray] = []
     problem = None
+    orientation = None
     # the filters as they are, not "always" for the bomb's warning: Pillow's guard, that
     # warning filtered as an error, then refuses a bomb before decoding it; and each file still
     # warns, entering catch_warnings forgetting which warnings were given at a place
@@ -1169,46 +1171,35 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1 and image.format == "TIFF" and _reduced_copies_after(image):
                     frames = 1  # a scanner's thumbnails after the picture: read the picture
-                rawmode = _png_rawmode(image) if image.format == "PNG" else None
+                if image.format == "MPO":
+                    frames = 1  # a phone's JPEG with more pictures after it: its first
                 if image.format not in formats:
                     problem = f"not a {kind} file (its bytes are a {image.format} image)"
-                elif frames > 1 and image.format != "MPO":
+                elif frames_wanted is None and frames > 1:
                     problem = (
                         f"the {kind} holds {frames} frames (an animation or pages): give one image"
                     )
-                elif image.mode in _SIXTEEN_BIT_GREY or (
-                    image.format == "PNG" and image.mode == "I"  # 16-bit grey, older Pillow
-                ):
-                    deep = np.asarray(image)
-                    # the key compared here: Pillow compares it with the pixels clipped to 8 bits
-                    key = image.info.get("transparency")
-                    if isinstance(key, int) and (deep == key).any():
-                        problem = _transparent_problem(kind)
-                    else:
-                        pixels = deep / 65535
-                        if image.format == "TIFF" and image.tag_v2.get(0x0106) == 0:
-                            # WhiteIsZero: Pillow inverts 1- to 8-bit grey so, 16-bit not
-                            pixels = 1 - pixels
-                elif image.mode in ("I", "F"):
+                elif frames_wanted is not None and frames != frames_wanted:
                     problem = (
-                        f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
-                        "whose range is not known: save it with unsigned 8- or 16-bit pixels"
+                        f"the {kind} holds {_frame_count(frames)}, the model reads clips of "
+                        f"{frames_wanted} frames: give an animation (GIF, PNG, WebP) or a TIFF "
+                        f"of {frames_wanted} frames, or arrays (N, T, H, W) as .npy or .npz"
                     )
-                elif rawmode == "RGB;16B" and "transparency" in image.info:
-                    # Pillow reads 16-bit colour at 8 bits and compares the key's low bytes
-                    # with them: which pixels have the key is not known
-                    problem = (
-                        "the PNG names a transparent colour of 16-bit colour (a tRNS chunk), "
-                        "which is read at 8 bits, where its pixels cannot be told apart: "
-                        "flatten it onto its ground first"
-                    )
-                elif _has_transparent_pixels(image, rawmode):
-                    problem = _transparent_problem(kind)
-                else:
-                    # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
-                    grey = image.mode in ("L", "1")
-                    pixels = np.asarray(image.convert("L" if grey else "RGB"))
-                orientation = _exif_orientation(image)
+                for index in range(frames if problem is None else 0):
+                    if index:
+                        image.seek(index)
+                    pixels, problem = _frame_pixels(image, kind)
+                    if index == 0:  # read after the pixels: a PNG's EXIF may follow them
+                        orientation = _exif_orientation(image)
+                    if pixels is not None and stack and pixels.shape != stack[0].shape:
+                        problem = (
+                            "its frames differ in size: {}x{} (frame 1) and {}x{} (frame {})"
+                        ).format(*stack[0].shape[:2], *pixels.shape[:2], index + 1)
+                    if pixels is None or problem is not None:
+                        if frames_wanted is not None:
+                            problem = f"frame {index + 1} of {frames}: {problem}"
+                        break
+                    stack.append(pixels)
         except MemoryError:
             raise
         except Exception as exc:  # a truncated or foreign file: Pillow's own errors
@@ -1220,9 +1211,52 @@ def _pillow_luminance(path: Path, suffix: str) -> np.ndarray:
     # the same unnamed line).
     for warning in caught:
         warn_at_caller(f"{path}: {warning.message}", warning.category)
-    if pixels is None:
+    if problem is not None:
         raise ValueError(f"{path}: {problem}")
-    return np.ascontiguousarray(_upright(_luminance(pixels), orientation), dtype=np.float32)
+    grey = [_upright(_luminance(pixels), orientation) for pixels in stack]
+    return np.ascontiguousarray(grey[0] if frames_wanted is None else np.stack(grey), np.float32)
+
+
+def _frame_count(frames: int) -> str:
+    return "one image" if frames == 1 else f"{frames} frames"
+
+
+def _frame_pixels(image: Any, kind: str) -> tuple[np.ndarray | None, str | None]:
+    """The pixels of a Pillow image's current frame, 8-bit (uint8, grey or colour) or float
+    in [0, 1] (16-bit grey), or None and why they are refused (:func:`_pillow_luminance`)."""
+    # first: how Pillow will decode the frame is known only until it has (its tile)
+    rawmode = _png_rawmode(image) if image.format == "PNG" else None
+    if image.mode in _SIXTEEN_BIT_GREY or (
+        image.format == "PNG" and image.mode == "I"  # 16-bit grey, older Pillow
+    ):
+        deep = np.asarray(image)
+        # the key compared here: Pillow compares it with the pixels clipped to 8 bits
+        key = image.info.get("transparency")
+        if isinstance(key, int) and (deep == key).any():
+            return None, _transparent_problem(kind)
+        pixels = deep / 65535
+        if image.format == "TIFF" and image.tag_v2.get(0x0106) == 0:
+            # WhiteIsZero: Pillow inverts 1- to 8-bit grey so, 16-bit not
+            pixels = 1 - pixels
+        return pixels, None
+    if image.mode in ("I", "F"):
+        return None, (
+            f"pixels of mode {image.mode} (signed or 32-bit integers, or floats), "
+            "whose range is not known: save it with unsigned 8- or 16-bit pixels"
+        )
+    if rawmode == "RGB;16B" and "transparency" in image.info:
+        # Pillow reads 16-bit colour at 8 bits and compares the key's low bytes with them:
+        # which pixels have the key is not known
+        return None, (
+            "the PNG names a transparent colour of 16-bit colour (a tRNS chunk), which is "
+            "read at 8 bits, where its pixels cannot be told apart: flatten it onto its "
+            "ground first"
+        )
+    if _has_transparent_pixels(image, rawmode):
+        return None, _transparent_problem(kind)
+    # bilevel to grey; colour (RGB, CMYK, YCbCr, a palette) by its luminance
+    grey = image.mode in ("L", "1")
+    return np.asarray(image.convert("L" if grey else "RGB")), None
 
 
 def _reduced_copies_after(image: Any) -> bool:

@@ -226,7 +226,9 @@ def test_probabilities_of_large_logits_are_finite(run_dir: Path, digits: ImageDa
     np.testing.assert_array_equal(result["probabilities"][:, 3], 1)
 
 
-def test_clips_are_recognised_as_the_run_was_trained(tmp_path: Path) -> None:
+def test_clips_are_recognised_as_the_run_was_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     clips = load_moving_digits()
     out = tmp_path / "clips"
     train(make_config(**small(dataset="moving-digits", epochs=1)), data=clips, progress=False,
@@ -252,8 +254,9 @@ def test_clips_are_recognised_as_the_run_was_trained(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"short.npy: clips of 5 frames .* trained on clips of 8"):
         read_images(tmp_path / "short.npy", (8, 100), (10, 10))
     mpimg.imsave(tmp_path / "frame.png", np.stack([framed[0, 0]] * 3, axis=-1))
-    with pytest.raises(ValueError, match=r"frame.png: the model reads clips of 8 frames of "
-                       r"10x10: give them as .npy or .npz arrays"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"frame.png: the PNG holds one image, the model reads "
+                       r"clips of 8 frames: give an animation \(GIF, PNG, WebP\) or a TIFF of 8 "
+                       r"frames, or arrays \(N, T, H, W\) as .npy or .npz$"):  # fmt: skip
         read_images(tmp_path / "frame.png", (8, 100), (10, 10))
     # frames of another size, resampled frame by frame
     big = np.kron(framed[:3], np.ones((1, 1, 2, 2), np.float32))
@@ -264,6 +267,17 @@ def test_clips_are_recognised_as_the_run_was_trained(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"big.npy: frames of 20x20 pixels, the model was "
                        "trained on 10x10"):  # fmt: skip
         read_images(tmp_path / "big.npy", (8, 100), (10, 10))
+    # the command line, on a clip as a TIFF's pages (8-bit: its pixels in 255ths)
+    from PIL import Image
+
+    quantized = np.round(framed[7] * 255).astype(np.uint8)
+    pages = [Image.fromarray(frame, "L") for frame in quantized]
+    pages[0].save(tmp_path / "clip.tif", save_all=True, append_images=pages[1:])
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "clip.tif")]) == 0
+    printed = json.loads(capsys.readouterr().out)["predictions"]
+    expected_one = predict_images(saved, (quantized / 255).astype(np.float32))
+    assert [r["class"] for r in printed] == expected_one["classes"].tolist()
+    assert printed[0]["probability"] == pytest.approx(float(expected_one["probabilities"].max()))
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -408,6 +422,62 @@ def test_clips_as_datasets_hold_them_are_read_as_clips(tmp_path: Path) -> None:
     np.save(tmp_path / "none.npy", np.zeros((0, 8), np.float32))
     with pytest.raises(ValueError, match=r"none.npy: no images \(shape \(0, 8\)\)"):
         read_images(tmp_path / "none.npy", (8, 8), resize=True)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "options"),
+    [(".gif", {}), (".png", {}), (".webp", {"lossless": True}), (".tif", {})],
+    ids=["gif", "apng", "webp", "tiff"],
+)
+def test_a_clip_is_read_from_an_animation_or_a_tiff_s_pages(
+    tmp_path: Path, rng: np.random.Generator, suffix: str, options: dict
+) -> None:
+    """A run of clips took them as arrays alone: an animated GIF, PNG or WebP, or a TIFF's
+    pages, of the model's count of frames is one clip, each frame read as a picture is (the
+    GIF's later frames as Pillow composes them, in colour), and sized or inverted as arrays
+    are. Another count of frames is refused, naming both counts; a model of images still
+    refuses more than one frame."""
+    from PIL import Image
+
+    clip = rng.integers(0, 256, (8, 10, 10), dtype=np.uint8)  # frames all unlike: none merged
+    frames = [Image.fromarray(frame, "L") for frame in clip]
+    file = tmp_path / f"clip{suffix}"
+    frames[0].save(file, save_all=True, append_images=frames[1:], **options)
+    read = read_images(file, (8, 100), (10, 10))
+    np.testing.assert_array_equal(read, (clip / 255).astype(np.float32).reshape(1, 8, 100))
+    np.save(tmp_path / "clip.npy", clip)
+    for kwargs in ({"resize": True}, {"resize": True, "invert": True}):
+        np.testing.assert_array_equal(
+            read_images(file, (8, 36), (6, 6), **kwargs),
+            read_images(tmp_path / "clip.npy", (8, 36), (6, 6), **kwargs),
+        )
+    frames[0].save(tmp_path / f"short{suffix}", save_all=True, append_images=frames[1:5], **options)
+    with pytest.raises(ValueError, match=rf"short{suffix}: the \w+ holds 5 frames, the model reads "
+                       r"clips of 8 frames: give an animation"):  # fmt: skip
+        read_images(tmp_path / f"short{suffix}", (8, 100), (10, 10))
+    with pytest.raises(ValueError, match=rf"clip{suffix}: the \w+ holds 8 frames \(an animation "
+                       r"or pages\): give one image$"):  # fmt: skip
+        read_images(file, (10, 10))
+
+
+def test_a_clip_s_frames_are_each_checked(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Each frame of an animation is refused as a picture would be (a transparent pixel,
+    named with its frame), and frames of two sizes (a TIFF's pages) are no clip."""
+    from PIL import Image
+
+    clip = rng.integers(0, 256, (3, 10, 10), dtype=np.uint8)
+    frames = [Image.fromarray(frame, "L").convert("RGBA") for frame in clip]
+    frames[2].putpixel((4, 4), (9, 9, 9, 0))
+    frames[0].save(tmp_path / "seen.png", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match=r"seen.png: frame 3 of 3: the PNG has transparent "
+                       r"pixels"):  # fmt: skip
+        read_images(tmp_path / "seen.png", (3, 100), (10, 10))
+    small = Image.fromarray(clip[1, :8, :9], "L")
+    Image.fromarray(clip[0], "L").save(tmp_path / "pages.tif", save_all=True,
+                                       append_images=[small, small])  # fmt: skip
+    with pytest.raises(ValueError, match=r"pages.tif: frame 2 of 3: its frames differ in size: "
+                       r"10x10 \(frame 1\) and 8x9 \(frame 2\)$"):  # fmt: skip
+        read_images(tmp_path / "pages.tif", (3, 100), (10, 10), resize=True)
 
 
 @pytest.mark.parametrize("shape", [(9, 8), (8, 9), (7, 8), (8, 7)])
@@ -698,9 +768,8 @@ def test_a_bad_jpeg_is_named(tmp_path: Path, digits: ImageDataset) -> None:
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:60])
     with pytest.raises(ValueError, match=r"cut.jpg: cannot read JPEG \("):
         read_images(tmp_path / "cut.jpg", (8, 8))
-    clips_only = r"give them as .npy or .npz arrays \(N, T, H, W\), not a JPEG"
-    with pytest.raises(ValueError, match=r"whole.jpg: the model reads clips of 8 frames of "
-                       r"10x10: " + clips_only):  # fmt: skip
+    with pytest.raises(ValueError, match=r"whole.jpg: the JPEG holds one image, the model "
+                       r"reads clips of 8 frames: give an animation"):  # fmt: skip
         read_images(tmp_path / "whole.jpg", (8, 100), (10, 10))
 
 
