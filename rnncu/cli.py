@@ -213,7 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--checkpoint", type=_path, required=True, help="run directory of a generate run"
     )
-    gen.add_argument("--out", type=_path, required=True, help="PNG file to write")
+    gen.add_argument(
+        "--out",
+        type=_path,
+        required=True,
+        help="PNG file to write (for clips: frames side by side), or for clips a GIF that "
+        "plays them",
+    )
     gen.add_argument(
         "--classes", help="comma-separated classes (default: every class the training labels hold)"
     )
@@ -643,14 +649,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnncu import plots
-    from rnncu.data import display_images
     from rnncu.tasks import RowGenerator
     from rnncu.trainer import SAMPLE_NOISE, SavedDatasetNotFound, load_run, sample_images
 
-    if not args.out.lower().endswith(".png"):
-        raise ValueError(f"--out: expected a .png file, got {args.out!r}")
+    animate = args.out.lower().endswith(".gif")  # clips only: checked once the run is read
+    if not (animate or args.out.lower().endswith(".png")):
+        raise ValueError(f"--out: expected a .png file (or, for clips, a .gif), got {args.out!r}")
     if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out}: is a directory, expected a .png file")
+        raise ValueError(f"--out {args.out}: is a directory, expected a .png or .gif file")
     _check_out_dir(args.out, Path(args.out).parent)
     with _blas_limit(args.threads):
         try:
@@ -663,6 +669,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{args.checkpoint}: a {run.config.task} run cannot generate "
                 "(train one with --task generate)"
+            )
+        if animate and run.data.frame_shape is None:
+            raise ValueError(
+                f"--out {args.out}: a .gif plays clips, and {args.checkpoint} draws images: "
+                "write a .png"
             )
         classes = _parse_classes(args.classes, run.data.num_classes, run.data.trained_classes)
         noise = SAMPLE_NOISE if args.noise is None else args.noise
@@ -715,17 +726,31 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 mine = labels == c
                 for block in (run.data.x_test[picks][mine], images[mine]):
                     rows += [block.astype(images.dtype), *[blank] * (args.per_class - len(block))]
-            shown = display_images(np.concatenate(rows), run.data.frame_shape)
-            plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
+            _save_samples(np.concatenate(rows), run.data.frame_shape, args, pad)
         else:
             images, labels = sample_images(
                 run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
             )
-            shown = display_images(images, run.data.frame_shape)
-            plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
+            _save_samples(images, run.data.frame_shape, args, pad)
     what = "completions (each row of originals above)" if args.complete else run.data.items_name
     print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0
+
+
+def _save_samples(
+    images: Any, frame_shape: tuple[int, int] | None, args: argparse.Namespace, pad: int
+) -> None:
+    """``generate``'s grid, ``--per-class`` a row: a PNG, clips' frames side by side, or a GIF
+    whose frame t holds each clip's frame t (``--out`` says which)."""
+    from rnncu import plots
+    from rnncu.data import display_images
+
+    if args.out.lower().endswith(".gif") and frame_shape is not None:
+        clips = images.reshape(*images.shape[:2], *frame_shape)
+        plots.save_clip_animation(clips, args.out, ncols=args.per_class, pad=pad)
+    else:
+        shown = display_images(images, frame_shape)
+        plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""PNG plots of a run: loss/accuracy curves, a confusion matrix, image grids.
+"""PNG plots of a run: loss/accuracy curves, a confusion matrix, image grids; and a grid of
+clips as an animated GIF.
 
 matplotlib is imported lazily with the non-interactive Agg backend, so plotting works on a
 headless machine and ``import rnncu`` does not need matplotlib.
@@ -24,6 +25,7 @@ __all__ = [
     "image_grid",
     "plot_confusion",
     "plot_history",
+    "save_clip_animation",
     "save_image_grid",
 ]
 
@@ -278,3 +280,53 @@ def save_image_grid(
     plt.imsave(buf, grid, cmap="gray", vmin=0, vmax=1, format="png")
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+#: How long each frame of :func:`save_clip_animation` shows, in milliseconds.
+CLIP_FRAME_MS = 250
+
+
+def save_clip_animation(
+    clips: np.ndarray,
+    path: str | os.PathLike[str],
+    ncols: int = 10,
+    scale: int = GRID_SCALE,
+    pad: int = 1,
+    frame_ms: int = CLIP_FRAME_MS,
+) -> Path:
+    """Write clips (N, T, H, W) in [0, 1] as an animated GIF to ``path`` (a ``.gif`` file),
+    looping: its frame t is :func:`image_grid` of every clip's frame t, so each cell plays one
+    clip. Grey levels are 8-bit (GIF's palette holds the 256 greys); identical consecutive
+    frames are written once for their summed time, as Pillow writes them. Returns the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a .gif file (str or path), got {type(path).__name__}")
+    gif = Path(path)
+    if gif.suffix.lower() != ".gif":
+        raise ValueError(f"path: expected a .gif file, got {str(path)!r}")
+    if gif.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a directory, expected a .gif file")
+    if not isinstance(clips, np.ndarray) or clips.dtype.kind not in "biuf":
+        raise TypeError(f"clips: expected a NumPy array (N, T, H, W), got {_describe(clips)}")
+    if clips.ndim != 4 or 0 in clips.shape[:2]:
+        raise ValueError(f"clips: expected (N, T, H, W) with N, T >= 1, got shape {clips.shape}")
+    frame_ms = _positive("frame_ms", frame_ms)
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Pillow writes GIF files: pip install 'rnncu[train]'") from exc
+    import io
+
+    from rnncu.checkpoint import atomic_write_bytes
+
+    frames = [
+        Image.fromarray(
+            np.round(image_grid(clips[:, t], ncols, pad=pad, scale=scale) * 255).astype(np.uint8),
+            "L",
+        )
+        for t in range(clips.shape[1])
+    ]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=frame_ms, loop=0)  # fmt: skip
+    atomic_write_bytes(gif, buf.getvalue())
+    return gif

@@ -1101,3 +1101,22 @@ def test_a_signal_right_after_an_epoch_line_leaves_that_line_whole(
     assert len(lines) == 2 and lines[0].startswith("rnncu: epoch 1/3: train_loss="), lines
     assert lines[1] == "rnncu: interrupted", lines
     assert load_checkpoint(out)[1]["epoch"] == 1
+
+
+def test_generate_writes_a_png_or_for_clips_a_gif(
+    tiny_generate_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A .gif plays clips (tests/test_frames.py): a run of images is told to write a .png,
+    before anything is drawn; another suffix is refused naming both."""
+    gif = tmp_path / "x.gif"
+    code = main(["generate", "--checkpoint", str(tiny_generate_run), "--out", str(gif)])
+    one_line_error(code, capsys, f"--out {gif}: a .gif plays clips, and {tiny_generate_run} "
+                   "draws images: write a .png")  # fmt: skip
+    assert not gif.exists()
+    code = main(["generate", "--checkpoint", str(tiny_generate_run), "--out", "x.jpg"])
+    one_line_error(code, capsys, "--out: expected a .png file (or, for clips, a .gif), got 'x.jpg'")
+    (tmp_path / "d.gif").mkdir()
+    code = main(
+        ["generate", "--checkpoint", str(tiny_generate_run), "--out", str(tmp_path / "d.gif")]
+    )
+    one_line_error(code, capsys, "is a directory, expected a .png or .gif file")

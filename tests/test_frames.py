@@ -16,6 +16,7 @@ from rnncu import plots
 from rnncu.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rnncu.cli import main
 from rnncu.data import (
+    CLIP_GRID_PAD,
     ImageDataset,
     check_dataset,
     dataset_digest,
@@ -548,6 +549,31 @@ def test_generate_on_clips_draws_and_completes_frames(
     assert "--complete: expected 1..4 frames, got 5" in capsys.readouterr().err
     assert main([*gen, "--per-class", "2"]) == 0
     assert "wrote 4 clips for classes [0, 1] to" in capsys.readouterr().out
+    # as a GIF: frame t holds every clip's frame t; the same clips as the PNG's
+    real = plots.save_clip_animation
+    played: list[np.ndarray] = []
+
+    def recorded(clips: np.ndarray, *args, **kwargs):
+        played.append(clips)
+        return real(clips, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "save_clip_animation", recorded)
+    gif = tmp_path / "c.gif"
+    assert main(["generate", "--checkpoint", str(out), "--out", str(gif), "--per-class", "2"]) == 0
+    assert f"wrote 4 clips for classes [0, 1] to {gif}" in capsys.readouterr().out
+    (clips,) = played
+    assert clips.shape == (4, 5, 3, 4)
+    np.testing.assert_array_equal(display_images(clips.reshape(4, 5, 12), (3, 4)), grids[-1])
+    with Image.open(gif) as animation:
+        assert 1 <= animation.n_frames <= 5  # identical frames in a row are written once
+        expected = plots.image_grid(clips[:, 0], 2, pad=CLIP_GRID_PAD)
+        np.testing.assert_array_equal(
+            np.asarray(animation.convert("L")), np.round(expected * 255).astype(np.uint8)
+        )
+    # completions too: originals above, as in the PNG
+    assert main([*gen[:-1], str(gif), "--complete", "2", "--classes", "1", "--per-class", "3"]) == 0
+    assert played[-1].shape == (6, 5, 3, 4)
+    np.testing.assert_array_equal(played[-1][:3].reshape(3, 5, 12), first)
 
 
 def test_check_dataset_names_the_form_clips_take_in_memory(moving) -> None:

@@ -18,6 +18,7 @@ from rnncu.plots import (  # noqa: E402
     image_grid,
     plot_confusion,
     plot_history,
+    save_clip_animation,
     save_image_grid,
 )
 
@@ -136,6 +137,31 @@ def _history() -> list[dict]:
         (lambda p: image_grid(np.ones((2, 3, 3)), 2, pad=-1), ValueError, r"pad: expected an i"),
         (lambda p: image_grid(np.ones((2, 3, 3)), 2, scale=0), ValueError, r"scale: expected an"),
         (lambda p: image_grid(np.ones((2, 3)), 2), ValueError, r"images: expected \(N, H, W\)"),
+        (
+            lambda p: save_clip_animation(np.ones((2, 3, 3, 3)), p / "a.png"),
+            ValueError,
+            r"path: expected a .gif file, got",
+        ),
+        (
+            lambda p: save_clip_animation(np.ones((2, 3, 3)), p / "a.gif"),
+            ValueError,
+            r"clips: expected \(N, T, H, W\) with N, T >= 1, got shape \(2, 3, 3\)",
+        ),
+        (
+            lambda p: save_clip_animation(np.ones((2, 0, 3, 3)), p / "a.gif"),
+            ValueError,
+            r"clips: expected \(N, T, H, W\)",
+        ),
+        (
+            lambda p: save_clip_animation([[[[1.0]]]], p / "a.gif"),
+            TypeError,
+            r"clips: expected a NumPy array",
+        ),
+        (
+            lambda p: save_clip_animation(np.ones((1, 2, 3, 3)), p / "a.gif", frame_ms=0),
+            ValueError,
+            r"frame_ms: expected an integer >= 1",
+        ),
     ],
 )
 def test_plots_name_their_bad_arguments(tmp_path: Path, call, error, message) -> None:
@@ -208,3 +234,22 @@ def test_grid_size_is_known_before_the_images(
     assert grid_pixels(nrows, fits, image_shape) <= MAX_GRID_PIXELS
     assert grid_pixels(nrows, fits + 1, image_shape) > MAX_GRID_PIXELS
     assert grid_columns_within(10**6, (512, 512)) == 0  # not even one column
+
+
+def test_a_clip_animation_plays_each_clip_in_its_cell(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Frame t of the GIF is the grid of every clip's frame t, in 8-bit grey, looping, each
+    frame shown for frame_ms."""
+    from PIL import Image
+
+    clips = rng.random((5, 4, 3, 2))  # 5 clips of 4 frames of 3x2, every frame unlike the last
+    path = save_clip_animation(clips, tmp_path / "clips.gif", ncols=3, scale=2, frame_ms=120)
+    assert path == tmp_path / "clips.gif"
+    with Image.open(path) as animation:
+        assert animation.n_frames == 4 and animation.info["loop"] == 0
+        for t in range(4):
+            animation.seek(t)
+            assert animation.info["duration"] == 120
+            expected = np.round(image_grid(clips[:, t], 3, scale=2) * 255).astype(np.uint8)
+            np.testing.assert_array_equal(np.asarray(animation.convert("L")), expected)
