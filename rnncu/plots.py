@@ -41,17 +41,17 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png_path(path: Any) -> Path:
-    """``path`` when it names a ``.png`` file: the plots are PNG bytes, whatever the name
-    says (``curves.pdf`` would hold a PNG)."""
+def _file_path(path: Any, suffix: str = ".png") -> Path:
+    """``path`` when it names a ``.png`` file (or one of ``suffix``): the plots are PNG bytes,
+    whatever the name says (``curves.pdf`` would hold a PNG)."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a .png file (str or path), got {type(path).__name__}")
-    png = Path(path)
-    if png.suffix.lower() != ".png":
-        raise ValueError(f"path: expected a .png file, got {str(path)!r}")
-    if png.is_dir():
-        raise ValueError(f"path: {str(path)!r} is a directory, expected a .png file")
-    return png
+        raise TypeError(f"path: expected a {suffix} file (str or path), got {type(path).__name__}")
+    file = Path(path)
+    if file.suffix.lower() != suffix:
+        raise ValueError(f"path: expected a {suffix} file, got {str(path)!r}")
+    if file.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a directory, expected a {suffix} file")
+    return file
 
 
 def _positive(name: str, value: Any, zero: bool = False) -> int:
@@ -107,7 +107,7 @@ def plot_history(
     limit ``clip`` (0: none) as a line. ``path`` names a ``.png`` file. A key missing from
     some records (an epoch saved by an older version) is a gap in its curve."""
     history = _check_history(history)
-    path = _png_path(path)
+    path = _file_path(path)
     clip = check_number("clip", clip, low=0.0, high_open=True)
     plt = _pyplot()
 
@@ -188,7 +188,7 @@ def plot_confusion(confusion: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise ValueError("confusion: expected finite counts >= 0, found NaN or infinity")
     if confusion.min() < 0:
         raise ValueError(f"confusion: expected counts >= 0, found {confusion.min()}")
-    path = _png_path(path)
+    path = _file_path(path)
     plt = _pyplot()
     k = confusion.shape[0]
     annotated = k <= CONFUSION_ANNOTATED_CLASSES
@@ -269,7 +269,7 @@ def save_image_grid(
 ) -> Path:
     """Write :func:`image_grid` of images (N, H, W) as a greyscale PNG to ``path`` (a
     ``.png`` file); returns the path."""
-    path = _png_path(path)
+    path = _file_path(path)
     grid = image_grid(images, ncols, pad=pad, scale=scale)
     plt = _pyplot()
     import io
@@ -298,13 +298,7 @@ def save_clip_animation(
     looping: its frame t is :func:`image_grid` of every clip's frame t, so each cell plays one
     clip. Grey levels are 8-bit (GIF's palette holds the 256 greys); identical consecutive
     frames are written once for their summed time, as Pillow writes them. Returns the path."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a .gif file (str or path), got {type(path).__name__}")
-    gif = Path(path)
-    if gif.suffix.lower() != ".gif":
-        raise ValueError(f"path: expected a .gif file, got {str(path)!r}")
-    if gif.is_dir():
-        raise ValueError(f"path: {str(path)!r} is a directory, expected a .gif file")
+    gif = _file_path(path, ".gif")
     if not isinstance(clips, np.ndarray) or clips.dtype.kind not in "biuf":
         raise TypeError(f"clips: expected a NumPy array (N, T, H, W), got {_describe(clips)}")
     if clips.ndim != 4 or 0 in clips.shape[:2]:
