@@ -1191,7 +1191,8 @@ def _pillow_luminance(path: Path, suffix: str, frames_wanted: int | None = None)
                     pixels, problem = _frame_pixels(image, kind)
                     if index == 0:  # read after the pixels: a PNG's EXIF may follow them
                         orientation = _exif_orientation(image)
-                    if pixels is not None and stack and pixels.shape != stack[0].shape:
+                    # of one height and width; a grey page and a colour one (H, W, 3) may mix
+                    if pixels is not None and stack and pixels.shape[:2] != stack[0].shape[:2]:
                         problem = (
                             "its frames differ in size: {}x{} (frame 1) and {}x{} (frame {})"
                         ).format(*stack[0].shape[:2], *pixels.shape[:2], index + 1)

@@ -18,6 +18,7 @@ from tiff_files import write_grey_tiff
 from rnncu.checkpoint import CheckpointError
 from rnncu.cli import main
 from rnncu.data import (
+    LUMA_WEIGHTS,
     ImageDataset,
     load_digits,
     load_moving_digits,
@@ -478,6 +479,17 @@ def test_a_clip_s_frames_are_each_checked(tmp_path: Path, rng: np.random.Generat
     with pytest.raises(ValueError, match=r"pages.tif: frame 2 of 3: its frames differ in size: "
                        r"10x10 \(frame 1\) and 8x9 \(frame 2\)$"):  # fmt: skip
         read_images(tmp_path / "pages.tif", (3, 100), (10, 10), resize=True)
+    # pages of a grey, a colour and a 16-bit grey picture: one clip, colour by its luminance
+    colour = np.stack([clip[1], clip[2], clip[0]], axis=-1)
+    deep = clip[2].astype(np.uint16) * 257
+    Image.fromarray(clip[0], "L").save(tmp_path / "mixed.tif", save_all=True,
+                                       append_images=[Image.fromarray(colour, "RGB"),
+                                                      Image.fromarray(deep)])  # fmt: skip
+    luma = np.clip((colour / 255) @ np.asarray(LUMA_WEIGHTS), 0, 1)
+    np.testing.assert_array_equal(
+        read_images(tmp_path / "mixed.tif", (3, 100), (10, 10)),
+        np.stack([clip[0] / 255, luma, clip[2] / 255]).astype(np.float32).reshape(1, 3, 100),
+    )
 
 
 @pytest.mark.parametrize("shape", [(9, 8), (8, 9), (7, 8), (8, 7)])
