@@ -492,6 +492,28 @@ def test_a_clip_s_frames_are_each_checked(tmp_path: Path, rng: np.random.Generat
     )
 
 
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_a_clip_is_turned_as_its_exif_says(
+    tmp_path: Path, rng: np.random.Generator, suffix: str
+) -> None:
+    """An animation's EXIF orientation (one for the file) turns each of its frames: a clip
+    stored as the sensor saw it reads upright, as a picture does."""
+    from PIL import Image
+
+    clip = rng.integers(0, 256, (3, 6, 8), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter anticlockwise: turned back clockwise
+    frames = [Image.fromarray(frame, "L") for frame in clip]
+    file = tmp_path / f"turned{suffix}"
+    frames[0].save(file, save_all=True, append_images=frames[1:], exif=exif.tobytes(),
+                   lossless=True)  # fmt: skip
+    upright = np.stack([np.rot90(frame, -1) for frame in clip])
+    np.testing.assert_array_equal(
+        read_images(file, (3, 48), (8, 6)),
+        (upright / 255).astype(np.float32).reshape(1, 3, 48),
+    )
+
+
 @pytest.mark.parametrize("shape", [(9, 8), (8, 9), (7, 8), (8, 7)])
 def test_another_height_or_width_alone_is_another_size(
     tmp_path: Path, shape: tuple[int, int]
