@@ -1180,9 +1180,16 @@ def _pillow_luminance(path: Path, suffix: str, frames_wanted: int | None = None)
                         f"the {kind} holds {frames} frames (an animation or pages): give one image"
                     )
                 elif frames_wanted is not None and frames != frames_wanted:
+                    # GIF and WebP writers (Pillow's among them) write a frame that repeats the
+                    # one before once, for both their times: a clip that stands still loses it
+                    merged = (
+                        " (its writer may have merged frames that repeat the one before)"
+                        if 1 < frames < frames_wanted and image.format in ("GIF", "WEBP")
+                        else ""
+                    )
                     problem = (
-                        f"the {kind} holds {_frame_count(frames)}, the model reads clips of "
-                        f"{frames_wanted} frames: give an animation (GIF, PNG, WebP) or a TIFF "
+                        f"the {kind} holds {_frame_count(frames)}{merged}, the model reads clips "
+                        f"of {frames_wanted} frames: give an animation (GIF, PNG, WebP) or a TIFF "
                         f"of {frames_wanted} frames, or arrays (N, T, H, W) as .npy or .npz"
                     )
                 for index in range(frames if problem is None else 0):
