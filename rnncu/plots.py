@@ -42,8 +42,8 @@ def _pyplot() -> Any:
 
 
 def _file_path(path: Any, suffix: str = ".png") -> Path:
-    """``path`` when it names a ``.png`` file (or one of ``suffix``): the plots are PNG bytes,
-    whatever the name says (``curves.pdf`` would hold a PNG)."""
+    """``path`` when it names a file of ``suffix``: the plots are PNG bytes and the
+    animations GIF, whatever the name says (``curves.pdf`` would hold a PNG)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a {suffix} file (str or path), got {type(path).__name__}")
     file = Path(path)
