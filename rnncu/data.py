@@ -1167,7 +1167,10 @@ def _pillow_luminance(path: Path, suffix: str, frames_wanted: int | None = None)
     # warns, entering catch_warnings forgetting which warnings were given at a place
     with warnings.catch_warnings(record=True) as caught:
         try:
-            with Image.open(path) as image:
+            # from a file object, not the path: given a path Pillow maps an uncompressed
+            # picture into memory, and 13.0 lays a TIFF turned a quarter (orientation 5
+            # to 8) out by its turned size there, scrambling it
+            with open(path, "rb") as file, Image.open(file) as image:
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1 and image.format == "TIFF" and _reduced_copies_after(image):
                     frames = 1  # a scanner's thumbnails after the picture: read the picture

@@ -1009,6 +1009,30 @@ def test_pictures_are_read_in_either_byte_order_and_turned_by_their_own_tags(
                                       (upright / 255).astype(np.float32))  # fmt: skip
 
 
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_a_tiff_not_square_is_turned_by_each_orientation(
+    tmp_path: Path, rng: np.random.Generator, orientation: int, compression: str | None
+) -> None:
+    """Pillow 13.0 given a path maps an uncompressed TIFF into memory and lays it out by its
+    turned size where the orientation is 5 to 8: a 10x12 picture read scrambled (a square
+    one, as the tests had, hides it). Read from a file object, each orientation turns it as
+    the same EXIF turns a PNG (Pillow's exif_transpose)."""
+    from PIL import Image, ImageOps
+
+    image = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    options = {} if compression is None else {"compression": compression}
+    Image.fromarray(image, "L").save(tmp_path / "t.tif", tiffinfo={0x0112: orientation},
+                                     **options)  # fmt: skip
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(image, "L").save(tmp_path / "t.png", exif=exif)
+    with Image.open(tmp_path / "t.png") as png:
+        upright = np.asarray(ImageOps.exif_transpose(png))
+    read = read_images(tmp_path / "t.tif", upright.shape)
+    np.testing.assert_array_equal(read[0], (upright / 255).astype(np.float32))
+
+
 def test_grey_with_alpha_is_read_where_opaque_and_refused_where_not(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
