@@ -718,7 +718,8 @@ def _clear_run_files(out: Path) -> None:
             judge.rmdir()  # only when nothing else is in it
 
 
-#: The run's per-epoch records as a table, written with ``metrics.json`` at the run's end.
+#: The run's per-epoch records as a table, written after each epoch's checkpoint (and again
+#: with ``metrics.json`` at the run's end, for a run saved before it was written per epoch).
 HISTORY_NAME = "history.csv"
 #: The columns of :func:`history_csv` in this order where a record has them; others follow,
 #: sorted.
@@ -785,33 +786,31 @@ def train(
     """Train ``config`` up to ``config.epochs`` epochs.
 
     ``out_dir`` (None: nothing is written) receives ``config.json`` before the first epoch
-    (removed again if the run fails before its first checkpoint, with the directory if it
-    was made for the run), ``checkpoint.npz`` after every epoch (atomically), and at the
-    end ``metrics.json`` and, with ``plots``, PNG plots (curves, and the confusion matrix or
-    the samples). ``resume`` (a run directory or checkpoint file) continues that run: its
-    saved config is used, with ``config.epochs`` (and ``config.backend``, unless None) taken
+    (removed again if the run fails before its first checkpoint, with the directory if it was
+    made for the run), ``checkpoint.npz`` and ``history.csv`` after every epoch (atomically),
+    and at the end ``metrics.json`` and, with ``plots``, PNG plots (curves, and the confusion
+    matrix or the samples). ``resume`` (a run directory or checkpoint file) continues that run:
+    its saved config is used, with ``config.epochs`` (and ``config.backend``, unless None) taken
     from the argument; resumed in its own directory at the epoch it has, a run whose
-    ``metrics.json`` is missing or an earlier call's (stopped after its last checkpoint)
-    gets its end written (``end_written``), else nothing is. If an epoch ends with a NaN or
-    infinite training loss, weight, test loss (test MSE) or validation loss (MSE), the model
-    is rolled back to the last good epoch and :class:`TrainingDiverged` is raised; the
-    checkpoint on disk is that last good epoch's. With ``config.patience`` the run ends
-    (``log``: a line beginning with :data:`EARLY_STOP_NEWS`) after the epoch that makes
-    ``patience`` epochs without a lower validation figure; its model is that epoch's, and
-    the metrics name the best epoch (``best_epoch``), with its test figures
-    (:data:`BEST_TEST_FIGURES`, ``best_`` before each: those of ``best.npz``). A resume of
-    such a run trains nothing more: its history decides, as it did.
-    The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
-    generate run's judge), where ``train_seconds`` adds up the epochs of every call that
-    trained the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call
-    is used (or resumed, if cut short) where it is of the recipe the run asks for.
-    A run that ends having learnt nothing (a classifier no better than always answering the
-    test split's commonest class, a generator no better than copying the row above) warns
-    (UserWarning), naming ``out_dir`` (a judge: ``"classifier: "``) and what to try.
-    ``progress`` shows a tqdm bar over the run's optimizer steps (None: when stderr is a
-    terminal); ``log``, a callable taking one str, receives a line at each epoch's end
-    (beginning with :data:`EPOCH_NEWS`) and the run's other news (those of a generate run's
-    judge beginning with ``"classifier: "``).
+    ``metrics.json`` is missing or an earlier call's (stopped after its last checkpoint) gets
+    its end written (``end_written``), else nothing is. If an epoch ends with a NaN or infinite
+    training loss, weight, test loss (test MSE) or validation loss (MSE), the model is rolled
+    back to the last good epoch and :class:`TrainingDiverged` is raised; the checkpoint on disk
+    is that last good epoch's. With ``config.patience`` the run ends (``log``: a line beginning
+    with :data:`EARLY_STOP_NEWS`) after the epoch that makes ``patience`` epochs without a lower
+    validation figure; its model is that epoch's, and the metrics name the best epoch
+    (``best_epoch``), with its test figures (:data:`BEST_TEST_FIGURES`, ``best_`` before each:
+    those of ``best.npz``). A resume of such a run trains nothing more: its history decides, as
+    it did. The metrics' ``wall_seconds`` is this call's time (data, training, evaluation, a
+    generate run's judge), where ``train_seconds`` adds up the epochs of every call that trained
+    the run. A generate run's judge saved in ``out_dir/classifier`` by an earlier call is used
+    (or resumed, if cut short) where it is of the recipe the run asks for. A run that ends
+    having learnt nothing (a classifier no better than always answering the test split's
+    commonest class, a generator no better than copying the row above) warns (UserWarning),
+    naming ``out_dir`` (a judge: ``"classifier: "``) and what to try. ``progress`` shows a tqdm
+    bar over the run's optimizer steps (None: when stderr is a terminal); ``log``, a callable
+    taking one str, receives a line at each epoch's end (beginning with :data:`EPOCH_NEWS`) and
+    the run's other news (those of a generate run's judge beginning with ``"classifier: "``).
 
     ``data``, an :class:`ImageDataset` (checked first, by
     :func:`rnncu.data.check_dataset`), is trained on instead of loading ``config.dataset``,
@@ -1065,6 +1064,9 @@ def _train(
                     _write_json(out / "config.json", config.to_dict())
                     replacing = False
                 save_checkpoint(out / "checkpoint.npz", good_arrays, run.meta())
+                # after the checkpoint, whose history it shows: a run followed while it trains,
+                # or stopped mid-way, has its table up to its last checkpoint
+                atomic_write_text(out / HISTORY_NAME, history_csv(run.history))
                 if run.best_epoch() == run.epoch:
                     save_checkpoint(out / BEST_NAME, good_arrays, run.meta())
                 elif resumed is not None and run.epoch == start_epoch + 1:

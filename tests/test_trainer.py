@@ -320,16 +320,21 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_config(
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
     run(tmp_path / "made" / "run", 5, MemoryError)
     assert not (tmp_path / "made").exists()
-    # after the first epoch's checkpoint, the config stays with it
+    # after the first epoch's checkpoint, the config stays with it, and the history's table
+    # shows that checkpoint's epoch
     run(tmp_path / "kept", 22 + 5, KeyboardInterrupt)
-    assert sorted(os.listdir(tmp_path / "kept")) == ["checkpoint.npz", "config.json"]
+    kept = ["checkpoint.npz", "config.json", "history.csv"]
+    assert sorted(os.listdir(tmp_path / "kept")) == kept
     assert load_checkpoint(tmp_path / "kept")[1]["epoch"] == 1
+    assert (tmp_path / "kept" / "history.csv").read_text() == history_csv(
+        load_checkpoint(tmp_path / "kept")[1]["history"]
+    )
     # a resumed run failing in its first epoch: in its own directory both stay, as they were
     config_before = (tmp_path / "kept" / "config.json").read_text()
     fail_at.update(step=5, calls=0, exc=KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         train(small(epochs=3), resume=tmp_path / "kept", data=digits, progress=False)
-    assert sorted(os.listdir(tmp_path / "kept")) == ["checkpoint.npz", "config.json"]
+    assert sorted(os.listdir(tmp_path / "kept")) == kept
     assert (tmp_path / "kept" / "config.json").read_text() == config_before
     # written elsewhere, the new directory keeps nothing and the resumed one is untouched
     run(tmp_path / "elsewhere", 5, KeyboardInterrupt, resume=tmp_path / "kept")
@@ -742,8 +747,8 @@ def test_a_generator_no_better_than_copying_the_row_above_warns(
 
 def test_the_run_s_history_is_also_a_csv_table(tmp_path: Path, digits) -> None:
     """The per-epoch figures lived only in the checkpoint's JSON entry (or ``TrainResult``):
-    ``history.csv``, written with ``metrics.json`` at the run's end, holds a row an epoch
-    that reads back as the history's own numbers, and a resume writes it again, whole."""
+    ``history.csv``, written after each epoch's checkpoint, holds a row an epoch that reads
+    back as the history's own numbers, and a resume writes it again, whole."""
     out = tmp_path / "run"
     config = small(epochs=2, val_fraction=0.1, clip=1.0)
     first = train(config, data=digits, progress=False, out_dir=out, plots=False)
