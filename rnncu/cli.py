@@ -231,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per class, one row of the grid each (default 10)",
     )
     gen.add_argument(
+        "--frame-ms",
+        type=_positive_int,
+        metavar="MS",
+        help="for a .gif of clips: how long each frame shows, in milliseconds, a multiple of "
+        "10 from 20 (default 250)",
+    )
+    gen.add_argument(
         "--complete",
         type=_positive_int,
         metavar="K",
@@ -657,6 +664,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: expected a .png file (or, for clips, a .gif), got {args.out!r}")
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: is a directory, expected a .png or .gif file")
+    if args.frame_ms is not None:
+        if not animate:
+            raise ValueError(
+                f"--frame-ms: times the frames of a .gif of clips, and --out {args.out} is a "
+                "PNG (its frames side by side)"
+            )
+        plots.check_frame_ms(args.frame_ms, "--frame-ms")
     _check_out_dir(args.out, Path(args.out).parent)
     with _blas_limit(args.threads):
         try:
@@ -747,7 +761,8 @@ def _save_samples(
 
     if args.out.lower().endswith(".gif") and frame_shape is not None:
         clips = images.reshape(*images.shape[:2], *frame_shape)
-        plots.save_clip_animation(clips, args.out, ncols=args.per_class, pad=pad)
+        frame_ms = plots.CLIP_FRAME_MS if args.frame_ms is None else args.frame_ms
+        plots.save_clip_animation(clips, args.out, ncols=args.per_class, pad=pad, frame_ms=frame_ms)
     else:
         shown = display_images(images, frame_shape)
         plots.save_image_grid(shown, args.out, ncols=args.per_class, pad=pad)

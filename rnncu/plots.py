@@ -18,8 +18,11 @@ from rnncu.module import check_number
 from rnncu.module import describe_array as _describe
 
 __all__ = [
+    "CLIP_FRAME_MS",
+    "GIF_FRAME_MS",
     "GRID_SCALE",
     "MAX_GRID_PIXELS",
+    "check_frame_ms",
     "grid_columns_within",
     "grid_pixels",
     "image_grid",
@@ -284,6 +287,22 @@ def save_image_grid(
 
 #: How long each frame of :func:`save_clip_animation` shows, in milliseconds.
 CLIP_FRAME_MS = 250
+#: The frame times a GIF can hold, in milliseconds: a multiple of 10 (it keeps hundredths of
+#: a second in 16 bits; Pillow drops the remainder, and under 5 ms writes no delay at all)
+#: and at least 20 (browsers show a frame of 0 or 10 ms for 100 ms, slower than one of 20).
+GIF_FRAME_MS = range(20, 655_351, 10)
+
+
+def check_frame_ms(frame_ms: Any, name: str = "frame_ms") -> int:
+    """``frame_ms`` as an int if a GIF can hold it as a frame's time (:data:`GIF_FRAME_MS`),
+    else an error naming ``name``."""
+    milliseconds = _positive(name, frame_ms)
+    if milliseconds not in GIF_FRAME_MS:
+        raise ValueError(
+            f"{name}: expected a multiple of 10 from 20 to 655350 (a GIF holds hundredths of a "
+            f"second, and browsers slow frames under 20 ms to 100 ms), got {milliseconds}"
+        )
+    return milliseconds
 
 
 def save_clip_animation(
@@ -296,14 +315,15 @@ def save_clip_animation(
 ) -> Path:
     """Write clips (N, T, H, W) in [0, 1] as an animated GIF to ``path`` (a ``.gif`` file),
     looping: its frame t is :func:`image_grid` of every clip's frame t, so each cell plays one
-    clip. Grey levels are 8-bit (GIF's palette holds the 256 greys); identical consecutive
+    clip, each for ``frame_ms`` milliseconds (:data:`GIF_FRAME_MS`: a multiple of 10 from 20
+    on). Grey levels are 8-bit (GIF's palette holds the 256 greys); identical consecutive
     frames are written once for their summed time, as Pillow writes them. Returns the path."""
     gif = _file_path(path, ".gif")
     if not isinstance(clips, np.ndarray) or clips.dtype.kind not in "biuf":
         raise TypeError(f"clips: expected a NumPy array (N, T, H, W), got {_describe(clips)}")
     if clips.ndim != 4 or 0 in clips.shape[:2]:
         raise ValueError(f"clips: expected (N, T, H, W) with N, T >= 1, got shape {clips.shape}")
-    frame_ms = _positive("frame_ms", frame_ms)
+    frame_ms = check_frame_ms(frame_ms)
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment

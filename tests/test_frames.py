@@ -564,12 +564,35 @@ def test_generate_on_clips_draws_and_completes_frames(
     (clips,) = played
     assert clips.shape == (4, 5, 3, 4)
     np.testing.assert_array_equal(display_images(clips.reshape(4, 5, 12), (3, 4)), grids[-1])
+
+    def frame_times(path: Path) -> list[int]:
+        with Image.open(path) as animation:
+            times = []
+            for t in range(animation.n_frames):
+                animation.seek(t)
+                times.append(animation.info["duration"])
+            return times
+
     with Image.open(gif) as animation:
         assert 1 <= animation.n_frames <= 5  # identical frames in a row are written once
         expected = plots.image_grid(clips[:, 0], 2, pad=CLIP_GRID_PAD)
         np.testing.assert_array_equal(
             np.asarray(animation.convert("L")), np.round(expected * 255).astype(np.uint8)
         )
+    assert sum(frame_times(gif)) == 5 * plots.CLIP_FRAME_MS  # a frame merged keeps its time
+    # --frame-ms times the frames; a GIF cannot hold every time, and a PNG has none
+    timed = ["generate", "--checkpoint", str(out), "--per-class", "2", "--frame-ms"]
+    assert main([*timed, "40", "--out", str(tmp_path / "fast.gif")]) == 0
+    assert sum(frame_times(tmp_path / "fast.gif")) == 5 * 40
+    capsys.readouterr()
+    assert main([*timed, "45", "--out", str(tmp_path / "odd.gif")]) == 2
+    assert "--frame-ms: expected a multiple of 10 from 20 to 655350" in capsys.readouterr().err
+    assert main([*timed, "40", "--out", str(tmp_path / "still.png")]) == 2
+    assert (
+        f"--frame-ms: times the frames of a .gif of clips, and --out {tmp_path / 'still.png'} "
+        "is a PNG" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "odd.gif").exists() and not (tmp_path / "still.png").exists()
     # completions too: originals above, as in the PNG
     assert main([*gen[:-1], str(gif), "--complete", "2", "--classes", "1", "--per-class", "3"]) == 0
     assert played[-1].shape == (6, 5, 3, 4)

@@ -12,6 +12,7 @@ pytest.importorskip("matplotlib")
 
 from rnncu.plots import (  # noqa: E402
     CONFUSION_ANNOTATED_CLASSES,
+    GIF_FRAME_MS,
     MAX_GRID_PIXELS,
     grid_columns_within,
     grid_pixels,
@@ -162,6 +163,23 @@ def _history() -> list[dict]:
             ValueError,
             r"frame_ms: expected an integer >= 1",
         ),
+        (
+            # Pillow would write 0.01 s: a GIF keeps hundredths of a second
+            lambda p: save_clip_animation(np.ones((1, 2, 3, 3)), p / "a.gif", frame_ms=125),
+            ValueError,
+            r"frame_ms: expected a multiple of 10 from 20 to 655350 \(a GIF holds hundredths of "
+            r"a second, and browsers slow frames under 20 ms to 100 ms\), got 125",
+        ),
+        (
+            lambda p: save_clip_animation(np.ones((1, 2, 3, 3)), p / "a.gif", frame_ms=10),
+            ValueError,
+            r"frame_ms: expected a multiple of 10 from 20 .*, got 10",
+        ),
+        (
+            lambda p: save_clip_animation(np.ones((1, 2, 3, 3)), p / "a.gif", frame_ms=655360),
+            ValueError,
+            r"frame_ms: expected a multiple of 10 from 20 to 655350 .*, got 655360",
+        ),
     ],
 )
 def test_plots_name_their_bad_arguments(tmp_path: Path, call, error, message) -> None:
@@ -253,3 +271,8 @@ def test_a_clip_animation_plays_each_clip_in_its_cell(
             assert animation.info["duration"] == 120
             expected = np.round(image_grid(clips[:, t], 3, scale=2) * 255).astype(np.uint8)
             np.testing.assert_array_equal(np.asarray(animation.convert("L")), expected)
+    # the shortest and longest times a GIF holds
+    for frame_ms in (GIF_FRAME_MS[0], GIF_FRAME_MS[-1]):
+        save_clip_animation(clips, tmp_path / "timed.gif", frame_ms=frame_ms)
+        with Image.open(tmp_path / "timed.gif") as animation:
+            assert animation.n_frames == 4 and animation.info["duration"] == frame_ms
