@@ -14,6 +14,7 @@ trainer reads them, once per epoch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -38,7 +39,9 @@ __all__ = [
     "RowGenerator",
     "SequenceClassifier",
     "build_model",
+    "class_log_loss",
     "class_posterior",
+    "fit_noise_variance",
     "generator_inputs",
 ]
 
@@ -403,8 +406,9 @@ class RowGenerator(_TaskModel):
         posterior of a uniform prior over ``classes`` (None: all; the rest get 0) when each
         pixel is the model's prediction plus Gaussian noise of variance ``noise_variance``
         (the training MSE is its maximum-likelihood estimate), i.e. the softmax of
-        ``-T*W*class_mse / (2 * noise_variance)``. Pixels are not independent, so these
-        probabilities are overconfident; their argmax is :meth:`predict`'s."""
+        ``-T*W*class_mse / (2 * noise_variance)``. Pixels are not independent, so under the
+        training MSE these probabilities are overconfident: :func:`fit_noise_variance` fits
+        the variance on held-out images. Their argmax is :meth:`predict`'s."""
         variance = check_number(
             "predict_proba: noise_variance", noise_variance, low=0.0, low_open=True, high_open=True
         )
@@ -516,36 +520,138 @@ class RowGenerator(_TaskModel):
         return np.ascontiguousarray(self.backend.to_numpy(images).transpose(1, 0, 2))
 
 
-def class_posterior(errors: np.ndarray, pixels: int, noise_variance: float) -> np.ndarray:
-    """Class probabilities (N, C) float64 from a generator's :meth:`RowGenerator.class_mse`
-    ``errors`` (N, C) over images of ``pixels`` pixels: the softmax of ``-pixels * errors /
-    (2 * noise_variance)`` (a Gaussian likelihood per pixel, a uniform prior over the classes
-    whose error is finite)."""
+def _check_class_errors(caller: str, errors: Any) -> np.ndarray:
+    """:meth:`RowGenerator.class_mse`'s ``errors`` (N, C) as float64, checked: numbers, inf
+    for a class left out, a finite one in every row."""
     try:
         table: np.ndarray | None = np.asarray(errors, dtype=np.float64)
     except (TypeError, ValueError):
         table = None
     if table is None or table.ndim != 2 or 0 in table.shape:
         raise ValueError(
-            f"class_posterior: errors: expected a non-empty (N, C) array of per-class "
-            f"errors, got {describe_array(errors)}"
+            f"{caller}: errors: expected a non-empty (N, C) array of per-class errors, got "
+            f"{describe_array(errors)}"
         )
-    errors = table
-    if np.isnan(errors).any() or not np.isfinite(errors).any(axis=1).all():
+    if np.isnan(table).any() or not np.isfinite(table).any(axis=1).all():
         raise ValueError(
-            "class_posterior: errors: expected numbers with a finite one in every row (inf: a "
-            "class left out), got NaN or a row of infinities"
+            f"{caller}: errors: expected numbers with a finite one in every row (inf: a class "
+            "left out), got NaN or a row of infinities"
         )
+    return table
+
+
+def class_log_loss(errors: np.ndarray, labels: Any, pixels: int, noise_variance: float) -> float:
+    """The mean negative log-probability that :func:`class_posterior` gives ``labels`` (N,),
+    computed from the scores (a log-sum-exp), so that a confident mistake costs its score
+    instead of an infinity from a probability that underflowed to 0. A label whose class was
+    left out (inf error) has probability 0: refused."""
+    errors = _check_class_errors("class_log_loss", errors)
+    labels = _check_labels_of("class_log_loss", errors, labels)
+    pixels = check_positive_int("class_log_loss: pixels", pixels)
+    variance = check_number(
+        "class_log_loss: noise_variance", noise_variance, low=0.0, low_open=True, high_open=True
+    )
+    return _mean_log_loss(_excess(errors), labels, _factor(pixels, variance))
+
+
+def fit_noise_variance(errors: np.ndarray, labels: Any, pixels: int) -> float | None:
+    """The noise variance under which :func:`class_posterior` gives ``labels`` (N,) the least
+    mean negative log-probability (:func:`class_log_loss`): the temperature of a generator's
+    recognition, fitted on images it was not trained on (the training MSE, taken as the
+    variance, makes the posterior overconfident, for neighbouring pixels' errors are not
+    independent). None where no finite positive variance is best: every image's own class
+    has the least error (a smaller variance always does better), or the errors favour the
+    labels' classes no more than the others on average (the uniform posterior, an infinite
+    variance, does best). Labels of classes left out (inf error) are refused.
+
+    The loss is convex in ``b = pixels / (2 variance)``, its slope the mean over the images
+    of the own class's excess error less the posterior's mean excess error, rising in ``b``:
+    its root is bracketed by doubling and found by bisection of log ``b``."""
+    errors = _check_class_errors("fit_noise_variance", errors)
+    labels = _check_labels_of("fit_noise_variance", errors, labels)
+    pixels = check_positive_int("fit_noise_variance: pixels", pixels)
+    excess = _excess(errors)
+    own = excess[np.arange(len(labels)), labels]
+    finite = np.isfinite(excess)
+    counted = np.where(finite, excess, 0.0)  # a class left out has probability 0
+    uniform_mean = counted.sum(axis=1) / finite.sum(axis=1)
+    if not own.any() or np.mean(own - uniform_mean) >= 0:
+        return None
+
+    def slope(b: float) -> float:
+        probabilities = np.exp(-_scores(excess, b))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        expected = (counted * probabilities).sum(axis=1)
+        return float(np.mean(own - expected))
+
+    positive = excess[finite & (excess > 0)]
+    low = high = 1.0 / float(np.median(positive))
+    while slope(low) >= 0:
+        low /= 2.0
+    while slope(high) < 0:
+        high *= 2.0
+    for _ in range(100):  # halvings of log(high / low): far below float64's precision
+        middle = math.sqrt(low * high)
+        if slope(middle) < 0:
+            low = middle
+        else:
+            high = middle
+    return pixels / (2.0 * math.sqrt(low * high))
+
+
+def _check_labels_of(caller: str, errors: np.ndarray, labels: Any) -> np.ndarray:
+    """``labels`` (N,), one of ``errors``' C classes per row, each with a finite error."""
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"{caller}: labels: expected a NumPy array, got {type(labels).__name__}")
+    check_class_labels(f"{caller}: labels", labels, errors.shape[0], errors.shape[1])
+    left_out = ~np.isfinite(errors[np.arange(len(labels)), labels])
+    if left_out.any():
+        raise ValueError(
+            f"{caller}: labels: class {int(labels[left_out][0])} was left out (inf error): it "
+            "has probability 0"
+        )
+    return labels
+
+
+def _excess(errors: np.ndarray) -> np.ndarray:
+    # each class's error above the row's least: the likeliest class scores 0 exactly, and the
+    # others' scores only underflow (exp 0), never overflow to -inf - -inf (NaN)
+    excess: np.ndarray = errors - errors.min(axis=1, keepdims=True)
+    return excess
+
+
+def _factor(pixels: int, variance: float) -> float:
+    """The scores' factor ``pixels / (2 variance)``: inf where the variance is so small it
+    overflows (a posterior all on the likeliest class), without a warning."""
+    with np.errstate(over="ignore"):
+        return float(np.float64(pixels) / (2.0 * np.float64(variance)))
+
+
+def _scores(excess: np.ndarray, factor: float) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores: np.ndarray = excess * np.float64(factor)
+    scores[excess == 0] = 0.0  # 0 * inf, where the variance is so small its factor overflows
+    return scores
+
+
+def _mean_log_loss(excess: np.ndarray, labels: np.ndarray, factor: float) -> float:
+    scores = _scores(excess, factor)
+    own = scores[np.arange(len(labels)), labels]
+    # log sum exp(-scores): the least score is 0, so the sum is at least 1
+    return float(np.mean(own + np.log(np.exp(-scores).sum(axis=1))))
+
+
+def class_posterior(errors: np.ndarray, pixels: int, noise_variance: float) -> np.ndarray:
+    """Class probabilities (N, C) float64 from a generator's :meth:`RowGenerator.class_mse`
+    ``errors`` (N, C) over images of ``pixels`` pixels: the softmax of ``-pixels * errors /
+    (2 * noise_variance)`` (a Gaussian likelihood per pixel, a uniform prior over the classes
+    whose error is finite)."""
+    errors = _check_class_errors("class_posterior", errors)
     pixels = check_positive_int("class_posterior: pixels", pixels)
     variance = check_number(
         "class_posterior: noise_variance", noise_variance, low=0.0, low_open=True, high_open=True
     )
-    # each class's error above the row's least: the likeliest class scores 0 exactly, and the
-    # others' scores only underflow (exp 0), never overflow to -inf - -inf (NaN)
-    excess = errors - errors.min(axis=1, keepdims=True)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scores = excess * (np.float64(pixels) / (2.0 * np.float64(variance)))
-    scores[excess == 0] = 0.0  # 0 * inf, where the variance is so small its factor overflows
+    scores = _scores(_excess(errors), _factor(pixels, variance))
     probabilities: np.ndarray = np.exp(-scores)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     return probabilities

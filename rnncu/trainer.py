@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,15 @@ from rnncu.optim import (
     make_optimizer,
     make_schedule,
 )
-from rnncu.tasks import TASKS, RowGenerator, SequenceClassifier, build_model, class_posterior
+from rnncu.tasks import (
+    TASKS,
+    RowGenerator,
+    SequenceClassifier,
+    build_model,
+    class_log_loss,
+    class_posterior,
+    fit_noise_variance,
+)
 
 __all__ = [
     "RECIPES",
@@ -615,7 +623,26 @@ class _Run:
         figures = {"test_mse": res["mse"], "baseline_mse": res["baseline_mse"]}
         if self.x_val is not None:
             figures["val_mse"] = self.model.evaluate(self.x_val, self.y_val)["mse"]
+            if math.isfinite(figures["val_mse"]):  # else the run has diverged, and stops
+                figures.update(self._fit_recognition())
         return figures
+
+    def _fit_recognition(self) -> dict[str, float]:
+        """A generator's ``recognition_variance``: the noise variance of its recognition
+        fitted on (the first :data:`RECOGNITION_FIT_IMAGES` of) the validation split, a random
+        draw (:func:`rnncu.tasks.fit_noise_variance`); nothing where no finite one fits (every
+        image recognised, or none better than chance)."""
+        assert isinstance(self.model, RowGenerator) and self.x_val is not None
+        rows = self.x_val[:, :RECOGNITION_FIT_IMAGES]
+        labels = self.backend.to_numpy(self.y_val[:RECOGNITION_FIT_IMAGES])
+        errors = self.model.class_mse(rows, self.trained_classes)
+        # a class the checkpoint never trained (a run resumed on other images) has no error
+        known = np.isin(labels, self.trained_classes)
+        if not known.any() or not np.isfinite(errors[:, self.trained_classes]).all():
+            return {}
+        pixels = rows.shape[0] * rows.shape[2]
+        variance = fit_noise_variance(errors[known], labels[known], pixels)
+        return {} if variance is None else {"recognition_variance": variance}
 
     @property
     def monitored(self) -> str:
@@ -724,8 +751,8 @@ HISTORY_NAME = "history.csv"
 #: The columns of :func:`history_csv` in this order where a record has them; others follow,
 #: sorted.
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "val_mse", "test_loss", "test_accuracy", "test_mse", "baseline_mse",
-                   "grad_norm", "grad_norm_max", "clipped")  # fmt: skip
+                   "val_mse", "recognition_variance", "test_loss", "test_accuracy", "test_mse",
+                   "baseline_mse", "grad_norm", "grad_norm_max", "clipped")  # fmt: skip
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:
@@ -1294,6 +1321,21 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
     return f"{EPOCH_NEWS}{record['epoch']}/{epochs}: {figures}"
 
 
+#: The validation images (at most) on which a generate run fits its recognition's noise
+#: variance each epoch: C forward passes over each, where training takes about three over
+#: each training image; a few hundred fix the one number well.
+RECOGNITION_FIT_IMAGES = 1000
+
+
+def recognition_variance(record: Mapping[str, Any]) -> float | None:
+    """The noise variance a generate run's recognition takes from an epoch's ``record``: the
+    one fitted on its validation split (``recognition_variance``), else its training MSE
+    (``train_loss``, overconfident: pixels' errors are not independent); None where neither
+    is recorded."""
+    value = record.get("recognition_variance", record.get("train_loss"))
+    return None if value is None else float(value)
+
+
 #: The test figures of the best epoch (``best_`` and these, in the metrics) by task
 BEST_TEST_FIGURES = {"classify": ("test_accuracy", "test_loss"), "generate": ("test_mse",)}
 
@@ -1349,8 +1391,27 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         )
         # the generator as a classifier: the class under which it predicts a test image best
         # among the classes it was trained on (a saved run's, whatever images it evaluates)
-        recognised = run.model.predict(run.x_test, run.trained_classes)
+        errors = run.model.class_mse(run.x_test, run.trained_classes)
+        recognised = errors.argmin(axis=1)
         metrics["test_recognition_accuracy"] = float(np.mean(recognised == run.data.y_test))
+        variance = recognition_variance(run.history[-1]) if run.history else None
+        metrics["recognition_variance"] = variance
+        # how well its probabilities are calibrated, on the test images of trained classes
+        # (the others have probability 0); None where none is or a figure is not finite
+        trained = np.isin(run.data.y_test, run.trained_classes)
+        metrics["test_recognition_log_loss"] = None
+        if (
+            variance is not None
+            and variance > 0
+            and trained.any()
+            and np.isfinite(errors[trained][:, run.trained_classes]).all()
+        ):
+            metrics["test_recognition_log_loss"] = class_log_loss(
+                errors[trained],
+                run.data.y_test[trained],
+                run.x_test.shape[0] * run.x_test.shape[2],
+                variance,
+            )
         if run.x_val is not None:
             metrics["val_mse"] = evaluation["val_mse"]
     return metrics
@@ -1943,12 +2004,15 @@ class SavedModel:
     file: Path
     #: the classes its training labels held (a checkpoint older than this field: all)
     trained_classes: tuple[int, ...] = ()
-    #: the training loss of the checkpoint's epoch (a generate run's: the per-pixel MSE, its
-    #: estimate of the noise variance when it recognises images); None where unrecorded
+    #: the training loss of the checkpoint's epoch (a generate run's: the per-pixel MSE);
+    #: None where unrecorded
     train_loss: float | None = None
     #: where its training images hold their ink (:func:`rnncu.data.frame_images`); None for
     #: clips and for checkpoints older than this field
     framing: Framing | None = None
+    #: the noise variance of a generate run's recognition, from the checkpoint's epoch
+    #: (:func:`recognition_variance`: fitted on the validation split, else the training MSE)
+    noise_variance: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -1990,6 +2054,7 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
     epoch = meta.get("epoch")
     records = [r for r in meta.get("history", []) if r["epoch"] == epoch]
     train_loss = float(records[-1]["train_loss"]) if records else None
+    variance = recognition_variance(records[-1]) if records else None
     saved_framing = data.get("framing")
     framing = None
     if saved_framing is not None:
@@ -1999,7 +2064,9 @@ def load_model(path: str | Path, backend: str | None = None) -> SavedModel:
             (float(center[0]), float(center[1])),
             float(saved_framing["peak"]),
         )
-    return SavedModel(model, config, image_shape, frame_shape, file, trained, train_loss, framing)
+    return SavedModel(
+        model, config, image_shape, frame_shape, file, trained, train_loss, framing, variance
+    )
 
 
 def predict_images(
@@ -2018,9 +2085,11 @@ def predict_images(
     run recognises an image by the class under which it predicts the image's rows best:
     ``mse`` (N, C) is each image's next-row MSE under each class the run trained on (inf for
     the others, :meth:`rnncu.tasks.RowGenerator.class_mse`), ``classes`` its argmin, and
-    ``probabilities`` the posterior of a Gaussian noise per pixel whose variance is the
-    training MSE the checkpoint's epoch recorded (:func:`rnncu.tasks.class_posterior`;
-    overconfident, as pixels are not independent).
+    ``probabilities`` the posterior of a Gaussian noise per pixel
+    (:func:`rnncu.tasks.class_posterior`) whose variance the checkpoint's epoch recorded
+    (:attr:`SavedModel.noise_variance`): fitted on the run's validation split, or without
+    one the training MSE (overconfident, as neighbouring pixels' errors are not
+    independent).
 
     Files are read by :func:`rnncu.data.read_images`, which also resizes. ``backend`` (None:
     the saved one) is for a ``path``; a :class:`SavedModel` is on the backend it was loaded
@@ -2032,13 +2101,14 @@ def predict_images(
             "load_model(path, backend=...) chooses it"
         )
     saved = path if isinstance(path, SavedModel) else load_model(path, backend)
-    variance = saved.train_loss
+    variance = saved.noise_variance
     if isinstance(saved.model, RowGenerator) and not (
         variance is not None and math.isfinite(variance) and variance > 0
     ):
         raise ValueError(
-            f"{saved.file}: records no positive training MSE for its epoch, which a generate "
-            f"run's recognition takes as its noise variance (got {variance})"
+            f"{saved.file}: records no positive noise variance for its epoch (fitted on a "
+            f"validation split, else the training MSE), which a generate run's recognition "
+            f"takes (got {variance})"
         )
     if not isinstance(images, np.ndarray):
         raise TypeError(f"images: expected a NumPy array, got {type(images).__name__}")

@@ -20,7 +20,7 @@ from saved_runs import resave_checkpoint
 from rnncu.checkpoint import CheckpointError, load_checkpoint
 from rnncu.cli import main
 from rnncu.data import ImageDataset, load_dataset, load_digits, to_sequences
-from rnncu.tasks import RowGenerator, class_posterior
+from rnncu.tasks import RowGenerator, class_log_loss, class_posterior, fit_noise_variance
 from rnncu.trainer import (
     evaluate_run,
     load_model,
@@ -134,6 +134,105 @@ def test_the_posterior_is_a_gaussian_likelihood_s(rng: np.random.Generator) -> N
     np.testing.assert_array_equal(sharp, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+def gaussian_class_errors(
+    rng: np.random.Generator, n: int, pixels: int, variance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images drawn as their class's mean plus a Gaussian noise of ``variance`` on each of
+    ``pixels`` independent pixels, and each image's MSE from each class's mean: the model
+    class_posterior assumes, so its posterior at ``variance`` is the exact Bayes posterior."""
+    means = rng.uniform(0, 1, (5, pixels))
+    labels = rng.integers(0, 5, n)
+    images = means[labels] + rng.normal(0, math.sqrt(variance), (n, pixels))
+    errors = ((images[:, None, :] - means[None]) ** 2).mean(axis=2)
+    return errors, labels
+
+
+def test_the_fitted_noise_variance_is_the_one_of_least_log_loss(rng: np.random.Generator) -> None:
+    """Where the Gaussian model holds, the variance of least log-loss is the noise's own (to
+    sampling error); it is the minimum of class_log_loss, the posterior's mean negative
+    log-probability of the labels."""
+    true_variance = float(rng.uniform(0.5, 2.0))
+    errors, labels = gaussian_class_errors(rng, 4000, 16, true_variance)
+    fitted = fit_noise_variance(errors, labels, 16)
+    assert fitted is not None and abs(fitted / true_variance - 1) < 0.1
+    best = class_log_loss(errors, labels, 16, fitted)
+    for factor in (0.99, 1.01, 0.5, 2.0):
+        assert class_log_loss(errors, labels, 16, fitted * factor) > best
+    grid = np.geomspace(fitted / 4, fitted * 4, 801)
+    losses = [class_log_loss(errors, labels, 16, v) for v in grid]
+    assert abs(grid[int(np.argmin(losses))] / fitted - 1) < 0.01
+    # the loss written out from the posterior
+    posterior = class_posterior(errors, 16, fitted)
+    expected = -np.mean(np.log(posterior[np.arange(4000), labels]))
+    assert best == pytest.approx(expected, rel=1e-12)
+    # pixels that are not independent (each repeated 4 times, errors unchanged): the training
+    # MSE's variance counts 64 pixels where 16 carry the information, and the fit takes four
+    # times the variance for it
+    assert fit_noise_variance(errors, labels, 64) == pytest.approx(4 * fitted, rel=1e-9)
+
+
+def test_no_finite_noise_variance_fits_where_every_image_is_right_or_none_better_than_chance(
+    rng: np.random.Generator,
+) -> None:
+    errors = rng.uniform(1.0, 2.0, (50, 4))
+    labels = errors.argmin(axis=1)
+    assert fit_noise_variance(errors, labels, 64) is None  # all right: the smaller the better
+    worst = errors.argmax(axis=1)
+    assert fit_noise_variance(errors, worst, 64) is None  # all wrong: the uniform is best
+    tied = errors.copy()
+    tied[:, 0] = tied.min(axis=1)  # the own class tied for least: still no finite fit
+    assert fit_noise_variance(tied, np.zeros(50, np.int64), 64) is None
+    # one mistake among many right: a finite fit, and classes left out (inf) are skipped
+    labels[0] = worst[0]
+    errors[:, 3] = np.inf
+    labels[labels == 3] = 2
+    mixed = errors.copy()
+    mixed[labels == 2, 2] = mixed[labels == 2, :3].min(axis=1)
+    fitted = fit_noise_variance(mixed, labels, 64)
+    assert fitted is not None and fitted > 0
+    loss = class_log_loss(mixed, labels, 64, fitted)
+    assert loss < class_log_loss(mixed, labels, 64, fitted * 1.01)
+    assert loss < class_log_loss(mixed, labels, 64, fitted / 1.01)
+
+
+def test_a_confident_mistake_costs_its_score_not_an_infinity() -> None:
+    """The posterior of the right class underflows to 0; its log-loss is computed from the
+    scores: the excess error times pixels / (2 var)."""
+    errors = np.array([[0.0, 10.0], [0.0, 10.0]])
+    assert class_posterior(errors, 64, 1e-3)[1, 1] == 0.0
+    loss = class_log_loss(errors, np.array([0, 1]), 64, 1e-3)
+    assert loss == pytest.approx((0.0 + 10.0 * 64 / 2e-3) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda e: fit_noise_variance(e, [0, 1], 64), TypeError,
+         r"fit_noise_variance: labels: expected a NumPy array, got list"),
+        (lambda e: fit_noise_variance(e, np.array([0]), 64), ValueError,
+         r"fit_noise_variance: labels: expected labels of shape \(2,\), got \(1,\)"),
+        (lambda e: fit_noise_variance(e, np.array([0, 3]), 64), ValueError,
+         r"fit_noise_variance: labels: expected class indices in \[0, 3\)"),
+        (lambda e: fit_noise_variance(e, np.array([0, 2]), 64), ValueError,
+         r"fit_noise_variance: labels: class 2 was left out \(inf error\)"),
+        (lambda e: fit_noise_variance(e, np.array([0.0, 1.0]), 64), TypeError,
+         r"fit_noise_variance: labels: expected integer class indices"),
+        (lambda e: fit_noise_variance(e[:, :0], np.array([0, 1]), 64), ValueError,
+         r"fit_noise_variance: errors: expected a non-empty \(N, C\) array"),
+        (lambda e: fit_noise_variance(e, np.array([0, 1]), 0), ValueError,
+         r"fit_noise_variance: pixels: expected"),
+        (lambda e: class_log_loss(e, np.array([0, 1]), 64, 0.0), ValueError,
+         r"class_log_loss: noise_variance: expected a number in \(0, "),
+        (lambda e: class_log_loss(e * np.nan, np.array([0, 1]), 64, 1.0), ValueError,
+         r"class_log_loss: errors: expected numbers with a finite one in every row"),
+    ],
+)  # fmt: skip
+def test_the_fit_s_bad_arguments_are_named(call, error, message) -> None:
+    errors = np.array([[0.1, 0.2, np.inf], [0.3, 0.1, np.inf]])
+    with pytest.raises(error, match="^" + message):
+        call(errors)
+
+
 def test_the_posterior_of_errors_far_apart_or_a_tiny_variance_is_no_nan() -> None:
     """Errors times pixels / (2 var) past float64's range: the likeliest class still gets 1
     (it was NaN for every class, -inf - -inf)."""
@@ -245,6 +344,13 @@ def test_the_run_reports_how_well_its_generator_recognises(
     metrics = json.loads((gen_dir / "metrics.json").read_text())
     assert metrics["test_recognition_accuracy"] == expected
     assert evaluate_run(gen_dir)["test_recognition_accuracy"] == expected
+    # without a validation split, its probabilities take the training MSE as the variance
+    variance = run.history[-1]["train_loss"]
+    assert metrics["recognition_variance"] == variance
+    errors = run.model.class_mse(run.x_test)
+    assert metrics["test_recognition_log_loss"] == pytest.approx(
+        class_log_loss(errors, digits.y_test, 64, variance), rel=1e-12
+    )
     # four small epochs: below the recipe's 0.96, far above chance (0.1, sd 0.014 on 450)
     assert expected > 0.5
 
@@ -257,7 +363,8 @@ def test_predict_images_of_a_generate_run(
     saved = load_model(gen_dir)
     assert saved.trained_classes == tuple(range(10))
     last = [r for r in meta["history"] if r["epoch"] == meta["epoch"]][0]
-    assert saved.train_loss == last["train_loss"]
+    assert saved.train_loss == saved.noise_variance == last["train_loss"]  # no validation split
+    assert "recognition_variance" not in last
     result = predict_images(saved, digits.x_test)
     x = to_sequences(digits.x_test, "rows")
     errors = saved.model.class_mse(x)
@@ -270,6 +377,43 @@ def test_predict_images_of_a_generate_run(
     resave_checkpoint(gen_dir, tmp_path / "second.npz", lambda _, meta: meta.update(epoch=2))
     second = [r for r in meta["history"] if r["epoch"] == 2][0]["train_loss"]
     assert load_model(tmp_path / "second.npz").train_loss == second != saved.train_loss
+    assert load_model(tmp_path / "second.npz").noise_variance == second
+
+
+def test_a_run_with_a_validation_split_fits_its_recognition_s_variance(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each epoch records the noise variance that fits the validation images best (the first
+    RECOGNITION_FIT_IMAGES of them: 20 here), which predict_images then takes, and the
+    metrics give it with the test split's log-loss under it; without a split, the training
+    MSE (test_predict_images_of_a_generate_run)."""
+    from rnncu import trainer
+
+    monkeypatch.setattr(trainer, "RECOGNITION_FIT_IMAGES", 20)
+    out = tmp_path / "val"
+    config = make_config(**small(epochs=3, lr=0.05, val_fraction=0.2))
+    result = train(config, data=digits, progress=False, out_dir=out, plots=False)
+    assert all("recognition_variance" in record for record in result.history)
+    run, _ = load_run(out)
+    rows = run.x_val[:, :20]
+    errors = run.model.class_mse(rows)
+    labels = run.y_val[:20]
+    fitted = fit_noise_variance(errors, labels, 64)
+    last = result.history[-1]
+    assert fitted == last["recognition_variance"] != last["train_loss"]
+    assert result.metrics["recognition_variance"] == fitted
+    test_errors = run.model.class_mse(run.x_test)
+    assert result.metrics["test_recognition_log_loss"] == pytest.approx(
+        class_log_loss(test_errors, digits.y_test, 64, fitted), rel=1e-12
+    )
+    assert load_model(out).noise_variance == fitted
+    predicted = predict_images(out, digits.x_test[:30])
+    np.testing.assert_array_equal(
+        predicted["probabilities"], class_posterior(predicted["mse"], 64, fitted)
+    )
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert header.index("recognition_variance") == header.index("val_mse") + 1
+    assert evaluate_run(out)["recognition_variance"] == fitted
 
 
 def test_classes_a_run_never_saw_are_not_guessed(
@@ -351,27 +495,32 @@ def test_a_corrupt_class_list_is_refused(gen_dir: Path, tmp_path: Path, classes:
         load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.parametrize("loss", [None, 0.0])
-def test_a_run_without_a_training_mse_is_named(
+@pytest.mark.parametrize(
+    ("key", "loss"), [("train_loss", None), ("train_loss", 0.0), ("recognition_variance", -1.0)]
+)
+def test_a_run_without_a_noise_variance_is_named(
     gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture,
-    loss: float | None,
+    key: str, loss: float | None,
 ) -> None:  # fmt: skip
+    """The variance comes from the checkpoint's epoch: the one fitted on a validation split
+    (none here: a corrupt one given), else the training MSE (none, or 0)."""
+
     def drop_the_loss(_: object, meta: dict[str, Any]) -> None:
         if loss is None:
             meta["history"] = [r for r in meta["history"] if r["epoch"] != meta["epoch"]]
         else:
-            meta["history"][-1]["train_loss"] = loss
+            meta["history"][-1][key] = loss
 
     resave_checkpoint(gen_dir, tmp_path / "bare.npz", drop_the_loss)
-    with pytest.raises(ValueError, match=r"bare.npz: records no positive training MSE for its "
-                       rf"epoch, which a generate run's recognition takes as its noise variance "
-                       rf"\(got {loss}\)"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"bare.npz: records no positive noise variance for "
+                       r"its epoch \(fitted on a validation split, else the training MSE\), which "
+                       rf"a generate run's recognition takes \(got {loss}\)"):  # fmt: skip
         predict_images(tmp_path / "bare.npz", digits.x_test[:3])
     np.save(tmp_path / "x.npy", digits.x_test[:3])
     assert main(["predict", "--checkpoint", str(tmp_path / "bare.npz"),
                  str(tmp_path / "x.npy")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert err.startswith("rnncu: error: ") and "records no positive training MSE" in err
+    assert err.startswith("rnncu: error: ") and "records no positive noise variance" in err
     assert "\n" not in err
 
 
