@@ -29,6 +29,8 @@ def test_two_epochs_match_numpy(
     if "val_fraction" in fields:
         for backend in ("numpy", "cupy"):
             assert results[backend].metrics["num_val"] == 270, backend
+            if task == "generate":  # fitted on the split, compared by train_on_both_backends
+                assert "recognition_variance" in results[backend].history[-1], backend
 
 
 @pytest.mark.parametrize(
