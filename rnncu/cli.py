@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=_path,
         required=True,
-        help="PNG file to write (for clips: frames side by side), or for clips a GIF that "
-        "plays them",
+        help="PNG file to write (for clips: frames side by side), for clips a GIF that plays "
+        "them, or a .npz of the arrays (x, y: a dataset's form)",
     )
     gen.add_argument(
         "--classes", help="comma-separated classes (default: every class the training labels hold)"
@@ -660,15 +660,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from rnncu.trainer import SAMPLE_NOISE, SavedDatasetNotFound, load_run, sample_images
 
     animate = args.out.lower().endswith(".gif")  # clips only: checked once the run is read
-    if not (animate or args.out.lower().endswith(".png")):
-        raise ValueError(f"--out: expected a .png file (or, for clips, a .gif), got {args.out!r}")
+    arrays = args.out.lower().endswith(".npz")
+    if not (animate or arrays or args.out.lower().endswith(".png")):
+        raise ValueError(
+            f"--out: expected a .png file, a .npz of arrays (or, for clips, a .gif), got "
+            f"{args.out!r}"
+        )
     if os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out}: is a directory, expected a .png or .gif file")
+        raise ValueError(f"--out {args.out}: is a directory, expected a .png, .npz or .gif file")
     if args.frame_ms is not None:
         if not animate:
+            kind = "a .npz of arrays" if arrays else "a PNG (its frames side by side)"
             raise ValueError(
-                f"--frame-ms: times the frames of a .gif of clips, and --out {args.out} is a "
-                "PNG (its frames side by side)"
+                f"--frame-ms: times the frames of a .gif of clips, and --out {args.out} is {kind}"
             )
         plots.check_frame_ms(args.frame_ms, "--frame-ms")
     _check_out_dir(args.out, Path(args.out).parent)
@@ -695,7 +699,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         grid_rows = len(classes) * (2 if args.complete else 1)  # completions: originals above
         shape, pad = run.data.display_shape, run.data.display_pad
         pixels = plots.grid_pixels(grid_rows, args.per_class, shape, pad=pad)
-        if pixels > plots.MAX_GRID_PIXELS:
+        if pixels > plots.MAX_GRID_PIXELS and not arrays:  # arrays are no picture
             fits = plots.grid_columns_within(grid_rows, shape, pad=pad)
             advice = f"at most {fits} here" if fits else "ask for fewer --classes"
             raise ValueError(
@@ -732,6 +736,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             images = run.model.sample(
                 labels, height, top_rows=top, noise=noise, rng=np.random.default_rng([args.seed, 3])
             )
+            if arrays:
+                originals = run.data.x_test[picks].astype(images.dtype)
+                _save_sample_arrays(args.out, images, labels, run.data.frame_shape, originals)
+                print(
+                    f"wrote {len(labels)} completions (x) of the test images x_original, their "
+                    f"first {args.complete} given, for classes {classes} to {args.out}"
+                )
+                return 0
             # per class, a row of originals above the row of their completions (rows padded
             # with blank images where the test split holds fewer than --per-class)
             blank = np.zeros((1, *run.data.image_shape), images.dtype)
@@ -745,10 +757,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             images, labels = sample_images(
                 run.model, run.data.image_shape, classes, args.per_class, args.seed, noise=noise
             )
-            _save_samples(images, run.data.frame_shape, args, pad)
+            if arrays:
+                _save_sample_arrays(args.out, images, labels, run.data.frame_shape)
+            else:
+                _save_samples(images, run.data.frame_shape, args, pad)
     what = "completions (each row of originals above)" if args.complete else run.data.items_name
     print(f"wrote {len(labels)} {what} for classes {classes} to {args.out}")
     return 0
+
+
+def _save_sample_arrays(
+    out: str,
+    images: Any,
+    labels: Any,
+    frame_shape: tuple[int, int] | None,
+    originals: Any = None,
+) -> None:
+    """``generate --out FILE.npz``: ``x`` the images (N, H, W), clips (N, T, h, w), in [0, 1]
+    as the model drew them, and ``y`` their classes (N,): a dataset's form, which ``rnncu
+    train --dataset``, ``evaluate --dataset`` and ``predict`` read; completions add the test
+    images they complete, ``x_original``. Written atomically, without pickles."""
+    import io
+
+    import numpy as np
+
+    from rnncu.checkpoint import atomic_write_bytes
+
+    def shaped(array: Any) -> Any:
+        return array if frame_shape is None else array.reshape(*array.shape[:2], *frame_shape)
+
+    members = {"x": shaped(images), "y": np.asarray(labels, dtype=np.int64)}
+    if originals is not None:
+        members["x_original"] = shaped(originals)
+    buffer = io.BytesIO()
+    # numeric arrays: nothing is pickled (and NumPy 1.x would store allow_pickle= as an array)
+    np.savez_compressed(buffer, **members)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def _save_samples(

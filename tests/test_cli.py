@@ -772,6 +772,56 @@ def test_generate_takes_its_seed_noise_and_per_class(
     assert not np.array_equal(mean, one)
 
 
+def test_generate_writes_its_images_as_a_dataset_s_arrays(
+    tiny_generate_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """``--out FILE.npz``: the images the PNG shows, as arrays x (N, H, W) and y (N,), which
+    a dataset reads back; completions add the test images they complete, x_original. Arrays
+    are no picture: a count past the grid's bound is written."""
+    from rnncu.data import load_npz
+
+    grids: list[np.ndarray] = []
+    monkeypatch.setattr(plots, "save_image_grid", lambda images, *a, **k: grids.append(images))
+    base = ["generate", "--checkpoint", str(tiny_generate_run), "--classes", "7,2"]
+    base += ["--per-class", "3", "--seed", "4"]
+    assert main([*base, "--out", str(tmp_path / "g.png")]) == 0
+    assert main([*base, "--out", str(tmp_path / "g.npz")]) == 0
+    assert "wrote 6 images for classes [7, 2] to" in capsys.readouterr().out
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as saved:
+        assert sorted(saved.files) == ["x", "y"]
+        np.testing.assert_array_equal(saved["x"], grids[-1])  # the PNG's images, exactly
+        np.testing.assert_array_equal(saved["y"], [7, 7, 7, 2, 2, 2])
+        assert saved["y"].dtype == np.int64 and saved["x"].dtype == np.float32
+    data = load_npz(tmp_path / "g.npz")  # a dataset's form: a stratified split of the six
+    assert (
+        data.image_shape == (8, 8) and sorted(np.r_[data.y_train, data.y_test]) == [2] * 3 + [7] * 3
+    )
+    # completions: the first test images of each class, their top rows kept
+    assert main([*base, "--complete", "3", "--out", str(tmp_path / "c.npz")]) == 0
+    assert "wrote 6 completions (x) of the test images x_original, their first 3 given" in (
+        capsys.readouterr().out
+    )
+    digits = load_digits()
+    picks = np.r_[np.flatnonzero(digits.y_test == 7)[:3], np.flatnonzero(digits.y_test == 2)[:3]]
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as saved:
+        np.testing.assert_array_equal(saved["x_original"], digits.x_test[picks])
+        np.testing.assert_array_equal(saved["y"], digits.y_test[picks])
+        np.testing.assert_array_equal(saved["x"][:, :3], digits.x_test[picks, :3])
+        assert not np.array_equal(saved["x"], saved["x_original"])
+    # no grid: more than an image reader opens is still written
+    monkeypatch.setattr(plots, "MAX_GRID_PIXELS", 3000)
+    assert main([*base, "--out", str(tmp_path / "many.npz")]) == 0
+    with np.load(tmp_path / "many.npz", allow_pickle=False) as saved:
+        assert saved["x"].shape == (6, 8, 8)
+    code = main([*base, "--out", str(tmp_path / "t.npz"), "--frame-ms", "40"])
+    one_line_error(code, capsys, f"--frame-ms: times the frames of a .gif of clips, and --out "
+                   f"{tmp_path / 't.npz'} is a .npz of arrays")  # fmt: skip
+    assert not (tmp_path / "t.npz").exists()
+
+
 def test_generate_complete_takes_the_first_test_images_and_checks_k(
     tiny_generate_run: Path,
     tmp_path: Path,
@@ -1114,9 +1164,13 @@ def test_generate_writes_a_png_or_for_clips_a_gif(
                    "draws images: write a .png")  # fmt: skip
     assert not gif.exists()
     code = main(["generate", "--checkpoint", str(tiny_generate_run), "--out", "x.jpg"])
-    one_line_error(code, capsys, "--out: expected a .png file (or, for clips, a .gif), got 'x.jpg'")
+    one_line_error(
+        code,
+        capsys,
+        "--out: expected a .png file, a .npz of arrays (or, for clips, a .gif), got 'x.jpg'",
+    )
     (tmp_path / "d.gif").mkdir()
     code = main(
         ["generate", "--checkpoint", str(tiny_generate_run), "--out", str(tmp_path / "d.gif")]
     )
-    one_line_error(code, capsys, "is a directory, expected a .png or .gif file")
+    one_line_error(code, capsys, "is a directory, expected a .png, .npz or .gif file")

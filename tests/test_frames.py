@@ -593,6 +593,17 @@ def test_generate_on_clips_draws_and_completes_frames(
         "is a PNG" in capsys.readouterr().err
     )
     assert not (tmp_path / "odd.gif").exists() and not (tmp_path / "still.png").exists()
+    # as arrays: clips (N, T, h, w), the GIF's, which a dataset reads back as clips
+    arrays = tmp_path / "c.npz"
+    assert (
+        main(["generate", "--checkpoint", str(out), "--out", str(arrays), "--per-class", "2"]) == 0
+    )
+    with np.load(arrays, allow_pickle=False) as saved:
+        np.testing.assert_array_equal(saved["x"], clips)
+        np.testing.assert_array_equal(saved["y"], [0, 0, 1, 1])
+    more = ["generate", "--checkpoint", str(out), "--out", str(arrays), "--per-class", "4"]
+    assert main(more) == 0  # enough clips for the stratified split of a dataset without one
+    assert load_npz(arrays).frame_shape == (3, 4)
     # completions too: originals above, as in the PNG
     assert main([*gen[:-1], str(gif), "--complete", "2", "--classes", "1", "--per-class", "3"]) == 0
     assert played[-1].shape == (6, 5, 3, 4)
