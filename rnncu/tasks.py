@@ -15,6 +15,7 @@ trainer reads them, once per epoch.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -562,7 +563,9 @@ def fit_noise_variance(errors: np.ndarray, labels: Any, pixels: int) -> float | 
     independent). None where no finite positive variance is best: every image's own class
     has the least error (a smaller variance always does better), or the errors favour the
     labels' classes no more than the others on average (the uniform posterior, an infinite
-    variance, does best). Labels of classes left out (inf error) are refused.
+    variance, does best), or where the best lies past what float64 holds (a variance that
+    would overflow, or below ``pixels / (2 * float64's largest)``; near chance the rounded
+    slopes can put it there). Labels of classes left out (inf error) are refused.
 
     The loss is convex in ``b = pixels / (2 variance)``, its slope the mean over the images
     of the own class's excess error less the posterior's mean excess error, rising in ``b``:
@@ -584,19 +587,33 @@ def fit_noise_variance(errors: np.ndarray, labels: Any, pixels: int) -> float | 
         expected = (counted * probabilities).sum(axis=1)
         return float(np.mean(own - expected))
 
+    # b is sought in [least, most], where pixels / (2 b) is a finite positive float. The
+    # slopes are rounded: near chance (a mean excess within rounding of the uniform's) every
+    # b can round to a slope >= 0, and an own class's error of a few ulps can leave every b
+    # short of a positive one; the loops stop at those ends (None) instead of halving b to
+    # 0 or doubling it to inf forever
+    most = sys.float_info.max
+    least = pixels / most
     positive = excess[finite & (excess > 0)]
-    low = high = 1.0 / float(np.median(positive))
+    # scores about 1 to start; 1 / a subnormal excess is inf, clipped
+    low = high = min(max(1.0 / float(np.median(positive)), least), most)
     while slope(low) >= 0:
-        low /= 2.0
+        if low == least:
+            return None  # the uniform posterior, to float64's precision
+        low = max(low / 2.0, least)
     while slope(high) < 0:
-        high *= 2.0
+        if high == most:
+            return None  # a variance below pixels / (2 * float64's largest)
+        high = min(high * 2.0, most)
+    # sqrt(low) * sqrt(high): low * high under- or overflows for errors past 1e+154 or 1e-154
     for _ in range(100):  # halvings of log(high / low): far below float64's precision
-        middle = math.sqrt(low * high)
+        middle = math.sqrt(low) * math.sqrt(high)
         if slope(middle) < 0:
             low = middle
         else:
             high = middle
-    return pixels / (2.0 * math.sqrt(low * high))
+    variance = pixels / (2.0 * (math.sqrt(low) * math.sqrt(high)))
+    return variance if 0.0 < variance < math.inf else None
 
 
 def _check_labels_of(caller: str, errors: np.ndarray, labels: Any) -> np.ndarray:

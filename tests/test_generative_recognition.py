@@ -195,6 +195,84 @@ def test_no_finite_noise_variance_fits_where_every_image_is_right_or_none_better
     assert loss < class_log_loss(mixed, labels, 64, fitted / 1.01)
 
 
+def test_the_fit_is_the_loss_s_minimum_written_out() -> None:
+    """Two classes, all labels 0: three ties (log 2 each, whatever b), two right by 1 and
+    one wrong by 1. The mean loss is (3 log(1 + exp(-b)) + b) / 6 plus a constant, least at
+    exp(-b) = 1/2: b = log 2, the variance pixels / (2 log 2). More zeros than not among the
+    excess errors (the ties), and a class left out (inf) beside them, change nothing: the
+    uniform posterior is over the classes with an error."""
+    errors = np.array([[1.0, 1.0]] * 3 + [[1.0, 2.0]] * 2 + [[2.0, 1.0]])
+    labels = np.zeros(6, np.int64)
+    exact = 64 / (2 * math.log(2))
+    assert fit_noise_variance(errors, labels, 64) == pytest.approx(exact, rel=1e-12)
+    left_out = np.concatenate([errors, np.full((6, 1), np.inf)], axis=1)
+    assert fit_noise_variance(left_out, labels, 64) == pytest.approx(exact, rel=1e-12)
+    loss = (3 * math.log(2) + 2 * math.log(1.5) + math.log(2) + math.log(1.5)) / 6
+    assert class_log_loss(left_out, labels, 64, exact) == pytest.approx(loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**-600, 2.0**600], ids=["tiny", "huge"])
+def test_the_fit_scales_with_errors_of_any_size(rng: np.random.Generator, scale: float) -> None:
+    """Errors times a power of two: the variance exactly times it. The bracket's product
+    low * high under- or overflowed past 1e+154 or 1e-154 (a ZeroDivisionError for huge
+    errors, a variance of 0.0 for tiny ones)."""
+    errors = rng.uniform(1.0, 2.0, (40, 4))
+    labels = errors.argmin(axis=1)
+    labels[:10] = errors[:10].argmax(axis=1)
+    fitted = fit_noise_variance(errors, labels, 64)
+    assert fitted is not None
+    assert fit_noise_variance(errors * scale, labels, 64) == fitted * scale
+
+
+def _at_chance(base: list[list[float]], nudge: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``base`` under each label: exactly at chance (the mean slope at b = 0 is
+    0); with ``nudge``, the first image's own error an ulp lower (a hair below 0)."""
+    errors = np.tile(np.array(base), (len(base[0]), 1))
+    labels = np.repeat(np.arange(len(base[0])), len(base))
+    if nudge:
+        errors[0, 0] = np.nextafter(errors[0, 0], -1)
+    return errors, labels
+
+
+@pytest.mark.parametrize(
+    ("errors", "labels"),
+    [
+        # rounded slopes > 0 at b = 0+ where the exact one is 0: a finite variance of 1e17
+        # came of a `> 0` for the `>= 0` that sends exact chance to None
+        _at_chance([[0.7762508383284301, 0.2838218737224989, 0.5413361583199616],
+                    [0.018895037570864193, 0.12642743909442145, 0.5835966249506752],
+                    [0.8927777766845439, 0.39436875032195073, 0.10351425581042195]], False),
+        # the mean slope at b = 0 a hair below 0, but the rounded slopes >= 0 at every b:
+        # the search halved b to 0 and stayed there
+        _at_chance([[0.9504636963259353, 0.14415961271963373, 0.9486494471372439],
+                    [0.31183145201048545, 0.42332644897257565, 0.8277025938204418],
+                    [0.4091991363691613, 0.5495936876730595, 0.027559113243068367]], True),
+        # subnormal errors: 1 / their median is inf, and the best b lies past float64's
+        # largest, where the search started and doubled forever
+        (np.array([[0.0, 1e-320], [1e-320, 0.0], [0.0, 5e-321]]), np.zeros(3, np.int64)),
+    ],
+    ids=["at-chance", "an-ulp-below-chance", "subnormal"],
+)  # fmt: skip
+def test_the_fit_ends_where_float64_cannot_find_a_variance(
+    monkeypatch: pytest.MonkeyPatch, errors: np.ndarray, labels: np.ndarray
+) -> None:
+    """None, in a bounded number of steps, where the best b rounds past float64's range."""
+    from rnncu import tasks
+
+    calls = []
+    scores = tasks._scores
+
+    def counted(excess: np.ndarray, factor: float) -> np.ndarray:
+        calls.append(factor)
+        # float64's exponents span 2,100 doublings: a search past that never ends
+        assert len(calls) < 2500, "the search for the variance does not end"
+        return scores(excess, factor)
+
+    monkeypatch.setattr(tasks, "_scores", counted)
+    assert fit_noise_variance(errors, labels, 64) is None
+    assert all(0 < factor < math.inf for factor in calls)
+
+
 def test_a_confident_mistake_costs_its_score_not_an_infinity() -> None:
     """The posterior of the right class underflows to 0; its log-loss is computed from the
     scores: the excess error times pixels / (2 var)."""
