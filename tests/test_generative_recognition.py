@@ -686,6 +686,39 @@ def test_a_run_recognises_among_the_classes_its_checkpoint_names(
     assert metrics["test_recognition_accuracy"] == three
 
 
+def test_no_test_recognition_log_loss_without_a_variance_or_a_trained_class(
+    gen_dir: Path, digits: ImageDataset, tmp_path: Path
+) -> None:
+    """The metrics leave test_recognition_log_loss out (None) where the checkpoint's epoch
+    records no positive variance (a training MSE of 0), or where no test image is of a class
+    the run was trained on (evaluate --dataset on others: each has probability 0), instead of
+    failing in class_log_loss."""
+    resave_checkpoint(
+        gen_dir, tmp_path / "zero.npz", lambda _, meta: meta["history"][-1].update(train_loss=0.0)
+    )
+    with pytest.warns(UserWarning, match="no classifier that judges the samples"):
+        metrics = evaluate_run(tmp_path / "zero.npz")
+    assert metrics["recognition_variance"] == 0.0
+    assert metrics["test_recognition_log_loss"] is None
+    assert (
+        metrics["test_recognition_accuracy"] == evaluate_run(gen_dir)["test_recognition_accuracy"]
+    )
+    resave_checkpoint(
+        gen_dir,
+        tmp_path / "three.npz",
+        lambda _, meta: meta["data"].update(trained_classes=[1, 4, 6]),
+    )
+    others = ~np.isin(digits.y_test, [1, 4, 6])
+    np.savez(tmp_path / "others.npz", x=digits.x_train, y=digits.y_train,
+             x_test=digits.x_test[others], y_test=digits.y_test[others])  # fmt: skip
+    with pytest.warns(UserWarning, match="no classifier that judges the samples"):
+        metrics = evaluate_run(tmp_path / "three.npz", dataset=str(tmp_path / "others.npz"))
+    assert metrics["test_recognition_accuracy"] == 0.0
+    assert metrics["test_recognition_log_loss"] is None
+    last = load_checkpoint(gen_dir)[1]["history"][-1]
+    assert metrics["recognition_variance"] == last["train_loss"]
+
+
 def test_an_older_run_on_its_own_images_takes_their_classes(
     tmp_path: Path, digits: ImageDataset
 ) -> None:
