@@ -636,7 +636,10 @@ class _Run:
         rows = self.x_val[:, :RECOGNITION_FIT_IMAGES]
         labels = self.backend.to_numpy(self.y_val[:RECOGNITION_FIT_IMAGES])
         errors = self.model.class_mse(rows, self.trained_classes)
-        # a class the checkpoint never trained (a run resumed on other images) has no error
+        # a label without an error (a class left out) would be refused by the fit; none comes
+        # here, as the run's classes hold its training split's, whence the validation split
+        # is drawn (a resumed run adds the new images' before training), but a fit must
+        # never stop training
         known = np.isin(labels, self.trained_classes)
         if not known.any() or not np.isfinite(errors[:, self.trained_classes]).all():
             return {}
