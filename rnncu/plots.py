@@ -317,7 +317,8 @@ def save_clip_animation(
     looping: its frame t is :func:`image_grid` of every clip's frame t, so each cell plays one
     clip, each for ``frame_ms`` milliseconds (:data:`GIF_FRAME_MS`: a multiple of 10 from 20
     on). Grey levels are 8-bit (GIF's palette holds the 256 greys); identical consecutive
-    frames are written once for their summed time, as Pillow writes them. Returns the path."""
+    frames are written once for their summed time, as Pillow writes them (a time that must
+    fit too: ValueError). Returns the path."""
     gif = _file_path(path, ".gif")
     if not isinstance(clips, np.ndarray) or clips.dtype.kind not in "biuf":
         raise TypeError(f"clips: expected a NumPy array (N, T, H, W), got {_describe(clips)}")
@@ -339,6 +340,18 @@ def save_clip_animation(
         )
         for t in range(clips.shape[1])
     ]
+    # Pillow writes a run of identical frames as one frame of their summed time, which must
+    # fit too: past 655350 ms it failed with a bare OverflowError (16 bits of hundredths)
+    longest = run = 1
+    for t in range(1, len(frames)):
+        run = run + 1 if frames[t].tobytes() == frames[t - 1].tobytes() else 1
+        longest = max(longest, run)
+    if longest * frame_ms > GIF_FRAME_MS[-1]:
+        raise ValueError(
+            f"frame_ms: {longest} identical frames in a row show as one frame of "
+            f"{longest * frame_ms} ms, past the {GIF_FRAME_MS[-1]} a GIF holds; expected at most "
+            f"{GIF_FRAME_MS[-1] // longest // 10 * 10}, got {frame_ms}"
+        )
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
                    duration=frame_ms, loop=0)  # fmt: skip

@@ -180,6 +180,14 @@ def _history() -> list[dict]:
             ValueError,
             r"frame_ms: expected a multiple of 10 from 20 to 655350 .*, got 655360",
         ),
+        (
+            # Pillow writes identical frames in a row as one of their summed time: it failed
+            # with a bare OverflowError past 655350 ms
+            lambda p: save_clip_animation(np.ones((1, 3, 3, 3)), p / "a.gif", frame_ms=400000),
+            ValueError,
+            r"frame_ms: 3 identical frames in a row show as one frame of 1200000 ms, past the "
+            r"655350 a GIF holds; expected at most 218450, got 400000",
+        ),
     ],
 )
 def test_plots_name_their_bad_arguments(tmp_path: Path, call, error, message) -> None:
@@ -276,3 +284,8 @@ def test_a_clip_animation_plays_each_clip_in_its_cell(
         save_clip_animation(clips, tmp_path / "timed.gif", frame_ms=frame_ms)
         with Image.open(tmp_path / "timed.gif") as animation:
             assert animation.n_frames == 4 and animation.info["duration"] == frame_ms
+    # identical frames in a row: one frame of their summed time, up to the longest a GIF holds
+    still = np.repeat(clips[:, :1], 3, axis=1)
+    save_clip_animation(still, tmp_path / "still.gif", frame_ms=218450)
+    with Image.open(tmp_path / "still.gif") as animation:
+        assert animation.n_frames == 1 and animation.info["duration"] == 655350
