@@ -631,7 +631,7 @@ class _Run:
         """A generator's ``recognition_variance``: the noise variance of its recognition
         fitted on (the first :data:`RECOGNITION_FIT_IMAGES` of) the validation split, a random
         draw (:func:`rnncu.tasks.fit_noise_variance`); nothing where no finite one fits (every
-        image recognised, or none better than chance)."""
+        image recognised, or their own classes favoured no more than the others on average)."""
         assert isinstance(self.model, RowGenerator) and self.x_val is not None
         rows = self.x_val[:, :RECOGNITION_FIT_IMAGES]
         labels = self.backend.to_numpy(self.y_val[:RECOGNITION_FIT_IMAGES])
