@@ -1409,12 +1409,15 @@ def final_metrics(run: _Run) -> dict[str, Any]:
             and trained.any()
             and np.isfinite(errors[trained][:, run.trained_classes]).all()
         ):
-            metrics["test_recognition_log_loss"] = class_log_loss(
+            loss = class_log_loss(
                 errors[trained],
                 run.data.y_test[trained],
                 run.x_test.shape[0] * run.x_test.shape[2],
                 variance,
             )
+            # a variance so small that pixels / (2 variance) overflows makes a mistake's
+            # score inf, which JSON (metrics.json) cannot hold
+            metrics["test_recognition_log_loss"] = loss if math.isfinite(loss) else None
         if run.x_val is not None:
             metrics["val_mse"] = evaluation["val_mse"]
     return metrics

@@ -703,6 +703,18 @@ def test_no_test_recognition_log_loss_without_a_variance_or_a_trained_class(
     assert (
         metrics["test_recognition_accuracy"] == evaluate_run(gen_dir)["test_recognition_accuracy"]
     )
+    # a variance so small that pixels / (2 variance) overflows: a mistake's score is inf,
+    # which metrics.json cannot hold (the run gets some test images wrong)
+    assert metrics["test_recognition_accuracy"] < 1
+    resave_checkpoint(
+        gen_dir,
+        tmp_path / "tiny.npz",
+        lambda _, meta: meta["history"][-1].update(train_loss=1e-310),
+    )
+    with pytest.warns(UserWarning, match="no classifier that judges the samples"):
+        metrics = evaluate_run(tmp_path / "tiny.npz")
+    assert metrics["recognition_variance"] == 1e-310
+    assert metrics["test_recognition_log_loss"] is None
     resave_checkpoint(
         gen_dir,
         tmp_path / "three.npz",
