@@ -853,20 +853,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # (JSON has no infinity).
     errors = result.get("mse")
     order = -probabilities if errors is None else errors
-    candidates = probabilities.shape[1] if errors is None else int((errors[0] != np.inf).sum())
-    top = min(args.top, candidates)
+    listed = range(probabilities.shape[1]) if errors is None else saved.trained_classes
+    top = min(args.top, len(listed))
 
     def figures(row: int, k: int) -> dict[str, Any]:
-        found = {"class": int(k), "probability": float(probabilities[row, k])}
+        found: dict[str, Any] = {"class": int(k), "probability": float(probabilities[row, k])}
         if errors is not None:
-            found["mse"] = float(errors[row, k])
+            # null where a trained class's error overflowed (broken weights): JSON has no inf
+            mse = float(errors[row, k])
+            found["mse"] = mse if math.isfinite(mse) else None
         return found
 
     records = []
     row = 0
     for name, stack in zip(args.images, stacks, strict=True):
         for index in range(stack.shape[0]):
-            likeliest = np.argsort(order[row], kind="stable")[:top]
+            ranked = np.argsort(order[row], kind="stable")
+            likeliest = ranked[np.isin(ranked, listed)][:top]
             chosen = figures(row, result["classes"][row])
             records.append(
                 {
@@ -891,9 +894,12 @@ def _predictions_table(
     classes last (a generate run's with their errors); what of the files' names ``encoding``
     cannot write escaped."""
 
+    def error(mse: float | None) -> str:
+        return "inf" if mse is None else f"{mse:.4f}"  # None: overflowed (JSON's null)
+
     def likely(found: dict[str, Any]) -> str:
         if generate:
-            return f"{found['class']} ({found['probability']:.4f}, mse {found['mse']:.4f})"
+            return f"{found['class']} ({found['probability']:.4f}, mse {error(found['mse'])})"
         return f"{found['class']} ({found['probability']:.4f})"
 
     header = ["file", "index", "class", "probability", *(["mse"] if generate else []), "top"]
@@ -903,7 +909,7 @@ def _predictions_table(
             str(r["index"]),
             str(r["class"]),
             f"{r['probability']:.4f}",
-            *([f"{r['mse']:.4f}"] if generate else []),
+            *([error(r["mse"])] if generate else []),
             ", ".join(likely(t) for t in r["top"]),
         ]
         for r in records

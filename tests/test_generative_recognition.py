@@ -620,6 +620,38 @@ def test_the_command_line_on_a_generate_run(
         assert second["mse"] == np.sort(expected["mse"][row])[1] >= figures["mse"]
 
 
+def test_a_trained_class_whose_error_overflowed_prints_as_null(
+    gen_dir: Path, tmp_path: Path, digits: ImageDataset, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """An error that overflowed to inf (broken weights) printed as ``Infinity``, which is not
+    JSON: null there, ``inf`` in the table; the --top count is the trained classes', not
+    the finite errors of the first image."""
+    from rnncu import trainer
+
+    real = trainer.predict_images
+
+    def overflowing(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        result = real(*args, **kwargs)
+        result["mse"][0, 9] = np.inf  # class 9 of the first image
+        result["probabilities"][0, 9] = 0.0
+        return result
+
+    monkeypatch.setattr(trainer, "predict_images", overflowing)
+    np.save(tmp_path / "two.npy", digits.x_test[:2])
+    args = ["predict", "--checkpoint", str(gen_dir), str(tmp_path / "two.npy"), "--top", "10"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out
+    records = json.loads(out)["predictions"]
+    assert [len(r["top"]) for r in records] == [10, 10]
+    assert records[0]["top"][-1] == {"class": 9, "probability": 0.0, "mse": None}
+    assert all(t["mse"] is not None for t in records[1]["top"])
+    assert main([*args, "--format", "table"]) == 0
+    first = capsys.readouterr().out.splitlines()[1]
+    assert first.endswith("9 (0.0000, mse inf)")
+
+
 def test_another_dataset_is_recognised_among_the_run_s_classes(
     gen_dir: Path, digits: ImageDataset, tmp_path: Path
 ) -> None:
@@ -764,6 +796,9 @@ def test_the_command_line_ranks_a_generate_run_s_classes_by_their_errors(
         "mse": np.array([[0.01, 9.0, 3.0, np.inf]]),
     }
     monkeypatch.setattr(trainer, "predict_images", lambda saved, images: found)
+    real = trainer.load_model  # a run of four classes, class 3 never trained (inf)
+    monkeypatch.setattr(trainer, "load_model", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), trained_classes=(0, 1, 2)))  # fmt: skip
     np.save(tmp_path / "one.npy", digits.x_test[:1])
     assert main(["predict", "--checkpoint", str(gen_dir), str(tmp_path / "one.npy"),
                  "--top", "4"]) == 0  # fmt: skip
