@@ -1326,7 +1326,8 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
 
 #: The validation images (at most) on which a generate run fits its recognition's noise
 #: variance each epoch: C forward passes over each, where training takes about three over
-#: each training image; a few hundred fix the one number well.
+#: each training image. One number to fit: the digits' 135 validation images took the test
+#: log-loss from 0.229 to 0.104 (README).
 RECOGNITION_FIT_IMAGES = 1000
 
 
