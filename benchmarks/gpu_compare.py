@@ -4,6 +4,9 @@ Peers (each only where it imports and sees a GPU): PyTorch ``nn.RNN`` (cuDNN), a
 ``lax.scan`` RNN, and a naive CuPy loop (one ``X @ W_ih^T`` GEMM, then per step
 ``h = tanh(xw[t] + h @ W_hh^T)`` from Python). rnncu runs the CuPy backend twice: the step
 path (``recurrence="step"``) and the default ``auto`` path (persistent where supported).
+On the shapes of ``TF32_SHAPES`` it also runs the opt-in TF32 mode: rnncu's ``auto`` path
+with ``matmul_precision="high"`` against cuDNN with TF32 allowed (``rnncu_tf32``,
+``cudnn_tf32``; a table of their own, apart from the float32 comparison).
 "forward+backward" is ``out, h = rnn(x)`` then the gradients of ``out.sum()`` for the input
 and all weights (rnncu: ``rnn.backward(ones)``).
 
@@ -44,6 +47,9 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {  # T, B, D, H
     "b32_h512": (512, 32, 512, 512),
 }
 QUICK_SHAPES = ("rowmnist", "medium", "b32_h512")
+#: where the products over all steps are large enough for TF32 to matter (D and H of 256 and
+#: up): rowmnist's and pixelmnist's are a few microseconds in float32 already
+TF32_SHAPES = ("medium", "large", "latency_b4", "b32_h512")
 
 
 def time_cuda(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -88,12 +94,15 @@ def bench_rnncu(
     step_tile: str | None = None,
     step_graphs: bool = False,
     report: dict[str, Any] | None = None,
+    matmul_precision: str | None = None,
 ) -> dict[str, float]:
     """rnncu's CuPy backend on ``recurrence`` ("step" or "auto"); ``variants`` restricts the
     persistent kernels (``RNNCU_PERSISTENT_VARIANTS``), ``step_tile`` forces the step
-    kernels' tile (``RNNCU_STEP_TILE``) for the duration of the call, and ``step_graphs``
+    kernels' tile (``RNNCU_STEP_TILE``) for the duration of the call, ``step_graphs``
     replays the step loops as CUDA graphs, whose counts (loops replayed, captured, launched
-    step by step) go to ``report["graph_counts"]``."""
+    step by step) go to ``report["graph_counts"]``, and ``matmul_precision`` sets the
+    backend's (``"high"``: TF32 in the products over all steps; default ``"highest"``,
+    whatever ``RNNCU_MATMUL_PRECISION`` says)."""
     import cupy
 
     import rnncu
@@ -103,6 +112,8 @@ def bench_rnncu(
     rnn = rnncu.RNN(features, hidden, dtype="float32", backend="cupy", seed=0)
     rnn.backend.recurrence = recurrence
     rnn.backend.step_graphs = step_graphs
+    # float32 unless asked: RNNCU_MATMUL_PRECISION=high must not slip TF32 into those rows
+    rnn.backend.matmul_precision = matmul_precision or "highest"
     counts_before = dict(rnn.backend.graphs.counts)
     with (
         _environment(persistent.VARIANTS_ENV, variants),
@@ -131,6 +142,7 @@ def bench_rnncu(
         finally:
             rnn.backend.recurrence = None
             rnn.backend.step_graphs = None
+            rnn.backend.matmul_precision = None
 
 
 def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
@@ -156,7 +168,8 @@ def bench_naive_cupy(shape, repeats, warmup) -> dict[str, float]:
     return {"fwd": time_cuda(forward, repeats, warmup)}
 
 
-def bench_torch(shape, repeats, warmup) -> dict[str, float] | None:
+def bench_torch(shape, repeats, warmup, tf32: bool = False) -> dict[str, float] | None:
+    """torch ``nn.RNN`` on cuDNN, float32; ``tf32`` lets cuDNN and cuBLAS use TF32."""
     try:
         import torch
     except ImportError:
@@ -164,8 +177,8 @@ def bench_torch(shape, repeats, warmup) -> dict[str, float] | None:
     if not torch.cuda.is_available():
         return None
     steps, batch, features, hidden = shape
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     rnn = torch.nn.RNN(features, hidden).cuda()
     x = torch.randn(steps, batch, features, device="cuda", requires_grad=True)
 
@@ -192,7 +205,11 @@ def bench_torch(shape, repeats, warmup) -> dict[str, float] | None:
         out, _ = rnn(x)
         out.sum().backward()
 
-    return {"fwd": timed(forward), "fwd+bwd": timed(forward_backward)}
+    try:
+        return {"fwd": timed(forward), "fwd+bwd": timed(forward_backward)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def bench_jax(shape, repeats, warmup) -> dict[str, float] | None:
@@ -304,9 +321,16 @@ def run(
             ("cudnn", partial(bench_torch, shape, repeats, warmup)),
             ("jax", partial(bench_jax, shape, repeats, warmup)),
             ("naive_cupy", partial(bench_naive_cupy, shape, max(3, repeats // 4), 1)),
+            (
+                "rnncu_tf32",
+                partial(bench_rnncu, shape, repeats, warmup, "auto", matmul_precision="high"),
+            ),
+            ("cudnn_tf32", partial(bench_torch, shape, repeats, warmup, tf32=True)),
         )
         for runner, bench in runners:
             if runner == "rnncu_grid" and "cluster" not in row.get("auto_path", ""):
+                continue
+            if runner.endswith("_tf32") and name not in TF32_SHAPES:
                 continue
             try:
                 if runner.startswith("rnncu"):
@@ -398,7 +422,33 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
     lines += _format_step_graphs(rows)
     lines += _format_tiles(rows)
+    lines += _format_tf32(rows)
     return "\n".join(lines)
+
+
+def _format_tf32(rows: list[dict[str, Any]]) -> list[str]:
+    """The opt-in TF32 mode, fwd and fwd+bwd ms: rnncu's auto path in float32 and with
+    ``matmul_precision="high"``, and cuDNN with TF32 allowed (shapes where one was run)."""
+    measured = [r for r in rows if {"rnncu_tf32", "cudnn_tf32"} & set(r["ms"])]
+    if not measured:
+        return []
+    runners = ("rnncu_auto", "rnncu_tf32", "cudnn_tf32")
+    lines = ["\nopt-in TF32 (rnncu matmul_precision='high'; cuDNN allow_tf32), ms fwd / fwd+bwd"]
+    lines.append(
+        "| shape | " + " | ".join(runners) + " | rnncu_tf32 speed-up vs cudnn_tf32, fwd+bwd |"
+    )
+    lines.append("|---" * (len(runners) + 2) + "|")
+    for row in measured:
+        cells = []
+        for runner in runners:
+            times = row["ms"].get(runner, {})
+            cells.append(" / ".join("-" if times.get(m) is None else f"{times[m]:.3f}"
+                                    for m in ("fwd", "fwd+bwd")))  # fmt: skip
+        mine = row["ms"].get("rnncu_tf32", {}).get("fwd+bwd")
+        peer = row["ms"].get("cudnn_tf32", {}).get("fwd+bwd")
+        speedup = f"{peer / mine:.2f}x" if mine and peer else "n/a"
+        lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {speedup} |")
+    return lines
 
 
 def _us_per_step(row: dict[str, Any], runner: str) -> str:

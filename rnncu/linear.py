@@ -80,7 +80,12 @@ class Linear(Module):
                 f"got shape {tuple(x.shape)}"
             )
         self._input = x
-        y = x @ self.params["weight"].T
+        # one 2-D product whatever the leading axes: CuPy runs (B, T, I) @ (I, O) as a
+        # batched GEMM over B, the weight broadcast through arrays of pointers, and that path
+        # ignores the compute type the backend's matmul_precision sets
+        rows = x.reshape(-1, self.in_features)
+        y = self.backend.matmul(rows, self.params["weight"].T)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias:
             y += self.params["bias"]
         return y
@@ -100,8 +105,9 @@ class Linear(Module):
             )
         x_2d = self._input.reshape(-1, self.in_features)
         dy_2d = dy.reshape(-1, self.out_features)
-        grads = {"weight": dy_2d.T @ x_2d}
+        grads = {"weight": self.backend.matmul(dy_2d.T, x_2d)}
         if self.bias:
             grads["bias"] = dy_2d.sum(axis=0)
         self.grads = grads
-        return dy @ self.params["weight"]
+        dx = self.backend.matmul(dy_2d, self.params["weight"])
+        return dx.reshape(*dy.shape[:-1], self.in_features)

@@ -446,17 +446,18 @@ class RNN(Module):
                     first, rest_z, rest_h = 0, grad_z[1:], states[:-1]
                 else:
                     first, rest_z, rest_h = steps - 1, grad_z[:-1], states[1:]
-                grad_w_hh = grad_z[first].T @ initial
+                matmul = self.backend.matmul
+                grad_w_hh = matmul(grad_z[first].T, initial)
                 if steps > 1:
-                    grad_w_hh += rest_z.reshape(-1, hidden).T @ rest_h.reshape(-1, hidden)
+                    grad_w_hh += matmul(rest_z.reshape(-1, hidden).T, rest_h.reshape(-1, hidden))
                 grad_z_2d = grad_z.reshape(steps * batch, hidden)
-                grads[f"weight_ih{suffix}"] = grad_z_2d.T @ layer_cache.inputs
+                grads[f"weight_ih{suffix}"] = matmul(grad_z_2d.T, layer_cache.inputs)
                 grads[f"weight_hh{suffix}"] = grad_w_hh
                 if self.bias:
                     grad_bias = grad_z_2d.sum(axis=0)
                     grads[f"bias_ih{suffix}"] = grad_bias
                     grads[f"bias_hh{suffix}"] = grad_bias.copy()
-                contribution = grad_z_2d @ w_ih
+                contribution = matmul(grad_z_2d, w_ih)
                 grad_input = contribution if grad_input is None else grad_input + contribution
             if layer_cache.dropout_mask is not None:
                 grad_input *= layer_cache.dropout_mask

@@ -18,9 +18,11 @@ kernel should write but does not shows up as NaN.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,7 +59,10 @@ class DeviceArray(np.ndarray):
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o, ufunc.__name__) for o in out)
-        result = getattr(ufunc, method)(*(_unwrap(x, ufunc.__name__) for x in inputs), **kwargs)
+        operands = [_unwrap(x, ufunc.__name__) for x in inputs]
+        if ufunc is np.matmul and LINALG.takes_tf32(operands):
+            operands = [to_tf32(x) for x in operands]
+        result = getattr(ufunc, method)(*operands, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _wrap(result)
@@ -107,6 +112,84 @@ def _device_function(function: Any) -> Any:
         return _wrap(function(*_unwrap_tree(args, name), **_unwrap_tree(kwargs, name)))
 
     return call
+
+
+def to_tf32(array: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32's 10 bits of mantissa (to nearest, ties away from zero,
+    as ``cvt.rna.tf32.f32``), still stored as float32: what a tensor core reads of a TF32
+    product's operands."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    finite = np.isfinite(array)
+    rounded = ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(finite, rounded, array).astype(np.float32)
+
+
+class _Linalg:
+    """``cupy._core._routines_linalg``'s compute types: one setting per dtype for the whole
+    process, as CuPy keeps them; a float32 product under ``COMPUTE_TYPE_TF32`` rounds its
+    operands to TF32 (:func:`to_tf32`), as cuBLAS's ``CUBLAS_COMPUTE_32F_FAST_TF32`` may."""
+
+    COMPUTE_TYPE_TBD = 0
+    COMPUTE_TYPE_DEFAULT = 1
+    COMPUTE_TYPE_PEDANTIC = 2
+    COMPUTE_TYPE_FP16 = 3
+    COMPUTE_TYPE_FP32 = 4
+    COMPUTE_TYPE_FP64 = 5
+    COMPUTE_TYPE_BF16 = 6
+    COMPUTE_TYPE_TF32 = 7
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, compute_capability: tuple[int, int] = H200.compute_capability) -> None:
+        self.compute_types = {"e": 0, "f": 0, "d": 0}
+        self.compute_capability = compute_capability
+        self.sets = 0  # callers' calls of set_compute_type, for tests
+
+    @staticmethod
+    def _index(dtype: Any) -> str:
+        char = np.dtype(dtype).char
+        if char not in "efdFD":
+            raise TypeError(f"dtype is not supported: {dtype}")
+        return {"F": "f", "D": "d"}.get(char, char)
+
+    def get_compute_type(self, dtype: Any) -> int:
+        index = self._index(dtype)
+        if self.compute_types[index] == self.COMPUTE_TYPE_TBD:
+            # CuPy resolves the default once, from CUPY_TF32 for float32
+            tf32 = index == "f" and int(os.environ.get("CUPY_TF32", "0")) > 0
+            self.set_compute_type(dtype, self.COMPUTE_TYPE_TF32 if tf32 else 1)
+            self.sets -= 1  # CuPy's own resolution, not a caller's change
+        return self.compute_types[index]
+
+    def set_compute_type(self, dtype: Any, compute_type: int) -> None:
+        if compute_type not in range(8):
+            raise ValueError(f"Unknown compute type: {compute_type}")
+        self.sets += 1
+        if compute_type in (self.COMPUTE_TYPE_BF16, self.COMPUTE_TYPE_TF32):
+            if self.compute_capability < (8, 0):
+                warnings.warn(
+                    "COMPUTE_TYPE_BF16 and COMPUTE_TYPE_TF32 are only available on GPUs with "
+                    "compute capability 8.0 or higher. COMPUTE_TYPE_DEFAULT will be used "
+                    "instead.",
+                    stacklevel=2,
+                )
+                compute_type = self.COMPUTE_TYPE_DEFAULT
+        self.compute_types[self._index(dtype)] = compute_type
+
+    def takes_tf32(self, operands: list[Any]) -> bool:
+        """Whether a product of ``operands`` runs in TF32: float32 both, under TF32, and of
+        at most two axes each (CuPy's stacked products, batched GEMMs, ignore the setting)."""
+        arrays = [x for x in operands if isinstance(x, np.ndarray)]
+        return (
+            len(arrays) == 2
+            and all(x.dtype == np.float32 and x.ndim <= 2 for x in arrays)
+            and self.compute_types["f"] == self.COMPUTE_TYPE_TF32
+        )
+
+
+#: the one compute-type setting of the stand-in (reset by :func:`make_module`)
+LINALG = _Linalg()
 
 
 def _poisoned(shape: Any, dtype: Any = float) -> DeviceArray:
@@ -377,6 +460,8 @@ def make_module() -> types.ModuleType:
     module.empty = _poisoned
     module.empty_like = _empty_like
     module.random = types.SimpleNamespace(default_rng=_Generator)
+    LINALG.reset()
+    module._core = types.SimpleNamespace(_routines_linalg=LINALG)
     runtime = _Runtime()
     runtime.CUDARuntimeError = CUDARuntimeError
     streams = _Streams()
@@ -551,9 +636,10 @@ STAND_INS: dict[type, str] = {
     _Generator: "random.Generator",
     EmulatedKernel: "RawKernel",
     _Runtime: "cuda.runtime",
+    _Linalg: "_core._routines_linalg",
 }
 #: the stand-in's namespaces (plain objects, wrapped while recording), by their CuPy paths
-NAMESPACES = frozenset({"cuda", "cuda.driver", "cuda.compiler", "random"})
+NAMESPACES = frozenset({"cuda", "cuda.driver", "cuda.compiler", "random", "_core"})
 
 
 def _recorded_caller(depth: int, modules: tuple[str, ...]) -> str | None:

@@ -330,6 +330,16 @@ def test_gpu_tables_per_step_graph_counts_and_step_kernels() -> None:
     assert [tiles[0][k] for k in ("64x64", "16x16", "matvec")] == ["3.000", "4.000", "5.000"]
 
 
+def _stub_runners(monkeypatch, gpu_compare, bench_rnncu, bench_torch) -> None:
+    """gpu_compare's runners replaced: rnncu's and cuDNN's by the given stand-ins, JAX absent,
+    the naive loop a constant, no step-tile sweep."""
+    monkeypatch.setattr(gpu_compare, "bench_rnncu", bench_rnncu)
+    monkeypatch.setattr(gpu_compare, "bench_torch", bench_torch)
+    monkeypatch.setattr(gpu_compare, "bench_jax", lambda *args: None)
+    monkeypatch.setattr(gpu_compare, "bench_naive_cupy", lambda *args: {"fwd": 9.0})
+    monkeypatch.setattr(gpu_compare, "_sweep_step_tiles", lambda *args: None)
+
+
 def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_that_ran(
     monkeypatch, capsys
 ) -> None:
@@ -361,11 +371,7 @@ def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_tha
     def cudnn_fails(*args):
         raise RuntimeError("no device")
 
-    monkeypatch.setattr(gpu_compare, "bench_rnncu", bench_rnncu)
-    monkeypatch.setattr(gpu_compare, "bench_torch", cudnn_fails)
-    monkeypatch.setattr(gpu_compare, "bench_jax", lambda *args: None)
-    monkeypatch.setattr(gpu_compare, "bench_naive_cupy", lambda *args: {"fwd": 9.0})
-    monkeypatch.setattr(gpu_compare, "_sweep_step_tiles", lambda *args: None)
+    _stub_runners(monkeypatch, gpu_compare, bench_rnncu, cudnn_fails)
     clustered, stepped = gpu_compare.run(["clustered", "stepped"], 4, 1)
     assert "cudnn failed on clustered: RuntimeError: no device" in capsys.readouterr().err
     assert set(clustered["ms"]) == {
@@ -378,6 +384,44 @@ def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_tha
     assert (3, "auto", "batch,grid", False) in calls and (3, "step", None, True) in calls
     # the table of these rows prints (no runner entry is None)
     assert "| stepped |" in gpu_compare.format_table([clustered, stepped])
+
+
+def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> None:
+    """The opt-in TF32 runners: rnncu's auto path with matmul_precision "high" and cuDNN
+    with TF32 allowed, on the shapes of TF32_SHAPES only; the float32 runners stay float32."""
+    gpu_compare = _load("gpu_compare")
+    monkeypatch.setattr(gpu_compare, "SHAPES", {"big": (3, 2, 4, 8), "small": (5, 2, 4, 8)})
+    monkeypatch.setattr(gpu_compare, "TF32_SHAPES", ("big",))
+    rnncu_calls: list[tuple] = []
+    torch_calls: list[tuple] = []
+
+    def bench_rnncu(shape, repeats, warmup, recurrence, variants=None, step_graphs=False,
+                    report=None, matmul_precision=None):  # fmt: skip
+        rnncu_calls.append((shape[0], recurrence, matmul_precision))
+        return {"fwd": 1.0, "fwd+bwd": 2.0 if matmul_precision is None else 1.5}
+
+    def bench_torch(shape, repeats, warmup, tf32=False):
+        torch_calls.append((shape[0], tf32))
+        return {"fwd": 2.0, "fwd+bwd": 4.0 if not tf32 else 3.0}
+
+    _stub_runners(monkeypatch, gpu_compare, bench_rnncu, bench_torch)
+    big, small = gpu_compare.run(["big", "small"], 4, 1)
+    assert big["ms"]["rnncu_tf32"] == {"fwd": 1.0, "fwd+bwd": 1.5}
+    assert big["ms"]["cudnn_tf32"] == {"fwd": 2.0, "fwd+bwd": 3.0}
+    assert "rnncu_tf32" not in small["ms"] and "cudnn_tf32" not in small["ms"]
+    assert [c for c in rnncu_calls if c[2] is not None] == [(3, "auto", "high")]
+    assert torch_calls == [(3, False), (3, True), (5, False)]
+    # the float32 table is unchanged by them: its speed-up is float32 against float32
+    tables = _markdown_tables(gpu_compare.format_table([big, small]))
+    assert "rnncu_tf32" not in tables[1][0]
+    assert tables[1][0]["speed-up vs best peer"] == "2.00x"
+    (tf32,) = [t for t in tables if "rnncu_tf32" in t[0]]
+    assert [row["shape"] for row in tf32] == ["big"]
+    assert tf32[0]["rnncu_auto"] == "1.000 / 2.000"
+    assert tf32[0]["rnncu_tf32"] == "1.000 / 1.500"
+    assert tf32[0]["cudnn_tf32"] == "2.000 / 3.000"
+    assert tf32[0]["rnncu_tf32 speed-up vs cudnn_tf32, fwd+bwd"] == "2.00x"
+    assert "opt-in TF32" not in gpu_compare.format_table([small])
 
 
 def test_gpu_ran_path_needs_both_directions_persistent(monkeypatch) -> None:

@@ -422,6 +422,51 @@ def test_layer_matches_numpy(rng, mode, dtype, config, use_lengths):
             _close(cupy.asnumpy(gpu.grads[name]), grad, np_dtype, f"grads[{name!r}]")
 
 
+def test_tf32_products_stay_near_float64(rng):
+    """``matmul_precision="high"``: the products over all steps may run in TF32 (10 bits of
+    mantissa in each operand), the rest as before. Every output and gradient of a layer whose
+    products sum over 256 to 1024 terms stays within 2e-3 (norm-wise, relative) of the
+    float64 reference, where "highest" stays within 1e-5; on a GPU of compute capability 8.0
+    or later a product of 1024-wide operands differs from float32's (TF32 did run), and
+    CuPy's own setting is as it was."""
+    import cupy
+
+    import rnncu
+    from rnncu.backend.cupy_backend import CupyBackend
+
+    steps, batch, features, hidden = 7, 33, 1024, 256
+    reference = rnncu.RNN(features, hidden, backend="numpy", dtype="float64", seed=0)
+    x = rng.standard_normal((steps, batch, features))
+    dout = rng.standard_normal((steps, batch, hidden))
+    out_ref, _ = reference(x)
+    dx_ref, _ = reference.backward(dout)
+    expected = {"out": out_ref, "dx": dx_ref, **reference.grads}
+    linalg = cupy._core._routines_linalg
+    before = linalg.get_compute_type(np.float32)
+    errors = {}
+    for precision, limit in (("highest", 1e-5), ("high", 2e-3)):
+        backend = CupyBackend(matmul_precision=precision)
+        rnn = rnncu.RNN(features, hidden, backend=backend, dtype="float32", seed=1)
+        rnn.load_state_dict(reference.state_dict())
+        out, _ = rnn(cupy.asarray(x, dtype=cupy.float32))
+        dx, _ = rnn.backward(cupy.asarray(dout, dtype=cupy.float32))
+        actual = {"out": out, "dx": dx, **rnn.grads}
+        for name, value in expected.items():
+            got = cupy.asnumpy(actual[name]).astype(np.float64)
+            assert not np.isnan(got).any(), (precision, name)
+            error = float(np.linalg.norm(got - value) / np.linalg.norm(value))
+            errors[precision, name] = error
+            assert error < limit, (precision, name, error)
+        assert linalg.get_compute_type(np.float32) == before
+    major = int(cupy.cuda.Device().compute_capability) // 10
+    a = cupy.asarray(rng.standard_normal((1024, 1024)), dtype=cupy.float32)
+    b = cupy.asarray(rng.standard_normal((1024, 1024)), dtype=cupy.float32)
+    fast = CupyBackend(matmul_precision="high").matmul(a, b)
+    exact = CupyBackend(matmul_precision="highest").matmul(a, b)
+    differs = not bool(cupy.array_equal(fast, exact))
+    assert differs == (major >= 8), (major, errors)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_truncated_bptt_carries_h_n_as_numpy_does(rng, mode, dtype):

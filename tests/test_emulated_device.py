@@ -835,6 +835,7 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     table) on a tiny shape, so the one device run is not lost to a bug in the script. The
     times measure the emulation, not a GPU; only their presence is checked."""
     gpu_compare = _gpu_compare(monkeypatch, {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
+    monkeypatch.setattr(gpu_compare, "TF32_SHAPES", ("tiny",))
 
     done: list[int] = []
     rows = gpu_compare.run(["tiny", "wide"], 2, 1, progress=lambda rows: done.append(len(rows)))
@@ -870,6 +871,10 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     assert "fwd+bwd ms by step kernel" in table
     assert "graphs us/step" in table and "| rnncu_step_graphs |" in table
     assert "| 64x64 | 64x32 | 32x32 | 16x16 | matvec |" in table
+    # the opt-in TF32 runner on its shapes only (cuDNN's needs torch: absent here)
+    assert all(tiny["ms"]["rnncu_tf32"][mode] > 0 for mode in ("fwd", "fwd+bwd"))
+    assert "rnncu_tf32" not in wide["ms"] and "cudnn_tf32" not in tiny["ms"]
+    assert "opt-in TF32" in table and "| tiny |" in table.split("opt-in TF32")[1]
     # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps({"rows": rows}))
@@ -1427,7 +1432,8 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
         train_on_both_backends("classify", "rows", monkeypatch)
         train_on_both_backends("generate", "rows", monkeypatch)
         for mode in ("step", "persistent"):
-            backend = CupyBackend(recurrence=mode, step_graphs=True)
+            # "high": CuPy's compute type changed around each product and restored
+            backend = CupyBackend(recurrence=mode, step_graphs=True, matmul_precision="high")
             backend.describe()
             layer = rnncu.RNN(4, 33, num_layers=2, bidirectional=True, dropout=0.25,
                               backend=backend, dtype="float32", seed=0)  # fmt: skip
@@ -1458,9 +1464,11 @@ def test_rnncu_reaches_only_what_the_installed_cupy_has(kernel_emulation, rng, m
     # and the workload reached each part of the stand-in, so the checks above had work to do
     paths = {p for p, _ in recorder.names}
     for path in ("", "cuda", "cuda.runtime", "ndarray", "cuda.Stream", "cuda.graph.Graph",
-                 "cuda.Event", "cuda.Device", "random.Generator", "RawKernel"):  # fmt: skip
+                 "cuda.Event", "cuda.Device", "random.Generator", "RawKernel",
+                 "_core._routines_linalg"):  # fmt: skip
         assert path in paths, (path, sorted(paths))
     assert ("RawKernel", "max_dynamic_shared_size_bytes") in recorder.names
+    assert ("_core._routines_linalg", "set_compute_type") in recorder.names
     constructed = {path for path, name, _ in recorder.keywords if name == "__init__"}
     assert {"cuda.Event", "cuda.Device"} <= constructed, constructed
 

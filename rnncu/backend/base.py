@@ -22,6 +22,7 @@ Shapes (T steps, B batch rows, H hidden units):
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, TypeAlias
@@ -33,6 +34,10 @@ import numpy
 Array: TypeAlias = Any
 
 NONLINEARITIES = ("tanh", "relu")
+#: ``highest``: float32 products in float32; ``high``: TF32 tensor cores allowed (torch's
+#: names, ``torch.set_float32_matmul_precision``)
+MATMUL_PRECISIONS = ("highest", "high")
+MATMUL_PRECISION_ENV = "RNNCU_MATMUL_PRECISION"
 _SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 
 
@@ -45,6 +50,16 @@ def check_switch(value: Any, source: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _SWITCH:
         return _SWITCH[value.strip().lower()]
     raise ValueError(f"{source}: expected 'on' or 'off' (or a bool), got {value!r}")
+
+
+def check_matmul_precision(value: Any, source: str) -> str:
+    """``"highest"`` or ``"high"`` (any case); anything else is a ValueError naming ``source``."""
+    if not isinstance(value, str) or value.strip().lower() not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"{source}: expected one of {', '.join(repr(p) for p in MATMUL_PRECISIONS)}, "
+            f"got {value!r}"
+        )
+    return value.strip().lower()
 
 
 def _may_overflow(source: numpy.dtype, wanted: numpy.dtype) -> bool:
@@ -64,6 +79,31 @@ class Backend(ABC):
     name: str
     #: the array module (``numpy`` or ``cupy``)
     xp: ModuleType
+    _matmul_precision: str | None = None
+
+    @property
+    def matmul_precision(self) -> str | None:
+        """The precision of the float32 products over all steps (:meth:`matmul`) set on this
+        backend: ``"highest"`` (float32 throughout) or ``"high"`` (on the CuPy backend, on a
+        GPU of compute capability 8.0 or later, cuBLAS may round their operands to TF32,
+        10 bits of mantissa, and run them on the tensor cores; elsewhere, as in torch, it
+        changes nothing). None (the default): the environment variable
+        ``RNNCU_MATMUL_PRECISION`` decides at every call, else ``"highest"``."""
+        return self._matmul_precision
+
+    @matmul_precision.setter
+    def matmul_precision(self, value: str | None) -> None:
+        self._matmul_precision = (
+            None if value is None else check_matmul_precision(value, "matmul_precision")
+        )
+
+    def matmul_precision_in_force(self) -> str:
+        """The setting in force: the ``matmul_precision`` attribute, else
+        ``RNNCU_MATMUL_PRECISION`` (set but empty counts as unset), else ``"highest"``."""
+        if self._matmul_precision is not None:
+            return self._matmul_precision
+        env = os.environ.get(MATMUL_PRECISION_ENV, "").strip() or "highest"
+        return check_matmul_precision(env, f"environment variable {MATMUL_PRECISION_ENV}")
 
     @abstractmethod
     def owns(self, array: Any) -> bool:
@@ -146,11 +186,18 @@ class Backend(ABC):
     def input_projection(self, inputs: Array, w_ih: Array, bias: Array | None) -> Array:
         """``inputs W_ih^T + bias`` for all steps at once: (N, D) x (H, D) -> new (N, H).
 
-        One GEMM; a backend may special-case shapes its BLAS handles badly."""
-        out = inputs @ w_ih.T
+        One GEMM (:meth:`matmul`); a backend may special-case shapes its BLAS handles badly."""
+        out = self.matmul(inputs, w_ih.T)
         if bias is not None:
             out += bias
         return out
+
+    def matmul(self, a: Array, b: Array) -> Array:
+        """``a @ b`` for the layers' products over all steps (the input projection, the
+        weight and input gradients, a ``Linear``'s products): the one place where
+        :attr:`matmul_precision` applies. The recurrence's own products, in the backend's
+        kernels, stay in the layer's dtype whatever it says."""
+        return a @ b
 
     @abstractmethod
     def recurrence_forward(

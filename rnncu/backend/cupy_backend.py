@@ -63,6 +63,9 @@ MAX_GRID_Y = 65535
 #: batches up to this size run the small-batch step kernels (kernels/rnn_matvec.cu)
 MATVEC_MAX_BATCH = 8
 _INT32_MAX = 2**31 - 1
+#: CuPy's compute type is one setting per process: changing it around a product and
+#: restoring it must not interleave between threads
+_COMPUTE_TYPE_LOCK = threading.Lock()
 
 
 def _check_mode(value: Any, source: str) -> str:
@@ -83,18 +86,29 @@ class CupyBackend(Backend):
         step_graphs: replay the step path's loops as CUDA graphs (:class:`StepLoopGraphs`);
             None (default) reads ``RNNCU_STEP_GRAPHS`` (``on`` or ``off``, default ``off``)
             at every call.
+        matmul_precision: ``"highest"`` or ``"high"`` (TF32 in the float32 products over all
+            steps, see :meth:`matmul`); None (default) reads ``RNNCU_MATMUL_PRECISION`` at
+            every call (default ``highest``).
     """
 
     name = "cupy"
     xp = cupy
 
-    def __init__(self, recurrence: str | None = None, step_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        recurrence: str | None = None,
+        step_graphs: bool | None = None,
+        matmul_precision: str | None = None,
+    ) -> None:
         self.recurrence = recurrence
         self.step_graphs = step_graphs
+        self.matmul_precision = matmul_precision
         self.graphs = StepLoopGraphs()
         self._kernels: dict[tuple[Any, ...], Any] = {}
         # device id -> (multiprocessors, opt-in shared memory per block in bytes)
         self._device_facts: dict[int, tuple[int, int]] = {}
+        # device id -> whether cuBLAS has TF32 there (compute capability 8.0 and later)
+        self._tf32_devices: dict[int, bool] = {}
 
     # -- arrays ---------------------------------------------------------------------------
     @property
@@ -154,7 +168,45 @@ class CupyBackend(Backend):
             "cuda_driver": _cuda_version(runtime.driverGetVersion()),
             "recurrence": self.recurrence_mode(),
             "step_graphs": "on" if self.step_graphs_enabled() else "off",
+            "matmul_precision": self.matmul_precision_in_force(),
         }
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b`` through cuBLAS, the float32 products in the precision in force:
+        ``"high"`` lets cuBLAS take TF32 (``CUBLAS_COMPUTE_32F_FAST_TF32``) on a device of
+        compute capability 8.0 or later; ``"highest"`` keeps them in float32 even where CuPy
+        itself was told to use TF32 (``CUPY_TF32=1``). Other dtypes are untouched.
+
+        CuPy holds its compute type in one setting for the whole process, so this one is
+        changed around the product and restored: a CuPy product launched meanwhile from
+        another thread may run in the same precision."""
+        if a.dtype != np.float32 and b.dtype != np.float32:
+            return a @ b
+        linalg = cupy._core._routines_linalg
+        wanted = linalg.COMPUTE_TYPE_DEFAULT
+        if self.matmul_precision_in_force() == "high" and self._has_tf32():
+            wanted = linalg.COMPUTE_TYPE_TF32
+        with _COMPUTE_TYPE_LOCK:
+            saved = linalg.get_compute_type(np.float32)
+            # only TF32 changes a float32 product (CuPy maps the other types to float32
+            # compute, or a stricter one: PEDANTIC is left as it is under "highest")
+            if (saved == linalg.COMPUTE_TYPE_TF32) == (wanted == linalg.COMPUTE_TYPE_TF32):
+                return a @ b
+            linalg.set_compute_type(np.float32, wanted)
+            try:
+                return a @ b
+            finally:
+                linalg.set_compute_type(np.float32, saved)
+
+    def _has_tf32(self) -> bool:
+        """Whether the current device's cuBLAS runs TF32 (compute capability 8.0 or later);
+        below that CuPy would warn at every product and run float32."""
+        device_id = cupy.cuda.runtime.getDevice()
+        known = self._tf32_devices.get(device_id)
+        if known is None:
+            major = cupy.cuda.runtime.getDeviceProperties(device_id)["major"]
+            known = self._tf32_devices[device_id] = int(major) >= 8
+        return known
 
     def _checked_settings(self) -> str:
         """The recurrence mode in force, after checking the step path's environment variables

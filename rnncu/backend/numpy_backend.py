@@ -67,7 +67,7 @@ class NumpyBackend(Backend):
         if inputs.shape[1] == 1:
             out = np.multiply(inputs, w_ih[:, 0])
         else:
-            out = inputs @ np.ascontiguousarray(w_ih.T)
+            out = self.matmul(inputs, np.ascontiguousarray(w_ih.T))
         if bias is not None:
             out += bias
         return out
