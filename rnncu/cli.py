@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from rnncu.backend.base import MATMUL_PRECISION_ENV, MATMUL_PRECISIONS
+
 __all__ = ["main"]
 
 
@@ -383,6 +385,32 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="BLAS threads for the NumPy backend (default 1: the recurrence's "
         "small GEMMs run fastest single-threaded)",
     )
+    p.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        help="of the float32 products over all steps on the GPU: high lets cuBLAS use TF32 "
+        "(compute capability 8.0 and later; the recurrence stays float32), highest keeps "
+        "float32; no effect on the NumPy backend; default: the environment variable "
+        "RNNCU_MATMUL_PRECISION, else highest",
+    )
+
+
+@contextlib.contextmanager
+def _matmul_precision(value: str | None) -> Any:
+    """``RNNCU_MATMUL_PRECISION`` set to ``value`` while the command runs (the backends read
+    it at every product), then as it was; None changes nothing."""
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(MATMUL_PRECISION_ENV)
+    os.environ[MATMUL_PRECISION_ENV] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(MATMUL_PRECISION_ENV, None)
+        else:
+            os.environ[MATMUL_PRECISION_ENV] = saved
 
 
 def _blas_limit(threads: int | None) -> Any:
@@ -1039,7 +1067,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "info": _cmd_info,
             "precompile": _cmd_precompile,
         }[args.command]
-        return handler(args)
+        with _matmul_precision(getattr(args, "matmul_precision", None)):
+            return handler(args)
     except _UsageError as exc:
         # "unrecognized arguments: -x" alone would not say they were read as train's
         note = " (no command given: the options went to 'rnncu train')" if implicit_train else ""

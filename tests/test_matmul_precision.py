@@ -11,6 +11,8 @@ CuPy's own setting is left as it was found. The same comparison on a real device
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import warnings
 
@@ -245,3 +247,28 @@ def test_describe_and_the_environment_reach_the_cupy_backend(device, rng, monkey
     with pytest.raises(ValueError, match="environment variable RNNCU_MATMUL_PRECISION"):
         ones = device.module.ones((2, 2), np.float32)
         backend.matmul(ones, ones)
+
+
+def test_the_command_line_option_sets_the_precision_for_the_command(device, tmp_path, monkeypatch):
+    """``--matmul-precision high`` reaches the products of a training run on the device (its
+    loss moves by TF32's rounding, not more), and the environment is as it was afterwards."""
+    from rnncu.cli import main
+
+    monkeypatch.delenv(base.MATMUL_PRECISION_ENV, raising=False)
+    metrics = {}
+    for precision in ("highest", "high"):
+        LINALG.reset()
+        run = tmp_path / precision
+        argv = ["train", "--hidden", "16", "--epochs", "1", "--backend", "cupy", "--out", str(run),
+                "--matmul-precision", precision]  # fmt: skip
+        assert main(argv) == 0
+        assert base.MATMUL_PRECISION_ENV not in os.environ
+        assert (LINALG.sets > 0) == (precision == "high"), precision
+        metrics[precision] = json.loads((run / "metrics.json").read_text())
+    highest, high = metrics["highest"]["test_loss"], metrics["high"]["test_loss"]
+    assert highest != high
+    assert abs(high - highest) < 1e-3 * highest, (highest, high)
+    monkeypatch.setenv(base.MATMUL_PRECISION_ENV, "highest")
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "x"),
+                 "--matmul-precision", "low"]) == 2  # fmt: skip
+    assert os.environ[base.MATMUL_PRECISION_ENV] == "highest"
