@@ -234,6 +234,59 @@ def test_threads_with_different_precisions_keep_their_own(device, rng):
     assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_DEFAULT
 
 
+def test_no_other_thread_changes_the_setting_between_its_check_and_the_product(
+    device, rng, monkeypatch
+):
+    """The interleaving the lock is there for, forced rather than hoped for (the threads above
+    seldom switch inside a product): the "highest" thread stops after reading CuPy's setting
+    (float32's already: nothing to change) and before its product, until the "high" thread
+    has set TF32 or half a second has passed, and "high" keeps TF32 set until "highest"'s
+    product is done (or half a second). With the lock "high" cannot set it before then;
+    without it "highest"'s product runs in TF32."""
+    cp = device.module
+    a = cp.asarray(rng.standard_normal((16, 24)).astype(np.float32))
+    b = cp.asarray(rng.standard_normal((24, 8)).astype(np.float32))
+    exact = a.get() @ b.get()
+    rounded = to_tf32(a.get()) @ to_tf32(b.get())
+    checked, changed, done = threading.Event(), threading.Event(), threading.Event()
+    get_compute_type, set_compute_type = LINALG.get_compute_type, LINALG.set_compute_type
+
+    def get_then_pause(dtype):
+        value = get_compute_type(dtype)
+        if threading.current_thread().name == "highest" and not checked.is_set():
+            checked.set()
+            changed.wait(timeout=0.5)
+        return value
+
+    def set_and_tell(dtype, compute_type):
+        set_compute_type(dtype, compute_type)
+        if compute_type == LINALG.COMPUTE_TYPE_TF32:
+            changed.set()
+            done.wait(timeout=0.5)
+
+    monkeypatch.setattr(LINALG, "get_compute_type", get_then_pause)
+    monkeypatch.setattr(LINALG, "set_compute_type", set_and_tell)
+    results: dict[str, np.ndarray] = {}
+
+    def highest() -> None:
+        results["highest"] = CupyBackend(matmul_precision="highest").matmul(a, b).get()
+        done.set()
+
+    def high() -> None:
+        checked.wait(timeout=5)
+        results["high"] = CupyBackend(matmul_precision="high").matmul(a, b).get()
+
+    threads = [threading.Thread(target=f, name=f.__name__) for f in (highest, high)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert checked.is_set() and changed.is_set()
+    np.testing.assert_array_equal(results["highest"], exact)
+    np.testing.assert_array_equal(results["high"], rounded)
+    assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_DEFAULT
+
+
 def test_describe_and_the_environment_reach_the_cupy_backend(device, rng, monkeypatch):
     x, dout = _inputs(rng)
     by_attribute = _run_layers(device, CupyBackend(matmul_precision="high"), x, dout)
