@@ -287,6 +287,23 @@ def test_no_other_thread_changes_the_setting_between_its_check_and_the_product(
     assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_DEFAULT
 
 
+def test_a_product_that_fails_leaves_cupys_setting_as_it_was(device, monkeypatch):
+    """A product that raises (operands that do not fit) restores CuPy's setting all the same:
+    DEFAULT after "high", TF32 (``CUPY_TF32=1``) after "highest"."""
+    cp = device.module
+    a, b = cp.ones((2, 3), np.float32), cp.ones((4, 5), np.float32)
+    with pytest.raises(ValueError):
+        CupyBackend(matmul_precision="high").matmul(a, b)
+    assert LINALG.sets == 2  # set to TF32, then back
+    assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_DEFAULT
+    LINALG.reset()
+    monkeypatch.setenv("CUPY_TF32", "1")
+    with pytest.raises(ValueError):
+        CupyBackend(matmul_precision="highest").matmul(a, b)
+    assert LINALG.sets == 2
+    assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_TF32
+
+
 def test_describe_and_the_environment_reach_the_cupy_backend(device, rng, monkeypatch):
     x, dout = _inputs(rng)
     by_attribute = _run_layers(device, CupyBackend(matmul_precision="high"), x, dout)
