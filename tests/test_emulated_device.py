@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from device_limits import H200
-from emulated_cupy import EmulatedDevice, SurfaceRecorder
+from emulated_cupy import LINALG, EmulatedDevice, SurfaceRecorder
 from kernel_emulation import ASCENDING, DESCENDING, RANDOM, RUN_AHEAD, KernelEmulation
 from rnn_reference import assert_same_nans, recurrence_cases, with_nans
 from training_comparison import predict_on_both_backends, train_on_both_backends
@@ -836,9 +836,24 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     times measure the emulation, not a GPU; only their presence is checked."""
     gpu_compare = _gpu_compare(monkeypatch, {"tiny": (3, 5, 4, 33), "wide": (2, 3, 4, 200)})
     monkeypatch.setattr(gpu_compare, "TF32_SHAPES", ("tiny",))
+    # whether each rnncu run changed CuPy's compute type (TF32) around its products: the
+    # TF32 runner must, the float32 ones must not, RNNCU_MATMUL_PRECISION=high or not
+    monkeypatch.setenv("RNNCU_MATMUL_PRECISION", "high")
+    bench_rnncu, tf32_runs = gpu_compare.bench_rnncu, []
+
+    def recorded_bench_rnncu(*args: Any, **kwargs: Any) -> Any:
+        sets = LINALG.sets
+        try:
+            return bench_rnncu(*args, **kwargs)
+        finally:
+            tf32_runs.append((kwargs.get("matmul_precision"), LINALG.sets > sets))
+
+    monkeypatch.setattr(gpu_compare, "bench_rnncu", recorded_bench_rnncu)
 
     done: list[int] = []
     rows = gpu_compare.run(["tiny", "wide"], 2, 1, progress=lambda rows: done.append(len(rows)))
+    assert ("high", True) in tf32_runs
+    assert all(ran == (precision == "high") for precision, ran in tf32_runs), tf32_runs
     assert done == [1, 2]
     errors = capsys.readouterr().err
     assert "rnncu" not in errors and "naive_cupy" not in errors, errors
