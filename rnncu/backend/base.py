@@ -2,8 +2,8 @@
 
 Layers are written once against this interface. Everything that is a large dense operation
 (the input projection of all steps, the weight gradients over all steps, the input gradient)
-is done by the layers with ``backend.xp.matmul``; only the sequential part of the recurrence,
-which is where a hand-written kernel pays off, goes through the backend.
+is done by the layers through :meth:`Backend.matmul` (``a @ b``); besides it, only the sequential
+part of the recurrence, which is where a hand-written kernel pays off, goes through the backend.
 
 Shapes (T steps, B batch rows, H hidden units):
 
