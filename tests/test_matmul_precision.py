@@ -304,6 +304,20 @@ def test_a_product_that_fails_leaves_cupys_setting_as_it_was(device, monkeypatch
     assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_TF32
 
 
+def test_highest_leaves_a_pedantic_setting_in_place(device):
+    """CuPy's COMPUTE_TYPE_PEDANTIC (``CUBLAS_COMPUTE_32F_PEDANTIC``) is float32 and stricter:
+    "highest" runs under it untouched; "high" sets TF32 and then PEDANTIC again."""
+    cp = device.module
+    a = cp.ones((4, 3), np.float32)
+    LINALG.set_compute_type(np.float32, LINALG.COMPUTE_TYPE_PEDANTIC)
+    sets = LINALG.sets
+    CupyBackend(matmul_precision="highest").matmul(a, a.T)
+    assert LINALG.sets == sets
+    CupyBackend(matmul_precision="high").matmul(a, a.T)
+    assert LINALG.sets == sets + 2
+    assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_PEDANTIC
+
+
 def test_describe_and_the_environment_reach_the_cupy_backend(device, rng, monkeypatch):
     x, dout = _inputs(rng)
     by_attribute = _run_layers(device, CupyBackend(matmul_precision="high"), x, dout)
