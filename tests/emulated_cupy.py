@@ -179,12 +179,14 @@ class _Linalg:
 
     def takes_tf32(self, operands: list[Any]) -> bool:
         """Whether a product of ``operands`` runs in TF32: float32 both, under TF32, and of
-        at most two axes each (CuPy's stacked products, batched GEMMs, ignore the setting)."""
+        at most two axes each (CuPy's stacked products, batched GEMMs, ignore the setting),
+        on a device that has TF32 (compute capability 8.0 or later)."""
         arrays = [x for x in operands if isinstance(x, np.ndarray)]
         return (
             len(arrays) == 2
             and all(x.dtype == np.float32 and x.ndim <= 2 for x in arrays)
             and self.compute_types["f"] == self.COMPUTE_TYPE_TF32
+            and self.compute_capability >= (8, 0)
         )
 
 

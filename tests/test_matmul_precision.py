@@ -204,6 +204,34 @@ def test_float64_and_pre_ampere_devices_are_untouched(device, rng, monkeypatch):
         np.testing.assert_array_equal(old_device[name], highest[name], err_msg=name)
 
 
+def test_cupys_tf32_from_a_newer_device_survives_a_pre_ampere_one(device, rng, monkeypatch):
+    """A process with an Ampere-or-later GPU and an older one, CuPy told to use TF32
+    (``CUPY_TF32=1``, resolved on the newer device): "highest" on the older device must not
+    restore TF32 there, which CuPy refuses with a warning, keeping DEFAULT for the process
+    (its products on the older device are float32 anyway)."""
+    cp = device.module
+    a = cp.asarray(rng.standard_normal((16, 24)).astype(np.float32))
+    b = cp.asarray(rng.standard_normal((24, 8)).astype(np.float32))
+    monkeypatch.setenv("CUPY_TF32", "1")
+    assert LINALG.get_compute_type(np.float32) == LINALG.COMPUTE_TYPE_TF32  # on the H200
+    runtime = device.module.cuda.runtime
+    properties = runtime.getDeviceProperties
+
+    def turing(device_id: int) -> dict:
+        return {**properties(device_id), "major": 7, "minor": 5}
+
+    monkeypatch.setattr(runtime, "getDeviceProperties", turing)
+    LINALG.compute_capability = (7, 5)  # the older device is now the current one
+    sets = LINALG.sets
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for precision in ("highest", "high"):
+            product = CupyBackend(matmul_precision=precision).matmul(a, b)
+            np.testing.assert_array_equal(product.get(), a.get() @ b.get(), err_msg=precision)
+    assert LINALG.sets == sets
+    assert LINALG.compute_types["f"] == LINALG.COMPUTE_TYPE_TF32
+
+
 def test_threads_with_different_precisions_keep_their_own(device, rng):
     """CuPy's compute type is one setting per process: a thread under "high" must not lend
     it to a thread under "highest" (nor leave it behind)."""

@@ -182,10 +182,14 @@ class CupyBackend(Backend):
         another thread may run in the same precision."""
         if a.dtype != np.float32 and b.dtype != np.float32:
             return a @ b
+        high = self.matmul_precision_in_force() == "high"  # a bad setting fails everywhere
+        if not self._has_tf32():
+            # float32 whatever either setting says (cuBLAS has no TF32 there); and a TF32
+            # setting CuPy took on a newer device of the process is left alone, for CuPy
+            # would refuse to restore it here (a warning, and DEFAULT for the whole process)
+            return a @ b
         linalg = cupy._core._routines_linalg
-        wanted = linalg.COMPUTE_TYPE_DEFAULT
-        if self.matmul_precision_in_force() == "high" and self._has_tf32():
-            wanted = linalg.COMPUTE_TYPE_TF32
+        wanted = linalg.COMPUTE_TYPE_TF32 if high else linalg.COMPUTE_TYPE_DEFAULT
         with _COMPUTE_TYPE_LOCK:
             saved = linalg.get_compute_type(np.float32)
             # only TF32 changes a float32 product (CuPy maps the other types to float32
@@ -200,7 +204,7 @@ class CupyBackend(Backend):
 
     def _has_tf32(self) -> bool:
         """Whether the current device's cuBLAS runs TF32 (compute capability 8.0 or later);
-        below that CuPy would warn at every product and run float32."""
+        below that CuPy refuses TF32, warning at every product, and runs float32."""
         device_id = cupy.cuda.runtime.getDevice()
         known = self._tf32_devices.get(device_id)
         if known is None:
