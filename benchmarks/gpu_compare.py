@@ -303,53 +303,76 @@ def run(
     warmup: int,
     progress: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every runner on every shape; ``progress(rows so far)`` after each shape."""
+    """Every float32 runner on every shape, then the opt-in TF32 runners on the shapes of
+    ``TF32_SHAPES``: last, so that a run cut short by a time limit (gpu_check.sh's) has the
+    float32 comparison of as many shapes as it can. ``progress(rows so far)`` after each
+    shape of either pass."""
     rows: list[dict[str, Any]] = []
     for name in shapes:
         shape = SHAPES[name]
         row: dict[str, Any] = {"shape": name, "TBDH": shape, "ms": {}}
         # rnncu_grid: the persistent kernels without clusters, the same run's comparison of
         # the cluster barrier with the grid barrier (measured only where auto took clusters)
-        runners = (
-            ("rnncu_step", partial(bench_rnncu, shape, repeats, warmup, "step")),
+        _run_runners(
+            row,
             (
-                "rnncu_step_graphs",
-                partial(bench_rnncu, shape, repeats, warmup, "step", step_graphs=True, report=row),
+                ("rnncu_step", partial(bench_rnncu, shape, repeats, warmup, "step")),
+                (
+                    "rnncu_step_graphs",
+                    partial(
+                        bench_rnncu, shape, repeats, warmup, "step", step_graphs=True, report=row
+                    ),
+                ),
+                ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
+                ("rnncu_grid", partial(bench_rnncu, shape, repeats, warmup, "auto", "batch,grid")),
+                ("cudnn", partial(bench_torch, shape, repeats, warmup)),
+                ("jax", partial(bench_jax, shape, repeats, warmup)),
+                ("naive_cupy", partial(bench_naive_cupy, shape, max(3, repeats // 4), 1)),
             ),
-            ("rnncu_auto", partial(bench_rnncu, shape, repeats, warmup, "auto")),
-            ("rnncu_grid", partial(bench_rnncu, shape, repeats, warmup, "auto", "batch,grid")),
-            ("cudnn", partial(bench_torch, shape, repeats, warmup)),
-            ("jax", partial(bench_jax, shape, repeats, warmup)),
-            ("naive_cupy", partial(bench_naive_cupy, shape, max(3, repeats // 4), 1)),
-            (
-                "rnncu_tf32",
-                partial(bench_rnncu, shape, repeats, warmup, "auto", matmul_precision="high"),
-            ),
-            ("cudnn_tf32", partial(bench_torch, shape, repeats, warmup, tf32=True)),
         )
-        for runner, bench in runners:
-            if runner == "rnncu_grid" and "cluster" not in row.get("auto_path", ""):
-                continue
-            if runner.endswith("_tf32") and name not in TF32_SHAPES:
-                continue
-            try:
-                if runner.startswith("rnncu"):
-                    _forget_plans()
-                result = bench()
-            except Exception as exc:  # one runner failing must not hide the others' numbers
-                print(f"# {runner} failed on {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                result = None
-            if result is not None:
-                row["ms"][runner] = result
-            if runner == "rnncu_auto":
-                row["auto_path"] = ran_path()
-            elif runner == "rnncu_grid":
-                row["grid_path"] = ran_path()
         _sweep_step_tiles(row, shape, repeats, warmup)
         rows.append(row)
         if progress is not None:
             progress(rows)
+    for row in rows:
+        if row["shape"] not in TF32_SHAPES:
+            continue
+        shape = SHAPES[row["shape"]]
+        _run_runners(
+            row,
+            (
+                (
+                    "rnncu_tf32",
+                    partial(bench_rnncu, shape, repeats, warmup, "auto", matmul_precision="high"),
+                ),
+                ("cudnn_tf32", partial(bench_torch, shape, repeats, warmup, tf32=True)),
+            ),
+        )
+        if progress is not None:
+            progress(rows)
     return rows
+
+
+def _run_runners(row: dict[str, Any], runners: tuple[tuple[str, Callable[[], Any]], ...]) -> None:
+    """Each ``(name, bench)`` of ``runners`` on ``row``'s shape, its figures (if any) into
+    ``row["ms"][name]``; a runner that raises is reported on stderr and leaves no entry."""
+    for runner, bench in runners:
+        if runner == "rnncu_grid" and "cluster" not in row.get("auto_path", ""):
+            continue
+        try:
+            if runner.startswith("rnncu"):
+                _forget_plans()
+            result = bench()
+        except Exception as exc:  # one runner failing must not hide the others' numbers
+            print(f"# {runner} failed on {row['shape']}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            result = None
+        if result is not None:
+            row["ms"][runner] = result
+        if runner == "rnncu_auto":
+            row["auto_path"] = ran_path()
+        elif runner == "rnncu_grid":
+            row["grid_path"] = ran_path()
 
 
 def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> None:

@@ -388,7 +388,8 @@ def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_tha
 
 def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> None:
     """The opt-in TF32 runners: rnncu's auto path with matmul_precision "high" and cuDNN
-    with TF32 allowed, on the shapes of TF32_SHAPES only; the float32 runners stay float32."""
+    with TF32 allowed, on the shapes of TF32_SHAPES only, after every shape's float32
+    runners (a run cut short keeps those); the float32 runners stay float32."""
     gpu_compare = _load("gpu_compare")
     monkeypatch.setattr(gpu_compare, "SHAPES", {"big": (3, 2, 4, 8), "small": (5, 2, 4, 8)})
     monkeypatch.setattr(gpu_compare, "TF32_SHAPES", ("big",))
@@ -405,12 +406,19 @@ def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> 
         return {"fwd": 2.0, "fwd+bwd": 4.0 if not tf32 else 3.0}
 
     _stub_runners(monkeypatch, gpu_compare, bench_rnncu, bench_torch)
-    big, small = gpu_compare.run(["big", "small"], 4, 1)
+    saved: list[tuple[int, bool]] = []
+
+    def progress(rows: list) -> None:
+        saved.append((len(rows), "rnncu_tf32" in rows[0]["ms"]))
+
+    big, small = gpu_compare.run(["big", "small"], 4, 1, progress=progress)
+    # the TF32 pass comes after every shape's float32 runners, each shape saved as it ends
+    assert saved == [(1, False), (2, False), (2, True)]
     assert big["ms"]["rnncu_tf32"] == {"fwd": 1.0, "fwd+bwd": 1.5}
     assert big["ms"]["cudnn_tf32"] == {"fwd": 2.0, "fwd+bwd": 3.0}
     assert "rnncu_tf32" not in small["ms"] and "cudnn_tf32" not in small["ms"]
     assert [c for c in rnncu_calls if c[2] is not None] == [(3, "auto", "high")]
-    assert torch_calls == [(3, False), (3, True), (5, False)]
+    assert torch_calls == [(3, False), (5, False), (3, True)]
     # the float32 table is unchanged by them: its speed-up is float32 against float32
     tables = _markdown_tables(gpu_compare.format_table([big, small]))
     assert "rnncu_tf32" not in tables[1][0]
