@@ -388,9 +388,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--matmul-precision",
         choices=MATMUL_PRECISIONS,
-        help="of the float32 products over all steps on the GPU: high lets cuBLAS use TF32 "
-        "(compute capability 8.0 and later; the recurrence stays float32), highest keeps "
-        "float32; no effect on the NumPy backend; default: the environment variable "
+        help="of the float32 products on the GPU: high lets cuBLAS use TF32 for the products "
+        "over all steps and the step kernels for each step's (compute capability 8.0 and "
+        "later), highest keeps float32; no effect on the NumPy backend; default: the "
+        "environment variable "
         "RNNCU_MATMUL_PRECISION, else highest",
     )
 

@@ -82,6 +82,7 @@ RUNTIME = r"""
 #include <math.h>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
@@ -400,7 +401,7 @@ inline int launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
     l.block_bar[b].what = "__syncthreads()";
     for (int w = 0; w < warps_per_block; ++w) {
       l.warp_bar[b * warps_per_block + w].expected = std::min(32, l.threads - 32 * w);
-      l.warp_bar[b * warps_per_block + w].what = "__shfl_*_sync";
+      l.warp_bar[b * warps_per_block + w].what = "a warp-collective (__shfl_*_sync, wmma::*_sync)";
     }
     auto* buffer = static_cast<unsigned char*>(std::aligned_alloc(256,
         ((smem_bytes + kCanary + 255) / 256) * 256));
@@ -549,6 +550,132 @@ inline cluster_group this_cluster() { return {}; }
 }  // namespace cooperative_groups
 """
 
+#: stand-in for <mma.h>: the WMMA subset of the TF32 step kernels (m16n16k8, TF32 operands,
+#: float accumulators). A fragment's element-to-lane mapping is unspecified by CUDA, so here
+#: every lane holds the whole matrix, row-major. load, mma and store are warp-collective (a
+#: barrier of the warp, at the caller's line, as a shuffle is): a load then reads what every
+#: lane wrote before it; a store writes lane i's share of the elements (i, i + 32, ...) after
+#: the barrier, so a read of its output before a block barrier shows up under the schedule
+#: orders. Pointers must be 32-byte aligned and ldm a multiple of 4 (16 bytes), as the device
+#: requires. The product reads its operands as the tensor core does, the low 13 mantissa bits
+#: ignored (__float_to_tf32 rounds first, to nearest, ties away), and sums in float in
+#: ascending k, each product exact.
+MMA_H = r"""
+#pragma once
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+
+template <typename Use, int M, int N, int K> struct fragment_shape;
+template <int M, int N, int K> struct fragment_shape<matrix_a, M, N, K> {
+  static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K> struct fragment_shape<matrix_b, M, N, K> {
+  static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K> struct fragment_shape<accumulator, M, N, K> {
+  static constexpr int rows = M, cols = N;
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 8, "the emulation has m16n16k8 only");
+  static constexpr int rows = fragment_shape<Use, M, N, K>::rows;
+  static constexpr int cols = fragment_shape<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols;
+  using layout = Layout;
+  float x[num_elements];
+};
+
+inline float __float_to_tf32(float in) {
+  if (!std::isfinite(in)) return in;
+  std::uint32_t bits;
+  std::memcpy(&bits, &in, 4);
+  bits = (bits + 0x1000u) & 0xFFFFE000u;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+inline float tensor_core_operand(float in) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &in, 4);
+  bits &= 0xFFFFE000u;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+inline void warp_collective(const char* what, const void* p, unsigned ldm, int line) {
+  if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % 32 != 0) {
+    ::emu::fail(std::string(what) + " at an address that is not 32-byte aligned");
+  }
+  if (p != nullptr && ldm % 4 != 0) {
+    ::emu::fail(std::string(what) + " with ldm " + std::to_string(ldm) +
+                ", not a multiple of 4 floats");
+  }
+  ::emu::Launch& l = *::emu::L;
+  if (l.threads % 32 != 0) ::emu::fail(std::string(what) + " in a block that is not whole warps");
+  ::emu::arrive(l.warp_bar[l.fibers[l.current].warp], line);
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
+  for (float& e : f.x) e = value;
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const float* p, unsigned ldm,
+                             int line = __builtin_LINE()) {
+  static_assert(!std::is_same<Use, accumulator>::value, "an accumulator load needs a layout");
+  warp_collective("wmma::load_matrix_sync", p, ldm, line);
+  using F = fragment<Use, M, N, K, T, Layout>;
+  constexpr bool row = std::is_same<Layout, row_major>::value;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+template <typename TA, typename LA, typename TB, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                     const fragment<matrix_a, 16, 16, 8, TA, LA>& a,
+                     const fragment<matrix_b, 16, 16, 8, TB, LB>& b,
+                     const fragment<accumulator, 16, 16, 8, float>& c,
+                     int line = __builtin_LINE()) {
+  warp_collective("wmma::mma_sync", nullptr, 0, line);
+  float out[16 * 16];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float acc = c.x[i * 16 + j];
+      for (int k = 0; k < 8; ++k) {
+        acc = std::fma(tensor_core_operand(a.x[i * 8 + k]), tensor_core_operand(b.x[k * 16 + j]),
+                       acc);
+      }
+      out[i * 16 + j] = acc;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f,
+                              unsigned ldm, layout_t layout, int line = __builtin_LINE()) {
+  warp_collective("wmma::store_matrix_sync", p, ldm, line);
+  const int lane = ::emu::L->fibers[::emu::L->current].lane;
+  for (int e = lane; e < 16 * 16; e += 32) {
+    const int r = e / 16, c = e % 16;
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
+  }
+}
+}  // namespace wmma
+}  // namespace nvcuda
+"""
+
 _EXTERN_SHARED_RE = re.compile(
     r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?"
     r"([A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+(\w+)\s*\[\s*\]\s*;"
@@ -592,6 +719,7 @@ class Compiler:
         self.directory = directory
         (directory / "emu_runtime.h").write_text(RUNTIME)
         (directory / "cooperative_groups.h").write_text(COOPERATIVE_GROUPS)
+        (directory / "mma.h").write_text(MMA_H)
 
     def build(self, name: str, units: dict[str, str], jobs: int = 2) -> ctypes.CDLL:
         flags = ["-std=c++17", "-O1", "-w", "-fPIC", "-pthread", "-ffp-contract=off"]
@@ -642,6 +770,8 @@ class Family:
     casts: dict[str, list[str]]  # direction -> casts, ``T`` standing for the element type
     max_threads: str  # C++ expression, may use {ctype} and the regex groups {g3}, {g4}...
     cluster: str = "1"  # blocks per cluster, a C++ expression like max_threads
+    #: the element type of a file whose name expressions do not name one (else group 2's)
+    element_type: str | None = None
 
     def signature(self, direction: str) -> str:
         return "".join("P" if "*" in cast else "I" for cast in self.casts[direction])
@@ -674,6 +804,11 @@ def families() -> dict[str, Family]:
             ),
             _STEP_CASTS, "rnncu::StepTile<{ctype}, {g4}, {g5}, {g6}, {g7}>::kThreads",
         ),
+        "step_tf32": Family(
+            "step_tf32", kernel_loader.TF32_STEP_KERNEL_FILE,
+            re.compile(r"^rnn_step_tf32_(forward|backward)<(\d), (\d+), (\d+)>$"),
+            _STEP_CASTS, "rnncu::Tf32Tile<{g3}, {g4}, 1>::kThreads", element_type="float",
+        ),
         "matvec": Family(
             "matvec", kernel_loader.MATVEC_KERNEL_FILE,
             re.compile(r"^rnn_matvec_(forward|backward)<(float|double), (\d), (\d+)>$"),
@@ -699,7 +834,7 @@ def _dispatch(family: Family, names: Sequence[str]) -> str:
         match = family.pattern.match(name)
         if match is None:
             raise ValueError(f"unexpected name expression {name!r} for {family.filename}")
-        direction, ctype = match[1], match[2]
+        direction, ctype = match[1], family.element_type or match[2]
         casts = family.casts[direction]
         args = ", ".join(
             f"{cast.replace('T', ctype) if 'T*' in cast else cast}a[{i}]"

@@ -467,6 +467,47 @@ def test_tf32_products_stay_near_float64(rng):
     assert differs == (major >= 8), (major, errors)
 
 
+def test_tf32_step_kernels_stay_near_float64(rng):
+    """``matmul_precision="high"`` on the step path: each step's product runs on the tensor
+    cores in TF32 too (kernels/rnn_step_tf32.cu), on a GPU of compute capability 8.0 or
+    later. A bidirectional layer over 16 steps of H = 96 with lengths (partial tiles along B
+    and H; small enough for CI's run of it on the emulated device): every output and
+    gradient within 3e-3 (norm-wise, relative) of float64, where "highest" stays within 1e-5;
+    on such a GPU the TF32 step kernels were the ones launched, and below it none was."""
+    import cupy
+
+    import rnncu
+    from rnncu.backend.cupy_backend import CupyBackend
+
+    steps, batch, features, hidden = 16, 40, 32, 96
+    kwargs = {"bidirectional": True, "seed": 0}
+    reference = rnncu.RNN(features, hidden, backend="numpy", dtype="float64", **kwargs)
+    x = rng.standard_normal((steps, batch, features))
+    dout = rng.standard_normal((steps, batch, 2 * hidden))
+    lengths = rng.integers(1, steps + 1, batch)
+    lengths[0] = steps
+    out_ref, h_ref = reference(x, None, lengths)
+    dx_ref, dh_ref = reference.backward(dout)
+    expected = {"out": out_ref, "h_n": h_ref, "dx": dx_ref, "dh0": dh_ref, **reference.grads}
+    errors = {}
+    tf32_ran = {}
+    for precision, limit in (("highest", 1e-5), ("high", 3e-3)):
+        backend = CupyBackend(recurrence="step", matmul_precision=precision)
+        rnn = rnncu.RNN(features, hidden, backend=backend, dtype="float32", **kwargs)
+        out, h_n = rnn(cupy.asarray(x, dtype=cupy.float32), None, lengths)
+        dx, dh0 = rnn.backward(cupy.asarray(dout, dtype=cupy.float32))
+        actual = {"out": out, "h_n": h_n, "dx": dx, "dh0": dh0, **rnn.grads}
+        for name, value in expected.items():
+            got = cupy.asnumpy(actual[name]).astype(np.float64)
+            assert not np.isnan(got).any(), (precision, name)
+            errors[precision, name] = float(np.linalg.norm(got - value) / np.linalg.norm(value))
+            assert errors[precision, name] < limit, (precision, name, errors[precision, name])
+        tf32_ran[precision] = sorted({key[0].label for key in backend._kernels if key[0].tf32})
+    major = int(cupy.cuda.Device().compute_capability) // 10
+    assert tf32_ran["highest"] == [], tf32_ran
+    assert bool(tf32_ran["high"]) == (major >= 8), (major, tf32_ran, errors)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_truncated_bptt_carries_h_n_as_numpy_does(rng, mode, dtype):

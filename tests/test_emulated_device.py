@@ -565,11 +565,12 @@ def test_choose_tile_on_an_h200(batch: int, hidden: int, tile) -> None:
 def test_a_batch_beyond_the_grid_limit_is_a_clear_error(device, monkeypatch) -> None:
     # the backend's own choice goes through the check (no array needed: B is all it takes)
     with pytest.raises(ValueError, match=r"B = 4194241 takes \d+ blocks along y"):
-        CupyBackend(recurrence="step")._step_kernel(4194241, 8, 4)
-    assert CupyBackend(recurrence="step")._step_kernel(4194240, 8, 4).tile[0] == 64
+        CupyBackend(recurrence="step")._step_kernel(4194241, 8, np.dtype(np.float32))
+    float32 = np.dtype(np.float32)
+    assert CupyBackend(recurrence="step")._step_kernel(4194240, 8, float32).tile[0] == 64
     monkeypatch.setenv(STEP_TILE_ENV, "16x16")  # and a forced tile
     with pytest.raises(ValueError, match=r"with the 16x16 step kernel"):
-        CupyBackend(recurrence="step")._step_kernel(16 * MAX_GRID_Y + 1, 8, 4)
+        CupyBackend(recurrence="step")._step_kernel(16 * MAX_GRID_Y + 1, 8, np.dtype(np.float32))
     check_step_grid(StepKernel(tile=(64, 32, 4, 4)), 64 * MAX_GRID_Y, 8)  # the largest
     with pytest.raises(ValueError, match=r"B = 4194241 takes \d+ blocks along y with the "
                        r"\d+x\d+ step kernel, above CUDA's 65535; .* B <= 4194240"):  # fmt: skip
@@ -887,7 +888,8 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     assert "graphs us/step" in table and "| rnncu_step_graphs |" in table
     assert "| 64x64 | 64x32 | 32x32 | 16x16 | matvec |" in table
     # the opt-in TF32 runner on its shapes only (cuDNN's needs torch: absent here)
-    assert all(tiny["ms"]["rnncu_tf32"][mode] > 0 for mode in ("fwd", "fwd+bwd"))
+    for runner in ("rnncu_tf32", "rnncu_tf32_step"):
+        assert all(tiny["ms"][runner][mode] > 0 for mode in ("fwd", "fwd+bwd")), runner
     assert "rnncu_tf32" not in wide["ms"] and "cudnn_tf32" not in tiny["ms"]
     assert "opt-in TF32" in table and "| tiny |" in table.split("opt-in TF32")[1]
     # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)

@@ -83,11 +83,12 @@ class Backend(ABC):
 
     @property
     def matmul_precision(self) -> str | None:
-        """The precision of the float32 products over all steps (:meth:`matmul`) set on this
-        backend: ``"highest"`` (float32 throughout) or ``"high"`` (on the CuPy backend, on a
-        GPU of compute capability 8.0 or later, cuBLAS may round their operands to TF32,
-        10 bits of mantissa, and run them on the tensor cores; elsewhere, as in torch, it
-        changes nothing). None (the default): the environment variable
+        """The precision of the float32 products set on this backend: ``"highest"`` (float32
+        throughout) or ``"high"`` (on the CuPy backend, on a GPU of compute capability 8.0 or
+        later, the products over all steps (:meth:`matmul`) may have cuBLAS round their
+        operands to TF32, 10 bits of mantissa, and run them on the tensor cores, and the
+        step path's kernels take each step's product there in TF32 too; elsewhere, as in
+        torch, it changes nothing). None (the default): the environment variable
         ``RNNCU_MATMUL_PRECISION`` decides at every call, else ``"highest"``."""
         return self._matmul_precision
 
@@ -195,8 +196,8 @@ class Backend(ABC):
     def matmul(self, a: Array, b: Array) -> Array:
         """``a @ b`` for the layers' products over all steps (the input projection, the
         weight and input gradients, a ``Linear``'s products): the one place where
-        :attr:`matmul_precision` applies. The recurrence's own products, in the backend's
-        kernels, stay in the layer's dtype whatever it says."""
+        :attr:`matmul_precision` applies to them. The recurrence's own products are the
+        backend's kernels' (the CuPy backend's step kernels follow the setting too)."""
         return a @ b
 
     @abstractmethod

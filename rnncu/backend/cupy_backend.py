@@ -87,8 +87,9 @@ class CupyBackend(Backend):
             None (default) reads ``RNNCU_STEP_GRAPHS`` (``on`` or ``off``, default ``off``)
             at every call.
         matmul_precision: ``"highest"`` or ``"high"`` (TF32 in the float32 products over all
-            steps, see :meth:`matmul`); None (default) reads ``RNNCU_MATMUL_PRECISION`` at
-            every call (default ``highest``).
+            steps, see :meth:`matmul`, and in each step's product on the step path where it
+            takes a tile: ``kernels/rnn_step_tf32.cu``); None (default) reads
+            ``RNNCU_MATMUL_PRECISION`` at every call (default ``highest``).
     """
 
     name = "cupy"
@@ -212,6 +213,13 @@ class CupyBackend(Backend):
             known = self._tf32_devices[device_id] = int(major) >= 8
         return known
 
+    def _tf32_recurrence(self, dtype: np.dtype) -> bool:
+        """Whether the step path's per-step products run in TF32: float32 under
+        ``matmul_precision`` "high" on a device of compute capability 8.0 or later."""
+        return (
+            dtype == np.float32 and self.matmul_precision_in_force() == "high" and self._has_tf32()
+        )
+
     def _checked_settings(self) -> str:
         """The recurrence mode in force, after checking the step path's environment variables
         (a bad value is an error on the persistent path too, not only once a shape falls
@@ -256,7 +264,7 @@ class CupyBackend(Backend):
         if steps == 0 or batch == 0 or hidden == 0:
             return
 
-        step = self._step_kernel(batch, hidden, dtype.itemsize)
+        step = self._step_kernel(batch, hidden, dtype)
         kernel = self._kernel(step, "forward", dtype, nonlinearity, hidden)
         grid, block = step.grid(batch, hidden), (step.threads, 1, 1)
         shared_mem = step.shared_mem(hidden, dtype.itemsize)
@@ -319,7 +327,7 @@ class CupyBackend(Backend):
             )
             return cupy.zeros_like(states), grad_h0
 
-        step = self._step_kernel(batch, hidden, dtype.itemsize)
+        step = self._step_kernel(batch, hidden, dtype)
         kernel = self._kernel(step, "backward", dtype, nonlinearity, hidden)
         grid, block = step.grid(batch, hidden), (step.threads, 1, 1)
         shared_mem = step.shared_mem(hidden, dtype.itemsize)
@@ -353,8 +361,11 @@ class CupyBackend(Backend):
             loop.launch(loop.plan())
 
     # -- kernels --------------------------------------------------------------------------
-    def _step_kernel(self, batch: int, hidden: int, itemsize: int) -> StepKernel:
-        """``RNNCU_STEP_TILE`` if set, else :func:`choose_step_kernel` for this device."""
+    def _step_kernel(self, batch: int, hidden: int, dtype: np.dtype) -> StepKernel:
+        """``RNNCU_STEP_TILE`` if set, else :func:`choose_step_kernel` for this device; where
+        that is a tile and the recurrence may take TF32 (:meth:`_tf32_recurrence`), the TF32
+        tile of :func:`choose_tf32_tile` instead."""
+        itemsize = dtype.itemsize
         device_id = cupy.cuda.runtime.getDevice()
         facts = self._device_facts.get(device_id)
         if facts is None:
@@ -372,6 +383,8 @@ class CupyBackend(Backend):
         step = forced_step_kernel(batch, hidden, itemsize, shared_limit)
         if step is None:
             step = choose_step_kernel(batch, hidden, itemsize, sms, shared_limit)
+            if step.tile is not None and self._tf32_recurrence(dtype):
+                step = StepKernel(tile=choose_tf32_tile(batch, hidden, sms), tf32=True)
         check_step_grid(step, batch, hidden)
         return step
 
@@ -532,6 +545,22 @@ def choose_tile(batch: int, hidden: int, multiprocessors: int) -> tuple[int, int
     return min(fitting or kernel_loader.STEP_TILES, key=cost)
 
 
+def choose_tf32_tile(batch: int, hidden: int, multiprocessors: int) -> tuple[int, int]:
+    """The tile of :data:`kernel_loader.TF32_STEP_TILES` with the least estimated step time:
+    waves of blocks x a block's outputs, padding included (every tile runs four warps of
+    16 x 16 fragments, so an output costs the same in each). Ties go to the larger tile,
+    which reads W fewer times. On an H200 (132 SMs) B = 256, H = 1024 takes 32 x 64: 128
+    blocks, one wave."""
+
+    def cost(tile: tuple[int, int]) -> int:
+        bm, bn = tile
+        blocks = -(-batch // bm) * -(-hidden // bn)
+        return -(-blocks // multiprocessors) * bm * bn
+
+    fitting = [t for t in kernel_loader.TF32_STEP_TILES if -(-batch // t[0]) <= MAX_GRID_Y]
+    return min(fitting or kernel_loader.TF32_STEP_TILES, key=cost)
+
+
 def check_step_grid(step: StepKernel, batch: int, hidden: int) -> None:
     """ValueError when ``step``'s grid for B = ``batch`` exceeds CUDA's gridDim.y."""
     rows = step.grid(batch, hidden)[1]
@@ -546,32 +575,49 @@ def check_step_grid(step: StepKernel, batch: int, hidden: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class StepKernel:
-    """The kernel that runs each step: a ``tile`` (BM, BN, TM, TN) of ``rnn_step.cu``, or,
-    with ``tile`` None, ``rnn_matvec.cu`` with ``rows`` batch rows per block."""
+    """The kernel that runs each step: a ``tile`` (BM, BN, TM, TN) of ``rnn_step.cu``; with
+    ``tf32``, a ``tile`` (BM, BN) of ``rnn_step_tf32.cu`` (float32 only); or, with ``tile``
+    None, ``rnn_matvec.cu`` with ``rows`` batch rows per block."""
 
-    tile: tuple[int, int, int, int] | None = None
+    tile: tuple[int, ...] | None = None
     rows: int = 0
+    tf32: bool = False
 
     @property
     def label(self) -> str:
         """``64x32`` for a tile, ``matvec`` for the small-batch kernel (RNNCU_STEP_TILE's
-        names)."""
-        return "matvec" if self.tile is None else f"{self.tile[0]}x{self.tile[1]}"
+        names), ``tf32-64x64`` for a TF32 tile."""
+        if self.tile is None:
+            return "matvec"
+        return f"{'tf32-' if self.tf32 else ''}{self.tile[0]}x{self.tile[1]}"
 
     @property
     def filename(self) -> str:
         if self.tile is None:
             return kernel_loader.MATVEC_KERNEL_FILE
+        if self.tf32:
+            return kernel_loader.TF32_STEP_KERNEL_FILE
         return kernel_loader.STEP_KERNEL_FILE
 
     @property
     def threads(self) -> int:
-        return kernel_loader.MATVEC_THREADS if self.tile is None else step_threads(self.tile)
+        if self.tile is None:
+            return kernel_loader.MATVEC_THREADS
+        if self.tf32:
+            return kernel_loader.TF32_STEP_THREADS
+        bm, bn, tm, tn = self.tile
+        return step_threads((bm, bn, tm, tn))
 
     def name_expression(self, direction: str, dtype: Any, nonlinearity: str) -> str:
         if self.tile is None:
             return kernel_loader.matvec_name_expression(direction, dtype, nonlinearity, self.rows)
-        return kernel_loader.step_name_expression(direction, dtype, nonlinearity, self.tile)
+        if self.tf32:
+            if np.dtype(dtype) != np.float32:
+                raise ValueError(f"dtype: the TF32 step kernels take float32, got {dtype}")
+            tf32_tile = (self.tile[0], self.tile[1])
+            return kernel_loader.tf32_step_name_expression(direction, nonlinearity, tf32_tile)
+        bm, bn, tm, tn = self.tile
+        return kernel_loader.step_name_expression(direction, dtype, nonlinearity, (bm, bn, tm, tn))
 
     def grid(self, batch: int, hidden: int) -> tuple[int, int, int]:
         if self.tile is None:

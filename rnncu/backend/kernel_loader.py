@@ -51,6 +51,9 @@ __all__ = [
     "PrecompileResult",
     "STEP_KERNEL_FILE",
     "STEP_TILES",
+    "TF32_STEP_KERNEL_FILE",
+    "TF32_STEP_THREADS",
+    "TF32_STEP_TILES",
     "all_name_expressions",
     "get_kernel",
     "kernel_dir",
@@ -58,6 +61,7 @@ __all__ = [
     "load_module",
     "matvec_name_expression",
     "module_spec",
+    "tf32_step_name_expression",
     "module_specs",
     "nvrtc_compile",
     "precompile",
@@ -269,6 +273,37 @@ register_kernel_file(
         for dtype in _CTYPES
         for act in _ACTIVATION_IDS
         for tile in STEP_TILES
+    ],
+)
+
+# The float32 step kernels on the tensor cores (kernels/rnn_step_tf32.cu), for matmul precision
+# "high": (BM, BN) = BM batch rows x BN hidden units per block of TF32_STEP_THREADS threads (four
+# warps). Largest first: the backend takes the one with the least estimated step time, ties
+# to the larger (cupy_backend.choose_tf32_tile).
+TF32_STEP_KERNEL_FILE = "rnn_step_tf32.cu"
+TF32_STEP_TILES: tuple[tuple[int, int], ...] = ((64, 64), (32, 64), (32, 32))
+TF32_STEP_THREADS = 128
+
+
+def tf32_step_name_expression(direction: str, nonlinearity: str, tile: tuple[int, int]) -> str:
+    """``rnn_step_tf32_forward<0, 64, 64>``: the TF32 step kernel for a direction
+    (``"forward"``/``"backward"``), nonlinearity and ``(BM, BN)`` tile (one of
+    :data:`TF32_STEP_TILES`); float32 only."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if tuple(tile) not in TF32_STEP_TILES:
+        raise ValueError(f"tile: expected one of {TF32_STEP_TILES}, got {tile!r}")
+    dims = ", ".join(str(d) for d in tile)
+    return f"rnn_step_tf32_{direction}<{_ACTIVATION_IDS[nonlinearity]}, {dims}>"
+
+
+register_kernel_file(
+    TF32_STEP_KERNEL_FILE,
+    [
+        tf32_step_name_expression(direction, act, tile)
+        for direction in ("forward", "backward")
+        for act in _ACTIVATION_IDS
+        for tile in TF32_STEP_TILES
     ],
 )
 
