@@ -4,8 +4,9 @@ Peers (each only where it imports and sees a GPU): PyTorch ``nn.RNN`` (cuDNN), a
 ``lax.scan`` RNN, and a naive CuPy loop (one ``X @ W_ih^T`` GEMM, then per step
 ``h = tanh(xw[t] + h @ W_hh^T)`` from Python). rnncu runs the CuPy backend twice: the step
 path (``recurrence="step"``) and the default ``auto`` path (persistent where supported).
-On the shapes of ``TF32_SHAPES`` it also runs the opt-in TF32 mode: rnncu's ``auto`` path
-with ``matmul_precision="high"`` against cuDNN with TF32 allowed (``rnncu_tf32``,
+On the shapes of ``TF32_SHAPES`` it also runs the opt-in TF32 mode: rnncu's ``auto`` and
+``step`` paths with ``matmul_precision="high"`` (the step path's TF32 step kernels where it
+takes a tile) against cuDNN with TF32 allowed (``rnncu_tf32``, ``rnncu_tf32_step``,
 ``cudnn_tf32``; a table of their own, apart from the float32 comparison).
 "forward+backward" is ``out, h = rnn(x)`` then the gradients of ``out.sum()`` for the input
 and all weights (rnncu: ``rnn.backward(ones)``).
@@ -345,6 +346,11 @@ def run(
                     "rnncu_tf32",
                     partial(bench_rnncu, shape, repeats, warmup, "auto", matmul_precision="high"),
                 ),
+                # the step path under "high": its TF32 step kernels where it takes a tile
+                (
+                    "rnncu_tf32_step",
+                    partial(bench_rnncu, shape, repeats, warmup, "step", matmul_precision="high"),
+                ),
                 ("cudnn_tf32", partial(bench_torch, shape, repeats, warmup, tf32=True)),
             ),
         )
@@ -450,27 +456,37 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _format_tf32(rows: list[dict[str, Any]]) -> list[str]:
-    """The opt-in TF32 mode, fwd and fwd+bwd ms: rnncu's auto path in float32 and with
-    ``matmul_precision="high"``, and cuDNN with TF32 allowed (shapes where one was run)."""
+    """The opt-in TF32 mode, fwd and fwd+bwd ms: rnncu's auto and step paths in float32 and
+    with ``matmul_precision="high"`` (the step path's TF32 step kernels where it takes a
+    tile), and cuDNN with TF32 allowed (shapes where one was run); the auto path's speed-up
+    against cuDNN's, and the step path's against its own float32 kernels."""
     measured = [r for r in rows if {"rnncu_tf32", "cudnn_tf32"} & set(r["ms"])]
     if not measured:
         return []
-    runners = ("rnncu_auto", "rnncu_tf32", "cudnn_tf32")
+    runners = ("rnncu_auto", "rnncu_step", "rnncu_tf32", "rnncu_tf32_step", "cudnn_tf32")
     lines = ["\nopt-in TF32 (rnncu matmul_precision='high'; cuDNN allow_tf32), ms fwd / fwd+bwd"]
     lines.append(
-        "| shape | " + " | ".join(runners) + " | rnncu_tf32 speed-up vs cudnn_tf32, fwd+bwd |"
+        "| shape | " + " | ".join(runners) + " | rnncu_tf32 speed-up vs cudnn_tf32, fwd+bwd "
+        "| rnncu_tf32_step speed-up vs rnncu_step, fwd+bwd |"
     )
-    lines.append("|---" * (len(runners) + 2) + "|")
+    lines.append("|---" * (len(runners) + 3) + "|")
+
+    def ratio(numerator: str, denominator: str, row: dict[str, Any]) -> str:
+        top = row["ms"].get(numerator, {}).get("fwd+bwd")
+        bottom = row["ms"].get(denominator, {}).get("fwd+bwd")
+        return f"{top / bottom:.2f}x" if top and bottom else "n/a"
+
     for row in measured:
         cells = []
         for runner in runners:
             times = row["ms"].get(runner, {})
             cells.append(" / ".join("-" if times.get(m) is None else f"{times[m]:.3f}"
                                     for m in ("fwd", "fwd+bwd")))  # fmt: skip
-        mine = row["ms"].get("rnncu_tf32", {}).get("fwd+bwd")
-        peer = row["ms"].get("cudnn_tf32", {}).get("fwd+bwd")
-        speedup = f"{peer / mine:.2f}x" if mine and peer else "n/a"
-        lines.append(f"| {row['shape']} | " + " | ".join(cells) + f" | {speedup} |")
+        cells += [
+            ratio("cudnn_tf32", "rnncu_tf32", row),
+            ratio("rnncu_step", "rnncu_tf32_step", row),
+        ]
+        lines.append(f"| {row['shape']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -387,8 +387,8 @@ def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_tha
 
 
 def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> None:
-    """The opt-in TF32 runners: rnncu's auto path with matmul_precision "high" and cuDNN
-    with TF32 allowed, on the shapes of TF32_SHAPES only, after every shape's float32
+    """The opt-in TF32 runners: rnncu's auto and step paths with matmul_precision "high" and
+    cuDNN with TF32 allowed, on the shapes of TF32_SHAPES only, after every shape's float32
     runners (a run cut short keeps those); the float32 runners stay float32."""
     gpu_compare = _load("gpu_compare")
     monkeypatch.setattr(gpu_compare, "SHAPES", {"big": (3, 2, 4, 8), "small": (5, 2, 4, 8)})
@@ -417,7 +417,10 @@ def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> 
     assert big["ms"]["rnncu_tf32"] == {"fwd": 1.0, "fwd+bwd": 1.5}
     assert big["ms"]["cudnn_tf32"] == {"fwd": 2.0, "fwd+bwd": 3.0}
     assert "rnncu_tf32" not in small["ms"] and "cudnn_tf32" not in small["ms"]
-    assert [c for c in rnncu_calls if c[2] is not None] == [(3, "auto", "high")]
+    assert [c for c in rnncu_calls if c[2] is not None] == [
+        (3, "auto", "high"),
+        (3, "step", "high"),
+    ]
     assert torch_calls == [(3, False), (5, False), (3, True)]
     # the float32 table is unchanged by them: its speed-up is float32 against float32
     tables = _markdown_tables(gpu_compare.format_table([big, small]))
@@ -425,10 +428,11 @@ def test_gpu_tf32_runners_run_on_their_shapes_only_with_tf32_on(monkeypatch) -> 
     assert tables[1][0]["speed-up vs best peer"] == "2.00x"
     (tf32,) = [t for t in tables if "rnncu_tf32" in t[0]]
     assert [row["shape"] for row in tf32] == ["big"]
-    assert tf32[0]["rnncu_auto"] == "1.000 / 2.000"
-    assert tf32[0]["rnncu_tf32"] == "1.000 / 1.500"
+    assert tf32[0]["rnncu_auto"] == tf32[0]["rnncu_step"] == "1.000 / 2.000"
+    assert tf32[0]["rnncu_tf32"] == tf32[0]["rnncu_tf32_step"] == "1.000 / 1.500"
     assert tf32[0]["cudnn_tf32"] == "2.000 / 3.000"
     assert tf32[0]["rnncu_tf32 speed-up vs cudnn_tf32, fwd+bwd"] == "2.00x"
+    assert tf32[0]["rnncu_tf32_step speed-up vs rnncu_step, fwd+bwd"] == "1.33x"
     assert "opt-in TF32" not in gpu_compare.format_table([small])
 
 
