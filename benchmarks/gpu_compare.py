@@ -354,6 +354,7 @@ def run(
                 ("cudnn_tf32", partial(bench_torch, shape, repeats, warmup, tf32=True)),
             ),
         )
+        _sweep_tf32_tiles(row, shape, repeats)
         if progress is not None:
             progress(rows)
     return rows
@@ -381,20 +382,40 @@ def _run_runners(row: dict[str, Any], runners: tuple[tuple[str, Callable[[], Any
             row["grid_path"] = ran_path()
 
 
+def _device_facts() -> tuple[int, int]:
+    """The current device's multiprocessors and opt-in shared memory per block (bytes)."""
+    import cupy
+
+    runtime = cupy.cuda.runtime
+    device_id = runtime.getDevice()
+    sms = runtime.getDeviceProperties(device_id)["multiProcessorCount"]
+    shared = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id)
+    return int(sms), int(shared)
+
+
+def _time_forced_step_kernels(
+    row: dict[str, Any], shape, repeats: int, labels: list[str], **options: Any
+) -> None:
+    """The step path with each step kernel of ``labels`` forced (``RNNCU_STEP_TILE``), into
+    ``row["ms"]["step_<label>"]``; ``options`` go to :func:`bench_rnncu`. Half the repeats:
+    extra runs per shape, inside gpu_check.sh's time limit."""
+    for label in labels:
+        try:
+            result = bench_rnncu(shape, max(5, repeats // 2), 1, "step", step_tile=label, **options)
+        except Exception as exc:
+            print(f"# step tile {label} failed on {row['shape']}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        row["ms"][f"step_{label}"] = result
+
+
 def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> None:
     """The step path with every other step kernel forced (``step_<BM>x<BN>``, ``step_matvec``),
     beside rnncu_step's own choice (``row["step_tile"]``): the data to tune the choice with."""
     try:
-        import cupy
-
         from rnncu.backend import cupy_backend, kernel_loader
 
-        runtime = cupy.cuda.runtime
-        device_id = runtime.getDevice()
-        sms = runtime.getDeviceProperties(device_id)["multiProcessorCount"]
-        shared = runtime.deviceGetAttribute(
-            runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id
-        )
+        sms, shared = _device_facts()
         chosen = cupy_backend.choose_step_kernel(shape[1], shape[3], 4, sms, shared).label
     except Exception as exc:
         print(f"# step tiles skipped on {row['shape']}: {type(exc).__name__}: {exc}",
@@ -402,16 +423,57 @@ def _sweep_step_tiles(row: dict[str, Any], shape, repeats: int, warmup: int) -> 
         return
     row["step_tile"] = chosen
     labels = [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES] + ["matvec"]
-    for label in labels:
-        if label == chosen:
-            continue
-        try:  # half the repeats: 4 extra runs per shape, inside gpu_check.sh's time limit
-            result = bench_rnncu(shape, max(5, repeats // 2), 1, "step", step_tile=label)
-        except Exception as exc:
-            print(f"# step tile {label} failed on {row['shape']}: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)  # fmt: skip
-            continue
-        row["ms"][f"step_{label}"] = result
+    _time_forced_step_kernels(row, shape, repeats, [label for label in labels if label != chosen])
+
+
+#: the row keys of the TF32 step kernels forced one by one (``step_tf32-64x64``)
+TF32_TILE_PREFIX = "step_tf32-"
+
+
+def _sweep_tf32_tiles(row: dict[str, Any], shape, repeats: int) -> None:
+    """The step path under ``matmul_precision="high"`` with each TF32 step kernel forced
+    (``RNNCU_STEP_TILE=tf32-<BM>x<BN>``), beside the one the planner picks
+    (``row["tf32_tile"]``, absent where the step path takes the small-batch kernel, B <= 8,
+    and runs no TF32 kernel): the data to check ``choose_tf32_tile`` with. All three run, the
+    pick too (rnncu_tf32_step timed it with the products over all steps in TF32 as well)."""
+    try:
+        from rnncu.backend import cupy_backend, kernel_loader
+
+        sms, shared = _device_facts()
+        takes_tile = cupy_backend.choose_step_kernel(shape[1], shape[3], 4, sms, shared).tile
+        bm, bn = cupy_backend.choose_tf32_tile(shape[1], shape[3], sms)
+    except Exception as exc:
+        print(f"# TF32 step tiles skipped on {row['shape']}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return
+    if takes_tile is not None:
+        row["tf32_tile"] = f"tf32-{bm}x{bn}"
+    labels = [f"tf32-{t[0]}x{t[1]}" for t in kernel_loader.TF32_STEP_TILES]
+    _time_forced_step_kernels(row, shape, repeats, labels, matmul_precision="high")
+
+
+def _format_tf32_tiles(rows: list[dict[str, Any]]) -> list[str]:
+    """The step path's fwd+bwd ms under "high" by TF32 step kernel; * marks the planner's."""
+    measured = [r for r in rows if any(key.startswith(TF32_TILE_PREFIX) for key in r["ms"])]
+    if not measured:
+        return []
+    from rnncu.backend import kernel_loader
+
+    labels = [f"tf32-{t[0]}x{t[1]}" for t in kernel_loader.TF32_STEP_TILES]
+    lines = [
+        "\nrnncu step path under matmul_precision='high', fwd+bwd ms by TF32 step kernel "
+        "(forced; * = the one it picks)"
+    ]
+    lines.append("| shape | " + " | ".join(labels) + " |")
+    lines.append("|---" * (len(labels) + 1) + "|")
+    for row in measured:
+        cells = []
+        for label in labels:
+            value = row["ms"].get(f"step_{label}", {}).get("fwd+bwd")
+            mark = "*" if label == row.get("tf32_tile") else ""
+            cells.append("-" if value is None else f"{value:.3f}{mark}")
+        lines.append(f"| {row['shape']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -452,6 +514,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines += _format_step_graphs(rows)
     lines += _format_tiles(rows)
     lines += _format_tf32(rows)
+    lines += _format_tf32_tiles(rows)
     return "\n".join(lines)
 
 
@@ -519,7 +582,8 @@ def _format_step_graphs(rows: list[dict[str, Any]]) -> list[str]:
 def _format_tiles(rows: list[dict[str, Any]]) -> list[str]:
     """The step path's fwd+bwd ms by step kernel; * marks the one rnncu_step chose."""
     found = {row["step_tile"] for row in rows if "step_tile" in row}
-    found |= {key[5:] for row in rows for key in row["ms"] if key.startswith("step_")}
+    found |= {key[5:] for row in rows for key in row["ms"]
+              if key.startswith("step_") and not key.startswith(TF32_TILE_PREFIX)}  # fmt: skip
     # the tiles from the largest, then the small-batch kernel
     labels = sorted(found, key=lambda label: [-int(v) for v in label.split("x")] if "x" in label
                     else [1])  # fmt: skip

@@ -553,13 +553,15 @@ inline cluster_group this_cluster() { return {}; }
 #: stand-in for <mma.h>: the WMMA subset of the TF32 step kernels (m16n16k8, TF32 operands,
 #: float accumulators). A fragment's element-to-lane mapping is unspecified by CUDA, so here
 #: every lane holds the whole matrix, row-major. load, mma and store are warp-collective (a
-#: barrier of the warp, at the caller's line, as a shuffle is): a load then reads what every
-#: lane wrote before it; a store writes lane i's share of the elements (i, i + 32, ...) after
-#: the barrier, so a read of its output before a block barrier shows up under the schedule
-#: orders. Pointers must be 32-byte aligned and ldm a multiple of 4 (16 bytes), as the device
-#: requires. The product reads its operands as the tensor core does, the low 13 mantissa bits
-#: ignored (__float_to_tf32 rounds first, to nearest, ties away), and sums in float in
-#: ascending k, each product exact.
+#: barrier of the warp, at the caller's line, as a shuffle is; the lanes' pointers and ldm
+#: must agree, as on the device): a load then reads what every lane wrote before it; a store
+#: writes lane i's share of the elements (i, i + 32, ...) after the barrier, so a read of its
+#: output before a block barrier shows up under the schedule orders. Pointers must be 32-byte
+#: aligned and ldm a multiple of 4 (16 bytes), as the device requires. The product reads its
+#: operands as the tensor core does, the low 13 mantissa bits ignored (__float_to_tf32 rounds
+#: first, to nearest, ties away), and sums in float in ascending k, each product exact: a
+#: tensor core accumulates in an order and rounding of its own, so results agree with a
+#: device's to float32's accumulation error, not bit for bit.
 MMA_H = r"""
 #pragma once
 namespace nvcuda {
@@ -624,7 +626,20 @@ inline void warp_collective(const char* what, const void* p, unsigned ldm, int l
   }
   ::emu::Launch& l = *::emu::L;
   if (l.threads % 32 != 0) ::emu::fail(std::string(what) + " in a block that is not whole warps");
-  ::emu::arrive(l.warp_bar[l.fibers[l.current].warp], line);
+  // every lane must pass the same pointer and ldm (the device reads one of them): each
+  // lane's pair goes through the shuffles' double-buffered slots, compared with lane 0's
+  ::emu::Fiber& f = l.fibers[l.current];
+  ::emu::Exchange& x = l.exchange[f.warp];
+  const unsigned parity = f.parity;
+  f.parity ^= 1u;
+  x.value[parity][f.lane] =
+      reinterpret_cast<std::uintptr_t>(p) ^ (static_cast<unsigned long long>(ldm) << 52);
+  x.tag[parity][f.lane] = line;
+  ::emu::arrive(l.warp_bar[f.warp], line);
+  if (x.value[parity][f.lane] != x.value[parity][0]) {
+    ::emu::fail(std::string(what) + " with a pointer or ldm that differs between the lanes "
+                "of a warp");
+  }
 }
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>

@@ -332,12 +332,13 @@ def test_gpu_tables_per_step_graph_counts_and_step_kernels() -> None:
 
 def _stub_runners(monkeypatch, gpu_compare, bench_rnncu, bench_torch) -> None:
     """gpu_compare's runners replaced: rnncu's and cuDNN's by the given stand-ins, JAX absent,
-    the naive loop a constant, no step-tile sweep."""
+    the naive loop a constant, no step-tile sweeps."""
     monkeypatch.setattr(gpu_compare, "bench_rnncu", bench_rnncu)
     monkeypatch.setattr(gpu_compare, "bench_torch", bench_torch)
     monkeypatch.setattr(gpu_compare, "bench_jax", lambda *args: None)
     monkeypatch.setattr(gpu_compare, "bench_naive_cupy", lambda *args: {"fwd": 9.0})
     monkeypatch.setattr(gpu_compare, "_sweep_step_tiles", lambda *args: None)
+    monkeypatch.setattr(gpu_compare, "_sweep_tf32_tiles", lambda *args: None)
 
 
 def test_gpu_run_keeps_the_other_runners_when_one_fails_and_reports_the_path_that_ran(
@@ -837,3 +838,24 @@ def test_the_cpu_benchmark_suite_times_with_and_without_the_compiled_loops() -> 
                 continue
             bench_cpu.test_forward_backward(benchmark, patch, "rowdigits", loops)
         assert benchmark.compiled_on == [loops == "compiled"], loops
+
+
+def test_gpu_tf32_tile_table_marks_the_pick_and_stays_out_of_the_float32_tiles() -> None:
+    """The TF32 step kernels forced one by one: their own table, the planner's pick starred
+    (none where B <= 8 took the small-batch kernel), and not mixed into the float32 step
+    kernels' table (whose labels are BMxBN or matvec)."""
+    gpu_compare = _load("gpu_compare")
+    times = {"fwd": 1.0, "fwd+bwd": 2.0}
+    wide = {"shape": "wide", "TBDH": (3, 256, 4, 1024), "ms": {"rnncu_step": times},
+            "step_tile": "64x32", "tf32_tile": "tf32-32x64"}  # fmt: skip
+    wide["ms"].update({"step_32x32": times, "step_tf32-64x64": {"fwd": 1.0, "fwd+bwd": 3.0},
+                       "step_tf32-32x64": times, "step_tf32-32x32": times})  # fmt: skip
+    narrow = {"shape": "narrow", "TBDH": (3, 4, 4, 1024), "ms": {"step_tf32-32x32": times}}
+    tables = _markdown_tables(gpu_compare.format_table([wide, narrow]))
+    (tf32,) = [t for t in tables if "tf32-64x64" in t[0]]
+    assert tf32[0] == {"shape": "wide", "tf32-64x64": "3.000", "tf32-32x64": "2.000*",
+                       "tf32-32x32": "2.000"}  # fmt: skip
+    assert tf32[1] == {"shape": "narrow", "tf32-64x64": "-", "tf32-32x64": "-",
+                       "tf32-32x32": "2.000"}  # fmt: skip
+    (tiles,) = [t for t in tables if "32x32" in t[0] and "tf32-32x32" not in t[0]]
+    assert set(tiles[0]) == {"shape", "64x32", "32x32"}

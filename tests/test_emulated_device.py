@@ -878,7 +878,7 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
         # the step path with every other step kernel forced, beside the one it picks (B <= 8:
         # the small-batch kernel)
         assert row["step_tile"] == "matvec"
-        swept = {key for key in row["ms"] if key.startswith("step_")}
+        swept = {k for k in row["ms"] if k.startswith("step_") and "tf32" not in k}
         assert swept == {f"step_{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES}
         assert all(row["ms"][key]["fwd+bwd"] > 0 for key in swept)
     assert _step_launches(device) > 0
@@ -891,6 +891,14 @@ def test_gpu_benchmark_runs_on_the_emulated_device(device, monkeypatch, capsys, 
     for runner in ("rnncu_tf32", "rnncu_tf32_step"):
         assert all(tiny["ms"][runner][mode] > 0 for mode in ("fwd", "fwd+bwd")), runner
     assert "rnncu_tf32" not in wide["ms"] and "cudnn_tf32" not in tiny["ms"]
+    # each TF32 step kernel forced on the TF32 shapes (B = 5 takes the small-batch kernel:
+    # no pick to star), and its launches reached the TF32 file
+    swept = {key for key in tiny["ms"] if key.startswith("step_tf32-")}
+    assert swept == {f"step_tf32-{t[0]}x{t[1]}" for t in kernel_loader.TF32_STEP_TILES}
+    assert all(tiny["ms"][key]["fwd+bwd"] > 0 for key in swept)
+    assert "tf32_tile" not in tiny and not any(k.startswith("step_tf32-") for k in wide["ms"])
+    assert device.launches(kernel_loader.TF32_STEP_KERNEL_FILE) > 0
+    assert "by TF32 step kernel" in table
     assert "opt-in TF32" in table and "| tiny |" in table.split("opt-in TF32")[1]
     # the tables of a saved run (what gpu_check.sh prints when the benchmark was cut short)
     saved = tmp_path / "run.json"

@@ -29,6 +29,7 @@ from rnncu.backend import persistent
 #: ``__shared__`` declarations go through the same rewriting as the kernel files'
 PROBES = r"""
 #include <cooperative_groups.h>
+#include <mma.h>
 #include <stdexcept>
 namespace cg = cooperative_groups;
 
@@ -180,6 +181,39 @@ __global__ void shuffle_butterfly_sum(float* out, int) {
   out[global_id()] = sum;
 }
 
+// One warp: C (16 x 16, row-major, out[0..256)) = A (16 x 8, row-major) B (8 x 16, col-major)
+// with A[i][k] = i + k + 1 and B[k][j] = j - k, both rounded by __float_to_tf32 (exact here);
+// arg 1: A's pointer 4 bytes off; 2: ldm 6; 3: lane 5 passes another pointer; 4: A = 1 + 2^-20
+// and B = 1, not rounded (the tensor core reads 1.0).
+struct __align__(32) WmmaTiles {
+  float a[16 * 8 + 8];
+  float b[8 * 16];
+  float c[16 * 16];
+};
+__global__ void wmma_product(float* out, int arg) {
+  namespace wmma = nvcuda::wmma;
+  __shared__ WmmaTiles s;
+  const int t = threadIdx.x;
+  for (int e = t; e < 128; e += 32) {
+    const int i = e / 8, k = e % 8;
+    s.a[e] = arg == 4 ? 1.0f + 0x1p-20f : wmma::__float_to_tf32(static_cast<float>(i + k + 1));
+    const int j = e / 8, kb = e % 8;  // b[j * 8 + kb] = B[kb][j] (column-major)
+    s.b[e] = arg == 4 ? 1.0f : wmma::__float_to_tf32(static_cast<float>(j - kb));
+  }
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  const float* a = s.a + (arg == 1 ? 1 : 0) + (arg == 3 && t == 5 ? 8 : 0);
+  wmma::load_matrix_sync(fa, a, arg == 2 ? 6u : 8u);
+  wmma::load_matrix_sync(fb, s.b, 8u);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(s.c, acc, 16u, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = t; e < 256; e += 32) out[e] = s.c[e];
+}
+
 struct Entry {
   const char* name;
   void (*kernel)(float*, int);
@@ -211,6 +245,7 @@ static const Entry kProbes[] = {
     {"shuffle_down", shuffle_down},
     {"shuffle_index", shuffle_index},
     {"shuffle_butterfly_sum", shuffle_butterfly_sum},
+    {"wmma_product", wmma_product},
 };
 
 extern "C" int probe(const char* name, unsigned gx, unsigned gy, unsigned threads,
@@ -544,3 +579,24 @@ def test_launch_raw_takes_the_argument_types_cupy_passes(
     strided = np.zeros((3, 66), np.float32)[:, ::2]
     with pytest.raises(TypeError, match=r"argument 2 must be a contiguous array"):
         kernel_emulation.launch(plan, (*args[:2], strided, *args[3:]))
+
+
+def test_wmma_products_and_their_faults(probes: Probes) -> None:
+    """The ``<mma.h>`` stand-in: an m16n16k8 TF32 product is A B exactly (small integers);
+    operands the program did not round are read as the tensor core reads them, the low 13
+    mantissa bits dropped; a pointer off 32 bytes, an ldm not a multiple of 4 floats, and
+    lanes of one warp passing different pointers are each reported."""
+    rows, depth = np.arange(16)[:, None], np.arange(8)[None, :]
+    a = (rows + depth + 1).astype(np.float64)
+    b = (np.arange(16)[None, :] - np.arange(8)[:, None]).astype(np.float64)
+    out = probes.launch("wmma_product", out=np.full(256, np.nan, np.float32))
+    np.testing.assert_array_equal(out.reshape(16, 16), a @ b)
+    out = probes.launch("wmma_product", arg=4, out=np.full(256, np.nan, np.float32))
+    np.testing.assert_array_equal(out, np.full(256, 8.0, np.float32))
+    for arg, message in (
+        (1, "wmma::load_matrix_sync at an address that is not 32-byte aligned"),
+        (2, "wmma::load_matrix_sync with ldm 6, not a multiple of 4 floats"),
+        (3, "wmma::load_matrix_sync with a pointer or ldm that differs between the lanes"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            probes.launch("wmma_product", arg=arg, out=np.full(256, np.nan, np.float32))

@@ -147,6 +147,20 @@ def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
 
 
 @needs_nvrtc
+def test_the_tf32_step_kernels_compile_to_traps_below_sm_80() -> None:
+    """``rnncu precompile`` builds every registered module for the device's arch: on a GPU
+    below 8.0 (no TF32 fragments) the TF32 step file must still compile, its kernels reduced
+    to a trap (the backend never launches them there; a handful of registers shows no body
+    was compiled)."""
+    filename = kernel_loader.TF32_STEP_KERNEL_FILE
+    names = kernel_loader.all_name_expressions()[filename]
+    result = kernel_loader.nvrtc_compile(filename, names, arch="sm_75")
+    assert set(result.registers) == set(names), result.log
+    assert max(result.registers.values()) <= 16, result.registers
+    assert min(compile_file(filename, "sm_80").registers.values()) > 64
+
+
+@needs_nvrtc
 @pytest.mark.parametrize(
     ("filename", "needle", "replacement"),
     [

@@ -301,3 +301,31 @@ def test_tf32_step_kernel_names_and_refusals() -> None:
         kernel_loader.tf32_step_name_expression("forward", "tanh", (16, 16))
     with pytest.raises(ValueError, match="direction"):
         kernel_loader.tf32_step_name_expression("sideways", "tanh", (32, 32))
+
+
+def test_a_forced_tf32_tile_runs_tf32_and_refuses_what_it_cannot_run(
+    device, rng, monkeypatch
+) -> None:
+    """``RNNCU_STEP_TILE=tf32-BMxBN`` forces a TF32 step kernel (the benchmark's sweep of
+    them), whatever ``matmul_precision`` says: float32 only, on 8.0 or later; anything else
+    is an error naming the variable, the dtype or the device."""
+    data = _inputs(rng, (2, 9, 20), use_lengths=True)
+    monkeypatch.setenv(STEP_TILE_ENV, "TF32-32x64")
+    actual = _run(CupyBackend(recurrence="step"), device, data, "relu", False)
+    _check_each_step(data, actual, "relu", False, "forced tf32-32x64")
+    for direction in ("forward", "backward"):
+        name = kernel_loader.tf32_step_name_expression(direction, "relu", (32, 64))
+        assert device.kernels[(TF32_FILE, name)].launches == 2
+    data64 = {k: v if v is None or v.dtype != np.float32 else v.astype(np.float64)
+              for k, v in data.items()}  # fmt: skip
+    with pytest.raises(ValueError, match=r"RNNCU_STEP_TILE=tf32-32x64: .* not dtype float64"):
+        _run(CupyBackend(recurrence="step"), device, data64, "tanh", False)
+    runtime = device.module.cuda.runtime
+    properties = runtime.getDeviceProperties
+    monkeypatch.setattr(runtime, "getDeviceProperties",
+                        lambda i: {**properties(i), "major": 7, "minor": 0})  # fmt: skip
+    with pytest.raises(ValueError, match=r"tf32-32x64: .* not a device below 8\.0"):
+        _run(CupyBackend(recurrence="step"), device, data, "tanh", False)
+    monkeypatch.setenv(STEP_TILE_ENV, "tf32-16x16")
+    with pytest.raises(ValueError, match=r"expected one of .*matvec, tf32-64x64, tf32-32x64"):
+        _run(CupyBackend(recurrence="step"), device, data, "tanh", False)

@@ -385,6 +385,12 @@ class CupyBackend(Backend):
             step = choose_step_kernel(batch, hidden, itemsize, sms, shared_limit)
             if step.tile is not None and self._tf32_recurrence(dtype):
                 step = StepKernel(tile=choose_tf32_tile(batch, hidden, sms), tf32=True)
+        elif step.tf32 and (dtype != np.float32 or not self._has_tf32()):
+            problem = f"dtype {dtype}" if dtype != np.float32 else "a device below 8.0"
+            raise ValueError(
+                f"environment variable {STEP_TILE_ENV}={step.label}: the TF32 step kernels "
+                f"take float32 on a GPU of compute capability 8.0 or later, not {problem}"
+            )
         check_step_grid(step, batch, hidden)
         return step
 
@@ -664,14 +670,18 @@ def choose_step_kernel(
 def forced_step_kernel(
     batch: int, hidden: int, itemsize: int, shared_limit: int
 ) -> StepKernel | None:
-    """The step kernel named by ``RNNCU_STEP_TILE`` (``BMxBN`` or ``matvec``), or None when
-    the variable is unset or empty."""
+    """The step kernel named by ``RNNCU_STEP_TILE`` (``BMxBN``, ``tf32-BMxBN`` or ``matvec``),
+    or None when the variable is unset or empty. A TF32 tile runs TF32 whatever the
+    backend's ``matmul_precision`` (the caller checks dtype and device)."""
     value = check_step_tile_name()
     if value is None:
         return None
     tiles = {f"{t[0]}x{t[1]}": t for t in kernel_loader.STEP_TILES}
     if value in tiles:
         return StepKernel(tile=tiles[value])
+    tf32_tiles = {f"tf32-{t[0]}x{t[1]}": t for t in kernel_loader.TF32_STEP_TILES}
+    if value in tf32_tiles:
+        return StepKernel(tile=tf32_tiles[value], tf32=True)
     if value == "matvec":
         rows = matvec_rows(batch, hidden, itemsize, shared_limit)
         if rows is None:
@@ -684,18 +694,23 @@ def forced_step_kernel(
     raise AssertionError(value)  # check_step_tile_name admits only those
 
 
+def step_kernel_names() -> list[str]:
+    """Every name ``RNNCU_STEP_TILE`` takes: the tiles, ``matvec``, the TF32 tiles."""
+    names = [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES] + ["matvec"]
+    return names + [f"tf32-{t[0]}x{t[1]}" for t in kernel_loader.TF32_STEP_TILES]
+
+
 def check_step_tile_name() -> str | None:
-    """``RNNCU_STEP_TILE`` lowered (``64x32``, ``matvec``), None where unset or empty; any
-    other value is a ValueError naming the variable."""
+    """``RNNCU_STEP_TILE`` lowered (``64x32``, ``matvec``, ``tf32-32x64``), None where unset
+    or empty; any other value is a ValueError naming the variable."""
     raw = os.environ.get(STEP_TILE_ENV, "").strip()
     value = raw.lower()
     if not value:
         return None
-    names = [f"{t[0]}x{t[1]}" for t in kernel_loader.STEP_TILES]
-    if value not in names and value != "matvec":
+    names = step_kernel_names()
+    if value not in names:
         raise ValueError(
-            f"environment variable {STEP_TILE_ENV}: expected one of "
-            f"{', '.join([*names, 'matvec'])}, got {raw!r}"
+            f"environment variable {STEP_TILE_ENV}: expected one of {', '.join(names)}, got {raw!r}"
         )
     return value
 
