@@ -391,8 +391,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="of the float32 products on the GPU: high lets cuBLAS use TF32 for the products "
         "over all steps and the step kernels for each step's (compute capability 8.0 and "
         "later), highest keeps float32; no effect on the NumPy backend; default: the "
-        "environment variable "
-        "RNNCU_MATMUL_PRECISION, else highest",
+        "environment variable RNNCU_MATMUL_PRECISION, else highest",
     )
 
 

@@ -61,7 +61,6 @@ __all__ = [
     "load_module",
     "matvec_name_expression",
     "module_spec",
-    "tf32_step_name_expression",
     "module_specs",
     "nvrtc_compile",
     "precompile",
@@ -69,6 +68,7 @@ __all__ = [
     "register_kernel_file",
     "step_name_expression",
     "step_threads",
+    "tf32_step_name_expression",
 ]
 
 #: options every kernel file is compiled with, on the device and by :func:`nvrtc_compile`
