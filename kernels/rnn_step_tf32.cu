@@ -21,10 +21,12 @@
 // Launch shape: block (128, 1, 1), grid (ceil(H / BN), ceil(B / BM), 1);
 // kernel_loader.TF32_STEP_TILES lists the instantiated (BM, BN).
 //
-// Shared row pitches, in floats: operand tiles read with k along a row take kBK + 4 (20: the
-// eight rows one fragment load touches fall on different banks), the backward's W tile, read
-// with n along a row, BN + 8; every fragment start is then 32-byte aligned, as
-// load_matrix_sync and store_matrix_sync require.
+// Shared row pitches, in floats: operand tiles read with k along a row take kBK + 4 (20: in
+// the register layout of mma.sync's m16n8k8, which WMMA's fragments are not documented to
+// follow, the eight rows one fragment load touches fall on different banks), the backward's
+// W tile, read with n along a row, BN + 8; every fragment start is then 32-byte aligned, as
+// load_matrix_sync and store_matrix_sync require. (The stores of the 16-wide rows into the
+// operand tiles meet 2-way bank conflicts; a slice is stored once and read by two warps.)
 #include "common.cuh"
 
 namespace rnncu {
