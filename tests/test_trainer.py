@@ -905,9 +905,12 @@ def test_only_a_replaced_run_loses_its_files(tmp_path: Path, saved_run: Path, di
         assert load_checkpoint(target)[1]["epoch"] == (1 if how == "new" else 2)
 
 
-def test_the_judge_of_samples_must_be_a_classifier(tmp_path: Path, saved_run: Path, digits) -> None:
+def test_the_judge_of_samples_must_be_a_classifier(
+    tmp_path: Path, saved_run: Path, digits, monkeypatch
+) -> None:
     """A generate run's samples are judged by a classify run: a classifier/ holding another
     generate run failed with AttributeError ('RowGenerator' has no 'predict')."""
+    small_judge(monkeypatch)
     gen = tmp_path / "gen"
     config = small(task="generate", epochs=1, hidden=8)
     train(config, data=digits, progress=False, out_dir=gen, plots=False)
@@ -1496,6 +1499,7 @@ def test_the_epoch_loss_weights_each_batch_by_its_rows(monkeypatch, digits, task
         return loss, correct
 
     monkeypatch.setattr(model_class, "train_step", spy)
+    small_judge(monkeypatch)  # (a generate run's judge: 40 epochs of H = 128 otherwise)
     record = train(small(task=task, epochs=1), data=digits, progress=False).history[0]
     sizes = [size for _, size, _ in seen]
     n = sum(sizes)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from saved_runs import resave_checkpoint
+from test_trainer import small_judge
 
 from rnncu import plots, trainer
 from rnncu.checkpoint import load_checkpoint
@@ -243,7 +244,8 @@ def test_without_a_split_nothing_changes(digits: ImageDataset) -> None:
     assert not any(k.startswith("val_") for r in result.history for k in r)
 
 
-def test_a_generate_run_validates_its_mse(digits: ImageDataset) -> None:
+def test_a_generate_run_validates_its_mse(digits: ImageDataset, monkeypatch) -> None:
+    small_judge(monkeypatch)
     config = small(task="generate", val_fraction=0.1, epochs=2)
     result = train(config, data=digits, progress=False)
     m = result.metrics
@@ -344,10 +346,11 @@ def test_evaluate_gives_the_run_s_validation_figures(tmp_path: Path, digits: Ima
 
 
 def test_a_generate_run_stopped_early_without_its_judge_warns(
-    tmp_path: Path, digits: ImageDataset
+    tmp_path: Path, digits: ImageDataset, monkeypatch
 ) -> None:
     """A run that stopped early is finished: evaluating it without a judge says the judge is
     missing, as for a run that trained every epoch."""
+    small_judge(monkeypatch)
     config = small(task="generate", epochs=30, lr=0.03, schedule="constant", val_fraction=0.2,
                    patience=1, hidden=32)  # fmt: skip
     news: list[str] = []
