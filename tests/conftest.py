@@ -69,7 +69,39 @@ def _load_nvrtc_from(directory: str) -> None:
         ctypes.CDLL(str(library.resolve()), mode=ctypes.RTLD_GLOBAL)
 
 
+_EMULATION_CACHE_MADE = pytest.StashKey[str]()
+
+
+def _share_emulation_builds(config: pytest.Config) -> None:
+    """One directory of emulation libraries for this session, its xdist workers and the
+    pytest runs its tests start (they inherit the variable): each kernel file is built once
+    between them. A session that finds the variable set (a worker, an inner run, or a user's
+    own) uses that directory and leaves it."""
+    import tempfile
+
+    from kernel_emulation import CACHE_ENV
+
+    if os.environ.get(CACHE_ENV):
+        return
+    os.environ[CACHE_ENV] = config.stash[_EMULATION_CACHE_MADE] = tempfile.mkdtemp(
+        prefix="rnncu-emulation-"
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_EMULATION_CACHE_MADE, None)
+    if made is not None:
+        import shutil
+
+        from kernel_emulation import CACHE_ENV
+
+        shutil.rmtree(made, ignore_errors=True)
+        if os.environ.get(CACHE_ENV) == made:
+            del os.environ[CACHE_ENV]
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _share_emulation_builds(config)
     if config.getoption("--record-cupy-surface") and not config.getoption("--emulated-device"):
         raise pytest.UsageError("--record-cupy-surface records the emulated device's stand-in: "
                                 "add --emulated-device")  # fmt: skip

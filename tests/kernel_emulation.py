@@ -49,12 +49,16 @@ a stale L1 line on the device reads fresh data here).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import hashlib
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -722,9 +726,32 @@ def rewrite_shared(source: str) -> str:
     )
 
 
+#: A directory of built libraries, named by a digest of everything that goes into them; the
+#: test session sets it (tests/conftest.py) so that its xdist workers, and the pytest runs its
+#: tests start, build each library once between them (about 45 s of g++ for every kernel
+#: file). Unset, every build is a build.
+CACHE_ENV = "RNNCU_EMULATION_CACHE"
+
+_FLAGS = ("-std=c++17", "-O1", "-w", "-fPIC", "-pthread", "-ffp-contract=off")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``path`` (a lock file) against other processes, where ``flock`` exists."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: two processes may build the same library, both whole
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 class Compiler:
     """Build shared libraries against :data:`RUNTIME` (one object per translation unit,
-    compiled in parallel, linked into one library)."""
+    compiled in parallel, linked into one library); with :data:`CACHE_ENV` set, a library
+    already built from the same sources, headers, flags and g++ is copied instead."""
 
     def __init__(self, directory: Path) -> None:
         compiler = shutil.which("g++")
@@ -737,8 +764,42 @@ class Compiler:
         (directory / "mma.h").write_text(MMA_H)
 
     def build(self, name: str, units: dict[str, str], jobs: int = 2) -> ctypes.CDLL:
-        flags = ["-std=c++17", "-O1", "-w", "-fPIC", "-pthread", "-ffp-contract=off"]
-        flags += ["-I", str(self.directory)]
+        library = self.directory / f"{name}.so"
+        cache = os.environ.get(CACHE_ENV)
+        if cache:
+            cached = Path(cache) / f"{name}-{self._digest(units)}.so"
+            with _locked(Path(cache) / f"{cached.name}.lock"):
+                if not cached.is_file():
+                    self._compile(library, units, jobs)
+                    # whole or absent: a build interrupted here leaves no half library
+                    fd, partial = tempfile.mkstemp(dir=cache, suffix=".partial")
+                    os.close(fd)
+                    shutil.copyfile(library, partial)
+                    os.replace(partial, cached)
+            # a copy of its own, not the cached path: dlopen gives a path it loaded before
+            # the same instance, whose globals (the last error, the launch state) would be
+            # shared with an earlier build's user in this process
+            shutil.copyfile(cached, library)
+        else:
+            self._compile(library, units, jobs)
+        lib = ctypes.CDLL(str(library))
+        lib.emu_last_error.restype = ctypes.c_char_p
+        lib.emu_last_error.argtypes = []
+        return lib
+
+    def _digest(self, units: dict[str, str]) -> str:
+        """What the built library depends on: g++ (its path and version), the flags, the
+        emulated headers and each unit's name and text."""
+        version = subprocess.run([self.compiler, "--version"], capture_output=True, text=True)
+        digest = hashlib.sha256()
+        for part in (self.compiler, version.stdout, *_FLAGS, RUNTIME, COOPERATIVE_GROUPS, MMA_H):
+            digest.update(part.encode() + b"\0")
+        for unit, text in sorted(units.items()):
+            digest.update(unit.encode() + b"\0" + text.encode() + b"\0")
+        return digest.hexdigest()[:32]
+
+    def _compile(self, library: Path, units: dict[str, str], jobs: int) -> None:
+        flags = [*_FLAGS, "-I", str(self.directory)]
         objects: list[Path] = []
         pending: list[tuple[subprocess.Popen, Path]] = []
         errors: list[str] = []
@@ -761,15 +822,10 @@ class Compiler:
         reap(0)
         if errors:
             raise RuntimeError("g++ could not build the emulation:\n" + "\n".join(errors))
-        library = self.directory / f"{name}.so"
         command = [self.compiler, "-shared", "-pthread", *map(str, objects), "-o", str(library)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"linking the emulation failed:\n{done.stderr[-4000:]}")
-        lib = ctypes.CDLL(str(library))
-        lib.emu_last_error.restype = ctypes.c_char_p
-        lib.emu_last_error.argtypes = []
-        return lib
 
 
 # ----------------------------------------------------------------------- kernel families

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from device_limits import H200
 from kernel_emulation import (
     ASCENDING,
+    CACHE_ENV,
     DESCENDING,
     RANDOM,
     RUN_AHEAD,
@@ -600,3 +602,35 @@ def test_wmma_products_and_their_faults(probes: Probes) -> None:
     ):
         with pytest.raises(RuntimeError, match=message):
             probes.launch("wmma_product", arg=arg, out=np.full(256, np.nan, np.float32))
+
+
+# ----------------------------------------------------------------------- the build cache
+def test_a_cached_build_is_reused_only_for_the_same_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CACHE_ENV set (the test session sets it for its workers and inner runs), a
+    library built from the same sources is copied, not compiled; other sources are built."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the host emulation of the CUDA kernels needs it")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    source = 'extern "C" int answer() {{ return {}; }}'
+
+    def built(directory: str, value: int) -> ctypes.CDLL:
+        (tmp_path / directory).mkdir()
+        return Compiler(tmp_path / directory).build("answer", {"answer": source.format(value)})
+
+    assert built("first", 7).answer() == 7
+    with monkeypatch.context() as no_compiler:
+
+        def refused(*args: object) -> None:
+            raise AssertionError("compiled again")
+
+        no_compiler.setattr(Compiler, "_compile", refused)
+        again = built("again", 7)
+    # its own copy: a path dlopen has not seen, so none of the first one's state is shared
+    assert again.answer() == 7 and again._name == str(tmp_path / "again" / "answer.so")
+    assert built("other", 8).answer() == 8
+    assert len(list(cache.glob("answer-*.so"))) == 2
+    assert not list(cache.glob("*.partial"))
