@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 from kernel_emulation import KernelEmulation
-from nvrtc_cache import compile_file
+from nvrtc_cache import compile_file, one_worker
 
 from rnncu.backend import kernel_loader
 
@@ -133,8 +133,14 @@ def test_the_nvrtc_asked_for_is_the_one_compiling(request: pytest.FixtureRequest
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("filename", sorted(kernel_loader.all_name_expressions()))
+@pytest.mark.parametrize(
+    ("filename", "arch"),
+    [
+        pytest.param(filename, arch, marks=one_worker(filename, arch), id=f"{filename}-{arch}")
+        for filename in sorted(kernel_loader.all_name_expressions())
+        for arch in ARCHS
+    ],
+)
 def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
     names = kernel_loader.all_name_expressions()[filename]
     result = compile_file(filename, arch)
@@ -147,6 +153,7 @@ def test_every_kernel_compiles_without_spills(filename: str, arch: str) -> None:
 
 
 @needs_nvrtc
+@one_worker(kernel_loader.TF32_STEP_KERNEL_FILE, "sm_80")
 def test_the_tf32_step_kernels_compile_to_traps_below_sm_80() -> None:
     """``rnncu precompile`` builds every registered module for the device's arch: on a GPU
     below 8.0 (no TF32 fragments) the TF32 step file must still compile, its kernels reduced

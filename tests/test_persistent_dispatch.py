@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from device_limits import H200
-from nvrtc_cache import compile_file
+from nvrtc_cache import compile_file, one_worker
 
 from rnncu.backend import kernel_loader, persistent
 from rnncu.backend.persistent import DeviceLimits, Plan, plan_backward, plan_forward
@@ -518,8 +518,19 @@ except Exception as exc:  # ImportError, or libnvrtc missing at load time
 
 @pytest.mark.slow
 @pytest.mark.skipif(_NVRTC_REASON is not None, reason=str(_NVRTC_REASON))
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("variant", persistent.VARIANTS)
+@pytest.mark.parametrize(
+    ("variant", "arch"),
+    [
+        pytest.param(
+            variant,
+            arch,
+            marks=one_worker(persistent._FILES[variant], arch),
+            id=f"{variant}-{arch}",
+        )
+        for variant in persistent.VARIANTS
+        for arch in ("sm_80", "sm_90")
+    ],
+)
 def test_every_persistent_kernel_compiles_without_spills(variant: str, arch: str) -> None:
     names = persistent.all_name_expressions(variant)
     result = compile_file(persistent._FILES[variant], arch)
