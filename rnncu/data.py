@@ -1185,9 +1185,10 @@ def _pillow_luminance(path: Path, suffix: str, frames_wanted: int | None = None)
                 elif frames_wanted is not None and frames != frames_wanted:
                     # GIF and WebP writers (Pillow's among them) write a frame that repeats the
                     # one before once, for both their times: a clip that stands still loses it
+                    # (APNG too: Pillow before 10.4 merged an APNG's repeats)
                     merged = (
                         " (its writer may have merged frames that repeat the one before)"
-                        if 1 < frames < frames_wanted and image.format in ("GIF", "WEBP")
+                        if 1 < frames < frames_wanted and image.format in ("GIF", "WEBP", "PNG")
                         else ""
                     )
                     problem = (
